@@ -1,0 +1,390 @@
+"""The ``[barecount]`` configuration section: declared once, read through one cached getter per option.
+
+``OPTIONS`` is the single source of truth: ``get_provider_info()`` publishes it to Airflow (so
+``airflow config list --section barecount`` shows every option with its default) and the getters below
+read it. Nothing else in the provider calls ``conf.get`` itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+SECTION = "barecount"
+
+# name -> (type, default, example, description). Defaults are strings, as in airflow.cfg.
+OPTIONS: dict[str, tuple[str, str, str, str]] = {
+    "enabled": (
+        "boolean",
+        "True",
+        "False",
+        "Master switch. When off, the plugin registers nothing: no listener, no metrics, no spans, no logs.",
+    ),
+    "environment": (
+        "string",
+        "development",
+        "production",
+        "Deployment environment: development, staging or production. In production, debug logging is refused "
+        "unless the tenant's policy allows it.",
+    ),
+    "default_tenant": (
+        "string",
+        "default",
+        "acme",
+        "Tenant used when neither the operator, the DAG params / default_args nor a `tenant:` DAG tag declares one.",
+    ),
+    "policy_path": (
+        "string",
+        "",
+        "/etc/barecount/policy.yaml",
+        "Path of the governance policy (YAML). Empty: the built-in default policy shipped with the provider. "
+        "An invalid policy is an error, never a silent fall-back.",
+    ),
+    "secret_key": (
+        "string",
+        "",
+        "change-me-to-32-random-bytes",
+        "Key of the keyed hashes that derive correlation IDs, run tokens and trace IDs. Must be the same on every "
+        "machine. Empty: [core] fernet_key, then [api_auth] jwt_secret are used.",
+    ),
+    "opt_out_tag": (
+        "string",
+        "barecount:off",
+        "no-telemetry",
+        "A DAG carrying this tag is ignored by BareCount. A DAG can also declare the param "
+        "`barecount_enabled: false` (its declared default; a run's conf cannot change it).",
+    ),
+    "statsd_on": (
+        "boolean",
+        "False",
+        "True",
+        "Send metrics to StatsD over UDP (fire-and-forget).",
+    ),
+    "statsd_host": ("string", "127.0.0.1", "statsd-exporter.monitoring", "StatsD host."),
+    "statsd_port": ("integer", "8125", "9125", "StatsD UDP port."),
+    "statsd_prefix": ("string", "", "airflow", "Prefix put before every metric name sent to StatsD."),
+    "statsd_tag_style": (
+        "string",
+        "dogstatsd",
+        "influxdb",
+        "How tags are written on StatsD lines: dogstatsd (`name:1|c|#k:v`) or influxdb, which the Prometheus "
+        "statsd-exporter also reads (`name,k=v:1|c`).",
+    ),
+    "otlp_metrics_on": (
+        "boolean",
+        "False",
+        "True",
+        "Export metrics over OTLP/HTTP from a background batch. Endpoint, headers and protocol come from the "
+        "standard OTEL_EXPORTER_OTLP_* environment variables.",
+    ),
+    "traces_on": (
+        "boolean",
+        "True",
+        "False",
+        "Create a span per task try. Under Airflow's own tracing ([traces] otel_on) spans join Airflow's "
+        "tracer provider; otherwise BareCount runs a provider of its own.",
+    ),
+    "traces_exporter": (
+        "string",
+        "file",
+        "otlp",
+        "Where BareCount's own tracer provider sends spans: otlp (OTEL_EXPORTER_OTLP_* settings), file "
+        "(JSON lines under telemetry_dir) or none. Ignored when Airflow's tracing is on.",
+    ),
+    "file_sink_on": (
+        "boolean",
+        "True",
+        "False",
+        "Append every task try's summary (context, state, duration, trace id, sinks) to "
+        "telemetry_dir/events.jsonl: the embedded default, read by `barecount runs`.",
+    ),
+    "telemetry_dir": (
+        "string",
+        "",
+        "/var/lib/barecount/telemetry",
+        "Directory of the file sink and file span exporter. Empty: AIRFLOW_HOME/barecount/telemetry.",
+    ),
+    "emit_timeout_ms": (
+        "integer",
+        "250",
+        "500",
+        "Longest time a task process waits at its end for the OTLP metric and span exports to flush. A sink "
+        "that is down never costs a task more than this (plus the OS's UDP send, which does not block).",
+    ),
+    "redact_key_names": (
+        "string",
+        "",
+        "customer_ssn,iban",
+        "Comma-separated extra key names whose values are always redacted (added to Airflow's sensitive names).",
+    ),
+    "redact_value_patterns": (
+        "string",
+        "",
+        '["ACME-[0-9A-F]{24}"]',
+        "JSON list of extra regular expressions; any match in a log line, field, tag or span attribute is "
+        "redacted (added to the built-in patterns for cloud keys, tokens, JWTs, URLs with passwords, keys).",
+    ),
+    "json_logs": (
+        "boolean",
+        "True",
+        "False",
+        "Emit BareCount's own log lines as JSON with the run's context fields.",
+    ),
+    "scheduler_metrics_on": (
+        "boolean",
+        "True",
+        "False",
+        "Take, in a background thread of the scheduler, what task processes cannot see: queued time, tasks "
+        "skipped or failed without a task process, and tasks in flight.",
+    ),
+    "in_flight_interval_seconds": (
+        "integer",
+        "15",
+        "30",
+        "How often the scheduler-side sampler counts running task instances for barecount.task.in_flight.",
+    ),
+}
+
+
+def provider_config_section() -> dict[str, Any]:
+    """The ``config`` block of get_provider_info(), built from OPTIONS."""
+    return {
+        SECTION: {
+            "description": "BareCount: telemetry, governance, evidence and cost for pipeline runners.",
+            "options": {
+                name: {
+                    "description": description,
+                    "version_added": None,
+                    "type": kind,
+                    "example": example,
+                    "default": default,
+                    **({"sensitive": True} if name == "secret_key" else {}),
+                }
+                for name, (kind, default, example, description) in OPTIONS.items()
+            },
+        }
+    }
+
+
+def _raw(name: str) -> str:
+    default = OPTIONS[name][1]
+    try:
+        from airflow.configuration import conf
+    except ImportError:  # pragma: no cover - only without Airflow installed
+        return os.environ.get(f"AIRFLOW__BARECOUNT__{name.upper()}", default)
+    try:
+        value = conf.get(SECTION, name, fallback=default)
+    except Exception:
+        value = default
+    return default if value is None else str(value)
+
+
+def _bool(name: str) -> bool:
+    value = _raw(name).strip().lower()
+    if value in ("true", "t", "1", "yes", "on"):
+        return True
+    if value in ("false", "f", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"[{SECTION}] {name}: {value!r} is not a boolean (expected True or False)")
+
+
+def _int(name: str) -> int:
+    value = _raw(name).strip()
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"[{SECTION}] {name}: {value!r} is not an integer") from None
+
+
+def cache_clear() -> None:
+    """Forget every cached value (tests and `barecount doctor` after changing the environment)."""
+    for getter in _GETTERS:
+        getter.cache_clear()
+
+
+@functools.cache
+def enabled() -> bool:
+    return _bool("enabled")
+
+
+ENVIRONMENTS = ("development", "staging", "production")
+
+
+@functools.cache
+def environment() -> str:
+    value = _raw("environment").strip().lower()
+    if value not in ENVIRONMENTS:
+        raise ValueError(f"[{SECTION}] environment: {value!r} is not one of {', '.join(ENVIRONMENTS)}")
+    return value
+
+
+@functools.cache
+def default_tenant() -> str:
+    return _raw("default_tenant").strip() or "default"
+
+
+@functools.cache
+def policy_path() -> str:
+    return _raw("policy_path").strip()
+
+
+@functools.cache
+def secret_key() -> bytes:
+    """The key of every keyed hash; shared by all machines of a deployment."""
+    value = _raw("secret_key").strip()
+    if not value:
+        try:
+            from airflow.configuration import conf
+
+            value = (conf.get("core", "fernet_key", fallback="") or "").strip()
+            if not value:
+                value = (conf.get("api_auth", "jwt_secret", fallback="") or "").strip()
+        except Exception:
+            value = ""
+    return value.encode() if value else b""
+
+
+@functools.cache
+def opt_out_tag() -> str:
+    return _raw("opt_out_tag").strip()
+
+
+@functools.cache
+def statsd_on() -> bool:
+    return _bool("statsd_on")
+
+
+@functools.cache
+def statsd_host() -> str:
+    return _raw("statsd_host").strip()
+
+
+@functools.cache
+def statsd_port() -> int:
+    return _int("statsd_port")
+
+
+@functools.cache
+def statsd_prefix() -> str:
+    return _raw("statsd_prefix").strip()
+
+
+TAG_STYLES = ("dogstatsd", "influxdb")
+
+
+@functools.cache
+def statsd_tag_style() -> str:
+    value = _raw("statsd_tag_style").strip().lower()
+    if value not in TAG_STYLES:
+        raise ValueError(f"[{SECTION}] statsd_tag_style: {value!r} is not one of {', '.join(TAG_STYLES)}")
+    return value
+
+
+@functools.cache
+def otlp_metrics_on() -> bool:
+    return _bool("otlp_metrics_on")
+
+
+@functools.cache
+def traces_on() -> bool:
+    return _bool("traces_on")
+
+
+TRACE_EXPORTERS = ("otlp", "file", "none")
+
+
+@functools.cache
+def traces_exporter() -> str:
+    value = _raw("traces_exporter").strip().lower()
+    if value not in TRACE_EXPORTERS:
+        raise ValueError(f"[{SECTION}] traces_exporter: {value!r} is not one of {', '.join(TRACE_EXPORTERS)}")
+    return value
+
+
+@functools.cache
+def file_sink_on() -> bool:
+    return _bool("file_sink_on")
+
+
+@functools.cache
+def telemetry_dir() -> str:
+    value = _raw("telemetry_dir").strip()
+    if value:
+        return value
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return os.path.join(home, "barecount", "telemetry")
+
+
+@functools.cache
+def emit_timeout_ms() -> int:
+    return max(0, _int("emit_timeout_ms"))
+
+
+@functools.cache
+def redact_key_names() -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in _raw("redact_key_names").split(",") if part.strip())
+
+
+@functools.cache
+def redact_value_patterns() -> tuple[str, ...]:
+    raw = _raw("redact_value_patterns").strip()
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"[{SECTION}] redact_value_patterns: not a JSON list of strings ({err})") from None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"[{SECTION}] redact_value_patterns: {raw!r} is not a JSON list of strings")
+    return tuple(value)
+
+
+@functools.cache
+def json_logs() -> bool:
+    return _bool("json_logs")
+
+
+@functools.cache
+def scheduler_metrics_on() -> bool:
+    return _bool("scheduler_metrics_on")
+
+
+@functools.cache
+def in_flight_interval_seconds() -> int:
+    return max(1, _int("in_flight_interval_seconds"))
+
+
+_GETTERS = [
+    enabled,
+    environment,
+    default_tenant,
+    policy_path,
+    secret_key,
+    opt_out_tag,
+    statsd_on,
+    statsd_host,
+    statsd_port,
+    statsd_prefix,
+    statsd_tag_style,
+    otlp_metrics_on,
+    traces_on,
+    traces_exporter,
+    file_sink_on,
+    telemetry_dir,
+    emit_timeout_ms,
+    redact_key_names,
+    redact_value_patterns,
+    json_logs,
+    scheduler_metrics_on,
+    in_flight_interval_seconds,
+]
+
+
+def resolved() -> dict[str, str]:
+    """Every option with its effective value (secret_key shown only as set / unset)."""
+    values = {name: _raw(name) for name in OPTIONS}
+    values["secret_key"] = "<set>" if secret_key() else "<unset: run tokens are guessable>"
+    values["telemetry_dir"] = telemetry_dir()
+    return values

@@ -1,0 +1,818 @@
+"""The governance policy: per-tenant rules in YAML, validated at load, queried by the rest of the provider.
+
+A policy file has three keys: ``version`` (always 1), ``defaults`` (settings for every tenant) and
+``tenants`` (per-tenant overrides). A tenant's effective settings are resolved once, at load, in this order:
+the built-in policy (``default_policy.yaml``, shipped with the provider) <- the file's ``defaults`` <- the
+file's ``tenants.<name>``. Mappings merge key by key; lists and plain values replace.
+
+Validation collects every mistake before raising, and each one names the file, the dotted key path, the bad
+value and what was expected::
+
+    policy.yaml: tenants.acme.max_size: 'xxl' is not one of xs, s, m, l, xl
+
+An invalid policy raises :class:`PolicyError`; it never falls back to the built-in one. The reference of
+every key is docs/policy.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import types
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from typing import Any, TypeGuard
+
+import yaml
+
+from barecount_provider import config
+
+RUNNER_CLASSES = ("serverless", "container", "managed_etl", "dedicated", "local")
+SIZES = ("xs", "s", "m", "l", "xl")  # ordered small -> large
+NETWORK_PROFILES = ("public", "vpn", "privatelink", "private_vpc", "on_prem")
+REPLAY_DEFAULTS = ("reject", "approve")
+SUPPORTED_VERSIONS = (1,)
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Runner classes whose size profiles map to resources; `local` runs inside the Airflow worker.
+SIZED_RUNNER_CLASSES = ("serverless", "container", "managed_etl", "dedicated")
+GLUE_WORKER_TYPES = (
+    "G.025X",
+    "G.1X",
+    "G.2X",
+    "G.4X",
+    "G.8X",
+    "G.12X",
+    "G.16X",
+    "R.1X",
+    "R.2X",
+    "R.4X",
+    "R.8X",
+)
+FARGATE_CPU_UNITS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+
+BUILT_IN_SOURCE = "<built-in>"
+DEFAULTS_TENANT = "<defaults>"  # the `tenant` of Policy.defaults
+
+
+# --------------------------------------------------------------------------------------------------- problems
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+"""The ``value`` of a Problem about a required key that is absent."""
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """The ``value`` of a Problem about a file that could not be read or parsed as YAML."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a policy: where it is, what was found and what was expected.
+
+    ``key_path`` is dotted, with ``[i]`` for list items (``tenants.acme.allowed_sizes[2]``); it is empty for
+    mistakes about the file as a whole (unreadable, not YAML, empty).
+    """
+
+    file: str
+    key_path: str
+    value: object
+    expected: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key_path}" if self.key_path else self.file
+        if self.value is MISSING:
+            return f"{where}: missing; expected {self.expected}"
+        if isinstance(self.value, Unreadable):
+            return f"{where}: {self.value.reason}; expected {self.expected}"
+        return f"{where}: {self.value!r} is not {self.expected}"
+
+
+class PolicyError(ValueError):
+    """An invalid policy. ``problems`` holds every mistake found; the message lists them, one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+# ------------------------------------------------------------------------------------------ the typed policy
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Scaling limits of one tenant."""
+
+    max_workers: int
+    max_hosts: int
+    max_parallel_tasks: int
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """How many automatic retries a tenant may spend, and how they are spaced."""
+
+    max_retries_per_task: int
+    max_retries_per_run: int
+    max_retries_per_window: int
+    window_seconds: int
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+    jitter: bool
+
+
+@dataclass(frozen=True)
+class ReplayApproval:
+    """When a replay needs a governance approval, who may give it and what happens when nobody answers."""
+
+    threshold_records: int | None
+    threshold_cost_usd: float | None
+    approvers: tuple[str, ...]
+    timeout_seconds: int
+    default: str
+
+    def needs_approval(self, records: int, cost_usd: float) -> bool:
+        """Whether a replay of ``records`` records, estimated at ``cost_usd``, reaches a threshold."""
+        if self.threshold_records is not None and records >= self.threshold_records:
+            return True
+        return self.threshold_cost_usd is not None and cost_usd >= self.threshold_cost_usd
+
+
+@dataclass(frozen=True)
+class CostBudget:
+    """A tenant's monthly spend budget (``monthly_usd`` None: no budget)."""
+
+    monthly_usd: float | None
+    alert_at_fraction: float
+
+
+SizeTables = Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]
+"""runner class -> size -> backend (lambda, pod, fargate, glue, emr, ec2) -> resource setting -> value."""
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """The effective governance settings of one tenant (defaults merged with the tenant's overrides)."""
+
+    tenant: str
+    allowed_runner_classes: tuple[str, ...]
+    max_size: str
+    allowed_network_profiles: tuple[str, ...]
+    trace_sampling_ratio: float
+    debug_logs_in_production: bool
+    limits: Limits
+    retry_budget: RetryBudget
+    replay_approval: ReplayApproval
+    cost_budget: CostBudget
+    size_tables: SizeTables = field(hash=False)
+
+    @property
+    def allowed_sizes(self) -> tuple[str, ...]:
+        """Every size profile up to and including ``max_size``, small to large."""
+        return SIZES[: SIZES.index(self.max_size) + 1]
+
+    def allows_runner_class(self, runner_class: str) -> bool:
+        return runner_class in self.allowed_runner_classes
+
+    def allows_size(self, size: str) -> bool:
+        return size in self.allowed_sizes
+
+    def allows_network_profile(self, network_profile: str) -> bool:
+        return network_profile in self.allowed_network_profiles
+
+    def allows_debug_logs(self, environment: str) -> bool:
+        """Whether debug log lines may be written in ``environment`` ([barecount] environment)."""
+        return environment != "production" or self.debug_logs_in_production
+
+    def resources(self, runner_class: str, size: str) -> Mapping[str, Mapping[str, Any]]:
+        """The size table entry of ``runner_class`` at ``size``: backend -> resource setting -> value.
+
+        The local runner class has no size table: its entry is empty.
+        """
+        if runner_class not in RUNNER_CLASSES:
+            raise ValueError(f"runner class {runner_class!r} is not one of {', '.join(RUNNER_CLASSES)}")
+        if size not in SIZES:
+            raise ValueError(f"size {size!r} is not one of {', '.join(SIZES)}")
+        if runner_class not in self.size_tables:
+            return types.MappingProxyType({})
+        return self.size_tables[runner_class][size]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded, validated policy: where it came from, the defaults and each declared tenant, resolved."""
+
+    source: str
+    version: int
+    defaults: TenantPolicy
+    tenants: dict[str, TenantPolicy] = field(hash=False)
+
+    def for_tenant(self, tenant: str) -> TenantPolicy:
+        """The tenant's effective settings; a tenant the policy does not declare gets the defaults."""
+        declared = self.tenants.get(tenant)
+        return declared if declared is not None else replace(self.defaults, tenant=tenant)
+
+
+# -------------------------------------------------------------------------------------------------- schema
+#
+# A schema is a tree of _Section (a mapping with known keys) whose leaves are checks. A check takes a value
+# and yields (path suffix, bad value, expected) for each mistake; the suffix is "" or "[i]" for list items.
+
+Check = Callable[[object], Iterator[tuple[str, object, str]]]
+
+
+@dataclass(frozen=True)
+class _Section:
+    fields: Mapping[str, _Section | Check]
+    keys_expected: str = ""  # how to describe the allowed keys; default: "a known key (allowed: ...)"
+
+    def key_expectation(self) -> str:
+        return self.keys_expected or f"a known key (allowed: {', '.join(self.fields)})"
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    # bool is an int in Python, never a number in a policy
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(minimum: int, maximum: int | None = None, *, nullable: bool = False) -> Check:
+    expected = (
+        f"an integer >= {minimum}" if maximum is None else f"an integer between {minimum} and {maximum}"
+    )
+    expected += ", or null" if nullable else ""
+
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if value is None and nullable:
+            return
+        if not (isinstance(value, int) and not isinstance(value, bool)):
+            yield "", value, expected
+        elif value < minimum or (maximum is not None and value > maximum):
+            yield "", value, expected
+
+    return check
+
+
+def _number(minimum: float, maximum: float | None = None, *, nullable: bool = False) -> Check:
+    expected = f"a number >= {minimum}" if maximum is None else f"a number between {minimum} and {maximum}"
+    expected += ", or null" if nullable else ""
+
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if value is None and nullable:
+            return
+        if not _is_number(value):
+            yield "", value, expected
+        elif value < minimum or (maximum is not None and value > maximum):
+            yield "", value, expected
+
+    return check
+
+
+def _boolean() -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not isinstance(value, bool):
+            yield "", value, "true or false"
+
+    return check
+
+
+def _one_of(options: tuple[Any, ...]) -> Check:
+    expected = f"one of {', '.join(str(option) for option in options)}"
+
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        # `value in options` would take True for 1: compare types too
+        if not any(type(value) is type(option) and value == option for option in options):
+            yield "", value, expected
+
+    return check
+
+
+def _list_of(item: Check, what: str) -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not isinstance(value, list):
+            yield "", value, f"a list of {what}"
+            return
+        for index, element in enumerate(value):
+            for suffix, bad, expected in item(element):
+                yield f"[{index}]{suffix}", bad, expected
+
+    return check
+
+
+def _matching(pattern: str, what: str) -> Check:
+    compiled = re.compile(pattern)
+
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not (isinstance(value, str) and compiled.fullmatch(value)):
+            yield "", value, what
+
+    return check
+
+
+def _user_name() -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not (isinstance(value, str) and value.strip()):
+            yield "", value, "a user name (a non-empty string)"
+
+    return check
+
+
+# Kubernetes resource quantities, as pods write them: "250m" or "2" CPUs, "512Mi" or "4Gi" of memory.
+_CPU_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+_MEMORY_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?$")
+_MEMORY_UNITS = {
+    "": 1,
+    **{unit: 1000**power for power, unit in enumerate(("k", "M", "G", "T", "P"), start=1)},
+    "K": 1000,
+    **{unit: 1024**power for power, unit in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi"), start=1)},
+}
+
+
+def parse_cpu_quantity(value: object) -> float | None:
+    """CPUs in a Kubernetes CPU quantity (``"250m"`` -> 0.25, ``"2"`` or 2 -> 2.0); None if it is not one."""
+    if _is_number(value):
+        return float(value) if value >= 0 else None
+    match = _CPU_QUANTITY.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    return float(match.group(1)) / (1000 if match.group(2) else 1)
+
+
+def parse_memory_quantity(value: object) -> float | None:
+    """Bytes in a Kubernetes memory quantity (``"512Mi"`` -> 536870912.0); None if it is not one."""
+    match = _MEMORY_QUANTITY.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    return float(match.group(1)) * _MEMORY_UNITS[match.group(2) or ""]
+
+
+def _quantity(parse: Callable[[object], float | None], expected: str) -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if parse(value) is None:
+            yield "", value, expected
+
+    return check
+
+
+_CPU = _quantity(parse_cpu_quantity, "a Kubernetes CPU quantity such as '250m' or '2'")
+_MEMORY = _quantity(parse_memory_quantity, "a Kubernetes memory quantity such as '512Mi' or '4Gi'")
+
+# One entry of a size table, per runner class: backend -> resource setting -> check.
+_SIZE_ENTRIES: dict[str, _Section] = {
+    "serverless": _Section(
+        {
+            "lambda": _Section(
+                {"memory_mb": _integer(128, 10240), "ephemeral_storage_mb": _integer(512, 10240)}
+            ),
+        }
+    ),
+    "container": _Section(
+        {
+            "pod": _Section(
+                {"cpu_request": _CPU, "cpu_limit": _CPU, "memory_request": _MEMORY, "memory_limit": _MEMORY}
+            ),
+            "fargate": _Section({"cpu": _one_of(FARGATE_CPU_UNITS), "memory_mb": _integer(512, 122880)}),
+        }
+    ),
+    "managed_etl": _Section(
+        {
+            "glue": _Section({"worker_type": _one_of(GLUE_WORKER_TYPES), "number_of_workers": _integer(1)}),
+            "emr": _Section(
+                {
+                    "initial_workers": _integer(0),
+                    "worker_cpu": _matching(r"\d+ ?vCPU", "an EMR Serverless CPU such as '4 vCPU'"),
+                    "worker_memory": _matching(r"\d+ ?GB", "an EMR Serverless memory such as '16 GB'"),
+                    "max_cpu": _matching(r"\d+ ?vCPU", "an EMR Serverless CPU such as '400 vCPU'"),
+                    "max_memory": _matching(r"\d+ ?GB", "an EMR Serverless memory such as '1600 GB'"),
+                }
+            ),
+        }
+    ),
+    "dedicated": _Section(
+        {
+            "ec2": _Section(
+                {
+                    "instance_type": _matching(
+                        r"[a-z][a-z0-9-]*\.[a-z0-9]+", "an EC2 instance type such as 'm5.large'"
+                    ),
+                    "host_count": _integer(1),
+                }
+            ),
+        }
+    ),
+}
+
+_SIZE_TABLES = _Section(
+    {
+        runner_class: _Section(
+            dict.fromkeys(SIZES, entry), keys_expected=f"a size: one of {', '.join(SIZES)}"
+        )
+        for runner_class, entry in _SIZE_ENTRIES.items()
+    },
+    keys_expected=f"a runner class with a size table: one of {', '.join(SIZED_RUNNER_CLASSES)}",
+)
+
+# The settings of `defaults` and of each `tenants.<name>`.
+_SETTINGS = _Section(
+    {
+        "allowed_runner_classes": _list_of(_one_of(RUNNER_CLASSES), "runner classes"),
+        "max_size": _one_of(SIZES),
+        "allowed_network_profiles": _list_of(_one_of(NETWORK_PROFILES), "network profiles"),
+        "trace_sampling_ratio": _number(0.0, 1.0),
+        "debug_logs_in_production": _boolean(),
+        "limits": _Section(
+            {"max_workers": _integer(1), "max_hosts": _integer(0), "max_parallel_tasks": _integer(1)}
+        ),
+        "retry_budget": _Section(
+            {
+                "max_retries_per_task": _integer(0),
+                "max_retries_per_run": _integer(0),
+                "max_retries_per_window": _integer(0),
+                "window_seconds": _integer(1),
+                "backoff_base_seconds": _number(0),
+                "backoff_max_seconds": _number(0),
+                "jitter": _boolean(),
+            }
+        ),
+        "replay_approval": _Section(
+            {
+                "threshold_records": _integer(0, nullable=True),
+                "threshold_cost_usd": _number(0, nullable=True),
+                "approvers": _list_of(_user_name(), "user names"),
+                "timeout_seconds": _integer(1),
+                "default": _one_of(REPLAY_DEFAULTS),
+            }
+        ),
+        "cost_budget": _Section(
+            {"monthly_usd": _number(0, nullable=True), "alert_at_fraction": _number(0.0, 1.0)}
+        ),
+        "size_tables": _SIZE_TABLES,
+    }
+)
+
+_TOP_LEVEL_KEYS = ("version", "defaults", "tenants")
+
+
+def settings_key_paths() -> list[str]:
+    """Every key a tenant's settings can hold, dotted (the reference that docs/policy.md documents)."""
+
+    def walk(section: _Section, prefix: str) -> Iterator[str]:
+        for key, spec in section.fields.items():
+            if isinstance(spec, _Section):
+                # every size of a runner class shares one entry: documented once, as <size>
+                yield from walk(spec, f"{prefix}{'<size>' if key in SIZES else key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    return list(dict.fromkeys(walk(_SETTINGS, "")))
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+class _Report:
+    """Collects the problems of one file."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def add(self, key_path: str, value: object, expected: str) -> None:
+        self.problems.append(Problem(self.file, key_path, value, expected))
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_section(section: _Section, value: object, path: str, report: _Report) -> None:
+    if value is None:  # an empty key in place of a mapping overrides nothing
+        return
+    if not isinstance(value, dict):
+        report.add(path, value, f"a mapping (keys: {', '.join(section.fields)})")
+        return
+    for key, item in value.items():
+        spec = section.fields.get(key) if isinstance(key, str) else None
+        if spec is None:
+            report.add(_join(path, key), key, section.key_expectation())
+        elif isinstance(spec, _Section):
+            _check_section(spec, item, _join(path, key), report)
+        else:
+            for suffix, bad, expected in spec(item):
+                report.add(_join(path, key) + suffix, bad, expected)
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge key by key, anything else replaces. Inputs are not changed."""
+    merged = dict(base)
+    for key, value in (override or {}).items():
+        if isinstance(merged.get(key), dict) and (value is None or isinstance(value, dict)):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _get(mapping: object, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(mapping, dict):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _sets(mapping: object, *keys: str) -> bool:
+    """Whether ``mapping`` (a tenant's raw overrides) sets the key path itself."""
+    *parents, last = keys
+    parent = _get(mapping, *parents) if parents else mapping
+    return isinstance(parent, dict) and last in parent
+
+
+def _check_order(
+    merged: dict[str, Any],
+    own: object,
+    path: str,
+    report: _Report,
+    keys: tuple[str, ...],
+    low: str,
+    high: str,
+    amount: Callable[[object], float | None],
+) -> None:
+    """``high`` must be >= ``low`` (both under ``keys``) in the effective settings ``merged``.
+
+    The mistake is reported at the key that ``own`` (the raw mapping being checked) sets, ``high`` when it
+    sets both; when it sets neither, the mistake belongs to the level it was inherited from.
+    """
+    low_value, high_value = _get(merged, *keys, low), _get(merged, *keys, high)
+    low_amount, high_amount = amount(low_value), amount(high_value)
+    if low_amount is None or high_amount is None or high_amount >= low_amount:
+        return
+    where = ".".join((path, *keys))
+    if _sets(own, *keys, high):
+        report.add(f"{where}.{high}", high_value, f"a value >= {low} ({low_value!r})")
+    elif _sets(own, *keys, low):
+        report.add(f"{where}.{low}", low_value, f"a value <= {high} ({high_value!r})")
+
+
+def _number_or_none(value: object) -> float | None:
+    return float(value) if _is_number(value) else None
+
+
+def _check_consistency(merged: dict[str, Any], own: object, path: str, report: _Report) -> None:
+    """Rules across keys, checked on the effective settings of ``defaults`` or of one tenant."""
+    _check_order(
+        merged,
+        own,
+        path,
+        report,
+        ("retry_budget",),
+        "backoff_base_seconds",
+        "backoff_max_seconds",
+        _number_or_none,
+    )
+    for size in SIZES:
+        pod = ("size_tables", "container", size, "pod")
+        _check_order(merged, own, path, report, pod, "cpu_request", "cpu_limit", parse_cpu_quantity)
+        _check_order(merged, own, path, report, pod, "memory_request", "memory_limit", parse_memory_quantity)
+
+
+def _check_document(document: object, report: _Report, base: Mapping[str, Any]) -> None:
+    """Every mistake of a parsed policy document, checked against the base defaults it will merge over."""
+    if not isinstance(document, dict):
+        report.add("", document, f"a mapping with the keys {', '.join(_TOP_LEVEL_KEYS)}")
+        return
+    for key in document:
+        if key not in _TOP_LEVEL_KEYS:
+            report.add(str(key), key, f"a known key (allowed: {', '.join(_TOP_LEVEL_KEYS)})")
+
+    if "version" not in document:
+        report.add("version", MISSING, "version: 1")
+    else:
+        version = document["version"]
+        supported = ", ".join(str(number) for number in SUPPORTED_VERSIONS)
+        if not (isinstance(version, int) and not isinstance(version, bool)):
+            report.add("version", version, f"an integer policy version (supported: {supported})")
+        elif version not in SUPPORTED_VERSIONS:
+            report.add("version", version, f"a supported policy version (supported: {supported})")
+
+    defaults = document.get("defaults")
+    _check_section(_SETTINGS, defaults, "defaults", report)
+    merged_defaults = _merge(base, defaults if isinstance(defaults, dict) else None)
+    # Rules are reported where the file sets one of their keys; the built-in (no base) sets them all.
+    _check_consistency(merged_defaults, defaults if base else merged_defaults, "defaults", report)
+
+    tenants = document.get("tenants")
+    if tenants is None:
+        return
+    if not isinstance(tenants, dict):
+        report.add("tenants", tenants, "a mapping of tenant name -> settings")
+        return
+    for name, overrides in tenants.items():
+        path = _join("tenants", name)
+        if not (isinstance(name, str) and TENANT_NAME.fullmatch(name)):
+            report.add(path, name, f"a tenant name matching {TENANT_NAME.pattern}")
+        _check_section(_SETTINGS, overrides, path, report)
+        if isinstance(overrides, dict):
+            _check_consistency(_merge(merged_defaults, overrides), overrides, path, report)
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+
+
+def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int]) -> Iterator[tuple[str, yaml.Mark]]:
+    """(key path, position) of every key given twice in one mapping, which YAML loading silently resolves to
+    the last one. Merge keys (``<<``) are YAML's way to override on purpose and are left alone."""
+    if id(node) in seen_nodes:  # an alias of a node already walked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[tuple[str, str]] = set()
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if (key_node.tag, key_node.value) in keys:
+                    yield _join(path, name), key_node.start_mark
+                keys.add((key_node.tag, key_node.value))
+            yield from _duplicate_keys(value_node, _join(path, name), seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _duplicate_keys(item, f"{path}[{index}]", seen_nodes)
+
+
+def _parse_yaml(text: str, report: _Report) -> tuple[bool, object]:
+    """(parsed, document). Syntax errors and duplicate keys go to ``report`` with their line and column."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            report.add("", Unreadable("the file is empty"), "a policy with at least `version: 1`")
+            return False, None
+        for key_path, mark in _duplicate_keys(node, "", set()):
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            report.add(key_path, Unreadable(f"given again at {where}"), "each key once in a mapping")
+        document = loader.construct_document(node)
+    except yaml.MarkedYAMLError as err:
+        error_mark = err.problem_mark or err.context_mark
+        where = f" at line {error_mark.line + 1}, column {error_mark.column + 1}" if error_mark else ""
+        detail = err.problem or "unreadable"
+        detail += f" ({err.context})" if err.context else ""
+        report.add("", Unreadable(f"YAML syntax error{where}: {detail}"), "valid YAML")
+        return False, None
+    except yaml.YAMLError as err:
+        report.add("", Unreadable(f"YAML syntax error: {err}"), "valid YAML")
+        return False, None
+    finally:
+        loader.dispose()
+    return True, document
+
+
+# -------------------------------------------------------------------------------------------------- building
+
+
+def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
+    limits, retry = settings["limits"], settings["retry_budget"]
+    replay, cost = settings["replay_approval"], settings["cost_budget"]
+
+    def optional_float(value: Any) -> float | None:
+        return None if value is None else float(value)
+
+    def frozen(value: Any) -> Any:
+        if isinstance(value, dict):
+            return types.MappingProxyType({key: frozen(item) for key, item in value.items()})
+        return value
+
+    return TenantPolicy(
+        tenant=tenant,
+        allowed_runner_classes=tuple(dict.fromkeys(settings["allowed_runner_classes"])),
+        max_size=settings["max_size"],
+        allowed_network_profiles=tuple(dict.fromkeys(settings["allowed_network_profiles"])),
+        trace_sampling_ratio=float(settings["trace_sampling_ratio"]),
+        debug_logs_in_production=settings["debug_logs_in_production"],
+        limits=Limits(
+            max_workers=limits["max_workers"],
+            max_hosts=limits["max_hosts"],
+            max_parallel_tasks=limits["max_parallel_tasks"],
+        ),
+        retry_budget=RetryBudget(
+            max_retries_per_task=retry["max_retries_per_task"],
+            max_retries_per_run=retry["max_retries_per_run"],
+            max_retries_per_window=retry["max_retries_per_window"],
+            window_seconds=retry["window_seconds"],
+            backoff_base_seconds=float(retry["backoff_base_seconds"]),
+            backoff_max_seconds=float(retry["backoff_max_seconds"]),
+            jitter=retry["jitter"],
+        ),
+        replay_approval=ReplayApproval(
+            threshold_records=replay["threshold_records"],
+            threshold_cost_usd=optional_float(replay["threshold_cost_usd"]),
+            approvers=tuple(replay["approvers"]),
+            timeout_seconds=replay["timeout_seconds"],
+            default=replay["default"],
+        ),
+        cost_budget=CostBudget(
+            monthly_usd=optional_float(cost["monthly_usd"]),
+            alert_at_fraction=float(cost["alert_at_fraction"]),
+        ),
+        size_tables=frozen(settings["size_tables"]),
+    )
+
+
+def _incomplete_keys(section: _Section, value: Mapping[str, Any], path: str) -> Iterator[str]:
+    """Key paths the schema declares but ``value`` lacks (the built-in defaults must set every key)."""
+    for key, spec in section.fields.items():
+        if key not in value:
+            yield _join(path, key)
+        elif isinstance(spec, _Section) and isinstance(value[key], dict):
+            yield from _incomplete_keys(spec, value[key], _join(path, key))
+
+
+def _validated(text: str, source: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
+    report = _Report(source)
+    parsed, document = _parse_yaml(text, report)
+    if parsed:
+        _check_document(document, report, base)
+    if report.problems:
+        return {}, report.problems
+    assert isinstance(document, dict)
+    return document, []
+
+
+@functools.cache
+def _built_in_document() -> dict[str, Any]:
+    """The built-in policy, parsed and checked to be valid and complete (a packaging mistake otherwise)."""
+    text = resources.files("barecount_provider").joinpath("default_policy.yaml").read_text(encoding="utf-8")
+    document, problems = _validated(text, BUILT_IN_SOURCE, base={})
+    if not problems:
+        defaults = document.get("defaults") or {}
+        problems = [
+            Problem(BUILT_IN_SOURCE, key_path, MISSING, "every key set in the built-in defaults")
+            for key_path in _incomplete_keys(_SETTINGS, defaults, "defaults")
+        ]
+    if problems:
+        raise PolicyError(problems)
+    return document
+
+
+def _build(document: Mapping[str, Any], source: str, base: Mapping[str, Any]) -> Policy:
+    defaults = _merge(base, document.get("defaults"))
+    tenants = {
+        name: _tenant_policy(name, _merge(defaults, overrides))
+        for name, overrides in (document.get("tenants") or {}).items()
+    }
+    return Policy(
+        source=source,
+        version=document["version"],
+        defaults=_tenant_policy(DEFAULTS_TENANT, defaults),
+        tenants=tenants,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+
+def parse_policy(text: str, source: str = "<string>") -> Policy:
+    """A policy from YAML text, merged over the built-in defaults; ``source`` names it in errors."""
+    base = _built_in_document()["defaults"]
+    document, problems = _validated(text, source, base)
+    if problems:
+        raise PolicyError(problems)
+    return _build(document, source, base)
+
+
+def load_policy(path: str | None = None) -> Policy:
+    """The policy at ``path`` (None or empty: the built-in one). Raises PolicyError listing every mistake."""
+    if not path:
+        return _build(_built_in_document(), BUILT_IN_SOURCE, base={})
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as err:
+        reason = f"cannot be read: {err.strerror or err}"
+        raise PolicyError([Problem(path, "", Unreadable(reason), "a readable YAML policy file")]) from None
+    except UnicodeDecodeError as err:
+        reason = f"is not UTF-8 text (byte {err.start})"
+        raise PolicyError([Problem(path, "", Unreadable(reason), "a UTF-8 YAML policy file")]) from None
+    return parse_policy(text, source=path)
+
+
+def validate_file(path: str) -> list[Problem]:
+    """Every mistake of the policy at ``path``, instead of raising; empty when it is valid."""
+    try:
+        load_policy(path)
+    except PolicyError as err:
+        return err.problems
+    return []
+
+
+@functools.cache
+def get_policy() -> Policy:
+    """The configured policy ([barecount] policy_path), loaded once per process (``get_policy.cache_clear()``)."""
+    return load_policy(config.policy_path())
