@@ -1,0 +1,47 @@
+"""Suite-wide set-up: a throw-away AIRFLOW_HOME before Airflow is imported, and clean config caches."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+_HOME = tempfile.mkdtemp(prefix="barecount-test-home-")
+os.environ.setdefault("AIRFLOW_HOME", _HOME)
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.path.dirname(__file__), "..", "dags"))
+os.environ.setdefault("AIRFLOW__BARECOUNT__SECRET_KEY", "test-secret-key-not-for-production")
+os.environ.setdefault("AIRFLOW__BARECOUNT__TELEMETRY_DIR", os.path.join(_HOME, "barecount", "telemetry"))
+
+
+def _clear_caches() -> None:
+    from barecount_provider import config
+    from barecount_provider.telemetry import metrics, tracing
+
+    config.cache_clear()
+    metrics.get_emitter.cache_clear()
+    metrics.redact_tag_value.cache_clear()
+    tracing.get_tracing.cache_clear()
+    try:
+        from barecount_provider.telemetry import redaction
+
+        redaction.get_redactor.cache_clear()
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from barecount_provider import policy
+
+        policy.get_policy.cache_clear()
+    except (ImportError, AttributeError):
+        pass
+    from barecount_provider.telemetry import task_side
+
+    task_side.tenant_policy.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_barecount_caches():
+    _clear_caches()
+    yield
+    _clear_caches()
