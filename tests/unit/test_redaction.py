@@ -1,0 +1,686 @@
+"""Redaction: a corpus of secrets in messages, fields, exceptions and tags; benign data left alone; the
+extension of Airflow's masker exercised through the supervisor's own log-writing code.
+
+Every secret below is fake and assembled at run time from pieces and seeded random characters, so this file
+holds nothing a secret scanner would flag.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import random
+import socket
+import string
+import timeit
+import traceback
+import uuid
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+import structlog
+
+from barecount_provider import config
+from barecount_provider.telemetry import redaction
+from barecount_provider.telemetry.redaction import (
+    BUILTIN_PATTERNS,
+    REPLACEMENT,
+    Redactor,
+    get_redactor,
+    install_in_airflow_masker,
+    is_installed_in_airflow_masker,
+    redact,
+    uninstall_from_airflow_masker,
+)
+
+_RNG = random.Random(20261127)
+UPPER_DIGITS = string.ascii_uppercase + string.digits
+ALNUM = string.ascii_letters + string.digits
+HEX = "0123456789abcdef"
+B64 = ALNUM + "+/"
+URLSAFE = ALNUM + "-_"
+
+
+def rand(alphabet: str, length: int) -> str:
+    return "".join(_RNG.choice(alphabet) for _ in range(length))
+
+
+def b64url(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+def pem(label: str, lines: int = 4) -> tuple[str, list[str]]:
+    body = [rand(B64, 64) for _ in range(lines)] + [rand(B64, 30) + "=="]
+    block = "\n".join([f"-----BEGIN {label}-----", *body, f"-----END {label}-----"])
+    return block, body
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    text: str  # the secret in its natural context, as it would be logged
+    secrets: tuple[str, ...]  # what must never come out
+
+
+def _corpus() -> list[Case]:
+    cases: list[Case] = []
+
+    def add(kind: str, text: str, *secrets: str) -> None:
+        cases.append(Case(kind, text, secrets))
+
+    s = "AK" + "IA" + rand(UPPER_DIGITS, 16)
+    add("aws_access_key_id", f"boto3 client created with access key id {s} for eu-west-1", s)
+    s = rand(B64, 40)
+    add("aws_secret_access_key", f"aws_secret_access_key={s}", s)
+    s = rand(B64, 40)
+    add("aws_secret_access_key_json", json.dumps({"AccessKeyId": "x", "SecretAccessKey": s}), s)
+    s = "FwoGZXIv" + "YXdz" + rand(B64, 120)
+    add("aws_session_token", f"assumed role, session {s} expires in 3600s", s)
+    s = rand(B64, 80)
+    add("aws_session_token_env", f"export AWS_SESSION_TOKEN={s}", s)
+    s = "gh" + "p_" + rand(ALNUM, 36)
+    add("github_token", f"cloning with {s} from github.com", s)
+    s = "github" + "_pat_" + rand(ALNUM, 22) + "_" + rand(ALNUM, 59)
+    add("github_fine_grained_pat", f"GH token is {s}", s)
+    s = "gl" + "pat-" + rand(URLSAFE, 20)
+    add("gitlab_token", f"PRIVATE-TOKEN {s}", s)
+    s = "xo" + "xb-" + rand(string.digits, 12) + "-" + rand(string.digits, 13) + "-" + rand(ALNUM, 24)
+    add("slack_bot_token", f"posting as {s}", s)
+    s = "T" + rand(UPPER_DIGITS, 8) + "/B" + rand(UPPER_DIGITS, 10) + "/" + rand(ALNUM, 24)
+    add("slack_webhook", f"alert sent to https://hooks.slack.com/services/{s} ok", s)
+    s = "sk" + "_live_" + rand(ALNUM, 24)
+    add("stripe_secret_key", f"charging with {s}", s)
+    s = "AI" + "za" + rand(URLSAFE, 35)
+    add("google_api_key", f"maps?key={s}&q=berlin", s)
+    key_block, key_body = pem("PRIVATE KEY", 6)
+    add(
+        "gcp_service_account_json",
+        json.dumps(
+            {"type": "service_account", "private_key_id": rand(HEX, 40), "private_key": key_block + "\n"}
+        ),
+        *key_body,
+    )
+    s = rand(B64, 86) + "=="
+    add(
+        "azure_storage_account_key",
+        f"DefaultEndpointsProtocol=https;AccountName=acme;AccountKey={s};EndpointSuffix=core.windows.net",
+        s,
+    )
+    s = rand(ALNUM, 40) + "%3D"
+    add(
+        "azure_sas_signature", f"GET https://acme.blob.core.windows.net/c/b.csv?sv=2022-11-02&sr=b&sig={s}", s
+    )
+    s = rand(ALNUM + "_~.", 3) + "8Q~" + rand(ALNUM + "_~.-", 34)
+    add("azure_ad_client_secret", f"client secret {s} rotated", s)
+    s = ".".join(
+        [
+            b64url({"alg": "HS256", "typ": "JWT"}),
+            b64url({"sub": rand(ALNUM, 12), "iat": 1700000000}),
+            rand(URLSAFE, 43),
+        ]
+    )
+    add("jwt", f"id token {s} verified", s)
+    s = rand(URLSAFE, 40)
+    add("authorization_bearer", f"headers: Authorization: Bearer {s}", s)
+    s = base64.b64encode(("etl:" + rand(ALNUM, 16)).encode()).decode()
+    add("authorization_basic", f"AUTHORIZATION: Basic {s}", s)
+    s = rand(ALNUM + "!$*-_.~", 18)
+    add("url_password", f"engine url postgresql://etl_user:{s}@db.internal:5432/warehouse", s)
+    s = rand(ALNUM, 16)
+    add("url_password_redis", f"broker redis://:{s}@cache:6379/0", s)
+    block, body = pem("RSA PRIVATE KEY")
+    add("pem_rsa", f"loaded key\n{block}\n", *body)
+    block, body = pem("OPENSSH PRIVATE KEY")
+    add("pem_openssh", block, *body)
+    block, body = pem("EC PRIVATE KEY")
+    add("pem_ec", block, *body)
+    block, body = pem("ENCRYPTED PRIVATE KEY")
+    add("pem_encrypted", block, *body)
+    block, body = pem("PGP PRIVATE KEY BLOCK")
+    add("pem_pgp", block, *body)
+    s = "np" + "m_" + rand(ALNUM, 36)
+    add("npm_token", f"//registry.npmjs.org/:_authToken={s}", s)
+    s = "py" + "pi-AgEIcHlwaS5vcmc" + rand(URLSAFE, 70)
+    add("pypi_token", f"twine upload -u __token__ -p {s}", s)
+    s = "S" + "K" + rand(HEX, 32)
+    add("twilio_api_key", f"twilio key sid {s}", s)
+    s = "S" + "G." + rand(URLSAFE, 22) + "." + rand(URLSAFE, 43)
+    add("sendgrid_api_key", f"sendgrid {s}", s)
+    s = "ke" + "y-" + rand(ALNUM, 32)
+    add("mailgun_api_key", f"mailgun auth api:{s}", s)
+    s = "sk" + "-proj-" + rand(URLSAFE, 74) + "T3Blbk" + "FJ" + rand(URLSAFE, 74)
+    add("openai_api_key", f"OpenAI(api_key) -> {s}", s)
+    s = "sk" + "-" + rand(ALNUM, 48)
+    add("openai_api_key_legacy", f"openai {s}", s)
+    s = "sk" + "-ant-api03-" + rand(URLSAFE, 93) + "AA"
+    add("anthropic_api_key", f"anthropic client {s}", s)
+    s = "hv" + "s." + rand(URLSAFE, 90)
+    add("vault_token", f"VAULT_TOKEN is {s}", s)
+    s = "shp" + "at_" + rand(HEX, 32)
+    add("shopify_token", f"shopify {s}", s)
+    s = "sq" + "0atp-" + rand(URLSAFE, 22)
+    add("square_token", f"square {s}", s)
+    s = "do" + "p_v1_" + rand(HEX, 64)
+    add("digitalocean_token", f"doctl auth init -t {s}", s)
+    s = "da" + "pi" + rand(HEX, 32)
+    add("databricks_token", f"databricks host=x token {s}", s)
+    s = "HR" + "KU-" + rand(URLSAFE, 60)
+    add("heroku_api_key", f"heroku {s}", s)
+    s = str(uuid.UUID(int=_RNG.getrandbits(128)))
+    add("heroku_api_key_legacy", f"HEROKU_API_KEY={s}", s)
+    s = rand(HEX, 32)
+    add("datadog_api_key", f"DD_API_KEY={s} DD_SITE=datadoghq.eu", s)
+    s = rand(HEX, 40)
+    add("datadog_app_key", f'{{"dd_app_key": "{s}"}}', s)
+    s = "hf" + "_" + rand(ALNUM, 34)
+    add("huggingface_token", f"hub login {s}", s)
+    s = rand(string.digits, 9) + ":AA" + rand(URLSAFE, 33)
+    add("telegram_bot_token", f"bot {s} started", s, s.split(":")[1])
+    s = "ATA" + "TT3" + rand(URLSAFE, 180)
+    add("atlassian_api_token", f"jira {s}", s)
+    s = "gl" + "sa_" + rand(ALNUM, 32) + "_" + rand(HEX, 8)
+    add("grafana_service_account_token", f"grafana {s}", s)
+    s = rand(HEX, 32)
+    add("sentry_dsn", f"SENTRY_DSN=https://{s}@o123.ingest.sentry.io/456", s)
+    s = "AGE-SECRET-" + "KEY-1" + rand(UPPER_DIGITS, 58)
+    add("age_secret_key", f"age identity {s}", s)
+    s = rand(ALNUM + "!@%^*", 14)
+    add("generic_password", f"connecting to warehouse with password={s} as etl", s)
+    s = rand(ALNUM, 12) + "9"
+    add("generic_passwd_yaml", f"db:\n  passwd: {s}\n", s)
+    s = rand(ALNUM, 32)
+    add("generic_api_key_json", json.dumps({"service": "geo", "api_key": s}), s)
+    s = rand(ALNUM, 32)
+    add("generic_token_query", f"GET https://api.example.com/v1/items?page=2&token={s}&x=1", s)
+    s = rand(ALNUM, 24)
+    add("generic_secret_repr", str({"client_id": "etl", "client_secret": s}), s)
+    s = rand(ALNUM, 20)
+    add("connection_string_password", f"Server=tcp:x.example.net;Database=d;User Id=u;Password={s};", s)
+    s = rand(ALNUM, 10) + ";" + rand(ALNUM, 6)
+    add("odbc_password_braces", f"DRIVER={{ODBC}};UID=u;PWD={{{s}}};", s)
+    s = rand(ALNUM, 20)
+    add("cli_password_flag", f"running: mysql --user etl --password {s} warehouse", s)
+    s = rand(ALNUM, 20)
+    add("x_api_key_header", f"X-Api-Key: {s}1", s)
+    return cases
+
+
+CORPUS = _corpus()
+CORPUS_IDS = [case.kind for case in CORPUS]
+
+
+def _assert_clean(output: object, case: Case) -> None:
+    text = output if isinstance(output, str) else json.dumps(output, default=str)
+    for secret in case.secrets:
+        assert secret not in text, f"{case.kind}: secret survived in {text!r}"
+    assert REPLACEMENT in text, f"{case.kind}: nothing was redacted in {text!r}"
+
+
+def test_corpus_has_at_least_thirty_kinds():
+    assert len({case.kind.split("_json")[0] for case in CORPUS}) >= 30
+    assert len(BUILTIN_PATTERNS) >= 30
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=CORPUS_IDS)
+def test_secret_in_free_text_message(case):
+    _assert_clean(redact(f"step 3/7 of orders: {case.text} (attempt 2)"), case)
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=CORPUS_IDS)
+def test_secret_in_structured_fields(case):
+    fields = {
+        "tenant": "acme",
+        "request": {"detail": case.text, "history": [case.text, ("retry", case.text)], "attempt": 2},
+        "notes": {case.text},
+    }
+    out = redact(fields)
+    _assert_clean(out, case)
+    assert out["tenant"] == "acme"
+    assert out["request"]["attempt"] == 2
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=CORPUS_IDS)
+def test_secret_in_exception_text_and_traceback(case):
+    def fail() -> None:
+        try:
+            raise ValueError(f"upstream said: {case.text}")
+        except ValueError as inner:
+            raise RuntimeError(f"load failed ({case.text})") from inner
+
+    with pytest.raises(RuntimeError) as caught:
+        fail()
+    error = caught.value
+    redactor = get_redactor()
+    _assert_clean(redactor.redact_text(str(error)), case)
+    _assert_clean(redactor.redact_exception_text(error), case)
+    _assert_clean(redactor.redact_text("".join(traceback.format_exception(error))), case)
+    # In place, as Airflow's masker does: message, args, cause.
+    assert redact(error) is error
+    _assert_clean(str(error), case)
+    _assert_clean(str(error.__cause__), case)
+    _assert_clean("".join(traceback.format_exception(error)), case)
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=CORPUS_IDS)
+def test_secret_in_metric_tag_and_span_attribute(case):
+    tags = {"tenant": "acme", "endpoint": case.text}
+    _assert_clean(redact(tags), case)
+    _assert_clean(redact([f"endpoint:{case.text}", "tenant:acme"]), case)
+    attributes = {"barecount.tenant": "acme", "http.url": case.text}
+    _assert_clean(get_redactor().redact_mapping(attributes), case)
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=CORPUS_IDS)
+def test_secret_in_bytes(case):
+    out = redact(case.text.encode())
+    assert isinstance(out, bytes)
+    _assert_clean(out.decode(), case)
+
+
+# ------------------------------------------------------------------------------------------ benign data
+
+HEX32 = rand(HEX, 32)
+HEX40 = rand(HEX, 40)
+HEX64 = rand(HEX, 64)
+BENIGN = [
+    HEX32,
+    HEX40,
+    HEX64,
+    f"sha256:{HEX64}",
+    f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/etl/orders@sha256:{HEX64}",
+    str(uuid.UUID(int=_RNG.getrandbits(128))),
+    f"00-{HEX32}-{rand(HEX, 16)}-01",
+    rand(HEX, 16),
+    "2026-11-27T13:00:00+00:00",
+    "2026-11-27T13:00:00.123456Z",
+    "manual__2026-11-27T13:00:00+00:00",
+    "scheduled__2026-11-27T00:00:00+00:00",
+    "asset_triggered__2026-11-27T13:00:00.123456+00:00_AbCdEf12",
+    "dag_id=orders task_id=load run_id=manual__2026-11-27T13:00:00+00:00 try_number=2 map_index=-1",
+    f"correlation_id={HEX32} run_token={HEX40} trace_id={HEX32} span_id={rand(HEX, 16)}",
+    f"BARECOUNT_RUN_TOKEN={HEX40} BARECOUNT_CORRELATION_ID={HEX32}",
+    "The quick brown fox jumps over the lazy dog; retrying in 30 seconds.",
+    "Task exited with return code 0",
+    "refresh token: connection timed out, retrying",
+    "Secrets backends loaded for worker",
+    "s3://acme-data/orders/2026/11/27/part-00000-3f2a.snappy.parquet",
+    "https://example.com:8443/api/v1/items?page=2&limit=50",
+    "postgresql://db.internal:5432/warehouse",
+    "orders-load-7d9f8b6c5d-x2x9z",
+    "arn:aws:glue:eu-west-1:123456789012:job/orders-nightly",
+    "Pod orders-load is Running on node ip-10-0-1-23.eu-west-1.compute.internal",
+    "memory=2048Mi cpu=500m size=m runner_class=container network_profile=privatelink",
+    "Marking task as SUCCESS. dag_id=orders, task_id=load, start_date=20261127T130000",
+    "a,b,c\n1,2,3\n",
+    "",
+    "ok",
+]
+
+
+@pytest.mark.parametrize("value", BENIGN)
+def test_benign_strings_come_out_unchanged(value):
+    assert redact(value) == value
+
+
+def test_barecount_own_fields_survive():
+    fields = {
+        "correlation_id": HEX32,
+        "run_token": HEX40,
+        "barecount.run_token": HEX40,
+        "BARECOUNT_RUN_TOKEN": HEX40,
+        "dag_id": "orders",
+        "run_id": "manual__2026-11-27T13:00:00+00:00",
+        "task_id": "load",
+        "try_number": 2,
+        "tenant": "acme",
+        "pipeline": "orders",
+        "runner_class": "container",
+        "image_or_driver_digest": f"sha256:{HEX64}",
+        "network_profile": "privatelink",
+        "trace_id": HEX32,
+        "span_id": rand(HEX, 16),
+    }
+    assert get_redactor().redact_mapping(fields) == fields
+
+
+def test_sensitive_keys_hide_whole_values_at_any_depth():
+    out = redact({"conn": {"extra": {"password": "short", "token": ["a1", "b2"], "port": 5432}}})
+    assert out == {"conn": {"extra": {"password": "***", "token": ["***", "***"], "port": 5432}}}
+
+
+def test_other_objects_are_left_alone():
+    marker = object()
+    assert redact(marker) is marker
+    assert redact(42) == 42
+    assert redact(None) is None
+
+
+def test_registered_secret_is_redacted_without_any_pattern():
+    from airflow.sdk.log import mask_secret
+
+    value = "corp-" + rand(ALNUM, 10)
+    mask_secret(value)
+    assert redact(f"the value is {value}.") == "the value is ***."
+
+
+# ----------------------------------------------------------------------------------------- configuration
+
+
+def test_configured_key_names_and_value_patterns(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__REDACT_KEY_NAMES", "customer_ssn, IBAN")
+    monkeypatch.setenv(
+        "AIRFLOW__BARECOUNT__REDACT_VALUE_PATTERNS", '["ACME-[0-9A-F]{24}", "(?i)internal-ref-[0-9]+"]'
+    )
+    config.cache_clear()
+    get_redactor.cache_clear()
+    ref = "ACME-" + rand("0123456789ABCDEF", 24)
+    assert redact(
+        {"customer_ssn": "123-45-6789", "payout_iban": "DE89370400440532013000", "tenant": "acme"}
+    ) == {
+        "customer_ssn": "***",
+        "payout_iban": "***",
+        "tenant": "acme",
+    }
+    assert redact(f"order {ref} failed; INTERNAL-REF-123 escalated") == "order *** failed; *** escalated"
+    assert redact("customer_ssn=123-45-6789 tenant=acme") == "customer_ssn=*** tenant=acme"
+
+
+def test_configured_patterns_with_a_kept_prefix(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__REDACT_VALUE_PATTERNS", '["(?P<pre>employee=)E[0-9]{6}"]')
+    config.cache_clear()
+    get_redactor.cache_clear()
+    assert redact("employee=E123456 left") == "employee=*** left"
+
+
+def test_invalid_configured_pattern_is_reported_and_builtins_stay(monkeypatch, caplog):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__REDACT_VALUE_PATTERNS", '["ACME-[0-9"]')
+    config.cache_clear()
+    get_redactor.cache_clear()
+    with pytest.raises(ValueError, match=r"redact_value_patterns\[0\]: 'ACME-\[0-9' is not a valid regular"):
+        Redactor.from_config()
+    with caplog.at_level(logging.ERROR):
+        redactor = get_redactor()
+    assert "built-in patterns only" in caplog.text
+    key = "AK" + "IA" + rand(UPPER_DIGITS, 16)
+    assert redactor.redact_text(key) == REPLACEMENT
+
+
+def test_pattern_matching_the_empty_string_is_refused():
+    with pytest.raises(ValueError, match="matches the empty string"):
+        Redactor(extra_patterns=["x*"])
+
+
+def test_builtin_branches_start_with_a_literal():
+    """Why the scan is fast: each top-level branch of the joined expression starts with a literal."""
+    parser = pytest.importorskip("re._parser")
+    joined = get_redactor()._builtin.scan
+    assert joined is not None
+    tree = parser.parse(joined.pattern)
+    branch_op, (_, branches) = tree[0]
+    assert branch_op == parser.BRANCH
+    for branch in branches:
+        assert branch[0][0] == parser.LITERAL, branch
+
+
+def test_redaction_is_cheap():
+    redactor = Redactor()
+    line = (
+        "2026-11-27T13:00:00.123Z INFO Task finished dag_id=orders task_id=load "
+        f"run_id=manual__2026-11-27T13:00:00+00:00 correlation_id={HEX32} duration=12.5"
+    )
+    runs = 200
+    # Uncached: a new line each time (the cache would make this free).
+    lines = [f"{line} n={i}" for i in range(runs)]
+    per_line = timeit.timeit(lambda: [redactor.redact_text(item) for item in lines], number=1) / runs
+    assert per_line < 200e-6, f"{per_line * 1e6:.1f} µs per line"
+    tags = {"tenant": "acme", "pipeline": "orders", "runner_class": "container", "dag_id": "orders"}
+    redactor.redact_mapping(tags)
+    per_mapping = timeit.timeit(lambda: redactor.redact_mapping(tags), number=runs) / runs
+    assert per_mapping < 50e-6, f"{per_mapping * 1e6:.1f} µs per tag set"
+
+
+# ------------------------------------------------------------------------------ Airflow's masker extended
+
+
+@pytest.fixture
+def extended_masker():
+    already = is_installed_in_airflow_masker()
+    assert install_in_airflow_masker() is True
+    yield
+    if not already:
+        uninstall_from_airflow_masker()
+
+
+def test_install_is_idempotent_and_keeps_the_instance(extended_masker):
+    from airflow.sdk._shared.secrets_masker import SecretsMasker, _secrets_masker
+
+    masker = _secrets_masker()
+    cls = type(masker)
+    assert install_in_airflow_masker() is True
+    assert type(masker) is cls
+    assert isinstance(masker, SecretsMasker)
+    assert cls.__mro__.count(redaction.BareCountMaskerExtension) == 1
+
+
+def test_airflow_redact_applies_barecount_patterns_after_reset(extended_masker):
+    from airflow.sdk._shared.secrets_masker import redact as airflow_redact
+    from airflow.sdk._shared.secrets_masker import reset_secrets_masker, should_hide_value_for_key
+
+    reset_secrets_masker()  # what supervise_task() does before starting the task
+    key = "AK" + "IA" + rand(UPPER_DIGITS, 16)
+    assert airflow_redact(f"key {key}") == "key ***"
+    assert airflow_redact({"run_token": HEX40, "password": "x"}) == {"run_token": HEX40, "password": "***"}
+    assert should_hide_value_for_key("sas_url") is True
+    assert should_hide_value_for_key("run_token") is False
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.closed: list[socket.socket] = []
+
+    def _on_socket_closed(self, sock: socket.socket) -> None:
+        self.closed.append(sock)
+
+
+def _feed(reader, data: bytes) -> None:
+    """Push bytes through a real socket into a supervisor reader callback, as its selector would."""
+    callback, _on_close = reader
+    ours, theirs = socket.socketpair()
+    try:
+        ours.sendall(data)
+        ours.shutdown(socket.SHUT_WR)
+        while callback(theirs):
+            pass
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_supervisor_writes_pattern_only_secrets_masked_to_the_task_log_file(
+    extended_masker, tmp_path, monkeypatch
+):
+    """The supervisor's own code path: _configure_logging() opens the task's log file with Airflow's
+    processors (mask_logs), _create_log_forwarder() forwards the task's stdout / stderr lines and
+    process_log_messages_from_subprocess() its structured events. None of these secrets was registered."""
+    from airflow.sdk._shared.secrets_masker import reset_secrets_masker
+    from airflow.sdk.execution_time import supervisor
+
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(tmp_path))
+    no_client = cast(Any, None)  # no remote logging: the API client is not used
+    logger, log_file = supervisor._configure_logging(
+        "dag_id=orders/run_id=r1/task_id=load/attempt=1.log", no_client
+    )
+    reset_secrets_masker()
+    sink = cast(Any, _Sink())  # stands in for the WatchedSubprocess (only its on-close callback is used)
+
+    printed = CORPUS  # multi-line ones (keys, YAML) reach the supervisor one line at a time
+    key_block, key_body = pem("RSA PRIVATE KEY")
+    stdout = "".join(f"{case.text}\n" for case in printed) + f"{key_block}\n"
+    _feed(
+        supervisor.WatchedSubprocess._create_log_forwarder(sink, (logger,), "task.stdout", data=b""),
+        stdout.encode(),
+    )
+    aws_key = "AK" + "IA" + rand(UPPER_DIGITS, 16)
+    token = "gh" + "p_" + rand(ALNUM, 36)
+    stderr = (
+        "Traceback (most recent call last):\n"
+        '  File "/opt/dags/orders.py", line 12, in load\n'
+        f"    connect(key='{aws_key}')\n"
+        f"RuntimeError: upstream rejected {token}\n"
+    )
+    _feed(
+        supervisor.WatchedSubprocess._create_log_forwarder(
+            sink, (logger,), "task.stderr", data=b"", log_level=logging.ERROR
+        ),
+        stderr.encode(),
+    )
+    url_password = rand(ALNUM, 16)
+    event = {
+        "timestamp": "2026-11-27T13:00:00.123456Z",
+        "level": "error",
+        "logger": "airflow.task",
+        "event": f"connecting to postgresql://etl:{url_password}@db:5432/w failed",
+        "correlation_id": HEX32,
+        "run_token": HEX40,
+        "tenant": "acme",
+        "api_key": "plain-" + rand(ALNUM, 10),
+        "exception": [
+            {
+                "exc_type": "RuntimeError",
+                "exc_value": f"bad credentials {token}",
+                "frames": [{"filename": "orders.py", "lineno": 12, "name": "load"}],
+            }
+        ],
+    }
+    _feed(
+        supervisor.make_buffered_socket_reader(
+            supervisor.process_log_messages_from_subprocess((logger,)), on_close=sink._on_socket_closed
+        ),
+        json.dumps(event).encode() + b"\n",
+    )
+    log_file.close()
+
+    written = (tmp_path / "dag_id=orders/run_id=r1/task_id=load/attempt=1.log").read_text()
+    lines = [json.loads(line) for line in written.splitlines()]
+    assert len(lines) >= len(printed) + 4
+    for case in printed:
+        for secret in case.secrets:
+            assert secret not in written, f"{case.kind} reached the task log file"
+    for value in (*key_body, aws_key, token, url_password, str(event["api_key"])):
+        assert value not in written
+    structured = lines[-1]
+    assert structured["run_token"] == HEX40
+    assert structured["correlation_id"] == HEX32
+    assert structured["api_key"] == REPLACEMENT
+    assert "postgresql://etl:***@db:5432/w" in structured["event"]
+    assert any(line.get("logger") == "task.stderr" and "***" in line["event"] for line in lines)
+
+
+def test_without_the_extension_the_supervisor_writes_them(tmp_path, monkeypatch):
+    """The control: Airflow alone does not know unregistered secrets."""
+    from airflow.sdk.execution_time import supervisor
+
+    already = is_installed_in_airflow_masker()
+    uninstall_from_airflow_masker()
+    try:
+        monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(tmp_path))
+        logger, log_file = supervisor._configure_logging("control.log", cast(Any, None))
+        key = "AK" + "IA" + rand(UPPER_DIGITS, 16)
+        _feed(
+            supervisor.WatchedSubprocess._create_log_forwarder(
+                cast(Any, _Sink()), (logger,), "task.stdout", data=b""
+            ),
+            f"key {key}\n".encode(),
+        )
+        log_file.close()
+        assert key in (tmp_path / "control.log").read_text()
+    finally:
+        if already:
+            install_in_airflow_masker()
+
+
+def test_sdk_structlog_mask_processor_uses_the_extension(extended_masker):
+    from airflow.sdk.log import mask_logs
+
+    secret = "xo" + "xp-" + rand(string.digits, 10) + "-" + rand(ALNUM, 20)
+    out = mask_logs(None, "info", {"event": f"token {secret}", "run_token": HEX40, "nested": {"x": [secret]}})
+    assert secret not in json.dumps(out)
+    assert out["run_token"] == HEX40
+
+
+def test_core_masker_is_left_alone_by_default(extended_masker):
+    from airflow._shared.secrets_masker import _secrets_masker as core_masker
+
+    assert not isinstance(core_masker(), redaction.BareCountMaskerExtension)
+
+
+def test_uninstall_restores_airflow_class():
+    from airflow.sdk._shared.secrets_masker import SecretsMasker, _secrets_masker
+
+    already = is_installed_in_airflow_masker()
+    install_in_airflow_masker()
+    uninstall_from_airflow_masker()
+    try:
+        assert type(_secrets_masker()) is SecretsMasker
+        assert not is_installed_in_airflow_masker()
+    finally:
+        if already:
+            install_in_airflow_masker()
+
+
+def test_extension_never_breaks_the_log_writer(extended_masker, monkeypatch):
+    from airflow.sdk._shared.secrets_masker import redact as airflow_redact
+
+    def broken() -> Redactor:
+        raise RuntimeError("boom")
+
+    broken.cache_clear = lambda: None  # type: ignore[attr-defined]
+    monkeypatch.setattr(redaction, "get_redactor", broken)
+    assert airflow_redact("anything") == "<redaction-failed>"
+
+
+def test_sets_tuples_and_named_tuples_keep_their_type():
+    key = "AK" + "IA" + rand(UPPER_DIGITS, 16)
+    point = SimpleNamespace(x=key)  # other objects: untouched
+    assert redact(point) is point
+    assert redact((key, 1)) == (REPLACEMENT, 1)
+    assert redact(frozenset({key})) == frozenset({REPLACEMENT})
+
+
+def test_component_logs_mirror_of_task_output_is_redacted():
+    """LocalExecutor workers mirror task output to the scheduler's own logging, which has no masking."""
+    from airflow._shared.logging import structlog as core_structlog
+
+    saved = structlog.get_config()
+    saved_processors = list(saved["processors"])
+    already = is_installed_in_airflow_masker()
+    buffer = io.BytesIO()
+    procs, _, final_writer = core_structlog.structlog_processors(json_output=True)
+    structlog.configure(
+        processors=[*procs, final_writer],
+        logger_factory=structlog.BytesLoggerFactory(buffer),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        uninstall_from_airflow_masker()
+        assert install_in_airflow_masker() is True
+        assert install_in_airflow_masker() is True
+        assert structlog.get_config()["processors"].count(redaction.mask_component_event) == 1
+        key = "AK" + "IA" + rand(UPPER_DIGITS, 16)
+        structlog.get_logger(logger_name="supervisor").info(
+            f"key {key}", logger="task.stdout", run_token=HEX40
+        )
+        line = json.loads(buffer.getvalue())
+        assert line["event"] == "key ***"
+        assert line["run_token"] == HEX40
+    finally:
+        uninstall_from_airflow_masker()
+        config_back = dict(saved)
+        config_back["processors"] = saved_processors
+        structlog.configure(**config_back)
+        if already:
+            install_in_airflow_masker()
