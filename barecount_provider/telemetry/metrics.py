@@ -1,0 +1,394 @@
+"""Metrics: one catalogue of every metric BareCount emits, and an emitter that fans out to the sinks.
+
+The catalogue (``CATALOG``) is the single source of truth for names, types, units and tags; docs/metrics.md
+is checked against it by the tests. Sinks (StatsD over UDP, OpenTelemetry over OTLP) never raise into the
+caller: a failure is counted in ``barecount.emit.failed`` and the event goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import socket
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from barecount_provider import config
+
+log = logging.getLogger(__name__)
+
+COUNTER = "counter"
+TIMER = "timer"  # milliseconds; a histogram in OpenTelemetry
+GAUGE = "gauge"
+HISTOGRAM = "histogram"
+
+TASK_TAGS = ("tenant", "pipeline", "runner_class", "size", "dag_id", "task_id")
+UNBOUNDED_TAGS = frozenset({"run_id", "try_number", "correlation_id", "run_token", "trace_id", "span_id"})
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str
+    unit: str  # UCUM, as OpenTelemetry wants it
+    tags: tuple[str, ...]
+    description: str
+    when: str
+
+    @property
+    def prometheus_statsd(self) -> str:
+        """The name the Prometheus statsd-exporter gives it with its default mapping."""
+        return self.name.replace(".", "_")
+
+    @property
+    def prometheus_otlp(self) -> str:
+        """The name Prometheus gives it when it arrives over OTLP (unit and _total suffixes)."""
+        base = self.name.replace(".", "_")
+        suffix = {"ms": "_milliseconds", "s": "_seconds", "By": "_bytes"}.get(self.unit, "")
+        if suffix and not base.endswith(suffix):
+            base += suffix
+        if self.kind == COUNTER:
+            base += "_total"
+        return base
+
+
+def _spec(name: str, kind: str, unit: str, tags: tuple[str, ...], description: str, when: str) -> MetricSpec:
+    return MetricSpec(name, kind, unit, tags, description, when)
+
+
+_T = TASK_TAGS
+_TS = (*TASK_TAGS, "state")
+_DR = ("tenant", "pipeline", "dag_id")
+
+CATALOG: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        _spec("barecount.task.started", COUNTER, "{try}", _T, "Task tries started.", "task process, on running (not again on a deferral or HITL resume)"),
+        _spec("barecount.task.resumed", COUNTER, "{resume}", _T, "Task tries resumed after a deferral or human-in-the-loop wait.", "task process, on running after a resume"),
+        _spec("barecount.task.finished", COUNTER, "{try}", _TS, "Task tries finished, by state (success, failed, up_for_retry, skipped, upstream_failed, removed).", "task process at the end of a try; scheduler side for tries that had no task process"),
+        _spec("barecount.task.duration", TIMER, "ms", _TS, "Wall time of a task try, start to end.", "with barecount.task.finished (task process)"),
+        _spec("barecount.task.queued_time", TIMER, "ms", _T, "Time from queued to start of a task try.", "scheduler side, when the DAG run ends"),
+        _spec("barecount.task.in_flight", GAUGE, "{task}", ("tenant", "pipeline", "dag_id"), "Task instances running now.", "scheduler side, every [barecount] in_flight_interval_seconds"),
+        _spec("barecount.task.retries", COUNTER, "{retry}", (*_T, "error_class"), "Tries that failed and will be retried.", "task process, when a try ends up_for_retry"),
+        _spec("barecount.task.failures", COUNTER, "{failure}", (*_T, "error_class"), "Tries that failed, by error class (exception type), retried or not.", "task process when a try fails; scheduler side when the scheduler fails it"),
+        _spec("barecount.task.cpu_time", TIMER, "ms", _TS, "CPU time (user + system) of the task process and the children it waited for.", "task process, at the end of a try"),
+        _spec("barecount.task.peak_memory", GAUGE, "By", _TS, "Peak resident memory of the task process during the try (high-water mark reset at start).", "task process, at the end of a try"),
+        _spec("barecount.task.io_read", HISTOGRAM, "By", _TS, "Bytes the task process read through read() calls (files, pipes, sockets).", "task process, at the end of a try"),
+        _spec("barecount.task.io_write", HISTOGRAM, "By", _TS, "Bytes the task process wrote through write() calls.", "task process, at the end of a try"),
+        _spec("barecount.dag_run.started", COUNTER, "{run}", _DR, "DAG runs started.", "scheduler, when a run starts running"),
+        _spec("barecount.dag_run.finished", COUNTER, "{run}", (*_DR, "state"), "DAG runs finished, by state.", "scheduler, when a run ends"),
+        _spec("barecount.dag_run.duration", TIMER, "ms", (*_DR, "state"), "Wall time of a DAG run, start to end.", "scheduler, when a run ends"),
+        _spec("barecount.dag_run.queued_time", TIMER, "ms", _DR, "Time from a run being queued to it starting.", "scheduler, when a run ends"),
+        _spec("barecount.emit.failed", COUNTER, "{error}", ("sink", "stage"), "BareCount's own failures: a sink that is down, an exception inside a hook. Never raised into a task.", "wherever it happens"),
+    )
+}
+
+
+class EmitFailures:
+    """In-process count of BareCount's own failures, by (sink, stage)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def record(self, sink: str, stage: str) -> None:
+        with self._lock:
+            self.counts[(sink, stage)] += 1
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+EMIT_FAILURES = EmitFailures()
+
+
+@functools.lru_cache(maxsize=4096)
+def redact_tag_value(value: str) -> str:
+    """Tag values repeat (tenant, dag id, ...), so their redaction is cached."""
+    from barecount_provider.telemetry.redaction import get_redactor
+
+    return get_redactor().redact_text(value)
+
+
+def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Drop unbounded tags, stringify values and redact them (a tag must never carry a secret)."""
+    return {
+        key: redact_tag_value(str(value))
+        for key, value in tags.items()
+        if key not in UNBOUNDED_TAGS and value is not None
+    }
+
+
+# --------------------------------------------------------------------------------------------------- StatsD
+
+
+_STATSD_FORBIDDEN = str.maketrans({",": "_", "|": "_", "#": "_", ":": "_", "=": "_", " ": "_", "\n": "_"})
+
+
+class StatsdSink:
+    """Fire-and-forget UDP StatsD with tags, in DogStatsD or InfluxDB / statsd-exporter style.
+
+    The transport is the ``statsd`` package's client (one UDP packet per event through its pipeline); this
+    class only writes the tags. Resolving a host name is the one step that can block, so it runs in a
+    thread bounded by ``[barecount] emit_timeout_ms``; a host that does not resolve in time disables the
+    sink for this process and is counted.
+    """
+
+    name = "statsd"
+
+    def __init__(self, host: str, port: int, prefix: str = "", tag_style: str = "dogstatsd", timeout_ms: int = 250):
+        self.host, self.port, self.prefix, self.tag_style = host, port, prefix, tag_style
+        self.timeout_ms = timeout_ms
+        self._client: Any = None
+        self._broken = False
+
+    def describe(self) -> str:
+        return f"udp://{self.host}:{self.port} ({self.tag_style})"
+
+    def _resolve(self) -> str | None:
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in self.host else socket.AF_INET, self.host)
+            return self.host
+        except OSError:
+            pass
+        result: list[str] = []
+
+        def lookup() -> None:
+            try:
+                result.append(str(socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_DGRAM)[0][4][0]))
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=lookup, name="barecount-statsd-resolve", daemon=True)
+        thread.start()
+        thread.join(self.timeout_ms / 1000.0)
+        return result[0] if result else None
+
+    def _get_client(self) -> Any:
+        if self._client is None and not self._broken:
+            address = self._resolve()
+            if address is None:
+                self._broken = True
+                EMIT_FAILURES.record(self.name, "resolve")
+                return None
+            import statsd
+
+            self._client = statsd.StatsClient(address, self.port, prefix=self.prefix or None)
+        return self._client
+
+    def _encode(self, name: str, tags: Mapping[str, str]) -> tuple[str, str]:
+        if not tags:
+            return name, ""
+        pairs = [(k.translate(_STATSD_FORBIDDEN), v.translate(_STATSD_FORBIDDEN)) for k, v in tags.items()]
+        if self.tag_style == "influxdb":
+            return name + "," + ",".join(f"{k}={v}" for k, v in pairs), ""
+        return name, "|#" + ",".join(f"{k}:{v}" for k, v in pairs)
+
+    def send(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
+        client = self._get_client()
+        if client is None:
+            return
+        try:
+            pipe = client.pipeline()
+            for name, kind, value, tags in points:
+                stat, suffix = self._encode(name, tags)
+                code = {COUNTER: "c", TIMER: "ms", GAUGE: "g", HISTOGRAM: "h"}[kind]
+                number = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+                pipe._send_stat(stat, f"{number}|{code}{suffix}", 1)
+            pipe.send()
+        except OSError:
+            EMIT_FAILURES.record(self.name, "send")
+
+    def flush(self, timeout_ms: int) -> None:  # UDP: nothing is buffered
+        return None
+
+
+# ------------------------------------------------------------------------------------------- OpenTelemetry
+
+
+class OtelMetricSink:
+    """OpenTelemetry metrics exported from a background batch (OTLP/HTTP by default).
+
+    A MeterProvider of its own (never the global one, which Airflow may own), not shut down at exit by the
+    SDK: the task process flushes it once at its end, bounded by ``emit_timeout_ms``.
+    """
+
+    name = "otlp_metrics"
+
+    def __init__(self, reader: Any = None, timeout_ms: int = 250):
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.resources import Resource
+
+        if reader is None:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+            exporter = OTLPMetricExporter(timeout=max(timeout_ms, 1) / 1000.0)
+            reader = PeriodicExportingMetricReader(
+                _counting_exporter(exporter), export_interval_millis=60_000, export_timeout_millis=max(timeout_ms, 1)
+            )
+        self.reader = reader
+        self.provider = MeterProvider(
+            metric_readers=[reader],
+            resource=Resource.create({"service.name": "barecount"}),
+            shutdown_on_exit=False,
+        )
+        self.meter = self.provider.get_meter("barecount_provider")
+        self._instruments: dict[str, Any] = {}
+        self.timeout_ms = timeout_ms
+
+    def describe(self) -> str:
+        import os
+
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
+        )
+        return f"otlp {endpoint}"
+
+    def _instrument(self, name: str, kind: str) -> Any:
+        instrument = self._instruments.get(name)
+        if instrument is None:
+            spec = CATALOG.get(name)
+            unit = spec.unit if spec else ""
+            description = spec.description if spec else ""
+            if kind == COUNTER:
+                instrument = self.meter.create_counter(name, unit=unit, description=description)
+            elif kind == GAUGE:
+                instrument = self.meter.create_gauge(name, unit=unit, description=description)
+            else:
+                instrument = self.meter.create_histogram(name, unit=unit, description=description)
+            self._instruments[name] = instrument
+        return instrument
+
+    def send(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
+        for name, kind, value, tags in points:
+            instrument = self._instrument(name, kind)
+            if kind == COUNTER:
+                instrument.add(value, tags)
+            elif kind == GAUGE:
+                instrument.set(value, tags)
+            else:
+                instrument.record(value, tags)
+
+    def flush(self, timeout_ms: int) -> None:
+        try:
+            if not self.provider.force_flush(timeout_millis=max(timeout_ms, 1)):
+                EMIT_FAILURES.record(self.name, "flush")
+        except Exception:
+            EMIT_FAILURES.record(self.name, "flush")
+
+
+def _counting_exporter(inner: Any) -> Any:
+    """Wrap an exporter so that a failed export is counted instead of only logged by the SDK."""
+    from opentelemetry.sdk.metrics.export import MetricExporter
+
+    class _CountingExporter(MetricExporter):
+        def __init__(self) -> None:
+            super().__init__(
+                preferred_temporality=getattr(inner, "_preferred_temporality", None),
+                preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
+            )
+            self._inner = inner
+
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+            from opentelemetry.sdk.metrics.export import MetricExportResult
+
+            try:
+                result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+            except Exception:
+                result = MetricExportResult.FAILURE
+            if result != MetricExportResult.SUCCESS:
+                EMIT_FAILURES.record("otlp_metrics", "export")
+            return result
+
+        def force_flush(self, timeout_millis: float = 10_000) -> bool:
+            return self._inner.force_flush(timeout_millis=timeout_millis)
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+    return _CountingExporter()
+
+
+# ------------------------------------------------------------------------------------------------ Emitter
+
+
+class Emitter:
+    """Fans metric points out to the configured sinks; never raises."""
+
+    def __init__(self, sinks: list[Any]):
+        self.sinks = sinks
+
+    def emit(self, points: list[tuple[str, str, float, Mapping[str, Any]]]) -> None:
+        """Send a batch of ``(name, kind, value, tags)``; tags are cleaned and redacted here."""
+        if not self.sinks or not points:
+            return
+        try:
+            cleaned = [(name, kind, value, clean_tags(tags)) for name, kind, value, tags in points]
+        except Exception:
+            EMIT_FAILURES.record("emitter", "prepare")
+            log.debug("BareCount could not prepare metrics", exc_info=True)
+            return
+        for sink in self.sinks:
+            try:
+                sink.send(cleaned)
+            except Exception:
+                EMIT_FAILURES.record(getattr(sink, "name", "sink"), "send")
+                log.debug("BareCount metric sink %s failed", getattr(sink, "name", sink), exc_info=True)
+
+    def count(self, name: str, tags: Mapping[str, Any], value: float = 1) -> None:
+        self.emit([(name, COUNTER, value, tags)])
+
+    def flush(self, timeout_ms: int | None = None) -> None:
+        budget = config.emit_timeout_ms() if timeout_ms is None else timeout_ms
+        for sink in self.sinks:
+            try:
+                sink.flush(budget)
+            except Exception:
+                EMIT_FAILURES.record(getattr(sink, "name", "sink"), "flush")
+
+    def describe(self) -> dict[str, str]:
+        return {sink.name: sink.describe() for sink in self.sinks}
+
+    def report_failures(self, tags: Mapping[str, Any] | None = None) -> None:
+        """Send the process's own failure counts (to the sinks that still work) and reset them."""
+        with EMIT_FAILURES._lock:
+            counts = dict(EMIT_FAILURES.counts)
+            EMIT_FAILURES.counts.clear()
+        if counts:
+            self.emit(
+                [
+                    ("barecount.emit.failed", COUNTER, n, {"sink": sink, "stage": stage})
+                    for (sink, stage), n in counts.items()
+                ]
+            )
+
+
+def build_sinks() -> list[Any]:
+    sinks: list[Any] = []
+    timeout = config.emit_timeout_ms()
+    if config.statsd_on():
+        sinks.append(
+            StatsdSink(
+                config.statsd_host(),
+                config.statsd_port(),
+                config.statsd_prefix(),
+                config.statsd_tag_style(),
+                timeout_ms=timeout,
+            )
+        )
+    if config.otlp_metrics_on():
+        try:
+            sinks.append(OtelMetricSink(timeout_ms=timeout))
+        except Exception:
+            EMIT_FAILURES.record("otlp_metrics", "start")
+            log.warning("BareCount could not start the OTLP metric exporter", exc_info=True)
+    return sinks
+
+
+@functools.cache
+def get_emitter() -> Emitter:
+    return Emitter(build_sinks())

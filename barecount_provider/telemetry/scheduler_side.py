@@ -1,0 +1,393 @@
+"""What BareCount takes on the scheduler side, off the scheduling loop.
+
+The scheduler's listener hooks only put a small job on a bounded queue (no I/O, no database); one daemon
+thread does the work with its own database session: DAG-run metrics, queued time of every try, the tries
+that never had a task process (skipped by trigger rules, upstream failed, removed), tries the scheduler
+failed, the run and task spans, and a sampler of tasks in flight. A full queue drops the job and counts it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from barecount_provider import config, context
+from barecount_provider.telemetry import filesink
+from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER, get_emitter
+
+log = logging.getLogger(__name__)
+
+NEVER_RAN_STATES = ("skipped", "upstream_failed", "removed")
+QUEUE_SIZE = 10_000
+
+
+def _state(value: Any) -> str:
+    return str(getattr(value, "value", value)) if value is not None else "none"
+
+
+def _ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds() * 1000.0)
+
+
+class SchedulerSide:
+    """A single background worker fed by the listener; never blocks the caller."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._thread: threading.Thread | None = None
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._tenants: dict[str, tuple[str, str]] = {}
+        self._opted_out: dict[str, bool] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._work, name="barecount-scheduler-side", daemon=True)
+                    self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._ensure_thread()
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            EMIT_FAILURES.record("scheduler_side", "queue_full")
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except Exception:
+                EMIT_FAILURES.record("scheduler_side", "job")
+                log.warning("BareCount scheduler-side job failed", exc_info=True)
+            finally:
+                self.jobs.task_done()
+                get_emitter().report_failures()
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every submitted job ran (tests, dag.test and shutdown); bounded."""
+        deadline = time.monotonic() + timeout_s
+        while self.jobs.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        get_emitter().flush()
+        return not self.jobs.unfinished_tasks
+
+    # ----------------------------------------------------------------------------------- tenant lookup
+
+    def tenant_of(self, dag_id: str, dag: Any = None, conf_keys: frozenset[str] = frozenset()) -> tuple[str, str]:
+        """(tenant, pipeline) of a DAG, from the DAG object when at hand, else its tags in the database.
+
+        ``conf_keys``: the run's conf keys, whose live param values are not trusted (a run's conf must never
+        choose the tenant)."""
+        if dag is not None and conf_keys & set(context.IDENTITY_KEYS):
+            # The run's conf names an identity key: read the declared params from a fresh copy of the
+            # serialized DAG, which no run's conf has touched.
+            try:
+                from airflow.models.serialized_dag import SerializedDagModel
+
+                fresh = SerializedDagModel.get_dag(dag_id)
+                if fresh is not None:
+                    dag, conf_keys = fresh, frozenset()
+            except Exception:
+                EMIT_FAILURES.record("scheduler_side", "serialized_dag")
+        if dag is not None:
+            self._opted_out[dag_id] = context.is_opted_out(dag, conf_keys)
+            tenant = context.declared(None, dag, "tenant", conf_keys) or config.default_tenant()
+            pipeline = context.declared(None, dag, "pipeline", conf_keys) or dag_id
+            self._tenants[dag_id] = (tenant, pipeline)
+            return tenant, pipeline
+        cached = self._tenants.get(dag_id)
+        if cached:
+            return cached
+        tags: set[str] = set()
+        try:
+            from airflow.models.dag import DagTag
+            from airflow.utils.session import create_session
+            from sqlalchemy import select
+
+            with create_session() as session:
+                tags = set(session.scalars(select(DagTag.name).where(DagTag.dag_id == dag_id)))
+        except Exception:
+            EMIT_FAILURES.record("scheduler_side", "tags")
+
+        class _Tags:
+            pass
+
+        holder = _Tags()
+        holder.tags = tags  # type: ignore[attr-defined]
+        self._opted_out[dag_id] = context.is_opted_out(holder)
+        tenant = context.declared(None, holder, "tenant") or config.default_tenant()
+        pipeline = context.declared(None, holder, "pipeline") or dag_id
+        self._tenants[dag_id] = (tenant, pipeline)
+        return tenant, pipeline
+
+    def opted_out(self, dag_id: str) -> bool:
+        """Whether the DAG opted out (tag or declared param); resolves the DAG first when needed."""
+        if dag_id not in self._opted_out:
+            self.tenant_of(dag_id)
+        return self._opted_out.get(dag_id, False)
+
+    def _warm_tenant(self, dag_id: str) -> None:
+        self.tenant_of(dag_id)
+
+    def cached_tenant(self, dag_id: str) -> str:
+        """Cache-only lookup, safe inside the scheduling loop (used by the trace sampler)."""
+        cached = self._tenants.get(dag_id)
+        if cached is None:
+            self.submit(lambda: self._warm_tenant(dag_id))
+            return config.default_tenant()
+        return cached[0]
+
+    # ---------------------------------------------------------------------------------------- DAG runs
+
+    def dag_run_running(self, dag_run: Any) -> None:
+        dag_id, dag = dag_run.dag_id, getattr(dag_run, "dag", None)
+        conf_keys = frozenset(getattr(dag_run, "conf", None) or {})
+        self.submit(lambda: self._dag_run_running(dag_id, dag, conf_keys))
+
+    def _dag_run_running(self, dag_id: str, dag: Any, conf_keys: frozenset[str]) -> None:
+        tenant, pipeline = self.tenant_of(dag_id, dag, conf_keys)
+        if self.opted_out(dag_id):
+            return
+        get_emitter().count("barecount.dag_run.started", {"tenant": tenant, "pipeline": pipeline, "dag_id": dag_id})
+
+    def dag_run_finished(self, dag_run: Any) -> None:
+        snapshot = {
+            "dag_id": dag_run.dag_id,
+            "run_id": dag_run.run_id,
+            "state": _state(dag_run.state),
+            "start_date": dag_run.start_date,
+            "end_date": dag_run.end_date or datetime.now(UTC),
+            "queued_at": getattr(dag_run, "queued_at", None),
+            "dag": getattr(dag_run, "dag", None),
+            "conf_keys": frozenset(getattr(dag_run, "conf", None) or {}),
+        }
+        self.submit(lambda: self._dag_run_finished(**snapshot))
+
+    def _dag_run_finished(self, dag_id: str, run_id: str, state: str, start_date: Any, end_date: Any, queued_at: Any, dag: Any, conf_keys: frozenset[str]) -> None:
+        tenant, pipeline = self.tenant_of(dag_id, dag, conf_keys)
+        if self.opted_out(dag_id):
+            return
+        run_tags = {"tenant": tenant, "pipeline": pipeline, "dag_id": dag_id}
+        points: list[tuple[str, str, float, Any]] = [
+            ("barecount.dag_run.finished", COUNTER, 1, {**run_tags, "state": state})
+        ]
+        duration = _ms(start_date, end_date)
+        if duration is not None:
+            points.append(("barecount.dag_run.duration", TIMER, duration, {**run_tags, "state": state}))
+        queued = _ms(queued_at, start_date)
+        if queued is not None:
+            points.append(("barecount.dag_run.queued_time", TIMER, queued, run_tags))
+
+        tries = self._load_tries(dag_id, run_id)
+        tasks: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for row in tries:
+            tasks.setdefault((row["task_id"], row["map_index"]), []).append(row)
+            task_tags = {**run_tags, "runner_class": "local", "size": context.DEFAULT_SIZE, "task_id": row["task_id"]}
+            queued_ms = _ms(row["queued_dttm"], row["start_date"])
+            if queued_ms is not None:
+                points.append(("barecount.task.queued_time", TIMER, queued_ms, task_tags))
+            # No task process ever ran for it (skipped by a trigger rule, upstream failed, removed): no pid.
+            if row["state"] in NEVER_RAN_STATES and row["pid"] is None and row["latest"]:
+                points.append(("barecount.task.finished", COUNTER, 1, {**task_tags, "state": row["state"]}))
+                self._file_event(row, tenant, pipeline, source="scheduler")
+        get_emitter().emit(points)
+        self._emit_spans(dag_id, run_id, tenant, state, start_date, end_date, tasks)
+        if config.file_sink_on():
+            filesink.append_event(
+                {
+                    "kind": "dag_run",
+                    "source": "scheduler",
+                    "time": datetime.now(UTC).isoformat(),
+                    "dag_id": dag_id,
+                    "run_id": run_id,
+                    "state": state,
+                    "duration_s": None if duration is None else round(duration / 1000.0, 3),
+                    "tenant": tenant,
+                    "pipeline": pipeline,
+                    "correlation_id": context.correlation_id_for(dag_id, run_id),
+                    "trace_id": f"{context.trace_id_for(dag_id, run_id):032x}",
+                }
+            )
+
+    def _load_tries(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every try of the run: the latest from task_instance, earlier ones from task_instance_history."""
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.models.taskinstancehistory import TaskInstanceHistory
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        rows: list[dict[str, Any]] = []
+        with create_session() as session:
+            for model, latest in ((TaskInstance, True), (TaskInstanceHistory, False)):
+                query = select(
+                    model.task_id, model.map_index, model.try_number, model.state,
+                    model.queued_dttm, model.start_date, model.end_date, model.pid,
+                ).where(model.dag_id == dag_id, model.run_id == run_id)
+                for r in session.execute(query):
+                    rows.append(
+                        {
+                            "dag_id": dag_id, "run_id": run_id, "task_id": r.task_id, "map_index": r.map_index,
+                            "try_number": r.try_number, "state": _state(r.state), "queued_dttm": r.queued_dttm,
+                            "start_date": r.start_date, "end_date": r.end_date, "pid": r.pid, "latest": latest,
+                        }
+                    )
+        return rows
+
+    def _file_event(self, row: dict[str, Any], tenant: str, pipeline: str, source: str) -> None:
+        if not config.file_sink_on():
+            return
+        filesink.append_event(
+            {
+                "kind": "task_try",
+                "source": source,
+                "time": datetime.now(UTC).isoformat(),
+                "dag_id": row["dag_id"],
+                "run_id": row["run_id"],
+                "task_id": row["task_id"],
+                "map_index": row["map_index"],
+                "try_number": row["try_number"],
+                "state": row["state"],
+                "duration_s": None,
+                "tenant": tenant,
+                "pipeline": pipeline,
+                "runner_class": "local",
+                "size": None,
+                "network_profile": None,
+                "correlation_id": context.correlation_id_for(row["dag_id"], row["run_id"]),
+                "trace_id": None,
+                "span_id": None,
+                "sampled": None,
+                "sinks": {**get_emitter().describe(), "file": filesink.events_path()},
+            }
+        )
+
+    def _emit_spans(self, dag_id: str, run_id: str, tenant: str, state: str, start: Any, end: Any, tasks: dict) -> None:
+        from barecount_provider.telemetry import tracing
+        from barecount_provider.telemetry.task_side import _policy_values
+
+        tracer = tracing.get_tracing()
+        if tracer is None or tracer.airflow_mode or start is None:
+            return  # under Airflow's tracing, Airflow emits the dag_run and task_run spans itself
+        ratio, _ = _policy_values(tenant)
+        sampled = tracing.sampled_for_run(dag_id, run_id, ratio)
+        trace_id = context.trace_id_for(dag_id, run_id)
+        run_span_id = context.run_span_id_for(dag_id, run_id)
+        tracer.emit_fixed_span(
+            f"dag_run {dag_id}", trace_id=trace_id, span_id=run_span_id, parent_span_id=None, sampled=sampled,
+            start=start, end=end, error=state == "failed",
+            attributes={"airflow.dag_id": dag_id, "airflow.dag_run.run_id": run_id, "barecount.tenant": tenant,
+                        "barecount.state": state, "barecount.correlation_id": context.correlation_id_for(dag_id, run_id)},
+        )
+        for (task_id, map_index), rows in tasks.items():
+            starts = [r["start_date"] for r in rows if r["start_date"]]
+            ends = [r["end_date"] for r in rows if r["end_date"]]
+            latest = next((r for r in rows if r["latest"]), rows[0])
+            tracer.emit_fixed_span(
+                f"task {task_id}", trace_id=trace_id,
+                span_id=context.task_span_id_for(dag_id, run_id, task_id, map_index if map_index is not None else -1),
+                parent_span_id=run_span_id, sampled=sampled,
+                start=min(starts) if starts else (max(ends) if ends else end),
+                end=max(ends) if ends else end, error=latest["state"] in ("failed", "upstream_failed"),
+                attributes={"airflow.dag_id": dag_id, "airflow.task_id": task_id, "airflow.task_instance.map_index": map_index,
+                            "barecount.state": latest["state"], "barecount.tries": len(rows)},
+            )
+        tracer.flush(config.emit_timeout_ms())
+
+    # ----------------------------------------------------------------------- tries failed by the scheduler
+
+    def task_failed_by_server(self, task_instance: Any, error: Any) -> None:
+        """A try failed outside its task process (heartbeat timeout, killed, marked failed)."""
+        row = {
+            "dag_id": task_instance.dag_id, "run_id": task_instance.run_id, "task_id": task_instance.task_id,
+            "map_index": getattr(task_instance, "map_index", -1), "try_number": getattr(task_instance, "try_number", 0),
+            "state": "failed",
+        }
+        error_class = type(error).__name__ if isinstance(error, BaseException) else "KilledByScheduler"
+        self.submit(lambda: self._task_failed_by_server(row, error_class))
+
+    def _task_failed_by_server(self, row: dict[str, Any], error_class: str) -> None:
+        tenant, pipeline = self.tenant_of(row["dag_id"])
+        if self.opted_out(row["dag_id"]):
+            return
+        tags = {"tenant": tenant, "pipeline": pipeline, "runner_class": "local", "size": context.DEFAULT_SIZE,
+                "dag_id": row["dag_id"], "task_id": row["task_id"]}
+        get_emitter().emit(
+            [
+                ("barecount.task.finished", COUNTER, 1, {**tags, "state": "failed"}),
+                ("barecount.task.failures", COUNTER, 1, {**tags, "error_class": error_class}),
+            ]
+        )
+        self._file_event(row, tenant, pipeline, source="scheduler")
+
+    # ---------------------------------------------------------------------------------- tasks in flight
+
+    def start_in_flight_sampler(self) -> None:
+        if self._sampler is not None:
+            return
+        self._sampler = threading.Thread(target=self._sample_loop, name="barecount-in-flight", daemon=True)
+        self._sampler.start()
+
+    def _sample_loop(self) -> None:
+        interval = config.in_flight_interval_seconds()
+        while not self._stop.wait(interval):
+            try:
+                self.sample_in_flight()
+            except Exception:
+                EMIT_FAILURES.record("scheduler_side", "in_flight")
+
+    def sample_in_flight(self) -> dict[tuple[str, str, str], int]:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import func, select
+
+        with create_session() as session:
+            rows = session.execute(
+                select(TaskInstance.dag_id, func.count())
+                .where(TaskInstance.state == TaskInstanceState.RUNNING)
+                .group_by(TaskInstance.dag_id)
+            ).all()
+        counts: dict[tuple[str, str, str], int] = {}
+        for dag_id, n in rows:
+            tenant, pipeline = self.tenant_of(dag_id)
+            if self.opted_out(dag_id):
+                continue
+            counts[(tenant, pipeline, dag_id)] = int(n)
+        # Report zero for DAGs that had tasks in flight before, so the gauge comes down.
+        for key in list(self._last_in_flight):
+            counts.setdefault(key, 0)
+        self._last_in_flight = {k for k, v in counts.items() if v}
+        get_emitter().emit(
+            [
+                ("barecount.task.in_flight", GAUGE, n, {"tenant": t, "pipeline": p, "dag_id": d})
+                for (t, p, d), n in counts.items()
+            ]
+        )
+        return counts
+
+    _last_in_flight: set[tuple[str, str, str]] = set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.drain(timeout_s=config.emit_timeout_ms() / 1000.0 + 1.0)
+
+
+@functools.cache
+def get_scheduler_side() -> SchedulerSide:
+    return SchedulerSide()

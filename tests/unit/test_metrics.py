@@ -1,0 +1,148 @@
+"""Metric sinks: a real UDP socket receives the StatsD packets; an OTel in-memory reader the OTLP points."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from barecount_provider.telemetry import metrics
+from barecount_provider.telemetry.metrics import COUNTER, GAUGE, TIMER, Emitter, OtelMetricSink, StatsdSink
+
+TAGS = {
+    "tenant": "acme",
+    "pipeline": "orders",
+    "runner_class": "local",
+    "size": "m",
+    "dag_id": "d1",
+    "task_id": "t1",
+    "state": "success",
+    "run_id": "manual__2026-11-27T13:00:00+00:00",
+    "try_number": 2,
+    "correlation_id": "abc123",
+}
+
+
+@pytest.fixture
+def udp_server():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    yield sock
+    sock.close()
+
+
+def _receive_lines(sock: socket.socket) -> list[str]:
+    data, _ = sock.recvfrom(65535)
+    return data.decode().splitlines()
+
+
+def test_dogstatsd_packets_carry_bounded_tags_only(udp_server):
+    port = udp_server.getsockname()[1]
+    emitter = Emitter([StatsdSink("127.0.0.1", port, tag_style="dogstatsd")])
+    emitter.emit(
+        [
+            ("barecount.task.finished", COUNTER, 1, TAGS),
+            ("barecount.task.duration", TIMER, 1234.5, TAGS),
+            ("barecount.task.peak_memory", GAUGE, 2048, TAGS),
+        ]
+    )
+    lines = _receive_lines(udp_server)
+    assert lines[0] == (
+        "barecount.task.finished:1|c|#tenant:acme,pipeline:orders,runner_class:local,size:m,dag_id:d1,task_id:t1,state:success"
+    )
+    assert lines[1].startswith("barecount.task.duration:1234.5|ms|#tenant:acme")
+    assert lines[2].startswith("barecount.task.peak_memory:2048|g|#")
+    for line in lines:
+        for unbounded in ("run_id", "try_number", "correlation_id", "manual__", "abc123"):
+            assert unbounded not in line
+
+
+def test_influxdb_style_is_what_statsd_exporter_reads(udp_server):
+    port = udp_server.getsockname()[1]
+    emitter = Emitter([StatsdSink("127.0.0.1", port, prefix="af", tag_style="influxdb")])
+    emitter.count("barecount.task.started", {"tenant": "acme", "dag_id": "d:1", "run_id": "r"})
+    (line,) = _receive_lines(udp_server)
+    assert line == "af.barecount.task.started,tenant=acme,dag_id=d_1:1|c"
+
+
+def test_tag_values_are_redacted(udp_server):
+    port = udp_server.getsockname()[1]
+    secret = "AKIA" + "Z7EXAMPLE4QWERTY"
+    Emitter([StatsdSink("127.0.0.1", port)]).count("barecount.task.started", {"tenant": secret})
+    (line,) = _receive_lines(udp_server)
+    assert secret not in line and "***" in line
+
+
+def test_unresolvable_statsd_host_is_counted_not_raised():
+    metrics.EMIT_FAILURES.counts.clear()
+    sink = StatsdSink("barecount-no-such-host.invalid", 8125, timeout_ms=200)
+    Emitter([sink]).count("barecount.task.started", {"tenant": "acme"})
+    Emitter([sink]).count("barecount.task.started", {"tenant": "acme"})  # second call: sink stays disabled
+    assert metrics.EMIT_FAILURES.counts[("statsd", "resolve")] == 1
+
+
+def test_statsd_port_with_no_listener_never_raises():
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    emitter = Emitter([StatsdSink("127.0.0.1", port)])
+    for _ in range(3):
+        emitter.count("barecount.task.started", {"tenant": "acme"})
+
+
+def test_otel_sink_records_points_with_attributes():
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    emitter = Emitter([OtelMetricSink(reader=reader)])
+    emitter.emit(
+        [
+            ("barecount.task.finished", COUNTER, 1, TAGS),
+            ("barecount.task.finished", COUNTER, 1, TAGS),
+            ("barecount.task.duration", TIMER, 250.0, TAGS),
+        ]
+    )
+    data = reader.get_metrics_data()
+    found = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    finished = found["barecount.task.finished"]
+    (point,) = finished.data.data_points
+    assert point.value == 2
+    assert dict(point.attributes) == {k: v for k, v in TAGS.items() if k not in metrics.UNBOUNDED_TAGS}
+    assert found["barecount.task.duration"].unit == "ms"
+    assert found["barecount.task.duration"].data.data_points[0].sum == 250.0
+
+
+def test_otlp_endpoint_refusing_connections_is_counted(monkeypatch):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"http://127.0.0.1:{port}/v1/metrics")
+    metrics.EMIT_FAILURES.counts.clear()
+    sink = OtelMetricSink(timeout_ms=200)
+    emitter = Emitter([sink])
+    emitter.count("barecount.task.started", {"tenant": "acme"})
+    emitter.flush(200)
+    assert metrics.EMIT_FAILURES.counts[("otlp_metrics", "export")] >= 1
+
+
+def test_emit_failures_are_reported_to_working_sinks(udp_server):
+    port = udp_server.getsockname()[1]
+    metrics.EMIT_FAILURES.counts.clear()
+    metrics.EMIT_FAILURES.record("otlp_metrics", "export")
+    Emitter([StatsdSink("127.0.0.1", port)]).report_failures()
+    (line,) = _receive_lines(udp_server)
+    assert line == "barecount.emit.failed:1|c|#sink:otlp_metrics,stage:export"
+    assert metrics.EMIT_FAILURES.total() == 0
+
+
+def test_every_catalogued_metric_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    for spec in metrics.CATALOG.values():
+        assert f"`{spec.name}`" in doc, spec.name
+        assert f"`{spec.prometheus_statsd}`" in doc, spec.name
+        assert f"`{spec.prometheus_otlp}`" in doc, spec.name
