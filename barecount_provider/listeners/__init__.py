@@ -1,0 +1,1 @@
+"""Airflow listeners: thin, defensive hooks that hand work to telemetry, evidence and cost."""

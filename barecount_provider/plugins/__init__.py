@@ -1,0 +1,1 @@
+"""Airflow plugins of BareCount (registered through the ``airflow.plugins`` entry point only)."""

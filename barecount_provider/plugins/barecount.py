@@ -1,0 +1,57 @@
+"""The BareCount AirflowPlugin: registers the lifecycle listener (REST app and UI page come later).
+
+With ``[barecount] enabled = False`` nothing is registered: no listener, no masker extension, no sampler.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+
+from barecount_provider import config
+
+log = logging.getLogger(__name__)
+
+
+def _listeners() -> list[Any]:
+    try:
+        if not config.enabled():
+            return []
+    except ValueError as err:
+        log.error("BareCount is disabled: %s", err)
+        return []
+    from barecount_provider.listeners import lifecycle
+
+    _install_side_effects()
+    return [lifecycle]
+
+
+def _install_side_effects() -> None:
+    """Extend Airflow's secrets masker and its trace sampler; both are idempotent and never raise."""
+    try:
+        from barecount_provider.telemetry.redaction import install_in_airflow_masker
+
+        install_in_airflow_masker()
+    except Exception:
+        log.warning("BareCount could not extend Airflow's secrets masker", exc_info=True)
+    try:
+        from barecount_provider.telemetry import tracing
+
+        if config.traces_on() and tracing.airflow_tracing_on():
+            from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+            from barecount_provider.telemetry.task_side import _policy_values
+
+            tracing.install_tenant_sampler(
+                get_scheduler_side().cached_tenant, lambda tenant: _policy_values(tenant)[0]
+            )
+    except Exception:
+        log.warning("BareCount could not install its tenant trace sampler", exc_info=True)
+
+
+class BareCountPlugin(AirflowPlugin):
+    """Zero-code telemetry for every task of every DAG."""
+
+    name = "barecount"
+    listeners = _listeners()
