@@ -1,0 +1,1 @@
+"""System tests: a real Airflow (api-server, scheduler, dag-processor) on loopback."""

@@ -1,0 +1,91 @@
+"""Fixtures for system tests: one real Airflow stack on loopback per test session.
+
+The stack serves the example DAGs of ``dags/`` and the system tests' own DAGs, with BareCount's StatsD sink
+pointed at a UDP socket the tests own, and its OTLP metric sink pointed at a port that refuses connections
+(a sink that is down must not hurt a task, and its failures must reach the sinks that work).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .stack import AirflowStack
+
+SYSTEM_DAGS = Path(__file__).resolve().parent / "dags"
+EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+class UdpCollector:
+    """A real UDP socket on loopback that keeps every StatsD line it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.lines: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.lines.extend(data.decode(errors="replace").splitlines())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def _refused_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+@pytest.fixture(scope="session")
+def statsd_collector() -> Iterator[UdpCollector]:
+    collector = UdpCollector()
+    yield collector
+    collector.close()
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(tmp_path_factory: pytest.TempPathFactory, statsd_collector: UdpCollector) -> Iterator[AirflowStack]:
+    """api-server + scheduler + dag-processor (LocalExecutor, SQLite) serving the example and system DAGs.
+
+    AIRFLOW_HOME is a fresh directory under pytest's temporary directory; component logs are in
+    ``<home>/logs-<component>.log``, task logs under ``<home>/logs``, BareCount's file sink under
+    ``<home>/barecount/telemetry``.
+    """
+    home = tmp_path_factory.mktemp("airflow-home")
+    dags = tmp_path_factory.mktemp("dags")
+    for folder in (EXAMPLE_DAGS, SYSTEM_DAGS):
+        for path in folder.glob("*.py"):
+            shutil.copy(path, dags / path.name)
+    extra_env = {
+        "AIRFLOW__BARECOUNT__STATSD_ON": "True",
+        "AIRFLOW__BARECOUNT__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__BARECOUNT__STATSD_PORT": str(statsd_collector.port),
+        "AIRFLOW__BARECOUNT__OTLP_METRICS_ON": "True",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{_refused_port()}/v1/metrics",
+        "AIRFLOW__BARECOUNT__IN_FLIGHT_INTERVAL_SECONDS": "1",
+        "AIRFLOW__BARECOUNT__SECRET_KEY": "system-test-secret-key",
+    }
+    with AirflowStack(home=home, dags_folder=dags, extra_env=extra_env) as stack:
+        yield stack
