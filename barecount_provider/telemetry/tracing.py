@@ -391,12 +391,14 @@ class TenantRatioSampler(Sampler):
 
 def install_tenant_sampler(tenant_of_dag: Any, ratio_of_tenant: Any) -> bool:
     """Put the tenant's ratio into Airflow's sampling decision, keeping Airflow's tracer provider."""
-    provider = trace.get_tracer_provider()
+    provider: Any = trace.get_tracer_provider()
     sampler = getattr(provider, "sampler", None)
     if sampler is None or isinstance(sampler, TenantRatioSampler):
         return False
     try:
-        provider._sampler = TenantRatioSampler(sampler, tenant_of_dag, ratio_of_tenant)  # type: ignore[attr-defined]
+        # Airflow's per-run decision reads ``provider.sampler`` each time (new_dagrun_trace_carrier); spans
+        # under a run follow the run's flag through their ParentBased samplers.
+        provider.sampler = TenantRatioSampler(sampler, tenant_of_dag, ratio_of_tenant)
     except Exception:
         return False
     return isinstance(getattr(provider, "sampler", None), TenantRatioSampler)

@@ -105,3 +105,26 @@ def test_policy_snapshot_keeps_declared_params_when_a_run_conf_overwrites_them()
     context._DECLARED.pop("snap")
     # Without a snapshot, a key present in the run's conf is not trusted.
     assert context.declared(None, dag, "tenant", frozenset({"tenant"})) is None
+
+
+def test_a_try_failed_by_the_scheduler_is_counted_off_the_calling_thread(monkeypatch):
+    """Heartbeat timeouts and kills reach the listener with an ORM TaskInstance, outside any task process."""
+    import threading
+
+    from barecount_provider.telemetry import scheduler_side
+
+    side = scheduler_side.SchedulerSide()
+    monkeypatch.setattr(scheduler_side, "get_scheduler_side", lambda: side)
+    workers: list[str] = []
+    monkeypatch.setattr(side, "tenant_of", lambda dag_id, dag=None, conf_keys=frozenset(): (workers.append(threading.current_thread().name), ("acme", "orders"))[1])
+    monkeypatch.setattr(side, "opted_out", lambda dag_id: False)
+    sent: list = []
+    monkeypatch.setattr(scheduler_side, "get_emitter", lambda: SimpleNamespace(emit=sent.extend, report_failures=lambda: None, flush=lambda *a: None, describe=dict))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
+    orm_ti = SimpleNamespace(dag_id="etl", run_id="r", task_id="load", map_index=-1, try_number=1)
+    lifecycle.on_task_instance_failed(previous_state=None, task_instance=orm_ti, error=None)
+    assert side.drain(timeout_s=5)
+    assert workers == ["barecount-scheduler-side"]
+    names = {(name, tags.get("state"), tags.get("error_class")) for name, _, _, tags in sent}
+    assert ("barecount.task.finished", "failed", None) in names
+    assert ("barecount.task.failures", None, "KilledByScheduler") in names

@@ -143,3 +143,18 @@ def test_tenant_ratio_sampler_uses_the_tenant_of_the_dag():
     assert yes.decision == Decision.RECORD_AND_SAMPLE
     assert no.decision == Decision.DROP
     assert child.decision == Decision.DROP
+
+
+def test_install_tenant_sampler_keeps_airflows_provider_and_wraps_its_sampler(monkeypatch):
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(1.0)))
+    monkeypatch.setattr(tracing.trace, "get_tracer_provider", lambda: provider)
+    assert tracing.install_tenant_sampler(lambda dag_id: "acme", lambda tenant: 0.0)
+    assert isinstance(provider.sampler, tracing.TenantRatioSampler)
+    assert not tracing.install_tenant_sampler(lambda dag_id: "acme", lambda tenant: 0.0)  # idempotent
+    # Airflow's own per-run decision (new_dagrun_trace_carrier) now follows the tenant's ratio 0.0.
+    from airflow._shared.observability.traces import new_dagrun_trace_carrier
+
+    carrier = new_dagrun_trace_carrier(attributes={"airflow.dag_id": "etl"})
+    assert carrier["traceparent"].endswith("-00")
