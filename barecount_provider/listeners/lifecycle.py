@@ -62,10 +62,11 @@ def on_starting(component: Any) -> None:
 
     if not config.scheduler_metrics_on():
         return
+    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+
+    get_scheduler_side().prepare()  # imports on this (main) thread: see SchedulerSide.prepare
 
     def start_when_known() -> None:
-        from barecount_provider.telemetry.scheduler_side import get_scheduler_side
-
         for _ in range(100):
             job_type = getattr(component, "job_type", None)
             if job_type:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import socket
 import threading
 from collections import Counter
@@ -103,6 +104,14 @@ class EmitFailures:
 
 
 EMIT_FAILURES = EmitFailures()
+
+
+def _reset_after_fork() -> None:
+    # A lock held by another thread at fork time would stay held in the child forever.
+    EMIT_FAILURES._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -241,7 +250,6 @@ class OtelMetricSink:
         self.timeout_ms = timeout_ms
 
     def describe(self) -> str:
-        import os
 
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or os.environ.get(
             "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"

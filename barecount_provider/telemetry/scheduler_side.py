@@ -51,8 +51,41 @@ class SchedulerSide:
 
     # ------------------------------------------------------------------------------------------ plumbing
 
+    _prepared = False
+
+    def prepare(self) -> None:
+        """Import, on the calling (main) thread, everything the background threads will use.
+
+        The scheduler forks LocalExecutor workers, which fork task processes. A fork copies a module's import
+        lock as it is: had a background thread been importing a module at that instant, the module would
+        stay locked forever in the child, and the task process would hang on its first import of it.
+        Importing everything here, before any BareCount thread exists, leaves threads nothing to import.
+        """
+        if self._prepared:
+            return
+        from airflow.models.dag import DagTag  # noqa: F401
+        from airflow.models.serialized_dag import SerializedDagModel  # noqa: F401
+        from airflow.models.taskinstance import TaskInstance  # noqa: F401
+        from airflow.models.taskinstancehistory import TaskInstanceHistory  # noqa: F401
+        from airflow.utils.session import create_session  # noqa: F401
+        from airflow.utils.state import TaskInstanceState  # noqa: F401
+        from sqlalchemy import func, select  # noqa: F401
+
+        from barecount_provider.telemetry import task_side, tracing
+        from barecount_provider.telemetry.redaction import get_redactor
+
+        get_emitter()  # builds the sinks: imports statsd / the OpenTelemetry exporter
+        tracing.get_tracing()
+        get_redactor()
+        try:
+            task_side.tenant_policy(config.default_tenant())
+        except Exception:
+            EMIT_FAILURES.record("policy", "load")
+        self._prepared = True
+
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
+            self.prepare()
             with self._lock:
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(target=self._work, name="barecount-scheduler-side", daemon=True)
@@ -340,6 +373,7 @@ class SchedulerSide:
     def start_in_flight_sampler(self) -> None:
         if self._sampler is not None:
             return
+        self.prepare()
         self._sampler = threading.Thread(target=self._sample_loop, name="barecount-in-flight", daemon=True)
         self._sampler.start()
 

@@ -231,6 +231,17 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         )
 
 
+def end_suspended_tries() -> None:
+    """A try that defers or waits for human input leaves its process without a terminal state: end its
+    span segment here (the try goes on in a new process, whose running hook opens the next segment)."""
+    while _TRIES:
+        _, tried = _TRIES.popitem()
+        if tried.span is not None:
+            tried.span.set_attribute("barecount.state", "suspended")
+            tried.span.add_event("suspended", {})
+            tried.span.end()
+
+
 def flush() -> None:
     """At the end of the task process: flush, bounded by emit_timeout_ms, then report BareCount's own
     failures (a sink that was down during the flush is counted through the sinks that work)."""
@@ -238,6 +249,7 @@ def flush() -> None:
 
     emitter = get_emitter()
     deadline = time.monotonic() + config.emit_timeout_ms() / 1000.0
+    end_suspended_tries()
     emitter.flush()
     tracer = tracing.get_tracing()
     if tracer is not None:

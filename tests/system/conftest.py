@@ -87,5 +87,5 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory, statsd_collector: Ud
         "AIRFLOW__BARECOUNT__IN_FLIGHT_INTERVAL_SECONDS": "1",
         "AIRFLOW__BARECOUNT__SECRET_KEY": "system-test-secret-key",
     }
-    with AirflowStack(home=home, dags_folder=dags, extra_env=extra_env) as stack:
+    with AirflowStack(home=home, dags_folder=dags, extra_env=extra_env, triggerer=True) as stack:
         yield stack
