@@ -59,19 +59,20 @@ def on_starting(component: Any) -> None:
     if type(component).__name__ == "TaskRunnerMarker":
         return
     from barecount_provider import config
-
-    if not config.scheduler_metrics_on():
-        return
     from barecount_provider.telemetry.scheduler_side import get_scheduler_side
 
-    get_scheduler_side().prepare()  # imports on this (main) thread: see SchedulerSide.prepare
+    side = get_scheduler_side()
+    side.prepare()  # imports on this (main) thread: see SchedulerSide.prepare
+    sample = config.scheduler_metrics_on()
 
     def start_when_known() -> None:
         for _ in range(100):
             job_type = getattr(component, "job_type", None)
             if job_type:
                 if job_type == "SchedulerJob":
-                    get_scheduler_side().start_in_flight_sampler()
+                    side.in_scheduler = True  # from now on the trace sampler reads only its cache
+                    if sample:
+                        side.start_in_flight_sampler()
                 return
             time.sleep(0.1)
 

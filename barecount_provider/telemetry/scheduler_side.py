@@ -46,6 +46,7 @@ class SchedulerSide:
         self._sampler: threading.Thread | None = None
         self._stop = threading.Event()
         self._tenants: dict[str, tuple[str, str]] = {}
+        self._tenant_read_at: dict[str, float] = {}
         self._opted_out: dict[str, bool] = {}
         self._lock = threading.Lock()
 
@@ -122,7 +123,9 @@ class SchedulerSide:
 
     # ----------------------------------------------------------------------------------- tenant lookup
 
-    def tenant_of(self, dag_id: str, dag: Any = None, conf_keys: frozenset[str] = frozenset()) -> tuple[str, str]:
+    def tenant_of(
+        self, dag_id: str, dag: Any = None, conf_keys: frozenset[str] = frozenset(), force: bool = False
+    ) -> tuple[str, str]:
         """(tenant, pipeline) of a DAG, from the DAG object when at hand, else its tags in the database.
 
         ``conf_keys``: the run's conf keys, whose live param values are not trusted (a run's conf must never
@@ -145,7 +148,7 @@ class SchedulerSide:
             self._tenants[dag_id] = (tenant, pipeline)
             return tenant, pipeline
         cached = self._tenants.get(dag_id)
-        if cached:
+        if cached and not force:
             return cached
         tags: set[str] = set()
         try:
@@ -167,6 +170,7 @@ class SchedulerSide:
         tenant = context.declared(None, holder, "tenant") or config.default_tenant()
         pipeline = context.declared(None, holder, "pipeline") or dag_id
         self._tenants[dag_id] = (tenant, pipeline)
+        self._tenant_read_at[dag_id] = time.monotonic()
         return tenant, pipeline
 
     def opted_out(self, dag_id: str) -> bool:
@@ -175,16 +179,27 @@ class SchedulerSide:
             self.tenant_of(dag_id)
         return self._opted_out.get(dag_id, False)
 
+    TENANT_TTL_SECONDS = 60.0
+    in_scheduler = False  # set when the scheduler's job starts (lifecycle.on_starting)
+
     def _warm_tenant(self, dag_id: str) -> None:
-        self.tenant_of(dag_id)
+        self.tenant_of(dag_id, force=True)
 
     def cached_tenant(self, dag_id: str) -> str:
-        """Cache-only lookup, safe inside the scheduling loop (used by the trace sampler)."""
+        """The tenant of a DAG for the trace sampler, which runs where a DAG run is created.
+
+        In the scheduler that is the scheduling loop: only the cache is read, and a miss or a stale entry is
+        refreshed in the background (that run is sampled at the default tenant's ratio). Elsewhere (the API
+        server creating a triggered run) a miss is looked up at once: one indexed read of the DAG's tags.
+        """
         cached = self._tenants.get(dag_id)
-        if cached is None:
+        stale = time.monotonic() - self._tenant_read_at.get(dag_id, 0.0) > self.TENANT_TTL_SECONDS
+        if cached is not None and not stale:
+            return cached[0]
+        if self.in_scheduler or cached is not None:
             self.submit(lambda: self._warm_tenant(dag_id))
-            return config.default_tenant()
-        return cached[0]
+            return cached[0] if cached is not None else config.default_tenant()
+        return self.tenant_of(dag_id, force=True)[0]
 
     # ---------------------------------------------------------------------------------------- DAG runs
 

@@ -104,6 +104,15 @@ class JsonLinesSpanExporter(SpanExporter):
         return None
 
 
+class TelemetryDirSpanExporter(JsonLinesSpanExporter):
+    """The JSON-lines exporter on ``telemetry_dir/spans.jsonl``, with no arguments, so that Airflow's own
+    tracing can use it: ``OTEL_TRACES_EXPORTER=barecount_file`` (entry point ``opentelemetry_traces_exporter``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(os.path.join(config.telemetry_dir(), "spans.jsonl"))
+
+
 def _span_as_dict(span: ReadableSpan) -> dict[str, Any]:
     ctx = span.get_span_context()
     parent = span.parent
@@ -375,7 +384,10 @@ class TenantRatioSampler(Sampler):
 
     def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None) -> SamplingResult:
         dag_id = (attributes or {}).get("airflow.dag_id")
-        if parent_context is None and dag_id:
+        # A root decision is one with no valid parent span, whether passed or current (a span started
+        # inside Airflow's worker span has the worker span as its parent and follows its flag).
+        is_root = not trace.get_current_span(parent_context).get_span_context().is_valid
+        if is_root and dag_id:
             try:
                 ratio = float(self._ratio_of_tenant(self._tenant_of_dag(str(dag_id))))
                 return TraceIdRatioBased(ratio).should_sample(

@@ -158,3 +158,13 @@ def test_install_tenant_sampler_keeps_airflows_provider_and_wraps_its_sampler(mo
 
     carrier = new_dagrun_trace_carrier(attributes={"airflow.dag_id": "etl"})
     assert carrier["traceparent"].endswith("-00")
+
+
+def test_tenant_ratio_sampler_leaves_spans_with_a_parent_to_the_parent():
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Decision, ParentBased
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    sampler = tracing.TenantRatioSampler(ParentBased(ALWAYS_OFF), lambda dag_id: "acme", lambda tenant: 1.0)
+    unsampled_parent = set_span_in_context(NonRecordingSpan(SpanContext(1, 2, False, TraceFlags(0))))
+    result = sampler.should_sample(unsampled_parent, 1, "task_try t", attributes={"airflow.dag_id": "etl"})
+    assert result.decision == Decision.DROP  # the run was not sampled: its spans are not either
