@@ -648,8 +648,21 @@ def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int]) -> Iterato
 
 
 def _parse_yaml(text: str, report: _Report) -> tuple[bool, object]:
-    """(parsed, document). Syntax errors and duplicate keys go to ``report`` with their line and column."""
-    loader = yaml.SafeLoader(text)
+    """(parsed, document). Syntax errors and duplicate keys go to ``report`` with their line and column.
+
+    libyaml's loader when present (about 8x faster: the policy is read by every task process); a file it
+    rejects is read again by the pure-Python loader, whose error messages are the documented ones."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        scratch = _Report(report.file)
+        parsed, document = _parse_yaml_with(fast, text, scratch)
+        if parsed and not scratch.problems:
+            return parsed, document
+    return _parse_yaml_with(yaml.SafeLoader, text, report)
+
+
+def _parse_yaml_with(loader_class: Any, text: str, report: _Report) -> tuple[bool, object]:
+    loader = loader_class(text)
     try:
         node = loader.get_single_node()
         if node is None:

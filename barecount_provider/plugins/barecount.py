@@ -29,7 +29,14 @@ def _listeners() -> list[Any]:
 
 
 def _install_side_effects() -> None:
-    """Extend Airflow's secrets masker and its trace sampler; both are idempotent and never raise."""
+    """Extend Airflow's secrets masker and its trace sampler, and preload what task processes need; all
+    idempotent, none raises."""
+    try:
+        from barecount_provider.telemetry.task_side import preload
+
+        preload()
+    except Exception:
+        log.warning("BareCount could not preload its telemetry modules", exc_info=True)
     try:
         from barecount_provider.telemetry.redaction import install_in_airflow_masker
 

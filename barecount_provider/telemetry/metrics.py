@@ -107,11 +107,21 @@ EMIT_FAILURES = EmitFailures()
 
 
 def _reset_after_fork() -> None:
-    # A lock held by another thread at fork time would stay held in the child forever.
+    """In a forked child (a LocalExecutor worker, a task process): start afresh.
+
+    A lock held by another thread at fork time would stay held in the child forever; counts belong to the
+    parent; and the parent's metric reader, which the OpenTelemetry SDK restarts in the child, would export
+    the parent's points a second time, so it is stopped and the child builds sinks of its own.
+    """
     EMIT_FAILURES._lock = threading.Lock()
+    EMIT_FAILURES.counts.clear()
+    if get_emitter.cache_info().currsize:
+        for sink in get_emitter().sinks:
+            shutdown_event = getattr(getattr(sink, "reader", None), "_shutdown_event", None)
+            if shutdown_event is not None:
+                shutdown_event.set()
+        get_emitter.cache_clear()
 
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -218,6 +228,12 @@ class StatsdSink:
 # ------------------------------------------------------------------------------------------- OpenTelemetry
 
 
+def quiet_otlp_exporter_logs() -> None:
+    """BareCount counts its export failures (barecount.emit.failed); the exporter's own error lines would
+    otherwise land in every task's log while a collector is down."""
+    logging.getLogger("opentelemetry.exporter.otlp.proto.http").setLevel(logging.CRITICAL)
+
+
 class OtelMetricSink:
     """OpenTelemetry metrics exported from a background batch (OTLP/HTTP by default).
 
@@ -235,6 +251,7 @@ class OtelMetricSink:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+            quiet_otlp_exporter_logs()
             exporter = OTLPMetricExporter(timeout=max(timeout_ms, 1) / 1000.0)
             reader = PeriodicExportingMetricReader(
                 _counting_exporter(exporter), export_interval_millis=60_000, export_timeout_millis=max(timeout_ms, 1)
@@ -400,3 +417,6 @@ def build_sinks() -> list[Any]:
 @functools.cache
 def get_emitter() -> Emitter:
     return Emitter(build_sinks())
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

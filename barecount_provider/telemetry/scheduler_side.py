@@ -72,16 +72,9 @@ class SchedulerSide:
         from airflow.utils.state import TaskInstanceState  # noqa: F401
         from sqlalchemy import func, select  # noqa: F401
 
-        from barecount_provider.telemetry import task_side, tracing
-        from barecount_provider.telemetry.redaction import get_redactor
+        from barecount_provider.telemetry import task_side
 
-        get_emitter()  # builds the sinks: imports statsd / the OpenTelemetry exporter
-        tracing.get_tracing()
-        get_redactor()
-        try:
-            task_side.tenant_policy(config.default_tenant())
-        except Exception:
-            EMIT_FAILURES.record("policy", "load")
+        task_side.preload()
         self._prepared = True
 
     def _ensure_thread(self) -> None:

@@ -231,6 +231,37 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         )
 
 
+def preload() -> None:
+    """Import and parse, once, what every task try needs, in a process that later forks task processes.
+
+    Called where the plugin is loaded (the scheduler, before LocalExecutor forks its workers, which fork the
+    task processes): the imports, the compiled redaction patterns and the parsed policy are then inherited,
+    and a task process pays none of them. Stateful objects (sinks, tracer provider) are not built here:
+    each process builds its own (see the at-fork resets in metrics.py and tracing.py).
+    """
+    import opentelemetry.sdk.trace
+    import opentelemetry.sdk.trace.export
+
+    from barecount_provider.telemetry import logging as _logging  # noqa: F401
+    from barecount_provider.telemetry import resources as _resources  # noqa: F401
+    from barecount_provider.telemetry import tracing as _tracing  # noqa: F401
+    from barecount_provider.telemetry.redaction import get_redactor
+
+    if config.statsd_on():
+        import statsd  # noqa: F401
+    if config.otlp_metrics_on():
+        import opentelemetry.exporter.otlp.proto.http.metric_exporter
+        import opentelemetry.sdk.metrics
+        import opentelemetry.sdk.metrics.export
+    if config.traces_on() and config.traces_exporter() == "otlp":
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+    get_redactor()
+    try:
+        tenant_policy(config.default_tenant())
+    except Exception:
+        EMIT_FAILURES.record("policy", "load")
+
+
 def end_suspended_tries() -> None:
     """A try that defers or waits for human input leaves its process without a terminal state: end its
     span segment here (the try goes on in a new process, whose running hook opens the next segment)."""
@@ -243,16 +274,34 @@ def end_suspended_tries() -> None:
 
 
 def flush() -> None:
-    """At the end of the task process: flush, bounded by emit_timeout_ms, then report BareCount's own
-    failures (a sink that was down during the flush is counted through the sinks that work)."""
+    """At the end of the task process: flush, then report BareCount's own failures (a sink that was down
+    during the flush is counted through the sinks that work).
+
+    The whole flush is bounded by one deadline, ``emit_timeout_ms``: exporters that buffer (OTLP) are
+    flushed in a daemon thread that the task process waits for at most that long, because an exporter's
+    own flush does not always honour its timeout (a collector that accepts and never answers).
+    """
+    import threading
+
     from barecount_provider.telemetry import tracing
 
-    emitter = get_emitter()
-    deadline = time.monotonic() + config.emit_timeout_ms() / 1000.0
     end_suspended_tries()
-    emitter.flush()
+    emitter = get_emitter()
     tracer = tracing.get_tracing()
-    if tracer is not None:
-        remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
-        tracer.flush(max(remaining_ms, 1))
+    budget_ms = config.emit_timeout_ms()
+    buffered = any(sink.name == "otlp_metrics" for sink in emitter.sinks) or (
+        tracer is not None and not tracer.airflow_mode and tracer.exporter_desc.startswith("otlp")
+    )
+    if buffered:
+
+        def flush_all() -> None:
+            emitter.flush(budget_ms)
+            if tracer is not None:
+                tracer.flush(budget_ms)
+
+        worker = threading.Thread(target=flush_all, name="barecount-flush", daemon=True)
+        worker.start()
+        worker.join(budget_ms / 1000.0)
+        if worker.is_alive():
+            EMIT_FAILURES.record("flush", "timeout")
     emitter.report_failures()

@@ -339,6 +339,9 @@ def _build_exporter() -> tuple[SpanExporter | None, str]:
         return JsonLinesSpanExporter(path), f"file:{path}"
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    from barecount_provider.telemetry.metrics import quiet_otlp_exporter_logs
+
+    quiet_otlp_exporter_logs()
     exporter = OTLPSpanExporter(timeout=max(config.emit_timeout_ms(), 1) / 1000.0)
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
@@ -417,3 +420,11 @@ def install_tenant_sampler(tenant_of_dag: Any, ratio_of_tenant: Any) -> bool:
 
 
 _ = Decision  # re-exported for tests that check decisions
+
+
+def _reset_after_fork() -> None:
+    # A forked child builds its own tracer provider (ids, exporter threads, queued spans stay the parent's).
+    get_tracing.cache_clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
