@@ -34,6 +34,9 @@ DAGS = REPO / "dags"
 EVENTS_RELATIVE = Path("barecount") / "telemetry" / "events.jsonl"
 
 
+NEEDS_AWS_TAG = "needs-aws"
+
+
 def _load_stack() -> ModuleType:
     """tests/system/stack.py, loaded by path (``tests`` is not an installed package)."""
     path = REPO / "tests" / "system" / "stack.py"
@@ -235,6 +238,10 @@ def run_dags(home: Path, timeout: float) -> tuple[int, str]:
 
         runs = {}
         for dag_id in dag_ids:
+            tags = {tag.get("name") for tag in stack.api("GET", f"dags/{dag_id}").json().get("tags", [])}
+            if NEEDS_AWS_TAG in tags:
+                say(f"  skipped {dag_id}: tagged {NEEDS_AWS_TAG!r} (runs against the AWS emulator in the tests)")
+                continue
             stack.unpause(dag_id)
             runs[dag_id] = stack.trigger(dag_id)
             say(f"  triggered {dag_id}: {runs[dag_id]}")

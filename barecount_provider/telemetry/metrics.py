@@ -83,6 +83,12 @@ CATALOG: dict[str, MetricSpec] = {
         _spec("barecount.dag_run.finished", COUNTER, "{run}", (*_DR, "state"), "DAG runs finished, by state.", "scheduler, when a run ends"),
         _spec("barecount.dag_run.duration", TIMER, "ms", (*_DR, "state"), "Wall time of a DAG run, start to end.", "scheduler, when a run ends"),
         _spec("barecount.dag_run.queued_time", TIMER, "ms", _DR, "Time from a run being queued to it starting.", "scheduler, when a run ends"),
+        _spec("barecount.runner.invocations", COUNTER, "{invocation}", _T, "Workload invocations by a runner operator (one per runner_result), by runner class and size.", "task process, in a runner operator's execute()"),
+        _spec("barecount.runner.duration", TIMER, "ms", _T, "Run time the runner's service reported (Lambda REPORT Duration, ...).", "with barecount.runner.invocations, when the service reports it"),
+        _spec("barecount.runner.billed_duration", TIMER, "ms", _T, "Billed run time the runner's service reported (Lambda REPORT Billed Duration, ...).", "with barecount.runner.invocations, when the service reports it"),
+        _spec("barecount.runner.init_duration", TIMER, "ms", _T, "Cold-start initialisation time (Lambda REPORT Init Duration); absent on warm starts.", "with barecount.runner.invocations, on cold starts"),
+        _spec("barecount.runner.memory_used", GAUGE, "By", _T, "Peak memory the workload used, as the runner's service reported it (Lambda Max Memory Used, ...).", "with barecount.runner.invocations, when the service reports it"),
+        _spec("barecount.runner.errors", COUNTER, "{error}", (*_T, "error_class"), "Driver errors of a workload (Lambda FunctionError, ...), by error class.", "with barecount.runner.invocations, when the workload failed"),
         _spec("barecount.emit.failed", COUNTER, "{error}", ("sink", "stage"), "BareCount's own failures: a sink that is down, an exception inside a hook. Never raised into a task.", "wherever it happens"),
     )
 }

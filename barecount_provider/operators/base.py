@@ -1,0 +1,281 @@
+"""What every runner operator adds to its upstream operator: size profile, governance, identity, runner_result.
+
+A runner operator is ``class XRunnerOperator(BareCountRunnerMixin, UpstreamOperator)``. The mixin
+
+* takes ``tenant``, ``pipeline``, ``size`` and ``network_profile`` (validated when the DAG is parsed);
+* resolves the try's :class:`~barecount_provider.context.RunContext` (its own arguments win);
+* checks the tenant's policy *before anything is launched* and raises :class:`PolicyViolation`;
+* gives the identity variables that travel into the workload;
+* pushes the :class:`RunnerResult` to XCom inside ``execute()`` and emits the runner metrics.
+
+Airflow validates ``.partial()`` / ``.expand()`` arguments against the ``__init__`` signatures the operator
+metaclass has seen, and a plain mixin is not one of them: each runner operator therefore repeats the four
+arguments in its own ``__init__`` signature and passes them on (see ``LambdaRunnerOperator``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from barecount_provider import context as bc_context
+from barecount_provider.policy import NETWORK_PROFILES, SIZES, get_policy
+from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER, get_emitter
+
+log = logging.getLogger(__name__)
+
+RUNNER_RESULT_XCOM_KEY = "runner_result"
+RUNNER_RESULT_SCHEMA_VERSION = 1
+BARECOUNT_TEMPLATE_FIELDS = ("pipeline", "size", "network_profile")
+"""Templated on every runner operator. ``tenant`` is not: a run's conf must never choose the tenant."""
+
+# Sections of RunnerResult that hold named values, each with a field_sources entry per key.
+_SECTIONS = ("resources_requested", "resources_used", "timings", "digests", "billing_inputs", "details")
+_SCALARS = ("external_run_id", "console_link", "driver_version")
+
+
+def not_reported(service: str, why: str = "") -> str:
+    """The field_sources text of a value the service (or its emulator) does not give."""
+    return f"not reported by {service}" + (f": {why}" if why else "")
+
+
+@dataclasses.dataclass
+class RunnerResult:
+    """What one runner invocation asked for, used, took and cost: the same schema for every runner class.
+
+    ``field_sources`` maps each field (``timings.duration_s``, ``external_run_id``, ...) to where its value
+    came from, or to ``not reported by <service>: why`` when it is absent: no field is silently empty.
+    ``details`` holds the runner class's own response fields (status code, executed version, ...).
+    """
+
+    runner_class: str
+    size: str
+    tenant: str
+    pipeline: str
+    network_profile: str
+    resources_requested: dict[str, Any] = dataclasses.field(default_factory=dict)
+    resources_used: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    digests: dict[str, Any] = dataclasses.field(default_factory=dict)
+    billing_inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    external_run_id: str | None = None
+    console_link: str | None = None
+    driver_version: str | None = None
+    error: dict[str, str] | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    field_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def record(self, path: str, value: Any, source: str) -> None:
+        """Set ``section.key`` (or a scalar field) to ``value`` and note where it came from."""
+        section, _, key = path.partition(".")
+        if key:
+            if section not in _SECTIONS:
+                raise ValueError(f"runner_result: {section!r} is not one of {', '.join(_SECTIONS)}")
+            getattr(self, section)[key] = value
+        elif section in _SCALARS:
+            setattr(self, section, value)
+        else:
+            raise ValueError(f"runner_result: {path!r} is not a section.key path nor one of {', '.join(_SCALARS)}")
+        self.field_sources[path] = source
+
+    def absent(self, path: str, reason: str) -> None:
+        """Record that ``path`` has no value, and why (``reason`` from :func:`not_reported`)."""
+        self.record(path, None, reason)
+
+    def fail(self, error_class: str, message: str) -> None:
+        self.error = {"error_class": error_class, "message": message}
+
+    def unexplained_fields(self) -> list[str]:
+        """Fields that are empty without a field_sources entry saying why (should always be [])."""
+        missing = [name for name in _SCALARS if getattr(self, name) in (None, "") and name not in self.field_sources]
+        for section in _SECTIONS[:-1]:  # details is optional by nature
+            values = getattr(self, section)
+            if not values and not any(path.startswith(f"{section}.") or path == section for path in self.field_sources):
+                missing.append(section)
+            missing.extend(
+                f"{section}.{key}"
+                for key, value in values.items()
+                if value in (None, "") and f"{section}.{key}" not in self.field_sources
+            )
+        return missing
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (the XCom value and the evidence fragment)."""
+        data = dataclasses.asdict(self)
+        data["schema_version"] = RUNNER_RESULT_SCHEMA_VERSION
+        return data
+
+
+class PolicyViolation(AirflowFailException):
+    """A request beyond the tenant's policy, refused before anything is launched (never retried).
+
+    ``policy_exception`` (rule, tenant, limit, requested) is the entry a later issue puts in the evidence.
+    """
+
+    def __init__(self, *, rule: str, tenant: str, limit: Any, requested: Any, message: str) -> None:
+        self.policy_exception = {"rule": rule, "tenant": tenant, "limit": limit, "requested": requested}
+        super().__init__(message)
+
+
+def check_policy(
+    ctx: bc_context.RunContext, *, workers: int | None = None, hosts: int | None = None
+) -> Mapping[str, Mapping[str, Any]]:
+    """Raise :class:`PolicyViolation` for the first rule the request breaks; else the size's resources."""
+    tenant = ctx.tenant
+    policy = get_policy().for_tenant(tenant)
+    if not policy.allows_runner_class(ctx.runner_class):
+        raise PolicyViolation(
+            rule="allowed_runner_classes",
+            tenant=tenant,
+            limit=list(policy.allowed_runner_classes),
+            requested=ctx.runner_class,
+            message=f"tenant {tenant!r}: runner class {ctx.runner_class!r} is not allowed "
+            f"(allowed_runner_classes: {', '.join(policy.allowed_runner_classes)})",
+        )
+    if ctx.size not in SIZES:
+        raise PolicyViolation(
+            rule="size",
+            tenant=tenant,
+            limit=list(SIZES),
+            requested=ctx.size,
+            message=f"tenant {tenant!r}: size {ctx.size!r} is not one of {', '.join(SIZES)}",
+        )
+    if not policy.allows_size(ctx.size):
+        raise PolicyViolation(
+            rule="max_size",
+            tenant=tenant,
+            limit=policy.max_size,
+            requested=ctx.size,
+            message=f"tenant {tenant!r}: size {ctx.size!r} exceeds max_size {policy.max_size!r}",
+        )
+    if not policy.allows_network_profile(ctx.network_profile):
+        raise PolicyViolation(
+            rule="allowed_network_profiles",
+            tenant=tenant,
+            limit=list(policy.allowed_network_profiles),
+            requested=ctx.network_profile,
+            message=f"tenant {tenant!r}: network profile {ctx.network_profile!r} is not allowed "
+            f"(allowed_network_profiles: {', '.join(policy.allowed_network_profiles)})",
+        )
+    for rule, requested, limit in (
+        ("max_workers", workers, policy.limits.max_workers),
+        ("max_hosts", hosts, policy.limits.max_hosts),
+    ):
+        if requested is not None and requested > limit:
+            raise PolicyViolation(
+                rule=rule,
+                tenant=tenant,
+                limit=limit,
+                requested=requested,
+                message=f"tenant {tenant!r}: {rule.removeprefix('max_')} {requested} exceeds {rule} {limit}",
+            )
+    return policy.resources(ctx.runner_class, ctx.size)
+
+
+def _is_template(value: Any) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+class BareCountRunnerMixin:
+    """Size profile, governance, identity and runner_result for a runner operator (see the module docstring).
+
+    :param tenant: who runs and pays; None: the DAG's declaration (params, default_args, ``tenant:`` tag),
+        then ``[barecount] default_tenant``. Never templated.
+    :param pipeline: pipeline id; None: the DAG's declaration, then the DAG id.
+    :param size: size profile, one of xs, s, m, l, xl, resolved by the policy's size table.
+    :param network_profile: one of public, vpn, privatelink, private_vpc, on_prem; refused before launch
+        when the tenant's policy does not allow it.
+    """
+
+    runner_class: ClassVar[str] = "local"
+
+    def __init__(
+        self,
+        *,
+        tenant: str | None = None,
+        pipeline: str | None = None,
+        size: str = "m",
+        network_profile: str = "public",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not _is_template(size) and size not in SIZES:
+            raise ValueError(f"size: {size!r} is not one of {', '.join(SIZES)}")
+        if not _is_template(network_profile) and network_profile not in NETWORK_PROFILES:
+            raise ValueError(f"network_profile: {network_profile!r} is not one of {', '.join(NETWORK_PROFILES)}")
+        if tenant is not None and (not isinstance(tenant, str) or not tenant or _is_template(tenant)):
+            raise ValueError(f"tenant: {tenant!r} is not a tenant name (templates are refused: a run must not choose it)")
+        self.tenant = tenant
+        self.pipeline = pipeline
+        self.size = size
+        self.network_profile = network_profile
+
+    def barecount_context(self, context: Mapping[str, Any]) -> bc_context.RunContext:
+        """The try's RunContext; this operator's own tenant/pipeline/size/network_profile win."""
+        return bc_context.resolve_for_ti(context["ti"])
+
+    def governed_resources(
+        self, ctx: bc_context.RunContext, *, workers: int | None = None, hosts: int | None = None
+    ) -> dict[str, Any]:
+        """Check the tenant's policy (raises :class:`PolicyViolation`); the size's resources for this class."""
+        resources = check_policy(ctx, workers=workers, hosts=hosts)
+        return {backend: dict(settings) for backend, settings in resources.items()}
+
+    def identity_env(self, ctx: bc_context.RunContext) -> dict[str, str]:
+        """BARECOUNT_CORRELATION_ID, BARECOUNT_RUN_TOKEN and (when there is a span) TRACEPARENT."""
+        env = ctx.environment()
+        traceparent = ctx.traceparent or os.environ.get(bc_context.ENV_TRACEPARENT)
+        if traceparent:
+            env[bc_context.ENV_TRACEPARENT] = traceparent
+        return env
+
+    def new_runner_result(self, ctx: bc_context.RunContext) -> RunnerResult:
+        return RunnerResult(
+            runner_class=self.runner_class,
+            size=ctx.size,
+            tenant=ctx.tenant,
+            pipeline=ctx.pipeline,
+            network_profile=ctx.network_profile,
+        )
+
+    def publish_runner_result(self, context: Mapping[str, Any], result: RunnerResult) -> None:
+        """Push ``runner_result`` to XCom (inside execute(), before any failure is raised), then emit the
+        runner metrics. A metric sink's failure is counted, never raised into the task."""
+        context["ti"].xcom_push(key=RUNNER_RESULT_XCOM_KEY, value=result.as_dict())
+        try:
+            ctx = self.barecount_context(context)
+            get_emitter().emit(runner_metric_points(result, ctx.metric_tags()))
+        except Exception:
+            EMIT_FAILURES.record("runner", "emit")
+            log.warning("BareCount could not emit the runner metrics", exc_info=True)
+
+    def on_runner_failed(self, context: Mapping[str, Any], result: RunnerResult, failed_event: Any) -> None:
+        """Called after a failed invocation's result is published and before the task fails.
+
+        The hook point of recovery: a dead-letter queue (a later issue) receives ``failed_event`` here.
+        """
+
+
+def runner_metric_points(result: RunnerResult, tags: Mapping[str, str]) -> list[tuple[str, str, float, Any]]:
+    """The runner metrics of one result: only what the service reported becomes a point."""
+    tags = {**tags, "runner_class": result.runner_class, "size": result.size}
+    points: list[tuple[str, str, float, Any]] = [("barecount.runner.invocations", COUNTER, 1, tags)]
+    for name, key in (
+        ("barecount.runner.duration", "duration_s"),
+        ("barecount.runner.billed_duration", "billed_duration_s"),
+        ("barecount.runner.init_duration", "init_duration_s"),
+    ):
+        value = result.timings.get(key)
+        if isinstance(value, int | float):
+            points.append((name, TIMER, float(value) * 1000.0, tags))
+    memory_mb = result.resources_used.get("max_memory_used_mb")
+    if isinstance(memory_mb, int | float):
+        points.append(("barecount.runner.memory_used", GAUGE, float(memory_mb) * 1024 * 1024, tags))
+    if result.error is not None:
+        points.append(("barecount.runner.errors", COUNTER, 1, {**tags, "error_class": result.error["error_class"]}))
+    return points
