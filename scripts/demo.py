@@ -34,7 +34,8 @@ DAGS = REPO / "dags"
 EVENTS_RELATIVE = Path("barecount") / "telemetry" / "events.jsonl"
 
 
-NEEDS_AWS_TAG = "needs-aws"
+# DAGs that need an external runner (AWS, a Kubernetes cluster) run against emulators in the tests.
+SKIP_TAGS = ("needs-aws", "needs-k8s")
 
 
 def _load_stack() -> ModuleType:
@@ -239,8 +240,9 @@ def run_dags(home: Path, timeout: float) -> tuple[int, str]:
         runs = {}
         for dag_id in dag_ids:
             tags = {tag.get("name") for tag in stack.api("GET", f"dags/{dag_id}").json().get("tags", [])}
-            if NEEDS_AWS_TAG in tags:
-                say(f"  skipped {dag_id}: tagged {NEEDS_AWS_TAG!r} (runs against the AWS emulator in the tests)")
+            skip = sorted(tags & set(SKIP_TAGS))
+            if skip:
+                say(f"  skipped {dag_id}: tagged {skip[0]!r} (it runs against an emulator in the tests)")
                 continue
             stack.unpause(dag_id)
             runs[dag_id] = stack.trigger(dag_id)
