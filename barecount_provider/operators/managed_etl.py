@@ -1,0 +1,585 @@
+"""The managed ETL runner class: ``GlueRunnerOperator`` (AWS Glue) and ``EmrServerlessRunnerOperator``
+(EMR Serverless) run a job through the upstream amazon operators and record its run.
+
+Shared configuration is never changed at run time. Glue takes a worker type and count per run
+(StartJobRun ``WorkerType`` / ``NumberOfWorkers``), so the size sets them per run and the job definition is
+left alone. EMR Serverless capacity and networking belong to the application: the DAG author's
+``application_id`` names the application that implements the size and network profile; the size's entry of
+the policy's size table is recorded as *requested*.
+
+What is recorded, and from which response field, is documented in docs/runners/managed_etl.md.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
+from airflow.providers.amazon.aws.links.glue import GlueJobRunDetailsLink
+from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOperator
+from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
+from airflow.sdk.exceptions import AirflowException
+
+from barecount_provider.operators.base import (
+    BARECOUNT_TEMPLATE_FIELDS,
+    BareCountRunnerMixin,
+    RunnerResult,
+    not_reported,
+)
+
+GLUE = "Glue"
+EMR_SERVERLESS = "EMR Serverless"
+
+# DPUs of one worker of each Glue worker type (https://docs.aws.amazon.com/glue/latest/dg/add-job.html).
+GLUE_DPU_PER_WORKER = {
+    "Standard": 1.0,
+    "G.025X": 0.25,
+    "G.1X": 1.0,
+    "G.2X": 2.0,
+    "G.4X": 4.0,
+    "G.8X": 8.0,
+    "G.12X": 12.0,
+    "G.16X": 16.0,
+    "R.1X": 1.0,
+    "R.2X": 2.0,
+    "R.4X": 4.0,
+    "R.8X": 8.0,
+    "Z.2X": 2.0,
+}
+GLUE_SUCCESS_STATE = "SUCCEEDED"
+# Capacity arguments of StartJobRun that the size decides; a DAG author setting them too is a conflict.
+GLUE_CAPACITY_RUN_ARGUMENTS = ("WorkerType", "NumberOfWorkers", "MaxCapacity", "AllocatedCapacity")
+EMR_SUCCESS_STATE = "SUCCESS"
+_VCPU = re.compile(r"\s*(\d+(?:\.\d+)?)\s*vCPU\s*")
+
+
+class GlueJobRunFailed(AirflowException):
+    """The Glue job run ended in a state other than SUCCEEDED (its ErrorMessage is the message)."""
+
+
+class EmrServerlessJobRunFailed(AirflowException):
+    """The EMR Serverless job run ended in a state other than SUCCESS (its stateDetails is the message)."""
+
+
+# ------------------------------------------------------------------------------------ identity in request
+
+
+def glue_identity_arguments(identity: Mapping[str, str]) -> dict[str, str]:
+    """The identity as Glue job arguments: ``BARECOUNT_RUN_TOKEN`` -> ``--barecount_run_token``.
+
+    A Glue script reads them with ``getResolvedOptions(sys.argv, ["barecount_correlation_id", ...])``."""
+    return {f"--{name.lower()}": value for name, value in identity.items()}
+
+
+def glue_script_args_with_identity(
+    script_args: Mapping[str, Any] | None, identity: Mapping[str, str]
+) -> dict[str, Any]:
+    """The author's script arguments plus the identity (the identity wins on a clash: it names this run)."""
+    return {**(script_args or {}), **glue_identity_arguments(identity)}
+
+
+def glue_run_kwargs_for_size(
+    run_job_kwargs: Mapping[str, Any] | None, glue_size: Mapping[str, Any], size: str
+) -> dict[str, Any]:
+    """StartJobRun keyword arguments with the size's ``WorkerType`` and ``NumberOfWorkers``.
+
+    Raises ValueError when the author's ``run_job_kwargs`` set capacity too: the size decides it."""
+    run_kwargs = dict(run_job_kwargs or {})
+    conflicts = [key for key in GLUE_CAPACITY_RUN_ARGUMENTS if key in run_kwargs]
+    if conflicts:
+        raise ValueError(
+            f"run_job_kwargs: {', '.join(conflicts)} cannot be set: size {size!r} sets WorkerType "
+            f"{glue_size.get('worker_type')!r} and NumberOfWorkers {glue_size.get('number_of_workers')!r}"
+        )
+    run_kwargs["WorkerType"] = glue_size["worker_type"]
+    run_kwargs["NumberOfWorkers"] = int(glue_size["number_of_workers"])
+    return run_kwargs
+
+
+def spark_submit_parameters_with_identity(parameters: str | None, identity: Mapping[str, str]) -> str:
+    """The author's ``sparkSubmitParameters`` followed by one ``--conf`` per identity variable for the
+    executors (``spark.executorEnv.X``) and the driver (``spark.emr-serverless.driverEnv.X``).
+
+    spark-submit keeps the last ``--conf`` of a key, so the identity wins over an author's value."""
+    confs = [
+        f"--conf {prefix}.{name}={shlex.quote(value)}"
+        for name, value in identity.items()
+        for prefix in ("spark.executorEnv", "spark.emr-serverless.driverEnv")
+    ]
+    return " ".join(part for part in ((parameters or "").strip(), *confs) if part)
+
+
+def job_driver_with_identity(job_driver: Mapping[str, Any], identity: Mapping[str, str]) -> dict[str, Any]:
+    """The job driver with the identity added: Spark submit parameters, or ``--hiveconf`` for Hive."""
+    driver = {key: dict(value) if isinstance(value, Mapping) else value for key, value in job_driver.items()}
+    spark = driver.get("sparkSubmit")
+    hive = driver.get("hive")
+    if isinstance(spark, dict):
+        spark["sparkSubmitParameters"] = spark_submit_parameters_with_identity(
+            spark.get("sparkSubmitParameters"), identity
+        )
+    elif isinstance(hive, dict):
+        hiveconf = " ".join(
+            f"--hiveconf {name.lower()}={shlex.quote(value)}" for name, value in identity.items()
+        )
+        hive["parameters"] = " ".join(
+            part for part in ((hive.get("parameters") or "").strip(), hiveconf) if part
+        )
+    else:
+        raise ValueError(f"job_driver: {sorted(job_driver)} has neither sparkSubmit nor hive")
+    return driver
+
+
+# ---------------------------------------------------------------------------------------------- recording
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return str(value) if value else None
+
+
+def _record_or_absent(result: RunnerResult, path: str, value: Any, source: str, gap: str) -> None:
+    if value is None or value == "":
+        result.absent(path, gap)
+    else:
+        result.record(path, value, source)
+
+
+def glue_dpu_seconds(job_run: Mapping[str, Any]) -> tuple[float | None, str]:
+    """(DPU-seconds, where from): ``DPUSeconds`` when Glue reports it (Flex and auto-scaling runs), else
+    derived as capacity x ``ExecutionTime``; (None, why) when neither is known."""
+    reported = job_run.get("DPUSeconds")
+    if isinstance(reported, int | float):
+        return float(reported), "GetJobRun DPUSeconds"
+    execution_time = job_run.get("ExecutionTime")
+    if not isinstance(execution_time, int | float):
+        return None, not_reported(GLUE, "no DPUSeconds and no ExecutionTime in GetJobRun")
+    worker_type, workers = job_run.get("WorkerType"), job_run.get("NumberOfWorkers")
+    if worker_type in GLUE_DPU_PER_WORKER and isinstance(workers, int):
+        dpus = GLUE_DPU_PER_WORKER[worker_type] * workers
+        return dpus * execution_time, (
+            f"derived: NumberOfWorkers x DPU of WorkerType {worker_type} ({GLUE_DPU_PER_WORKER[worker_type]}) "
+            "x ExecutionTime (GetJobRun has no DPUSeconds)"
+        )
+    capacity = job_run.get("MaxCapacity")
+    if isinstance(capacity, int | float):
+        return float(
+            capacity
+        ) * execution_time, "derived: MaxCapacity x ExecutionTime (GetJobRun has no DPUSeconds)"
+    return None, not_reported(GLUE, "no DPUSeconds, and no capacity to derive it from")
+
+
+def record_glue_job_run(
+    result: RunnerResult, job_run: Mapping[str, Any], *, console_link: str | None
+) -> None:
+    """Record one GetJobRun ``JobRun`` into ``result``; a failed state becomes ``result.error``."""
+    source = "GetJobRun"
+    gap = not_reported(GLUE, "absent from GetJobRun")
+    state = job_run.get("JobRunState")
+    result.record("details.job_run_state", state, f"{source} JobRunState")
+    _record_or_absent(result, "external_run_id", job_run.get("Id"), f"{source} Id", gap)
+    _record_or_absent(result, "driver_version", job_run.get("GlueVersion"), f"{source} GlueVersion", gap)
+    _record_or_absent(result, "details.job_name", job_run.get("JobName"), f"{source} JobName", gap)
+    _record_or_absent(result, "details.attempt", job_run.get("Attempt"), f"{source} Attempt", gap)
+    execution_class = job_run.get("ExecutionClass")
+    _record_or_absent(
+        result,
+        "details.execution_class",
+        execution_class,
+        f"{source} ExecutionClass",
+        not_reported(GLUE, "no ExecutionClass in GetJobRun (moto never sends it)"),
+    )
+    for path, field in (
+        ("resources_used.worker_type", "WorkerType"),
+        ("resources_used.number_of_workers", "NumberOfWorkers"),
+        ("resources_used.max_capacity_dpu", "MaxCapacity"),
+        ("timings.duration_s", "ExecutionTime"),
+        ("billing_inputs.worker_type", "WorkerType"),
+        ("billing_inputs.number_of_workers", "NumberOfWorkers"),
+    ):
+        _record_or_absent(result, path, job_run.get(field), f"{source} {field}", gap)
+    _record_or_absent(
+        result,
+        "billing_inputs.execution_class",
+        execution_class,
+        f"{source} ExecutionClass",
+        not_reported(GLUE, "no ExecutionClass in GetJobRun (STANDARD unless the job runs FLEX)"),
+    )
+    _record_or_absent(
+        result, "timings.started_at", _iso(job_run.get("StartedOn")), f"{source} StartedOn", gap
+    )
+    _record_or_absent(
+        result, "timings.finished_at", _iso(job_run.get("CompletedOn")), f"{source} CompletedOn", gap
+    )
+    dpu_seconds, dpu_source = glue_dpu_seconds(job_run)
+    if dpu_seconds is None:
+        result.absent("billing_inputs.dpu_seconds", dpu_source)
+    else:
+        result.record("billing_inputs.dpu_seconds", dpu_seconds, dpu_source)
+    for path in ("resources_used.cpu_load", "resources_used.memory_used_bytes"):
+        result.absent(
+            path, not_reported(GLUE, "in GetJobRun; CloudWatch job metrics (--enable-metrics) only")
+        )
+    result.absent("digests.script", not_reported(GLUE, "GetJobRun has no digest of the job's script"))
+    _record_or_absent(result, "console_link", console_link, "built from the job name, run id and region", gap)
+    if state != GLUE_SUCCESS_STATE:
+        message = job_run.get("ErrorMessage") or f"job run ended in state {state}"
+        result.record("details.error_message", job_run.get("ErrorMessage"), f"{source} ErrorMessage")
+        result.fail(f"GlueJobRun.{state}", message)
+
+
+def _utilisation(section: Any) -> dict[str, Any]:
+    return dict(section) if isinstance(section, Mapping) else {}
+
+
+def record_emr_serverless_job_run(
+    result: RunnerResult, job_run: Mapping[str, Any], *, console_link: str | None
+) -> None:
+    """Record one GetJobRun ``jobRun`` into ``result``; a state other than SUCCESS becomes ``result.error``."""
+    source = "GetJobRun"
+    gap = not_reported(EMR_SERVERLESS, "absent from GetJobRun")
+    state = job_run.get("state")
+    result.record("details.state", state, f"{source} jobRun.state")
+    _record_or_absent(result, "external_run_id", job_run.get("jobRunId"), f"{source} jobRun.jobRunId", gap)
+    _record_or_absent(
+        result, "driver_version", job_run.get("releaseLabel"), f"{source} jobRun.releaseLabel", gap
+    )
+    _record_or_absent(
+        result, "details.application_id", job_run.get("applicationId"), f"{source} jobRun.applicationId", gap
+    )
+    _record_or_absent(result, "details.mode", job_run.get("mode"), f"{source} jobRun.mode", gap)
+    _record_or_absent(result, "details.attempt", job_run.get("attempt"), f"{source} jobRun.attempt", gap)
+    total = _utilisation(job_run.get("totalResourceUtilization"))
+    billed = _utilisation(job_run.get("billedResourceUtilization"))
+    for key, field in (
+        ("vcpu_hours", "vCPUHour"),
+        ("memory_gb_hours", "memoryGBHour"),
+        ("storage_gb_hours", "storageGBHour"),
+    ):
+        _record_or_absent(
+            result,
+            f"resources_used.total_{key}",
+            total.get(field),
+            f"{source} jobRun.totalResourceUtilization.{field}",
+            not_reported(EMR_SERVERLESS, "no totalResourceUtilization in GetJobRun (moto never sends it)"),
+        )
+        _record_or_absent(
+            result,
+            f"billing_inputs.billed_{key}",
+            billed.get(field),
+            f"{source} jobRun.billedResourceUtilization.{field}",
+            not_reported(EMR_SERVERLESS, "no billedResourceUtilization in GetJobRun"),
+        )
+    _record_or_absent(
+        result,
+        "timings.duration_s",
+        job_run.get("totalExecutionDurationSeconds"),
+        f"{source} jobRun.totalExecutionDurationSeconds",
+        gap,
+    )
+    queued_ms = job_run.get("queuedDurationMilliseconds")
+    _record_or_absent(
+        result,
+        "timings.queued_s",
+        queued_ms / 1000.0 if isinstance(queued_ms, int | float) else None,
+        f"{source} jobRun.queuedDurationMilliseconds",
+        not_reported(EMR_SERVERLESS, "no queuedDurationMilliseconds in GetJobRun (moto never sends it)"),
+    )
+    for path, field in (
+        ("timings.created_at", "createdAt"),
+        ("timings.started_at", "startedAt"),
+        ("timings.finished_at", "endedAt"),
+    ):
+        _record_or_absent(result, path, _iso(job_run.get(field)), f"{source} jobRun.{field}", gap)
+    for path in ("resources_used.cpu_load", "resources_used.memory_used_bytes"):
+        result.absent(
+            path, not_reported(EMR_SERVERLESS, "in GetJobRun; only the utilisation totals in hours")
+        )
+    result.absent(
+        "digests.image",
+        not_reported(
+            EMR_SERVERLESS,
+            "GetJobRun has no image digest (custom images: the application's imageConfiguration)",
+        ),
+    )
+    _record_or_absent(
+        result, "console_link", console_link, "built from the application id, job run id and region", gap
+    )
+    if state != EMR_SUCCESS_STATE:
+        details = job_run.get("stateDetails")
+        result.record("details.state_details", details, f"{source} jobRun.stateDetails")
+        result.fail(f"EmrServerlessJobRun.{state}", details or f"job run ended in state {state}")
+
+
+def _record_requested(result: RunnerResult, settings: Mapping[str, Any], table_path: str) -> None:
+    source = f"policy size_tables.{table_path} (selects the application; never applied at run time)"
+    if not settings:
+        result.absent("resources_requested", f"no entry in the policy's size table ({table_path})")
+    for key, value in settings.items():
+        result.record(f"resources_requested.{key}", value, source)
+
+
+def _record_wall_clock(result: RunnerResult, started_at: datetime, started: float, what: str) -> None:
+    result.record(
+        "timings.submitted_at", started_at.isoformat(), f"clock of the Airflow worker, before {what}"
+    )
+    result.record(
+        "timings.wall_duration_s",
+        round(time.monotonic() - started, 3),
+        f"clock of the Airflow worker around {what}",
+    )
+
+
+# -------------------------------------------------------------------------------------------------- Glue
+
+
+class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
+    """Run an AWS Glue job as a BareCount managed ETL runner, and record its runner_result.
+
+    Adds to :class:`GlueJobOperator`: the tenant's policy checked before the run starts (size and worker
+    count), the size's worker type and count as the run's ``WorkerType`` / ``NumberOfWorkers`` (the job is
+    never modified), the run's identity as job arguments (``--barecount_correlation_id``,
+    ``--barecount_run_token``, ``--traceparent``), the ``runner_result`` XCom and the runner metrics. It
+    always waits for the run to finish, synchronously, through the upstream hook; a run that does not
+    succeed fails the task after the runner_result is published.
+
+    :param job_name: the Glue job (it must exist unless the upstream ``create_job_kwargs`` create it).
+    :param script_args: job arguments; the identity arguments are added.
+    :param run_job_kwargs: further StartJobRun arguments; capacity (``WorkerType``, ``NumberOfWorkers``,
+        ``MaxCapacity``, ``AllocatedCapacity``) is the size's and may not be set here.
+    :param tenant: see :class:`~barecount_provider.operators.base.BareCountRunnerMixin`.
+    :param pipeline: see the mixin.
+    :param size: size profile; ``managed_etl.<size>.glue`` gives the worker type and count.
+    :param network_profile: see the mixin; the job's connections implement it.
+    :param job_poll_interval: seconds between GetJobRun polls of the upstream hook.
+    :param aws_conn_id: the Airflow AWS connection.
+    """
+
+    runner_class = "managed_etl"
+    template_fields: Sequence[str] = (*GlueJobOperator.template_fields, *BARECOUNT_TEMPLATE_FIELDS)
+
+    def __init__(
+        self,
+        *,
+        job_name: str,
+        tenant: str | None = None,
+        pipeline: str | None = None,
+        size: str = "m",
+        network_profile: str = "public",
+        **kwargs: Any,
+    ) -> None:
+        # A runner_result needs the finished run, polled in this process by the upstream hook.
+        kwargs.pop("deferrable", None)
+        kwargs.pop("wait_for_completion", None)
+        super().__init__(
+            job_name=job_name,
+            tenant=tenant,
+            pipeline=pipeline,
+            size=size,
+            network_profile=network_profile,
+            deferrable=False,
+            wait_for_completion=True,
+            **kwargs,
+        )
+        self._barecount_identity: dict[str, str] = {}
+
+    def _build_script_args(self, context: Any) -> dict:
+        return glue_script_args_with_identity(super()._build_script_args(context), self._barecount_identity)
+
+    def execute(self, context: Any) -> str | None:
+        ctx = self.barecount_context(context)
+        # Both checks raise PolicyViolation before anything is started.
+        glue_size = self.governed_resources(ctx).get("glue", {})
+        self.governed_resources(ctx, workers=int(glue_size.get("number_of_workers", 0)))
+        run_kwargs = glue_run_kwargs_for_size(self.run_job_kwargs, glue_size, ctx.size)
+        result = self.new_runner_result(ctx)
+        _record_requested(result, glue_size, f"managed_etl.{ctx.size}.glue")
+        self._barecount_identity = self.identity_env(ctx)
+        author_run_kwargs, self.run_job_kwargs = self.run_job_kwargs, run_kwargs
+
+        started_at, started = datetime.now(UTC), time.monotonic()
+        failure: Exception | None = None
+        try:
+            super().execute(context)
+        except Exception as err:
+            if self._job_run_id is None:  # nothing was started: nothing spent, nothing to record
+                raise
+            failure = err
+        finally:
+            self.run_job_kwargs = author_run_kwargs
+        _record_wall_clock(result, started_at, started, "StartJobRun and the polling until the run ended")
+
+        run_id = self._job_run_id
+        job_run = self._get_job_run(result, run_id) if run_id else {}
+        if run_id and job_run:
+            record_glue_job_run(result, job_run, console_link=self._console_link(run_id))
+        if failure is not None and result.error is None:
+            result.fail(type(failure).__name__, str(failure))
+        if result.error is not None:
+            self.log.error("Glue job %s run %s failed: %s", self.job_name, run_id, result.error["message"])
+        self.publish_runner_result(context, result)
+        if result.error is not None:
+            self.on_runner_failed(context, result, {"job_name": self.job_name, "job_run": job_run})
+            raise GlueJobRunFailed(
+                f"Glue job {self.job_name!r} run {run_id}: {result.error['message']}"
+            ) from failure
+        return run_id
+
+    def _get_job_run(self, result: RunnerResult, run_id: str) -> dict[str, Any]:
+        """GetJobRun of the finished run; on failure, recorded as missing, never fatal."""
+        try:
+            return dict(self.hook.conn.get_job_run(JobName=self.job_name, RunId=run_id)["JobRun"])
+        except Exception as err:
+            self.log.warning("BareCount could not read Glue job run %s: %s", run_id, err)
+            result.record("details.get_job_run_error", str(err), f"GetJobRun failed ({type(err).__name__})")
+            result.record("external_run_id", run_id, "StartJobRun JobRunId")
+            return {}
+
+    def _console_link(self, run_id: str) -> str | None:
+        region = self.hook.conn_region_name
+        if not region:
+            return None
+        return GlueJobRunDetailsLink.format_str.format(
+            aws_domain=BaseAwsLink.get_aws_domain(self.hook.conn_partition),
+            region_name=region,
+            job_name=urllib.parse.quote(self.job_name, safe=""),
+            job_run_id=run_id,
+        )
+
+
+# ---------------------------------------------------------------------------------------- EMR Serverless
+
+
+def emr_serverless_max_workers(emr_size: Mapping[str, Any]) -> int | None:
+    """The most workers a size may scale to: ``max_cpu`` / ``worker_cpu`` (None when not in vCPU)."""
+    max_cpu, worker_cpu = (_VCPU.fullmatch(str(emr_size.get(key, ""))) for key in ("max_cpu", "worker_cpu"))
+    if max_cpu is None or worker_cpu is None or float(worker_cpu.group(1)) == 0:
+        return None
+    return int(float(max_cpu.group(1)) // float(worker_cpu.group(1)))
+
+
+class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOperator):
+    """Run a job on an EMR Serverless application as a BareCount managed ETL runner, and record its
+    runner_result.
+
+    Adds to :class:`EmrServerlessStartJobOperator`: the tenant's policy checked before the job starts, the
+    run's identity as Spark ``--conf spark.executorEnv.X`` / ``spark.emr-serverless.driverEnv.X`` submit
+    parameters (``--hiveconf`` for Hive; the author's parameters are kept), the ``runner_result`` XCom and the
+    runner metrics. It always waits for the job to finish, synchronously, with the upstream waiter; a job
+    that does not succeed fails the task after the runner_result is published.
+
+    :param application_id: the application that implements the size and network profile (capacity and
+        networking belong to the application; they are never changed at run time).
+    :param execution_role_arn: the job's execution role.
+    :param job_driver: ``{"sparkSubmit": {...}}`` or ``{"hive": {...}}``; the identity is added.
+    :param tenant: see :class:`~barecount_provider.operators.base.BareCountRunnerMixin`.
+    :param pipeline: see the mixin.
+    :param size: size profile; ``managed_etl.<size>.emr`` is recorded as requested and its
+        ``max_cpu / worker_cpu`` is checked against the tenant's ``max_workers``.
+    :param network_profile: see the mixin.
+    :param waiter_delay: seconds between GetJobRun polls of the upstream waiter.
+    :param aws_conn_id: the Airflow AWS connection.
+    """
+
+    runner_class = "managed_etl"
+    template_fields: Sequence[str] = (
+        *EmrServerlessStartJobOperator.template_fields,
+        *BARECOUNT_TEMPLATE_FIELDS,
+    )
+
+    def __init__(
+        self,
+        *,
+        application_id: str,
+        execution_role_arn: str,
+        job_driver: dict,
+        tenant: str | None = None,
+        pipeline: str | None = None,
+        size: str = "m",
+        network_profile: str = "public",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("deferrable", None)
+        kwargs.pop("wait_for_completion", None)
+        super().__init__(
+            application_id=application_id,
+            execution_role_arn=execution_role_arn,
+            job_driver=job_driver,
+            tenant=tenant,
+            pipeline=pipeline,
+            size=size,
+            network_profile=network_profile,
+            deferrable=False,
+            wait_for_completion=True,
+            **kwargs,
+        )
+
+    def execute(self, context: Any, event: dict[str, Any] | None = None) -> str | None:
+        ctx = self.barecount_context(context)
+        # Both checks raise PolicyViolation before anything is started.
+        emr_size = self.governed_resources(ctx).get("emr", {})
+        self.governed_resources(ctx, workers=emr_serverless_max_workers(emr_size))
+        identity: dict[str, str] = self.identity_env(ctx)
+        driver = job_driver_with_identity(self.job_driver, identity)
+        result = self.new_runner_result(ctx)
+        _record_requested(result, emr_size, f"managed_etl.{ctx.size}.emr")
+        author_driver, self.job_driver = self.job_driver, driver
+
+        started_at, started = datetime.now(UTC), time.monotonic()
+        failure: Exception | None = None
+        try:
+            super().execute(context)
+        except Exception as err:
+            if self.job_id is None:  # nothing was started: nothing spent, nothing to record
+                raise
+            failure = err
+        finally:
+            self.job_driver = author_driver
+        _record_wall_clock(result, started_at, started, "StartJobRun and the waiting until the job ended")
+
+        job_run = self._get_job_run(result) if self.job_id else {}
+        if job_run:
+            record_emr_serverless_job_run(result, job_run, console_link=self._console_link())
+        if failure is not None and result.error is None:
+            result.fail(type(failure).__name__, str(failure))
+        if result.error is not None:
+            self.log.error("EMR Serverless job %s failed: %s", self.job_id, result.error["message"])
+        self.publish_runner_result(context, result)
+        if result.error is not None:
+            self.on_runner_failed(
+                context,
+                result,
+                {"application_id": self.application_id, "job_driver": driver, "job_run": job_run},
+            )
+            raise EmrServerlessJobRunFailed(
+                f"EMR Serverless application {self.application_id!r} job {self.job_id}: {result.error['message']}"
+            ) from failure
+        return self.job_id
+
+    def _get_job_run(self, result: RunnerResult) -> dict[str, Any]:
+        try:
+            return dict(
+                self.hook.conn.get_job_run(applicationId=self.application_id, jobRunId=self.job_id)["jobRun"]
+            )
+        except Exception as err:
+            self.log.warning("BareCount could not read EMR Serverless job run %s: %s", self.job_id, err)
+            result.record("details.get_job_run_error", str(err), f"GetJobRun failed ({type(err).__name__})")
+            result.record("external_run_id", self.job_id, "StartJobRun jobRunId")
+            return {}
+
+    def _console_link(self) -> str | None:
+        region = self.hook.conn_region_name
+        if not region:
+            return None
+        domain = BaseAwsLink.get_aws_domain(self.hook.conn_partition)
+        return (
+            f"https://console.{domain}/emr/home?region={region}"
+            f"#/serverless-applications/{self.application_id}/job-runs/{self.job_id}"
+        )

@@ -1,0 +1,228 @@
+"""GlueRunnerOperator and EmrServerlessRunnerOperator against moto in server mode on 127.0.0.1, run by
+``dag.test()`` on dags/example_managed_etl.py (a real task context, the real upstream Glue and EMR Serverless
+operators, hooks and waiters, boto3, real HTTP).
+
+moto 5.2.5's Glue runs never fail and report ExecutionTime 123 with no DPUSeconds or ExecutionClass; its EMR
+Serverless jobs start at SUCCESS with zero utilisation, and its create-application operator waits for a state
+moto never shows, so the application is created with boto3. Failure paths and the fields moto lacks are
+covered on fixtures in tests/unit/test_managed_etl.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from barecount_provider import config, context, policy
+
+from .conftest import MOTO_CONN_ID, MotoServer
+
+pytestmark = pytest.mark.integration
+
+GLUE_JOB = "barecount-orders-transform"
+ACCOUNT_ID = "123456789012"  # moto's default account: EMR Serverless refuses cross-account roles
+
+
+@pytest.fixture(scope="module")
+def managed_etl_resources(moto_server: MotoServer) -> dict[str, str]:
+    """A Glue job, an EMR Serverless application (boto3: the upstream create operator would wait forever
+    on moto) and the roles they run as."""
+    trust = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "glue.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+    )
+    iam = moto_server.client("iam")
+    glue_role = iam.create_role(RoleName="barecount-glue", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    emr_role = iam.create_role(RoleName="barecount-emr-job", AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+    moto_server.client("glue").create_job(
+        Name=GLUE_JOB,
+        Role=glue_role,
+        Command={
+            "Name": "glueetl",
+            "ScriptLocation": "s3://barecount-code/transform.py",
+            "PythonVersion": "3",
+        },
+        GlueVersion="4.0",
+        WorkerType="G.1X",
+        NumberOfWorkers=2,
+    )
+    application_id = moto_server.client("emr-serverless").create_application(
+        name="barecount-orders", releaseLabel="emr-7.2.0", type="SPARK"
+    )["applicationId"]
+    return {"application_id": application_id, "execution_role_arn": emr_role}
+
+
+@pytest.fixture
+def acme_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\ntenants:\n  acme:\n    max_size: s\n", encoding="utf-8")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+    config.cache_clear()
+    policy.get_policy.cache_clear()
+
+
+@pytest.fixture
+def glue_runs_through_running(moto_server: MotoServer) -> Iterator[None]:
+    """moto's state manager: a Glue run moves STARTING -> RUNNING -> SUCCEEDED one step per GetJobRun."""
+    moto_server.api(
+        "POST",
+        "state-manager/set-transition",
+        {"model_name": "glue::job_run", "transition": {"progression": "manual", "times": 1}},
+    )
+    yield
+    moto_server.api("POST", "state-manager/unset-transition", {"model_name": "glue::job_run"})
+
+
+def _body(request: dict[str, Any]) -> dict[str, Any]:
+    body = base64.b64decode(request["body"]) if request.get("body_encoded") else request["body"].encode()
+    return json.loads(body)
+
+
+def _glue_requests(moto_server: MotoServer, action: str) -> list[dict[str, Any]]:
+    return [
+        request
+        for request in moto_server.recorded_requests()
+        if {key.lower(): value for key, value in request["headers"].items()}.get("x-amz-target")
+        == f"AWSGlue.{action}"
+    ]
+
+
+def _emr_start_requests(moto_server: MotoServer, application_id: str) -> list[dict[str, Any]]:
+    return [
+        request
+        for request in moto_server.recorded_requests()
+        if request["url"].rstrip("/").endswith(f"/applications/{application_id}/jobruns")
+        and request["method"] == "POST"
+    ]
+
+
+def _example_module() -> Any:
+    path = Path(__file__).resolve().parents[2] / "dags" / "example_managed_etl.py"
+    spec = importlib.util.spec_from_file_location("barecount_example_managed_etl", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_example(resources: dict[str, str], size: str) -> tuple[Any, dict[str, Any]]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    dag = _example_module().build_dag(
+        aws_conn_id=MOTO_CONN_ID,
+        glue_job_name=GLUE_JOB,
+        emr_application_id=resources["application_id"],
+        execution_role_arn=resources["execution_role_arn"],
+        size=size,
+        poll_interval_s=0.2,
+    )
+    run = dag.test()
+    results: dict[str, Any] = {}
+    with create_session() as session:
+        for task_id in ("transform", "aggregate"):
+            row = session.scalars(
+                XComModel.get_many(
+                    run_id=run.run_id, key="runner_result", dag_ids=dag.dag_id, task_ids=task_id
+                )
+            ).first()
+            results[task_id] = XComModel.deserialize_value(row) if row is not None else None
+    return run, results
+
+
+def test_managed_etl_runners_carry_identity_and_record_runner_results(
+    moto_server: MotoServer,
+    airflow_db: None,
+    managed_etl_resources: dict[str, str],
+    acme_policy: None,
+    glue_runs_through_running: None,
+) -> None:
+    moto_server.start_recording()
+    run, results = _run_example(managed_etl_resources, "s")
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    correlation_id = context.correlation_id_for("example_managed_etl", run.run_id)
+
+    # Glue: the size's capacity per run, the identity as job arguments, on the request moto received
+    (start,) = _glue_requests(moto_server, "StartJobRun")
+    request = _body(start)
+    assert (request["JobName"], request["WorkerType"], request["NumberOfWorkers"]) == (GLUE_JOB, "G.1X", 2)
+    arguments = request["Arguments"]
+    assert arguments["--day"]  # the author's, templated
+    assert arguments["--barecount_correlation_id"] == correlation_id
+    assert arguments["--barecount_run_token"] == context.run_token_for(
+        "example_managed_etl", run.run_id, "transform", -1, 1
+    )
+    assert arguments["--traceparent"].startswith("00-")
+    assert len(_glue_requests(moto_server, "GetJobRun")) >= 3  # polled through RUNNING by the upstream hook
+    assert _glue_requests(moto_server, "UpdateJob") == []  # the job itself is never modified
+
+    glue = results["transform"]
+    assert glue is not None
+    assert (glue["runner_class"], glue["size"], glue["tenant"], glue["pipeline"]) == (
+        "managed_etl",
+        "s",
+        "acme",
+        "orders",
+    )
+    assert glue["resources_requested"] == {"worker_type": "G.1X", "number_of_workers": 2}
+    assert (
+        glue["resources_used"]["worker_type"] == "G.1X" and glue["resources_used"]["number_of_workers"] == 2
+    )
+    assert glue["timings"]["duration_s"] == 123  # moto's constant ExecutionTime
+    assert glue["billing_inputs"]["dpu_seconds"] == 246.0
+    assert glue["field_sources"]["billing_inputs.dpu_seconds"].startswith("derived:")
+    assert glue["billing_inputs"]["execution_class"] is None
+    assert glue["field_sources"]["billing_inputs.execution_class"].startswith("not reported by Glue")
+    assert glue["driver_version"] == "0.9"  # moto's constant GlueVersion
+    assert glue["external_run_id"].startswith("jr_")
+    assert f"/job/{GLUE_JOB}/run/{glue['external_run_id']}" in glue["console_link"]
+    assert glue["error"] is None
+
+    # EMR Serverless: the identity in the Spark submit parameters, after the author's
+    application_id = managed_etl_resources["application_id"]
+    (emr_start,) = _emr_start_requests(moto_server, application_id)
+    parameters = shlex.split(_body(emr_start)["jobDriver"]["sparkSubmit"]["sparkSubmitParameters"])
+    assert parameters[:2] == ["--conf", "spark.executor.cores=4"]
+    assert f"spark.executorEnv.BARECOUNT_CORRELATION_ID={correlation_id}" in parameters
+    assert f"spark.emr-serverless.driverEnv.BARECOUNT_CORRELATION_ID={correlation_id}" in parameters
+    run_token = context.run_token_for("example_managed_etl", run.run_id, "aggregate", -1, 1)
+    assert f"spark.emr-serverless.driverEnv.BARECOUNT_RUN_TOKEN={run_token}" in parameters
+
+    emr = results["aggregate"]
+    assert emr is not None
+    assert emr["driver_version"] == "emr-7.2.0"
+    assert emr["external_run_id"] and emr["details"]["state"] == "SUCCESS"
+    assert emr["billing_inputs"]["billed_vcpu_hours"] == 0.0  # moto: zero utilisation
+    assert emr["field_sources"]["resources_used.total_vcpu_hours"].startswith(
+        "not reported by EMR Serverless"
+    )
+    assert emr["resources_requested"]["initial_workers"] == 2
+    assert emr["error"] is None
+
+
+def test_policy_cap_fails_the_glue_task_before_starting_a_run(
+    moto_server: MotoServer, airflow_db: None, managed_etl_resources: dict[str, str], acme_policy: None
+) -> None:
+    moto_server.start_recording()
+    run, results = _run_example(managed_etl_resources, "l")  # acme's max_size is s
+    assert run.state == "failed"
+    assert _glue_requests(moto_server, "StartJobRun") == []
+    assert _emr_start_requests(moto_server, managed_etl_resources["application_id"]) == []
+    assert results == {"transform": None, "aggregate": None}
+    ti = run.get_task_instance("transform")
+    assert ti is not None and ti.state == "failed" and ti.try_number == 1
