@@ -72,9 +72,18 @@ class SchedulerSide:
         from airflow.utils.state import TaskInstanceState  # noqa: F401
         from sqlalchemy import func, select  # noqa: F401
 
-        from barecount_provider.telemetry import task_side
+        from barecount_provider.telemetry import task_side, tracing
 
         task_side.preload()
+        # Build the sinks and export once here, on the main thread: the HTTP stack of the OTLP exporters
+        # imports modules lazily on its first use (transport, codecs), and that first use must not happen in
+        # a background thread of a process that forks. Forked children drop these (see the at-fork resets).
+        emitter = get_emitter()
+        emitter.emit([("barecount.emit.failed", COUNTER, 0, {"sink": "none", "stage": "startup"})])
+        emitter.flush(config.emit_timeout_ms())
+        tracer = tracing.get_tracing()
+        if tracer is not None:
+            tracer.flush(config.emit_timeout_ms())
         self._prepared = True
 
     def _ensure_thread(self) -> None:
