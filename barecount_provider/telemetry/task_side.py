@@ -244,17 +244,30 @@ def preload() -> None:
 
     from barecount_provider.telemetry import logging as _logging  # noqa: F401
     from barecount_provider.telemetry import resources as _resources  # noqa: F401
-    from barecount_provider.telemetry import tracing as _tracing  # noqa: F401
+    from barecount_provider.telemetry import tracing as _tracing
     from barecount_provider.telemetry.redaction import get_redactor
 
     if config.statsd_on():
         import statsd  # noqa: F401
+    otlp = config.otlp_metrics_on() or (config.traces_on() and config.traces_exporter() == "otlp")
     if config.otlp_metrics_on():
         import opentelemetry.exporter.otlp.proto.http.metric_exporter
         import opentelemetry.sdk.metrics
         import opentelemetry.sdk.metrics.export
     if config.traces_on() and config.traces_exporter() == "otlp":
         import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+    if otlp:
+        import requests  # the OTLP/HTTP exporters import it when they are built
+
+        requests.Session().close()  # and the lazy imports of a first Session
+    # Stateless sinks (StatsD's socket, the JSON-lines span file) are built here once and shared by every
+    # forked task process; anything with threads or buffers (OTLP) is built in each process instead.
+    if not otlp:
+        from barecount_provider.telemetry.metrics import get_emitter
+
+        get_emitter()
+        _tracing.get_tracing()
+    config.warm()
     get_redactor()
     try:
         tenant_policy(config.default_tenant())
