@@ -89,9 +89,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print("  statsd: off")
     if config.otlp_metrics_on():
-        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or os.environ.get(
-            "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
-        )
+        endpoint = config.otlp_endpoint("metrics")
         status = _probe_tcp(endpoint)
         problems += status.startswith("UNREACHABLE")
         print(f"  otlp metrics: {endpoint}: {status}")
@@ -108,9 +106,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             status = _probe_dir(config.telemetry_dir())
             print(f"  traces: file {path}: {status}")
         elif kind == "otlp":
-            endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-                "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
-            )
+            endpoint = config.otlp_endpoint("traces")
             status = _probe_tcp(endpoint)
             print(f"  traces: otlp {endpoint}: {status}")
         else:

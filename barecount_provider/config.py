@@ -382,6 +382,13 @@ _GETTERS = [
 ]
 
 
+def otlp_endpoint(signal: str) -> str:
+    """Where the OTLP/HTTP exporter of ``signal`` (metrics, traces) sends, by the standard variables."""
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
+    )
+
+
 def warm() -> None:
     """Read every option once (a forked task process then inherits the values: Airflow's conf.get costs
     about 0.2 ms a call). A bad value is left for its getter to report where it is used."""

@@ -23,18 +23,11 @@ def _clear_caches() -> None:
     metrics.get_emitter.cache_clear()
     metrics.redact_tag_value.cache_clear()
     tracing.get_tracing.cache_clear()
-    try:
-        from barecount_provider.telemetry import redaction
+    from barecount_provider import policy
+    from barecount_provider.telemetry import redaction
 
-        redaction.get_redactor.cache_clear()
-    except (ImportError, AttributeError):
-        pass
-    try:
-        from barecount_provider import policy
-
-        policy.get_policy.cache_clear()
-    except (ImportError, AttributeError):
-        pass
+    redaction.get_redactor.cache_clear()
+    policy.get_policy.cache_clear()
     from barecount_provider.telemetry import task_side
 
     task_side.tenant_policy.cache_clear()

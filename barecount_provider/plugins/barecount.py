@@ -48,10 +48,10 @@ def _install_side_effects() -> None:
 
         if config.traces_on() and tracing.airflow_tracing_on():
             from barecount_provider.telemetry.scheduler_side import get_scheduler_side
-            from barecount_provider.telemetry.task_side import _policy_values
+            from barecount_provider.telemetry.task_side import policy_values
 
             tracing.install_tenant_sampler(
-                get_scheduler_side().cached_tenant, lambda tenant: _policy_values(tenant)[0]
+                get_scheduler_side().cached_tenant, lambda tenant: policy_values(tenant)[0]
             )
     except Exception:
         log.warning("BareCount could not install its tenant trace sampler", exc_info=True)

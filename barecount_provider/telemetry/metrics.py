@@ -275,11 +275,7 @@ class OtelMetricSink:
         self.timeout_ms = timeout_ms
 
     def describe(self) -> str:
-
-        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or os.environ.get(
-            "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
-        )
-        return f"otlp {endpoint}"
+        return f"otlp {config.otlp_endpoint('metrics')}"
 
     def _instrument(self, name: str, kind: str) -> Any:
         instrument = self._instruments.get(name)

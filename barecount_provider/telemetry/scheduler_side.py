@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from barecount_provider import config, context
@@ -162,12 +163,7 @@ class SchedulerSide:
                 tags = set(session.scalars(select(DagTag.name).where(DagTag.dag_id == dag_id)))
         except Exception:
             EMIT_FAILURES.record("scheduler_side", "tags")
-
-        class _Tags:
-            pass
-
-        holder = _Tags()
-        holder.tags = tags  # type: ignore[attr-defined]
+        holder = SimpleNamespace(tags=tags)  # a DAG as far as context.declared() looks
         self._opted_out[dag_id] = context.is_opted_out(holder)
         tenant = context.declared(None, holder, "tenant") or config.default_tenant()
         pipeline = context.declared(None, holder, "pipeline") or dag_id
@@ -329,12 +325,12 @@ class SchedulerSide:
 
     def _emit_spans(self, dag_id: str, run_id: str, tenant: str, state: str, start: Any, end: Any, tasks: dict) -> None:
         from barecount_provider.telemetry import tracing
-        from barecount_provider.telemetry.task_side import _policy_values
+        from barecount_provider.telemetry.task_side import policy_values
 
         tracer = tracing.get_tracing()
         if tracer is None or tracer.airflow_mode or start is None:
             return  # under Airflow's tracing, Airflow emits the dag_run and task_run spans itself
-        ratio, _ = _policy_values(tenant)
+        ratio, _ = policy_values(tenant)
         sampled = tracing.sampled_for_run(dag_id, run_id, ratio)
         trace_id = context.trace_id_for(dag_id, run_id)
         run_span_id = context.run_span_id_for(dag_id, run_id)

@@ -57,7 +57,7 @@ def tenant_policy(tenant: str) -> Any:
     return get_policy().for_tenant(tenant)
 
 
-def _policy_values(tenant: str) -> tuple[float, bool]:
+def policy_values(tenant: str) -> tuple[float, bool]:
     try:
         policy = tenant_policy(tenant)
         return float(policy.trace_sampling_ratio), bool(policy.debug_logs_in_production)
@@ -82,7 +82,7 @@ def on_try_running(ti: Any) -> TryState | None:
     if context.is_opted_out(dag):
         return None
     ctx = context.resolve_for_ti(ti)
-    ratio, debug_allowed = _policy_values(ctx.tenant)
+    ratio, debug_allowed = policy_values(ctx.tenant)
     resumed = is_resume(ti)
 
     span = None

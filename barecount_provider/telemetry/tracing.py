@@ -31,7 +31,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
-    Decision,
     ParentBased,
     Sampler,
     SamplingResult,
@@ -343,10 +342,7 @@ def _build_exporter() -> tuple[SpanExporter | None, str]:
 
     quiet_otlp_exporter_logs()
     exporter = OTLPSpanExporter(timeout=max(config.emit_timeout_ms(), 1) / 1000.0)
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
-    )
-    return exporter, f"otlp {endpoint}"
+    return exporter, f"otlp {config.otlp_endpoint('traces')}"
 
 
 @functools.cache
@@ -425,8 +421,6 @@ def install_tenant_sampler(tenant_of_dag: Any, ratio_of_tenant: Any) -> bool:
         return False
     return isinstance(getattr(provider, "sampler", None), TenantRatioSampler)
 
-
-_ = Decision  # re-exported for tests that check decisions
 
 
 def _reset_after_fork() -> None:

@@ -103,7 +103,7 @@ def test_traceparent_and_ids_are_exported_to_the_environment(spans, monkeypatch)
 
 def test_sampling_is_all_or_nothing_per_run(spans, monkeypatch):
     exporter, _ = spans
-    monkeypatch.setattr(task_side, "_policy_values", lambda tenant: (0.3, False))
+    monkeypatch.setattr(task_side, "policy_values", lambda tenant: (0.3, False))
     runs = [f"run{i}" for i in range(200)]
     for run_id in runs:
         _run_once(run_id)
