@@ -174,6 +174,8 @@ class TenantPolicy:
     replay_approval: ReplayApproval
     cost_budget: CostBudget
     size_tables: SizeTables = field(hash=False)
+    network_profiles: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(hash=False, default_factory=dict)
+    runner_targets: Mapping[str, Mapping[str, Mapping[str, str]]] = field(hash=False, default_factory=dict)
 
     @property
     def allowed_sizes(self) -> tuple[str, ...]:
@@ -207,6 +209,29 @@ class TenantPolicy:
         return self.size_tables[runner_class][size]
 
 
+    def placement(self, network_profile: str, backend: str) -> Mapping[str, Any]:
+        """Where ``network_profile`` runs on ``backend`` (ecs, ec2, pod): empty when the policy names nothing."""
+        return (self.network_profiles.get(network_profile) or {}).get(backend) or types.MappingProxyType({})
+
+    def target(self, backend: str, name: str, network_profile: str, size: str) -> tuple[str, str] | None:
+        """(target, selector) that implements ``name`` at this profile and size on ``backend`` (lambda, glue, emr).
+
+        Looked up under ``runner_targets.<backend>.<name>``, most specific first: ``<profile>/<size>``,
+        ``<profile>``, ``<size>``, ``*``. None when the policy does not map ``name`` at all (the name is then
+        used as given); :class:`LookupError` when it maps ``name`` but not for this profile and size.
+        """
+        selectors = (self.runner_targets.get(backend) or {}).get(name)
+        if selectors is None:
+            return None
+        for selector in (f"{network_profile}/{size}", network_profile, size, "*"):
+            if selector in selectors:
+                return selectors[selector], selector
+        raise LookupError(
+            f"runner_targets.{backend}.{name} has no entry for network profile {network_profile!r} and size "
+            f"{size!r} (it has: {', '.join(selectors)})"
+        )
+
+
 @dataclass(frozen=True)
 class Policy:
     """A loaded, validated policy: where it came from, the defaults and each declared tenant, resolved."""
@@ -234,6 +259,7 @@ Check = Callable[[object], Iterator[tuple[str, object, str]]]
 class _Section:
     fields: Mapping[str, _Section | Check]
     keys_expected: str = ""  # how to describe the allowed keys; default: "a known key (allowed: ...)"
+    optional: bool = False  # the built-in defaults need not set its keys (network placements, targets)
 
     def key_expectation(self) -> str:
         return self.keys_expected or f"a known key (allowed: {', '.join(self.fields)})"
@@ -313,6 +339,65 @@ def _matching(pattern: str, what: str) -> Check:
     def check(value: object) -> Iterator[tuple[str, object, str]]:
         if not (isinstance(value, str) and compiled.fullmatch(value)):
             yield "", value, what
+
+    return check
+
+
+def _name(what: str) -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not (isinstance(value, str) and value.strip()):
+            yield "", value, f"{what} (a non-empty string)"
+
+    return check
+
+
+def _string_map(what: str) -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not isinstance(value, dict):
+            yield "", value, f"a mapping of {what}"
+            return
+        for key, item in value.items():
+            if not (isinstance(key, str) and key and isinstance(item, str)):
+                yield f".{key}", item, f"a string value under a non-empty string key ({what})"
+
+    return check
+
+
+TARGET_SELECTORS = (
+    "'<network profile>/<size>', '<network profile>', '<size>' or '*' "
+    f"(profiles: {', '.join(NETWORK_PROFILES)}; sizes: {', '.join(SIZES)})"
+)
+
+
+def is_target_selector(key: object) -> bool:
+    """Whether ``key`` is a key of a runner_targets mapping (see :meth:`TenantPolicy.target`)."""
+    if not isinstance(key, str):
+        return False
+    profile, slash, size = key.partition("/")
+    if slash:
+        return profile in NETWORK_PROFILES and size in SIZES
+    return key == "*" or key in NETWORK_PROFILES or key in SIZES
+
+
+def _target_map(what: str) -> Check:
+    """``<name the DAG uses> -> <selector> -> <the {what} that implements it>``."""
+
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not isinstance(value, dict):
+            yield "", value, f"a mapping of name -> selector -> {what}"
+            return
+        for name, selectors in value.items():
+            if not (isinstance(name, str) and name):
+                yield f".{name}", name, "a non-empty name"
+                continue
+            if not isinstance(selectors, dict) or not selectors:
+                yield f".{name}", selectors, f"a non-empty mapping of {TARGET_SELECTORS} -> {what}"
+                continue
+            for selector, target in selectors.items():
+                if not is_target_selector(selector):
+                    yield f".{name}.{selector}", selector, TARGET_SELECTORS
+                elif not (isinstance(target, str) and target.strip()):
+                    yield f".{name}.{selector}", target, f"{what} (a non-empty string)"
 
     return check
 
@@ -420,6 +505,48 @@ _SIZE_TABLES = _Section(
     keys_expected=f"a runner class with a size table: one of {', '.join(SIZED_RUNNER_CLASSES)}",
 )
 
+# Where each network profile runs, for the services that take networking per run. Optional: the built-in
+# policy names no subnet, and an operator whose profile has no placement uses its own arguments.
+_NETWORK_PLACEMENT = _Section(
+    {
+        "ecs": _Section(
+            {
+                "subnets": _list_of(_name("a subnet id"), "subnet ids"),
+                "security_groups": _list_of(_name("a security group id"), "security group ids"),
+                "assign_public_ip": _one_of(("ENABLED", "DISABLED")),
+            }
+        ),
+        "ec2": _Section(
+            {
+                "subnet_id": _name("a subnet id"),
+                "security_group_ids": _list_of(_name("a security group id"), "security group ids"),
+            }
+        ),
+        "pod": _Section(
+            {
+                "namespace": _name("a Kubernetes namespace"),
+                "node_selector": _string_map("node label -> value"),
+                "service_account_name": _name("a Kubernetes service account"),
+            }
+        ),
+    },
+    optional=True,
+)
+_NETWORK_PROFILES = _Section(
+    dict.fromkeys(NETWORK_PROFILES, _NETWORK_PLACEMENT),
+    keys_expected=f"a network profile: one of {', '.join(NETWORK_PROFILES)}",
+    optional=True,
+)
+# What the size and network profile select where the service does not take them per run.
+_RUNNER_TARGETS = _Section(
+    {
+        "lambda": _target_map("a Lambda qualifier (alias or version)"),
+        "glue": _target_map("a Glue job name"),
+        "emr": _target_map("an EMR Serverless application id"),
+    },
+    optional=True,
+)
+
 # The settings of `defaults` and of each `tenants.<name>`.
 _SETTINGS = _Section(
     {
@@ -455,6 +582,8 @@ _SETTINGS = _Section(
             {"monthly_usd": _number(0, nullable=True), "alert_at_fraction": _number(0.0, 1.0)}
         ),
         "size_tables": _SIZE_TABLES,
+        "network_profiles": _NETWORK_PROFILES,
+        "runner_targets": _RUNNER_TARGETS,
     }
 )
 
@@ -467,8 +596,9 @@ def settings_key_paths() -> list[str]:
     def walk(section: _Section, prefix: str) -> Iterator[str]:
         for key, spec in section.fields.items():
             if isinstance(spec, _Section):
-                # every size of a runner class shares one entry: documented once, as <size>
-                yield from walk(spec, f"{prefix}{'<size>' if key in SIZES else key}.")
+                # every size (network profile) shares one entry: documented once, as <size> (<profile>)
+                name = "<size>" if key in SIZES else "<profile>" if key in NETWORK_PROFILES else key
+                yield from walk(spec, f"{prefix}{name}.")
             else:
                 yield f"{prefix}{key}"
 
@@ -735,12 +865,16 @@ def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
             alert_at_fraction=float(cost["alert_at_fraction"]),
         ),
         size_tables=frozen(settings["size_tables"]),
+        network_profiles=frozen(settings.get("network_profiles") or {}),
+        runner_targets=frozen(settings.get("runner_targets") or {}),
     )
 
 
 def _incomplete_keys(section: _Section, value: Mapping[str, Any], path: str) -> Iterator[str]:
     """Key paths the schema declares but ``value`` lacks (the built-in defaults must set every key)."""
     for key, spec in section.fields.items():
+        if isinstance(spec, _Section) and spec.optional:
+            continue
         if key not in value:
             yield _join(path, key)
         elif isinstance(spec, _Section) and isinstance(value[key], dict):

@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException
 
 from barecount_provider import context as bc_context
@@ -111,6 +112,27 @@ class RunnerResult:
         return data
 
 
+class RunnerConsoleLink(BaseOperatorLink):
+    """The task's extra link to its run in the service's console (the ``console_link`` of its runner_result).
+
+    Airflow 3 evaluates it in the task process when the try ends and keeps the URL in XCom for the UI and
+    the REST API; a try that launched nothing has no runner_result and so no link.
+    """
+
+    name = "BareCount: runner console"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        try:
+            from airflow.sdk.execution_time.xcom import XCom  # the configured XCom backend
+
+            result = XCom.get_value(key=RUNNER_RESULT_XCOM_KEY, ti_key=ti_key)
+        except Exception:  # never fail a try's finalisation for a link
+            log.debug("BareCount: no runner_result for the console link", exc_info=True)
+            return ""
+        link = result.get("console_link") if isinstance(result, Mapping) else None
+        return link if isinstance(link, str) else ""
+
+
 class PolicyViolation(AirflowFailException):
     """A request beyond the tenant's policy, refused before anything is launched (never retried).
 
@@ -177,6 +199,15 @@ def check_policy(
     return policy.resources(ctx.runner_class, ctx.size)
 
 
+def require_synchronous(operator: str, *, wait_for_completion: Any, deferrable: Any) -> None:
+    """Runner operators read their result inside execute(): refuse arguments that would return earlier."""
+    if wait_for_completion is not True or deferrable is not False:
+        raise ValueError(
+            f"{operator}: wait_for_completion={wait_for_completion!r}, deferrable={deferrable!r}; expected True "
+            "and False (the runner_result is read from the finished run inside execute())"
+        )
+
+
 def _is_template(value: Any) -> bool:
     return isinstance(value, str) and "{{" in value
 
@@ -225,6 +256,74 @@ class BareCountRunnerMixin:
         """Check the tenant's policy (raises :class:`PolicyViolation`); the size's resources for this class."""
         resources = check_policy(ctx, workers=workers, hosts=hosts)
         return {backend: dict(settings) for backend, settings in resources.items()}
+
+    def policy_target(
+        self, ctx: bc_context.RunContext, backend: str, name: str, given: str | None = None
+    ) -> tuple[str | None, str]:
+        """What implements ``name`` at this try's network profile and size: (target, where it came from).
+
+        ``runner_targets.<backend>.<name>`` of the tenant's policy selects it (backend: lambda, glue, emr);
+        when the policy does not map ``name``, ``given`` (the DAG author's argument) is used as it is. A name
+        the policy maps but not for this profile and size, or a ``given`` value that differs from the
+        policy's, is a :class:`PolicyViolation`: shared configuration is chosen by the policy, never by a run.
+        """
+        tenant = ctx.tenant
+        path = f"runner_targets.{backend}.{name}"
+        try:
+            found = get_policy().for_tenant(tenant).target(backend, name, ctx.network_profile, ctx.size)
+        except LookupError as err:
+            raise PolicyViolation(
+                rule="runner_targets",
+                tenant=tenant,
+                limit=path,
+                requested=f"{ctx.network_profile}/{ctx.size}",
+                message=f"tenant {tenant!r}: {err}",
+            ) from None
+        if found is None:
+            return given, "operator argument (the policy maps no target for it)"
+        target, selector = found
+        if given not in (None, "", target):
+            raise PolicyViolation(
+                rule="runner_targets",
+                tenant=tenant,
+                limit=target,
+                requested=given,
+                message=f"tenant {tenant!r}: {given!r} was given but the policy's {path}.{selector} selects "
+                f"{target!r} for network profile {ctx.network_profile!r} and size {ctx.size!r}",
+            )
+        return target, f"policy {path}.{selector}"
+
+    def select_target(
+        self, ctx: bc_context.RunContext, result: RunnerResult, backend: str, name: str
+    ) -> str:
+        """:meth:`policy_target` for ``name`` (the DAG's job or application), recorded in ``details``."""
+        target, source = self.policy_target(ctx, backend, name)
+        selected = target or name
+        result.record("details.target_name", name, "operator argument (the name the DAG uses)")
+        result.record("details.target", selected, source)
+        return selected
+
+    def network_placement(self, ctx: bc_context.RunContext, backend: str) -> tuple[dict[str, Any], str]:
+        """Where this try's network profile runs on ``backend`` (ecs, ec2, pod): (settings, source).
+
+        Empty when the tenant's policy names no placement for the profile: the operator's own arguments
+        apply. ``network_profiles.<profile>.<backend>`` of the policy otherwise.
+        """
+        settings = get_policy().for_tenant(ctx.tenant).placement(ctx.network_profile, backend)
+        return dict(settings), f"policy network_profiles.{ctx.network_profile}.{backend}"
+
+    def refuse_conflict(self, ctx: bc_context.RunContext, what: str, given: Any, selected: Any, source: str) -> None:
+        """Raise :class:`PolicyViolation` when the DAG author's ``given`` differs from what the policy selects."""
+        if given in (None, "", [], {}) or given == selected:
+            return
+        raise PolicyViolation(
+            rule="network_profiles",
+            tenant=ctx.tenant,
+            limit=selected,
+            requested=given,
+            message=f"tenant {ctx.tenant!r}: {what} {given!r} was given but {source} selects {selected!r} for "
+            f"network profile {ctx.network_profile!r}",
+        )
 
     def identity_env(self, ctx: bc_context.RunContext) -> dict[str, str]:
         """BARECOUNT_CORRELATION_ID, BARECOUNT_RUN_TOKEN and (when there is a span) TRACEPARENT."""

@@ -38,8 +38,10 @@ from barecount_provider import context as bc_context
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
+    RunnerConsoleLink,
     RunnerResult,
     not_reported,
+    require_synchronous,
 )
 
 LABEL_PREFIX = "barecount.io/"
@@ -323,6 +325,7 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
     """
 
     runner_class = "container"
+    operator_extra_links = (*KubernetesPodOperator.operator_extra_links, RunnerConsoleLink())
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, *BARECOUNT_TEMPLATE_FIELDS)
 
     def __init__(
@@ -351,6 +354,7 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
     def execute(self, context: Any) -> Any:
         ctx = self.barecount_context(context)
         pod_size = self.governed_resources(ctx).get("pod", {})  # raises PolicyViolation before any pod exists
+        self._place(ctx)
         self._prepare_pod(ctx, pod_size)
         return self._run_and_record(context, ctx, pod_size, lambda: super(KubernetesRunnerOperator, self).execute(context))
 
@@ -361,6 +365,26 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         return self._run_and_record(
             context, ctx, pod_size, lambda: super(KubernetesRunnerOperator, self).trigger_reentry(context, event)
         )
+
+    def _place(self, ctx: bc_context.RunContext) -> None:
+        """The network profile's namespace, node selector and service account, set on this run's pod."""
+        placement, source = self.network_placement(ctx, "pod")
+        if "namespace" in placement:
+            self.refuse_conflict(ctx, "namespace", self.namespace, placement["namespace"], source)
+            self.namespace = placement["namespace"]
+        if "service_account_name" in placement:
+            self.refuse_conflict(
+                ctx, "service_account_name", self.service_account_name, placement["service_account_name"], source
+            )
+            self.service_account_name = placement["service_account_name"]
+        for label, value in (placement.get("node_selector") or {}).items():
+            given = (self.node_selector or {}).get(label)
+            self.refuse_conflict(ctx, f"node_selector[{label!r}]", given, value, source)
+            self.node_selector = {**(self.node_selector or {}), label: value}
+
+    def _placement_sources(self, ctx: bc_context.RunContext) -> str:
+        placement, source = self.network_placement(ctx, "pod")
+        return source if placement else "operator arguments (the policy places no such profile)"
 
     def _prepare_pod(self, ctx: bc_context.RunContext, pod_size: Mapping[str, Any]) -> None:
         """Size, identity and labels, set on this run's pod before the upstream operator builds it."""
@@ -434,6 +458,9 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         record_pod_run(result, run, self.base_container_name, why)
         result.record("details.wall_started_at", started_at.isoformat(), "clock of the Airflow worker")
         result.record("details.container", self.base_container_name, "operator argument base_container_name")
+        placement_source = self._placement_sources(ctx)
+        result.record("details.namespace", self.namespace, f"namespace: {placement_source}")
+        result.record("details.node_selector", dict(self.node_selector or {}), f"node_selector: {placement_source}")
         error = run.error(self.base_container_name) if run is not None else None
         if error is not None:
             result.fail(*error)
@@ -721,8 +748,9 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
     :param overrides: RunTask overrides; BareCount sets the task-level ``cpu`` and ``memory`` and adds the
         identity to every container's ``environment``; the rest is the author's.
     :param launch_type: ``FARGATE`` or ``EC2`` (or use ``capacity_provider_strategy``).
-    :param network_configuration: the author's awsvpcConfiguration, passed on unchanged: the policy has no
-        network profile -> subnets and security groups mapping yet.
+    :param network_configuration: awsvpcConfiguration. When the tenant's policy places the network profile
+        (``network_profiles.<profile>.ecs``), its subnets, security groups and public IP setting are this
+        run's, and an author's value that differs is refused; otherwise the author's is used unchanged.
     :param tenant: see :class:`~barecount_provider.operators.base.BareCountRunnerMixin`.
     :param pipeline: see the mixin.
     :param size: size profile; ``container.<size>.fargate`` (cpu units, memory MiB) of the size table.
@@ -735,6 +763,7 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
     """
 
     runner_class = "container"
+    operator_extra_links = (*EcsRunTaskOperator.operator_extra_links, RunnerConsoleLink())
     template_fields: Sequence[str] = (*EcsRunTaskOperator.template_fields, *BARECOUNT_TEMPLATE_FIELDS)
 
     def __init__(
@@ -750,11 +779,7 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
         deferrable: bool = False,
         **kwargs: Any,
     ) -> None:
-        if wait_for_completion is not True or deferrable is not False:
-            raise ValueError(
-                f"EcsRunnerOperator: wait_for_completion={wait_for_completion!r}, deferrable={deferrable!r}; "
-                "expected True and False (the runner_result is read from the stopped task inside execute())"
-            )
+        require_synchronous("EcsRunnerOperator", wait_for_completion=wait_for_completion, deferrable=deferrable)
         super().__init__(
             tenant=tenant,
             pipeline=pipeline,
@@ -772,6 +797,7 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
         fargate_size = self.governed_resources(ctx).get("fargate", {})  # PolicyViolation before RunTask
         result = self.new_runner_result(ctx)
         record_ecs_requested(result, fargate_size, ctx.size)
+        self._place(ctx, result)
         self._prepare_run(ctx, fargate_size)
 
         started_at = datetime.now(UTC)
@@ -805,6 +831,28 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
             self.on_runner_failed(context, result, {"task": _json_safe(task), "error": result.error})
             raise EcsTaskFailed(message) from failure
         return value
+
+    def _place(self, ctx: bc_context.RunContext, result: RunnerResult) -> None:
+        """The network profile's subnets and security groups as this run's awsvpcConfiguration."""
+        placement, source = self.network_placement(ctx, "ecs")
+        network = dict(self.network_configuration or {})
+        awsvpc = dict(network.get("awsvpcConfiguration") or {})
+        for key, api_key in (
+            ("subnets", "subnets"),
+            ("security_groups", "securityGroups"),
+            ("assign_public_ip", "assignPublicIp"),
+        ):
+            if key in placement:
+                self.refuse_conflict(ctx, f"awsvpcConfiguration.{api_key}", awsvpc.get(api_key), placement[key], source)
+                awsvpc[api_key] = placement[key]
+        if placement:
+            network["awsvpcConfiguration"] = awsvpc
+            self.network_configuration = network
+        where = source if placement else "operator argument network_configuration (the policy places no such profile)"
+        if awsvpc:
+            result.record("details.awsvpc_configuration", awsvpc, where)
+        else:
+            result.record("details.awsvpc_configuration", None, "none: not an awsvpc task (bridge or host network)")
 
     def _prepare_run(self, ctx: bc_context.RunContext, fargate_size: Mapping[str, Any]) -> None:
         """Size, identity and tags, set on this run's RunTask arguments before the upstream operator runs."""

@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError, WaiterError
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
+    RunnerConsoleLink,
     RunnerResult,
     not_reported,
 )
@@ -290,6 +291,7 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
     """
 
     runner_class = "dedicated"
+    operator_extra_links = (*SsmRunCommandOperator.operator_extra_links, RunnerConsoleLink())
     template_fields: Sequence[str] = (
         *SsmRunCommandOperator.template_fields,
         "commands",
@@ -383,6 +385,7 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
         source = f"policy size_tables.dedicated.{ctx.size}.ec2"
         result.record("resources_requested.instance_type", instance_type, source)
         result.record("resources_requested.host_count", host_count, source)
+        self._place(ctx, result)  # PolicyViolation before any RunInstances
 
         self._launched, self._terminated, self._command_id = {}, {}, None
         started_at, started = datetime.now(UTC), time.monotonic()
@@ -433,6 +436,24 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
                 f"{result.error['error_class']}: {result.error['message']}"
             ) from failure
         return self._command_id
+
+    def _place(self, ctx: Any, result: RunnerResult) -> None:
+        """The network profile's subnet and security groups as this run's placement of the hosts."""
+        placement, source = self.network_placement(ctx, "ec2")
+        if "subnet_id" in placement:
+            self.refuse_conflict(ctx, "subnet_id", self.subnet_id, placement["subnet_id"], source)
+            self.subnet_id = placement["subnet_id"]
+        if "security_group_ids" in placement:
+            given = list(self.security_group_ids) if self.security_group_ids else None
+            self.refuse_conflict(ctx, "security_group_ids", given, list(placement["security_group_ids"]), source)
+            self.security_group_ids = list(placement["security_group_ids"])
+        where = source if placement else "operator arguments (the policy places no such profile)"
+        result.record("details.subnet_id", self.subnet_id, f"subnet_id: {where}")
+        result.record(
+            "details.security_group_ids",
+            list(self.security_group_ids) if self.security_group_ids else None,
+            f"security_group_ids: {where}",
+        )
 
     def on_kill(self) -> None:
         """Cancel the command and terminate every launched host (idempotent with execute's finally)."""

@@ -29,8 +29,10 @@ from airflow.sdk.exceptions import AirflowException
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
+    RunnerConsoleLink,
     RunnerResult,
     not_reported,
+    require_synchronous,
 )
 
 GLUE = "Glue"
@@ -350,7 +352,8 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
     always waits for the run to finish, synchronously, through the upstream hook; a run that does not
     succeed fails the task after the runner_result is published.
 
-    :param job_name: the Glue job (it must exist unless the upstream ``create_job_kwargs`` create it).
+    :param job_name: the Glue job, or the name under which the tenant's policy (``runner_targets.glue``)
+        maps network profiles and sizes to the jobs that implement them (their connections and defaults).
     :param script_args: job arguments; the identity arguments are added.
     :param run_job_kwargs: further StartJobRun arguments; capacity (``WorkerType``, ``NumberOfWorkers``,
         ``MaxCapacity``, ``AllocatedCapacity``) is the size's and may not be set here.
@@ -363,6 +366,8 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
     """
 
     runner_class = "managed_etl"
+    # the upstream links, then BareCount's (mypy: the upstream tuple's exact type is not a contract)
+    operator_extra_links = (*GlueJobOperator.operator_extra_links, RunnerConsoleLink())  # type: ignore[assignment]
     template_fields: Sequence[str] = (*GlueJobOperator.template_fields, *BARECOUNT_TEMPLATE_FIELDS)
 
     def __init__(
@@ -376,8 +381,11 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
         **kwargs: Any,
     ) -> None:
         # A runner_result needs the finished run, polled in this process by the upstream hook.
-        kwargs.pop("deferrable", None)
-        kwargs.pop("wait_for_completion", None)
+        require_synchronous(
+            "GlueRunnerOperator",
+            wait_for_completion=kwargs.pop("wait_for_completion", True),
+            deferrable=kwargs.pop("deferrable", False),
+        )
         super().__init__(
             job_name=job_name,
             tenant=tenant,
@@ -400,6 +408,7 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
         self.governed_resources(ctx, workers=int(glue_size.get("number_of_workers", 0)))
         run_kwargs = glue_run_kwargs_for_size(self.run_job_kwargs, glue_size, ctx.size)
         result = self.new_runner_result(ctx)
+        self.job_name = self.select_target(ctx, result, "glue", self.job_name)  # PolicyViolation if unmapped
         _record_requested(result, glue_size, f"managed_etl.{ctx.size}.glue")
         self._barecount_identity = self.identity_env(ctx)
         author_run_kwargs, self.run_job_kwargs = self.run_job_kwargs, run_kwargs
@@ -476,7 +485,8 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
     that does not succeed fails the task after the runner_result is published.
 
     :param application_id: the application that implements the size and network profile (capacity and
-        networking belong to the application; they are never changed at run time).
+        networking belong to the application; they are never changed at run time), or the name under which
+        the tenant's policy (``runner_targets.emr``) maps network profiles and sizes to application ids.
     :param execution_role_arn: the job's execution role.
     :param job_driver: ``{"sparkSubmit": {...}}`` or ``{"hive": {...}}``; the identity is added.
     :param tenant: see :class:`~barecount_provider.operators.base.BareCountRunnerMixin`.
@@ -489,6 +499,10 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
     """
 
     runner_class = "managed_etl"
+    operator_extra_links = (  # type: ignore[assignment]
+        *EmrServerlessStartJobOperator.operator_extra_links,
+        RunnerConsoleLink(),
+    )
     template_fields: Sequence[str] = (
         *EmrServerlessStartJobOperator.template_fields,
         *BARECOUNT_TEMPLATE_FIELDS,
@@ -506,8 +520,11 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
         network_profile: str = "public",
         **kwargs: Any,
     ) -> None:
-        kwargs.pop("deferrable", None)
-        kwargs.pop("wait_for_completion", None)
+        require_synchronous(
+            "EmrServerlessRunnerOperator",
+            wait_for_completion=kwargs.pop("wait_for_completion", True),
+            deferrable=kwargs.pop("deferrable", False),
+        )
         super().__init__(
             application_id=application_id,
             execution_role_arn=execution_role_arn,
@@ -529,6 +546,7 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
         identity: dict[str, str] = self.identity_env(ctx)
         driver = job_driver_with_identity(self.job_driver, identity)
         result = self.new_runner_result(ctx)
+        self.application_id = self.select_target(ctx, result, "emr", self.application_id)
         _record_requested(result, emr_size, f"managed_etl.{ctx.size}.emr")
         author_driver, self.job_driver = self.job_driver, driver
 

@@ -26,6 +26,7 @@ from airflow.sdk.exceptions import AirflowException
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
+    RunnerConsoleLink,
     RunnerResult,
     not_reported,
 )
@@ -201,6 +202,7 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
     """
 
     runner_class = "serverless"
+    operator_extra_links = (*LambdaInvokeFunctionOperator.operator_extra_links, RunnerConsoleLink())
     template_fields: Sequence[str] = (*LambdaInvokeFunctionOperator.template_fields, *BARECOUNT_TEMPLATE_FIELDS)
 
     def __init__(
@@ -227,10 +229,17 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
     def execute(self, context: Any) -> str:
         ctx = self.barecount_context(context)
         requested = self.governed_resources(ctx)  # raises PolicyViolation before anything is invoked
+        qualifier, qualifier_source = self.policy_target(ctx, "lambda", self.function_name, self.qualifier)
+        self.qualifier = qualifier
         identity = self.identity_env(ctx)
         result = self.new_runner_result(ctx)
         self._record_requested(result, requested.get("lambda", {}), ctx.size)
+        if qualifier:
+            result.record("details.qualifier", qualifier, qualifier_source)
+        else:
+            result.record("details.qualifier", None, "none given and none in the policy: $LATEST")
         configuration = self._function_configuration(result)
+        self._record_concurrency(result)
 
         started_at = datetime.now(UTC)
         started = time.monotonic()
@@ -269,7 +278,6 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
                 result.record(f"resources_requested.{key}", lambda_size[key], source)
             else:
                 result.absent(f"resources_requested.{key}", f"not in the policy's size table ({source})")
-        result.record("details.qualifier", self.qualifier, "operator argument qualifier")
         result.record("details.function_name", self.function_name, "operator argument function_name")
 
     def _function_configuration(self, result: RunnerResult) -> dict[str, Any]:
@@ -284,6 +292,46 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
             self.log.warning("BareCount could not read the function configuration: %s", err)
             result.record("details.configuration_error", str(err), reason)
             return {}
+
+    def _record_concurrency(self, result: RunnerResult) -> None:
+        """Reserved (function) and provisioned (qualifier) concurrency: how the function scales per event."""
+        conn = self.hook.conn
+        try:
+            reserved = conn.get_function_concurrency(FunctionName=self.function_name).get(
+                "ReservedConcurrentExecutions"
+            )
+        except Exception as err:
+            result.absent("details.reserved_concurrency", f"GetFunctionConcurrency failed ({type(err).__name__})")
+        else:
+            result.record(
+                "details.reserved_concurrency",
+                reserved,
+                "GetFunctionConcurrency ReservedConcurrentExecutions (None: unreserved, the account's pool)",
+            )
+        if not self.qualifier:
+            result.record("details.provisioned_concurrency", None, "no qualifier: $LATEST cannot have any")
+            return
+        try:
+            config = conn.get_provisioned_concurrency_config(
+                FunctionName=self.function_name, Qualifier=self.qualifier
+            )
+        except Exception as err:
+            code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code")
+            if code == "ProvisionedConcurrencyConfigNotFoundException":
+                result.record(
+                    "details.provisioned_concurrency", None, "GetProvisionedConcurrencyConfig: none configured"
+                )
+            else:
+                result.absent(
+                    "details.provisioned_concurrency",
+                    f"GetProvisionedConcurrencyConfig failed ({code or type(err).__name__})",
+                )
+        else:
+            result.record(
+                "details.provisioned_concurrency",
+                config.get("AllocatedProvisionedConcurrentExecutions"),
+                "GetProvisionedConcurrencyConfig AllocatedProvisionedConcurrentExecutions",
+            )
 
     def _record_response(
         self, result: RunnerResult, response: Mapping[str, Any], payload: str, configuration: Mapping[str, Any]

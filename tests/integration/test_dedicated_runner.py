@@ -173,3 +173,39 @@ def test_host_cap_fails_before_any_host_is_launched(
     assert result is None
     assert _instances_of_run(moto_server, context.correlation_id_for(DAG_ID, run.run_id)) == []
     assert _run_instances_requests(moto_server) == []
+
+
+def test_network_profile_places_the_hosts_in_the_policys_subnet(
+    moto_server: MotoServer,
+    airflow_db: None,
+    image_id: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The example names no subnet: the tenant's policy places `public` in a subnet and security group of
+    its own, on this run's RunInstances; the hosts are launched there and terminated."""
+    ec2 = moto_server.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="barecount-hosts", Description="hosts", VpcId=vpc)["GroupId"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\ntenants:\n  acme:\n    network_profiles:\n      public:\n"
+        f"        ec2: {{subnet_id: {subnet}, security_group_ids: [{group}]}}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+    config.cache_clear()
+    policy.get_policy.cache_clear()
+
+    moto_server.start_recording()
+    run, result = _run_example(image_id, "xs")
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    (launch,) = _run_instances_requests(moto_server)
+    assert launch["SubnetId"] == [subnet] and launch["SecurityGroupId.1"] == [group]
+    instances = _instances_of_run(moto_server, context.correlation_id_for(DAG_ID, run.run_id))
+    assert [instance["SubnetId"] for instance in instances] == [subnet]
+    assert all(instance["State"]["Name"] == "terminated" for instance in instances)
+    assert result is not None
+    assert result["details"]["subnet_id"] == subnet
+    assert result["field_sources"]["details.subnet_id"] == "subnet_id: policy network_profiles.public.ec2"

@@ -265,3 +265,81 @@ def test_policy_cap_fails_before_run_task(
     assert result is None
     ti = run.get_task_instance("transform")
     assert ti is not None and ti.state == "failed" and ti.try_number == 1
+
+
+def _placement_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resources: dict[str, list[str]]) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\ntenants:\n  acme:\n    network_profiles:\n      public:\n        ecs:\n"
+        f"          subnets: {json.dumps(resources['subnets'])}\n"
+        f"          security_groups: {json.dumps(resources['security_groups'])}\n"
+        "          assign_public_ip: ENABLED\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+    config.cache_clear()
+    policy.get_policy.cache_clear()
+
+
+def test_network_profile_places_the_task_in_the_policys_subnets(
+    ecs_moto: MotoServer,
+    airflow_db: None,
+    ecs_resources: dict[str, list[str]],
+    advance_ecs_tasks: EcsTaskAdvancer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An operator that names no network: the tenant's policy places `public` in its subnets, on this RunTask.
+    Run by execute() with a minimal task instance (dag.test() needs the DAG in the dags folder); the
+    upstream operator, boto3 and moto are real."""
+    from types import SimpleNamespace
+
+    from airflow.sdk import DAG
+
+    from barecount_provider.operators.container import EcsRunnerOperator
+
+    class TI(SimpleNamespace):
+        def xcom_push(self, key: str, value: Any) -> None:
+            self.pushed[key] = value
+
+    _placement_policy(tmp_path, monkeypatch, ecs_resources)
+    with DAG(dag_id="ecs_placement", schedule=None):
+        op = EcsRunnerOperator(
+            task_id="transform",
+            tenant="acme",
+            size="xs",
+            network_profile="public",
+            cluster=CLUSTER,
+            task_definition=TASK_DEFINITION,
+            launch_type="FARGATE",
+            aws_conn_id=ECS_CONN_ID,
+            waiter_delay=1,
+        )
+    ti = TI(task=op, dag_id="ecs_placement", run_id="r1", task_id="transform", try_number=1, map_index=-1, pushed={})
+    ecs_moto.start_recording()
+    op.execute({"ti": ti})
+    (request,) = _ecs_requests(ecs_moto, "RunTask")
+    placed = {
+        "subnets": ecs_resources["subnets"],
+        "securityGroups": ecs_resources["security_groups"],
+        "assignPublicIp": "ENABLED",
+    }
+    assert request["networkConfiguration"]["awsvpcConfiguration"] == placed
+    result = ti.pushed["runner_result"]
+    assert result["details"]["awsvpc_configuration"] == placed
+    assert result["field_sources"]["details.awsvpc_configuration"] == "policy network_profiles.public.ecs"
+
+
+def test_network_configuration_that_contradicts_the_profile_is_refused_before_run_task(
+    ecs_moto: MotoServer,
+    airflow_db: None,
+    ecs_resources: dict[str, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _placement_policy(tmp_path, monkeypatch, ecs_resources)
+    ecs_moto.start_recording()
+    run, result = _run_example({"subnets": ["subnet-0other"], "security_groups": ecs_resources["security_groups"]})
+    assert run.state == "failed"
+    assert _ecs_requests(ecs_moto, "RunTask") == []
+    assert result is None

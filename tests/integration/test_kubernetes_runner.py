@@ -238,3 +238,34 @@ def test_pod_that_fails_fails_the_task_after_recording(fake_kubernetes: FakeKube
     }
     assert result["details"]["exit_code"] == 3
     assert result["timings"]["duration_s"] == 2.0  # what was spent is still recorded
+
+
+def test_network_profile_places_the_pod_and_a_contradicting_namespace_is_refused(
+    fake_kubernetes: FakeKubernetes, airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from barecount_provider import config, policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\ntenants:\n  acme:\n    network_profiles:\n      public:\n        pod:\n"
+        "          namespace: bc-placed\n          node_selector: {barecount.io/network: public-egress}\n"
+        "          service_account_name: acme-public\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+    config.cache_clear()
+    policy.get_policy.cache_clear()
+
+    run, result = _run_example(fake_kubernetes, "bc-placed", size="xs")  # the same namespace: no conflict
+    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
+    (pod,) = fake_kubernetes.created_pods("bc-placed")
+    assert pod["spec"]["nodeSelector"] == {"barecount.io/network": "public-egress"}
+    assert pod["spec"]["serviceAccountName"] == "acme-public"
+    assert result is not None
+    assert result["details"]["node_selector"] == {"barecount.io/network": "public-egress"}
+    assert result["field_sources"]["details.namespace"] == "namespace: policy network_profiles.public.pod"
+
+    run, result = _run_example(fake_kubernetes, "bc-elsewhere", size="xs")
+    assert run.state == "failed"
+    assert fake_kubernetes.created_pods("bc-elsewhere") == []  # refused before any pod was created
+    assert result is None

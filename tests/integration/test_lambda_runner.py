@@ -135,6 +135,20 @@ def test_lambda_runner_carries_identity_and_records_runner_result(
         assert result["field_sources"][path].startswith("not reported by the emulator/service: no LogResult")
     assert result["timings"]["wall_duration_s"] >= 0
 
+    # The operator extra link: Airflow evaluated it when the try ended and kept the URL for the UI / REST API
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(
+                run_id=run.run_id, key="_link_RunnerConsoleLink", dag_ids="example_serverless", task_ids="ingest"
+            )
+        ).first()
+        assert row is not None
+        assert XComModel.deserialize_value(row) == result["console_link"]
+    assert result["console_link"].startswith(f"https://us-east-1.console.aws.amazon.com/lambda/home?region=us-east-1#/functions/{FUNCTION}")
+
 
 def test_policy_cap_fails_the_task_before_invoking(
     moto_server: MotoServer, airflow_db: None, echo_function: str, acme_policy: None
@@ -153,3 +167,37 @@ def test_operator_runs_against_moto_with_its_own_size_memory(moto_server: MotoSe
     """The function's configuration as moto reports it, read through the upstream hook."""
     op = LambdaRunnerOperator(task_id="x", function_name=FUNCTION, aws_conn_id=MOTO_CONN_ID)
     assert op.hook.conn.get_function_configuration(FunctionName=FUNCTION)["MemorySize"] == 512
+
+
+def test_policy_selects_the_alias_of_the_profile_and_size_and_concurrency_is_recorded(
+    moto_server: MotoServer, airflow_db: None, echo_function: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy's runner_targets.lambda picks the alias for (public, s); the invocation goes to that alias;
+    the function's reserved concurrency is read back. moto has no provisioned concurrency API: recorded as
+    absent, with the reason."""
+    client = moto_server.client("lambda")
+    version = client.publish_version(FunctionName=FUNCTION)["Version"]
+    client.create_alias(FunctionName=FUNCTION, Name="small", FunctionVersion=version)
+    client.put_function_concurrency(FunctionName=FUNCTION, ReservedConcurrentExecutions=7)
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\ntenants:\n  acme:\n    max_size: s\n    runner_targets:\n"
+        f"      lambda:\n        {FUNCTION}: {{public/s: small, '*': live}}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+    config.cache_clear()
+    policy.get_policy.cache_clear()
+    try:
+        moto_server.start_recording()
+        run, result = _run_example("s")
+    finally:
+        client.delete_function_concurrency(FunctionName=FUNCTION)
+    assert run.state == "success"
+    (request,) = _invocations(moto_server)
+    assert "Qualifier=small" in request["url"]
+    assert result is not None
+    assert result["details"]["qualifier"] == "small"
+    assert result["field_sources"]["details.qualifier"] == f"policy runner_targets.lambda.{FUNCTION}.public/s"
+    assert result["details"]["reserved_concurrency"] == 7
+    assert "details.provisioned_concurrency" in result["field_sources"]

@@ -16,6 +16,7 @@ import json
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -226,3 +227,77 @@ def test_policy_cap_fails_the_glue_task_before_starting_a_run(
     assert results == {"transform": None, "aggregate": None}
     ti = run.get_task_instance("transform")
     assert ti is not None and ti.state == "failed" and ti.try_number == 1
+
+
+class _TI(SimpleNamespace):
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+def test_policy_runner_targets_select_the_glue_job_and_emr_application(
+    moto_server: MotoServer,
+    managed_etl_resources: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The DAG names `orders` and `spark`; the tenant's policy says which Glue job and which EMR Serverless
+    application implement (private_vpc, s). Run by execute() with a minimal task instance; the upstream
+    operators, boto3 and moto are real. An unmapped profile is refused before anything starts."""
+    from airflow.sdk import DAG
+
+    from barecount_provider.operators.base import PolicyViolation
+    from barecount_provider.operators.managed_etl import EmrServerlessRunnerOperator, GlueRunnerOperator
+
+    application_id = managed_etl_resources["application_id"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\ntenants:\n  acme:\n    runner_targets:\n"
+        f"      glue:\n        orders: {{private_vpc: {GLUE_JOB}}}\n"
+        f"      emr:\n        spark: {{private_vpc/s: {application_id}}}\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+    config.cache_clear()
+    policy.get_policy.cache_clear()
+
+    def operators(network_profile: str) -> tuple[GlueRunnerOperator, EmrServerlessRunnerOperator]:
+        common = {"tenant": "acme", "size": "s", "network_profile": network_profile, "aws_conn_id": MOTO_CONN_ID}
+        with DAG(dag_id=f"targets_{network_profile}", schedule=None):
+            glue = GlueRunnerOperator(task_id="glue", job_name="orders", job_poll_interval=0.1, **common)
+            emr = EmrServerlessRunnerOperator(
+                task_id="emr",
+                application_id="spark",
+                execution_role_arn=managed_etl_resources["execution_role_arn"],
+                job_driver={"sparkSubmit": {"entryPoint": "s3://barecount-code/job.py"}},
+                waiter_delay=1,
+                **common,
+            )
+        return glue, emr
+
+    moto_server.start_recording()
+    glue, emr = operators("private_vpc")
+    for op in (glue, emr):
+        ti = _TI(task=op, dag_id="targets", run_id="r1", task_id=op.task_id, try_number=1, map_index=-1, pushed={}, stats_tags={})
+        op.execute({"ti": ti})
+        result = ti.pushed["runner_result"]
+        assert result["error"] is None
+        if op is glue:
+            assert result["details"]["target"] == GLUE_JOB
+            assert result["field_sources"]["details.target"] == "policy runner_targets.glue.orders.private_vpc"
+            assert result["details"]["job_name"] == GLUE_JOB  # GetJobRun of the selected job
+        else:
+            assert result["details"]["target"] == application_id
+            assert result["field_sources"]["details.target"] == "policy runner_targets.emr.spark.private_vpc/s"
+    (start,) = _glue_requests(moto_server, "StartJobRun")
+    assert _body(start)["JobName"] == GLUE_JOB
+    assert len(_emr_start_requests(moto_server, application_id)) == 1
+
+    moto_server.start_recording()
+    glue, emr = operators("vpn")
+    for op in (glue, emr):
+        ti = _TI(task=op, dag_id="targets", run_id="r2", task_id=op.task_id, try_number=1, map_index=-1, pushed={}, stats_tags={})
+        with pytest.raises(PolicyViolation, match="has no entry for network profile 'vpn' and size 's'"):
+            op.execute({"ti": ti})
+        assert ti.pushed == {}
+    assert _glue_requests(moto_server, "StartJobRun") == []
+    assert _emr_start_requests(moto_server, application_id) == []

@@ -387,7 +387,15 @@ def test_emr_serverless_policy_cap_refused_before_anything_starts(
 def test_operators_refuse_bad_sizes_and_force_synchronous_waiting() -> None:
     with pytest.raises(ValueError, match="size: 'huge' is not one of"):
         GlueRunnerOperator(task_id="g", job_name="j", size="huge")
-    op = GlueRunnerOperator(task_id="g2", job_name="j", deferrable=True, wait_for_completion=False)
+    # the runner_result is read inside execute(): asking it to return earlier is a parse-time error
+    for kwargs in ({"deferrable": True}, {"wait_for_completion": False}):
+        with pytest.raises(ValueError, match=r"GlueRunnerOperator: wait_for_completion=.*expected True and False"):
+            GlueRunnerOperator(task_id="g2", job_name="j", **kwargs)
+    with pytest.raises(ValueError, match="EmrServerlessRunnerOperator: .*deferrable=True"):
+        EmrServerlessRunnerOperator(
+            task_id="e2", application_id="a", execution_role_arn="arn:aws:iam::1:role/r", job_driver={}, deferrable=True
+        )
+    op = GlueRunnerOperator(task_id="g3", job_name="j")
     assert (op.deferrable, op.wait_for_completion) == (False, True)
     emr = _emr_op("s")
     assert (emr.deferrable, emr.wait_for_completion) == (False, True)

@@ -237,3 +237,102 @@ def test_publish_pushes_the_xcom_and_never_raises_from_emission(monkeypatch: pyt
     op.publish_runner_result({"ti": ti}, _result())
     assert ti.pushed[RUNNER_RESULT_XCOM_KEY]["tenant"] == "acme"
     assert metrics.EMIT_FAILURES.counts[("runner", "emit")] == before + 1
+
+
+# ---------------------------------------------------------------------- policy targets and placements
+
+TARGETS_POLICY = """
+version: 1
+tenants:
+  acme:
+    network_profiles:
+      private_vpc:
+        ecs: {subnets: [subnet-private-a], security_groups: [sg-acme], assign_public_ip: DISABLED}
+    runner_targets:
+      lambda:
+        ingest: {"private_vpc/l": vpc-large, private_vpc: vpc, "*": live}
+      glue:
+        orders-etl: {public: orders-etl-public}
+"""
+
+
+@pytest.fixture
+def targets_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(TARGETS_POLICY, encoding="utf-8")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+    config.cache_clear()
+    policy.get_policy.cache_clear()
+
+
+def test_policy_target_most_specific_selector_wins(targets_policy: None) -> None:
+    op = LambdaRunnerOperator(task_id="t", function_name="ingest")
+    assert op.policy_target(_ctx(network_profile="private_vpc", size="l"), "lambda", "ingest") == (
+        "vpc-large",
+        "policy runner_targets.lambda.ingest.private_vpc/l",
+    )
+    assert op.policy_target(_ctx(network_profile="private_vpc", size="s"), "lambda", "ingest")[0] == "vpc"
+    assert op.policy_target(_ctx(network_profile="public"), "lambda", "ingest")[0] == "live"
+    # a name the policy does not map keeps the author's argument, and says so
+    target, source = op.policy_target(_ctx(), "lambda", "other", given="3")
+    assert target == "3" and source.startswith("operator argument")
+    # the same name for another tenant: not mapped
+    assert op.policy_target(_ctx(tenant="globex"), "lambda", "ingest", given=None)[0] is None
+
+
+def test_policy_target_refuses_an_unmapped_profile_and_a_conflicting_argument(targets_policy: None) -> None:
+    op = LambdaRunnerOperator(task_id="t", function_name="ingest")
+    with pytest.raises(PolicyViolation) as unmapped:
+        op.policy_target(_ctx(network_profile="vpn"), "glue", "orders-etl")
+    assert unmapped.value.policy_exception == {
+        "rule": "runner_targets",
+        "tenant": "acme",
+        "limit": "runner_targets.glue.orders-etl",
+        "requested": "vpn/m",
+    }
+    assert "has no entry for network profile 'vpn' and size 'm' (it has: public)" in str(unmapped.value)
+    with pytest.raises(PolicyViolation, match="'7' was given but the policy's runner_targets.lambda.ingest"):
+        op.policy_target(_ctx(network_profile="private_vpc"), "lambda", "ingest", given="7")
+    # the same value as the policy's is not a conflict
+    assert op.policy_target(_ctx(network_profile="private_vpc"), "lambda", "ingest", given="vpc")[0] == "vpc"
+
+
+def test_network_placement_and_conflicts(targets_policy: None) -> None:
+    op = LambdaRunnerOperator(task_id="t", function_name="ingest")
+    placement, source = op.network_placement(_ctx(network_profile="private_vpc"), "ecs")
+    assert placement == {"subnets": ["subnet-private-a"], "security_groups": ["sg-acme"], "assign_public_ip": "DISABLED"}
+    assert source == "policy network_profiles.private_vpc.ecs"
+    assert op.network_placement(_ctx(network_profile="public"), "ecs")[0] == {}
+    ctx = _ctx(network_profile="private_vpc")
+    op.refuse_conflict(ctx, "subnets", None, ["subnet-private-a"], source)  # nothing given: fine
+    op.refuse_conflict(ctx, "subnets", ["subnet-private-a"], ["subnet-private-a"], source)  # the same: fine
+    with pytest.raises(PolicyViolation, match=r"subnets \['subnet-x'\] was given but policy network_profiles"):
+        op.refuse_conflict(ctx, "subnets", ["subnet-x"], ["subnet-private-a"], source)
+
+
+def test_every_runner_operator_keeps_its_upstream_links_and_adds_the_console_link() -> None:
+    from airflow.sdk import DAG
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from barecount_provider.operators.base import RunnerConsoleLink
+    from barecount_provider.operators.container import EcsRunnerOperator, KubernetesRunnerOperator
+    from barecount_provider.operators.dedicated import DedicatedComputeOperator
+    from barecount_provider.operators.managed_etl import EmrServerlessRunnerOperator, GlueRunnerOperator
+
+    classes = (
+        LambdaRunnerOperator,
+        GlueRunnerOperator,
+        EmrServerlessRunnerOperator,
+        KubernetesRunnerOperator,
+        EcsRunnerOperator,
+        DedicatedComputeOperator,
+    )
+    for cls in classes:
+        upstream = cls.__mro__[2]  # (cls, BareCountRunnerMixin, upstream operator, ...)
+        names = [link.name for link in cls.operator_extra_links]
+        assert names == [*(link.name for link in upstream.operator_extra_links), RunnerConsoleLink.name], cls
+
+    with DAG("links", schedule=None) as dag:
+        LambdaRunnerOperator(task_id="ingest", function_name="f", tenant="acme")
+    restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert RunnerConsoleLink.name in restored.get_task("ingest").extra_links
