@@ -35,6 +35,7 @@ from kubernetes.client import ApiClient, V1EnvVar, V1ResourceRequirements
 from kubernetes.utils import parse_quantity
 
 from barecount_provider import context as bc_context
+from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
@@ -697,9 +698,7 @@ def record_ecs_run(result: RunnerResult, run: EcsTaskRun | None, why_absent: str
                 result.absent(path, not_reported(ECS_SERVICE, f"no {source}"))
             else:
                 result.record(path, value, source)
-    usage_gap = not_reported(ECS_SERVICE, "CPU, memory, IO and network usage need Container Insights")
-    for path in ("resources_used.cpu_usage", "resources_used.max_memory_used_mb"):
-        result.absent(path, usage_gap)
+    # CPU, memory, network and storage usage: Container Insights, read by EcsRunnerOperator (cloudwatch.py)
     result.absent("driver_version", "a container runs an image, recorded in digests (no separate driver)")
 
 
@@ -813,6 +812,10 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
         run = parse_ecs_task(task) if task is not None else None
         why = "" if self.arn else f"RunTask started no task ({type(failure).__name__ if failure else 'no ARN'})"
         record_ecs_run(result, run, why)
+        if run is not None and self.arn:  # CPU, memory, network, storage: Container Insights only
+            cluster = run.cluster_name or str(self.cluster).rsplit("/", 1)[-1]
+            queries = cloudwatch.ecs_task_metric_queries(cluster, self.arn)
+            cloudwatch.read_into(result, self, queries, started_at, datetime.now(UTC))
         result.record("details.wall_started_at", started_at.isoformat(), "clock of the Airflow worker")
         result.record("details.cluster", self.cluster, "operator argument cluster")
         error = run.error() if run is not None and skipped is None else None

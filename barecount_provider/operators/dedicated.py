@@ -29,6 +29,7 @@ from airflow.providers.amazon.aws.operators.ssm import SsmRunCommandOperator
 from airflow.sdk.exceptions import AirflowException
 from botocore.exceptions import ClientError, WaiterError
 
+from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
@@ -416,6 +417,10 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
             "clock of the Airflow worker from RunInstances until every host was terminated",
         )
         self._record(result, instance_type, invocations)
+        # CPU, network and EBS of every launched host: CloudWatch AWS/EC2 only
+        cloudwatch.read_into(
+            result, self, cloudwatch.ec2_host_metric_queries(list(self._launched)), started_at, datetime.now(UTC)
+        )
         if failure is not None and result.error is None:
             result.fail(_client_error_code(failure), str(failure))
         if result.error is not None:
@@ -573,10 +578,10 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
             result.absent("resources_used.instance_type", "no host was launched")
         result.record("resources_used.host_count", len(ids), run_source)
         result.record("resources_used.instance_ids", ids, run_source)
-        for path in ("resources_used.cpu_utilization", "resources_used.memory_used_bytes"):
-            result.absent(
-                path, not_reported(EC2, "only as CloudWatch metrics (memory needs the CloudWatch agent)")
-            )
+        result.absent(
+            "resources_used.memory_used_bytes",
+            not_reported(EC2, "not in EC2's own metrics: memory needs the CloudWatch agent on the host"),
+        )
         hosts: list[dict[str, Any]] = []
         for instance_id, launched in self._launched.items():
             terminated = self._terminated.get(instance_id)

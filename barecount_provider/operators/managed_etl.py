@@ -26,6 +26,7 @@ from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOper
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk.exceptions import AirflowException
 
+from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
@@ -225,10 +226,6 @@ def record_glue_job_run(
         result.absent("billing_inputs.dpu_seconds", dpu_source)
     else:
         result.record("billing_inputs.dpu_seconds", dpu_seconds, dpu_source)
-    for path in ("resources_used.cpu_load", "resources_used.memory_used_bytes"):
-        result.absent(
-            path, not_reported(GLUE, "in GetJobRun; CloudWatch job metrics (--enable-metrics) only")
-        )
     result.absent("digests.script", not_reported(GLUE, "GetJobRun has no digest of the job's script"))
     _record_or_absent(result, "console_link", console_link, "built from the job name, run id and region", gap)
     if state != GLUE_SUCCESS_STATE:
@@ -429,6 +426,10 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
         job_run = self._get_job_run(result, run_id) if run_id else {}
         if run_id and job_run:
             record_glue_job_run(result, job_run, console_link=self._console_link(run_id))
+        if run_id:  # job metrics: CPU load, heap, bytes and records read, shuffle, tasks (CloudWatch only)
+            cloudwatch.read_into(
+                result, self, cloudwatch.glue_job_metric_queries(self.job_name, run_id), started_at, datetime.now(UTC)
+            )
         if failure is not None and result.error is None:
             result.fail(type(failure).__name__, str(failure))
         if result.error is not None:

@@ -301,3 +301,71 @@ def test_policy_runner_targets_select_the_glue_job_and_emr_application(
         assert ti.pushed == {}
     assert _glue_requests(moto_server, "StartJobRun") == []
     assert _emr_start_requests(moto_server, application_id) == []
+
+
+def test_glue_job_metrics_emitted_by_the_test_are_read_from_moto_cloudwatch(
+    moto_server: MotoServer,
+    managed_etl_resources: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Glue's job metrics exist only in CloudWatch. moto's Glue emits none, so the test plays Glue's part: when
+    the run starts it puts the job metrics of that run into moto's CloudWatch (in-process backend); the
+    operator then reads them back over HTTP with GetMetricData, and what was not emitted is recorded as
+    not reported."""
+    from datetime import UTC, datetime
+
+    from airflow.sdk import DAG
+    from moto.cloudwatch.models import cloudwatch_backends
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.glue.models import FakeJob
+
+    from barecount_provider.operators.managed_etl import GlueRunnerOperator
+
+    original = FakeJob.start_job_run
+
+    def start_job_run(self: Any, *args: Any, **kwargs: Any) -> str:
+        run_id = original(self, *args, **kwargs)
+        metrics = [
+            ("glue.driver.aggregate.bytesRead", "count", 5_000_000.0),
+            ("glue.driver.aggregate.recordsRead", "count", 120_000.0),
+            ("glue.driver.aggregate.shuffleBytesWritten", "count", 750_000.0),
+            ("glue.driver.aggregate.numCompletedTasks", "count", 48.0),
+            ("glue.ALL.system.cpuSystemLoad", "gauge", 0.62),
+        ]
+        cloudwatch_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].put_metric_data(
+            "Glue",
+            [
+                {
+                    "MetricName": name,
+                    "Value": value,
+                    "Timestamp": datetime.now(UTC).replace(tzinfo=None),  # as moto stores a parsed one
+                    "Dimensions": [
+                        {"Name": "JobName", "Value": self.name},
+                        {"Name": "JobRunId", "Value": run_id},
+                        {"Name": "Type", "Value": kind},
+                    ],
+                }
+                for name, kind, value in metrics
+            ],
+        )
+        return run_id
+
+    monkeypatch.setattr(FakeJob, "start_job_run", start_job_run)
+    with DAG(dag_id="glue_metrics", schedule=None):
+        op = GlueRunnerOperator(
+            task_id="glue", job_name=GLUE_JOB, tenant="acme", size="s", aws_conn_id=MOTO_CONN_ID, job_poll_interval=0.1
+        )
+    ti = _TI(task=op, dag_id="glue_metrics", run_id="r1", task_id="glue", try_number=1, map_index=-1, pushed={}, stats_tags={})
+    op.execute({"ti": ti})
+    result = ti.pushed["runner_result"]
+    used = result["resources_used"]
+    assert used["bytes_read"] == 5_000_000.0
+    assert used["records_read"] == 120_000.0
+    assert used["shuffle_bytes_written"] == 750_000.0
+    assert used["completed_tasks"] == 48.0
+    assert used["cpu_load"] == 0.62
+    assert result["field_sources"]["resources_used.bytes_read"].startswith(
+        "CloudWatch Glue glue.driver.aggregate.bytesRead (Sum; JobName="
+    )
+    assert used["memory_used_fraction"] is None  # not emitted: said so, never 0
+    assert "no glue.ALL.jvm.heap.usage datapoints" in result["field_sources"]["resources_used.memory_used_fraction"]

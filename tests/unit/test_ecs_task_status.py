@@ -65,7 +65,6 @@ def test_recording_on_fixture_leaves_no_field_unexplained():
     assert result.details["exit_code.app"] == 0 and result.details["stop_code"] == "EssentialContainerExited"
     assert result.external_run_id.endswith("/7f3c9d2a1b8e4c6f9a0d1e2f3a4b5c6d")
     assert result.field_sources["timings.pull_started_at"] == "ECS DescribeTasks tasks[].pullStartedAt"
-    assert result.field_sources["resources_used.cpu_usage"].startswith("not reported by ECS DescribeTasks")
 
 
 def test_exit_code_1_is_an_error_naming_the_container_on_fixture_describe_tasks_fargate_failed_exit_1():
