@@ -469,7 +469,13 @@ _SIZE_ENTRIES: dict[str, _Section] = {
     ),
     "managed_etl": _Section(
         {
-            "glue": _Section({"worker_type": _one_of(GLUE_WORKER_TYPES), "number_of_workers": _integer(1)}),
+            "glue": _Section(
+                {
+                    "worker_type": _one_of(GLUE_WORKER_TYPES),
+                    "number_of_workers": _integer(1),
+                    "auto_scaling": _boolean(),
+                }
+            ),
             "emr": _Section(
                 {
                     "initial_workers": _integer(0),

@@ -37,6 +37,7 @@ from barecount_provider.operators.base import (
 )
 
 GLUE = "Glue"
+GLUE_AUTO_SCALING_ARGUMENT = "--enable-auto-scaling"
 EMR_SERVERLESS = "EMR Serverless"
 
 # DPUs of one worker of each Glue worker type (https://docs.aws.amazon.com/glue/latest/dg/add-job.html).
@@ -394,9 +395,11 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
             **kwargs,
         )
         self._barecount_identity: dict[str, str] = {}
+        self._barecount_scaling_args: dict[str, str] = {}
 
     def _build_script_args(self, context: Any) -> dict:
-        return glue_script_args_with_identity(super()._build_script_args(context), self._barecount_identity)
+        args = glue_script_args_with_identity(super()._build_script_args(context), self._barecount_identity)
+        return {**args, **self._barecount_scaling_args}
 
     def execute(self, context: Any) -> str | None:
         ctx = self.barecount_context(context)
@@ -407,6 +410,14 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
         result = self.new_runner_result(ctx)
         self.job_name = self.select_target(ctx, result, "glue", self.job_name)  # PolicyViolation if unmapped
         _record_requested(result, glue_size, f"managed_etl.{ctx.size}.glue")
+        workers = int(glue_size.get("number_of_workers", 0))
+        if glue_size.get("auto_scaling"):
+            # Glue Auto Scaling: NumberOfWorkers is the maximum, Glue removes idle workers down to its minimum
+            self._barecount_scaling_args = {GLUE_AUTO_SCALING_ARGUMENT: "true"}
+            parallelism = f"auto scaling, at most {workers} workers ({GLUE_AUTO_SCALING_ARGUMENT} true)"
+        else:
+            parallelism = f"fixed: {workers} workers"
+        result.record("details.parallelism", parallelism, f"policy size_tables.managed_etl.{ctx.size}.glue")
         self._barecount_identity = self.identity_env(ctx)
         author_run_kwargs, self.run_job_kwargs = self.run_job_kwargs, run_kwargs
 
@@ -563,6 +574,7 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
             self.job_driver = author_driver
         _record_wall_clock(result, started_at, started, "StartJobRun and the waiting until the job ended")
 
+        self._record_application(result, emr_size)
         job_run = self._get_job_run(result) if self.job_id else {}
         if job_run:
             record_emr_serverless_job_run(result, job_run, console_link=self._console_link())
@@ -581,6 +593,36 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
                 f"EMR Serverless application {self.application_id!r} job {self.job_id}: {result.error['message']}"
             ) from failure
         return self.job_id
+
+    def _record_application(self, result: RunnerResult, emr_size: Mapping[str, Any]) -> None:
+        """The application's own capacity (its parallelism bounds): GetApplication, never changed here."""
+        try:
+            application = dict(self.hook.conn.get_application(applicationId=self.application_id)["application"])
+        except Exception as err:
+            reason = f"GetApplication failed ({type(err).__name__})"
+            for path in ("resources_used.initial_capacity", "resources_used.maximum_capacity"):
+                result.absent(path, reason)
+            return
+        source = "GetApplication application"
+        initial = application.get("initialCapacity")
+        maximum = application.get("maximumCapacity")
+        if initial:
+            result.record("resources_used.initial_capacity", initial, f"{source}.initialCapacity")
+        else:
+            result.record("resources_used.initial_capacity", None, f"{source}: no initialCapacity (no pre-initialized workers)")
+        if maximum:
+            result.record("resources_used.maximum_capacity", maximum, f"{source}.maximumCapacity")
+            wanted = (str(emr_size.get("max_cpu", "")).replace(" ", ""), str(emr_size.get("max_memory", "")).replace(" ", ""))
+            has = (str(maximum.get("cpu", "")).replace(" ", ""), str(maximum.get("memory", "")).replace(" ", ""))
+            if all(wanted) and wanted != has:
+                result.record(
+                    "details.size_mismatch",
+                    f"size {result.size!r} asks for at most {wanted[0]} / {wanted[1]}; the application allows "
+                    f"{has[0] or '?'} / {has[1] or '?'}",
+                    "policy size table compared with GetApplication maximumCapacity",
+                )
+        else:
+            result.record("resources_used.maximum_capacity", None, f"{source}: no maximumCapacity (account limits only)")
 
     def _get_job_run(self, result: RunnerResult) -> dict[str, Any]:
         try:

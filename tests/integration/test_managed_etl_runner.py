@@ -180,7 +180,7 @@ def test_managed_etl_runners_carry_identity_and_record_runner_results(
         "acme",
         "orders",
     )
-    assert glue["resources_requested"] == {"worker_type": "G.1X", "number_of_workers": 2}
+    assert glue["resources_requested"] == {"worker_type": "G.1X", "number_of_workers": 2, "auto_scaling": False}
     assert (
         glue["resources_used"]["worker_type"] == "G.1X" and glue["resources_used"]["number_of_workers"] == 2
     )
@@ -251,7 +251,8 @@ def test_policy_runner_targets_select_the_glue_job_and_emr_application(
     application_id = managed_etl_resources["application_id"]
     path = tmp_path / "policy.yaml"
     path.write_text(
-        "version: 1\ntenants:\n  acme:\n    runner_targets:\n"
+        "version: 1\ntenants:\n  acme:\n    size_tables: {managed_etl: {s: {glue: {auto_scaling: true}}}}\n"
+        "    runner_targets:\n"
         f"      glue:\n        orders: {{private_vpc: {GLUE_JOB}}}\n"
         f"      emr:\n        spark: {{private_vpc/s: {application_id}}}\n",
         encoding="utf-8",
@@ -285,11 +286,18 @@ def test_policy_runner_targets_select_the_glue_job_and_emr_application(
             assert result["details"]["target"] == GLUE_JOB
             assert result["field_sources"]["details.target"] == "policy runner_targets.glue.orders.private_vpc"
             assert result["details"]["job_name"] == GLUE_JOB  # GetJobRun of the selected job
+            assert result["details"]["parallelism"].startswith("auto scaling, at most 2 workers")
         else:
             assert result["details"]["target"] == application_id
             assert result["field_sources"]["details.target"] == "policy runner_targets.emr.spark.private_vpc/s"
+            # moto's application was created without capacity settings: said so, not left empty
+            assert result["resources_used"]["maximum_capacity"] is None
+            assert "no maximumCapacity" in result["field_sources"]["resources_used.maximum_capacity"]
     (start,) = _glue_requests(moto_server, "StartJobRun")
     assert _body(start)["JobName"] == GLUE_JOB
+    # the size's auto_scaling: NumberOfWorkers is the maximum, Glue scales below it
+    assert _body(start)["Arguments"]["--enable-auto-scaling"] == "true"
+    assert _body(start)["NumberOfWorkers"] == 2
     assert len(_emr_start_requests(moto_server, application_id)) == 1
 
     moto_server.start_recording()

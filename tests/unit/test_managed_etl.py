@@ -294,7 +294,7 @@ def test_glue_execute_on_fixture_failed_run_fails_after_the_result_is_published(
     assert op.run_job_kwargs == {}  # the author's arguments are restored
     result = ti.pushed["runner_result"]
     assert result["error"]["error_class"] == "GlueJobRun.FAILED"
-    assert result["resources_requested"] == {"worker_type": "G.1X", "number_of_workers": 10}
+    assert result["resources_requested"] == {"worker_type": "G.1X", "number_of_workers": 10, "auto_scaling": False}
     assert result["console_link"].startswith(
         "https://console.aws.amazon.com/gluestudio/home?region=eu-west-1#/job/"
     )

@@ -74,7 +74,7 @@ def test_built_in_policy_sets_every_key_and_sizes_every_runner_class() -> None:
         "lambda": {"memory_mb": 1024, "ephemeral_storage_mb": 1024}
     }
     assert built_in.resources("container", "xs")["fargate"] == {"cpu": 256, "memory_mb": 512}
-    assert built_in.resources("managed_etl", "l")["glue"] == {"worker_type": "G.2X", "number_of_workers": 20}
+    assert built_in.resources("managed_etl", "l")["glue"] == {"worker_type": "G.2X", "number_of_workers": 20, "auto_scaling": False}
     assert built_in.resources("dedicated", "xl")["ec2"] == {"instance_type": "m5.12xlarge", "host_count": 4}
     for runner_class in policy.SIZED_RUNNER_CLASSES:
         assert set(built_in.size_tables[runner_class]) == set(SIZES)
