@@ -44,7 +44,7 @@ def build_dag(
             image=image,
             cmds=["python", "-c"],
             arguments=["import os; print('orders for', os.environ['BARECOUNT_CORRELATION_ID'])"],
-            env_vars={"ORDERS_DAY": "{{ ds }}", **(env_vars or {})},
+            env_vars={"ORDERS_DAY": "{{ dag_run.run_after | ds }}", **(env_vars or {})},
             namespace=namespace,
             kubernetes_conn_id=kubernetes_conn_id,
             config_file=config_file,

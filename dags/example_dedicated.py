@@ -2,10 +2,11 @@
 just in time for it, then reads what was recorded (the ``runner_result`` XCom) downstream.
 
 Needs AWS (or an emulator) behind the connection ``aws_conn_id``, an AMI ``image_id`` that runs the SSM agent
-and an instance profile that lets it register: it carries the tag ``needs-aws`` so that the demo, which has
-no AWS, skips it. Parsing it needs nothing. The integration tests build the same DAG with
-``build_dag(aws_conn_id=..., readiness_check=instance_state_only)`` against moto on loopback (moto has no
-DescribeInstanceInformation, so the SSM-agent readiness check cannot run there).
+and an instance profile that lets it register: it carries the tag ``needs-aws``: ``make demo`` runs it, with
+these defaults, against an in-process AWS emulator on loopback (tests/system/aws_emulator.py, which answers
+the SSM-agent readiness check) behind ``aws_default``. Parsing it needs nothing. The integration tests build
+the same DAG with ``build_dag(aws_conn_id=..., readiness_check=instance_state_only)`` against plain moto on
+loopback (moto has no DescribeInstanceInformation, so the SSM-agent readiness check cannot run there).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def build_dag(
             task_id="heavy_step",
             commands=[
                 "set -euo pipefail",
-                'echo "orders {{ ds }} correlation $BARECOUNT_CORRELATION_ID"',
+                'echo "orders {{ dag_run.run_after | ds }} correlation $BARECOUNT_CORRELATION_ID"',
             ],
             image_id=image_id,
             iam_instance_profile=iam_instance_profile,

@@ -3,7 +3,8 @@ read what it recorded (the ``runner_result`` XCom) downstream.
 
 Needs AWS (or an emulator) behind the connection ``aws_conn_id``, an ECS cluster ``cluster``, a registered
 task definition ``task_definition`` and subnets and security groups for the task's awsvpc network: it
-carries the tag ``needs-aws`` so that the demo, which has no AWS, skips it. Parsing it needs nothing. The
+carries the tag ``needs-aws``: ``make demo`` runs it, with these defaults, against an in-process AWS emulator
+on loopback (tests/system/aws_emulator.py) behind ``aws_default``. Parsing it needs nothing. The
 integration tests build the same DAG with ``build_dag(aws_conn_id=...)`` against an in-process moto server.
 """
 
@@ -38,7 +39,7 @@ def build_dag(
         catchup=False,
         tags=["example", NEEDS_AWS_TAG],
     ) as dag:
-        env = {"ORDERS_DAY": "{{ ds }}", **(environment or {})}
+        env = {"ORDERS_DAY": "{{ dag_run.run_after | ds }}", **(environment or {})}
         transform = EcsRunnerOperator(
             task_id="transform",
             tenant="acme",

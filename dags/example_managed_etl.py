@@ -2,8 +2,9 @@
 Serverless, then reads what both recorded (the ``runner_result`` XComs) downstream.
 
 Needs AWS (or an emulator) behind the connection ``aws_conn_id``, a Glue job named ``glue_job_name`` and an
-EMR Serverless application ``emr_application_id``: it carries the tag ``needs-aws`` so that the demo, which
-has no AWS, skips it. Parsing it needs nothing. The integration tests build the same DAG with
+EMR Serverless application ``emr_application_id``: it carries the tag ``needs-aws``: ``make demo`` runs it,
+with these defaults, against an in-process AWS emulator on loopback (tests/system/aws_emulator.py) behind
+``aws_default``. Parsing it needs nothing. The integration tests build the same DAG with
 ``build_dag(aws_conn_id=...)`` against moto on loopback.
 """
 
@@ -42,7 +43,7 @@ def build_dag(
             pipeline="orders",
             size=size,  # WorkerType and NumberOfWorkers of this run, from the policy's size table
             network_profile="public",
-            script_args={"--day": "{{ ds }}"},
+            script_args={"--day": "{{ dag_run.run_after | ds }}"},
             job_poll_interval=poll_interval_s,
             aws_conn_id=aws_conn_id,
             retries=0,
@@ -54,7 +55,7 @@ def build_dag(
             job_driver={
                 "sparkSubmit": {
                     "entryPoint": "s3://barecount-example-code/aggregate.py",
-                    "entryPointArguments": ["--day", "{{ ds }}"],
+                    "entryPointArguments": ["--day", "{{ dag_run.run_after | ds }}"],
                     "sparkSubmitParameters": "--conf spark.executor.cores=4",
                 }
             },

@@ -2,7 +2,8 @@
 recorded (the ``runner_result`` XCom) downstream.
 
 Needs AWS (or an emulator) behind the connection ``aws_conn_id`` and a function named ``function_name``: it
-carries the tag ``needs-aws`` so that the demo, which has no AWS, skips it. Parsing it needs nothing.
+carries the tag ``needs-aws``: ``make demo`` runs it, with these defaults, against an in-process AWS emulator
+on loopback (tests/system/aws_emulator.py) behind ``aws_default``. Parsing it needs nothing.
 The integration tests build the same DAG with ``build_dag(aws_conn_id=...)`` against moto on loopback.
 """
 

@@ -2,15 +2,22 @@
 """`make demo`: run every example DAG on a real Airflow on loopback, then show what BareCount recorded.
 
 1. wipes and prepares ``<repo>/.airflow-demo`` as AIRFLOW_HOME (SQLite, LocalExecutor);
-2. starts the api-server, scheduler and dag-processor, all bound to 127.0.0.1 (see tests/system/stack.py);
-3. waits until every DAG file of ``<repo>/dags`` is parsed, triggers each DAG once and waits for the runs
-   (failed runs are fine: some examples fail on purpose);
-4. stops the components by their process id;
-5. prints, per task try, what BareCount's file sink wrote to
-   ``<AIRFLOW_HOME>/barecount/telemetry/events.jsonl`` and where each sink sent its data.
+2. starts an AWS emulator in this process: moto on 127.0.0.1, seeded with the resources the ``needs-aws``
+   example DAGs name by default (tests/system/aws_emulator.py), behind the connection ``aws_default``
+   (``AIRFLOW_CONN_AWS_DEFAULT``, given to the Airflow processes only);
+3. starts the api-server, scheduler and dag-processor, all bound to 127.0.0.1 (see tests/system/stack.py);
+4. waits until every DAG file of ``<repo>/dags`` is parsed, triggers each DAG once and waits for the runs
+   (failed runs are fine: some examples fail on purpose). DAGs tagged ``needs-k8s`` are skipped (no
+   Kubernetes emulator in the demo); ``--no-aws`` skips the ``needs-aws`` ones too;
+5. saves the ``runner_result`` XCom of every runner task to ``<AIRFLOW_HOME>/runner_results/``;
+6. stops the components by their process id, then the emulator;
+7. prints, per task try, what BareCount's file sink wrote to
+   ``<AIRFLOW_HOME>/barecount/telemetry/events.jsonl`` and where each sink sent its data, then, per runner
+   task, its runner class, external run id and where its runner_result is.
 
-Exit status: 0 when the stack ran and BareCount recorded task tries; 1 when nothing was recorded or a DAG
-file failed to import; 2 when Airflow itself failed (start-up, a component died, a run timed out).
+Exit status: 0 when the stack ran and BareCount recorded task tries; 1 when nothing was recorded, a DAG
+file failed to import or a runner DAG against the emulator did not succeed; 2 when Airflow itself failed
+(start-up, a component died, a run timed out).
 
 ``--events FILE`` only prints the table of an existing events file (no Airflow started).
 """
@@ -20,13 +27,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import shutil
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO / ".airflow-demo"
@@ -34,20 +44,28 @@ DAGS = REPO / "dags"
 EVENTS_RELATIVE = Path("barecount") / "telemetry" / "events.jsonl"
 
 
-# DAGs that need an external runner (AWS, a Kubernetes cluster) run against emulators in the tests.
-SKIP_TAGS = ("needs-aws", "needs-k8s")
+# DAGs that need AWS run against the in-process emulator; those that need Kubernetes only in the tests
+# (kmock: it is not started here).
+NEEDS_AWS_TAG = "needs-aws"
+NEEDS_K8S_TAG = "needs-k8s"
+RUNNER_RESULTS_RELATIVE = Path("runner_results")
+AWS_CONN_ID = "aws_default"  # the example DAGs' default connection
 
 
-def _load_stack() -> ModuleType:
-    """tests/system/stack.py, loaded by path (``tests`` is not an installed package)."""
-    path = REPO / "tests" / "system" / "stack.py"
-    spec = importlib.util.spec_from_file_location("barecount_demo_stack", path)
+def _load(name: str) -> ModuleType:
+    """tests/system/<name>.py, loaded by path (``tests`` is not an installed package)."""
+    path = REPO / "tests" / "system" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"barecount_demo_{name}", path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load_stack() -> ModuleType:
+    return _load("stack")
 
 
 def say(message: str = "") -> None:
@@ -204,14 +222,144 @@ def _wait_for_quiet_file(path: Path, quiet: float = 3.0, limit: float = 20.0) ->
         time.sleep(0.5)
 
 
-def run_dags(home: Path, timeout: float) -> tuple[int, str]:
-    """Start Airflow, run every DAG once, stop it. Returns (exit status so far, message)."""
+def _start_emulator() -> Any:
+    """The AWS emulator (tests/system/aws_emulator.py), started; None when moto is not installed."""
+    if importlib.util.find_spec("moto") is None:
+        say("moto is not installed (pip install -e '.[test]'): the needs-aws DAGs are skipped.")
+        return None
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
+    emulator = _load("aws_emulator").AwsEmulator()
+    emulator.start()
+    return emulator
+
+
+def api_retrying(stack: Any, method: str, path: str, **kwargs: Any) -> Any:
+    """A REST call, tried again when SQLite's lock made the api-server's write time out (HTTP 500) while
+    the scheduler and the tasks write."""
+    for attempt in range(5):
+        resp = stack.api(method, path, check=False, **kwargs)
+        if resp.status_code < 500 or attempt == 4:
+            break
+        time.sleep(1 + attempt)
+    if resp.status_code >= 400:
+        raise stack.error(f"{method} {path} -> {resp.status_code}: {resp.text[:1000]}")
+    return resp.json()
+
+
+def trigger_now(stack: Any, dag_id: str) -> str:
+    """A manual run with logical date = now, as the UI's trigger form makes it: the examples template
+    ``{{ ds }}``, which a run without a logical date does not have. Returns the run id."""
+    body = {"logical_date": datetime.now(UTC).isoformat(), "conf": {}}
+    return str(api_retrying(stack, "POST", f"dags/{quote(dag_id, safe='')}/dagRuns", json=body)["dag_run_id"])
+
+
+def _task_summary(stack: Any, dag_id: str, run_id: str) -> str:
+    return ", ".join(
+        _task_label(ti)
+        + f"={ti['state']}"
+        + (f" (try {ti['try_number']})" if (ti.get("try_number") or 0) > 1 else "")
+        for ti in stack.task_instances(dag_id, run_id)
+    )
+
+
+def save_runner_results(stack: Any, runs: dict[str, str], folder: Path) -> int:
+    """Fetch the runner_result XCom of every task of ``runs`` that has one; write each to
+    ``<folder>/<dag_id>/<task_id>.json``. Returns how many were saved."""
+    saved = 0
+    for dag_id, run_id in runs.items():
+        for ti in stack.task_instances(dag_id, run_id):
+            path = (
+                f"dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+                f"{quote(ti['task_id'], safe='')}/xcomEntries/runner_result"
+            )
+            params = {"map_index": ti.get("map_index", -1), "deserialize": True, "stringify": False}
+            resp = stack.api("GET", path, params=params, check=False)
+            if resp.status_code != 200:
+                continue
+            value = resp.json().get("value")
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            target = folder / dag_id / f"{_task_label(ti)}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            record = {
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "task_id": ti["task_id"],
+                "start_date": ti.get("start_date"),
+                "runner_result": value,
+            }
+            target.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+            saved += 1
+    return saved
+
+
+def report_runner_results(folder: Path) -> None:
+    """Per runner task: runner class, size, external run id, error and where its runner_result is."""
+    files = sorted(folder.glob("*/*.json")) if folder.is_dir() else []
+    if not files:
+        return
+    records = [(path, json.loads(path.read_text(encoding="utf-8"))) for path in files]
+    records.sort(key=lambda item: (str(item[1].get("dag_id")), str(item[1].get("start_date") or "")))
+    header = ["dag", "task", "runner class", "size", "external run id", "error", "runner_result"]
+    rows = []
+    for path, record in records:
+        result = record.get("runner_result") if isinstance(record.get("runner_result"), dict) else {}
+        error = result.get("error")
+        rows.append(
+            [
+                _text(record.get("dag_id"), 30),
+                _text(record.get("task_id"), 24),
+                _text(result.get("runner_class"), 14),
+                _text(result.get("size"), 4),
+                _text(result.get("external_run_id"), 40),
+                _text(error.get("error_class") if isinstance(error, dict) else error, 24),
+                str(path.relative_to(folder.parent)),
+            ]
+        )
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    say()
+    say(f"Where each runner task's runner_result is ({len(rows)} runner tasks):")
+    say("  the XCom key 'runner_result' of the task instance (Airflow UI: the task instance's XCom tab;")
+    say("  REST: GET /api/v2/dags/<dag>/dagRuns/<run>/taskInstances/<task>/xcomEntries/runner_result),")
+    say(f"  copied by the demo to {folder}/<dag>/<task>.json:")
+    say()
+    say("\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]))
+
+
+def run_dags(home: Path, timeout: float, with_aws: bool = True) -> tuple[int, str]:
+    """Start the AWS emulator and Airflow, run every DAG once, stop both. Returns (exit status so far,
+    message)."""
     stack_mod = _load_stack()
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
-    stack = stack_mod.AirflowStack(home=home, dags_folder=DAGS)
     status = 0
+    emulator = None
+    if with_aws:
+        say("Starting the AWS emulator (moto on 127.0.0.1, in this process) ...")
+        try:
+            emulator = _start_emulator()
+        except Exception as exc:  # the rest of the demo does not need it
+            say(
+                f"The AWS emulator failed to start ({type(exc).__name__}: {exc}): "
+                "the needs-aws DAGs are skipped."
+            )
+            emulator = None
+        if emulator is not None:
+            say(
+                f"AWS emulator on {emulator.endpoint}, behind the connection {AWS_CONN_ID!r}; seeded: "
+                "Lambda function, Glue job, EMR Serverless application, ECS cluster and task definition, "
+                "EC2 AMI and instance profile."
+            )
+    extra_env = emulator.connection_env(AWS_CONN_ID) if emulator is not None else {}
+    stack = stack_mod.AirflowStack(home=home, dags_folder=DAGS, extra_env=extra_env)
     say(f"Starting Airflow (api-server, scheduler, dag-processor; LocalExecutor; SQLite) in {home} ...")
     try:
         stack.start()
@@ -237,27 +385,51 @@ def run_dags(home: Path, timeout: float) -> tuple[int, str]:
             return 1, f"no DAG found in {DAGS}"
         say(f"DAGs in dags/: {', '.join(dag_ids)}")
 
-        runs = {}
+        runs: dict[str, str] = {}
+        aws_dags: set[str] = set()
         for dag_id in dag_ids:
             tags = {tag.get("name") for tag in stack.api("GET", f"dags/{dag_id}").json().get("tags", [])}
-            skip = sorted(tags & set(SKIP_TAGS))
-            if skip:
-                say(f"  skipped {dag_id}: tagged {skip[0]!r} (it runs against an emulator in the tests)")
+            if NEEDS_K8S_TAG in tags:
+                say(
+                    f"  skipped {dag_id}: tagged {NEEDS_K8S_TAG!r} "
+                    "(it runs against a Kubernetes emulator in the tests)"
+                )
                 continue
-            stack.unpause(dag_id)
-            runs[dag_id] = stack.trigger(dag_id)
-            say(f"  triggered {dag_id}: {runs[dag_id]}")
+            if NEEDS_AWS_TAG in tags:
+                if emulator is None:
+                    say(f"  skipped {dag_id}: tagged {NEEDS_AWS_TAG!r} and no AWS emulator")
+                    continue
+                aws_dags.add(dag_id)
+            api_retrying(stack, "PATCH", f"dags/{quote(dag_id, safe='')}", json={"is_paused": False})
+            runs[dag_id] = trigger_now(stack, dag_id)
+            say(
+                f"  triggered {dag_id}: {runs[dag_id]}"
+                + (" (against the AWS emulator)" if dag_id in aws_dags else "")
+            )
         say("Waiting for the runs to finish (some examples fail and retry on purpose) ...")
         for dag_id, run_id in runs.items():
             state = stack.wait_for_run(dag_id, run_id, timeout=max(1.0, deadline - time.monotonic()))
-            tasks = ", ".join(
-                _task_label(ti)
-                + f"={ti['state']}"
-                + (f" (try {ti['try_number']})" if (ti.get("try_number") or 0) > 1 else "")
-                for ti in stack.task_instances(dag_id, run_id)
-            )
-            say(f"  {dag_id}: {state}  [{tasks}]")
+            say(f"  {dag_id}: {state}  [{_task_summary(stack, dag_id, run_id)}]")
+            if dag_id in aws_dags and state != "success":
+                say(
+                    f"  ERROR: {dag_id} ran against the AWS emulator and should have succeeded; "
+                    "see its task logs."
+                )
+                status = 1
         stack.wait_until_idle(timeout=max(1.0, deadline - time.monotonic()))
+        saved = save_runner_results(stack, runs, home / RUNNER_RESULTS_RELATIVE)
+        say(f"Saved {saved} runner_result XCom(s) to {home / RUNNER_RESULTS_RELATIVE}.")
+        if emulator is not None:
+            hosts = emulator.instances(**{"barecount:managed": "true"})
+            left = sorted(
+                h["InstanceId"] for h in hosts if h["State"]["Name"] not in ("terminated", "shutting-down")
+            )
+            say(
+                f"EC2 hosts the dedicated runs launched on the emulator: {len(hosts)}, "
+                + (f"STILL RUNNING: {', '.join(left)}" if left else "all terminated.")
+            )
+            if left:
+                status = 1
         _wait_for_quiet_file(home / EVENTS_RELATIVE)
     except stack_mod.StackError as exc:
         return 2, f"Airflow failed: {exc}"
@@ -265,6 +437,9 @@ def run_dags(home: Path, timeout: float) -> tuple[int, str]:
         say("Stopping Airflow ...")
         stack.stop()
         say(f"Stopped. Task logs: {home / 'logs'}; component logs: {home}/logs-*.log")
+        if emulator is not None:
+            emulator.stop()
+            say("Stopped the AWS emulator.")
     return status, ""
 
 
@@ -275,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME, help="AIRFLOW_HOME (wiped at start)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds for all runs to finish")
     parser.add_argument("--events", type=Path, help="only print the table of this events.jsonl file")
+    parser.add_argument("--no-aws", action="store_true", help="skip the needs-aws DAGs (no AWS emulator)")
     args = parser.parse_args(argv)
 
     if args.events is not None:
@@ -283,11 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home.resolve()
     if home in (REPO, *REPO.parents) or home == Path.home():
         parser.error(f"refusing to wipe {home}")
-    status, message = run_dags(home, args.timeout)
+    status, message = run_dags(home, args.timeout, with_aws=not args.no_aws)
     if message:
         say(message)
     say()
-    return max(status, report(home / EVENTS_RELATIVE))
+    status = max(status, report(home / EVENTS_RELATIVE))
+    report_runner_results(home / RUNNER_RESULTS_RELATIVE)
+    return status
 
 
 if __name__ == "__main__":
