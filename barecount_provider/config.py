@@ -76,8 +76,9 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "boolean",
         "False",
         "True",
-        "Export metrics over OTLP/HTTP from a background batch. Endpoint, headers and protocol come from the "
-        "standard OTEL_EXPORTER_OTLP_* environment variables.",
+        "Export metrics over OTLP/HTTP. Task processes spool them under telemetry_dir/spool; the scheduler "
+        "(or spool.flush_spool()) forwards the spool. Endpoint, headers and protocol come from the standard "
+        "OTEL_EXPORTER_OTLP_* environment variables.",
     ),
     "traces_on": (
         "boolean",
@@ -110,8 +111,9 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "integer",
         "250",
         "500",
-        "Longest time a task process waits at its end for the OTLP metric and span exports to flush. A sink "
-        "that is down never costs a task more than this (plus the OS's UDP send, which does not block).",
+        "Longest time one round of the OTLP spool's forwarder (the scheduler, or spool.flush_spool()) waits "
+        "for its metric and span exports; also bounds a StatsD host name look-up. Task processes never wait "
+        "for an OTLP export: they spool.",
     ),
     "redact_key_names": (
         "string",
@@ -144,6 +146,73 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "15",
         "30",
         "How often the scheduler-side sampler counts running task instances for barecount.task.in_flight.",
+    ),
+    "evidence_on": (
+        "boolean",
+        "True",
+        "False",
+        "Write an Evidence record per DAG run: each task try writes its entry, the scheduler side assembles, "
+        "costs, hash-chains and stores the run's record.",
+    ),
+    "evidence_store": (
+        "string",
+        "local",
+        "s3",
+        "Where evidence is kept: local (files under evidence_dir plus the index at evidence_index_url) or s3 "
+        "(one object per entry and record in evidence_s3_bucket, plus the index at evidence_index_url, "
+        "PostgreSQL in production).",
+    ),
+    "evidence_dir": (
+        "string",
+        "",
+        "/var/lib/barecount/evidence",
+        "The local store's directory, and the spool of every store. Empty: AIRFLOW_HOME/barecount/evidence.",
+    ),
+    "evidence_index_url": (
+        "string",
+        "",
+        "postgresql+psycopg2://barecount@db.internal/barecount",
+        "SQLAlchemy URL of the evidence index (records, the hash chain, cost lines). Empty: SQLite at "
+        "evidence_dir/index.db. Use PostgreSQL when more than one machine writes.",
+    ),
+    "evidence_s3_bucket": (
+        "string",
+        "",
+        "acme-barecount-evidence",
+        "Bucket of the s3 store.",
+    ),
+    "evidence_s3_prefix": (
+        "string",
+        "barecount/evidence",
+        "audit/barecount",
+        "Key prefix of the s3 store's objects.",
+    ),
+    "evidence_s3_object_lock_days": (
+        "integer",
+        "0",
+        "365",
+        "Object Lock retention (COMPLIANCE mode) of each record object, in days; 0: none. The bucket must have "
+        "Object Lock enabled.",
+    ),
+    "evidence_aws_conn_id": (
+        "string",
+        "aws_default",
+        "aws_evidence",
+        "The Airflow AWS connection of the s3 store.",
+    ),
+    "evidence_grace_seconds": (
+        "integer",
+        "60",
+        "300",
+        "How long after a DAG run ends the assembler waits for late task entries before it seals the record "
+        "and marks what is missing as absent.",
+    ),
+    "evidence_store_timeout_ms": (
+        "integer",
+        "2000",
+        "1000",
+        "Longest time a task process spends writing its entry to the store; past it (or on any error) the "
+        "entry is spooled locally and delivered later.",
     ),
 }
 
@@ -356,6 +425,66 @@ def in_flight_interval_seconds() -> int:
     return max(1, _int("in_flight_interval_seconds"))
 
 
+EVIDENCE_STORES = ("local", "s3")
+
+
+@functools.cache
+def evidence_on() -> bool:
+    return _bool("evidence_on")
+
+
+@functools.cache
+def evidence_store() -> str:
+    value = _raw("evidence_store").strip().lower()
+    if value not in EVIDENCE_STORES:
+        raise ValueError(f"[{SECTION}] evidence_store: {value!r} is not one of {', '.join(EVIDENCE_STORES)}")
+    return value
+
+
+@functools.cache
+def evidence_dir() -> str:
+    value = _raw("evidence_dir").strip()
+    if value:
+        return value
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return os.path.join(home, "barecount", "evidence")
+
+
+@functools.cache
+def evidence_index_url() -> str:
+    return _raw("evidence_index_url").strip() or "sqlite:///" + os.path.join(evidence_dir(), "index.db")
+
+
+@functools.cache
+def evidence_s3_bucket() -> str:
+    return _raw("evidence_s3_bucket").strip()
+
+
+@functools.cache
+def evidence_s3_prefix() -> str:
+    return _raw("evidence_s3_prefix").strip().strip("/")
+
+
+@functools.cache
+def evidence_s3_object_lock_days() -> int:
+    return max(0, _int("evidence_s3_object_lock_days"))
+
+
+@functools.cache
+def evidence_aws_conn_id() -> str:
+    return _raw("evidence_aws_conn_id").strip() or "aws_default"
+
+
+@functools.cache
+def evidence_grace_seconds() -> int:
+    return max(0, _int("evidence_grace_seconds"))
+
+
+@functools.cache
+def evidence_store_timeout_ms() -> int:
+    return max(1, _int("evidence_store_timeout_ms"))
+
+
 _GETTERS = [
     enabled,
     environment,
@@ -379,6 +508,16 @@ _GETTERS = [
     json_logs,
     scheduler_metrics_on,
     in_flight_interval_seconds,
+    evidence_on,
+    evidence_store,
+    evidence_dir,
+    evidence_index_url,
+    evidence_s3_bucket,
+    evidence_s3_prefix,
+    evidence_s3_object_lock_days,
+    evidence_aws_conn_id,
+    evidence_grace_seconds,
+    evidence_store_timeout_ms,
 ]
 
 

@@ -489,6 +489,11 @@ class AirflowStack:
         if resp.status_code == 401:  # token expired
             self._login()
             resp = self._client.request(method, url, **kwargs)
+        for _ in range(5):  # SQLite: a write can meet "database is locked" while runs are in progress
+            if resp.status_code != 500 or method == "GET" or "Database error" not in resp.text:
+                break
+            time.sleep(0.5)
+            resp = self._client.request(method, url, **kwargs)
         if check and resp.status_code >= 400:
             raise StackError(f"{method} {url} -> {resp.status_code}: {resp.text[:2000]}")
         return resp

@@ -1,0 +1,1 @@
+"""Evidence: one tamper-evident record per DAG run (see docs/evidence.md)."""

@@ -1,0 +1,196 @@
+"""Assembling a DAG run's record, off the scheduling loop.
+
+A DAG run can be marked finished before its last task's success listener has written its entry (the task's
+success reaches Airflow first). The assembler therefore seals a run once **every try that had a task
+process has its entry**, or once ``[barecount] evidence_grace_seconds`` have passed since the run ended; a
+try whose entry never came is then listed in the record's ``absent`` and gets an entry built from Airflow's
+own records, marked ``"source": "airflow"``. Tries that never had a task process (skipped by a trigger
+rule, upstream failed, removed) always get such an entry: there is nobody else to write it.
+
+Entries may come from several machines: they meet in the store (files of one machine for ``local``; S3 for
+``s3``), never in the assembler's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from barecount_provider import context
+from barecount_provider.evidence.record import ExpectedTry, build_entry, build_record
+from barecount_provider.evidence.store import EvidenceStore
+
+log = logging.getLogger(__name__)
+
+NEVER_RAN_STATES = ("skipped", "upstream_failed", "removed")
+
+
+@dataclass
+class PendingRun:
+    """A finished DAG run waiting for its entries."""
+
+    dag_id: str
+    run_id: str
+    tenant: str
+    pipeline: str
+    state: str
+    started_at: datetime | None
+    ended_at: datetime
+    run_type: str | None = None
+    attempts: int = 0
+    first_seen: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def expected_tries(rows: Iterable[Mapping[str, Any]]) -> list[ExpectedTry]:
+    """The tries Airflow knows of, from task_instance / task_instance_history rows (scheduler side's form:
+    task_id, map_index, try_number, state, queued_dttm, start_date, end_date, pid)."""
+    tries: dict[tuple[str, int, int], ExpectedTry] = {}
+    for row in rows:
+        state = row.get("state")
+        try_number = int(row.get("try_number") or 0)
+        had_process = row.get("start_date") is not None and state not in NEVER_RAN_STATES
+        if try_number == 0:  # never queued (removed before it ran, or skipped at try 0)
+            try_number = 1 if state in NEVER_RAN_STATES else 0
+        if try_number == 0:
+            continue
+        key = (str(row["task_id"]), int(row.get("map_index", -1)), try_number)
+        tries[key] = ExpectedTry(
+            task_id=key[0],
+            map_index=key[1],
+            try_number=try_number,
+            state=state,
+            had_process=had_process,
+            started_at=row.get("start_date"),
+            ended_at=row.get("end_date"),
+            queued_at=row.get("queued_dttm"),
+        )
+    return [tries[key] for key in sorted(tries)]
+
+
+def airflow_entry(run: PendingRun, expected: ExpectedTry, *, absent: bool) -> dict[str, Any]:
+    """An entry built from Airflow's records for a try without a task-side entry."""
+    ctx = {
+        "tenant": run.tenant,
+        "pipeline": run.pipeline,
+        "runner_class": "local",
+        "size": context.DEFAULT_SIZE,
+        "network_profile": None,
+        "image_or_driver_digest": None,
+        "dag_id": run.dag_id,
+        "run_id": run.run_id,
+        "task_id": expected.task_id,
+        "try_number": expected.try_number,
+        "map_index": expected.map_index,
+        "correlation_id": context.correlation_id_for(run.dag_id, run.run_id),
+        "run_token": None,
+    }
+    entry = build_entry(
+        ctx,
+        state=expected.state or "unknown",
+        source="airflow",
+        started_at=expected.started_at,
+        ended_at=expected.ended_at,
+        queued_at=expected.queued_at,
+    )
+    entry["absent"] = absent  # True: the try had a task process, but its own entry never arrived
+    return entry
+
+
+def assemble(
+    store: EvidenceStore,
+    run: PendingRun,
+    expected: list[ExpectedTry],
+    *,
+    now: datetime,
+    grace: timedelta,
+    trace_id: str | None = None,
+) -> dict[str, Any] | None:
+    """The sealed, stored record; None while entries are missing and the grace period has not passed."""
+    entries = {entry["key"]: entry for entry in store.entries_for_run(run.dag_id, run.run_id)}
+    missing = [t for t in expected if t.had_process and t.key(run.dag_id, run.run_id) not in entries]
+    if missing and now < run.ended_at + grace:
+        return None
+    for t in expected:
+        key = t.key(run.dag_id, run.run_id)
+        if key not in entries:
+            entries[key] = airflow_entry(run, t, absent=t.had_process)
+    record = build_record(
+        dag_id=run.dag_id,
+        run_id=run.run_id,
+        tenant=run.tenant,
+        pipeline=run.pipeline,
+        state=run.state,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        correlation_id=context.correlation_id_for(run.dag_id, run.run_id),
+        entries=entries.values(),
+        absent=[t.key(run.dag_id, run.run_id) for t in missing],
+        run_type=run.run_type,
+        trace_id=trace_id,
+    )
+    return store.append(record)
+
+
+class Assembler:
+    """Finished runs wait here until :func:`assemble` seals them; :meth:`tick` retries the waiting ones.
+
+    ``load_tries(dag_id, run_id)`` reads Airflow's task instances (scheduler side's reader); ``open_store``
+    gives the store. Nothing here raises into its caller: a failure is logged, counted by the caller's
+    ``on_error`` and retried at the next tick.
+    """
+
+    def __init__(
+        self,
+        open_store: Callable[[], EvidenceStore],
+        load_tries: Callable[[str, str], list[dict[str, Any]]],
+        grace_seconds: Callable[[], int],
+        on_error: Callable[[str], None] = lambda what: None,
+    ) -> None:
+        self._open_store, self._load_tries, self._grace = open_store, load_tries, grace_seconds
+        self._on_error = on_error
+        self.pending: dict[tuple[str, str], PendingRun] = {}
+        self.sealed: list[dict[str, Any]] = []  # the last few sealed records (for `barecount` and the tests)
+        self._lock = threading.Lock()
+
+    def run_finished(self, run: PendingRun, rows: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        with self._lock:
+            self.pending[(run.dag_id, run.run_id)] = run
+        return self._try(run, rows, datetime.now(UTC))
+
+    def tick(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Try every waiting run once; the records sealed now."""
+        now = now or datetime.now(UTC)
+        with self._lock:
+            waiting = list(self.pending.values())
+        sealed = []
+        for run in waiting:
+            record = self._try(run, None, now)
+            if record is not None:
+                sealed.append(record)
+        return sealed
+
+    def _try(self, run: PendingRun, rows: list[dict[str, Any]] | None, now: datetime) -> dict[str, Any] | None:
+        run.attempts += 1
+        try:
+            expected = expected_tries(rows if rows is not None else self._load_tries(run.dag_id, run.run_id))
+            record = assemble(
+                self._open_store(),
+                run,
+                expected,
+                now=now,
+                grace=timedelta(seconds=self._grace()),
+                trace_id=f"{context.trace_id_for(run.dag_id, run.run_id):032x}",
+            )
+        except Exception:
+            log.warning("BareCount could not assemble the evidence of %s %s", run.dag_id, run.run_id, exc_info=True)
+            self._on_error("assemble")
+            return None
+        if record is not None:
+            with self._lock:
+                self.pending.pop((run.dag_id, run.run_id), None)
+                self.sealed = [*self.sealed[-99:], record]
+        return record

@@ -1,0 +1,325 @@
+"""The Evidence record: one per DAG run, one entry per task try, hash-chained per tenant.
+
+An **entry** is what one task try leaves: its RunContext, state, timings, metrics snapshot, runner_result,
+cost, log and trace references, policy validations and exceptions, approvals and digests. The task
+process writes it itself (it may not touch Airflow's database); tries that never had a task process
+(skipped by a trigger rule, upstream failed, killed by the scheduler) get an entry built from Airflow's
+own records by the assembler.
+
+A **record** gathers the entries of one DAG run. Its ``chain`` holds the tenant's sequence number, the
+previous record's hash and its own: ``hash`` is the SHA-256 of the record's canonical form (JSON, sorted
+keys, no whitespace, UTF-8) **without** ``chain.hash``. Changing, removing, inserting or reordering a record
+of a tenant breaks the chain at that point, which :func:`verify_chain` names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA_VERSION = 1
+ENTRY_VERSION = 1
+GENESIS_HASH = "0" * 64  # the previous_hash of a tenant's first record
+SCHEMA_ID = "https://barecount.dev/schemas/evidence/v1.json"
+
+# Fields of a RunContext an entry carries (never the run's conf).
+CONTEXT_FIELDS = (
+    "tenant",
+    "pipeline",
+    "runner_class",
+    "size",
+    "network_profile",
+    "image_or_driver_digest",
+    "dag_id",
+    "run_id",
+    "task_id",
+    "try_number",
+    "map_index",
+    "correlation_id",
+    "run_token",
+)
+
+
+def canonical(document: Any) -> bytes:
+    """The canonical form hashed by the chain: JSON, sorted keys, no whitespace, UTF-8."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of ``record``'s canonical form without ``chain.hash``."""
+    chain = dict(record.get("chain") or {})
+    chain.pop("hash", None)
+    return hashlib.sha256(canonical({**record, "chain": chain})).hexdigest()
+
+
+def record_id_for(dag_id: str, run_id: str) -> str:
+    """The record's id: the same DAG run always gives the same id, so a record written twice is stored once."""
+    return hashlib.sha256(canonical(["barecount-evidence", dag_id, run_id])).hexdigest()[:32]
+
+
+def try_key(dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> str:
+    """The key of one task try inside a run: ``task_id[map_index]#try``."""
+    suffix = f"[{map_index}]" if map_index >= 0 else ""
+    return f"{task_id}{suffix}#{try_number}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    return str(value)
+
+
+def build_entry(
+    context: Mapping[str, Any],
+    *,
+    state: str,
+    source: str,
+    started_at: Any = None,
+    ended_at: Any = None,
+    queued_at: Any = None,
+    metrics: Mapping[str, Any] | None = None,
+    runner_result: Mapping[str, Any] | None = None,
+    cost: Mapping[str, Any] | None = None,
+    log_location: str | None = None,
+    trace: Mapping[str, Any] | None = None,
+    policy: Mapping[str, Any] | None = None,
+    approvals: Sequence[Mapping[str, Any]] = (),
+    error: Mapping[str, Any] | None = None,
+    written_at: str | None = None,
+) -> dict[str, Any]:
+    """One task try's entry. ``context`` is a RunContext's fields (see CONTEXT_FIELDS); ``source`` is
+    ``task`` (written by the task process) or ``airflow`` (built from Airflow's records)."""
+    ctx = {name: context.get(name) for name in CONTEXT_FIELDS}
+    start, end = _iso(started_at), _iso(ended_at)
+    duration = None
+    if isinstance(started_at, datetime) and isinstance(ended_at, datetime):
+        duration = round((ended_at - started_at).total_seconds(), 6)
+    digests = []
+    first_seen = start or written_at or now_iso()
+    if ctx.get("image_or_driver_digest"):
+        digests.append({"kind": "context", "value": ctx["image_or_driver_digest"], "first_seen": first_seen})
+    for kind, value in sorted(((runner_result or {}).get("digests") or {}).items()):
+        if value:
+            digests.append({"kind": kind, "value": value if isinstance(value, str) else json.dumps(value), "first_seen": first_seen})
+    key = try_key(
+        str(ctx["dag_id"]),
+        str(ctx["run_id"]),
+        str(ctx["task_id"]),
+        int(str(ctx["map_index"])) if ctx.get("map_index") is not None else -1,
+        int(str(ctx.get("try_number") or 0)),
+    )
+    return {
+        "entry_version": ENTRY_VERSION,
+        # the run token is unique per try and the same across deferral resumes: one entry per try
+        "entry_id": str(ctx.get("run_token") or f"{ctx['dag_id']}/{ctx['run_id']}/{key}"),
+        "key": key,
+        "source": source,
+        "context": ctx,
+        "state": state,
+        "timings": {"queued_at": _iso(queued_at), "started_at": start, "ended_at": end, "duration_s": duration},
+        "metrics": dict(metrics or {}),
+        "runner_result": dict(runner_result) if runner_result is not None else None,
+        "cost": dict(cost) if cost is not None else None,
+        "log": {
+            "correlation_id": ctx.get("correlation_id"),
+            "run_token": ctx.get("run_token"),
+            "location": log_location,
+        },
+        "trace": dict(trace) if trace else None,
+        "policy": {
+            "validations": list((policy or {}).get("validations") or []),
+            "exceptions": list((policy or {}).get("exceptions") or []),
+        },
+        "approvals": [dict(approval) for approval in approvals],
+        "digests": digests,
+        "error": dict(error) if error else None,
+        "written_at": written_at or now_iso(),
+    }
+
+
+@dataclass(frozen=True)
+class ExpectedTry:
+    """A task try Airflow knows of (from its task instances and their history)."""
+
+    task_id: str
+    map_index: int
+    try_number: int
+    state: str | None
+    had_process: bool  # it reached a worker (start_date set); False: skipped, upstream_failed, removed ...
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    queued_at: datetime | None = None
+
+    def key(self, dag_id: str, run_id: str) -> str:
+        return try_key(dag_id, run_id, self.task_id, self.map_index, self.try_number)
+
+
+def build_record(
+    *,
+    dag_id: str,
+    run_id: str,
+    tenant: str,
+    pipeline: str,
+    state: str,
+    started_at: Any,
+    ended_at: Any,
+    correlation_id: str | None,
+    entries: Iterable[Mapping[str, Any]],
+    absent: Sequence[str] = (),
+    run_type: str | None = None,
+    trace_id: str | None = None,
+) -> dict[str, Any]:
+    """The run's record, without its chain (``append`` of a store sets ``chain``)."""
+    entry_list = sorted((dict(entry) for entry in entries), key=lambda entry: entry["key"])
+    by_state: dict[str, int] = {}
+    for entry in entry_list:
+        by_state[entry["state"]] = by_state.get(entry["state"], 0) + 1
+    cost_total, known, basis, tables = 0.0, True, set(), set()
+    lines: dict[tuple[str, str, str, str], dict[str, float]] = {}
+    for entry in entry_list:
+        cost = entry.get("cost")
+        if not cost:
+            continue
+        if cost.get("total_usd") is None:
+            known = False
+            continue
+        cost_total += float(cost["total_usd"])
+        basis.add(str(cost.get("basis")))
+        table = cost.get("price_table")
+        if table:
+            tables.add(json.dumps(table, sort_keys=True))
+        ctx = entry["context"]
+        line_key = (str(ctx.get("tenant")), str(ctx.get("pipeline")), str(ctx.get("runner_class")), str(ctx.get("size")))
+        line = lines.setdefault(line_key, {"runtime_hours": 0.0, "compute_usd": 0.0, "storage_usd": 0.0, "transfer_usd": 0.0, "total_usd": 0.0})
+        for name in line:
+            value = cost.get(name)
+            if isinstance(value, int | float):
+                line[name] += float(value)
+    validations = [v for entry in entry_list for v in entry.get("policy", {}).get("validations", [])]
+    exceptions = [v for entry in entry_list for v in entry.get("policy", {}).get("exceptions", [])]
+    approvals = [a for entry in entry_list for a in entry.get("approvals", [])]
+    digests: dict[tuple[str, str], str] = {}
+    for entry in entry_list:
+        for digest in entry.get("digests", []):
+            key = (digest["kind"], digest["value"])
+            seen = digest.get("first_seen") or ""
+            if key not in digests or seen < digests[key]:
+                digests[key] = seen
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "record_id": record_id_for(dag_id, run_id),
+        "tenant": tenant,
+        "pipeline": pipeline,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "run_type": run_type,
+        "state": state,
+        "started_at": _iso(started_at),
+        "ended_at": _iso(ended_at),
+        "sealed_at": now_iso(),
+        "complete": not absent,
+        "absent": sorted(absent),
+        "correlation_id": correlation_id,
+        "trace_id": trace_id,
+        "metrics": {"tries": len(entry_list), "by_state": dict(sorted(by_state.items()))},
+        "cost": {
+            "total_usd": round(cost_total, 10) if known else None,
+            "currency": "USD",
+            "basis": sorted(basis),
+            "price_tables": [json.loads(table) for table in sorted(tables)],
+            "lines": [
+                {"tenant": k[0], "pipeline": k[1], "runner_class": k[2], "size": k[3], **{n: round(v, 10) for n, v in line.items()}}
+                for k, line in sorted(lines.items())
+            ],
+        },
+        "policy": {"validations": validations, "exceptions": exceptions},
+        "approvals": approvals,
+        "digests": [{"kind": k[0], "value": k[1], "first_seen": seen} for k, seen in sorted(digests.items())],
+        "entries": entry_list,
+        "chain": None,
+    }
+
+
+def chained(record: Mapping[str, Any], sequence: int, previous_hash: str) -> dict[str, Any]:
+    """``record`` with its chain set: sequence, previous hash and its own hash."""
+    result = {**record, "chain": {"sequence": sequence, "previous_hash": previous_hash}}
+    result["chain"]["hash"] = record_hash(result)
+    return result
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    """One break in a tenant's chain."""
+
+    tenant: str
+    sequence: int | None
+    record_id: str | None
+    kind: str  # altered | removed | inserted | reordered | foreign
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"sequence {self.sequence}" if self.sequence is not None else "chain"
+        return f"tenant {self.tenant!r} {where} (record {self.record_id}): {self.kind}: {self.detail}"
+
+
+def verify_chain(tenant: str, records: Iterable[Mapping[str, Any]]) -> list[ChainProblem]:
+    """Every break in ``tenant``'s chain; ``records`` in storage order (by sequence). Empty: intact.
+
+    * **altered**: a record whose content no longer gives its own hash;
+    * **removed**: a missing sequence number (the next record's previous_hash names a record not there);
+    * **inserted**: a record whose previous_hash does not match its predecessor though the sequence is
+      contiguous, or a sequence number given twice;
+    * **reordered**: sequence numbers out of order in storage.
+    """
+    problems: list[ChainProblem] = []
+    previous: Mapping[str, Any] | None = None
+    seen: set[int] = set()
+    for record in records:
+        chain = record.get("chain") or {}
+        sequence = chain.get("sequence")
+        record_id = record.get("record_id")
+        if record.get("tenant") != tenant:
+            problems.append(ChainProblem(tenant, sequence, record_id, "foreign", f"belongs to tenant {record.get('tenant')!r}"))
+            continue
+        if record_hash(record) != chain.get("hash"):
+            problems.append(ChainProblem(tenant, sequence, record_id, "altered", "its content does not match its hash"))
+        if not isinstance(sequence, int):
+            problems.append(ChainProblem(tenant, None, record_id, "inserted", "no sequence number"))
+            continue
+        if sequence in seen:
+            problems.append(ChainProblem(tenant, sequence, record_id, "inserted", "sequence number given twice"))
+        seen.add(sequence)
+        expected_sequence = 1 if previous is None else int((previous.get("chain") or {}).get("sequence", 0)) + 1
+        expected_hash = GENESIS_HASH if previous is None else (previous.get("chain") or {}).get("hash")
+        if sequence < expected_sequence:
+            problems.append(ChainProblem(tenant, sequence, record_id, "reordered", f"comes after sequence {expected_sequence - 1}"))
+        elif sequence > expected_sequence:
+            missing = ", ".join(str(n) for n in range(expected_sequence, sequence))
+            problems.append(ChainProblem(tenant, sequence, record_id, "removed", f"sequence {missing} missing before it"))
+        elif chain.get("previous_hash") != expected_hash:
+            problems.append(
+                ChainProblem(
+                    tenant,
+                    sequence,
+                    record_id,
+                    "inserted",
+                    "its previous_hash is not the hash of the record before it (this record was inserted, or the "
+                    "one before it was altered and re-hashed)",
+                )
+            )
+        previous = record
+    return problems
+
+
+def iter_entries(record: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    yield from record.get("entries") or ()

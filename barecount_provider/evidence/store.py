@@ -1,0 +1,496 @@
+"""Where evidence lives: bodies (entries and records) in files or S3, and an SQL index of the records.
+
+* **local** (the embedded default): bodies as files under ``[barecount] evidence_dir``; the index in SQLite
+  at ``evidence_dir/index.db`` (or ``evidence_index_url``).
+* **s3** (production): one object per entry and per record in ``evidence_s3_bucket`` (optional Object Lock
+  retention on records), the index in PostgreSQL (``evidence_index_url``).
+
+The index is SQLAlchemy Core, so SQLite and PostgreSQL run the same statements. Appending to a tenant's
+chain is a conditional insert: the row ``(tenant, sequence)`` is unique, so when two writers on two
+machines race for the same sequence number one insert fails and that writer retries on the new head;
+both records end up in one chain. A record is keyed by its run (``record_id``): written twice, stored once.
+
+Bodies are written atomically (a temporary file renamed into place; an S3 PUT is atomic): a process killed
+mid-write leaves no torn body.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import tempfile
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from barecount_provider import config
+from barecount_provider.evidence.record import GENESIS_HASH, ChainProblem, chained, verify_chain
+
+log = logging.getLogger(__name__)
+
+APPEND_ATTEMPTS = 20
+
+# ------------------------------------------------------------------------------------------------- index
+
+metadata = sa.MetaData()
+
+records_table = sa.Table(
+    "barecount_evidence_records",
+    metadata,
+    sa.Column("record_id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("sequence", sa.Integer, nullable=False),
+    sa.Column("previous_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("pipeline", sa.String(250), nullable=False),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("complete", sa.Boolean, nullable=False),
+    sa.Column("started_at", sa.String(40)),
+    sa.Column("ended_at", sa.String(40)),
+    sa.Column("ended_epoch", sa.Float, nullable=False),  # for ranges and ordering (SQLite has no timestamptz)
+    sa.Column("total_cost_usd", sa.Float),
+    sa.Column("location", sa.Text, nullable=False),
+    sa.UniqueConstraint("tenant", "sequence", name="uq_barecount_evidence_chain"),
+)
+sa.Index("ix_barecount_evidence_tenant_time", records_table.c.tenant, records_table.c.ended_epoch)
+sa.Index("ix_barecount_evidence_dag_time", records_table.c.dag_id, records_table.c.ended_epoch)
+sa.Index("ix_barecount_evidence_pipeline_time", records_table.c.pipeline, records_table.c.ended_epoch)
+sa.Index("ix_barecount_evidence_time", records_table.c.ended_epoch)
+
+cost_lines_table = sa.Table(
+    "barecount_evidence_cost_lines",
+    metadata,
+    sa.Column("record_id", sa.String(64), nullable=False),
+    sa.Column("day", sa.String(10), nullable=False),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("pipeline", sa.String(250), nullable=False),
+    sa.Column("runner_class", sa.String(32), nullable=False),
+    sa.Column("size", sa.String(8), nullable=False),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("runtime_hours", sa.Float, nullable=False),
+    sa.Column("compute_usd", sa.Float, nullable=False),
+    sa.Column("storage_usd", sa.Float, nullable=False),
+    sa.Column("transfer_usd", sa.Float, nullable=False),
+    sa.Column("total_usd", sa.Float, nullable=False),
+)
+sa.Index("ix_barecount_cost_day_tenant", cost_lines_table.c.day, cost_lines_table.c.tenant)
+sa.Index("ix_barecount_cost_record", cost_lines_table.c.record_id)
+
+COST_GROUPS = ("tenant", "pipeline", "runner_class", "size", "dag_id")
+
+
+def _epoch(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return 0.0
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Filters of a record listing; None: any. ``dag_ids``: only these DAGs (a user's readable DAGs)."""
+
+    tenant: str | None = None
+    pipeline: str | None = None
+    dag_id: str | None = None
+    state: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    dag_ids: frozenset[str] | None = None
+
+
+class Index:
+    """The SQL index of records and their cost lines."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+            self.engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+            @sa.event.listens_for(self.engine, "connect")
+            def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True)
+        metadata.create_all(self.engine)
+
+    def head(self, connection: sa.Connection, tenant: str) -> tuple[int, str]:
+        row = connection.execute(
+            sa.select(records_table.c.sequence, records_table.c.hash)
+            .where(records_table.c.tenant == tenant)
+            .order_by(records_table.c.sequence.desc())
+            .limit(1)
+        ).first()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    def row(self, record_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(records_table).where(records_table.c.record_id == record_id)).first()
+        return dict(row._mapping) if row else None
+
+    def _where(self, query: Any, filters: RecordFilter) -> Any:
+        columns = records_table.c
+        for column, value in (
+            (columns.tenant, filters.tenant),
+            (columns.pipeline, filters.pipeline),
+            (columns.dag_id, filters.dag_id),
+            (columns.state, filters.state),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if filters.since is not None:
+            query = query.where(columns.ended_epoch >= filters.since.timestamp())
+        if filters.until is not None:
+            query = query.where(columns.ended_epoch < filters.until.timestamp())
+        if filters.dag_ids is not None:
+            query = query.where(columns.dag_id.in_(sorted(filters.dag_ids)))
+        return query
+
+    def list_rows(self, filters: RecordFilter, *, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        query = self._where(sa.select(records_table), filters)
+        count = self._where(sa.select(sa.func.count()).select_from(records_table), filters)
+        with self.engine.connect() as connection:
+            total = int(connection.execute(count).scalar_one())
+            rows = connection.execute(
+                query.order_by(records_table.c.ended_epoch.desc(), records_table.c.record_id).limit(limit).offset(offset)
+            ).all()
+        return [dict(row._mapping) for row in rows], total
+
+    def chain_rows(self, tenant: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(records_table).where(records_table.c.tenant == tenant).order_by(records_table.c.sequence)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def tenants(self) -> list[str]:
+        with self.engine.connect() as connection:
+            return sorted(str(row[0]) for row in connection.execute(sa.select(records_table.c.tenant).distinct()))
+
+    def cost_rollup(
+        self,
+        by: Sequence[str],
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        tenant: str | None = None,
+        dag_ids: frozenset[str] | None = None,
+        per_day: bool = True,
+    ) -> list[dict[str, Any]]:
+        for name in by:
+            if name not in COST_GROUPS:
+                raise ValueError(f"cost roll-up by {name!r}: expected one of {', '.join(COST_GROUPS)}")
+        table = cost_lines_table.c
+        keys = ([table.day] if per_day else []) + [getattr(table, name) for name in by]
+        sums = [
+            sa.func.sum(getattr(table, name)).label(name)
+            for name in ("runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "total_usd")
+        ]
+        query = sa.select(*keys, *sums, sa.func.count(sa.distinct(table.record_id)).label("runs"))
+        if since is not None:
+            query = query.where(table.day >= since.astimezone(UTC).date().isoformat())
+        if until is not None:
+            query = query.where(table.day < until.astimezone(UTC).date().isoformat())
+        if tenant is not None:
+            query = query.where(table.tenant == tenant)
+        if dag_ids is not None:
+            query = query.where(table.dag_id.in_(sorted(dag_ids)))
+        query = query.group_by(*keys).order_by(*keys)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query).all()]
+
+
+# ------------------------------------------------------------------------------------------------ bodies
+
+
+class Bodies(Protocol):
+    """Where entry and record bodies are kept."""
+
+    def put(self, key: str, document: Mapping[str, Any], *, record: bool = False) -> str: ...
+
+    def get(self, location: str) -> dict[str, Any] | None: ...
+
+    def keys_under(self, prefix: str) -> list[str]: ...
+
+    def delete(self, location: str) -> None: ...
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+def atomic_write_json(path: str, document: Mapping[str, Any]) -> None:
+    """Write ``document`` to ``path`` so that a reader never sees a partial file (temporary file + rename)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(document, file, sort_keys=True, separators=(",", ":"), default=str)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+class LocalBodies:
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def put(self, key: str, document: Mapping[str, Any], *, record: bool = False) -> str:
+        path = os.path.join(self.root, *key.split("/"))
+        atomic_write_json(path, document)
+        return path
+
+    def get(self, location: str) -> dict[str, Any] | None:
+        try:
+            with open(location, encoding="utf-8") as file:
+                return dict(json.load(file))
+        except FileNotFoundError:
+            return None
+
+    def keys_under(self, prefix: str) -> list[str]:
+        directory = os.path.join(self.root, *prefix.strip("/").split("/"))
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        return [os.path.join(directory, name) for name in names if name.endswith(".json") and not name.startswith(".tmp-")]
+
+    def delete(self, location: str) -> None:
+        try:
+            os.unlink(location)
+        except FileNotFoundError:
+            pass
+
+
+class S3Bodies:
+    """One object per body. Records may get Object Lock retention (COMPLIANCE) for ``lock_days``."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str, lock_days: int = 0) -> None:
+        if not bucket:
+            raise ValueError("[barecount] evidence_s3_bucket is empty: the s3 evidence store needs a bucket")
+        self.client, self.bucket, self.prefix, self.lock_days = client, bucket, prefix.strip("/"), lock_days
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, document: Mapping[str, Any], *, record: bool = False) -> str:
+        body = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": body, "ContentType": "application/json"}
+        if record and self.lock_days:
+            kwargs["ObjectLockMode"] = "COMPLIANCE"
+            kwargs["ObjectLockRetainUntilDate"] = datetime.now(UTC) + timedelta(days=self.lock_days)
+        self.client.put_object(**kwargs)
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def _split(self, location: str) -> str:
+        return location.removeprefix(f"s3://{self.bucket}/")
+
+    def get(self, location: str) -> dict[str, Any] | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._split(location))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return dict(json.loads(response["Body"].read()))
+
+    def keys_under(self, prefix: str) -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys: list[str] = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix.strip("/")) + "/"):
+            keys.extend(f"s3://{self.bucket}/{item['Key']}" for item in page.get("Contents") or ())
+        return sorted(keys)
+
+    def delete(self, location: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._split(location))
+
+
+# ------------------------------------------------------------------------------------------------- store
+
+
+def entry_key(dag_id: str, run_id: str, entry_id: str) -> str:
+    return f"entries/{_segment(dag_id)}/{_segment(run_id)}/{_segment(entry_id)}.json"
+
+
+def record_key(tenant: str, sequence: int, record_id: str) -> str:
+    return f"records/{_segment(tenant)}/{sequence:012d}-{record_id}.json"
+
+
+class EvidenceStore:
+    """Entries and records: the bodies in ``bodies``, the records' index in ``index``."""
+
+    def __init__(self, bodies: Bodies, index: Index | str, kind: str) -> None:
+        self.bodies, self.kind = bodies, kind
+        self._index = index  # an Index, or its URL: opened on first use (a task process never needs it)
+
+    @property
+    def index(self) -> Index:
+        if isinstance(self._index, str):
+            self._index = _index(self._index)
+        return self._index
+
+    # entries -------------------------------------------------------------------------------------------
+
+    def put_entry(self, entry: Mapping[str, Any]) -> str:
+        """Store one task try's entry; idempotent (its key is its id)."""
+        ctx = entry["context"]
+        return self.bodies.put(entry_key(str(ctx["dag_id"]), str(ctx["run_id"]), str(entry["entry_id"])), entry)
+
+    def entries_for_run(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        entries = []
+        for location in self.bodies.keys_under(f"entries/{_segment(dag_id)}/{_segment(run_id)}"):
+            body = self.bodies.get(location)
+            if body is not None:
+                entries.append(body)
+        return entries
+
+    # records -------------------------------------------------------------------------------------------
+
+    def append(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Chain ``record`` after its tenant's head and store it; a record already stored is returned as is."""
+        record_id = str(record["record_id"])
+        tenant = str(record["tenant"])
+        for _attempt in range(APPEND_ATTEMPTS):
+            existing = self.get(record_id)
+            if existing is not None:
+                return existing
+            with self.index.engine.connect() as connection:
+                sequence, previous_hash = self.index.head(connection, tenant)
+            stored = chained(record, sequence + 1, previous_hash)
+            location = self.bodies.put(record_key(tenant, sequence + 1, record_id), stored, record=True)
+            try:
+                with self.index.engine.begin() as connection:
+                    connection.execute(sa.insert(records_table).values(**_row(stored, location)))
+                    lines = _cost_lines(stored)
+                    if lines:
+                        connection.execute(sa.insert(cost_lines_table), lines)
+            except sa.exc.IntegrityError:
+                # another writer took this sequence number (or stored this record): never overwrite
+                if self.kind == "local":
+                    self.bodies.delete(location)
+                continue
+            return stored
+        raise RuntimeError(f"evidence: could not append record {record_id} to tenant {tenant!r}'s chain")
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        row = self.index.row(record_id)
+        return self.bodies.get(row["location"]) if row else None
+
+    def list_records(
+        self, filters: RecordFilter, *, limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of the index's rows (newest first) and the total that match."""
+        return self.index.list_rows(filters, limit=limit, offset=offset)
+
+    def verify(self, tenant: str | None = None) -> dict[str, list[ChainProblem]]:
+        """Every tenant's (or one tenant's) chain problems, from the index and the bodies. Empty lists: intact."""
+        results: dict[str, list[ChainProblem]] = {}
+        for name in [tenant] if tenant else self.index.tenants():
+            bodies: list[dict[str, Any]] = []
+            problems: list[ChainProblem] = []
+            for row in self.index.chain_rows(name):
+                body = self.bodies.get(row["location"])
+                if body is None:
+                    problems.append(
+                        ChainProblem(name, row["sequence"], row["record_id"], "removed", f"its body {row['location']} is gone")
+                    )
+                    continue
+                if (body.get("chain") or {}).get("hash") != row["hash"] or body.get("record_id") != row["record_id"]:
+                    problems.append(
+                        ChainProblem(name, row["sequence"], row["record_id"], "altered", "its body does not match the index")
+                    )
+                bodies.append(body)
+            problems.extend(verify_chain(name, bodies))
+            results[name] = problems
+        return results
+
+    def iter_records(self, tenant: str) -> Iterator[dict[str, Any]]:
+        for row in self.index.chain_rows(tenant):
+            body = self.bodies.get(row["location"])
+            if body is not None:
+                yield body
+
+
+def _row(record: Mapping[str, Any], location: str) -> dict[str, Any]:
+    chain = record["chain"]
+    return {
+        "record_id": record["record_id"],
+        "tenant": record["tenant"],
+        "sequence": chain["sequence"],
+        "previous_hash": chain["previous_hash"],
+        "hash": chain["hash"],
+        "pipeline": record["pipeline"],
+        "dag_id": record["dag_id"],
+        "run_id": record["run_id"],
+        "state": record["state"],
+        "complete": bool(record["complete"]),
+        "started_at": record.get("started_at"),
+        "ended_at": record.get("ended_at"),
+        "ended_epoch": _epoch(record.get("ended_at") or record.get("sealed_at")),
+        "total_cost_usd": (record.get("cost") or {}).get("total_usd"),
+        "location": location,
+    }
+
+
+def _cost_lines(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    day = (record.get("ended_at") or record.get("sealed_at") or "")[:10]
+    return [
+        {
+            "record_id": record["record_id"],
+            "day": day,
+            "dag_id": record["dag_id"],
+            **{name: line[name] for name in ("tenant", "pipeline", "runner_class", "size")},
+            **{name: float(line.get(name) or 0.0) for name in ("runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "total_usd")},
+        }
+        for line in (record.get("cost") or {}).get("lines") or ()
+    ]
+
+
+def _s3_client(timeout_ms: int | None = None) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
+
+    kwargs: dict[str, Any] = {}
+    if timeout_ms is not None:
+        seconds = max(0.1, timeout_ms / 1000.0)
+        kwargs["config"] = Config(connect_timeout=seconds, read_timeout=seconds, retries={"total_max_attempts": 1})
+    return S3Hook(aws_conn_id=config.evidence_aws_conn_id(), **kwargs).get_conn()
+
+
+def open_store(*, kind: str | None = None, index_url: str | None = None, timeout_ms: int | None = None) -> EvidenceStore:
+    """The configured store (``[barecount] evidence_store``); ``timeout_ms`` bounds each S3 call."""
+    kind = kind or config.evidence_store()
+    index = index_url or config.evidence_index_url()
+    if kind == "local":
+        return EvidenceStore(LocalBodies(config.evidence_dir()), index, "local")
+    client = _s3_client(timeout_ms)
+    bodies = S3Bodies(client, config.evidence_s3_bucket(), config.evidence_s3_prefix(), config.evidence_s3_object_lock_days())
+    return EvidenceStore(bodies, index, "s3")
+
+
+@functools.cache
+def _index(url: str) -> Index:
+    return Index(url)
+
+
+def clear_caches() -> None:
+    _index.cache_clear()
