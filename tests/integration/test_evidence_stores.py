@@ -159,7 +159,7 @@ def _append(url: str, root: str, writer: int, count: int) -> None:
 def test_concurrent_writers_on_postgresql_produce_one_chain(fresh_index: str, tmp_path: Path) -> None:
     """Four processes (four machines) share the PostgreSQL index: the conditional insert serialises them."""
     root = str(tmp_path / "bodies")
-    EvidenceStore(store_module.LocalBodies(root), fresh_index, "local").index  # tables first
+    assert EvidenceStore(store_module.LocalBodies(root), fresh_index, "local").index is not None  # tables first
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=_append, args=(fresh_index, root, n, 20)) for n in range(4)]
     for worker in workers:

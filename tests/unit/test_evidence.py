@@ -235,7 +235,7 @@ def test_concurrent_writers_on_one_index_produce_one_chain(tmp_path: Path) -> No
     root = str(tmp_path / "evidence")
     url = f"sqlite:///{tmp_path / 'evidence' / 'index.db'}"
     store_module.clear_caches()
-    EvidenceStore(LocalBodies(root), url, "local").index  # create the tables once
+    assert EvidenceStore(LocalBodies(root), url, "local").index is not None  # create the tables once
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=_append_many, args=(url, root, n, 15)) for n in range(4)]
     for worker in workers:
