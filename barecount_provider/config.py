@@ -147,6 +147,14 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "30",
         "How often the scheduler-side sampler counts running task instances for barecount.task.in_flight.",
     ),
+    "kubernetes_pod_link": (
+        "string",
+        "",
+        "https://dashboard.k8s.internal/#/pod/{namespace}/{name}?cluster={cluster}",
+        "The URL of a pod in your cluster's console (Kubernetes Dashboard, Lens, a cloud console), with the "
+        "placeholders {namespace}, {name} and {cluster} (the connection's cluster context, or empty). Used for "
+        "KubernetesRunnerOperator's runner console link; empty: pods have no link.",
+    ),
     "evidence_on": (
         "boolean",
         "True",
@@ -425,6 +433,11 @@ def in_flight_interval_seconds() -> int:
     return max(1, _int("in_flight_interval_seconds"))
 
 
+@functools.cache
+def kubernetes_pod_link() -> str:
+    return _raw("kubernetes_pod_link").strip()
+
+
 EVIDENCE_STORES = ("local", "s3")
 
 
@@ -508,6 +521,7 @@ _GETTERS = [
     json_logs,
     scheduler_metrics_on,
     in_flight_interval_seconds,
+    kubernetes_pod_link,
     evidence_on,
     evidence_store,
     evidence_dir,

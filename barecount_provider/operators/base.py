@@ -145,56 +145,61 @@ class PolicyViolation(AirflowFailException):
 
 
 def check_policy(
-    ctx: bc_context.RunContext, *, workers: int | None = None, hosts: int | None = None
+    ctx: bc_context.RunContext,
+    *,
+    workers: int | None = None,
+    hosts: int | None = None,
+    validations: list[dict[str, Any]] | None = None,
 ) -> Mapping[str, Mapping[str, Any]]:
-    """Raise :class:`PolicyViolation` for the first rule the request breaks; else the size's resources."""
+    """Raise :class:`PolicyViolation` for the first rule the request breaks; else the size's resources.
+
+    ``validations`` (when given) receives ``{rule, outcome: "passed", limit, requested}`` for each rule
+    checked before the first broken one: the evidence's record of what was checked.
+    """
     tenant = ctx.tenant
     policy = get_policy().for_tenant(tenant)
-    if not policy.allows_runner_class(ctx.runner_class):
-        raise PolicyViolation(
-            rule="allowed_runner_classes",
-            tenant=tenant,
-            limit=list(policy.allowed_runner_classes),
-            requested=ctx.runner_class,
-            message=f"tenant {tenant!r}: runner class {ctx.runner_class!r} is not allowed "
-            f"(allowed_runner_classes: {', '.join(policy.allowed_runner_classes)})",
-        )
-    if ctx.size not in SIZES:
-        raise PolicyViolation(
-            rule="size",
-            tenant=tenant,
-            limit=list(SIZES),
-            requested=ctx.size,
-            message=f"tenant {tenant!r}: size {ctx.size!r} is not one of {', '.join(SIZES)}",
-        )
-    if not policy.allows_size(ctx.size):
-        raise PolicyViolation(
-            rule="max_size",
-            tenant=tenant,
-            limit=policy.max_size,
-            requested=ctx.size,
-            message=f"tenant {tenant!r}: size {ctx.size!r} exceeds max_size {policy.max_size!r}",
-        )
-    if not policy.allows_network_profile(ctx.network_profile):
-        raise PolicyViolation(
-            rule="allowed_network_profiles",
-            tenant=tenant,
-            limit=list(policy.allowed_network_profiles),
-            requested=ctx.network_profile,
-            message=f"tenant {tenant!r}: network profile {ctx.network_profile!r} is not allowed "
-            f"(allowed_network_profiles: {', '.join(policy.allowed_network_profiles)})",
-        )
-    for rule, requested, limit in (
+    checked = validations if validations is not None else []
+
+    def rule(name: str, ok: bool, limit: Any, requested: Any, message: str) -> None:
+        if not ok:
+            raise PolicyViolation(rule=name, tenant=tenant, limit=limit, requested=requested, message=message)
+        checked.append({"rule": name, "outcome": "passed", "limit": limit, "requested": requested})
+
+    rule(
+        "allowed_runner_classes",
+        policy.allows_runner_class(ctx.runner_class),
+        list(policy.allowed_runner_classes),
+        ctx.runner_class,
+        f"tenant {tenant!r}: runner class {ctx.runner_class!r} is not allowed "
+        f"(allowed_runner_classes: {', '.join(policy.allowed_runner_classes)})",
+    )
+    rule("size", ctx.size in SIZES, list(SIZES), ctx.size, f"tenant {tenant!r}: size {ctx.size!r} is not one of {', '.join(SIZES)}")
+    rule(
+        "max_size",
+        policy.allows_size(ctx.size),
+        policy.max_size,
+        ctx.size,
+        f"tenant {tenant!r}: size {ctx.size!r} exceeds max_size {policy.max_size!r}",
+    )
+    rule(
+        "allowed_network_profiles",
+        policy.allows_network_profile(ctx.network_profile),
+        list(policy.allowed_network_profiles),
+        ctx.network_profile,
+        f"tenant {tenant!r}: network profile {ctx.network_profile!r} is not allowed "
+        f"(allowed_network_profiles: {', '.join(policy.allowed_network_profiles)})",
+    )
+    for name, requested, limit in (
         ("max_workers", workers, policy.limits.max_workers),
         ("max_hosts", hosts, policy.limits.max_hosts),
     ):
-        if requested is not None and requested > limit:
-            raise PolicyViolation(
-                rule=rule,
-                tenant=tenant,
-                limit=limit,
-                requested=requested,
-                message=f"tenant {tenant!r}: {rule.removeprefix('max_')} {requested} exceeds {rule} {limit}",
+        if requested is not None:
+            rule(
+                name,
+                requested <= limit,
+                limit,
+                requested,
+                f"tenant {tenant!r}: {name.removeprefix('max_')} {requested} exceeds {name} {limit}",
             )
     return policy.resources(ctx.runner_class, ctx.size)
 
@@ -254,8 +259,43 @@ class BareCountRunnerMixin:
         self, ctx: bc_context.RunContext, *, workers: int | None = None, hosts: int | None = None
     ) -> dict[str, Any]:
         """Check the tenant's policy (raises :class:`PolicyViolation`); the size's resources for this class."""
-        resources = check_policy(ctx, workers=workers, hosts=hosts)
+        checked: list[dict[str, Any]] = []
+        try:
+            resources = check_policy(ctx, workers=workers, hosts=hosts, validations=checked)
+        except PolicyViolation as violation:
+            self._record_policy_violation(violation, checked)
+            raise
+        self._merge_validations(checked)
         return {backend: dict(settings) for backend, settings in resources.items()}
+
+    # What the evidence entry of this try reads back from the task (the listener runs in the same process).
+    barecount_policy_validations: list[dict[str, Any]]
+    barecount_policy_exceptions: list[dict[str, Any]]
+    barecount_runner_result: dict[str, Any] | None = None
+
+    def _violation(self, violation: PolicyViolation) -> PolicyViolation:
+        """Record ``violation`` for the evidence, and return it to be raised."""
+        self._record_policy_violation(violation, [])
+        return violation
+
+    def _merge_validations(self, checked: list[dict[str, Any]]) -> None:
+        known = getattr(self, "barecount_policy_validations", None)
+        if known is None:
+            known = self.barecount_policy_validations = []
+        for validation in checked:
+            if validation not in known:
+                known.append(validation)
+
+    def _record_policy_violation(self, violation: PolicyViolation, checked: list[dict[str, Any]]) -> None:
+        failed = violation.policy_exception
+        self._merge_validations(
+            [v for v in checked if v["rule"] != failed["rule"]]
+            + [{"rule": failed["rule"], "outcome": "failed", "limit": failed["limit"], "requested": failed["requested"]}]
+        )
+        exceptions = getattr(self, "barecount_policy_exceptions", None)
+        if exceptions is None:
+            exceptions = self.barecount_policy_exceptions = []
+        exceptions.append(dict(failed))
 
     def policy_target(
         self, ctx: bc_context.RunContext, backend: str, name: str, given: str | None = None
@@ -272,25 +312,25 @@ class BareCountRunnerMixin:
         try:
             found = get_policy().for_tenant(tenant).target(backend, name, ctx.network_profile, ctx.size)
         except LookupError as err:
-            raise PolicyViolation(
+            raise self._violation(PolicyViolation(
                 rule="runner_targets",
                 tenant=tenant,
                 limit=path,
                 requested=f"{ctx.network_profile}/{ctx.size}",
                 message=f"tenant {tenant!r}: {err}",
-            ) from None
+            )) from None
         if found is None:
             return given, "operator argument (the policy maps no target for it)"
         target, selector = found
         if given not in (None, "", target):
-            raise PolicyViolation(
+            raise self._violation(PolicyViolation(
                 rule="runner_targets",
                 tenant=tenant,
                 limit=target,
                 requested=given,
                 message=f"tenant {tenant!r}: {given!r} was given but the policy's {path}.{selector} selects "
                 f"{target!r} for network profile {ctx.network_profile!r} and size {ctx.size!r}",
-            )
+            ))
         return target, f"policy {path}.{selector}"
 
     def select_target(
@@ -316,14 +356,14 @@ class BareCountRunnerMixin:
         """Raise :class:`PolicyViolation` when the DAG author's ``given`` differs from what the policy selects."""
         if given in (None, "", [], {}) or given == selected:
             return
-        raise PolicyViolation(
+        raise self._violation(PolicyViolation(
             rule="network_profiles",
             tenant=ctx.tenant,
             limit=selected,
             requested=given,
             message=f"tenant {ctx.tenant!r}: {what} {given!r} was given but {source} selects {selected!r} for "
             f"network profile {ctx.network_profile!r}",
-        )
+        ))
 
     def identity_env(self, ctx: bc_context.RunContext) -> dict[str, str]:
         """BARECOUNT_CORRELATION_ID, BARECOUNT_RUN_TOKEN and (when there is a span) TRACEPARENT."""
@@ -345,7 +385,8 @@ class BareCountRunnerMixin:
     def publish_runner_result(self, context: Mapping[str, Any], result: RunnerResult) -> None:
         """Push ``runner_result`` to XCom (inside execute(), before any failure is raised), then emit the
         runner metrics. A metric sink's failure is counted, never raised into the task."""
-        context["ti"].xcom_push(key=RUNNER_RESULT_XCOM_KEY, value=result.as_dict())
+        self.barecount_runner_result = result.as_dict()
+        context["ti"].xcom_push(key=RUNNER_RESULT_XCOM_KEY, value=self.barecount_runner_result)
         try:
             ctx = self.barecount_context(context)
             get_emitter().emit(runner_metric_points(result, ctx.metric_tags()))

@@ -34,6 +34,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException, TaskD
 from kubernetes.client import ApiClient, V1EnvVar, V1ResourceRequirements
 from kubernetes.utils import parse_quantity
 
+from barecount_provider import config
 from barecount_provider import context as bc_context
 from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
@@ -195,7 +196,9 @@ def record_requested(result: RunnerResult, pod_size: Mapping[str, Any], size: st
         result.record(f"resources_requested.{key}", str(pod_size[key]), source)
 
 
-def record_pod_run(result: RunnerResult, run: PodRun | None, container: str, why_absent: str = "") -> None:
+def record_pod_run(
+    result: RunnerResult, run: PodRun | None, container: str, why_absent: str = "", *, cluster: str | None = None
+) -> None:
     """Record what the pod reported; every field it does not report is recorded as absent, with why."""
     pod = "pod"
     cs = f"status.containerStatuses[{container}]"
@@ -263,7 +266,17 @@ def record_pod_run(result: RunnerResult, run: PodRun | None, container: str, why
     usage_gap = not_reported(SERVICE, "CPU, memory, IO and network usage need metrics-server or Container Insights")
     for path in ("resources_used.cpu_usage", "resources_used.max_memory_used_bytes"):
         result.absent(path, usage_gap)
-    result.absent("console_link", not_reported(SERVICE, "a cluster has no console URL BareCount can know"))
+    template = config.kubernetes_pod_link()
+    if template and run is not None and run.name and run.namespace:
+        link = template.replace("{namespace}", run.namespace).replace("{name}", run.name).replace("{cluster}", cluster or "")
+        result.record("console_link", link, "[barecount] kubernetes_pod_link with the pod's namespace and name")
+    else:
+        result.absent(
+            "console_link",
+            "no [barecount] kubernetes_pod_link is configured (a cluster's console URL is the deployment's)"
+            if not template
+            else "the pod was never observed",
+        )
     result.absent("driver_version", "a container runs an image, recorded in digests (no separate driver)")
 
 
@@ -456,7 +469,7 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         pod = self._final_pod()
         run = parse_pod(pod_as_json(pod), self.base_container_name) if pod is not None else None
         why = "" if pod is not None else f"the pod was never observed ({type(failure).__name__ if failure else 'no pod'})"
-        record_pod_run(result, run, self.base_container_name, why)
+        record_pod_run(result, run, self.base_container_name, why, cluster=self.cluster_context)
         result.record("details.wall_started_at", started_at.isoformat(), "clock of the Airflow worker")
         result.record("details.container", self.base_container_name, "operator argument base_container_name")
         placement_source = self._placement_sources(ctx)

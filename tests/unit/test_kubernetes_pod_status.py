@@ -250,3 +250,20 @@ def test_deferrable_path_records_on_reentry_on_fixture_succeeded(monkeypatch: py
     op.trigger_reentry({"ti": ti}, {"status": "success", "name": "transform-7k2m9xq1", "namespace": "pipelines"})
     assert ti.pushed["runner_result"]["details"]["exit_code"] == 0
     assert ti.pushed["runner_result"]["external_run_id"] == "pipelines/transform-7k2m9xq1"
+
+
+def test_console_link_from_the_configured_pod_link_on_fixture_pod_succeeded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from barecount_provider import config
+
+    result = _result()
+    record_pod_run(result, parse_pod(fixture("pod_succeeded.json")), "base")
+    assert result.console_link is None
+    assert "no [barecount] kubernetes_pod_link" in result.field_sources["console_link"]
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__KUBERNETES_POD_LINK", "https://k8s.example/#/pod/{namespace}/{name}?c={cluster}")
+    config.cache_clear()
+    result = _result()
+    run = parse_pod(fixture("pod_succeeded.json"))
+    record_pod_run(result, run, "base", cluster="prod")
+    assert result.console_link == f"https://k8s.example/#/pod/{run.namespace}/{run.name}?c=prod"
+    assert result.field_sources["console_link"].startswith("[barecount] kubernetes_pod_link")

@@ -1,0 +1,92 @@
+"""The task process's part of the evidence: build this try's entry, cost it, emit the cost metrics, and
+write it (or spool it). Called by the task side at the end of each try; never raises into the task."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime
+from typing import Any
+
+from barecount_provider import config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOG_TEMPLATE = (
+    "dag_id={{ ti.dag_id }}/run_id={{ ti.run_id }}/task_id={{ ti.task_id }}/"
+    "{% if ti.map_index >= 0 %}map_index={{ ti.map_index }}/{% endif %}attempt={{ try_number|default(ti.try_number) }}.log"
+)
+
+
+def log_location(ctx: Any) -> str | None:
+    """Where the try's log lives: Airflow's base log folder and its log file name for the try."""
+    try:
+        from airflow.configuration import conf
+
+        base = conf.get("logging", "base_log_folder", fallback="") or ""
+        template = conf.get("logging", "log_filename_template", fallback=DEFAULT_LOG_TEMPLATE) or DEFAULT_LOG_TEMPLATE
+    except Exception:
+        return None
+    if template.strip() != DEFAULT_LOG_TEMPLATE:
+        return f"{base} ({template})"  # a custom template: named, not rendered here
+    name = f"dag_id={ctx.dag_id}/run_id={ctx.run_id}/task_id={ctx.task_id}/"
+    if ctx.map_index is not None and ctx.map_index >= 0:
+        name += f"map_index={ctx.map_index}/"
+    name += f"attempt={ctx.try_number}.log"
+    return os.path.join(base, name) if base else name
+
+
+def record_try(
+    ctx: Any,
+    ti: Any,
+    *,
+    state: str,
+    started_at: datetime | None,
+    ended_at: datetime,
+    duration_s: float,
+    metrics: dict[str, Any],
+    trace: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+    emitter: Any = None,
+) -> str:
+    """Write this try's entry; ``stored``, ``spooled``, ``lost`` or ``off``. Never raises."""
+    if not config.evidence_on():
+        return "off"
+    try:
+        from barecount_provider.cost import cost_metric_points, estimate
+        from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
+        from barecount_provider.evidence.spool import write_entry
+
+        task = getattr(ti, "task", None)
+        runner_result = getattr(task, "barecount_runner_result", None)
+        cost = estimate(ctx.runner_class, runner_result, runtime_s=duration_s)
+        if emitter is not None:
+            emitter.emit(cost_metric_points(cost, ctx.metric_tags()))
+        entry = build_entry(
+            {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
+            state=state,
+            source="task",
+            started_at=started_at,
+            ended_at=ended_at,
+            queued_at=getattr(ti, "queued_dttm", None),
+            metrics=metrics,
+            runner_result=runner_result,
+            cost=cost.as_dict(),
+            log_location=log_location(ctx),
+            trace=trace,
+            policy={
+                "validations": list(getattr(task, "barecount_policy_validations", None) or []),
+                "exceptions": list(getattr(task, "barecount_policy_exceptions", None) or []),
+            },
+            error=error,
+        )
+        return write_entry(entry)
+    except Exception:
+        log.warning("BareCount could not write the evidence entry of this try", exc_info=True)
+        try:
+            from barecount_provider.telemetry.metrics import EMIT_FAILURES
+
+            EMIT_FAILURES.record("evidence", "entry")
+        except Exception:
+            pass
+        return "lost"
