@@ -155,6 +155,34 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "placeholders {namespace}, {name} and {cluster} (the connection's cluster context, or empty). Used for "
         "KubernetesRunnerOperator's runner console link; empty: pods have no link.",
     ),
+    "cost_price_table_path": (
+        "string",
+        "",
+        "/etc/barecount/prices.yaml",
+        "Override price table (YAML, or JSON when the name ends in .json), merged over the shipped us-east-1 "
+        "list prices; it must set its own name and version. Empty: the shipped table. An invalid file is an "
+        "error, never a fall-back. See docs/cost.md.",
+    ),
+    "cost_kubernetes_vcpu_hour_usd": (
+        "string",
+        "",
+        "0.031",
+        "USD per vCPU-hour of a pod's CPU request. Empty: the price table's (none shipped: pod compute cost "
+        "unknown).",
+    ),
+    "cost_kubernetes_gb_hour_usd": (
+        "string",
+        "",
+        "0.004",
+        "USD per GB-hour of a pod's memory request. Empty: the price table's (none shipped).",
+    ),
+    "cost_local_worker_slot_hour_usd": (
+        "string",
+        "",
+        "0.05",
+        "USD per hour of one Airflow worker slot, for local tasks (no runner operator). Empty: the price "
+        "table's (none shipped: cost unknown).",
+    ),
     "evidence_on": (
         "boolean",
         "True",
@@ -438,6 +466,26 @@ def kubernetes_pod_link() -> str:
     return _raw("kubernetes_pod_link").strip()
 
 
+@functools.cache
+def cost_price_table_path() -> str:
+    return _raw("cost_price_table_path").strip()
+
+
+@functools.cache
+def cost_kubernetes_vcpu_hour_usd() -> str:
+    return _raw("cost_kubernetes_vcpu_hour_usd").strip()
+
+
+@functools.cache
+def cost_kubernetes_gb_hour_usd() -> str:
+    return _raw("cost_kubernetes_gb_hour_usd").strip()
+
+
+@functools.cache
+def cost_local_worker_slot_hour_usd() -> str:
+    return _raw("cost_local_worker_slot_hour_usd").strip()
+
+
 EVIDENCE_STORES = ("local", "s3")
 
 
@@ -522,6 +570,10 @@ _GETTERS = [
     scheduler_metrics_on,
     in_flight_interval_seconds,
     kubernetes_pod_link,
+    cost_price_table_path,
+    cost_kubernetes_vcpu_hour_usd,
+    cost_kubernetes_gb_hour_usd,
+    cost_local_worker_slot_hour_usd,
     evidence_on,
     evidence_store,
     evidence_dir,

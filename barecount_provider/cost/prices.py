@@ -1,0 +1,578 @@
+"""The dated price table of the cost models, and a deployment's override of it.
+
+The provider ships ``prices_us_east_1.yaml``: public us-east-1 on-demand list prices, with the date they were
+gathered, their source and a caveat. A deployment overrides it with a YAML or JSON file (``[barecount]
+cost_price_table_path``) that sets its own ``name`` and ``version`` and only the prices that differ (its
+negotiated rates, another region's prices); the file is merged over the shipped table key by key (mappings
+merge, plain values replace). The rates of Kubernetes pods and ``local`` tasks have no list price: they come
+from the override file or from ``[barecount]`` options (:func:`configured_price_table`).
+
+Validation collects every mistake before raising, and each one names the file, the key path, the bad value
+and what was expected, in the words of the policy's errors::
+
+    prices.yaml: prices.glue.dpu_hour.FLX: 'FLX' is not a known key (allowed: STANDARD, FLEX)
+
+The reference of every key is docs/cost.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import math
+import re
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+SHIPPED_FILE = "prices_us_east_1.yaml"
+SHIPPED_SOURCE = "<shipped price table>"
+LIST_PRICE_BASIS = "list-price estimate"
+CONFIGURED_RATE_BASIS = "configured rate ([barecount] "
+CURRENCY = "USD"
+ARCHITECTURES = ("x86_64", "arm64")
+EXECUTION_CLASSES = ("STANDARD", "FLEX")
+
+# [barecount] options read by configured_price_table() (declared in barecount_provider/config.py).
+PATH_OPTION = "cost_price_table_path"
+RATE_OPTIONS = {
+    "cost_kubernetes_vcpu_hour_usd": ("kubernetes", "vcpu_hour"),
+    "cost_kubernetes_gb_hour_usd": ("kubernetes", "gb_hour"),
+    "cost_local_worker_slot_hour_usd": ("local", "worker_slot_hour"),
+}
+
+
+# --------------------------------------------------------------------------------------------------- problems
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """The ``value`` of a Problem about a file that could not be read or parsed."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a price table: the file, the key path, the value found and what was expected."""
+
+    file: str
+    key_path: str
+    value: object
+    expected: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.key_path}" if self.key_path else self.file
+        if self.value is MISSING:
+            return f"{where}: missing; expected {self.expected}"
+        if isinstance(self.value, Unreadable):
+            return f"{where}: {self.value.reason}; expected {self.expected}"
+        return f"{where}: {self.value!r} is not {self.expected}"
+
+
+class PriceTableError(ValueError):
+    """An invalid price table. ``problems`` holds every mistake; the message lists them, one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def join_path(path: str, key: object) -> str:
+    """``prices.glue.dpu_hour`` + ``FLEX``; a key that is not a plain name is quoted: ``instance_hour['m5.large']``."""
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
+
+
+# ----------------------------------------------------------------------------------------------------- schema
+#
+# A schema is a tree of dicts (known keys) and _MapOf (free keys matching a pattern) whose leaves are kinds.
+
+PRICE = "price"  # a number >= 0, or null: no price (what needs it is not costed, with the reason)
+AMOUNT = "amount"  # a number >= 0
+SECONDS = "seconds"  # an integer >= 0
+
+_EXPECTED = {
+    PRICE: "a price in USD (a number >= 0), or null for no price",
+    AMOUNT: "a number >= 0",
+    SECONDS: "a whole number of seconds >= 0",
+}
+
+
+@dataclass(frozen=True)
+class _MapOf:
+    key_pattern: str
+    key_expected: str
+    value: str
+
+
+_PER_ARCHITECTURE = {architecture: PRICE for architecture in ARCHITECTURES}
+
+SCHEMA: dict[str, Any] = {
+    "lambda": {
+        "request_per_million": PRICE,
+        "gb_second": _PER_ARCHITECTURE,
+        "ephemeral_storage_gb_second": PRICE,
+        "included_ephemeral_storage_mb": AMOUNT,
+    },
+    "fargate": {
+        "vcpu_hour": _PER_ARCHITECTURE,
+        "gb_hour": _PER_ARCHITECTURE,
+        "ephemeral_storage_gb_hour": PRICE,
+        "included_ephemeral_storage_gb": AMOUNT,
+        "minimum_s": SECONDS,
+    },
+    "glue": {
+        "dpu_hour": {execution_class: PRICE for execution_class in EXECUTION_CLASSES},
+        "minimum_s": SECONDS,
+        "minimum_s_by_version": _MapOf(r"\d+\.\d+", "a Glue version such as '1.0' (quoted)", SECONDS),
+    },
+    "emr_serverless": {"vcpu_hour": PRICE, "gb_hour": PRICE, "storage_gb_hour": PRICE},
+    "ec2": {
+        "minimum_s": SECONDS,
+        "instance_hour": _MapOf(
+            r"[a-z][a-z0-9-]*\.[a-z0-9]+", "an EC2 instance type such as 'm5.large'", PRICE
+        ),
+    },
+    "kubernetes": {"vcpu_hour": PRICE, "gb_hour": PRICE},
+    "local": {"worker_slot_hour": PRICE},
+    "s3": {"standard_gb_month": PRICE},
+    "transfer": {"internet_out_gb": PRICE},
+}
+
+_TEXT_KEYS = ("date", "region", "basis", "source", "caveat")
+TOP_LEVEL_KEYS = ("name", "version", *_TEXT_KEYS, "currency", "prices")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_leaf(kind: str, value: object) -> bool:
+    if kind == PRICE and value is None:
+        return True
+    if kind == SECONDS:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return _is_number(value) and value >= 0  # type: ignore[operator]
+
+
+def _as_version(value: object) -> str | None:
+    """A version or date as text: YAML reads ``2027-01-15`` as a date, and ``3`` as a number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        return value.strip() or None
+    if _is_number(value):
+        return str(value)
+    return None
+
+
+class _Report:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def add(self, key_path: str, value: object, expected: str) -> None:
+        self.problems.append(Problem(self.file, key_path, value, expected))
+
+
+def _check_section(spec: Any, value: object, path: str, report: _Report, *, complete: bool) -> None:
+    if isinstance(spec, str):
+        if not _check_leaf(spec, value):
+            report.add(path, value, _EXPECTED[spec])
+        return
+    if not isinstance(value, dict):
+        what = f"keys matching {spec.key_pattern}" if isinstance(spec, _MapOf) else ", ".join(spec)
+        report.add(path, value, f"a mapping (keys: {what})")
+        return
+    if isinstance(spec, _MapOf):
+        pattern = re.compile(spec.key_pattern)
+        for key, item in value.items():
+            if not (isinstance(key, str) and pattern.fullmatch(key)):
+                report.add(join_path(path, key), key, spec.key_expected)
+            else:
+                _check_section(spec.value, item, join_path(path, key), report, complete=complete)
+        return
+    for key, item in value.items():
+        if key not in spec:
+            report.add(join_path(path, key), key, f"a known key (allowed: {', '.join(spec)})")
+        else:
+            _check_section(spec[key], item, join_path(path, key), report, complete=complete)
+    if complete:
+        for key in spec:
+            if key not in value:
+                report.add(join_path(path, key), MISSING, "every key set in the shipped price table")
+
+
+def _check_document(document: object, report: _Report, *, complete: bool) -> None:
+    if not isinstance(document, dict):
+        report.add(
+            "",
+            Unreadable(f"holds a {type(document).__name__}"),
+            f"a mapping with the keys {', '.join(TOP_LEVEL_KEYS)}",
+        )
+        return
+    for key in document:
+        if key not in TOP_LEVEL_KEYS:
+            report.add(join_path("", key), key, f"a known key (allowed: {', '.join(TOP_LEVEL_KEYS)})")
+    for key in ("name", "version"):
+        if key not in document:
+            whose = "the table's" if complete else "the override's own"
+            what = "name (a non-empty string)" if key == "name" else "version, such as '2027-01'"
+            report.add(key, MISSING, f"{whose} {what}")
+    if "name" in document and not (isinstance(document["name"], str) and document["name"].strip()):
+        report.add("name", document["name"], "the table's name (a non-empty string)")
+    if "version" in document and _as_version(document["version"]) is None:
+        report.add("version", document["version"], "the table's version (a string such as '2027-01')")
+    for key in _TEXT_KEYS:
+        if key == "date" and key in document and _as_version(document[key]) is not None:
+            continue
+        if key in document and not (isinstance(document[key], str) and document[key].strip()):
+            report.add(key, document[key], "a non-empty string")
+        elif complete and key not in document:
+            report.add(key, MISSING, "a non-empty string")
+    if "currency" in document and document["currency"] != CURRENCY:
+        report.add("currency", document["currency"], f"{CURRENCY!r} (the only currency of the cost models)")
+    if "prices" in document:
+        _check_section(SCHEMA, document["prices"], "prices", report, complete=complete)
+    elif complete:
+        report.add("prices", MISSING, "the prices")
+
+
+# -------------------------------------------------------------------------------------------------- parsing
+
+
+def _duplicate_keys(node: yaml.Node, path: str) -> Iterator[tuple[str, yaml.Mark]]:
+    """(key path, position) of every key given twice in one mapping (YAML silently keeps the last one)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[tuple[str, str]] = set()
+        for key_node, value_node in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            if isinstance(key_node, yaml.ScalarNode):
+                if (key_node.tag, key_node.value) in seen:
+                    yield join_path(path, name), key_node.start_mark
+                seen.add((key_node.tag, key_node.value))
+            yield from _duplicate_keys(value_node, join_path(path, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _duplicate_keys(item, f"{path}[{index}]")
+
+
+def _parse(text: str, source: str, report: _Report) -> tuple[bool, object]:
+    """(parsed, document): JSON for a ``.json`` source, else YAML; errors with their line and column."""
+    if source.lower().endswith(".json"):
+        try:
+            return True, json.loads(text, object_pairs_hook=_json_object(report))
+        except json.JSONDecodeError as err:
+            reason = f"JSON syntax error at line {err.lineno}, column {err.colno}: {err.msg}"
+            report.add("", Unreadable(reason), "valid JSON")
+            return False, None
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:  # libyaml: ~8x faster; a file it rejects is read again for the documented messages
+        scratch = _Report(report.file)
+        parsed, document = _parse_yaml(fast, text, scratch)
+        if parsed and not scratch.problems:
+            return parsed, document
+    return _parse_yaml(yaml.SafeLoader, text, report)
+
+
+def _parse_yaml(loader_class: Any, text: str, report: _Report) -> tuple[bool, object]:
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            report.add(
+                "", Unreadable("the file is empty"), "a price table with at least `name` and `version`"
+            )
+            return False, None
+        for key_path, mark in _duplicate_keys(node, ""):
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            report.add(key_path, Unreadable(f"given again at {where}"), "each key once in a mapping")
+        document = loader.construct_document(node)
+    except yaml.MarkedYAMLError as err:
+        error_mark = err.problem_mark or err.context_mark
+        where = f" at line {error_mark.line + 1}, column {error_mark.column + 1}" if error_mark else ""
+        report.add("", Unreadable(f"YAML syntax error{where}: {err.problem or 'unreadable'}"), "valid YAML")
+        return False, None
+    except yaml.YAMLError as err:
+        report.add("", Unreadable(f"YAML syntax error: {err}"), "valid YAML")
+        return False, None
+    finally:
+        loader.dispose()
+    return True, document
+
+
+def _json_object(report: _Report) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                report.add(join_path("", key), Unreadable("given again"), "each key once in an object")
+            result[key] = value
+        return result
+
+    return hook
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return types.MappingProxyType({key: _frozen(item) for key, item in value.items()})
+    return value
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {
+        key: (_merge(value, {}) if isinstance(value, Mapping) else value) for key, value in base.items()
+    }
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = _merge(value, {}) if isinstance(value, Mapping) else value
+    return merged
+
+
+def _leaf_paths(value: Mapping[str, Any], path: str) -> Iterator[str]:
+    for key, item in value.items():
+        if isinstance(item, Mapping):
+            yield from _leaf_paths(item, join_path(path, key))
+        else:
+            yield join_path(path, key)
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """A validated price table: its identity (name, version, date, region, source, caveat), how its prices
+    are to be read (``basis``), and the prices. ``price_basis`` gives the basis of each price that does not
+    come from the shipped list prices (``prices.ec2.instance_hour['m5.large']`` -> ``negotiated rates (x)``)."""
+
+    name: str
+    version: str
+    date: str
+    region: str
+    currency: str
+    basis: str
+    source: str
+    caveat: str
+    prices: Mapping[str, Any] = field(hash=False, repr=False)
+    origin: str = SHIPPED_SOURCE
+    price_basis: Mapping[str, str] = field(hash=False, repr=False, default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+    def identity(self) -> dict[str, str]:
+        """What a cost estimate records of its table."""
+        return {"name": self.name, "version": self.version, "date": self.date, "region": self.region}
+
+    def price(self, *keys: str) -> float | None:
+        """The price at ``prices.<keys...>`` (None: the table has none)."""
+        value: Any = self.prices
+        for key in keys:
+            if not isinstance(value, Mapping) or key not in value:
+                return None
+            value = value[key]
+        return float(value) if _is_number(value) else None
+
+    def basis_of(self, *keys: str) -> str:
+        path = "prices"
+        for key in keys:
+            path = join_path(path, key)
+        return self.price_basis.get(path, LIST_PRICE_BASIS)
+
+    def with_rates(self, rates: Mapping[tuple[str, str], float], basis: str) -> PriceTable:
+        """This table with ``(section, key) -> rate`` set (the ``[barecount]`` options), each with ``basis``."""
+        if not rates:
+            return self
+        for (section, key), rate in rates.items():
+            if SCHEMA.get(section, {}).get(key) != PRICE or not _check_leaf(PRICE, rate):
+                raise ValueError(f"rate prices.{section}.{key}: {rate!r} is not {_EXPECTED[PRICE]}")
+        override: dict[str, Any] = {}
+        for (section, key), rate in rates.items():
+            override.setdefault(section, {})[key] = float(rate)
+        price_basis = dict(self.price_basis)
+        price_basis.update({f"prices.{section}.{key}": basis for section, key in rates})
+        return PriceTable(
+            name=self.name,
+            version=self.version,
+            date=self.date,
+            region=self.region,
+            currency=self.currency,
+            basis=self.basis,
+            source=self.source,
+            caveat=self.caveat,
+            prices=_frozen(_merge(self.prices, override)),
+            origin=self.origin,
+            price_basis=types.MappingProxyType(price_basis),
+        )
+
+
+def _table(document: Mapping[str, Any], origin: str, price_basis: Mapping[str, str]) -> PriceTable:
+    version = _as_version(document["version"]) or ""
+    return PriceTable(
+        name=str(document["name"]).strip(),
+        version=version,
+        date=_as_version(document.get("date")) or version,
+        region=str(document.get("region", "")),
+        currency=CURRENCY,
+        basis=str(document["basis"]),
+        source=str(document.get("source", "")),
+        caveat=str(document.get("caveat", "")),
+        prices=_frozen(dict(document["prices"])),
+        origin=origin,
+        price_basis=types.MappingProxyType(dict(price_basis)),
+    )
+
+
+@functools.cache
+def shipped_price_table() -> PriceTable:
+    """The price table shipped with the provider (read and validated once per process)."""
+    text = resources.files("barecount_provider.cost").joinpath(SHIPPED_FILE).read_text(encoding="utf-8")
+    report = _Report(SHIPPED_SOURCE)
+    parsed, document = _parse(text, SHIPPED_SOURCE, report)
+    if parsed:
+        _check_document(document, report, complete=True)
+    if report.problems:  # a packaging mistake
+        raise PriceTableError(report.problems)
+    assert isinstance(document, dict)
+    return _table(document, SHIPPED_SOURCE, {})
+
+
+def parse_price_table(text: str, source: str = "<string>", base: PriceTable | None = None) -> PriceTable:
+    """An override (YAML, or JSON when ``source`` ends in ``.json``) merged over ``base`` (default: the
+    shipped table). Raises :class:`PriceTableError` listing every mistake."""
+    base = base if base is not None else shipped_price_table()
+    report = _Report(source)
+    parsed, document = _parse(text, source, report)
+    if parsed:
+        _check_document(document, report, complete=False)
+    if report.problems:
+        raise PriceTableError(report.problems)
+    assert isinstance(document, dict)
+    name = str(document["name"]).strip()
+    basis = str(document.get("basis") or f"negotiated rates ({name})").strip()
+    overridden = dict(base.price_basis)
+    overridden.update(dict.fromkeys(_leaf_paths(document.get("prices") or {}, "prices"), basis))
+    merged = {
+        "name": name,
+        "version": document["version"],
+        "date": document.get("date") or document["version"],
+        "region": document.get("region", base.region),
+        "basis": basis,
+        "source": document.get("source") or f"{source}, over {base.label} ({base.source})",
+        "caveat": document.get("caveat", base.caveat),
+        "prices": _merge(base.prices, document.get("prices") or {}),
+    }
+    return _table(merged, source, overridden)
+
+
+def load_price_table(path: str | None = None) -> PriceTable:
+    """The shipped table (``path`` None or empty), or the override file at ``path`` merged over it."""
+    if not path:
+        return shipped_price_table()
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as err:
+        reason = f"cannot be read: {err.strerror or err}"
+        raise PriceTableError(
+            [Problem(path, "", Unreadable(reason), "a readable price table file")]
+        ) from None
+    except UnicodeDecodeError as err:
+        reason = f"is not UTF-8 text (byte {err.start})"
+        raise PriceTableError([Problem(path, "", Unreadable(reason), "a UTF-8 price table file")]) from None
+    return parse_price_table(text, source=path)
+
+
+def validate_price_file(path: str) -> list[Problem]:
+    """Every mistake of the override file at ``path``, instead of raising; empty when it is valid."""
+    try:
+        load_price_table(path)
+    except PriceTableError as err:
+        return err.problems
+    return []
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+
+def _option(name: str) -> Any:
+    """``barecount_provider.config.<name>()``; None while the option is not declared there."""
+    from barecount_provider import config
+
+    getter = getattr(config, name, None)
+    return getter() if callable(getter) else None
+
+
+def _rate(name: str, value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = math.nan
+    if not math.isfinite(rate) or rate < 0 or isinstance(value, bool):
+        raise ValueError(
+            f"[barecount] {name}: {value!r} is not a rate in USD (a number >= 0, or empty: not set)"
+        )
+    return rate
+
+
+def apply_configured_rates(
+    table: PriceTable,
+    *,
+    kubernetes_vcpu_hour_usd: float | None = None,
+    kubernetes_gb_hour_usd: float | None = None,
+    local_worker_slot_hour_usd: float | None = None,
+) -> PriceTable:
+    """``table`` with the Kubernetes and local rates of the ``[barecount]`` options (None: keep the table's);
+    each price used then has the basis ``configured rate ([barecount] <option>)``."""
+    given = {
+        "cost_kubernetes_vcpu_hour_usd": kubernetes_vcpu_hour_usd,
+        "cost_kubernetes_gb_hour_usd": kubernetes_gb_hour_usd,
+        "cost_local_worker_slot_hour_usd": local_worker_slot_hour_usd,
+    }
+    for name, rate in given.items():
+        if rate is not None:
+            table = table.with_rates({RATE_OPTIONS[name]: rate}, f"{CONFIGURED_RATE_BASIS}{name})")
+    return table
+
+
+@functools.cache
+def configured_price_table() -> PriceTable:
+    """The deployment's price table, read once per process: the shipped table, the override file of
+    ``[barecount] cost_price_table_path`` merged over it, then the Kubernetes and local rates of the
+    ``[barecount] cost_*_usd`` options (an option that is set wins). ``configured_price_table.cache_clear()``
+    forgets it."""
+    path = _option(PATH_OPTION)
+    table = load_price_table(str(path).strip() if path else None)
+    rates = {name: _rate(name, _option(name)) for name in RATE_OPTIONS}
+    return apply_configured_rates(
+        table,
+        kubernetes_vcpu_hour_usd=rates["cost_kubernetes_vcpu_hour_usd"],
+        kubernetes_gb_hour_usd=rates["cost_kubernetes_gb_hour_usd"],
+        local_worker_slot_hour_usd=rates["cost_local_worker_slot_hour_usd"],
+    )
