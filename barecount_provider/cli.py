@@ -5,6 +5,8 @@
     barecount runs [--dag D] [--last N]   what BareCount recorded per task try (the file sink)
     barecount pools sync [--dry-run] [--prune]   create/update the tenants' Airflow pools through the REST API
     barecount pools check            exit 1 when the pools or their registry differ from the policy
+    barecount evidence list|show|verify|flush   the evidence store: records, one record, the hash chains, the spool
+    barecount cost report --by tenant [--since 30d]   cost roll-up per day from the evidence index
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import socket
 import sys
 import urllib.parse
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from barecount_provider import __version__, config
 
@@ -213,6 +216,260 @@ def _add_api_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per API call (default 30)")
 
 
+# ------------------------------------------------------------------------------------- evidence and cost
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str], right: Sequence[int] = ()) -> None:
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(padded).rstrip()
+
+    print(line(header))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line(row))
+
+
+def _usd(value: object) -> str:
+    return "unknown" if value is None else f"{float(str(value)):.4f}"
+
+
+def _time_arg(value: str | None) -> datetime | None:
+    from barecount_provider.api.queries import parse_time
+
+    return None if value is None else parse_time(value)
+
+
+def cmd_evidence_list(args: argparse.Namespace) -> int:
+    from barecount_provider.api import queries
+    from barecount_provider.evidence.store import RecordFilter, open_store
+
+    filters = RecordFilter(
+        tenant=args.tenant,
+        pipeline=args.pipeline,
+        dag_id=args.dag,
+        state=args.state,
+        since=_time_arg(args.since),
+        until=_time_arg(args.until),
+    )
+    rows, total = queries.list_records(open_store(), filters, limit=args.limit, offset=args.offset)
+    if args.json:
+        print(json.dumps({"records": rows, "total_entries": total}, indent=2))
+        return 0
+    if not rows:
+        print(f"no evidence records match ({total} in all)")
+        return 0
+    _table(
+        [
+            [
+                str(r["ended_at"] or "")[:19],
+                str(r["tenant"]),
+                str(r["pipeline"]),
+                str(r["dag_id"]),
+                str(r["run_id"]),
+                str(r["state"]),
+                "yes" if r["complete"] else "NO",
+                _usd(r["total_cost_usd"]),
+                str(r["sequence"]),
+                str(r["record_id"]),
+            ]
+            for r in rows
+        ],
+        ["ended (UTC)", "tenant", "pipeline", "dag", "run", "state", "complete", "cost usd", "seq", "record"],
+        right=(7, 8),
+    )
+    print(f"\n{args.offset + 1}-{args.offset + len(rows)} of {total}")
+    return 0
+
+
+def cmd_evidence_show(args: argparse.Namespace) -> int:
+    from barecount_provider.api import queries
+    from barecount_provider.evidence.store import open_store
+
+    record = queries.get_record(open_store(), args.record_id)
+    if record is None:
+        print(f"barecount evidence show: no record {args.record_id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+        return 0
+    chain = record.get("chain") or {}
+    cost = record.get("cost") or {}
+    for label, value in (
+        ("record", record["record_id"]),
+        ("tenant", record["tenant"]),
+        ("pipeline", record["pipeline"]),
+        ("dag / run", f"{record['dag_id']} / {record['run_id']}"),
+        ("state", record["state"]),
+        ("started / ended", f"{record.get('started_at')} / {record.get('ended_at')}"),
+        ("complete", "yes" if record.get("complete") else f"NO (absent: {', '.join(record.get('absent') or [])})"),
+        ("cost", f"{_usd(cost.get('total_usd'))} USD ({', '.join(cost.get('basis') or []) or 'no basis'})"),
+        ("chain", f"sequence {chain.get('sequence')}, hash {chain.get('hash')}"),
+        ("previous", str(chain.get("previous_hash"))),
+    ):
+        print(f"{label:<16} {value}")
+    entries = record.get("entries") or []
+    if entries:
+        print()
+        _table(
+            [
+                [
+                    str(e.get("key")),
+                    str(e.get("state")),
+                    str((e.get("context") or {}).get("runner_class")),
+                    str((e.get("context") or {}).get("size")),
+                    "" if (e.get("timings") or {}).get("duration_s") is None else f"{e['timings']['duration_s']:.2f}",
+                    _usd((e.get("cost") or {}).get("total_usd")) if e.get("cost") else "-",
+                    str(e.get("source")),
+                ]
+                for e in entries
+            ],
+            ["try", "state", "runner", "size", "dur s", "cost usd", "source"],
+            right=(4, 5),
+        )
+    return 0
+
+
+def cmd_evidence_verify(args: argparse.Namespace) -> int:
+    from barecount_provider.api import queries
+    from barecount_provider.evidence.store import open_store
+
+    result = queries.verify(open_store(), args.tenant)
+    if args.json:
+        chains = [
+            {
+                "tenant": name,
+                "records": result.records.get(name, 0),
+                "intact": not problems,
+                "problems": [queries.problem_dict(p) for p in problems],
+            }
+            for name, problems in sorted(result.problems.items())
+        ]
+        print(json.dumps({"intact": result.intact, "chains": chains, "total_entries": len(chains)}, indent=2))
+        return 0 if result.intact else 1
+    if not result.problems:
+        print("no evidence records: nothing to verify")
+    for name, problems in sorted(result.problems.items()):
+        count = result.records.get(name, 0)
+        if not problems:
+            print(f"tenant {name!r}: {count} record(s), chain intact")
+            continue
+        print(f"tenant {name!r}: {count} record(s), {len(problems)} BROKEN", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+    return 0 if result.intact else 1
+
+
+def cmd_evidence_flush(args: argparse.Namespace) -> int:
+    from barecount_provider.evidence import spool
+
+    result = spool.flush()
+    if args.json:
+        print(json.dumps({**result.__dict__, "spool": spool.spool_dir()}))
+    else:
+        print(f"delivered {result.delivered}, remaining {result.remaining} (spool: {spool.spool_dir()})")
+        if result.failed or result.error:
+            print(f"failed {result.failed}: {result.error or 'unreadable entries kept as *.unreadable'}", file=sys.stderr)
+    return 1 if (result.error or result.failed) else 0
+
+
+def cmd_cost_report(args: argparse.Namespace) -> int:
+    from barecount_provider.api import queries
+    from barecount_provider.evidence.store import open_store
+
+    groups = queries.validate_groups(args.by or ["tenant"])
+    rows, totals = queries.cost_report(
+        open_store(),
+        groups,
+        since=_time_arg(args.since),
+        until=_time_arg(args.until),
+        tenant=args.tenant,
+        per_day=not args.no_per_day,
+    )
+    if args.json:
+        document = {"by": groups, "per_day": not args.no_per_day, "rows": rows, "total_entries": len(rows)}
+        print(json.dumps({**document, "totals": totals}, indent=2))
+        return 0
+    if not rows:
+        print("no cost recorded in this range")
+        return 0
+    keys = ([] if args.no_per_day else ["day"]) + groups
+
+    def sums(values: dict[str, Any]) -> list[str]:
+        return [f"{values['runtime_hours']:.3f}"] + [
+            f"{values[name]:.4f}" for name in ("compute_usd", "storage_usd", "transfer_usd", "total_usd")
+        ]
+
+    table = [[str(row[k]) for k in keys] + sums(row) + [str(row["runs"])] for row in rows]
+    table.append(["total"] + [""] * (len(keys) - 1) + sums(totals) + [str(sum(row["runs"] for row in rows))])
+    _table(
+        table,
+        keys + ["hours", "compute usd", "storage usd", "transfer usd", "total usd", "runs"],
+        right=tuple(range(len(keys), len(keys) + 6)),
+    )
+    print("\nestimates from list prices (the records' price tables), USD")
+    return 0
+
+
+def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    times = "ISO 8601 (naive: UTC) or a duration back from now: 30d, 12h, 90m, 2w"
+    evidence = sub.add_parser(
+        "evidence",
+        help="the evidence store: list records, show one, verify the hash chains, deliver the spool",
+        description="Reads the configured store directly ([barecount] evidence_store, evidence_dir, "
+        "evidence_index_url), with no Airflow permission check: run it where the store's configuration is.",
+    )
+    evidence_sub = evidence.add_subparsers(dest="evidence_command", metavar="SUBCOMMAND", required=True)
+    listing = evidence_sub.add_parser("list", help="records, newest first, with filters and pages")
+    listing.add_argument("--tenant", help="only this tenant")
+    listing.add_argument("--pipeline", help="only this pipeline")
+    listing.add_argument("--dag", help="only this DAG id")
+    listing.add_argument("--state", help="only runs in this state (success, failed, ...)")
+    listing.add_argument("--since", help=f"runs that ended at or after: {times}")
+    listing.add_argument("--until", help=f"runs that ended before: {times}")
+    listing.add_argument("--limit", type=int, default=50, help="records per page (default 50)")
+    listing.add_argument("--offset", type=int, default=0, help="records to skip (default 0)")
+    listing.add_argument("--json", action="store_true", help="print JSON ({records, total_entries}) instead of a table")
+    listing.set_defaults(func=cmd_evidence_list)
+    show = evidence_sub.add_parser("show", help="one record: its summary and a line per task try")
+    show.add_argument("record_id", help="the record's id (32 hex digits; `evidence list` shows them)")
+    show.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    show.set_defaults(func=cmd_evidence_show)
+    verify = evidence_sub.add_parser(
+        "verify", help="verify the tenants' hash chains; exit 1 and name every broken record"
+    )
+    verify.add_argument("--tenant", help="only this tenant's chain (default: every chain)")
+    verify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    verify.set_defaults(func=cmd_evidence_verify)
+    flush = evidence_sub.add_parser(
+        "flush", help="deliver the spooled entries to the store; print delivered / remaining; exit 1 on a failure"
+    )
+    flush.add_argument("--json", action="store_true", help="print JSON instead of text")
+    flush.set_defaults(func=cmd_evidence_flush)
+
+    cost = sub.add_parser("cost", help="cost attribution from the evidence index")
+    cost_sub = cost.add_subparsers(dest="cost_command", metavar="SUBCOMMAND", required=True)
+    report = cost_sub.add_parser(
+        "report",
+        help="cost per day and group (tenant, pipeline, runner_class, size, dag_id)",
+        description="Sums the cost lines of the runs that ended in the range, per UTC day and group.",
+    )
+    report.add_argument(
+        "--by",
+        action="append",
+        metavar="GROUP",
+        help="tenant, pipeline, runner_class, size or dag_id; repeat or comma-separate for several (default tenant)",
+    )
+    report.add_argument("--since", default="30d", help=f"from this day on: {times} (default 30d)")
+    report.add_argument("--until", help=f"before this day: {times} (default: no end)")
+    report.add_argument("--tenant", help="only this tenant")
+    report.add_argument("--no-per-day", action="store_true", help="one row per group over the whole range")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.set_defaults(func=cmd_cost_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barecount", description="Operate and observe BareCount.")
     parser.add_argument("--version", action="version", version=f"barecount {__version__}")
@@ -253,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = pools_sub.add_parser("check", help="compare the pools and the registry with the policy; exit 1 on drift")
     _add_api_arguments(check)
     check.set_defaults(func=cmd_pools)
+    _add_evidence_parsers(sub)
     return parser
 
 

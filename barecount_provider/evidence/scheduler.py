@@ -89,3 +89,49 @@ def tick() -> list[dict[str, Any]]:
 def clear_caches() -> None:
     _store.cache_clear()
     get_assembler.cache_clear()
+
+
+def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> dict[str, Any] | None:
+    """Assemble one finished DAG run now, from Airflow's database (``barecount evidence seal``, and after
+    ``dag.test()``, which has no scheduler). ``grace_seconds`` 0 seals even with entries missing."""
+    from datetime import timedelta
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from barecount_provider.evidence.assemble import assemble, expected_tries
+    from barecount_provider.telemetry.filesink import state_name
+    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+
+    with create_session() as session:
+        dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
+        if dag_run is None:
+            raise LookupError(f"no DAG run {run_id!r} of DAG {dag_id!r}")
+        state, start, end = state_name(dag_run.state), dag_run.start_date, dag_run.end_date
+        run_type = str(getattr(dag_run, "run_type", "") or "") or None
+    if state not in ("success", "failed"):
+        raise ValueError(f"DAG run {run_id!r} of {dag_id!r} is {state}: only a finished run is sealed")
+    side = get_scheduler_side()
+    tenant, pipeline = side.tenant_of(dag_id, force=True)
+    run = PendingRun(
+        dag_id=dag_id,
+        run_id=run_id,
+        tenant=tenant,
+        pipeline=pipeline,
+        state=state,
+        started_at=start,
+        ended_at=end or datetime.now(UTC),
+        run_type=run_type,
+    )
+    grace = config.evidence_grace_seconds() if grace_seconds is None else grace_seconds
+    from barecount_provider import context
+
+    return assemble(
+        _store(),
+        run,
+        expected_tries(side._load_tries(dag_id, run_id)),
+        now=datetime.now(UTC),
+        grace=timedelta(seconds=grace),
+        trace_id=f"{context.trace_id_for(dag_id, run_id):032x}",
+    )

@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 import urllib.parse
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -336,7 +337,9 @@ def entry_key(dag_id: str, run_id: str, entry_id: str) -> str:
 
 
 def record_key(tenant: str, sequence: int, record_id: str) -> str:
-    return f"records/{_segment(tenant)}/{sequence:012d}-{record_id}.json"
+    """A body key of its own per append attempt: two writers racing with the same record never share a
+    body, so the loser deletes only its own."""
+    return f"records/{_segment(tenant)}/{sequence:012d}-{record_id}-{uuid.uuid4().hex[:12]}.json"
 
 
 class EvidenceStore:
@@ -388,9 +391,11 @@ class EvidenceStore:
                     if lines:
                         connection.execute(sa.insert(cost_lines_table), lines)
             except sa.exc.IntegrityError:
-                # another writer took this sequence number (or stored this record): never overwrite
-                if self.kind == "local":
+                # another writer took this sequence number (or stored this record): drop our body, retry
+                try:
                     self.bodies.delete(location)
+                except Exception:  # an S3 object under Object Lock stays: it is in no index row
+                    log.debug("evidence: could not delete the losing body %s", location, exc_info=True)
                 continue
             return stored
         raise RuntimeError(f"evidence: could not append record {record_id} to tenant {tenant!r}'s chain")

@@ -28,6 +28,18 @@ def _listeners() -> list[Any]:
     return [lifecycle]
 
 
+def _fastapi_apps() -> list[dict[str, Any]]:
+    """The Evidence API under /barecount (built on its first request: see barecount_provider.api)."""
+    try:
+        if not config.enabled():
+            return []
+    except ValueError:
+        return []
+    from barecount_provider.api import fastapi_apps
+
+    return fastapi_apps()
+
+
 def _install_side_effects() -> None:
     """Extend Airflow's secrets masker and its trace sampler, and preload what task processes need; all
     idempotent, none raises."""
@@ -62,3 +74,4 @@ class BareCountPlugin(AirflowPlugin):
 
     name = "barecount"
     listeners = _listeners()
+    fastapi_apps = _fastapi_apps()

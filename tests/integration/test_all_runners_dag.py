@@ -170,3 +170,47 @@ def test_all_runner_classes_in_one_run_hand_their_results_on(emulator: AwsEmulat
     assert sorted(h["InstanceId"] for h in hosts) == sorted(
         results["heavy_step"]["resources_used"]["instance_ids"]
     )
+
+
+def test_the_run_writes_a_valid_complete_evidence_record_with_cost(
+    emulator: AwsEmulator, airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dag.test() runs every task in this process: each try writes its entry at its end; the run is then
+    sealed as the scheduler side does it (dag.test has no scheduler: `barecount evidence seal` does the same)."""
+    import jsonschema
+
+    from barecount_provider import config
+    from barecount_provider.evidence import scheduler as evidence
+    from barecount_provider.evidence import store as evidence_store
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    config.cache_clear()
+    evidence_store.clear_caches()
+    evidence.clear_caches()
+    dag = _module(DAG_ID).build_dag(aws_conn_id=CONN_ID, poll_interval_s=1)
+    run = dag.test()
+    assert run.state == "success"
+    record = evidence.seal_run(DAG_ID, run.run_id, grace_seconds=0)
+    assert record is not None
+    schema = json.loads((DAGS.parent / "docs" / "evidence.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(record)
+    assert record["complete"] is True and record["absent"] == []
+    assert (record["tenant"], record["pipeline"], record["state"]) == ("acme", "orders", "success")
+    by_task = {entry["context"]["task_id"]: entry for entry in record["entries"]}
+    assert set(by_task) == {*RUNNER_TASKS, "report"}
+    for task_id, runner_class in RUNNER_TASKS.items():
+        entry = by_task[task_id]
+        assert entry["source"] == "task" and entry["context"]["runner_class"] == runner_class
+        assert entry["runner_result"]["runner_class"] == runner_class
+        assert entry["cost"]["basis"] == "list-price estimate", entry["cost"]
+        assert {v["rule"] for v in entry["policy"]["validations"]} >= {"allowed_runner_classes", "max_size"}
+    # Glue: DPU-seconds derived from moto's ExecutionTime and the size's workers, priced
+    assert by_task["transform"]["cost"]["total_usd"] > 0
+    # Lambda: moto sends no REPORT line, so no billed duration: the cost is unknown, never 0, and says why
+    assert by_task["ingest"]["cost"]["total_usd"] is None
+    assert any("billed" in reason.lower() for reason in by_task["ingest"]["cost"]["missing"])
+    assert record["cost"]["total_usd"] is None  # one unknown try makes the run's total unknown
+    assert record["correlation_id"] == context.correlation_id_for(DAG_ID, run.run_id)
+    store = evidence_store.open_store()
+    assert store.verify("acme") == {"acme": []}
+    assert store.get(record["record_id"]) == record

@@ -1,0 +1,311 @@
+"""The Evidence API (FastAPI), served by Airflow's API server under ``/barecount`` (see docs/api.md).
+
+Every endpoint but the OpenAPI document depends on Airflow's ``get_user`` (``GetUserDep``): no valid JWT,
+no answer (401 ``Not authenticated``; 403 ``Invalid JWT token`` for a forged one). What a user sees is
+then limited to the DAGs the auth manager lets them read: ``get_authorized_dag_ids(user, method="GET")``,
+the same set Airflow's own ``/api/v2/dags`` and ``/api/v2/dagRuns`` lists filter on. With ``[core]
+multi_team`` that set already leaves out the DAGs of the bundles of other teams.
+
+* ``GET /evidence``: records (newest first) filtered by tenant, pipeline, dag_id, state, since/until;
+  ``limit``/``offset``, ``total_entries``. Only records of readable DAGs are counted or returned.
+* ``GET /evidence/verify``: verify hash chains; a chain is verified for a user only when they may read
+  every DAG that has a record in it.
+* ``GET /evidence/{record_id}``: one full record; 404 when it does not exist *or* its DAG is not readable
+  (the two cannot be told apart).
+* ``GET /cost``: cost roll-ups by tenant, pipeline, runner_class, size, dag_id, per day.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.core_api.security import GetUserDep
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from barecount_provider import __version__
+from barecount_provider.api import queries
+from barecount_provider.evidence.store import EvidenceStore, RecordFilter, open_store
+
+log = logging.getLogger(__name__)
+
+CostGroup = Literal["tenant", "pipeline", "runner_class", "size", "dag_id"]
+
+DESCRIPTION = (
+    "BareCount's Evidence API: per-run evidence records, their per-tenant hash chains and the cost "
+    "roll-ups, served by Airflow's API server under `/barecount`. Authenticate as for Airflow's own API: "
+    "`Authorization: Bearer <JWT>` from `POST /auth/token`. A user sees only the records of the DAGs "
+    "Airflow's auth manager lets them read (with `[core] multi_team`, only their teams' DAGs). "
+    "Errors are `{\"detail\": ...}` as in Airflow's API. See docs/api.md."
+)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+class EvidenceRecordSummary(BaseModel):
+    """A record as the index knows it (the full record: ``GET /evidence/{record_id}``)."""
+
+    record_id: str
+    tenant: str
+    sequence: int = Field(description="Position in the tenant's hash chain (1 = first).")
+    hash: str = Field(description="SHA-256 of the record's canonical form without chain.hash.")
+    pipeline: str
+    dag_id: str
+    run_id: str
+    state: str
+    complete: bool = Field(description="Every task try that had a task process left its own entry.")
+    started_at: str | None
+    ended_at: str | None
+    total_cost_usd: float | None = Field(description="Null when a try's cost is unknown (never a silent zero).")
+
+
+class EvidenceRecordCollection(BaseModel):
+    records: list[EvidenceRecordSummary]
+    total_entries: int
+
+
+class ChainProblemResponse(BaseModel):
+    tenant: str
+    sequence: int | None
+    record_id: str | None
+    kind: str = Field(description="altered | removed | inserted | reordered | foreign")
+    detail: str
+    message: str
+
+
+class ChainVerification(BaseModel):
+    tenant: str
+    records: int
+    intact: bool
+    problems: list[ChainProblemResponse]
+
+
+class VerificationResponse(BaseModel):
+    intact: bool = Field(description="Every chain verified is intact.")
+    chains: list[ChainVerification]
+    total_entries: int = Field(description="Chains verified.")
+    skipped: int = Field(description="Chains not verified: they hold records of DAGs the user may not read.")
+
+
+class CostRow(BaseModel):
+    day: str | None = Field(None, description="UTC day (YYYY-MM-DD) the run ended; absent when per_day=false.")
+    tenant: str | None = None
+    pipeline: str | None = None
+    runner_class: str | None = None
+    size: str | None = None
+    dag_id: str | None = None
+    runtime_hours: float
+    compute_usd: float
+    storage_usd: float
+    transfer_usd: float
+    total_usd: float
+    runs: int = Field(description="Distinct runs (records) in the row.")
+
+
+class CostTotals(BaseModel):
+    runtime_hours: float
+    compute_usd: float
+    storage_usd: float
+    transfer_usd: float
+    total_usd: float
+    currency: str
+
+
+class CostReport(BaseModel):
+    by: list[CostGroup]
+    per_day: bool
+    rows: list[CostRow]
+    total_entries: int
+    totals: CostTotals = Field(description="Sums over every row (not only this page).")
+
+
+# ------------------------------------------------------------------------------------------ dependencies
+
+
+@functools.cache
+def _configured_store() -> EvidenceStore:
+    return open_store()
+
+
+def _store(request: Request) -> EvidenceStore:
+    factory: Callable[[], EvidenceStore] = request.app.state.barecount_store
+    return factory()
+
+
+StoreDep = Annotated[EvidenceStore, Depends(_store)]
+
+
+def readable_dag_ids(user: GetUserDep) -> frozenset[str]:
+    """The DAG ids the authenticated user may read (GET), from Airflow's auth manager."""
+    return frozenset(get_auth_manager().get_authorized_dag_ids(user=user, method="GET"))
+
+
+ReadableDagIds = Annotated[frozenset[str], Depends(readable_dag_ids)]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else queries.as_utc(value)
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, what)
+
+
+# --------------------------------------------------------------------------------------------------- app
+
+
+def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> FastAPI:
+    """The Evidence API. ``store_factory``: where evidence is read (default: the configured store)."""
+    try:
+        from airflow.configuration import conf
+
+        swagger = conf.getboolean("api", "enable_swagger_ui", fallback=True)
+    except Exception:
+        swagger = True
+    app = FastAPI(
+        title="BareCount Evidence API",
+        description=DESCRIPTION,
+        version=__version__,
+        openapi_url="/openapi.json",
+        docs_url="/docs" if swagger else None,
+        redoc_url=None,
+    )
+    app.state.barecount_store = store_factory or _configured_store
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _index_down(_request: Request, err: sa.exc.OperationalError) -> JSONResponse:
+        log.warning("BareCount Evidence API: the evidence index is unreachable: %s", err)
+        return JSONResponse(
+            {"detail": "The evidence index is unreachable"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+        )
+
+    responses: dict[int | str, dict[str, Any]] = {
+        401: {"description": "Not authenticated (no or expired token)"},
+        403: {"description": "Invalid token, or not allowed"},
+    }
+
+    @app.get(
+        "/evidence",
+        response_model=EvidenceRecordCollection,
+        summary="List evidence records",
+        responses=responses,
+        tags=["Evidence"],
+    )
+    def list_evidence(
+        store: StoreDep,
+        dag_ids: ReadableDagIds,
+        tenant: str | None = None,
+        pipeline: str | None = None,
+        dag_id: str | None = None,
+        state: str | None = None,
+        since: Annotated[datetime | None, Query(description="Runs that ended at or after (ISO 8601; naive: UTC).")] = None,
+        until: Annotated[datetime | None, Query(description="Runs that ended before (ISO 8601; naive: UTC).")] = None,
+        limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = queries.DEFAULT_LIMIT,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Records newest first (by the time their run ended), only those of DAGs the user may read."""
+        filters = RecordFilter(
+            tenant=tenant,
+            pipeline=pipeline,
+            dag_id=dag_id,
+            state=state,
+            since=_utc(since),
+            until=_utc(until),
+            dag_ids=dag_ids,
+        )
+        rows, total = queries.list_records(store, filters, limit=limit, offset=offset)
+        return {"records": rows, "total_entries": total}
+
+    @app.get(
+        "/evidence/verify",
+        response_model=VerificationResponse,
+        summary="Verify hash chains",
+        responses={**responses, 404: {"description": "No record of this tenant the user may read"}},
+        tags=["Evidence"],
+    )
+    def verify_chains(
+        store: StoreDep,
+        dag_ids: ReadableDagIds,
+        tenant: Annotated[str | None, Query(description="One tenant's chain (default: every chain).")] = None,
+    ) -> dict[str, Any]:
+        """Verify one tenant's chain, or every chain the user may verify: one whose records all belong to
+        DAGs the user may read (403 for a named tenant when some do not)."""
+        try:
+            result = queries.verify(store, tenant, dag_ids)
+        except queries.TenantNotFound:
+            raise _not_found(f"No evidence of tenant `{tenant}` was found") from None
+        except queries.TenantNotReadable:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"Verifying tenant `{tenant}`'s chain needs read access to every DAG that has a record in it",
+            ) from None
+        chains = [
+            {
+                "tenant": name,
+                "records": result.records.get(name, 0),
+                "intact": not problems,
+                "problems": [queries.problem_dict(problem) for problem in problems],
+            }
+            for name, problems in sorted(result.problems.items())
+        ]
+        return {"intact": result.intact, "chains": chains, "total_entries": len(chains), "skipped": result.skipped}
+
+    @app.get(
+        "/evidence/{record_id}",
+        summary="Get one evidence record",
+        responses={
+            **responses,
+            200: {"description": "The record (docs/evidence.schema.json)", "content": {"application/json": {}}},
+            404: {"description": "No such record, or one of a DAG the user may not read"},
+        },
+        tags=["Evidence"],
+    )
+    def get_evidence(record_id: str, store: StoreDep, dag_ids: ReadableDagIds) -> dict[str, Any]:
+        """The full record, as stored (its schema: docs/evidence.schema.json)."""
+        record = queries.get_record(store, record_id, dag_ids)
+        if record is None:
+            raise _not_found(f"The evidence record with record_id: `{record_id}` was not found")
+        return record
+
+    @app.get(
+        "/cost",
+        response_model=CostReport,
+        response_model_exclude_unset=True,
+        summary="Cost roll-up",
+        responses=responses,
+        tags=["Cost"],
+    )
+    def cost(
+        store: StoreDep,
+        dag_ids: ReadableDagIds,
+        by: Annotated[list[CostGroup] | None, Query(description="Group by (repeat for several); default tenant.")] = None,
+        since: Annotated[datetime | None, Query(description="From this UTC day on (ISO 8601).")] = None,
+        until: Annotated[datetime | None, Query(description="Before this UTC day (ISO 8601).")] = None,
+        tenant: str | None = None,
+        per_day: Annotated[bool, Query(description="One row per day and group (false: per group).")] = True,
+        limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = queries.DEFAULT_LIMIT,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """Estimated cost of the runs of DAGs the user may read, summed per day (the UTC day each run ended)
+        and group; ``totals`` sums every row."""
+        groups = queries.validate_groups(list(by or ["tenant"]))
+        rows, totals = queries.cost_report(
+            store, groups, since=_utc(since), until=_utc(until), tenant=tenant, dag_ids=dag_ids, per_day=per_day
+        )
+        return {
+            "by": groups,
+            "per_day": per_day,
+            "rows": rows[offset : offset + limit],
+            "total_entries": len(rows),
+            "totals": totals,
+        }
+
+    return app

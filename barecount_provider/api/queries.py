@@ -1,0 +1,217 @@
+"""The queries behind the Evidence API and the ``barecount evidence`` / ``barecount cost`` commands.
+
+No FastAPI here: the command imports this module on a machine that may have no API server. Every function
+takes the store and, for the API, the set of DAG ids the caller may read (None: no restriction, the
+command's case: it runs with the store's own configuration).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from barecount_provider.evidence.record import ChainProblem
+from barecount_provider.evidence.store import COST_GROUPS, EvidenceStore, RecordFilter, records_table
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+
+# The index columns a listing shows (``location``, where the body is kept, stays internal).
+SUMMARY_FIELDS = (
+    "record_id",
+    "tenant",
+    "sequence",
+    "hash",
+    "pipeline",
+    "dag_id",
+    "run_id",
+    "state",
+    "complete",
+    "started_at",
+    "ended_at",
+    "total_cost_usd",
+)
+COST_SUMS = ("runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "total_usd")
+
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(value: str, *, now: datetime | None = None) -> datetime:
+    """An ISO 8601 instant (naive: UTC) or a duration back from now: ``30d``, ``12h``, ``90m``, ``2w``."""
+    match = _RELATIVE.match(value)
+    if match:
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither an ISO 8601 time (2026-11-27T10:00:00+00:00) nor a duration (30d, 12h, 90m, 2w)"
+        ) from None
+    return as_utc(parsed)
+
+
+def as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A listing's view of an index row."""
+    return {name: row.get(name) for name in SUMMARY_FIELDS}
+
+
+def list_records(
+    store: EvidenceStore,
+    filters: RecordFilter,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    offset: int = 0,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of records (newest first) and how many match. ``filters.dag_ids``: only those DAGs."""
+    if filters.dag_ids is not None and not filters.dag_ids:
+        return [], 0  # may read no DAG: nothing, without asking the index
+    rows, total = store.list_records(filters, limit=limit, offset=offset)
+    return [summary(row) for row in rows], total
+
+
+def get_record(store: EvidenceStore, record_id: str, dag_ids: frozenset[str] | None = None) -> dict[str, Any] | None:
+    """The full record, or None when it does not exist, its body is gone, or its DAG is not in ``dag_ids``
+    (the caller cannot tell these apart: a record of a DAG one may not read does not exist for them)."""
+    row = store.index.row(record_id)
+    if row is None or (dag_ids is not None and row["dag_id"] not in dag_ids):
+        return None
+    return store.bodies.get(row["location"])
+
+
+def tenant_dags(store: EvidenceStore, tenants: Iterable[str] | None = None) -> dict[str, set[str]]:
+    """The DAG ids of each tenant's records (every tenant, or those named)."""
+    columns = records_table.c
+    query = sa.select(columns.tenant, columns.dag_id).distinct()
+    names = None if tenants is None else sorted(set(tenants))
+    if names is not None:
+        query = query.where(columns.tenant.in_(names))
+    result: dict[str, set[str]] = {name: set() for name in names or ()}
+    with store.index.engine.connect() as connection:
+        for tenant, dag_id in connection.execute(query):
+            result.setdefault(str(tenant), set()).add(str(dag_id))
+    return result
+
+
+def chain_lengths(store: EvidenceStore, tenants: Iterable[str]) -> dict[str, int]:
+    columns = records_table.c
+    names = sorted(set(tenants))
+    if not names:
+        return {}
+    query = sa.select(columns.tenant, sa.func.count()).where(columns.tenant.in_(names)).group_by(columns.tenant)
+    with store.index.engine.connect() as connection:
+        counts = {str(tenant): int(count) for tenant, count in connection.execute(query)}
+    return {name: counts.get(name, 0) for name in names}
+
+
+class TenantNotFound(LookupError):
+    """No record of this tenant that the caller may read."""
+
+
+class TenantNotReadable(PermissionError):
+    """The caller may read some but not every DAG of this tenant's chain."""
+
+    def __init__(self, tenant: str, unreadable: int) -> None:
+        super().__init__(tenant)
+        self.tenant, self.unreadable = tenant, unreadable
+
+
+@dataclass
+class Verification:
+    """Chains verified (tenant -> problems) with their length; ``skipped``: chains the caller may not verify."""
+
+    problems: dict[str, list[ChainProblem]] = field(default_factory=dict)
+    records: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+
+    @property
+    def intact(self) -> bool:
+        return not any(self.problems.values())
+
+
+def verify(store: EvidenceStore, tenant: str | None = None, dag_ids: frozenset[str] | None = None) -> Verification:
+    """Verify one tenant's chain or every chain.
+
+    A chain is verified for a caller only when they may read **every** DAG that has a record in it: verifying
+    reads each record and names the broken ones. With ``tenant`` named: TenantNotFound when the caller may
+    read none of its records (or there are none), TenantNotReadable when some but not all. Without: the
+    chains they may not wholly read are skipped (counted in ``skipped``).
+    """
+    result = Verification()
+    if tenant is not None:
+        dags = tenant_dags(store, [tenant])[tenant]
+        if dag_ids is not None:
+            if not dags or not (dags & dag_ids):
+                raise TenantNotFound(tenant)
+            if not dags <= dag_ids:
+                raise TenantNotReadable(tenant, len(dags - dag_ids))
+        names = [tenant]
+    else:
+        by_tenant = tenant_dags(store)
+        names = sorted(name for name, dags in by_tenant.items() if dag_ids is None or dags <= dag_ids)
+        result.skipped = len(by_tenant) - len(names)
+    for name in names:
+        result.problems[name] = store.verify(name)[name]
+    result.records = chain_lengths(store, names)
+    return result
+
+
+def problem_dict(problem: ChainProblem) -> dict[str, Any]:
+    return {
+        "tenant": problem.tenant,
+        "sequence": problem.sequence,
+        "record_id": problem.record_id,
+        "kind": problem.kind,
+        "detail": problem.detail,
+        "message": str(problem),
+    }
+
+
+def validate_groups(by: Sequence[str]) -> list[str]:
+    """The roll-up's groups, in order, without repeats; ValueError on an unknown one."""
+    groups: list[str] = []
+    for item in by:
+        for name in (part.strip() for part in item.split(",")):
+            if not name:
+                continue
+            if name not in COST_GROUPS:
+                raise ValueError(f"cost roll-up by {name!r}: expected one of {', '.join(COST_GROUPS)}")
+            if name not in groups:
+                groups.append(name)
+    return groups or ["tenant"]
+
+
+def cost_report(
+    store: EvidenceStore,
+    by: Sequence[str],
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    tenant: str | None = None,
+    dag_ids: frozenset[str] | None = None,
+    per_day: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of the cost roll-up (per day when ``per_day``) and their totals."""
+    groups = validate_groups(by)
+    if dag_ids is not None and not dag_ids:
+        rows: list[dict[str, Any]] = []
+    else:
+        rows = store.index.cost_rollup(groups, since=since, until=until, tenant=tenant, dag_ids=dag_ids, per_day=per_day)
+    clean = []
+    for row in rows:
+        item = {name: row[name] for name in (["day"] if per_day else []) + groups}
+        item.update({name: round(float(row[name] or 0.0), 10) for name in COST_SUMS})
+        item["runs"] = int(row["runs"])
+        clean.append(item)
+    totals: dict[str, Any] = {name: round(sum(item[name] for item in clean), 10) for name in COST_SUMS}
+    totals["currency"] = "USD"
+    return clean, totals
