@@ -97,6 +97,8 @@ EVENT_HELP = {
     "atexit": "atexit handlers run at exit",
 }
 HOOK_EVENTS = ("dag_policy", "starting", "running", "success", "failed", "before_stopping")
+SPOOLING_CONFIGS = ("on_sinks_up", "on_sinks_down", "on_sinks_hung")  # OTLP: through the spool (spool.py)
+FORWARD_EVERY = 20  # rounds between two forwards of the spool (a round: one task of every pair)
 FAIL_EVERY = 10  # task i fails (up_for_retry) when i % FAIL_EVERY == FAIL_EVERY - 1
 
 
@@ -487,12 +489,15 @@ def _supervisor_main(mode: str, env: dict[str, str], cmd_fd: int, res_fd: int) -
             # provider, if any. It must start no thread (checked below, after everything).
             built = []
             if metrics.get_emitter.cache_info().currsize:
-                built += [f"{sink.name} sink" for sink in metrics.get_emitter().sinks] or [
-                    "emitter (no sink)"
-                ]
+                built += [
+                    f"{sink.name} sink" + (" (spool)" if type(sink).__name__.startswith("Spool") else "")
+                    for sink in metrics.get_emitter().sinks
+                ] or ["emitter (no sink)"]
             if tracing.get_tracing.cache_info().currsize:
                 tracer = tracing.get_tracing()
-                built.append(f"tracer ({tracer.exporter_desc.split(':')[0]})" if tracer else "tracing off")
+                kind = tracer.exporter_desc.split(":")[0].split(" ")[0] if tracer else ""
+                spooled = " to the spool" if tracer and tracer.exporter_desc.endswith("(spooled)") else ""
+                built.append(f"tracer ({kind}{spooled})" if tracer else "tracing off")
             info["built"] = built
         else:
             task_side_modules = (
@@ -520,6 +525,9 @@ def _supervisor_main(mode: str, env: dict[str, str], cmd_fd: int, res_fd: int) -
         with os.fdopen(cmd_fd, "r") as commands:
             for line in commands:
                 cmd = json.loads(line)
+                if "forward" in cmd:
+                    out.write(json.dumps(forward_spool(cmd["forward"])) + "\n")
+                    continue
                 result = run_task(
                     cmd["cfg"], cmd["index"], cmd["env"], cmd["log"], cmd.get("warm", False), (cmd_fd, res_fd)
                 )
@@ -532,6 +540,50 @@ def _supervisor_main(mode: str, env: dict[str, str], cmd_fd: int, res_fd: int) -
         code = 1
     finally:
         os._exit(code)
+
+
+_FORWARDER_READY: list[bool] = []
+
+
+def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
+    """In a preloaded supervisor (the scheduler of its configuration): forward the OTLP spool that the task
+    processes of its configuration wrote (one directory per mode), as the scheduler's forwarder thread does
+    every few seconds; timed, with the forwarder's own failures counted."""
+    from barecount_provider import config
+    from barecount_provider.telemetry import spool
+    from barecount_provider.telemetry.metrics import EMIT_FAILURES
+
+    failures: collections.Counter[str] = collections.Counter()
+    record = EMIT_FAILURES.record
+
+    def counting_record(sink: str, stage: str) -> None:
+        failures[f"{sink}/{stage}"] += 1
+        record(sink, stage)
+
+    EMIT_FAILURES.record = counting_record  # type: ignore[method-assign]
+    rounds = []
+    prepare_ns = None
+    try:
+        if not _FORWARDER_READY:
+            # What SchedulerSide.prepare() does on the scheduler's main thread before its forwarder thread
+            # starts: build the direct sinks and the span exporter and use them once. Timed apart (once).
+            from barecount_provider.telemetry.metrics import get_direct_emitter
+
+            t = time.perf_counter_ns()
+            direct = get_direct_emitter()
+            direct.flush(config.emit_timeout_ms())
+            spool.get_forwarder().warm_up()
+            prepare_ns = time.perf_counter_ns() - t
+            _FORWARDER_READY.append(True)
+        for directory in telemetry_dirs:
+            os.environ["AIRFLOW__BARECOUNT__TELEMETRY_DIR"] = directory
+            config.telemetry_dir.cache_clear()
+            t = time.perf_counter_ns()
+            got = spool.flush_spool()
+            rounds.append({"dir": directory, "ns": time.perf_counter_ns() - t, **got})
+    finally:
+        EMIT_FAILURES.record = record  # type: ignore[method-assign]
+    return {"rounds": rounds, "failures": dict(failures), "prepare_ns": prepare_ns}
 
 
 class Supervisor:
@@ -569,6 +621,10 @@ class Supervisor:
 
     def run(self, cfg: str, index: int, env: dict[str, str], log: str, warm: bool = False) -> dict[str, Any]:
         self._cmd.write(json.dumps({"cfg": cfg, "index": index, "env": env, "log": log, "warm": warm}) + "\n")
+        return self._read()
+
+    def forward(self, telemetry_dirs: list[str]) -> dict[str, Any]:
+        self._cmd.write(json.dumps({"forward": telemetry_dirs}) + "\n")
         return self._read()
 
     def close(self) -> None:
@@ -808,6 +864,7 @@ def report(
     wall_s: float,
     warm: dict[str, list[dict[str, Any]]],
     real: dict[str, Any] | None,
+    forwarded: dict[str, list[dict[str, Any]]] | None = None,
 ) -> str:
     info = machine()
     modes = list(results)
@@ -836,7 +893,7 @@ def report(
     w("")
     w("Configurations: " + "; ".join(f"`{c}`: {CONFIG_HELP[c]}" for c in configs) + ".")
     w("")
-    w(verdicts(results, configs, emit_timeout_ms, real, warm))
+    w(verdicts(results, configs, emit_timeout_ms, real, warm, forwarded))
     w("")
 
     # ---- supervisors
@@ -1009,6 +1066,40 @@ def report(
             )
     w("")
 
+    # ---- the spool's forwarder
+    if forwarded:
+        w(
+            "**The OTLP spool's forwarder** (not in the task process: the scheduler's forwarder thread, here one "
+            f"long-lived preloaded process per configuration forwarding every {FORWARD_EVERY} rounds what the task "
+            "processes of both modes spooled; a round reads the finished spool files of one directory and exports "
+            "their metric points and spans concurrently, bounded by `emit_timeout_ms`; the start-up builds and "
+            "first uses the exporters, as `SchedulerSide.prepare()` does on the scheduler's main thread)"
+        )
+        w("")
+        w(
+            "| configuration | start-up, once (ms) | rounds with files | rounds skipped (previous one still waiting) "
+            "| files forwarded (task processes) | spans | metric points | round, median ms | round, max ms "
+            "| per forwarded file, ms | forwarder's failure records |"
+        )
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for cfg, calls in forwarded.items():
+            rounds_ = [r for call in calls for r in call.get("rounds", []) if r.get("files")]
+            busy = sum(1 for call in calls for r in call.get("rounds", []) if r.get("busy"))
+            total_fail: collections.Counter[str] = collections.Counter()
+            for call in calls:
+                total_fail.update(call.get("failures", {}))
+            files = sum(r["files"] for r in rounds_)
+            times_ = [ms(r["ns"]) for r in rounds_]
+            prepared = [call["prepare_ns"] for call in calls if call.get("prepare_ns")]
+            w(
+                f"| `{cfg}` | {f2(ms(prepared[0])) if prepared else '–'} | {len(rounds_)} | {busy} | {files} | {sum(r['spans'] for r in rounds_)} | "
+                f"{sum(r['points'] for r in rounds_)} | {f2(median(times_))} | {f2(max(times_, default=float('nan')))} | "
+                f"{f2(sum(times_) / files) if files else '–'} | "
+                + (", ".join(f"`{k}`: {v}" for k, v in sorted(total_fail.items())) or "none")
+                + " |"
+            )
+        w("")
+
     # ---- failures
     w(
         "**BareCount's own failures** (`EMIT_FAILURES` records in the task processes, summed over the N tasks; "
@@ -1068,6 +1159,7 @@ def verdicts(
     emit_timeout_ms: int,
     real: dict[str, Any] | None,
     warm: dict[str, list[dict[str, Any]]] | None = None,
+    forwarded: dict[str, list[dict[str, Any]]] | None = None,
 ) -> str:
     """A short, mechanical reading against the targets (the prose in docs/benchmarks.md explains it)."""
     lines = ["**Against the targets** (computed by the script from the tables on this page)", ""]
@@ -1111,6 +1203,19 @@ def verdicts(
                 )
             parts.append(text)
         lines.append(f"* **{mode}**: " + ". ".join(parts) + ".")
+    if forwarded:
+        parts = []
+        for cfg, calls in forwarded.items():
+            times_ = [ms(r["ns"]) for call in calls for r in call.get("rounds", []) if r.get("files")]
+            worst = max(times_, default=float("nan"))
+            parts.append(
+                f"`{cfg}`: round max {f2(worst)} ms → bound **{'held' if worst <= bound else 'exceeded'}**"
+            )
+        lines.append(
+            f"* **the spool's forwarder** (a long-lived process, not the task; ≤ {f2(bound)} ms a round): "
+            + "; ".join(parts)
+            + "."
+        )
     warm_ok = {cfg: _ok(rs) for cfg, rs in (warm or {}).items()}
     if any(warm_ok.values()):
         steady = [(cfg, *slowest_event(rs, min_n=10)) for cfg, rs in warm_ok.items() if rs]
@@ -1359,6 +1464,8 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
     if "cold" in n_of and args.cold_tasks is not None:
         n_of["cold"] = args.cold_tasks
     supervisors: dict[tuple[str, str], Supervisor] = {}
+    forwarders: dict[str, Supervisor] = {}
+    forwarded: dict[str, list[dict[str, Any]]] = {}
     sinks = Sinks()
     try:
         t = time.perf_counter()
@@ -1401,6 +1508,13 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
             shared = Supervisor("cold") if mode == "cold" else None
             for cfg in configs:
                 supervisors[(mode, cfg)] = shared or Supervisor(mode, envs[mode][cfg])
+        # The scheduler's forwarder of the OTLP spool (spool.py): one long-lived process per configuration
+        # that spools, forwarding what the task processes of both modes wrote, every FORWARD_EVERY rounds.
+        forwarders = {
+            cfg: Supervisor("preloaded", envs[modes[0]][cfg]) for cfg in configs if cfg in SPOOLING_CONFIGS
+        }
+        spool_dirs = {cfg: [envs[mode][cfg]["AIRFLOW__BARECOUNT__TELEMETRY_DIR"] for mode in modes] for cfg in forwarders}
+        forwarded: dict[str, list[dict[str, Any]]] = {cfg: [] for cfg in forwarders}
         log_paths = {
             f"{mode}/{cfg}": str(logs_dir / f"{mode}-{cfg}.log") for mode in modes for cfg in configs
         }
@@ -1425,6 +1539,9 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
                 results[mode][cfg].append(
                     supervisors[(mode, cfg)].run(cfg, i, envs[mode][cfg], log_paths[f"{mode}/{cfg}"])
                 )
+            if (i + 1) % FORWARD_EVERY == 0 or i == rounds - 1:
+                for cfg, forwarder in forwarders.items():
+                    forwarded[cfg].append(forwarder.forward(spool_dirs[cfg]))
             if (i + 1) % max(1, rounds // 10) == 0:
                 print(f"  {i + 1}/{rounds} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
         wall_s = time.monotonic() - started
@@ -1438,9 +1555,11 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
                             cfg, i, envs["preloaded"][cfg], str(logs_dir / "warm.log"), warm=True
                         )
                     )
+        for cfg, forwarder in forwarders.items():  # what the steady-state rounds spooled
+            forwarder.forward(spool_dirs[cfg])
         supervisor_info = {f"{mode}/{cfg}": s.info for (mode, cfg), s in supervisors.items()}
     finally:
-        for s in {id(s): s for s in supervisors.values()}.values():
+        for s in [*{id(s): s for s in supervisors.values()}.values(), *forwarders.values()]:
             s.close()
         sink_counts = sinks.stop()
     child_logs = {}
@@ -1452,11 +1571,23 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
         print(f"bench_overhead: real Airflow reference, {args.real_reference} runs per DAG", file=sys.stderr)
         real = real_reference(args.real_reference, workdir)
     sources_at_end = provider_sources()
-    changed = sorted(
+    changed_any = sorted(
         name
         for name in set(sources_at_start) | set(sources_at_end)
         if sources_at_start.get(name) != sources_at_end.get(name)
     )
+    # Only a file that the task path loads (the modules a preloaded supervisor had, and the policy it read)
+    # can have mixed two versions of the code in one set of results; others are listed apart.
+    loaded = {
+        module.replace(".", "/") for info in supervisor_info.values() for module in info.get("barecount_modules", [])
+    }
+
+    def on_task_path(name: str) -> bool:
+        stem = name[: -len(".py")] if name.endswith(".py") else name
+        return stem in loaded or stem.removesuffix("/__init__") in loaded or name.endswith("default_policy.yaml")
+
+    changed = [name for name in changed_any if on_task_path(name)]
+    unrelated = [name for name in changed_any if not on_task_path(name)]
     n_text = str(args.tasks) if len(set(n_of.values())) == 1 else ", ".join(f"{n_of[m]} ({m})" for m in modes)
     markdown = report(
         results,
@@ -1474,7 +1605,13 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
         wall_s=wall_s,
         warm=warm_results,
         real=real,
+        forwarded=forwarded,
     )
+    if unrelated:
+        markdown += (
+            "\n\nOther files of the package changed during the run, none of them loaded by the task path "
+            "(the modules of the preloaded supervisors): " + ", ".join(f"`{name}`" for name in unrelated) + "."
+        )
     if changed:
         warning = (
             "**Warning: BareCount's source changed during this run** ("

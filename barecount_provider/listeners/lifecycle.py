@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from airflow.listeners import hookimpl
 
+from barecount_provider.telemetry.filesink import state_name as _state
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,10 @@ def _in_task_process(task_instance: Any) -> bool:
     return type(task_instance).__name__ == "RuntimeTaskInstance"
 
 
-def _state(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
 @hookimpl
 @guarded("on_starting")
 def on_starting(component: Any) -> None:
-    """In the scheduler, start the in-flight sampler.
+    """In the scheduler, start the in-flight sampler and the forwarder of the OTLP spool.
 
     Airflow calls this from ``Job.__init__`` before the job's type is set, so the decision is taken a moment
     later in a thread, once the scheduler's job runner has named the job ``SchedulerJob``.
@@ -73,6 +70,7 @@ def on_starting(component: Any) -> None:
                     side.in_scheduler = True  # from now on the trace sampler reads only its cache
                     if sample:
                         side.start_in_flight_sampler()
+                    side.start_forwarder()  # the task processes' OTLP spool (spool.py)
                 return
             time.sleep(0.1)
 

@@ -16,20 +16,86 @@ from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 EVENTS_FILE = "events.jsonl"
 
+_dir_ready: str | None = None
+
 
 def events_path() -> str:
     return os.path.join(config.telemetry_dir(), EVENTS_FILE)
 
 
+def state_name(value: Any) -> str:
+    """An Airflow state (enum or string) as its plain string; ``"none"`` for no state."""
+    return str(getattr(value, "value", value)) if value is not None else "none"
+
+
+def task_try_event(
+    *,
+    source: str,
+    time: str,
+    dag_id: str,
+    run_id: str,
+    task_id: str,
+    map_index: int | None,
+    try_number: int,
+    state: str,
+    tenant: str,
+    pipeline: str,
+    sinks: dict[str, str],
+    duration_s: float | None = None,
+    runner_class: str | None = "local",
+    size: str | None = None,
+    network_profile: str | None = None,
+    correlation_id: str | None = None,
+    trace_id: str | None = None,
+    span_id: str | None = None,
+    sampled: bool | None = None,
+    error_class: str | None = None,
+    resources: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``task_try`` event, whoever saw the try end: its task process (``source="task"``) or the scheduler
+    side, for tries that had no task process or that the scheduler failed (``source="scheduler"``)."""
+    return {
+        "kind": "task_try",
+        "source": source,
+        "time": time,
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "task_id": task_id,
+        "map_index": map_index,
+        "try_number": try_number,
+        "state": state,
+        "duration_s": duration_s,
+        "tenant": tenant,
+        "pipeline": pipeline,
+        "runner_class": runner_class,
+        "size": size,
+        "network_profile": network_profile,
+        "correlation_id": correlation_id,
+        "trace_id": trace_id,
+        "span_id": span_id,
+        "sampled": sampled,
+        "error_class": error_class,
+        "resources": resources,
+        "sinks": sinks,
+    }
+
+
 def append_event(event: dict[str, Any]) -> None:
     """Append one event; a failure is counted, never raised."""
+    global _dir_ready
     from barecount_provider.telemetry.redaction import redact
 
     try:
         line = (json.dumps(redact(event), default=str, separators=(",", ":")) + "\n").encode()
         path = events_path()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if _dir_ready != path:  # once per process (and per path)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _dir_ready = path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except FileNotFoundError:  # the directory was removed since
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             os.write(fd, line)
         finally:

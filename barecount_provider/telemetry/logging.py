@@ -85,6 +85,13 @@ def bind_run_context(fields: Mapping[str, object]) -> None:
     _bound_tokens.update(structlog.contextvars.bind_contextvars(**redacted))
 
 
+def warm_context_vars() -> None:
+    """Create structlog's context variables of BareCount's fields once, in a process that forks task
+    processes (they inherit them); binds nothing: every variable is set and reset at once."""
+    tokens = structlog.contextvars.bind_contextvars(**dict.fromkeys(CONTEXT_FIELDS, Ellipsis))
+    structlog.contextvars.reset_contextvars(**tokens)
+
+
 def unbind_run_context() -> None:
     """Remove what :func:`bind_run_context` bound; a value it replaced (Airflow's ``dag_id``...) comes back."""
     if not _bound_tokens:
@@ -224,6 +231,10 @@ def govern_debug(logger_or_none: Any, environment: str, debug_allowed: bool) -> 
     and the loggers already built). When refused, the level becomes info and one warning per process is
     logged; when allowed, an earlier refusal in this process is undone.
     """
+    if debug_allowed or environment.strip().lower() != PRODUCTION:  # nothing to refuse: no level to read
+        if _REFUSAL.active:
+            _REFUSAL.undo()
+        return
     requested = _level_name(_requested_level(logger_or_none))
     if effective_level(requested, environment, debug_allowed) == requested:
         if _REFUSAL.active and (debug_allowed or environment.strip().lower() != PRODUCTION):

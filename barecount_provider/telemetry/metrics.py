@@ -115,21 +115,21 @@ EMIT_FAILURES = EmitFailures()
 def _reset_after_fork() -> None:
     """In a forked child (a LocalExecutor worker, a task process): start afresh.
 
-    A lock held by another thread at fork time would stay held in the child forever; counts belong to the
-    parent; and the parent's metric reader, which the OpenTelemetry SDK restarts in the child, would export
-    the parent's points a second time, so it is stopped and the child builds sinks of its own.
+    A lock held by another thread at fork time would stay held in the child forever, and counts belong to
+    the parent. The spooling emitter (StatsD's socket, the spool sink) is stateless and kept, shared by every
+    forked task process. The direct emitter of a scheduler (OTLP: a metric reader, which the OpenTelemetry
+    SDK restarts in the child and which would export the parent's points a second time) is stopped and
+    dropped: a child that forwards builds its own.
     """
     EMIT_FAILURES._lock = threading.Lock()
     EMIT_FAILURES.counts.clear()
     if get_emitter.cache_info().currsize:
-        sinks = get_emitter().sinks
-        if any(isinstance(sink, OtelMetricSink) for sink in sinks):  # stateless sinks are kept, shared
-            for sink in sinks:
-                shutdown_event = getattr(getattr(sink, "reader", None), "_shutdown_event", None)
-                if shutdown_event is not None:
-                    shutdown_event.set()
-            get_emitter.cache_clear()
-
+        emitter = get_emitter()
+        direct, emitter.direct, emitter.forwarder = emitter.direct, None, None
+        for sink in direct.sinks if direct is not None and direct is not emitter else ():
+            shutdown_event = getattr(getattr(sink, "reader", None), "_shutdown_event", None)
+            if shutdown_event is not None:
+                shutdown_event.set()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -205,6 +205,18 @@ class StatsdSink:
 
             self._client = statsd.StatsClient(address, self.port, prefix=self.prefix or None)
         return self._client
+
+    def warm(self) -> None:
+        """Build the client now when the host is an address (no look-up, no thread): in a process that forks
+        task processes, they inherit its socket (one UDP datagram per ``send``, from any process) instead of
+        each building one (and importing the IDNA codec for the address look-up, ~6 ms)."""
+        import encodings.idna  # noqa: F401  (socket.getaddrinfo imports it on its first call)
+
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in self.host else socket.AF_INET, self.host)
+        except OSError:
+            return  # a host name: resolved in each process, bounded by a thread (see _resolve)
+        self._get_client()
 
     def _encode(self, name: str, tags: Mapping[str, str]) -> tuple[str, str]:
         if not tags:
@@ -348,6 +360,9 @@ def _counting_exporter(inner: Any) -> Any:
 class Emitter:
     """Fans metric points out to the configured sinks; never raises."""
 
+    direct: Emitter | None = None  # see get_direct_emitter
+    forwarder: Any = None  # the spool's forwarder of a direct emitter (spool.get_forwarder)
+
     def __init__(self, sinks: list[Any]):
         self.sinks = sinks
 
@@ -396,7 +411,9 @@ class Emitter:
             )
 
 
-def build_sinks() -> list[Any]:
+def build_sinks(direct: bool = False) -> list[Any]:
+    """The configured sinks. OTLP metrics go to the spool (see :mod:`barecount_provider.telemetry.spool`)
+    unless ``direct``: the long-lived process that forwards the spool exports them itself."""
     sinks: list[Any] = []
     timeout = config.emit_timeout_ms()
     if config.statsd_on():
@@ -410,6 +427,11 @@ def build_sinks() -> list[Any]:
             )
         )
     if config.otlp_metrics_on():
+        if not direct:
+            from barecount_provider.telemetry.spool import SpoolMetricSink
+
+            sinks.append(SpoolMetricSink())
+            return sinks
         try:
             sinks.append(OtelMetricSink(timeout_ms=timeout))
         except Exception:
@@ -420,7 +442,23 @@ def build_sinks() -> list[Any]:
 
 @functools.cache
 def get_emitter() -> Emitter:
+    """The emitter of task processes (and anything that runs in them): StatsD directly, OTLP through the
+    spool. Stateless: built once where the plugin is loaded and shared by the forked task processes."""
     return Emitter(build_sinks())
+
+
+def get_direct_emitter() -> Emitter:
+    """The emitter of long-lived processes (the scheduler side, the spool's forwarder): StatsD and OTLP
+    directly. Built once per process (with the current :func:`get_emitter`; dropped in a forked child)."""
+    emitter = get_emitter()
+    direct = emitter.direct
+    if direct is None:
+        if not any(getattr(sink, "name", None) == "otlp_metrics" for sink in emitter.sinks):
+            direct = emitter  # nothing is spooled: the same sinks
+        else:
+            direct = Emitter(build_sinks(direct=True))
+        emitter.direct = direct
+    return direct
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)

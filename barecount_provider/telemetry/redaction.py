@@ -275,9 +275,12 @@ class _PatternSet:
         return "".join(out)
 
 
+_NON_WORD = re.compile(r"\W+")
+
+
 def _normalise_key(name: str) -> str:
     # Airflow's normalisation (should_hide_value_for_key): lower case, runs of non-word characters to "_".
-    return re.sub(r"\W+", "_", name.strip().lower())
+    return _NON_WORD.sub("_", name.strip().lower())
 
 
 def is_exempt_key(name: str) -> bool:

@@ -21,10 +21,18 @@ class ResourceSample:
     write_bytes: int | None
 
 
+def _read_proc(path: str) -> bytes:
+    """A small /proc file in one read, without Python's buffered file objects."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 8192)
+    finally:
+        os.close(fd)
+
+
 def _read_io() -> tuple[int | None, int | None]:
     try:
-        with open("/proc/self/io", "rb") as handle:
-            fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
+        fields = dict(line.split(b":", 1) for line in _read_proc("/proc/self/io").splitlines() if b":" in line)
         return int(fields[b"rchar"]), int(fields[b"wchar"])
     except (OSError, KeyError, ValueError):
         return None, None
@@ -43,8 +51,11 @@ def sample() -> ResourceSample:
 def reset_peak_memory() -> bool:
     """Reset this process's resident-memory high-water mark (Linux >= 4.0). False where unsupported."""
     try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
+        fd = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        try:
+            os.write(fd, b"5")
+        finally:
+            os.close(fd)
         return True
     except OSError:
         return False
@@ -52,13 +63,13 @@ def reset_peak_memory() -> bool:
 
 def peak_memory_bytes() -> int | None:
     try:
-        with open("/proc/self/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
+        status = _read_proc("/proc/self/status")
+        start = status.find(b"VmHWM:")
+        if start < 0:
+            return None
+        return int(status[start:status.find(b"\n", start)].split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
-    return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,16 +20,17 @@ from typing import Any
 
 from barecount_provider import config, context
 from barecount_provider.telemetry import filesink
-from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER, get_emitter
+from barecount_provider.telemetry.filesink import state_name as _state
+from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER
+from barecount_provider.telemetry.metrics import (
+    get_direct_emitter as get_emitter,  # long-lived: OTLP directly
+)
 
 log = logging.getLogger(__name__)
 
 NEVER_RAN_STATES = ("skipped", "upstream_failed", "removed")
 QUEUE_SIZE = 10_000
-
-
-def _state(value: Any) -> str:
-    return str(getattr(value, "value", value)) if value is not None else "none"
+EVIDENCE_TICK_SECONDS = 5.0  # how often runs waiting for late evidence entries are retried
 
 
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
@@ -45,6 +46,7 @@ class SchedulerSide:
         self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._thread: threading.Thread | None = None
         self._sampler: threading.Thread | None = None
+        self._forwarder: threading.Thread | None = None
         self._stop = threading.Event()
         self._tenants: dict[str, tuple[str, str]] = {}
         self._tenant_read_at: dict[str, float] = {}
@@ -73,7 +75,7 @@ class SchedulerSide:
         from airflow.utils.state import TaskInstanceState  # noqa: F401
         from sqlalchemy import func, select  # noqa: F401
 
-        from barecount_provider.telemetry import task_side, tracing
+        from barecount_provider.telemetry import spool, task_side, tracing
 
         task_side.preload()
         # Build the sinks and export once here, on the main thread: the HTTP stack of the OTLP exporters
@@ -82,9 +84,18 @@ class SchedulerSide:
         emitter = get_emitter()
         emitter.emit([("barecount.emit.failed", COUNTER, 0, {"sink": "none", "stage": "startup"})])
         emitter.flush(config.emit_timeout_ms())
-        tracer = tracing.get_tracing()
+        tracer = tracing.get_direct_tracing()
         if tracer is not None:
             tracer.flush(config.emit_timeout_ms())
+        if spool.enabled():
+            spool.get_forwarder().warm_up()  # the spool's exporters, built and first used here too
+        try:
+            from barecount_provider.evidence import scheduler as evidence
+
+            evidence.prepare()  # the evidence store's index (SQLAlchemy, sqlite3 / boto3), first used here
+        except Exception:
+            EMIT_FAILURES.record("evidence", "prepare")
+            log.warning("BareCount could not prepare the evidence store", exc_info=True)
         self._prepared = True
 
     def _ensure_thread(self) -> None:
@@ -104,7 +115,11 @@ class SchedulerSide:
 
     def _work(self) -> None:
         while True:
-            job = self.jobs.get()
+            try:
+                job = self.jobs.get(timeout=EVIDENCE_TICK_SECONDS)
+            except queue.Empty:
+                self._evidence_tick()
+                continue
             try:
                 if job is None:
                     return
@@ -115,6 +130,16 @@ class SchedulerSide:
             finally:
                 self.jobs.task_done()
                 get_emitter().report_failures()
+
+    def _evidence_tick(self) -> None:
+        """Retry sealing the finished runs still waiting for late entries (evidence/assemble.py)."""
+        try:
+            from barecount_provider.evidence import scheduler as evidence
+
+            evidence.tick()
+        except Exception:
+            EMIT_FAILURES.record("evidence", "tick")
+            log.warning("BareCount could not seal waiting evidence records", exc_info=True)
 
     def drain(self, timeout_s: float = 10.0) -> bool:
         """Wait until every submitted job ran (tests, dag.test and shutdown); bounded."""
@@ -254,6 +279,19 @@ class SchedulerSide:
                 self._file_event(row, tenant, pipeline, source="scheduler")
         get_emitter().emit(points)
         self._emit_spans(dag_id, run_id, tenant, state, start_date, end_date, tasks)
+        if config.evidence_on():  # seal the run's evidence now, or when its late entries arrive
+            from barecount_provider.evidence import scheduler as evidence
+
+            evidence.run_finished(
+                dag_id=dag_id,
+                run_id=run_id,
+                state=state,
+                started_at=start_date,
+                ended_at=end_date,
+                tenant=tenant,
+                pipeline=pipeline,
+                rows=tries,
+            )
         if config.file_sink_on():
             filesink.append_event(
                 {
@@ -299,35 +337,27 @@ class SchedulerSide:
         if not config.file_sink_on():
             return
         filesink.append_event(
-            {
-                "kind": "task_try",
-                "source": source,
-                "time": datetime.now(UTC).isoformat(),
-                "dag_id": row["dag_id"],
-                "run_id": row["run_id"],
-                "task_id": row["task_id"],
-                "map_index": row["map_index"],
-                "try_number": row["try_number"],
-                "state": row["state"],
-                "duration_s": None,
-                "tenant": tenant,
-                "pipeline": pipeline,
-                "runner_class": "local",
-                "size": None,
-                "network_profile": None,
-                "correlation_id": context.correlation_id_for(row["dag_id"], row["run_id"]),
-                "trace_id": None,
-                "span_id": None,
-                "sampled": None,
-                "sinks": {**get_emitter().describe(), "file": filesink.events_path()},
-            }
+            filesink.task_try_event(
+                source=source,
+                time=datetime.now(UTC).isoformat(),
+                dag_id=row["dag_id"],
+                run_id=row["run_id"],
+                task_id=row["task_id"],
+                map_index=row["map_index"],
+                try_number=row["try_number"],
+                state=row["state"],
+                tenant=tenant,
+                pipeline=pipeline,
+                correlation_id=context.correlation_id_for(row["dag_id"], row["run_id"]),
+                sinks={**get_emitter().describe(), "file": filesink.events_path()},
+            )
         )
 
     def _emit_spans(self, dag_id: str, run_id: str, tenant: str, state: str, start: Any, end: Any, tasks: dict) -> None:
         from barecount_provider.telemetry import tracing
         from barecount_provider.telemetry.task_side import policy_values
 
-        tracer = tracing.get_tracing()
+        tracer = tracing.get_direct_tracing()
         if tracer is None or tracer.airflow_mode or start is None:
             return  # under Airflow's tracing, Airflow emits the dag_run and task_run spans itself
         ratio, _ = policy_values(tenant)
@@ -430,9 +460,36 @@ class SchedulerSide:
 
     _last_in_flight: set[tuple[str, str, str]] = set()
 
+    # ------------------------------------------------------------------------------ the spool's forwarder
+
+    def start_forwarder(self) -> bool:
+        """Forward the task processes' OTLP spool from a thread of this long-lived process (the scheduler),
+        every ``spool.FORWARD_INTERVAL_SECONDS``. False when nothing is spooled."""
+        from barecount_provider.telemetry import spool
+
+        if self._forwarder is not None or not spool.enabled():
+            return False
+        self.prepare()  # the exporters are built, and first used, on the main thread
+        self._forwarder = threading.Thread(target=self._forward_loop, name="barecount-forwarder", daemon=True)
+        self._forwarder.start()
+        return True
+
+    def _forward_loop(self) -> None:
+        from barecount_provider.telemetry import spool
+
+        while not self._stop.wait(spool.FORWARD_INTERVAL_SECONDS):
+            try:
+                spool.flush_spool()
+            except Exception:
+                EMIT_FAILURES.record("spool", "forward")
+
     def stop(self) -> None:
         self._stop.set()
         self.drain(timeout_s=config.emit_timeout_ms() / 1000.0 + 1.0)
+        if self._forwarder is not None:
+            from barecount_provider.telemetry import spool
+
+            spool.flush_spool()  # what the last task processes spooled
 
 
 @functools.cache

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
+import os
 import time
 import traceback
 from datetime import UTC, datetime
 from typing import Any
 
 from barecount_provider import config, context
-from barecount_provider.telemetry import filesink, resources
+from barecount_provider.telemetry import filesink, resources, spool
 from barecount_provider.telemetry.metrics import (
     COUNTER,
     EMIT_FAILURES,
@@ -135,6 +137,95 @@ def error_class_of(error: Any) -> str:
     return "TaskFailed" if error else "Unknown"
 
 
+def _frame_lines(error: BaseException) -> dict[str, set[int]]:
+    """The source lines a traceback of ``error`` shows: file -> line numbers (chained exceptions included)."""
+    needed: dict[str, set[int]] = {}
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            needed.setdefault(tb.tb_frame.f_code.co_filename, set()).add(tb.tb_lineno)
+            tb = tb.tb_next
+        todo.extend((current.__cause__, current.__context__))
+        todo.extend(getattr(current, "exceptions", None) or ())  # exception groups
+    return needed
+
+
+def _partial_cache_entry(path: str, linenos: set[int]) -> tuple[int, float, list[str], str] | None:
+    """A linecache entry for ``path`` holding only the lines ``linenos`` (the others empty), read as linecache
+    reads them (the file's declared encoding, universal newlines); None where linecache must do it itself."""
+    import tokenize
+
+    if not os.path.isabs(path):
+        return None
+    stat = os.stat(path)
+    with open(path, "rb") as handle:
+        data = handle.read()
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    if b"\r" in data:  # \r\n or \r line ends: split as universal newlines do
+        raw = data.splitlines(keepends=True)
+        count = len(raw)
+
+        def line(number: int) -> bytes:
+            return raw[number - 1]
+    else:  # \n only: find the wanted lines without making an object of every line of the file
+        count = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+        starts = {0: 0}
+        position, number = 0, 1
+        for wanted in sorted(linenos):
+            while number < wanted and position >= 0:
+                position = data.find(b"\n", position) + 1 or -1
+                number += 1
+            starts[wanted] = position
+
+        def line(number: int) -> bytes:
+            start = starts[number]
+            end = data.find(b"\n", start)
+            return data[start:] if end < 0 else data[start : end + 1]
+    lines = [""] * count
+    for lineno in linenos:
+        if 1 <= lineno <= count:
+            text = line(lineno).decode(encoding)
+            if text.endswith("\r\n"):
+                text = text[:-2]
+            elif text.endswith(("\r", "\n")):
+                text = text[:-1]
+            lines[lineno - 1] = text + "\n"
+    return stat.st_size, stat.st_mtime, lines, path
+
+
+def format_exception_text(error: BaseException) -> str:
+    """``traceback.format_exception(error)``, the same text, reading only the source lines it shows.
+
+    linecache reads and keeps every line of every file of a traceback (the task runner's, the operator's, the
+    DAG file): about 1 ms and a few hundred page faults in a task process whose cache is cold, for the few
+    lines the traceback shows. Those lines are read here into temporary cache entries, removed afterwards.
+    """
+    import linecache
+
+    added: list[str] = []
+    try:
+        for path, linenos in _frame_lines(error).items():
+            if path in linecache.cache:
+                continue
+            try:
+                entry = _partial_cache_entry(path, linenos)
+            except (OSError, SyntaxError, UnicodeDecodeError, LookupError):
+                entry = None
+            if entry is not None:
+                linecache.cache[path] = entry
+                added.append(path)
+        return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    finally:
+        for path in added:
+            linecache.cache.pop(path, None)
+
+
 def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     """End a try: metrics, span, file-sink event. ``state`` is the try's terminal state."""
     from barecount_provider.telemetry.redaction import redact
@@ -178,16 +269,14 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
         if usage.peak_memory_bytes is not None:
             span.set_attribute("barecount.peak_memory_bytes", usage.peak_memory_bytes)
-        if error_class is not None:
+        if error_class is not None and span.is_recording():  # no traceback for a span nobody records
             from opentelemetry.trace import Status, StatusCode
 
             span.set_attribute("error.type", error_class)
             attributes = {"exception.type": error_class}
             if isinstance(error, BaseException):
                 attributes["exception.message"] = redact(str(error))
-                attributes["exception.stacktrace"] = redact(
-                    "".join(traceback.format_exception(type(error), error, error.__traceback__))
-                )
+                attributes["exception.stacktrace"] = redact(format_exception_text(error))
             elif error:
                 attributes["exception.message"] = redact(str(error))
             span.add_event("exception", attributes)
@@ -200,79 +289,117 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         from barecount_provider.telemetry import tracing
 
         tracer = tracing.get_tracing()
-        sinks = dict(emitter.describe())
+        sinks = emitter.describe()
         sinks["traces"] = tracer.exporter_desc if tracer is not None else "off"
         sinks["file"] = filesink.events_path()
         filesink.append_event(
-            {
-                "kind": "task_try",
-                "source": "task",
-                "time": now.isoformat(),
-                "dag_id": ctx.dag_id,
-                "run_id": ctx.run_id,
-                "task_id": ctx.task_id,
-                "map_index": ctx.map_index,
-                "try_number": ctx.try_number,
-                "state": state,
-                "duration_s": round(duration_s, 3),
-                "tenant": ctx.tenant,
-                "pipeline": ctx.pipeline,
-                "runner_class": ctx.runner_class,
-                "size": ctx.size,
-                "network_profile": ctx.network_profile,
-                "correlation_id": ctx.correlation_id,
-                "trace_id": trace_id,
-                "span_id": span_id,
-                "sampled": tried.sampled,
-                "error_class": error_class,
-                "resources": usage.as_dict(),
-                "sinks": sinks,
-            }
+            filesink.task_try_event(
+                source="task",
+                time=now.isoformat(),
+                dag_id=ctx.dag_id,
+                run_id=ctx.run_id,
+                task_id=ctx.task_id,
+                map_index=ctx.map_index,
+                try_number=ctx.try_number,
+                state=state,
+                duration_s=round(duration_s, 3),
+                tenant=ctx.tenant,
+                pipeline=ctx.pipeline,
+                runner_class=ctx.runner_class,
+                size=ctx.size,
+                network_profile=ctx.network_profile,
+                correlation_id=ctx.correlation_id,
+                trace_id=trace_id,
+                span_id=span_id,
+                sampled=tried.sampled,
+                error_class=error_class,
+                resources=usage.as_dict(),
+                sinks=sinks,
+            )
         )
+    if config.evidence_on():  # the try's evidence entry: written to the store, or spooled; never raises
+        from barecount_provider.evidence.task import record_try
+
+        record_try(
+            ctx,
+            ti,
+            state=state,
+            started_at=start,
+            ended_at=now,
+            duration_s=duration_s,
+            metrics=usage.as_dict(),
+            trace={"trace_id": trace_id, "span_id": span_id, "sampled": bool(tried.sampled)} if trace_id else None,
+            error={"error_class": error_class, "message": redact(str(error))[:2000]} if error_class else None,
+            emitter=emitter,
+        )
+    spool.write_pending()  # the try's OTLP spans and points, if any: one file
 
 
 def preload() -> None:
-    """Import and parse, once, what every task try needs, in a process that later forks task processes.
+    """Import, build and warm, once, what every task try needs, in a process that later forks task processes.
 
     Called where the plugin is loaded (the scheduler, before LocalExecutor forks its workers, which fork the
-    task processes): the imports, the compiled redaction patterns and the parsed policy are then inherited,
-    and a task process pays none of them. Stateful objects (sinks, tracer provider) are not built here:
-    each process builds its own (see the at-fork resets in metrics.py and tracing.py).
+    task processes): the imports, the options, the compiled redaction patterns and the redactor's caches of
+    the keys BareCount writes, the parsed policy of every declared tenant, the emitter and the tracer
+    provider are then inherited, and a task process pays none of them. The emitter and the tracer provider
+    of task processes hold no thread and no buffer of the SDK (StatsD's socket, a JSON-lines file, the OTLP
+    spool, see spool.py), so one built here is shared by every forked task process; the exporters that do
+    (OTLP) live in the long-lived process that forwards the spool (scheduler_side.py).
     """
     import opentelemetry.sdk.trace
-    import opentelemetry.sdk.trace.export
+    import opentelemetry.sdk.trace.export  # noqa: F401
 
-    from barecount_provider.telemetry import logging as _logging  # noqa: F401
+    from barecount_provider.telemetry import logging as _logging
     from barecount_provider.telemetry import resources as _resources  # noqa: F401
     from barecount_provider.telemetry import tracing as _tracing
     from barecount_provider.telemetry.redaction import get_redactor
 
     if config.statsd_on():
         import statsd  # noqa: F401
-    otlp = config.otlp_metrics_on() or (config.traces_on() and config.traces_exporter() == "otlp")
-    if config.otlp_metrics_on():
-        import opentelemetry.exporter.otlp.proto.http.metric_exporter
-        import opentelemetry.sdk.metrics
-        import opentelemetry.sdk.metrics.export
-    if config.traces_on() and config.traces_exporter() == "otlp":
-        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
-    if otlp:
-        import requests  # the OTLP/HTTP exporters import it when they are built
-
-        requests.Session().close()  # and the lazy imports of a first Session
-    # Stateless sinks (StatsD's socket, the JSON-lines span file) are built here once and shared by every
-    # forked task process; anything with threads or buffers (OTLP) is built in each process instead.
-    if not otlp:
-        from barecount_provider.telemetry.metrics import get_emitter
-
-        get_emitter()
-        _tracing.get_tracing()
     config.warm()
-    get_redactor()
+    for sink in get_emitter().sinks:
+        warm = getattr(sink, "warm", None)
+        if warm is not None:
+            warm()
+    if config.traces_on():
+        if _tracing.airflow_tracing_on():
+            # Airflow's tracer provider is set up by each task process: nothing of it is built here, only the
+            # SDK's span path is warmed (the try span is an SDK span of Airflow's provider then).
+            _tracing.warm_span_path()
+        else:
+            _tracing.get_tracing()  # a file or the spool: no thread, no buffer; shared by the task processes
+    _logging.warm_context_vars()
+    context.correlation_id_for("", "")  # the keyed hash's first use (key, digest) is paid here, once
+    redactor = get_redactor()
     try:
         tenant_policy(config.default_tenant())
+        from barecount_provider.policy import get_policy
+
+        for tenant in get_policy().tenants:
+            tenant_policy(tenant)
     except Exception:
         EMIT_FAILURES.record("policy", "load")
+    # The redactor caches its decision per key; warm it with every key BareCount writes (log fields, the
+    # file-sink event), so that task processes find the decisions made.
+    redactor.redact_mapping({key: "" for key in (*_logging.CONTEXT_FIELDS, "correlation_id", "run_token")})
+    sample_event = filesink.task_try_event(
+        source="", time="", dag_id="", run_id="", task_id="", map_index=-1, try_number=0, state="", tenant="",
+        pipeline="", sinks={"statsd": "", "otlp_metrics": "", "traces": "", "file": ""}, resources=resources.ResourceUsage(0.0, 0, 0, 0).as_dict(),
+    )
+    redactor.redact(sample_event)
+    if config.evidence_on():  # the evidence entry's modules and the price table, read once here
+        try:
+            from barecount_provider.cost import configured_price_table
+            from barecount_provider.evidence import spool as _evidence_spool  # noqa: F401
+            from barecount_provider.evidence import task as _evidence_task  # noqa: F401
+
+            configured_price_table()
+        except Exception:
+            EMIT_FAILURES.record("evidence", "preload")
+    try:  # the traceback module's first use (a try that fails formats its exception for the span)
+        raise ValueError("warm")
+    except ValueError as err:
+        format_exception_text(err)
 
 
 def end_suspended_tries() -> None:
@@ -287,34 +414,13 @@ def end_suspended_tries() -> None:
 
 
 def flush() -> None:
-    """At the end of the task process: flush, then report BareCount's own failures (a sink that was down
-    during the flush is counted through the sinks that work).
+    """At the end of the task process: end suspended tries, report BareCount's own failures (through the
+    sinks that work) and write what is left for the OTLP spool.
 
-    The whole flush is bounded by one deadline, ``emit_timeout_ms``: exporters that buffer (OTLP) are
-    flushed in a daemon thread that the task process waits for at most that long, because an exporter's
-    own flush does not always honour its timeout (a collector that accepts and never answers).
+    Nothing here waits for the network: StatsD is fire-and-forget UDP, spans and points for OTLP go to the
+    spool (one file), which a long-lived process forwards (spool.py). ``emit_timeout_ms`` bounds that
+    forwarder's exports, never a task.
     """
-    import threading
-
-    from barecount_provider.telemetry import tracing
-
     end_suspended_tries()
-    emitter = get_emitter()
-    tracer = tracing.get_tracing()
-    budget_ms = config.emit_timeout_ms()
-    buffered = any(sink.name == "otlp_metrics" for sink in emitter.sinks) or (
-        tracer is not None and not tracer.airflow_mode and tracer.exporter_desc.startswith("otlp")
-    )
-    if buffered:
-
-        def flush_all() -> None:
-            emitter.flush(budget_ms)
-            if tracer is not None:
-                tracer.flush(budget_ms)
-
-        worker = threading.Thread(target=flush_all, name="barecount-flush", daemon=True)
-        worker.start()
-        worker.join(budget_ms / 1000.0)
-        if worker.is_alive():
-            EMIT_FAILURES.record("flush", "timeout")
-    emitter.report_failures()
+    get_emitter().report_failures()
+    spool.write_pending()

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -88,14 +89,27 @@ class JsonLinesSpanExporter(SpanExporter):
     def __init__(self, path: str):
         self.path = path
 
+    _dir_ready = False
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.write_lines([_span_as_dict(span) for span in spans])
+
+    def write_lines(self, records: list[dict[str, Any]]) -> SpanExportResult:
+        """Append the spans' JSON lines with one ``write`` (``O_APPEND``: lines of concurrent processes never
+        interleave); a failure is counted, never raised."""
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            lines = "".join(json.dumps(_span_as_dict(span), default=str) + "\n" for span in spans)
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(lines)
+            data = "".join(json.dumps(record, default=str) + "\n" for record in records).encode()
+            if not self._dir_ready:  # once per exporter (inherited by forked task processes)
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                self._dir_ready = True
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
             return SpanExportResult.SUCCESS
         except Exception:
+            self._dir_ready = False
             EMIT_FAILURES.record("traces", "export")
             return SpanExportResult.FAILURE
 
@@ -153,8 +167,131 @@ class _CountingSpanExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
+class TrySpan:
+    """A task-try span of BareCount's own provider, recorded without the SDK's span machinery.
+
+    The SDK's span start and end (sampler, attribute cleaning through ABC checks, span processors, context
+    attach for the export) cost a task process about 1 ms; a try span needs none of it: its parent is the
+    task span (remote, derived ids) whose sampled flag decides, as ``ParentBased(ALWAYS_ON)`` does; its
+    attributes are strings and numbers. It makes the span the SDK would have made (ids from the provider's
+    id generator, times from ``time.time_ns()``, the same attributes, events, links and status) and, when
+    it ends, hands it to the exporter: one JSON line to the span file or a record to the OTLP spool directly,
+    anything else as an SDK ``ReadableSpan`` through the provider's span processors.
+    """
+
+    __slots__ = (
+        "_tracing", "name", "trace_id", "span_id", "parent_span_id", "sampled", "attributes", "events",
+        "links", "status", "start_time", "end_time",
+    )
+
+    def __init__(
+        self,
+        tracing: Tracing,
+        name: str,
+        *,
+        trace_id: int,
+        parent_span_id: int,
+        sampled: bool,
+        attributes: dict[str, Any],
+        upstream: list[tuple[str, int]],
+    ) -> None:
+        self._tracing = tracing
+        self.name = name
+        self.trace_id = trace_id
+        self.span_id = tracing.ids.generate_span_id()
+        self.parent_span_id = parent_span_id
+        self.sampled = bool(sampled)
+        self.attributes = {key: value for key, value in attributes.items() if value is not None} if sampled else {}
+        self.links = (
+            [(span_id, {"airflow.task_id": task_id, "barecount.link": "upstream"}) for task_id, span_id in upstream]
+            if sampled
+            else []
+        )
+        self.events: list[tuple[str, dict[str, Any], int]] = []
+        self.status: Any = None
+        self.start_time = time.time_ns()
+        self.end_time: int | None = None
+
+    def get_span_context(self) -> SpanContext:
+        return SpanContext(
+            self.trace_id,
+            self.span_id,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED if self.sampled else TraceFlags.DEFAULT),
+        )
+
+    def is_recording(self) -> bool:
+        return self.sampled and self.end_time is None
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        if self.is_recording() and value is not None:
+            self.attributes[key] = value
+
+    def add_event(self, name: str, attributes: dict[str, Any] | None = None, timestamp: int | None = None) -> None:
+        if self.is_recording():
+            self.events.append((name, dict(attributes or {}), timestamp or time.time_ns()))
+
+    def set_status(self, status: Any) -> None:
+        if self.is_recording():
+            self.status = status
+
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_time is not None:
+            return
+        self.end_time = end_time or time.time_ns()
+        if self.sampled:
+            try:
+                self._tracing.export_try_span(self)
+            except Exception:
+                EMIT_FAILURES.record("traces", "export")
+
+    def record(self) -> dict[str, Any]:
+        """The span as the OTLP spool keeps it (see spool.span_record)."""
+        status = self.status
+        code = status.status_code.name if status is not None else "UNSET"
+        return {
+            "name": self.name,
+            "kind": "INTERNAL",
+            "trace_id": f"{self.trace_id:032x}",
+            "span_id": f"{self.span_id:016x}",
+            "trace_flags": 1,
+            "parent_span_id": f"{self.parent_span_id:016x}",
+            "parent_remote": True,
+            "start": self.start_time,
+            "end": self.end_time,
+            "status": code,
+            "status_description": status.description if status is not None else None,
+            "attributes": self.attributes,
+            "events": [{"name": name, "time": when, "attributes": attrs} for name, attrs, when in self.events],
+            "links": [
+                {"trace_id": f"{self.trace_id:032x}", "span_id": f"{span_id:016x}", "trace_flags": 1, "attributes": attrs}
+                for span_id, attrs in self.links
+            ],
+        }
+
+    def file_line(self) -> dict[str, Any]:
+        """The span as the JSON-lines span file has it (see _span_as_dict)."""
+        return {
+            "name": self.name,
+            "trace_id": f"{self.trace_id:032x}",
+            "span_id": f"{self.span_id:016x}",
+            "parent_span_id": f"{self.parent_span_id:016x}",
+            "start_time_unix_nano": self.start_time,
+            "end_time_unix_nano": self.end_time,
+            "status": self.status.status_code.name if self.status is not None else "UNSET",
+            "attributes": self.attributes,
+            "events": [{"name": name, "attributes": attrs} for name, attrs, _ in self.events],
+            "links": [
+                {"trace_id": f"{self.trace_id:032x}", "span_id": f"{span_id:016x}", "attributes": attrs}
+                for span_id, attrs in self.links
+            ],
+        }
+
+
 class Tracing:
     """BareCount's tracer, in whichever of the two modes applies."""
+
+    direct: Tracing | None = None  # see get_direct_tracing
 
     def __init__(self, provider: Any = None, airflow_mode: bool | None = None, exporter_desc: str = "none"):
         self.airflow_mode = airflow_tracing_on() if airflow_mode is None else airflow_mode
@@ -177,12 +314,12 @@ class Tracing:
 
     # ---------------------------------------------------------------------------------------- task side
 
-    def run_parent(self, ctx: context.RunContext, sampled: bool) -> Any:
+    def run_parent(self, ctx: context.RunContext, sampled: bool, trace_id: int | None = None) -> Any:
         """The OTel context a try span starts in."""
         if self.airflow_mode:
             return None  # the current context: Airflow's worker.<task> span
         parent = SpanContext(
-            trace_id=context.trace_id_for(ctx.dag_id, ctx.run_id),
+            trace_id=trace_id or context.trace_id_for(ctx.dag_id, ctx.run_id),
             span_id=context.task_span_id_for(ctx.dag_id, ctx.run_id, ctx.task_id, ctx.map_index),
             is_remote=True,
             trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT),
@@ -212,11 +349,11 @@ class Tracing:
         max_tries: int | None = None,
         resumed: bool = False,
     ) -> Any:
-        parent = self.run_parent(ctx, sampled)
         if self.airflow_mode:
             trace_id = trace.get_current_span().get_span_context().trace_id
         else:
             trace_id = context.trace_id_for(ctx.dag_id, ctx.run_id)
+        parent = self.run_parent(ctx, sampled, trace_id)
         attributes: dict[str, Any] = {
             "airflow.dag_id": ctx.dag_id,
             "airflow.task_id": ctx.task_id,
@@ -236,18 +373,61 @@ class Tracing:
             attributes["barecount.retry.max_tries"] = max_tries
         if ctx.image_or_driver_digest:
             attributes["barecount.image_or_driver_digest"] = ctx.image_or_driver_digest
-        span = self.tracer.start_span(
-            f"task_try {ctx.task_id}",
-            context=parent,
-            kind=SpanKind.INTERNAL,
-            attributes=_redact_attributes(attributes),
-            links=self.upstream_links(ctx, trace_id, upstream_task_ids) if trace_id else (),
-        )
+        if self.airflow_mode:
+            span = self.tracer.start_span(
+                f"task_try {ctx.task_id}",
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                attributes=_redact_attributes(attributes),
+                links=self.upstream_links(ctx, trace_id, upstream_task_ids) if trace_id else (),
+            )
+        else:
+            span = TrySpan(
+                self,
+                f"task_try {ctx.task_id}",
+                trace_id=trace_id,
+                parent_span_id=context.task_span_id_for(ctx.dag_id, ctx.run_id, ctx.task_id, ctx.map_index),
+                sampled=sampled,
+                attributes=_redact_attributes(attributes),
+                upstream=[
+                    (upstream, context.task_span_id_for(ctx.dag_id, ctx.run_id, upstream, -1))
+                    for upstream in sorted(upstream_task_ids)
+                ],
+            )
         if ctx.try_number > 1:
             span.add_event("retry", {"barecount.retry.attempt": ctx.try_number - 1})
         if resumed:
             span.add_event("resumed", {})
         return span
+
+    def _sole_exporter(self) -> Any:
+        """The exporter of a provider whose only span processor is a SimpleSpanProcessor (None otherwise)."""
+        active = getattr(self.provider, "_active_span_processor", None)
+        processors = getattr(active, "_span_processors", None)
+        if processors is None:
+            return None
+        if len(processors) == 0:
+            return ()
+        if len(processors) == 1 and isinstance(processors[0], SimpleSpanProcessor):
+            return processors[0].span_exporter
+        return None
+
+    def export_try_span(self, span: TrySpan) -> None:
+        """Hand a finished try span to the exporter: directly to the span file or the OTLP spool, as an SDK
+        span through the provider's span processors otherwise."""
+        from barecount_provider.telemetry import spool
+
+        exporter = self._sole_exporter()
+        if exporter == ():
+            return  # no processor: nothing is exported
+        if isinstance(exporter, JsonLinesSpanExporter):
+            exporter.write_lines([span.file_line()])
+            return
+        if isinstance(exporter, spool.span_exporter_class()):
+            spool.add_span_records([span.record()])
+            return
+        readable = spool.rebuild_span(span.record(), resource=getattr(self.provider, "resource", None))
+        self.provider._active_span_processor.on_end(readable)
 
     def flush(self, timeout_ms: int) -> None:
         if self.airflow_mode:
@@ -329,29 +509,50 @@ def sampled_for_run(dag_id: str, run_id: str, ratio: float) -> bool:
     return context.sampling_fraction(dag_id, run_id) < ratio
 
 
-def _build_exporter() -> tuple[SpanExporter | None, str]:
+def warm_span_path() -> None:
+    """Run the SDK's span path once, exporting nothing, in a process that forks task processes: the ABC
+    checks of attribute values (``isinstance(value, Sequence)``...) fill their caches here, once, instead of
+    in every task process."""
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON), shutdown_on_exit=False)  # no processor
+    remote = SpanContext(1, 1, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    values: dict[str, Any] = {"s": "x", "i": 1, "b": True, "f": 1.0, "t": ("x",)}
+    span = provider.get_tracer(TRACER_NAME).start_span(
+        "warm", context=trace.set_span_in_context(NonRecordingSpan(remote)), kind=SpanKind.INTERNAL,
+        attributes=values, links=[Link(SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(1)), values)],
+    )
+    span.set_attribute("s2", "x")
+    span.add_event("warm", values)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, description="warm"))
+    span.end()
+    span.is_recording()
+
+
+def build_otlp_span_exporter() -> SpanExporter:
+    """An OTLP/HTTP span exporter (OTEL_EXPORTER_OTLP_* settings) bounded by ``emit_timeout_ms``."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from barecount_provider.telemetry.metrics import quiet_otlp_exporter_logs
+
+    quiet_otlp_exporter_logs()
+    return OTLPSpanExporter(timeout=max(config.emit_timeout_ms(), 1) / 1000.0)
+
+
+def _build_exporter(direct: bool = False) -> tuple[SpanExporter | None, str]:
     kind = config.traces_exporter()
     if kind == "none":
         return None, "none"
     if kind == "file":
         path = os.path.join(config.telemetry_dir(), "spans.jsonl")
         return JsonLinesSpanExporter(path), f"file:{path}"
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    if not direct:
+        from barecount_provider.telemetry.spool import span_exporter
 
-    from barecount_provider.telemetry.metrics import quiet_otlp_exporter_logs
-
-    quiet_otlp_exporter_logs()
-    exporter = OTLPSpanExporter(timeout=max(config.emit_timeout_ms(), 1) / 1000.0)
-    return exporter, f"otlp {config.otlp_endpoint('traces')}"
+        return span_exporter(), f"otlp {config.otlp_endpoint('traces')} (spooled)"
+    return build_otlp_span_exporter(), f"otlp {config.otlp_endpoint('traces')}"
 
 
-@functools.cache
-def get_tracing() -> Tracing | None:
-    if not config.traces_on():
-        return None
-    if airflow_tracing_on():
-        return Tracing(airflow_mode=True)
-    exporter, desc = _build_exporter()
+def _build_tracing(direct: bool) -> Tracing:
+    exporter, desc = _build_exporter(direct)
     from opentelemetry.sdk.resources import Resource
 
     provider = TracerProvider(
@@ -361,15 +562,38 @@ def get_tracing() -> Tracing | None:
         shutdown_on_exit=False,
     )
     if exporter is not None:
-        if isinstance(exporter, JsonLinesSpanExporter):
-            provider.add_span_processor(SimpleSpanProcessor(exporter))
-        else:
+        if direct and desc.startswith("otlp"):
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             provider.add_span_processor(
                 BatchSpanProcessor(_CountingSpanExporter(exporter), export_timeout_millis=max(config.emit_timeout_ms(), 1))
             )
+        else:  # a file, or the spool: synchronous, no thread, nothing buffered in the SDK
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
     return Tracing(provider=provider, airflow_mode=False, exporter_desc=desc)
+
+
+@functools.cache
+def get_tracing() -> Tracing | None:
+    """The tracer of task processes: spans go to a file or, for OTLP, to the spool (see
+    :mod:`barecount_provider.telemetry.spool`). Stateless: built once where the plugin is loaded and shared
+    by the forked task processes."""
+    if not config.traces_on():
+        return None
+    if airflow_tracing_on():
+        return Tracing(airflow_mode=True)
+    return _build_tracing(direct=False)
+
+
+def get_direct_tracing() -> Tracing | None:
+    """The tracer of long-lived processes (the scheduler side): OTLP spans exported directly from a batch.
+    Built once per process (with the current :func:`get_tracing`; dropped in a forked child)."""
+    tracer = get_tracing()
+    if tracer is None or tracer.airflow_mode or not tracer.exporter_desc.startswith("otlp"):
+        return tracer
+    if tracer.direct is None:
+        tracer.direct = _build_tracing(direct=True)
+    return tracer.direct
 
 
 # --------------------------------------------------------------------- Airflow's own head-sampling decision
@@ -424,12 +648,12 @@ def install_tenant_sampler(tenant_of_dag: Any, ratio_of_tenant: Any) -> bool:
 
 
 def _reset_after_fork() -> None:
-    # A provider with a batch exporter (threads, queued spans) stays the parent's: the child builds its own.
-    # One that writes JSON lines synchronously (or exports nothing) is stateless and shared.
+    # The task processes' tracer (a file or the spool, written synchronously) is stateless and shared. The
+    # direct one of a scheduler (a batch exporter: a thread, queued spans) stays the parent's.
     if get_tracing.cache_info().currsize:
         tracer = get_tracing()
-        if tracer is not None and tracer.exporter_desc.startswith("otlp"):
-            get_tracing.cache_clear()
+        if tracer is not None:
+            tracer.direct = None
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,460 @@
+"""The OTLP spool: task processes write their spans and metric points to local files, a long-lived process
+exports them over OTLP.
+
+A task process lives for one try: building OTLP exporters, a ``requests`` session and exporter threads in
+it, then waiting for two HTTP requests at its exit, cost more than the try's own telemetry (and a collector
+that hangs cost every task ``emit_timeout_ms``). So, as an agent / collector pair does, a task process only
+appends what it would have exported to the spool (one small file per try, under ``telemetry_dir/spool``,
+written with one ``write`` and renamed into place, so that a reader never sees it half written), and a
+long-lived process forwards the spool over OTLP with exporters it built once:
+
+* the scheduler, from the background thread of :mod:`barecount_provider.telemetry.scheduler_side`
+  (every :data:`FORWARD_INTERVAL_SECONDS`, and once more when it stops);
+* anywhere else (workers on machines with no scheduler), whatever calls :func:`flush_spool`: a CLI, a
+  cron job, a sidecar.
+
+What is exported is what the task process would have exported itself: the same spans (names, trace and
+span ids, parents, links, attributes, events with their times, status, start and end times) and the same
+metric points (names, kinds, values, attributes), recorded into the forwarder's long-lived meter provider,
+so counters are summed there instead of restarting at each task process. A failed export is counted in
+``barecount.emit.failed`` (sink ``otlp_metrics`` or ``traces``, stage ``export``) by the forwarder and the
+spooled data is dropped, as a task process would have dropped it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from barecount_provider import config
+from barecount_provider.telemetry.metrics import EMIT_FAILURES
+
+log = logging.getLogger(__name__)
+
+SPOOL_DIR = "spool"
+SUFFIX = ".jsonl"
+FORWARD_INTERVAL_SECONDS = 2.0
+STALE_CLAIM_SECONDS = 600.0  # a claimed file whose forwarder died is taken over after this long
+MAX_FILES_PER_ROUND = 5000
+
+# What this process has to spool, written by write_pending(): metric points and finished spans.
+_PENDING_POINTS: list[list[Any]] = []
+_PENDING_SPANS: list[dict[str, Any]] = []
+_lock = threading.Lock()
+_dir_ready: str | None = None
+_sequence = 0
+
+
+def metrics_spooled() -> bool:
+    return config.otlp_metrics_on()
+
+
+def traces_spooled() -> bool:
+    """BareCount's own provider exporting over OTLP (under Airflow's tracing, Airflow exports the spans)."""
+    if not (config.traces_on() and config.traces_exporter() == "otlp"):
+        return False
+    from barecount_provider.telemetry.tracing import airflow_tracing_on
+
+    return not airflow_tracing_on()
+
+
+def enabled() -> bool:
+    """Whether anything goes through the spool (OTLP metrics or OTLP traces of BareCount's own provider)."""
+    return metrics_spooled() or traces_spooled()
+
+
+def spool_dir() -> str:
+    return os.path.join(config.telemetry_dir(), SPOOL_DIR)
+
+
+# ------------------------------------------------------------------------------------------- task process
+
+
+class SpoolMetricSink:
+    """The task process's OTLP metric sink: keeps the points for the spool (no exporter, no thread)."""
+
+    name = "otlp_metrics"
+
+    def describe(self) -> str:
+        return f"otlp {config.otlp_endpoint('metrics')} (spooled)"
+
+    def send(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
+        with _lock:
+            _PENDING_POINTS.extend([name, kind, value, tags] for name, kind, value, tags in points)
+
+    def flush(self, timeout_ms: int) -> None:
+        write_pending()
+
+
+def span_record(span: Any) -> dict[str, Any]:
+    """A finished SDK span as a JSON-able record, complete enough to rebuild it for OTLP."""
+    ctx = span.get_span_context()
+    parent = span.parent
+    status = span.status
+    return {
+        "name": span.name,
+        "kind": span.kind.name,
+        "trace_id": f"{ctx.trace_id:032x}",
+        "span_id": f"{ctx.span_id:016x}",
+        "trace_flags": int(ctx.trace_flags),
+        "parent_span_id": f"{parent.span_id:016x}" if parent else None,
+        "parent_remote": bool(parent.is_remote) if parent else None,
+        "start": span.start_time,
+        "end": span.end_time,
+        "status": status.status_code.name,
+        "status_description": status.description,
+        "attributes": dict(span.attributes or {}),
+        "events": [
+            {"name": e.name, "time": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events
+        ],
+        "links": [
+            {
+                "trace_id": f"{link.context.trace_id:032x}",
+                "span_id": f"{link.context.span_id:016x}",
+                "trace_flags": int(link.context.trace_flags),
+                "attributes": dict(link.attributes or {}),
+            }
+            for link in span.links
+        ],
+    }
+
+
+def add_span_records(records: list[dict[str, Any]]) -> None:
+    with _lock:
+        _PENDING_SPANS.extend(records)
+
+
+@functools.cache
+def span_exporter_class() -> Any:
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class SpoolSpanExporter(SpanExporter):
+        """Keeps finished spans for the spool (used with a SimpleSpanProcessor: no thread, no queue)."""
+
+        def export(self, spans: Sequence[Any]) -> Any:
+            try:
+                records = [span_record(span) for span in spans]
+            except Exception:
+                EMIT_FAILURES.record("traces", "spool")
+                return SpanExportResult.FAILURE
+            with _lock:
+                _PENDING_SPANS.extend(records)
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            return None
+
+    return SpoolSpanExporter
+
+
+def span_exporter() -> Any:
+    return span_exporter_class()()
+
+
+def pending() -> bool:
+    return bool(_PENDING_POINTS or _PENDING_SPANS)
+
+
+def write_pending() -> None:
+    """Write what this process has to spool as one file (one ``write``, then a rename); never raises."""
+    global _dir_ready, _sequence
+    if not _PENDING_POINTS and not _PENDING_SPANS:
+        return
+    with _lock:
+        record = {"points": list(_PENDING_POINTS), "spans": list(_PENDING_SPANS)}
+        _PENDING_POINTS.clear()
+        _PENDING_SPANS.clear()
+        _sequence += 1
+        sequence = _sequence
+    try:
+        data = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
+        directory = spool_dir()
+        if _dir_ready != directory:
+            os.makedirs(directory, exist_ok=True)
+            _dir_ready = directory
+        name = f"{time.time_ns()}-{os.getpid()}-{sequence}"
+        temporary = os.path.join(directory, f".{name}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileNotFoundError:  # the directory was removed since: once more
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(temporary, os.path.join(directory, name + SUFFIX))
+    except Exception:
+        EMIT_FAILURES.record("spool", "write")
+
+
+def _reset_after_fork() -> None:
+    """A forked child starts with nothing to spool (what the parent kept is the parent's to write)."""
+    global _lock
+    _lock = threading.Lock()
+    _PENDING_POINTS.clear()
+    _PENDING_SPANS.clear()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# ----------------------------------------------------------------------------------------------- forwarder
+
+
+def rebuild_span(record: dict[str, Any], resource: Any = None) -> Any:
+    """The SDK span a record was taken from, as an exporter sees it (same ids, times, attributes...)."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+    from barecount_provider.telemetry.tracing import TRACER_NAME
+
+    trace_id = int(record["trace_id"], 16)
+    parent = None
+    if record.get("parent_span_id"):
+        parent = SpanContext(
+            trace_id,
+            int(record["parent_span_id"], 16),
+            is_remote=bool(record.get("parent_remote", True)),
+            trace_flags=TraceFlags(record.get("trace_flags", 1)),
+        )
+    status_code = StatusCode[record.get("status", "UNSET")]
+    return ReadableSpan(
+        name=record["name"],
+        context=SpanContext(
+            trace_id, int(record["span_id"], 16), is_remote=False, trace_flags=TraceFlags(record.get("trace_flags", 1))
+        ),
+        parent=parent,
+        resource=resource or Resource({"service.name": "barecount"}),
+        attributes=_attributes(record.get("attributes")),
+        events=[
+            Event(e["name"], _attributes(e.get("attributes")), timestamp=e.get("time"))
+            for e in record.get("events", ())
+        ],
+        links=[
+            Link(
+                SpanContext(
+                    int(link["trace_id"], 16),
+                    int(link["span_id"], 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(link.get("trace_flags", 1)),
+                ),
+                _attributes(link.get("attributes")),
+            )
+            for link in record.get("links", ())
+        ],
+        kind=SpanKind[record.get("kind", "INTERNAL")],
+        status=Status(status_code, record.get("status_description") if status_code == StatusCode.ERROR else None),
+        start_time=record.get("start"),
+        end_time=record.get("end"),
+        instrumentation_scope=InstrumentationScope(TRACER_NAME),
+    )
+
+
+def _attributes(values: dict[str, Any] | None) -> dict[str, Any]:
+    # JSON turned the SDK's tuples into lists; OTLP encodes both as arrays, the SDK keeps tuples.
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in (values or {}).items()}
+
+
+def _claim(directory: str, limit: int) -> list[str]:
+    """Move finished spool files into a directory of this forwarder's own, so that two forwarders never
+    export one file twice; returns the claimed paths (oldest first)."""
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(SUFFIX))
+    except FileNotFoundError:
+        names = []
+    claims = os.path.join(directory, f".forwarding-{os.getpid()}")
+    claimed: list[str] = []
+    now = time.time()
+    # Files claimed by a forwarder that died (stale) are taken over.
+    try:
+        for entry in os.listdir(directory):
+            if entry.startswith(".forwarding-") and entry != os.path.basename(claims):
+                other = os.path.join(directory, entry)
+                try:
+                    if now - os.stat(other).st_mtime > STALE_CLAIM_SECONDS:
+                        names.extend(os.path.join(entry, name) for name in sorted(os.listdir(other)))
+                except OSError:
+                    continue
+    except FileNotFoundError:
+        return []
+    if os.path.isdir(claims):
+        claimed.extend(os.path.join(claims, name) for name in sorted(os.listdir(claims)))  # left by a deadline
+    for name in names[: max(0, limit - len(claimed))]:
+        if not claimed and not os.path.isdir(claims):
+            os.makedirs(claims, exist_ok=True)
+        target = os.path.join(claims, os.path.basename(name))
+        try:
+            os.rename(os.path.join(directory, name), target)
+        except OSError:
+            continue  # another forwarder was quicker
+        claimed.append(target)
+    return claimed
+
+
+def _read(paths: list[str]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    points: list[list[Any]] = []
+    spans: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        EMIT_FAILURES.record("spool", "read")
+                        continue
+                    points.extend(record.get("points") or ())
+                    spans.extend(record.get("spans") or ())
+        except OSError:
+            EMIT_FAILURES.record("spool", "read")
+    return points, spans
+
+
+class Forwarder:
+    """Exports the spool over OTLP with exporters built once (see the module docstring)."""
+
+    def __init__(self, metric_sink: Any = None, span_exporter: Any = None):
+        self.metric_sink = metric_sink
+        self.span_exporter = span_exporter
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls) -> Forwarder:
+        metric_sink = span_exporter_ = None
+        if metrics_spooled():
+            from barecount_provider.telemetry.metrics import OtelMetricSink, get_direct_emitter
+
+            metric_sink = next(
+                (sink for sink in get_direct_emitter().sinks if isinstance(sink, OtelMetricSink)), None
+            )
+        if traces_spooled():
+            from barecount_provider.telemetry.tracing import build_otlp_span_exporter
+
+            span_exporter_ = build_otlp_span_exporter()
+        return cls(metric_sink, span_exporter_)
+
+    def warm_up(self) -> None:
+        """Use the span exporter once (an empty export) on the calling thread: its HTTP stack imports
+        modules on first use, which must not happen in a background thread of a process that forks."""
+        if self.span_exporter is not None:
+            try:
+                self.span_exporter.export([])
+            except Exception:
+                pass
+
+    def _export_points(self, points: list[list[Any]], budget_ms: int) -> None:
+        if self.metric_sink is None or not points:
+            return
+        try:
+            self.metric_sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
+        except Exception:
+            EMIT_FAILURES.record("otlp_metrics", "spool")
+        self.metric_sink.flush(budget_ms)
+
+    def _export_spans(self, records: list[dict[str, Any]]) -> None:
+        if self.span_exporter is None or not records:
+            return
+        spans = []
+        for record in records:
+            try:
+                spans.append(rebuild_span(record))
+            except Exception:
+                EMIT_FAILURES.record("traces", "spool")
+        if spans:
+            try:
+                result = self.span_exporter.export(spans)
+            except Exception:
+                result = None
+            from opentelemetry.sdk.trace.export import SpanExportResult
+
+            if result != SpanExportResult.SUCCESS:
+                EMIT_FAILURES.record("traces", "export")
+
+    def forward(self, timeout_ms: int | None = None) -> dict[str, int]:
+        """Export every finished spool file once, metrics and spans concurrently, bounded by one deadline
+        (``emit_timeout_ms`` by default); returns what was read (``busy``: skipped, the previous round is
+        still waiting for a collector; its files wait for the next round). Never raises."""
+        budget_ms = config.emit_timeout_ms() if timeout_ms is None else timeout_ms
+        deadline = time.monotonic() + max(budget_ms, 1) / 1000.0  # the whole round: claim, read, export
+        result = {"files": 0, "points": 0, "spans": 0}
+        if not self._lock.acquire(blocking=False):
+            return {**result, "busy": 1}  # a round is still running (a hung collector): do not pile up
+        handed_off = False
+        try:
+            paths = _claim(spool_dir(), MAX_FILES_PER_ROUND)
+            if not paths:
+                return result
+            points, spans = _read(paths)
+            result = {"files": len(paths), "points": len(points), "spans": len(spans)}
+
+            export_ms = max(1, int((deadline - time.monotonic()) * 1000))
+
+            def run() -> None:
+                try:
+                    workers = [
+                        threading.Thread(target=self._export_points, args=(points, export_ms), daemon=True),
+                        threading.Thread(target=self._export_spans, args=(spans,), daemon=True),
+                    ]
+                    for worker in workers:
+                        worker.start()
+                    for worker in workers:
+                        worker.join()
+                finally:
+                    for path in paths:
+                        try:
+                            os.unlink(path)
+                        except OSError:
+                            pass
+                    self._lock.release()
+
+            round_thread = threading.Thread(target=run, name="barecount-forward", daemon=True)
+            round_thread.start()
+            handed_off = True
+            round_thread.join(max(0.0, deadline - time.monotonic()))
+            if round_thread.is_alive():
+                EMIT_FAILURES.record("forward", "timeout")
+        except Exception:
+            EMIT_FAILURES.record("spool", "forward")
+            log.debug("BareCount could not forward its spool", exc_info=True)
+        finally:
+            if not handed_off:
+                self._lock.release()
+        return result
+
+
+def get_forwarder() -> Forwarder:
+    """This process's forwarder, built once with its direct emitter (and dropped with it at a fork)."""
+    from barecount_provider.telemetry.metrics import get_direct_emitter
+
+    direct = get_direct_emitter()
+    forwarder = getattr(direct, "forwarder", None)
+    if forwarder is None:
+        forwarder = direct.forwarder = Forwarder.from_config()
+    return forwarder
+
+
+def flush_spool(timeout_ms: int | None = None) -> dict[str, int]:
+    """Forward the spool over OTLP now, bounded by ``timeout_ms`` (default ``emit_timeout_ms``), and report
+    the forwarder's own failures; never raises. For deployments where no scheduler runs on the machine of
+    the task processes: call it from a CLI, a cron job or a sidecar loop."""
+    if not enabled():
+        return {"files": 0, "points": 0, "spans": 0}
+    write_pending()  # what this process spooled itself
+    result = get_forwarder().forward(timeout_ms)
+    try:
+        from barecount_provider.telemetry.metrics import get_direct_emitter
+
+        get_direct_emitter().report_failures()
+    except Exception:
+        pass
+    return result
+

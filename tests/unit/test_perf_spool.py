@@ -1,0 +1,319 @@
+"""The OTLP spool: a task process writes one file per try and builds no exporter; the forwarder exports the
+very spans and metric points the task process would have exported, bounded, counted, exactly once."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from barecount_provider.telemetry import metrics, spool, task_side, tracing
+from barecount_provider.telemetry.metrics import OtelMetricSink
+
+START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def otlp_config(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
+    spool._PENDING_POINTS.clear()
+    spool._PENDING_SPANS.clear()
+    metrics.EMIT_FAILURES.counts.clear()
+    yield tmp_path / "spool"
+    spool._PENDING_POINTS.clear()
+    spool._PENDING_SPANS.clear()
+
+
+def _ti(task_id, run_id="run1", try_number=1, upstream=()):
+    dag = SimpleNamespace(dag_id="etl", tags=["tenant:acme"], params={}, default_args={})
+    task = SimpleNamespace(dag=dag, upstream_task_ids=set(upstream), params={})
+    return SimpleNamespace(
+        dag_id="etl", run_id=run_id, task_id=task_id, map_index=-1, try_number=try_number, task=task,
+        start_date=START, max_tries=2, _ti_context_from_server=None,
+    )
+
+
+def _files(directory):
+    return sorted(name for name in os.listdir(directory) if name.endswith(".jsonl")) if directory.exists() else []
+
+
+def test_a_task_process_builds_no_exporter_and_writes_one_file_per_try(otlp_config):
+    threads_before = threading.active_count()
+    assert [sink.name for sink in metrics.get_emitter().sinks] == ["otlp_metrics"]
+    assert isinstance(metrics.get_emitter().sinks[0], spool.SpoolMetricSink)
+    tracer = tracing.get_tracing()
+    assert tracer is not None and tracer.exporter_desc.endswith("(spooled)")
+    ti = _ti("load", upstream=("extract",))
+    task_side.on_try_running(ti)
+    assert _files(otlp_config) == []  # nothing written before the try ends
+    task_side.on_try_finished(ti, "up_for_retry", ValueError("boom"))
+    assert len(_files(otlp_config)) == 1
+    task_side.flush()  # nothing left: no second file
+    assert len(_files(otlp_config)) == 1
+    assert threading.active_count() == threads_before
+    assert not any(name.startswith("opentelemetry.exporter.otlp") for name in _exporters_built())
+
+
+def _exporters_built():
+    # The task path never built an OTLP exporter: the spool sink and the spool span exporter only.
+    tracer = tracing.get_tracing()
+    processors = tracer.provider._active_span_processor._span_processors if tracer else ()
+    return [type(p.span_exporter).__module__ for p in processors]
+
+
+def test_forwarded_spans_are_the_spans_the_task_process_made(otlp_config):
+    """The same SDK spans, exported directly (in memory) and through spool → file → forwarder."""
+    direct = InMemorySpanExporter()
+    tracer = tracing.get_tracing()
+    tracer.provider.add_span_processor(SimpleSpanProcessor(direct))
+    first = _ti("load", upstream=("extract", "stage"))
+    task_side.on_try_running(first)
+    task_side.on_try_finished(first, "up_for_retry", ConnectionResetError("reset by peer"))
+    second = _ti("load", try_number=2, upstream=("extract", "stage"))
+    task_side.on_try_running(second)
+    task_side.on_try_finished(second, "success")
+
+    forwarded = InMemorySpanExporter()
+    result = spool.Forwarder(span_exporter=forwarded).forward(2000)
+    assert result["spans"] == 2 and result["files"] == 2
+    expected = sorted(direct.get_finished_spans(), key=lambda s: s.context.span_id)
+    got = sorted(forwarded.get_finished_spans(), key=lambda s: s.context.span_id)
+    assert len(expected) == len(got) == 2
+    for want, have in zip(expected, got, strict=True):
+        assert have.name == want.name
+        assert have.context.trace_id == want.context.trace_id
+        assert have.context.span_id == want.context.span_id
+        assert have.context.trace_flags == want.context.trace_flags
+        assert have.parent.span_id == want.parent.span_id and have.parent.is_remote == want.parent.is_remote
+        assert have.kind == want.kind
+        assert (have.start_time, have.end_time) == (want.start_time, want.end_time)
+        assert dict(have.attributes) == dict(want.attributes)
+        assert [(e.name, dict(e.attributes), e.timestamp) for e in have.events] == [
+            (e.name, dict(e.attributes), e.timestamp) for e in want.events
+        ]
+        assert [(link.context.trace_id, link.context.span_id, dict(link.attributes)) for link in have.links] == [
+            (link.context.trace_id, link.context.span_id, dict(link.attributes)) for link in want.links
+        ]
+        assert (have.status.status_code, have.status.description) == (want.status.status_code, want.status.description)
+        assert have.resource.attributes["service.name"] == "barecount"
+        assert have.instrumentation_scope.name == tracing.TRACER_NAME
+    assert _files(otlp_config) == []  # forwarded files are gone
+
+
+def _metric_points(reader):
+    found = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    value = getattr(point, "value", None)
+                    if value is None:
+                        value = (point.count, point.sum)
+                    found[(metric.name, metric.unit, tuple(sorted(point.attributes.items())))] = value
+    return found
+
+
+def test_forwarded_metric_points_are_the_points_the_task_process_sent(otlp_config):
+    direct_reader = InMemoryMetricReader()
+    direct_sink = OtelMetricSink(reader=direct_reader)
+    metrics.get_emitter().sinks.append(direct_sink)  # what a task process used to send over OTLP itself
+    try:
+        ti = _ti("load")
+        task_side.on_try_running(ti)
+        task_side.on_try_finished(ti, "up_for_retry", ValueError("boom"))
+    finally:
+        metrics.get_emitter().sinks.remove(direct_sink)
+    forward_reader = InMemoryMetricReader()
+    spool.Forwarder(metric_sink=OtelMetricSink(reader=forward_reader)).forward(2000)
+    direct_points, forwarded_points = _metric_points(direct_reader), _metric_points(forward_reader)
+    assert {"barecount.task.started", "barecount.task.finished", "barecount.task.retries"} <= {
+        name for name, _, _ in forwarded_points
+    }
+    cpu = [key for key in direct_points if key[0] == "barecount.task.cpu_time"]
+    assert forwarded_points.keys() == direct_points.keys()
+    for key, value in direct_points.items():
+        if key[0] not in ("barecount.task.cpu_time", "barecount.task.duration"):
+            assert forwarded_points[key] == value, key
+    assert cpu  # timers arrive as histograms with the same attributes
+
+
+def test_each_spool_file_is_forwarded_once(otlp_config):
+    for index in range(3):
+        ti = _ti(f"t{index}")
+        task_side.on_try_running(ti)
+        task_side.on_try_finished(ti, "success")
+    first, second = InMemorySpanExporter(), InMemorySpanExporter()
+    spool.Forwarder(span_exporter=first).forward(2000)
+    spool.Forwarder(span_exporter=second).forward(2000)
+    assert len(first.get_finished_spans()) == 3
+    assert second.get_finished_spans() == ()
+
+
+class _Hung:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def export(self, spans):
+        self.release.wait(5)
+        return SpanExportResult.SUCCESS
+
+
+def test_a_hung_collector_costs_the_forwarder_one_deadline_and_is_counted(otlp_config):
+    ti = _ti("load")
+    task_side.on_try_running(ti)
+    task_side.on_try_finished(ti, "success")
+    hung = _Hung()
+    forwarder = spool.Forwarder(span_exporter=hung)
+    started = time.monotonic()
+    forwarder.forward(100)
+    assert time.monotonic() - started < 1.0
+    assert metrics.EMIT_FAILURES.counts[("forward", "timeout")] == 1
+    assert forwarder.forward(100) == {"files": 0, "points": 0, "spans": 0, "busy": 1}  # no pile-up
+    hung.release.set()
+
+
+def test_a_refusing_collector_is_counted_by_the_forwarder_never_in_the_task(otlp_config, monkeypatch):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    ti = _ti("load")
+    task_side.on_try_running(ti)
+    task_side.on_try_finished(ti, "success")
+    task_side.flush()
+    assert metrics.EMIT_FAILURES.total() == 0  # the task process saw no network at all
+    spool.flush_spool(2000)
+    # the forwarder's failures were reported (and reset) through its direct emitter
+    assert metrics.EMIT_FAILURES.total() == 0
+    failures = []
+    monkeypatch.setattr(metrics.EMIT_FAILURES, "record", lambda sink, stage: failures.append((sink, stage)))
+    task_side.on_try_running(_ti("again"))
+    task_side.on_try_finished(_ti("again"), "success")
+    spool.flush_spool(2000)
+    assert ("otlp_metrics", "export") in failures and ("traces", "export") in failures
+
+
+def test_spooling_is_off_without_otlp(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    assert not spool.enabled()
+    assert spool.flush_spool() == {"files": 0, "points": 0, "spans": 0}
+    assert metrics.get_direct_emitter() is metrics.get_emitter()
+
+
+@pytest.mark.parametrize("exporter", ["otlp", "file"])
+def test_a_try_span_is_the_span_the_sdk_would_make(exporter, monkeypatch, tmp_path):
+    """The try span is recorded without the SDK's span machinery: it must be the span the SDK would make
+    from the same inputs (ids, parent, links, kind, flags, attributes, events, status, times)."""
+    from opentelemetry.trace import SpanKind
+
+    from barecount_provider import context
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", exporter)
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
+    spool._PENDING_SPANS.clear()
+    tracing.get_tracing()
+    ti = _ti("load", try_number=2, upstream=("stage", "extract"))
+    state = task_side.on_try_running(ti)
+    light = state.span
+    task_side.on_try_finished(ti, "up_for_retry", ValueError("boom"))
+    assert light.end_time is not None
+
+    # The SDK's span from the same inputs, as start_try_span made it before.
+    sdk_tracer = tracing.Tracing(provider=TracerProvider(), airflow_mode=False)
+    sdk_tracer.ids.set_next_span_id(light.span_id)
+    ctx = state.ctx
+    sdk = sdk_tracer.tracer.start_span(
+        light.name, context=sdk_tracer.run_parent(ctx, True), kind=SpanKind.INTERNAL,
+        attributes={k: v for k, v in light.attributes.items() if k not in ("barecount.state", "barecount.cpu_time_ms", "barecount.peak_memory_bytes", "error.type")},
+        links=sdk_tracer.upstream_links(ctx, light.trace_id, ("stage", "extract")), start_time=light.start_time,
+    )
+    for key in ("barecount.state", "barecount.cpu_time_ms", "barecount.peak_memory_bytes", "error.type"):
+        if key in light.attributes:
+            sdk.set_attribute(key, light.attributes[key])
+    for name, attrs, when in light.events:
+        sdk.add_event(name, attrs, timestamp=when)
+    sdk.set_status(light.status)
+    sdk.end(end_time=light.end_time)
+
+    assert light.trace_id == context.trace_id_for("etl", "run1")
+    assert light.parent_span_id == context.task_span_id_for("etl", "run1", "load", -1)
+    assert [name for name, _, _ in light.events] == ["retry", "exception", "retry_scheduled"]
+    assert light.record() == spool.span_record(sdk)
+    assert light.file_line() == tracing._span_as_dict(sdk)
+    if exporter == "otlp":
+        assert spool._PENDING_SPANS == [] or spool._PENDING_SPANS[-1] == light.record()
+        files = _files(tmp_path / "spool")
+        assert len(files) == 1
+        assert (tmp_path / "spool" / files[0]).read_text().count('"span_id"') >= 1
+    else:
+        import json
+
+        (line,) = (tmp_path / "spans.jsonl").read_text().splitlines()
+        assert json.loads(line) == json.loads(json.dumps(tracing._span_as_dict(sdk), default=str))
+
+
+def test_an_unsampled_try_span_records_nothing_and_carries_the_unsampled_flag(otlp_config):
+    from barecount_provider.policy import get_policy  # noqa: F401
+
+    monkeypatch_ratio = pytest.MonkeyPatch()
+    monkeypatch_ratio.setattr(task_side, "policy_values", lambda tenant: (0.0, False))
+    try:
+        ti = _ti("load")
+        state = task_side.on_try_running(ti)
+        span = state.span
+        assert not span.is_recording()
+        assert span.get_span_context().is_valid and not span.get_span_context().trace_flags.sampled
+        task_side.on_try_finished(ti, "failed", ValueError("boom"))
+        assert span.attributes == {} and span.events == []
+    finally:
+        monkeypatch_ratio.undo()
+    files = _files(otlp_config)
+    import json
+
+    spans = [s for name in files for s in json.loads((otlp_config / name).read_text())["spans"]]
+    assert spans == []
+
+
+def test_the_scheduler_forwards_the_spool_from_its_background_thread(otlp_config, monkeypatch):
+    from barecount_provider.telemetry import scheduler_side
+
+    forwarded = InMemorySpanExporter()
+    forwarder = spool.Forwarder(span_exporter=forwarded)
+    monkeypatch.setattr(spool, "get_forwarder", lambda: forwarder)
+    monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 0.05)
+    side = scheduler_side.SchedulerSide()
+    monkeypatch.setattr(side, "prepare", lambda: None)
+    ti = _ti("load")
+    task_side.on_try_running(ti)
+    task_side.on_try_finished(ti, "success")
+    assert side.start_forwarder()
+    try:
+        deadline = time.monotonic() + 5
+        while not forwarded.get_finished_spans() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [span.name for span in forwarded.get_finished_spans()] == ["task_try load"]
+        assert _files(otlp_config) == []
+    finally:
+        side._stop.set()
+    assert not side.start_forwarder()  # once
+
+
+def test_no_forwarder_thread_without_otlp(monkeypatch, tmp_path):
+    from barecount_provider.telemetry import scheduler_side
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    assert not scheduler_side.SchedulerSide().start_forwarder()
