@@ -284,6 +284,56 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evidence_seal(args: argparse.Namespace) -> int:
+    from barecount_provider.evidence import scheduler as evidence
+
+    run_ids = args.run or _finished_runs(args.dag)
+    results, status = [], 0
+    for run_id in run_ids:
+        try:
+            record = evidence.seal_run(args.dag, run_id, grace_seconds=args.grace)
+        except (LookupError, ValueError) as err:
+            results.append({"run_id": run_id, "error": str(err)})
+            status = 1
+            continue
+        if record is None:
+            results.append({"run_id": run_id, "error": "entries missing and the grace period has not passed"})
+            status = 1
+        else:
+            results.append(
+                {
+                    "run_id": run_id,
+                    "record_id": record["record_id"],
+                    "sequence": record["chain"]["sequence"],
+                    "complete": record["complete"],
+                    "absent": record["absent"],
+                }
+            )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for item in results:
+            if "error" in item:
+                print(f"{args.dag} {item['run_id']}: not sealed: {item['error']}")
+            else:
+                missing = f" (absent: {', '.join(item['absent'])})" if item["absent"] else ""
+                print(f"{args.dag} {item['run_id']}: record {item['record_id']}, sequence {item['sequence']}{missing}")
+    return status
+
+
+def _finished_runs(dag_id: str) -> list[str]:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(DagRun.run_id).where(
+            DagRun.dag_id == dag_id, DagRun.state.in_([DagRunState.SUCCESS, DagRunState.FAILED])
+        )
+        return [str(run_id) for run_id in session.scalars(query)]
+
+
 def cmd_evidence_show(args: argparse.Namespace) -> int:
     from barecount_provider.api import queries
     from barecount_provider.evidence.store import open_store
@@ -448,6 +498,23 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     flush.add_argument("--json", action="store_true", help="print JSON instead of text")
     flush.set_defaults(func=cmd_evidence_flush)
+    seal = evidence_sub.add_parser(
+        "seal",
+        help="assemble finished DAG runs' records now from Airflow's database (after dag.test(), or for runs "
+        "the scheduler side did not seal)",
+        description="Needs Airflow's database (run it where the scheduler runs). A run already sealed is "
+        "left as it is. Exit 1 when a run could not be sealed.",
+    )
+    seal.add_argument("--dag", required=True, help="the DAG id")
+    seal.add_argument("--run", action="append", help="a run id (repeat); default: every finished run of the DAG")
+    seal.add_argument(
+        "--grace",
+        type=int,
+        default=0,
+        help="seconds after the run's end to wait for missing entries (default 0: seal now, listing them as absent)",
+    )
+    seal.add_argument("--json", action="store_true", help="print JSON instead of text")
+    seal.set_defaults(func=cmd_evidence_seal)
 
     cost = sub.add_parser("cost", help="cost attribution from the evidence index")
     cost_sub = cost.add_subparsers(dest="cost_command", metavar="SUBCOMMAND", required=True)

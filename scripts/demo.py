@@ -465,6 +465,31 @@ def main(argv: list[str] | None = None) -> int:
     say()
     status = max(status, report(home / EVENTS_RELATIVE))
     report_runner_results(home / RUNNER_RESULTS_RELATIVE)
+    status = max(status, report_evidence(home))
+    return status
+
+
+def report_evidence(home: Path) -> int:
+    """What the evidence store holds: one record per run, the cost roll-up, and the chain's verification."""
+    import os
+    import subprocess
+
+    barecount = str(Path(sys.executable).with_name("barecount"))
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    status = 0
+    for title, args in (
+        ("Evidence records (one per DAG run; `barecount evidence list`)", ["evidence", "list", "--limit", "50"]),
+        ("Cost by tenant, pipeline and runner class (`barecount cost report`)", ["cost", "report", "--by", "tenant", "--by", "pipeline", "--by", "runner_class", "--since", "1d"]),
+        ("Hash chains (`barecount evidence verify`)", ["evidence", "verify"]),
+    ):
+        say()
+        say(title)
+        done = subprocess.run([barecount, *args], env=env, capture_output=True, text=True, timeout=120)
+        say(done.stdout.rstrip() or done.stderr.rstrip())
+        if done.returncode != 0:
+            status = 1
+    say()
+    say(f"Evidence files: {home / 'barecount' / 'evidence'} (records/, entries/, index.db)")
     return status
 
 

@@ -53,9 +53,7 @@ def expected_tries(rows: Iterable[Mapping[str, Any]]) -> list[ExpectedTry]:
         state = row.get("state")
         try_number = int(row.get("try_number") or 0)
         had_process = row.get("start_date") is not None and state not in NEVER_RAN_STATES
-        if try_number == 0:  # never queued (removed before it ran, or skipped at try 0)
-            try_number = 1 if state in NEVER_RAN_STATES else 0
-        if try_number == 0:
+        if try_number == 0 and state not in NEVER_RAN_STATES:  # not queued yet: not a try
             continue
         key = (str(row["task_id"]), int(row.get("map_index", -1)), try_number)
         tries[key] = ExpectedTry(

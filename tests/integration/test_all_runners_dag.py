@@ -214,3 +214,21 @@ def test_the_run_writes_a_valid_complete_evidence_record_with_cost(
     store = evidence_store.open_store()
     assert store.verify("acme") == {"acme": []}
     assert store.get(record["record_id"]) == record
+
+    # `barecount evidence seal` on the same run: already sealed, the record is left as it is (stored once)
+    from barecount_provider import cli
+
+    capsys_out = _run_cli(cli, ["evidence", "seal", "--dag", DAG_ID, "--run", run.run_id, "--json"])
+    (sealed,) = json.loads(capsys_out)
+    assert (sealed["record_id"], sealed["sequence"]) == (record["record_id"], record["chain"]["sequence"])
+    assert store.list_records(evidence_store.RecordFilter(dag_id=DAG_ID))[1] == 1
+
+
+def _run_cli(cli: Any, argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cli.main(argv) == 0
+    return buffer.getvalue()

@@ -48,6 +48,7 @@ def _json(capsys: pytest.CaptureFixture[str]) -> Any:
         ["evidence", "show", "--help"],
         ["evidence", "verify", "--help"],
         ["evidence", "flush", "--help"],
+        ["evidence", "seal", "--help"],
         ["cost", "--help"],
         ["cost", "report", "--help"],
     ],

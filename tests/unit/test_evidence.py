@@ -349,7 +349,7 @@ def _pending(run_id: str = "r1", ended_at: datetime | None = None) -> assemble_m
 
 
 def test_assembler_waits_for_late_entries_then_seals_with_what_is_absent(store: EvidenceStore) -> None:
-    rows = _rows(("t", 1, "failed", True), ("t", 2, "success", True), ("u", 1, "success", True), ("skip", 1, "skipped", False))
+    rows = _rows(("t", 1, "failed", True), ("t", 2, "success", True), ("u", 1, "success", True), ("skip", 0, "skipped", False))
     store.put_entry(_entry("t", "failed", try_number=1))
     store.put_entry(_entry("t", "success", try_number=2))
     expected = assemble_module.expected_tries(rows)
@@ -361,10 +361,10 @@ def test_assembler_waits_for_late_entries_then_seals_with_what_is_absent(store: 
     VALIDATOR.validate(record)
     assert record["complete"] is False and record["absent"] == ["u#1"]
     by_key = {entry["key"]: entry for entry in record["entries"]}
-    assert set(by_key) == {"t#1", "t#2", "u#1", "skip#1"}
+    assert set(by_key) == {"t#1", "t#2", "u#1", "skip#0"}
     assert by_key["u#1"]["source"] == "airflow" and by_key["u#1"]["absent"] is True
-    assert by_key["skip#1"]["source"] == "airflow" and by_key["skip#1"]["absent"] is False
-    assert by_key["skip#1"]["state"] == "skipped"
+    assert by_key["skip#0"]["source"] == "airflow" and by_key["skip#0"]["absent"] is False
+    assert by_key["skip#0"]["state"] == "skipped"
     assert by_key["t#1"]["source"] == "task"
 
 
