@@ -17,10 +17,10 @@ mid-write leaves no torn body.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
-import tempfile
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -234,20 +234,31 @@ def _segment(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
+_MADE_DIRS: set[str] = set()
+_TEMP_COUNTER = itertools.count()
+
+
 def atomic_write_json(path: str, document: Mapping[str, Any], *, durable: bool = False) -> None:
     """Write ``document`` to ``path`` so that a reader never sees a partial file (temporary file + rename).
 
     A process killed mid-write leaves the old file or none, never a torn one. ``durable`` also fsyncs the
     file before the rename (records: a power loss cannot lose them); entries skip it (a few ms per task)."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    if directory not in _MADE_DIRS:
+        os.makedirs(directory, exist_ok=True)
+        _MADE_DIRS.add(directory)
+    data = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()  # the C encoder
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{next(_TEMP_COUNTER)}-{os.path.basename(path)}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(document, file, sort_keys=True, separators=(",", ":"), default=str)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view) :]
             if durable:
-                file.flush()
-                os.fsync(file.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temporary, path)
     except BaseException:
         try:

@@ -3,6 +3,7 @@ write it (or spool it). Called by the task side at the end of each try; never ra
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from datetime import datetime
@@ -18,8 +19,8 @@ DEFAULT_LOG_TEMPLATE = (
 )
 
 
-def log_location(ctx: Any) -> str | None:
-    """Where the try's log lives: Airflow's base log folder and its log file name for the try."""
+@functools.cache
+def log_settings() -> tuple[str, str] | None:
     try:
         from airflow.configuration import conf
 
@@ -27,6 +28,15 @@ def log_location(ctx: Any) -> str | None:
         template = conf.get("logging", "log_filename_template", fallback=DEFAULT_LOG_TEMPLATE) or DEFAULT_LOG_TEMPLATE
     except Exception:
         return None
+    return base, template
+
+
+def log_location(ctx: Any) -> str | None:
+    """Where the try's log lives: Airflow's base log folder and its log file name for the try."""
+    settings = log_settings()
+    if settings is None:
+        return None
+    base, template = settings
     if template.strip() != DEFAULT_LOG_TEMPLATE:
         return f"{base} ({template})"  # a custom template: named, not rendered here
     name = f"dag_id={ctx.dag_id}/run_id={ctx.run_id}/task_id={ctx.task_id}/"

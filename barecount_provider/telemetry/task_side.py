@@ -391,9 +391,10 @@ def preload() -> None:
         try:
             from barecount_provider.cost import configured_price_table
             from barecount_provider.evidence import spool as _evidence_spool  # noqa: F401
-            from barecount_provider.evidence import task as _evidence_task  # noqa: F401
+            from barecount_provider.evidence import task as _evidence_task
 
             configured_price_table()
+            _evidence_task.log_settings()
         except Exception:
             EMIT_FAILURES.record("evidence", "preload")
     try:  # the traceback module's first use (a try that fails formats its exception for the span)
