@@ -5,6 +5,7 @@
     barecount runs [--dag D] [--last N]   what BareCount recorded per task try (the file sink)
     barecount pools sync [--dry-run] [--prune]   create/update the tenants' Airflow pools through the REST API
     barecount pools check            exit 1 when the pools or their registry differ from the policy
+    barecount telemetry forward [--loop S]   export the task processes' OTLP spool (where no scheduler runs)
     barecount evidence list|show|verify|flush   the evidence store: records, one record, the hash chains, the spool
     barecount cost report --by tenant [--since 30d]   cost roll-up per day from the evidence index
 """
@@ -284,6 +285,25 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_telemetry_forward(args: argparse.Namespace) -> int:
+    import time
+
+    from barecount_provider.telemetry import spool
+
+    while True:
+        result = spool.flush_spool()
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            print(", ".join(f"{key} {value}" for key, value in result.items()), flush=True)
+        if not args.loop:
+            return 0
+        try:
+            time.sleep(args.loop)
+        except KeyboardInterrupt:
+            return 0
+
+
 def cmd_evidence_seal(args: argparse.Namespace) -> int:
     from barecount_provider.evidence import scheduler as evidence
 
@@ -515,6 +535,19 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     seal.add_argument("--json", action="store_true", help="print JSON instead of text")
     seal.set_defaults(func=cmd_evidence_seal)
+
+    telemetry = sub.add_parser("telemetry", help="the task processes' OTLP spool")
+    telemetry_sub = telemetry.add_subparsers(dest="telemetry_command", metavar="SUBCOMMAND", required=True)
+    forward = telemetry_sub.add_parser(
+        "forward",
+        help="export the OTLP spool (spans and metric points the task processes wrote) to the collector",
+        description="The scheduler forwards the spool of its machine. Where no scheduler runs (Celery or "
+        "Kubernetes workers), run this in a loop, a cron job or a sidecar. Each round is bounded by "
+        "[barecount] emit_timeout_ms.",
+    )
+    forward.add_argument("--loop", type=float, metavar="SECONDS", help="forward every SECONDS until interrupted")
+    forward.add_argument("--json", action="store_true", help="print each round's counts as JSON")
+    forward.set_defaults(func=cmd_telemetry_forward)
 
     cost = sub.add_parser("cost", help="cost attribution from the evidence index")
     cost_sub = cost.add_subparsers(dest="cost_command", metavar="SUBCOMMAND", required=True)

@@ -17,6 +17,7 @@ the same correlation ID and trace ID with no shared state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import os
@@ -41,10 +42,18 @@ def _key() -> bytes:
     return config.secret_key() or _INSECURE_KEY
 
 
+@functools.lru_cache(maxsize=4)
+def _keyed_hmac(key: bytes) -> hmac.HMAC:
+    """The HMAC keyed once per key (its inner and outer pads computed); each use copies it."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
 def keyed_hex(purpose: str, *parts: object, length: int = 32) -> str:
     """HMAC-SHA256 of ``parts`` under the deployment's secret key, as ``length`` hex characters."""
     message = "\x1f".join([purpose, *(str(part) for part in parts)]).encode()
-    return hmac.new(_key(), message, hashlib.sha256).hexdigest()[:length]
+    mac = _keyed_hmac(_key()).copy()
+    mac.update(message)
+    return mac.hexdigest()[:length]
 
 
 def correlation_id_for(dag_id: str, run_id: str) -> str:

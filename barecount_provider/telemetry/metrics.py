@@ -89,6 +89,11 @@ CATALOG: dict[str, MetricSpec] = {
         _spec("barecount.runner.init_duration", TIMER, "ms", _T, "Cold-start initialisation time (Lambda REPORT Init Duration); absent on warm starts.", "with barecount.runner.invocations, on cold starts"),
         _spec("barecount.runner.memory_used", GAUGE, "By", _T, "Peak memory the workload used, as the runner's service reported it (Lambda Max Memory Used, ...).", "with barecount.runner.invocations, when the service reports it"),
         _spec("barecount.runner.errors", COUNTER, "{error}", (*_T, "error_class"), "Driver errors of a workload (Lambda FunctionError, ...), by error class.", "with barecount.runner.invocations, when the workload failed"),
+        _spec("barecount.cost.runtime_hours", COUNTER, "h", _T, "Billed runtime of a task try's workload after the service's minimums (EC2: host-hours summed).", "task process, at the end of a try, when its cost is estimated; unknown values are not emitted"),
+        _spec("barecount.cost.compute_usd", COUNTER, "{USD}", _T, "Estimated compute cost of a task try (list-price estimate unless the price table is overridden).", "with barecount.cost.runtime_hours"),
+        _spec("barecount.cost.storage_usd", COUNTER, "{USD}", _T, "Estimated storage cost of a task try (ephemeral storage above the free tier, EMR storage, reported S3).", "with barecount.cost.runtime_hours"),
+        _spec("barecount.cost.transfer_usd", COUNTER, "{USD}", _T, "Estimated internet data-transfer-out cost of a task try, when the run reports it.", "with barecount.cost.runtime_hours"),
+        _spec("barecount.cost.total_usd", COUNTER, "{USD}", _T, "Estimated total cost of a task try; not emitted when any part is unknown.", "with barecount.cost.runtime_hours"),
         _spec("barecount.emit.failed", COUNTER, "{error}", ("sink", "stage"), "BareCount's own failures: a sink that is down, an exception inside a hook. Never raised into a task.", "wherever it happens"),
     )
 }

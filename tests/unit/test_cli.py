@@ -9,7 +9,7 @@ import pytest
 from barecount_provider import cli, config
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["doctor", "--help"], ["policy", "--help"], ["policy", "validate", "--help"], ["runs", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["doctor", "--help"], ["policy", "--help"], ["policy", "validate", "--help"], ["runs", "--help"], ["telemetry", "forward", "--help"]])
 def test_every_subcommand_has_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)

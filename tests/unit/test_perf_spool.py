@@ -317,3 +317,45 @@ def test_no_forwarder_thread_without_otlp(monkeypatch, tmp_path):
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
     assert not scheduler_side.SchedulerSide().start_forwarder()
+
+
+def test_barecount_telemetry_forward_exports_the_spool_to_a_real_collector(otlp_config, monkeypatch, capsys):
+    """Where no scheduler runs, `barecount telemetry forward` exports the spool: a real HTTP collector on
+    127.0.0.1 receives the spans and the points, and the spool is empty afterwards."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from barecount_provider import cli
+
+    received: list[str] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        for index in range(2):
+            ti = _ti(f"t{index}")
+            task_side.on_try_running(ti)
+            task_side.on_try_finished(ti, "success")
+        assert len(_files(otlp_config)) == 2
+        assert cli.main(["telemetry", "forward", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["files"] == 2 and result["spans"] == 2 and result["points"] > 0
+        assert sorted(set(received)) == ["/v1/metrics", "/v1/traces"]
+        assert _files(otlp_config) == []
+    finally:
+        server.shutdown()
+        server.server_close()
