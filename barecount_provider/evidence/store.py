@@ -85,6 +85,16 @@ cost_lines_table = sa.Table(
 sa.Index("ix_barecount_cost_day_tenant", cost_lines_table.c.day, cost_lines_table.c.tenant)
 sa.Index("ix_barecount_cost_record", cost_lines_table.c.record_id)
 
+digests_table = sa.Table(
+    "barecount_evidence_digests",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(128), primary_key=True),
+    sa.Column("value", sa.String(512), primary_key=True),
+    sa.Column("first_seen", sa.String(40), nullable=False),
+    sa.Column("first_record_id", sa.String(64), nullable=False),
+)
+
 COST_GROUPS = ("tenant", "pipeline", "runner_class", "size", "dag_id")
 
 
@@ -137,6 +147,16 @@ class Index:
             .limit(1)
         ).first()
         return (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
+
+    def first_seen(self, connection: sa.Connection, tenant: str, digests: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, str]]:
+        """(kind, value) -> (first_seen, first_record_id) of the digests this tenant's records saw before."""
+        values = sorted({str(d["value"]) for d in digests})
+        if not values:
+            return {}
+        rows = connection.execute(
+            sa.select(digests_table).where(digests_table.c.tenant == tenant, digests_table.c.value.in_(values))
+        ).all()
+        return {(row.kind, row.value): (row.first_seen, row.first_record_id) for row in rows}
 
     def row(self, record_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
@@ -393,7 +413,8 @@ class EvidenceStore:
                 return existing
             with self.index.engine.connect() as connection:
                 sequence, previous_hash = self.index.head(connection, tenant)
-            stored = chained(record, sequence + 1, previous_hash)
+                seen_before = self.index.first_seen(connection, tenant, list(record.get("digests") or ()))
+            stored = chained(_with_first_seen(record, seen_before), sequence + 1, previous_hash)
             location = self.bodies.put(record_key(tenant, sequence + 1, record_id), stored, record=True)
             try:
                 with self.index.engine.begin() as connection:
@@ -401,6 +422,13 @@ class EvidenceStore:
                     lines = _cost_lines(stored)
                     if lines:
                         connection.execute(sa.insert(cost_lines_table), lines)
+                    new_digests = [
+                        {**digest_key, "tenant": tenant, "first_record_id": record_id}
+                        for digest_key in _digest_rows(stored)
+                        if (digest_key["kind"], digest_key["value"]) not in seen_before
+                    ]
+                    if new_digests:
+                        connection.execute(sa.insert(digests_table), new_digests)
             except sa.exc.IntegrityError:
                 # another writer took this sequence number (or stored this record): drop our body, retry
                 try:
@@ -448,6 +476,25 @@ class EvidenceStore:
             body = self.bodies.get(row["location"])
             if body is not None:
                 yield body
+
+
+def _with_first_seen(record: Mapping[str, Any], seen_before: Mapping[tuple[str, str], tuple[str, str]]) -> dict[str, Any]:
+    """The record with each digest's ``first_seen`` (and ``first_record_id``) across the tenant's records."""
+    digests = []
+    for digest in record.get("digests") or ():
+        earlier = seen_before.get((str(digest["kind"]), str(digest["value"])))
+        if earlier is not None:
+            digests.append({**digest, "first_seen": earlier[0], "first_record_id": earlier[1]})
+        else:
+            digests.append({**digest, "first_record_id": record["record_id"]})
+    return {**record, "digests": digests}
+
+
+def _digest_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"kind": str(d["kind"]), "value": str(d["value"])[:512], "first_seen": str(d.get("first_seen") or "")}
+        for d in record.get("digests") or ()
+    ]
 
 
 def _row(record: Mapping[str, Any], location: str) -> dict[str, Any]:

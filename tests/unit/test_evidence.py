@@ -394,3 +394,25 @@ def test_assembler_never_raises_and_keeps_the_run_pending(store: EvidenceStore) 
     assembler = assemble_module.Assembler(lambda: store, broken_reader, lambda: 0, on_error=errors.append)
     assert assembler.run_finished(_pending()) is None
     assert errors == ["assemble"] and list(assembler.pending) == [("orders", "r1")]
+
+
+def test_a_digest_keeps_when_it_was_first_seen_across_the_tenants_records(store: EvidenceStore) -> None:
+    def with_digest(run_id: str, started: datetime) -> dict[str, Any]:
+        entry = rec.build_entry(
+            _ctx(run_id=run_id),
+            state="success",
+            source="task",
+            started_at=started,
+            ended_at=started + timedelta(seconds=1),
+            runner_result={"digests": {"image_digest": "sha256:" + "ab" * 32}},
+        )
+        return _record(run_id=run_id, entries=[entry])
+
+    first = store.append(with_digest("early", T0))
+    later = store.append(with_digest("late", T0 + timedelta(days=3)))
+    (digest_first,) = first["digests"]
+    (digest_later,) = later["digests"]
+    assert digest_first["first_seen"] == T0.isoformat() and digest_first["first_record_id"] == first["record_id"]
+    assert digest_later["first_seen"] == T0.isoformat()  # seen before, in the earlier run
+    assert digest_later["first_record_id"] == first["record_id"]
+    assert store.verify("acme") == {"acme": []}
