@@ -31,6 +31,13 @@ def _clear_caches() -> None:
     from barecount_provider.telemetry import task_side
 
     task_side.tenant_policy.cache_clear()
+    from barecount_provider.evidence import scheduler as evidence_scheduler
+    from barecount_provider.evidence import spool as evidence_spool
+    from barecount_provider.evidence import store as evidence_store
+
+    evidence_store.clear_caches()
+    evidence_spool.clear_caches()
+    evidence_scheduler.clear_caches()
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ rewrites the same entry; a spooled file is deleted only after the store accepted
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -119,7 +120,7 @@ def write_entry(entry: Mapping[str, Any]) -> str:
     """Store ``entry`` (bounded), or spool it. Returns ``stored`` or ``spooled``; never raises."""
     timeout_ms = config.evidence_store_timeout_ms()
     try:
-        store = open_store(timeout_ms=timeout_ms)
+        store = _task_store(config.evidence_store(), timeout_ms)
         store.put_entry(entry)
     except Exception as err:
         log.warning("BareCount could not store the evidence entry (spooled for later delivery): %s", err)
@@ -133,6 +134,16 @@ def write_entry(entry: Mapping[str, Any]) -> str:
     if os.path.isdir(spool_dir()) and spooled():
         flush(store, limit=FLUSH_BATCH, deadline=time.monotonic() + timeout_ms / 1000.0)
     return "stored"
+
+
+@functools.lru_cache(maxsize=2)
+def _task_store(kind: str, timeout_ms: int) -> EvidenceStore:
+    """This process's store for entries, built once (an S3 client costs ~100 ms to build)."""
+    return open_store(kind=kind, timeout_ms=timeout_ms)
+
+
+def clear_caches() -> None:
+    _task_store.cache_clear()
 
 
 def _count_failure() -> None:

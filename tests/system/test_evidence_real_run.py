@@ -31,10 +31,10 @@ def _cli(stack: AirflowStack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _wait_for_record(stack: AirflowStack, run_id: str, timeout: float = 120) -> dict[str, Any]:
+def _wait_for_record(stack: AirflowStack, run_id: str, timeout: float = 120, dag_id: str = DAG_ID) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        listed = _cli(stack, "evidence", "list", "--dag", DAG_ID, "--json")
+        listed = _cli(stack, "evidence", "list", "--dag", dag_id, "--json")
         if listed.returncode == 0:
             for row in json.loads(listed.stdout)["records"]:
                 if row["run_id"] == run_id:
@@ -42,7 +42,7 @@ def _wait_for_record(stack: AirflowStack, run_id: str, timeout: float = 120) -> 
                     assert shown.returncode == 0, shown.stderr
                     return dict(json.loads(shown.stdout))
         time.sleep(1.0)
-    raise AssertionError(f"no evidence record for {DAG_ID} {run_id}: {listed.stdout[-500:]} {listed.stderr[-2000:]}")
+    raise AssertionError(f"no evidence record for {dag_id} {run_id}: {listed.stdout[-500:]} {listed.stderr[-2000:]}")
 
 
 @pytest.fixture(scope="module")

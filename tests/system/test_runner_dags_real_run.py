@@ -238,3 +238,27 @@ def test_no_dedicated_host_is_left_running(aws: AwsEmulator, runs: dict[str, tup
     assert {
         host["InstanceId"]: host["State"]["Name"] for host in hosts if host["State"]["Name"] != "terminated"
     } == {}
+
+
+def test_each_runner_run_is_sealed_into_a_valid_complete_evidence_record(
+    airflow_stack: AirflowStack, runs: dict[str, tuple[str, str]]
+) -> None:
+    """The scheduler side seals every example run's record; each runner try's entry carries its
+    runner_result, its cost and the policy rules it passed; the chain verifies."""
+    import jsonschema
+
+    from .test_evidence_real_run import SCHEMA, _cli, _wait_for_record
+
+    for dag_id, tasks in RUNNER_DAGS.items():
+        run_id, _ = runs[dag_id]
+        record = _wait_for_record(airflow_stack, run_id, dag_id=dag_id)
+        jsonschema.Draft202012Validator(SCHEMA).validate(record)
+        assert record["complete"] is True, (dag_id, record["absent"])
+        entries = {entry["context"]["task_id"]: entry for entry in record["entries"]}
+        for task_id, runner_class in tasks.items():
+            entry = entries[task_id]
+            assert entry["source"] == "task" and entry["runner_result"]["runner_class"] == runner_class
+            assert entry["cost"] is not None and entry["cost"]["basis"] == "list-price estimate"
+            assert any(v["rule"] == "max_size" and v["outcome"] == "passed" for v in entry["policy"]["validations"])
+    verified = _cli(airflow_stack, "evidence", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
