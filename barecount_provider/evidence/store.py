@@ -21,6 +21,8 @@ import itertools
 import json
 import logging
 import os
+import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -137,7 +139,14 @@ class Index:
                 cursor.close()
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
-        metadata.create_all(self.engine)
+        for attempt in range(3):  # another process (or thread) may be creating the same tables right now
+            try:
+                metadata.create_all(self.engine)
+                break
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
 
     def head(self, connection: sa.Connection, tenant: str) -> tuple[int, str]:
         row = connection.execute(
@@ -556,10 +565,18 @@ def open_store(*, kind: str | None = None, index_url: str | None = None, timeout
     return EvidenceStore(bodies, index, "s3")
 
 
+_INDEX_LOCK = threading.Lock()
+
+
 @functools.cache
-def _index(url: str) -> Index:
+def _index_cached(url: str) -> Index:
     return Index(url)
 
 
+def _index(url: str) -> Index:
+    with _INDEX_LOCK:  # one Index (and engine) per URL and process, even when two threads ask at once
+        return _index_cached(url)
+
+
 def clear_caches() -> None:
-    _index.cache_clear()
+    _index_cached.cache_clear()
