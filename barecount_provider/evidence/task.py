@@ -88,6 +88,7 @@ def record_try(
                 "validations": list(getattr(task, "barecount_policy_validations", None) or []),
                 "exceptions": list(getattr(task, "barecount_policy_exceptions", None) or []),
             },
+            approvals=list(getattr(task, "barecount_approvals", None) or []),
             error=error,
         )
         return write_entry(entry)

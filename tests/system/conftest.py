@@ -86,6 +86,9 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory, statsd_collector: Ud
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{_refused_port()}/v1/metrics",
         "AIRFLOW__BARECOUNT__IN_FLIGHT_INTERVAL_SECONDS": "1",
         "AIRFLOW__BARECOUNT__SECRET_KEY": "system-test-secret-key",
+        "AIRFLOW__BARECOUNT__POLICY_PATH": str(Path(__file__).with_name("policy.yaml")),
+        # HITL timeouts are swept by the scheduler at this interval (default 15 s)
+        "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
     }
     with AirflowStack(home=home, dags_folder=dags, extra_env=extra_env, triggerer=True) as stack:
         yield stack

@@ -1,0 +1,1 @@
+"""Sensors: governance approval (and, later, runner and network health)."""
