@@ -609,4 +609,15 @@ def resolved() -> dict[str, str]:
     values = {name: _raw(name) for name in OPTIONS}
     values["secret_key"] = "<set>" if secret_key() else "<unset: run tokens are guessable>"
     values["telemetry_dir"] = telemetry_dir()
+    values["evidence_index_url"] = _hide_password(values["evidence_index_url"])
     return values
+
+
+def _hide_password(url: str) -> str:
+    """``scheme://user:***@host/db``: a URL's password never reaches a terminal or a log."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

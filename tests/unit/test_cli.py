@@ -84,3 +84,25 @@ def test_a_bad_config_value_is_a_clear_error(monkeypatch, capsys):
     config.cache_clear()
     assert cli.main(["doctor"]) == 2
     assert "statsd_tag_style: 'graphite' is not one of dogstatsd, influxdb" in capsys.readouterr().err
+
+
+def test_doctor_shows_the_evidence_store_and_reports_an_unreachable_index(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    config.cache_clear()
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert f"store: local {tmp_path / 'evidence'}" in out and "0 entries waiting" in out
+
+    port = _closed_tcp_port()
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", f"postgresql+psycopg2://barecount:secret@127.0.0.1:{port}/x")
+    config.cache_clear()
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "Evidence" in out and "UNREACHABLE: OperationalError" in out
+    assert "secret@" not in out and "barecount:***@127.0.0.1" in out  # the URL's password is never printed
+
+
+def _closed_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
