@@ -302,7 +302,7 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
                 str(r["run_id"]),
                 str(r["state"]),
                 "yes" if r["complete"] else "NO",
-                _usd(r["total_cost_usd"]),
+                _usd(r["total_cost_usd"]) + ("" if r.get("cost_complete", True) else " +?"),
                 str(r["sequence"]),
                 str(r["record_id"]),
             ]
@@ -312,6 +312,8 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
         right=(7, 8),
     )
     print(f"\n{args.offset + 1}-{args.offset + len(rows)} of {total}")
+    if any(not r.get("cost_complete", True) for r in rows):
+        print("+?: some tries' cost is unknown (e.g. no [barecount] cost_local_worker_slot_hour_usd): see `evidence show`")
     return 0
 
 

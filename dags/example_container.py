@@ -33,7 +33,7 @@ def build_dag(
         start_date=datetime(2026, 1, 1),
         schedule=None,
         catchup=False,
-        tags=["example", NEEDS_K8S_TAG],
+        tags=["example", NEEDS_K8S_TAG, "tenant:acme", "pipeline:orders"],
     ) as dag:
         transform = KubernetesRunnerOperator(
             task_id="transform",

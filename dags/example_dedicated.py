@@ -35,7 +35,7 @@ def build_dag(
         start_date=datetime(2026, 1, 1),
         schedule=None,
         catchup=False,
-        tags=["example", NEEDS_AWS_TAG],
+        tags=["example", NEEDS_AWS_TAG, "tenant:acme", "pipeline:orders"],
     ) as dag:
         heavy = DedicatedComputeOperator(
             task_id="heavy_step",

@@ -37,7 +37,7 @@ def build_dag(
         start_date=datetime(2026, 1, 1),
         schedule=None,
         catchup=False,
-        tags=["example", NEEDS_AWS_TAG],
+        tags=["example", NEEDS_AWS_TAG, "tenant:acme", "pipeline:orders"],
     ) as dag:
         env = {"ORDERS_DAY": "{{ dag_run.run_after | ds }}", **(environment or {})}
         transform = EcsRunnerOperator(

@@ -34,7 +34,7 @@ def build_dag(
         start_date=datetime(2026, 1, 1),
         schedule=None,
         catchup=False,
-        tags=["example", NEEDS_AWS_TAG],
+        tags=["example", NEEDS_AWS_TAG, "tenant:acme", "pipeline:orders"],
     ) as dag:
         transform = GlueRunnerOperator(
             task_id="transform",

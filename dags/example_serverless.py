@@ -31,7 +31,7 @@ def build_dag(
         start_date=datetime(2026, 1, 1),
         schedule=None,
         catchup=False,
-        tags=["example", NEEDS_AWS_TAG],
+        tags=["example", NEEDS_AWS_TAG, "tenant:acme", "pipeline:orders"],
     ) as dag:
         ingest = LambdaRunnerOperator(
             task_id="ingest",

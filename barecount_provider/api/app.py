@@ -64,7 +64,8 @@ class EvidenceRecordSummary(BaseModel):
     complete: bool = Field(description="Every task try that had a task process left its own entry.")
     started_at: str | None
     ended_at: str | None
-    total_cost_usd: float | None = Field(description="Null when a try's cost is unknown (never a silent zero).")
+    total_cost_usd: float | None = Field(description="The sum of the tries whose cost is known.")
+    cost_complete: bool = Field(True, description="False when some tries' cost is unknown (see the record's cost.unknown).")
 
 
 class EvidenceRecordCollection(BaseModel):

@@ -35,6 +35,7 @@ SUMMARY_FIELDS = (
     "started_at",
     "ended_at",
     "total_cost_usd",
+    "cost_complete",
 )
 COST_SUMS = ("runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "total_usd")
 

@@ -184,14 +184,14 @@ def build_record(
     by_state: dict[str, int] = {}
     for entry in entry_list:
         by_state[entry["state"]] = by_state.get(entry["state"], 0) + 1
-    cost_total, known, basis, tables = 0.0, True, set(), set()
+    cost_total, unknown, basis, tables = 0.0, [], set(), set()
     lines: dict[tuple[str, str, str, str], dict[str, float]] = {}
     for entry in entry_list:
         cost = entry.get("cost")
         if not cost:
             continue
         if cost.get("total_usd") is None:
-            known = False
+            unknown.append(entry["key"])
             continue
         cost_total += float(cost["total_usd"])
         basis.add(str(cost.get("basis")))
@@ -233,7 +233,9 @@ def build_record(
         "trace_id": trace_id,
         "metrics": {"tries": len(entry_list), "by_state": dict(sorted(by_state.items()))},
         "cost": {
-            "total_usd": round(cost_total, 10) if known else None,
+            "total_usd": round(cost_total, 10),
+            "complete": not unknown,
+            "unknown": unknown,
             "currency": "USD",
             "basis": sorted(basis),
             "price_tables": [json.loads(table) for table in sorted(tables)],

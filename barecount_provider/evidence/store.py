@@ -60,6 +60,7 @@ records_table = sa.Table(
     sa.Column("ended_at", sa.String(40)),
     sa.Column("ended_epoch", sa.Float, nullable=False),  # for ranges and ordering (SQLite has no timestamptz)
     sa.Column("total_cost_usd", sa.Float),
+    sa.Column("cost_complete", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("location", sa.Text, nullable=False),
     sa.UniqueConstraint("tenant", "sequence", name="uq_barecount_evidence_chain"),
 )
@@ -523,6 +524,7 @@ def _row(record: Mapping[str, Any], location: str) -> dict[str, Any]:
         "ended_at": record.get("ended_at"),
         "ended_epoch": _epoch(record.get("ended_at") or record.get("sealed_at")),
         "total_cost_usd": (record.get("cost") or {}).get("total_usd"),
+        "cost_complete": bool((record.get("cost") or {}).get("complete", True)),
         "location": location,
     }
 

@@ -322,7 +322,7 @@ def test_pages_are_newest_first_and_cover_every_record_once(client: Any, filled:
     assert ends == sorted(ends, reverse=True)
     assert set(rows[0]) == {
         "record_id", "tenant", "sequence", "hash", "pipeline", "dag_id", "run_id", "state", "complete",
-        "started_at", "ended_at", "total_cost_usd",
+        "started_at", "ended_at", "total_cost_usd", "cost_complete",
     }  # fmt: skip
 
 

@@ -113,7 +113,8 @@ def test_record_with_its_chain_validates_and_rolls_up_cost(store: EvidenceStore)
 
 def test_an_unknown_cost_makes_the_total_unknown_never_zero() -> None:
     record = _record(entries=[_entry(), _entry("u", cost=None)])
-    assert record["cost"]["total_usd"] is None
+    assert record["cost"]["total_usd"] == 0.5  # the known part
+    assert record["cost"]["complete"] is False and record["cost"]["unknown"] == ["u#1"]
 
 
 def test_schema_rejects_a_record_missing_its_chain_or_with_a_bad_entry() -> None:
