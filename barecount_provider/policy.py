@@ -33,6 +33,8 @@ RUNNER_CLASSES = ("serverless", "container", "managed_etl", "dedicated", "local"
 SIZES = ("xs", "s", "m", "l", "xl")  # ordered small -> large
 NETWORK_PROFILES = ("public", "vpn", "privatelink", "private_vpc", "on_prem")
 REPLAY_DEFAULTS = ("reject", "approve")
+FAILURE_CLASS_NAMES = ("transient", "permanent")
+RETRY_WINDOW_SCOPES = ("tenant", "pipeline")
 SUPPORTED_VERSIONS = (1,)
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Runner classes whose size profiles map to resources; `local` runs inside the Airflow worker.
@@ -128,6 +130,29 @@ class RetryBudget:
     backoff_base_seconds: float
     backoff_max_seconds: float
     jitter: bool
+    window_scope: str = "tenant"
+
+
+@dataclass(frozen=True)
+class FailureRules:
+    """What makes a failure transient (or permanent): exception classes, service error codes, HTTP statuses,
+    message patterns (see :mod:`barecount_provider.recovery.classify`)."""
+
+    exceptions: tuple[str, ...] = ()
+    error_codes: tuple[str, ...] = ()
+    status_codes: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FailureClasses:
+    """The failure-classification rules of one tenant: general ones, and each runner class's own (tried first)."""
+
+    unmatched: str = "transient"
+    transient: FailureRules = FailureRules()
+    permanent: FailureRules = FailureRules()
+    runner_classes: Mapping[str, tuple[FailureRules, FailureRules]] = field(default_factory=dict)
+    """runner class -> (transient, permanent)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +201,7 @@ class TenantPolicy:
     size_tables: SizeTables = field(hash=False)
     network_profiles: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(hash=False, default_factory=dict)
     runner_targets: Mapping[str, Mapping[str, Mapping[str, str]]] = field(hash=False, default_factory=dict)
+    failure_classes: FailureClasses = field(hash=False, default_factory=FailureClasses)
 
     @property
     def allowed_sizes(self) -> tuple[str, ...]:
@@ -553,6 +579,59 @@ _RUNNER_TARGETS = _Section(
     optional=True,
 )
 
+# Failure classification (barecount_provider.recovery.classify): what makes a failure transient or permanent.
+_EXCEPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_STATUS_CODE = re.compile(r"[1-5]([0-9][0-9]|[0-9]x|xx)")
+
+
+def _regex() -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not (isinstance(value, str) and value):
+            yield "", value, "a regular expression (a non-empty string)"
+            return
+        try:
+            re.compile(value)
+        except re.error as err:
+            yield "", value, f"a valid regular expression ({err})"
+
+    return check
+
+
+def _status_code() -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not (isinstance(value, str) and _STATUS_CODE.fullmatch(value)):
+            yield "", value, "an HTTP status such as 429, '503' or a range such as '5xx'"
+
+    return check
+
+
+_FAILURE_RULES = _Section(
+    {
+        "exceptions": _list_of(
+            _matching(_EXCEPTION_NAME.pattern, "an exception class name, dotted (builtins.TimeoutError) or bare (ClientError)"),
+            "exception class names",
+        ),
+        "error_codes": _list_of(_name("a service error code"), "service error codes"),
+        "status_codes": _list_of(_status_code(), "HTTP statuses"),
+        "messages": _list_of(_regex(), "regular expressions"),
+    },
+    optional=True,
+)
+_FAILURE_CLASSES = _Section(
+    {
+        "unmatched": _one_of(FAILURE_CLASS_NAMES),
+        "transient": _FAILURE_RULES,
+        "permanent": _FAILURE_RULES,
+        "runner_classes": _Section(
+            dict.fromkeys(RUNNER_CLASSES, _Section({"transient": _FAILURE_RULES, "permanent": _FAILURE_RULES}, optional=True)),
+            keys_expected=f"a runner class: one of {', '.join(RUNNER_CLASSES)}",
+            optional=True,
+        ),
+    }
+)
+
 # The settings of `defaults` and of each `tenants.<name>`.
 _SETTINGS = _Section(
     {
@@ -573,8 +652,10 @@ _SETTINGS = _Section(
                 "backoff_base_seconds": _number(0),
                 "backoff_max_seconds": _number(0),
                 "jitter": _boolean(),
+                "window_scope": _one_of(RETRY_WINDOW_SCOPES),
             }
         ),
+        "failure_classes": _FAILURE_CLASSES,
         "replay_approval": _Section(
             {
                 "threshold_records": _integer(0, nullable=True),
@@ -604,6 +685,8 @@ def settings_key_paths() -> list[str]:
             if isinstance(spec, _Section):
                 # every size (network profile) shares one entry: documented once, as <size> (<profile>)
                 name = "<size>" if key in SIZES else "<profile>" if key in NETWORK_PROFILES else key
+                if prefix == "failure_classes.runner_classes." and key in RUNNER_CLASSES:
+                    name = "<runner_class>"  # every runner class's rules share one entry
                 yield from walk(spec, f"{prefix}{name}.")
             else:
                 yield f"{prefix}{key}"
@@ -858,6 +941,7 @@ def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
             backoff_base_seconds=float(retry["backoff_base_seconds"]),
             backoff_max_seconds=float(retry["backoff_max_seconds"]),
             jitter=retry["jitter"],
+            window_scope=retry["window_scope"],
         ),
         replay_approval=ReplayApproval(
             threshold_records=replay["threshold_records"],
@@ -873,6 +957,33 @@ def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
         size_tables=frozen(settings["size_tables"]),
         network_profiles=frozen(settings.get("network_profiles") or {}),
         runner_targets=frozen(settings.get("runner_targets") or {}),
+        failure_classes=_failure_classes(settings["failure_classes"]),
+    )
+
+
+def _failure_rules(section: Any) -> FailureRules:
+    section = section or {}
+    return FailureRules(
+        exceptions=tuple(section.get("exceptions") or ()),
+        error_codes=tuple(section.get("error_codes") or ()),
+        status_codes=tuple(str(code) for code in section.get("status_codes") or ()),
+        messages=tuple(section.get("messages") or ()),
+    )
+
+
+def _failure_classes(settings: Mapping[str, Any]) -> FailureClasses:
+    by_class = settings.get("runner_classes") or {}
+    return FailureClasses(
+        unmatched=settings["unmatched"],
+        transient=_failure_rules(settings.get("transient")),
+        permanent=_failure_rules(settings.get("permanent")),
+        runner_classes=types.MappingProxyType(
+            {
+                runner_class: (_failure_rules(rules.get("transient")), _failure_rules(rules.get("permanent")))
+                for runner_class, rules in by_class.items()
+                if isinstance(rules, dict)
+            }
+        ),
     )
 
 

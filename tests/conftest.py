@@ -38,6 +38,9 @@ def _clear_caches() -> None:
     evidence_store.clear_caches()
     evidence_spool.clear_caches()
     evidence_scheduler.clear_caches()
+    from barecount_provider.recovery import budgets
+
+    budgets.clear_caches()
 
 
 @pytest.fixture(autouse=True)

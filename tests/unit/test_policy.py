@@ -28,7 +28,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
 BUILT_IN = Path(policy.__file__).with_name("default_policy.yaml")
 SETTINGS_KEYS = (
     "allowed_runner_classes, max_size, allowed_network_profiles, trace_sampling_ratio, "
-    "debug_logs_in_production, limits, retry_budget, replay_approval, cost_budget, size_tables, network_profiles, runner_targets"
+    "debug_logs_in_production, limits, retry_budget, failure_classes, replay_approval, cost_budget, size_tables, network_profiles, runner_targets"
 )
 
 
@@ -279,7 +279,7 @@ def test_unknown_settings_key_in_defaults_and_tenant(in_tmp: Path) -> None:
             "retry_budget",
             "max_retries",
             "max_retries_per_task, max_retries_per_run, max_retries_per_window, window_seconds, "
-            "backoff_base_seconds, backoff_max_seconds, jitter",
+            "backoff_base_seconds, backoff_max_seconds, jitter, window_scope",
         ),
         (
             "replay_approval",
