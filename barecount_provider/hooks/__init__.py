@@ -1,0 +1,1 @@
+"""BareCount hooks: one module per external system BareCount itself talks to (``dlq``: dead-letter queues)."""

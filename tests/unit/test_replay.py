@@ -1,0 +1,357 @@
+"""Replay: idempotent, resumable, concurrent, throttled, scoped; the kill test; the operator and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from barecount_provider.recovery.dlq import LocalSegments, Scope, SegmentBackend, make_letter
+from barecount_provider.recovery.ledger import ReplayLedger
+from barecount_provider.recovery.replay import (
+    CallableTarget,
+    LambdaTarget,
+    Replayer,
+    SqlTableTarget,
+    SqsTarget,
+)
+
+
+class IdempotentTarget:
+    """A target in its own SQLite file that applies each key once and counts every delivery."""
+
+    def __init__(self, path: str, delay_s: float = 0.0) -> None:
+        self.path, self.delay_s = path, delay_s
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute("CREATE TABLE IF NOT EXISTS applied (key TEXT PRIMARY KEY, payload TEXT, deliveries INTEGER)")
+        return self._db
+
+    def __call__(self, payload: Any, key: str) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        self.db.execute(
+            "INSERT INTO applied VALUES (?, ?, 1) ON CONFLICT(key) DO UPDATE SET deliveries = deliveries + 1",
+            (key, json.dumps(payload)),
+        )
+
+    def deliveries(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT key, deliveries FROM applied").fetchall())
+
+
+def fill(queue: SegmentBackend, n: int, pipeline: str = "orders", start: int = 0, chunk: int = 50) -> list[str]:
+    keys = []
+    for first in range(start, start + n, chunk):
+        letters = [
+            make_letter({"n": i}, tenant="acme", pipeline=pipeline, error=ValueError("v"), idempotency_key=f"k{i:06d}")
+            for i in range(first, min(start + n, first + chunk))
+        ]
+        queue.put(letters)
+        keys.extend(ltr.idempotency_key for ltr in letters)
+    return keys
+
+
+def local_queue(path: str, segment_bytes: int = 4096) -> SegmentBackend:
+    return SegmentBackend(LocalSegments(path, segment_bytes=segment_bytes, durable=False), "local")
+
+
+def replay_in_child(dlq_dir: str, ledger_url: str, target_path: str, batch_size: int, result_path: str | None = None,
+                    delay_s: float = 0.0, scope_id: str = "kill-test", go_path: str | None = None) -> int:
+    """Fork a process that replays the queue (its own ledger engine and target connection); its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        ledger = ReplayLedger(ledger_url)
+        while go_path and not os.path.exists(go_path):  # start together
+            time.sleep(0.001)
+        replayer = Replayer(
+            local_queue(dlq_dir), CallableTarget(IdempotentTarget(target_path, delay_s), name="idempotent"), ledger,
+            scope_id=scope_id, batch_size=batch_size, progress_interval_s=3600,
+        )
+        outcome = replayer.run()
+        if result_path:
+            with open(result_path, "w") as file:
+                json.dump(outcome.as_dict(), file)
+        code = 0 if outcome.status == "complete" and not outcome.failed else 3
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 4
+    finally:
+        os._exit(code)
+
+
+def check_round(target: IdempotentTarget, ledger: ReplayLedger, keys: list[str], kills: int, batch: int, dlq_dir: str,
+                scope_id: str = "kill-test") -> int:
+    deliveries = target.deliveries()
+    assert sorted(deliveries) == sorted(keys), "a record was lost (or an unknown one applied)"
+    rows = {row["key"]: row for row in ledger.rows(scope_id)}
+    assert all(rows[k]["state"] == "delivered" for k in keys)
+    repeated = {k: n - 1 for k, n in deliveries.items() if n > 1}
+    for key, extra in repeated.items():  # repeats only for records taken over from a crashed run, counted
+        assert rows[key]["redeliveries"] >= extra, (key, extra, rows[key])
+    redelivered = sum(row["redeliveries"] for row in rows.values())
+    assert redelivered <= kills * batch, (redelivered, kills, batch)  # at most one batch per crash
+    assert sum(repeated.values()) <= redelivered
+    assert list(local_queue(dlq_dir).scan(Scope())) == []  # delivered letters left the queue
+    return sum(repeated.values())
+
+
+def kill_test(tmp_path, ledger_url_for_round, *, kills_wanted: int, n: int = 120, batch: int = 8,
+              kills_per_round: int = 10, seed: int | None = None):
+    """SIGKILL the replay at random points, re-run each time; check every round's invariants.
+
+    A round fills a fresh queue, then starts the replay again and again, each time killing it after a
+    random time within how long an uninterrupted replay takes (measured first), until ``kills_per_round``
+    kills; then lets it finish and checks the round."""
+    seed = seed if seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    kills = rounds = repeated_total = 0
+    full = None
+    while kills < kills_wanted:
+        rounds += 1
+        base = tmp_path / f"round{rounds}"
+        base.mkdir()
+        dlq_dir, target_path = str(base / "dlq"), str(base / "target.db")
+        keys = fill(local_queue(dlq_dir), n)
+        ledger_url = ledger_url_for_round(base, rounds)
+        round_kills = 0
+        while True:
+            started = time.monotonic()
+            pid = replay_in_child(dlq_dir, ledger_url, target_path, batch)
+            status = None
+            if full is not None and round_kills < kills_per_round:
+                deadline = started + rng.uniform(0, full)
+                while time.monotonic() < deadline:
+                    done_pid, done_status = os.waitpid(pid, os.WNOHANG)
+                    if done_pid:
+                        status = done_status
+                        break
+                    time.sleep(0.0005)
+                if status is None:
+                    os.kill(pid, signal.SIGKILL)
+                    status = os.waitpid(pid, 0)[1]
+                    if os.WIFSIGNALED(status):
+                        kills += 1
+                        round_kills += 1
+                        continue
+            if status is None:
+                status = os.waitpid(pid, 0)[1]
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"replay failed (seed {seed})"
+            if full is None:  # the first round's uninterrupted run measures the kill window
+                full = time.monotonic() - started
+            break
+        ledger = ReplayLedger(ledger_url)
+        try:
+            repeated_total += check_round(IdempotentTarget(target_path), ledger, keys, round_kills, batch, dlq_dir)
+        finally:
+            ledger.dispose()
+    return SimpleNamespace(kills=kills, rounds=rounds, repeated=repeated_total, seed=seed)
+
+
+def test_kill_the_replay_at_100_random_points_nothing_lost_applied_once_repeats_bounded(tmp_path):
+    result = kill_test(tmp_path, lambda base, _round: f"sqlite:///{base}/ledger.db", kills_wanted=100)
+    print(f"kill test: {result.kills} kills over {result.rounds} rounds, {result.repeated} repeated deliveries (seed {result.seed})")
+    assert result.kills >= 100
+
+
+def two_replays_at_once(tmp_path, ledger_url: str, n: int = 300, batch: int = 10) -> tuple[dict[str, Any], dict[str, Any]]:
+    dlq_dir, target_path = str(tmp_path / "dlq"), str(tmp_path / "target.db")
+    keys = fill(local_queue(dlq_dir, segment_bytes=1 << 20), n)
+    results = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    go = str(tmp_path / "go")
+    pids = [replay_in_child(dlq_dir, ledger_url, target_path, batch, result, delay_s=0.001, scope_id="twice", go_path=go)
+            for result in results]
+    time.sleep(0.3)
+    open(go, "w").close()
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    first, second = (json.load(open(path)) for path in results)
+    deliveries = IdempotentTarget(target_path).deliveries()
+    assert sorted(deliveries) == sorted(keys) and set(deliveries.values()) == {1}  # every record applied once
+    assert first["delivered"] + second["delivered"] == n  # split, never both
+    for one in (first, second):  # each skipped what the other held or delivered
+        assert one["skipped_delivered"] + one["skipped_busy"] + one["delivered"] == one["scanned"]
+    assert first["skipped_delivered"] + first["skipped_busy"] + second["skipped_delivered"] + second["skipped_busy"] >= min(
+        first["delivered"], second["delivered"]
+    )
+    third = Replayer(local_queue(dlq_dir), CallableTarget(IdempotentTarget(target_path)), ReplayLedger(ledger_url),
+                     scope_id="twice").run()
+    assert third.delivered == 0
+    return first, second
+
+
+def test_two_replays_of_one_queue_at_once_apply_every_record_once(tmp_path):
+    first, second = two_replays_at_once(tmp_path, f"sqlite:///{tmp_path}/ledger.db")
+    assert first["delivered"] > 0 and second["delivered"] > 0
+
+
+@pytest.fixture
+def setup(tmp_path):
+    queue = local_queue(str(tmp_path / "dlq"))
+    ledger = ReplayLedger(f"sqlite:///{tmp_path}/ledger.db")
+    yield queue, ledger
+    ledger.dispose()
+
+
+def test_a_rerun_skips_what_was_delivered_and_delivers_what_came_since(setup):
+    queue, ledger = setup
+    fill(queue, 30)
+    got: list[str] = []
+    target = CallableTarget(lambda payload, key: got.append(key), name="list")
+    first = Replayer(queue, target, ledger, batch_size=7).run()
+    assert (first.status, first.delivered, first.removed_from_queue) == ("complete", 30, 30)
+    fill(queue, 30)  # the same records fail again, and five new ones
+    fill(queue, 5, start=30)
+    second = Replayer(queue, target, ledger, batch_size=7).run()
+    assert (second.delivered, second.skipped_delivered) == (5, 30)
+    assert sorted(got) == sorted(set(got)) and len(got) == 35
+
+
+def test_failed_records_stay_queued_and_the_next_run_retries_them(setup):
+    queue, ledger = setup
+    fill(queue, 20)
+    flaky = {"fail": True}
+
+    def deliver(payload: Any, key: str) -> None:
+        if flaky["fail"] and payload["n"] % 4 == 0:
+            raise ConnectionError("target down for this record")
+
+    first = Replayer(queue, CallableTarget(deliver), ledger).run()
+    assert (first.delivered, first.failed) == (15, 5) and first.errors_by_class == {"ConnectionError": 5}
+    assert sorted(ltr.payload["n"] for ltr in queue.scan(Scope())) == [0, 4, 8, 12, 16]
+    queue.finish(None)
+    flaky["fail"] = False
+    second = Replayer(queue, CallableTarget(deliver), ledger).run()
+    assert (second.delivered, second.retried, second.failed) == (5, 5, 0)
+    assert list(queue.scan(Scope())) == []
+
+
+def test_the_replay_is_throttled_scoped_and_capped(setup):
+    queue, ledger = setup
+    fill(queue, 40, pipeline="orders")
+    fill(queue, 10, pipeline="payments", start=100)
+    got: list[Any] = []
+    target = CallableTarget(lambda payload, key: got.append(payload["n"]))
+    started = time.monotonic()
+    outcome = Replayer(queue, target, ledger, scope=Scope.of(pipeline="orders"), rate=200, max_records=25).run()
+    elapsed = time.monotonic() - started
+    assert outcome.status == "stopped" and outcome.delivered == 25 and len(got) == 25
+    assert elapsed >= 25 / 200 * 0.9
+    assert all(n < 100 for n in got)
+    assert len(list(queue.scan(Scope.of(pipeline="payments")))) == 10
+
+
+def test_the_plan_counts_what_a_run_would_deliver_and_estimates_cost(setup):
+    queue, ledger = setup
+    fill(queue, 10)
+    target = LambdaTarget("fn", memory_mb=1024, estimated_duration_ms=1000, hook=object())
+    plan = Replayer(queue, target, ledger).plan()
+    assert plan.records == 10 and plan.bytes > 0 and plan.by_error_class == {"ValueError": 10}
+    assert plan.estimated_cost_usd == pytest.approx(10 * (0.20 / 1e6 + 0.0000166667), rel=1e-3)
+    Replayer(queue, CallableTarget(lambda p, k: None), ledger, scope_id=plan.scope_id).run()
+    assert queue.stats(Scope())[0].depth == 0
+    sqs = SqsTarget("https://sqs.us-east-1.amazonaws.com/1/q.fifo", client=object())
+    assert sqs.estimate_cost_usd(25, 1000)[0] == pytest.approx(3 * 0.50 / 1e6)
+
+
+def test_a_sql_table_target_upserts_by_key(setup, tmp_path):
+    import sqlalchemy as sa
+
+    queue, ledger = setup
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/target.db")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE orders (idempotency_key TEXT PRIMARY KEY, n INTEGER)")
+        connection.exec_driver_sql("INSERT INTO orders VALUES ('k000003', -1)")
+    fill(queue, 6)
+    outcome = Replayer(queue, SqlTableTarget("orders", engine=engine, columns=["n"]), ledger).run()
+    assert outcome.delivered == 6
+    with engine.connect() as connection:
+        rows = dict(connection.exec_driver_sql("SELECT idempotency_key, n FROM orders").fetchall())
+    assert rows == {f"k{i:06d}": i for i in range(6)}
+
+
+def test_progress_is_reported_as_metrics(setup):
+    queue, ledger = setup
+    fill(queue, 12)
+    points: list[Any] = []
+    Replayer(queue, CallableTarget(lambda p, k: None), ledger, emit=points.extend,
+             metric_tags={"tenant": "acme", "pipeline": "orders"}, progress_interval_s=0).run()
+    delivered = sum(v for n, _, v, t in points if n == "barecount.replay.records" and t["outcome"] == "delivered")
+    assert delivered == 12
+    assert {t["tenant"] for _, _, _, t in points} == {"acme"}
+    assert any(n == "barecount.replay.throughput" for n, *_ in points)
+
+
+class FakeTI:
+    def __init__(self) -> None:
+        self.task, self.dag_id, self.run_id, self.task_id, self.try_number, self.map_index = None, "d", "r", "replay", 1, -1
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[(self.task_id, key)] = json.loads(json.dumps(value))
+
+    def xcom_pull(self, task_ids: str, key: str) -> Any:
+        return self.xcom.get((task_ids, key))
+
+
+def test_the_operator_pushes_its_plan_and_outcome_for_approval_and_evidence(tmp_path):
+    from barecount_provider.operators.recovery import ReplayOperator
+
+    dlq_dir = str(tmp_path / "dlq")
+    fill(local_queue(dlq_dir), 12)
+    got: list[str] = []
+    ti = FakeTI()
+    common = {"target": lambda payload, key: got.append(key), "dlq_backend": "local", "dlq_location": dlq_dir,
+              "ledger_url": f"sqlite:///{tmp_path}/ledger.db", "tenant": "acme"}
+    ti.task_id = "plan"
+    plan = ReplayOperator(task_id="plan", plan_only=True, **common).execute({"ti": ti})
+    assert ti.xcom[("plan", "replay_plan")]["records"] == 12 and plan["needs_approval"] is False
+    assert "estimated_cost_usd" in plan and plan["approval_thresholds"]["threshold_records"] == 1000000
+    ti.xcom[("plan", "replay_plan")]["records"] = 10  # what was approved
+    ti.task_id = "replay"
+    operator = ReplayOperator(task_id="replay", approved_plan_task_id="plan", **common)
+    outcome = operator.execute({"ti": ti})
+    assert outcome["status"] == "stopped" and outcome["delivered"] == 10 and len(got) == 10
+    pushed = ti.xcom[("replay", "replay_outcome")]
+    assert pushed["delivered"] == 10 and operator.barecount_replay_outcome == pushed
+
+
+def cli_target(payload: Any, key: str) -> None:
+    CLI_DELIVERED.append(key)
+
+
+CLI_DELIVERED: list[str] = []
+
+
+def test_barecount_replay_plan_run_status(tmp_path, capsys):
+    from barecount_provider.cli import main
+
+    dlq_dir = str(tmp_path / "dlq")
+    fill(local_queue(dlq_dir), 9)
+    common = ["--dlq", dlq_dir, "--target", f"callable:{__name__}:cli_target", "--ledger-url", f"sqlite:///{tmp_path}/l.db"]
+    assert main(["replay", "plan", *common, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 9
+    assert main(["replay", "run", *common, "--rate", "1000"]) == 0
+    assert "delivered 9" in capsys.readouterr().out and len(CLI_DELIVERED) == 9
+    assert main(["replay", "status", "--ledger-url", f"sqlite:///{tmp_path}/l.db"]) == 0
+    assert "delivered 9, in flight 0, failed 0" in capsys.readouterr().out
+    assert main(["dlq", "stats", "--dlq", dlq_dir, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["queues"][0]["depth"] == 0
