@@ -183,6 +183,20 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "USD per hour of one Airflow worker slot, for local tasks (no runner operator). Empty: the price "
         "table's (none shipped: cost unknown).",
     ),
+    "dlq_location": (
+        "string",
+        "",
+        "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq",
+        "Where runner operators send the failed events they know about (a Lambda function error, a failed "
+        "batch): an SQS queue URL, s3://bucket/prefix, or a local directory. Empty: the embedded local queue "
+        "under evidence_dir/dlq. See docs/recovery.md.",
+    ),
+    "dlq_aws_conn_id": (
+        "string",
+        "aws_default",
+        "aws_dlq",
+        "The Airflow AWS connection of an SQS or S3 dead-letter queue.",
+    ),
     "evidence_on": (
         "boolean",
         "True",
@@ -486,6 +500,16 @@ def cost_local_worker_slot_hour_usd() -> str:
     return _raw("cost_local_worker_slot_hour_usd").strip()
 
 
+@functools.cache
+def dlq_location() -> str:
+    return _raw("dlq_location").strip()
+
+
+@functools.cache
+def dlq_aws_conn_id() -> str:
+    return _raw("dlq_aws_conn_id").strip() or "aws_default"
+
+
 EVIDENCE_STORES = ("local", "s3")
 
 
@@ -574,6 +598,8 @@ _GETTERS = [
     cost_kubernetes_vcpu_hour_usd,
     cost_kubernetes_gb_hour_usd,
     cost_local_worker_slot_hour_usd,
+    dlq_location,
+    dlq_aws_conn_id,
     evidence_on,
     evidence_store,
     evidence_dir,

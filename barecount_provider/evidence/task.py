@@ -91,6 +91,10 @@ def record_try(
             approvals=list(getattr(task, "barecount_approvals", None) or []),
             error=error,
         )
+        for name, field in (("barecount_replay_outcome", "replay"), ("barecount_dead_letters", "dead_letters")):
+            value = getattr(task, name, None)
+            if value:
+                entry[field] = value  # a replay's outcome; the keys of the failed events sent to the DLQ
         return write_entry(entry)
     except Exception:
         log.warning("BareCount could not write the evidence entry of this try", exc_info=True)

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException
 
+from barecount_provider import config
 from barecount_provider import context as bc_context
 from barecount_provider.policy import NETWORK_PROFILES, SIZES, get_policy
 from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER, get_emitter
@@ -395,10 +396,21 @@ class BareCountRunnerMixin:
             log.warning("BareCount could not emit the runner metrics", exc_info=True)
 
     def on_runner_failed(self, context: Mapping[str, Any], result: RunnerResult, failed_event: Any) -> None:
-        """Called after a failed invocation's result is published and before the task fails.
+        """Called after a failed invocation's result is published and before the task fails: the failed event
+        goes to the dead-letter queue (``[barecount] dlq_location``; empty: the embedded local queue), keyed
+        so that the same event failing on every retry is replayed once. Never raises."""
+        try:
+            from barecount_provider.hooks.dlq import DeadLetterQueueHook
 
-        The hook point of recovery: a dead-letter queue (a later issue) receives ``failed_event`` here.
-        """
+            location = config.dlq_location() or None
+            hook = DeadLetterQueueHook(location=location, aws_conn_id=config.dlq_aws_conn_id())
+            key = hook.send_runner_failure(context, result, failed_event)
+            if key:
+                self.barecount_dead_letters = [*(getattr(self, "barecount_dead_letters", None) or []), key]
+                log.info("BareCount sent the failed event to the dead-letter queue (%s), key %s", hook.describe(), key)
+        except Exception:
+            EMIT_FAILURES.record("dlq", "runner")
+            log.warning("BareCount could not send the failed event to the dead-letter queue", exc_info=True)
 
 
 def runner_metric_points(result: RunnerResult, tags: Mapping[str, str]) -> list[tuple[str, str, float, Any]]:

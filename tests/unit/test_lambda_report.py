@@ -180,3 +180,23 @@ def test_no_log_result_is_recorded_as_not_reported(monkeypatch: pytest.MonkeyPat
     assert result["field_sources"]["timings.duration_s"].startswith("not reported by the emulator/service: no LogResult")
     assert result["resources_used"]["memory_size_mb"] == 1024
     assert result["details"]["size_mismatch"] == "size 'xs' requests 128 MB; the qualifier's version has 1024 MB"
+
+
+def test_a_function_error_on_fixture_goes_to_the_dead_letter_queue_once_per_event(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from barecount_provider import config
+    from barecount_provider.hooks.dlq import DeadLetterQueueHook
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__DLQ_LOCATION", str(tmp_path / "dlq"))
+    config.cache_clear()
+    for _ in range(2):  # the same event failing on a retry: one dead letter
+        op, _, ti = _run(monkeypatch, "invoke_response_function_error.json")
+        with pytest.raises(LambdaFunctionError):
+            op.execute({"ti": ti})
+    letters = list(DeadLetterQueueHook(location=str(tmp_path / "dlq")).scan())
+    assert len({letter.idempotency_key for letter in letters}) == 1
+    letter = letters[0]
+    assert letter.error_class == "FunctionError.Unhandled"
+    assert letter.source["kind"] == "runner:serverless"
+    assert op.barecount_dead_letters == [letter.idempotency_key]
