@@ -95,3 +95,41 @@ def test_s3_dlq_json_lines_batches_replay_and_removal(moto_server, ledger):
     outcome = Replayer(hook.backend, _callable(got), ledger, scope=Scope.of(pipeline="orders"), batch_size=4).run()
     assert outcome.delivered == 10 and sorted(p["n"] for p, _ in got) == list(range(10))
     assert sum(s.depth for s in hook.stats()) == 0
+
+
+def test_replay_into_a_lambda_function_on_moto_delivers_each_record_once(moto_server, ledger, tmp_path):
+    """The Lambda target through the upstream LambdaHook against moto (its function echoes the event):
+    every record is invoked once with its idempotency key in the event; a second replay invokes nothing."""
+    import io
+    import zipfile
+
+    from barecount_provider.recovery.replay import LambdaTarget
+
+    iam = moto_server.client("iam")
+    role = iam.create_role(
+        RoleName="barecount-replay-target",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+    )["Role"]["Arn"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("app.py", "def handler(event, context):\n    return event\n")
+    moto_server.client("lambda").create_function(
+        FunctionName="orders-reload", Runtime="python3.11", Role=role, Handler="app.handler",
+        Code={"ZipFile": archive.getvalue()},
+    )
+    hook = DeadLetterQueueHook("local", str(tmp_path / "dlq"), tenant="acme", pipeline="orders", emit_metrics=False)
+    keys = hook.send([{"order": i} for i in range(6)], error=ValueError("amount missing"))
+    moto_server.start_recording()
+    outcome = Replayer(hook.backend, LambdaTarget("orders-reload", aws_conn_id=MOTO_CONN_ID), ledger, batch_size=4).run()
+    assert (outcome.status, outcome.delivered) == ("complete", 6)
+    import base64
+
+    invocations = [
+        json.loads(base64.b64decode(r["body"]) if r.get("body_encoded") else r["body"])
+        for r in moto_server.recorded_requests()
+        if "/functions/orders-reload/invocations" in r["url"] and r["method"] == "POST"
+    ]
+    assert sorted(event["idempotency_key"] for event in invocations) == sorted(keys)
+    hook.send([{"order": i} for i in range(6)], error=ValueError("amount missing"))  # the same records again
+    again = Replayer(hook.backend, LambdaTarget("orders-reload", aws_conn_id=MOTO_CONN_ID), ledger, batch_size=4).run()
+    assert again.delivered == 0  # already delivered: skipped by the ledger
