@@ -4,18 +4,22 @@
 VENV = .venv
 PY = $(VENV)/bin/python
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint clean system-deps
 
 demo: install
 	$(PY) scripts/demo.py
 
 # ruff, mypy, then every test (unit, integration, system). pytest's exit code 5 ("no tests collected")
 # fails the target like any other failure.
-test: install lint
+test: install lint system-deps
 	@status=0; \
 	AIRFLOW_HOME="$$(pwd)/.airflow-test" $(VENV)/bin/pytest -p no:cacheprovider tests || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
+
+# PostgreSQL for the evidence index tests: apt-get when missing and root (scripts/system-deps.sh)
+system-deps:
+	@sh scripts/system-deps.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
