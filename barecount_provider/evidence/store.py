@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import threading
 import time
 import urllib.parse
@@ -37,7 +38,7 @@ from barecount_provider.evidence.record import GENESIS_HASH, ChainProblem, chain
 
 log = logging.getLogger(__name__)
 
-APPEND_ATTEMPTS = 20
+APPEND_ATTEMPTS = 200  # a lost race retries after a short random pause: writers never starve each other
 
 # ------------------------------------------------------------------------------------------------- index
 
@@ -445,6 +446,7 @@ class EvidenceStore:
                     self.bodies.delete(location)
                 except Exception:  # an S3 object under Object Lock stays: it is in no index row
                     log.debug("evidence: could not delete the losing body %s", location, exc_info=True)
+                time.sleep(random.uniform(0.001, 0.005 * min(_attempt + 1, 10)))  # let the winner's peers settle
                 continue
             return stored
         raise RuntimeError(f"evidence: could not append record {record_id} to tenant {tenant!r}'s chain")
