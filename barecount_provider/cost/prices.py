@@ -30,6 +30,9 @@ from typing import Any
 
 import yaml
 
+# The governance policy's problem records (file, key path, value, expected): both files read alike.
+from barecount_provider.policy import MISSING, Problem, Unreadable
+
 SHIPPED_FILE = "prices_us_east_1.yaml"
 SHIPPED_SOURCE = "<shipped price table>"
 LIST_PRICE_BASIS = "list-price estimate"
@@ -48,39 +51,6 @@ RATE_OPTIONS = {
 
 
 # --------------------------------------------------------------------------------------------------- problems
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-MISSING: Any = _Missing()
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """The ``value`` of a Problem about a file that could not be read or parsed."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One mistake in a price table: the file, the key path, the value found and what was expected."""
-
-    file: str
-    key_path: str
-    value: object
-    expected: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}: {self.key_path}" if self.key_path else self.file
-        if self.value is MISSING:
-            return f"{where}: missing; expected {self.expected}"
-        if isinstance(self.value, Unreadable):
-            return f"{where}: {self.value.reason}; expected {self.expected}"
-        return f"{where}: {self.value!r} is not {self.expected}"
 
 
 class PriceTableError(ValueError):

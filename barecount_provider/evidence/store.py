@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from barecount_provider import config
+from barecount_provider import config, db
 from barecount_provider.evidence.record import GENESIS_HASH, ChainProblem, chained, verify_chain
 
 log = logging.getLogger(__name__)
@@ -129,26 +129,8 @@ class Index:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
-            self.engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-            @sa.event.listens_for(self.engine, "connect")
-            def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-                cursor = connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-                cursor.close()
-        else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
-        for attempt in range(3):  # another process (or thread) may be creating the same tables right now
-            try:
-                metadata.create_all(self.engine)
-                break
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-                if attempt == 2:
-                    raise
-                time.sleep(0.2)
+        self.engine = db.create_engine(url)
+        db.create_tables(metadata, self.engine)
 
     def head(self, connection: sa.Connection, tenant: str) -> tuple[int, str]:
         row = connection.execute(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from barecount_provider import config
+from barecount_provider import config, db
 from barecount_provider.policy import RetryBudget
 
 GRANTED = "granted"
@@ -131,36 +130,8 @@ class RetryLedger:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
-            self.engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-            @sa.event.listens_for(self.engine, "connect")
-            def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-                cursor = connection.cursor()
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-                cursor.close()
-
-            @sa.event.listens_for(self.engine, "begin")
-            def _immediate(connection: Any) -> None:
-                # take SQLite's write lock when the transaction starts: readers never have to upgrade
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-            @sa.event.listens_for(self.engine, "connect", insert=True)
-            def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
-                dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" event issues BEGIN IMMEDIATE
-
-        else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True)
-        for attempt in range(3):  # another process may be creating the same tables right now
-            try:
-                metadata.create_all(self.engine)
-                break
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-                if attempt == 2:
-                    raise
-                time.sleep(0.2)
+        self.engine = db.create_engine(url, immediate=True)
+        db.create_tables(metadata, self.engine)
 
     # -------------------------------------------------------------------------------------------- locking
 

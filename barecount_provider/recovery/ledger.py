@@ -46,6 +46,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from barecount_provider import db
+
 IN_FLIGHT, DELIVERED, FAILED = "in_flight", "delivered", "failed"
 RUNNING, FINISHED, STOPPED, ABORTED = "running", "finished", "stopped", "failed"
 MAX_KEY = 255
@@ -115,44 +117,14 @@ class Claim:
     failed_here: set[str] = field(default_factory=set)  # this run failed them already: not again
 
 
-def _engine(url: str) -> sa.Engine:
-    if url.startswith("sqlite:"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != url:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
-
-        @sa.event.listens_for(engine, "connect")
-        def _connect(connection: Any, _record: Any) -> None:
-            connection.isolation_level = None  # BEGIN ourselves (below)
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        @sa.event.listens_for(engine, "begin")
-        def _begin(connection: Any) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
-
-
 class ReplayLedger:
     """The ledger and run tables at ``url`` (an SQLAlchemy URL: the evidence index's by default)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = _engine(url)
+        self.engine = db.create_engine(url, immediate=True, busy_timeout_s=60)
         self.dialect = self.engine.dialect.name
-        for attempt in range(5):  # another process may be creating the same tables right now
-            try:
-                metadata.create_all(self.engine)
-                break
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-                if attempt == 4:
-                    raise
-                time.sleep(0.2)
+        db.create_tables(metadata, self.engine)
         keys: Any = sa.bindparam("keys", expanding=True)
         c = ledger_table.c
         insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(ledger_table)
