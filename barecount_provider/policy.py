@@ -1051,20 +1051,25 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     return _build(document, source, base)
 
 
+def read_text_file(path: str, what: str, error: Callable[[list[Problem]], Exception]) -> str:
+    """The UTF-8 text at ``path``; a file that cannot be read, or is not UTF-8, raises ``error`` with the
+    Problem that says so (``what`` names the file in the expectation: "a readable <what>")."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError as err:
+        reason = f"cannot be read: {err.strerror or err}"
+        raise error([Problem(path, "", Unreadable(reason), f"a readable {what}")]) from None
+    except UnicodeDecodeError as err:
+        reason = f"is not UTF-8 text (byte {err.start})"
+        raise error([Problem(path, "", Unreadable(reason), f"a UTF-8 {what}")]) from None
+
+
 def load_policy(path: str | None = None) -> Policy:
     """The policy at ``path`` (None or empty: the built-in one). Raises PolicyError listing every mistake."""
     if not path:
         return _build(_built_in_document(), BUILT_IN_SOURCE, base={})
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except OSError as err:
-        reason = f"cannot be read: {err.strerror or err}"
-        raise PolicyError([Problem(path, "", Unreadable(reason), "a readable YAML policy file")]) from None
-    except UnicodeDecodeError as err:
-        reason = f"is not UTF-8 text (byte {err.start})"
-        raise PolicyError([Problem(path, "", Unreadable(reason), "a UTF-8 YAML policy file")]) from None
-    return parse_policy(text, source=path)
+    return parse_policy(read_text_file(path, "YAML policy file", PolicyError), source=path)
 
 
 def validate_file(path: str) -> list[Problem]:

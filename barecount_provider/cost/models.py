@@ -41,8 +41,8 @@ COMPUTE, STORAGE, TRANSFER = "compute", "storage", "transfer"
 GIB = 1024**3
 MONEY_DECIMALS = 10
 
-# DPUs of one worker of each Glue worker type: the same table as operators.managed_etl.GLUE_DPU_PER_WORKER
-# (a test keeps them equal), kept here so that costing never imports the Airflow operators.
+# DPUs of one worker of each Glue worker type (https://docs.aws.amazon.com/glue/latest/dg/add-job.html): the
+# one table, here so that costing never imports the Airflow operators; the Glue operator derives with it too.
 GLUE_DPU_PER_WORKER = {
     "Standard": 1.0,
     "G.025X": 0.25,

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 # The governance policy's problem records (file, key path, value, expected): both files read alike.
-from barecount_provider.policy import MISSING, Problem, Unreadable
+from barecount_provider.policy import MISSING, Problem, Unreadable, read_text_file
 
 SHIPPED_FILE = "prices_us_east_1.yaml"
 SHIPPED_SOURCE = "<shipped price table>"
@@ -463,18 +463,7 @@ def load_price_table(path: str | None = None) -> PriceTable:
     """The shipped table (``path`` None or empty), or the override file at ``path`` merged over it."""
     if not path:
         return shipped_price_table()
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except OSError as err:
-        reason = f"cannot be read: {err.strerror or err}"
-        raise PriceTableError(
-            [Problem(path, "", Unreadable(reason), "a readable price table file")]
-        ) from None
-    except UnicodeDecodeError as err:
-        reason = f"is not UTF-8 text (byte {err.start})"
-        raise PriceTableError([Problem(path, "", Unreadable(reason), "a UTF-8 price table file")]) from None
-    return parse_price_table(text, source=path)
+    return parse_price_table(read_text_file(path, "price table file", PriceTableError), source=path)
 
 
 def validate_price_file(path: str) -> list[Problem]:

@@ -26,6 +26,7 @@ from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOper
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk.exceptions import AirflowException
 
+from barecount_provider.cost.models import GLUE_DPU_PER_WORKER
 from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
@@ -40,22 +41,6 @@ GLUE = "Glue"
 GLUE_AUTO_SCALING_ARGUMENT = "--enable-auto-scaling"
 EMR_SERVERLESS = "EMR Serverless"
 
-# DPUs of one worker of each Glue worker type (https://docs.aws.amazon.com/glue/latest/dg/add-job.html).
-GLUE_DPU_PER_WORKER = {
-    "Standard": 1.0,
-    "G.025X": 0.25,
-    "G.1X": 1.0,
-    "G.2X": 2.0,
-    "G.4X": 4.0,
-    "G.8X": 8.0,
-    "G.12X": 12.0,
-    "G.16X": 16.0,
-    "R.1X": 1.0,
-    "R.2X": 2.0,
-    "R.4X": 4.0,
-    "R.8X": 8.0,
-    "Z.2X": 2.0,
-}
 GLUE_SUCCESS_STATE = "SUCCEEDED"
 # Capacity arguments of StartJobRun that the size decides; a DAG author setting them too is a conflict.
 GLUE_CAPACITY_RUN_ARGUMENTS = ("WorkerType", "NumberOfWorkers", "MaxCapacity", "AllocatedCapacity")
