@@ -318,20 +318,41 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
 
 
 def cmd_telemetry_forward(args: argparse.Namespace) -> int:
-    import time
+    import signal
+    import threading
 
     from barecount_provider.telemetry import spool
 
+    stop = threading.Event()
+    if args.loop:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a last round, then exit 0
+    parent = args.parent_pid
+    parent_is_ppid = parent is not None and parent == os.getppid()
+
+    def parent_alive() -> bool:
+        if parent is None:
+            return True
+        if parent_is_ppid:
+            return os.getppid() == parent  # re-parented: the scheduler is gone (a zombie still answers kill 0)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
     while True:
         result = spool.flush_spool()
-        if args.json:
-            print(json.dumps(result), flush=True)
-        else:
-            print(", ".join(f"{key} {value}" for key, value in result.items()), flush=True)
-        if not args.loop:
-            return 0
+        if not args.quiet:
+            if args.json:
+                print(json.dumps(result), flush=True)
+            else:
+                print(", ".join(f"{key} {value}" for key, value in result.items()), flush=True)
+        if not args.loop or stop.is_set() or not parent_alive():
+            return 0  # after a stop, the round above was the last one
         try:
-            time.sleep(args.loop)
+            stop.wait(args.loop)
         except KeyboardInterrupt:
             return 0
 
@@ -579,6 +600,14 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     )
     forward.add_argument("--loop", type=float, metavar="SECONDS", help="forward every SECONDS until interrupted")
     forward.add_argument("--json", action="store_true", help="print each round's counts as JSON")
+    forward.add_argument("--quiet", action="store_true", help="print nothing (failures are counted and sent)")
+    forward.add_argument(
+        "--parent-pid",
+        type=int,
+        metavar="PID",
+        help="with --loop: forward a last time and exit when process PID is gone (the scheduler starts its "
+        "forwarder so); SIGTERM does the same",
+    )
     forward.set_defaults(func=cmd_telemetry_forward)
 
     cost = sub.add_parser("cost", help="cost attribution from the evidence index")

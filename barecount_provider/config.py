@@ -76,8 +76,8 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "boolean",
         "False",
         "True",
-        "Export metrics over OTLP/HTTP. Task processes spool them under telemetry_dir/spool; the scheduler "
-        "(or spool.flush_spool()) forwards the spool. Endpoint, headers and protocol come from the standard "
+        "Export metrics over OTLP/HTTP. Task processes spool them under telemetry_dir/spool; the scheduler's "
+        "forwarder process (or barecount telemetry forward) forwards the spool. Endpoint, headers and protocol come from the standard "
         "OTEL_EXPORTER_OTLP_* environment variables.",
     ),
     "traces_on": (
@@ -111,7 +111,7 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "integer",
         "250",
         "500",
-        "Longest time one round of the OTLP spool's forwarder (the scheduler, or spool.flush_spool()) waits "
+        "Longest time one round of the OTLP spool's forwarder (the scheduler's, or barecount telemetry forward) waits "
         "for its metric and span exports; also bounds a StatsD host name look-up. Task processes never wait "
         "for an OTLP export: they spool.",
     ),

@@ -142,7 +142,11 @@ class RunContext:
         target.update(self.environment())
 
     def with_trace(self, traceparent: str | None) -> RunContext:
-        return dataclasses.replace(self, traceparent=traceparent)
+        """A copy with ``traceparent`` set (what ``dataclasses.replace`` gives, without its field walk)."""
+        copy = object.__new__(RunContext)
+        copy.__dict__.update(self.__dict__)
+        object.__setattr__(copy, "traceparent", traceparent)
+        return copy
 
 
 IDENTITY_KEYS = ("tenant", "pipeline", "size", "network_profile", "barecount_enabled")

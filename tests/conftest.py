@@ -28,9 +28,6 @@ def _clear_caches() -> None:
 
     redaction.get_redactor.cache_clear()
     policy.get_policy.cache_clear()
-    from barecount_provider.telemetry import task_side
-
-    task_side.tenant_policy.cache_clear()
     from barecount_provider.evidence import scheduler as evidence_scheduler
     from barecount_provider.evidence import spool as evidence_spool
     from barecount_provider.evidence import store as evidence_store

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from barecount_provider.cost.prices import (
     ARCHITECTURES,
@@ -148,6 +148,17 @@ def _money(value: float) -> float:
 # ------------------------------------------------------------------------------------------------ the run
 
 
+def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """``isinstance(value, Mapping)``, with plain values answered first: an ABC check of a type the ABC has
+    not seen (``None`` in a task process) walks every registered subclass of ``Mapping``, about 0.6 ms of
+    copy-on-write page faults in a forked task process."""
+    if isinstance(value, dict):
+        return True
+    if value is None or isinstance(value, (str, int, float, list, tuple)):
+        return False
+    return isinstance(value, Mapping)
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -158,19 +169,19 @@ class _Run:
     def __init__(self, result: Mapping[str, Any] | None) -> None:
         self.result: Mapping[str, Any] = result or {}
         sources = self.result.get("field_sources")
-        self.sources: Mapping[str, Any] = sources if isinstance(sources, Mapping) else {}
+        self.sources: Mapping[str, Any] = sources if _is_mapping(sources) else {}
 
     def has(self, path: str) -> bool:
         section, _, key = path.partition(".")
         values = self.result.get(section)
-        return isinstance(values, Mapping) and key in values
+        return _is_mapping(values) and key in values
 
     def get(self, path: str) -> Any:
         section, _, key = path.partition(".")
         if not key:
             return self.result.get(section)
         values = self.result.get(section)
-        return values.get(key) if isinstance(values, Mapping) else None
+        return values.get(key) if _is_mapping(values) else None
 
     def why_absent(self, path: str) -> str:
         source = self.sources.get(path)
@@ -764,7 +775,7 @@ def _storage_and_transfer(est: _Estimate, run: _Run, has_result: bool) -> None:
 
 
 def _as_mapping(result: Any) -> Mapping[str, Any] | None:
-    if result is None or isinstance(result, Mapping):
+    if result is None or _is_mapping(result):
         return result
     as_dict = getattr(result, "as_dict", None)
     if callable(as_dict):

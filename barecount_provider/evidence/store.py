@@ -248,6 +248,7 @@ def _segment(value: str) -> str:
 
 
 _MADE_DIRS: set[str] = set()
+_encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode  # built once
 _TEMP_COUNTER = itertools.count()
 
 
@@ -258,9 +259,14 @@ def atomic_write_json(path: str, document: Mapping[str, Any], *, durable: bool =
     file before the rename (records: a power loss cannot lose them); entries skip it (a few ms per task)."""
     directory = os.path.dirname(path)
     if directory not in _MADE_DIRS:
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.mkdir(directory)  # the usual case: the parent (the store's root, a run's tenant) exists
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
         _MADE_DIRS.add(directory)
-    data = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()  # the C encoder
+    data = _encode_sorted(document).encode()  # the C encoder
     temporary = os.path.join(directory, f".tmp-{os.getpid()}-{next(_TEMP_COUNTER)}-{os.path.basename(path)}")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

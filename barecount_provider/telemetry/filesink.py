@@ -16,9 +16,6 @@ from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 EVENTS_FILE = "events.jsonl"
 
-_dir_ready: str | None = None
-
-
 def events_path() -> str:
     return os.path.join(config.telemetry_dir(), EVENTS_FILE)
 
@@ -80,26 +77,30 @@ def task_try_event(
     }
 
 
+_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once, not per line
+
+
+def append_lines(path: str, records: list[Any]) -> None:
+    """Append ``records`` as JSON lines with one ``write`` on a file opened with ``O_APPEND`` (lines of
+    concurrent processes never interleave); the directory is made only when it is missing. Raises OSError."""
+    data = "".join([_encode(record) + "\n" for record in records]).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def append_event(event: dict[str, Any]) -> None:
     """Append one event; a failure is counted, never raised."""
-    global _dir_ready
     from barecount_provider.telemetry.redaction import redact
 
     try:
-        line = (json.dumps(redact(event), default=str, separators=(",", ":")) + "\n").encode()
-        path = events_path()
-        if _dir_ready != path:  # once per process (and per path)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            _dir_ready = path
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        except FileNotFoundError:  # the directory was removed since
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_lines(events_path(), [redact(event)])
     except Exception:
         EMIT_FAILURES.record("file", "write")
 

@@ -80,7 +80,12 @@ class ResourceUsage:
     peak_memory_bytes: int | None
 
     def as_dict(self) -> dict[str, float | int | None]:
-        return dataclasses.asdict(self)
+        return {
+            "cpu_seconds": self.cpu_seconds,
+            "read_bytes": self.read_bytes,
+            "write_bytes": self.write_bytes,
+            "peak_memory_bytes": self.peak_memory_bytes,
+        }
 
 
 def usage_since(start: ResourceSample) -> ResourceUsage:

@@ -21,10 +21,7 @@ from typing import Any
 from barecount_provider import config, context
 from barecount_provider.telemetry import filesink
 from barecount_provider.telemetry.filesink import state_name as _state
-from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER
-from barecount_provider.telemetry.metrics import (
-    get_direct_emitter as get_emitter,  # long-lived: OTLP directly
-)
+from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER, get_emitter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,7 @@ class SchedulerSide:
         self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._thread: threading.Thread | None = None
         self._sampler: threading.Thread | None = None
-        self._forwarder: threading.Thread | None = None
+        self._forwarder: Any = None  # spool.ForwarderProcess
         self._stop = threading.Event()
         self._tenants: dict[str, tuple[str, str]] = {}
         self._tenant_read_at: dict[str, float] = {}
@@ -75,20 +72,12 @@ class SchedulerSide:
         from airflow.utils.state import TaskInstanceState  # noqa: F401
         from sqlalchemy import func, select  # noqa: F401
 
-        from barecount_provider.telemetry import spool, task_side, tracing
+        from barecount_provider.telemetry import task_side
 
+        # The sinks of this side are those of the task processes (StatsD; OTLP through the spool, which the
+        # forwarder process exports): nothing here builds an OTLP exporter or an SDK provider, whose at-fork
+        # handlers would run in every process forked from the scheduler (spool.py).
         task_side.preload()
-        # Build the sinks and export once here, on the main thread: the HTTP stack of the OTLP exporters
-        # imports modules lazily on its first use (transport, codecs), and that first use must not happen in
-        # a background thread of a process that forks. Forked children drop these (see the at-fork resets).
-        emitter = get_emitter()
-        emitter.emit([("barecount.emit.failed", COUNTER, 0, {"sink": "none", "stage": "startup"})])
-        emitter.flush(config.emit_timeout_ms())
-        tracer = tracing.get_direct_tracing()
-        if tracer is not None:
-            tracer.flush(config.emit_timeout_ms())
-        if spool.enabled():
-            spool.get_forwarder().warm_up()  # the spool's exporters, built and first used here too
         try:
             from barecount_provider.evidence import scheduler as evidence
 
@@ -114,6 +103,7 @@ class SchedulerSide:
             EMIT_FAILURES.record("scheduler_side", "queue_full")
 
     def _work(self) -> None:
+        written = time.monotonic()
         while True:
             try:
                 job = self.jobs.get(timeout=EVIDENCE_TICK_SECONDS)
@@ -128,8 +118,14 @@ class SchedulerSide:
                 EMIT_FAILURES.record("scheduler_side", "job")
                 log.warning("BareCount scheduler-side job failed", exc_info=True)
             finally:
+                emitter = get_emitter()
+                emitter.report_failures()
+                # Points and spans for OTLP wait in this process until written to the spool: in one file
+                # when the queue is idle, at least every second under load.
+                if self.jobs.qsize() == 0 or time.monotonic() - written >= 1.0:
+                    emitter.flush()
+                    written = time.monotonic()
                 self.jobs.task_done()
-                get_emitter().report_failures()
 
     def _evidence_tick(self) -> None:
         """Retry sealing the finished runs still waiting for late entries (evidence/assemble.py)."""
@@ -357,7 +353,7 @@ class SchedulerSide:
         from barecount_provider.telemetry import tracing
         from barecount_provider.telemetry.task_side import policy_values
 
-        tracer = tracing.get_direct_tracing()
+        tracer = tracing.get_tracing()
         if tracer is None or tracer.airflow_mode or start is None:
             return  # under Airflow's tracing, Airflow emits the dag_run and task_run spans itself
         ratio, _ = policy_values(tenant)
@@ -463,33 +459,23 @@ class SchedulerSide:
     # ------------------------------------------------------------------------------ the spool's forwarder
 
     def start_forwarder(self) -> bool:
-        """Forward the task processes' OTLP spool from a thread of this long-lived process (the scheduler),
-        every ``spool.FORWARD_INTERVAL_SECONDS``. False when nothing is spooled."""
+        """Start the forwarder of the OTLP spool (the task processes' and this side's): a child process of
+        the scheduler (spool.ForwarderProcess). False when nothing is spooled, or when it runs already."""
         from barecount_provider.telemetry import spool
 
         if self._forwarder is not None or not spool.enabled():
             return False
-        self.prepare()  # the exporters are built, and first used, on the main thread
-        self._forwarder = threading.Thread(target=self._forward_loop, name="barecount-forwarder", daemon=True)
-        self._forwarder.start()
+        forwarder = spool.ForwarderProcess()
+        if not forwarder.start():
+            return False
+        self._forwarder = forwarder
         return True
-
-    def _forward_loop(self) -> None:
-        from barecount_provider.telemetry import spool
-
-        while not self._stop.wait(spool.FORWARD_INTERVAL_SECONDS):
-            try:
-                spool.flush_spool()
-            except Exception:
-                EMIT_FAILURES.record("spool", "forward")
 
     def stop(self) -> None:
         self._stop.set()
-        self.drain(timeout_s=config.emit_timeout_ms() / 1000.0 + 1.0)
+        self.drain(timeout_s=config.emit_timeout_ms() / 1000.0 + 1.0)  # this side's points: to the spool
         if self._forwarder is not None:
-            from barecount_provider.telemetry import spool
-
-            spool.flush_spool()  # what the last task processes spooled
+            self._forwarder.stop()  # a last round: what the last task processes spooled
 
 
 @functools.cache

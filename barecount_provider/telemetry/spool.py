@@ -8,10 +8,16 @@ appends what it would have exported to the spool (one small file per try, under 
 written with one ``write`` and renamed into place, so that a reader never sees it half written), and a
 long-lived process forwards the spool over OTLP with exporters it built once:
 
-* the scheduler, from the background thread of :mod:`barecount_provider.telemetry.scheduler_side`
-  (every :data:`FORWARD_INTERVAL_SECONDS`, and once more when it stops);
-* anywhere else (workers on machines with no scheduler), whatever calls :func:`flush_spool`: a CLI, a
-  cron job, a sidecar.
+* the scheduler, through a child process it starts with its scheduler job and stops with it
+  (:class:`ForwarderProcess`: ``barecount telemetry forward --loop`` every :data:`FORWARD_INTERVAL_SECONDS`,
+  once more when it is stopped, and on its own when the scheduler is gone). The OTLP exporters, their
+  meter provider and their threads live there, never in the scheduler: the OpenTelemetry SDK registers
+  at-fork handlers that restart its threads and re-run its resource detectors in every forked child, and
+  the scheduler is the process LocalExecutor's workers, and through them every task process, are forked
+  from (about 1 ms per task process were they built in the scheduler). The scheduler side's own points
+  and spans (run and task spans, queued time...) go through the spool too;
+* anywhere else (workers on machines with no scheduler), whatever calls :func:`flush_spool`: a CLI
+  (``barecount telemetry forward --loop``), a cron job, a sidecar.
 
 What is exported is what the task process would have exported itself: the same spans (names, trace and
 span ids, parents, links, attributes, events with their times, status, start and end times) and the same
@@ -27,6 +33,9 @@ import functools
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -458,3 +467,50 @@ def flush_spool(timeout_ms: int | None = None) -> dict[str, int]:
         pass
     return result
 
+
+
+class ForwarderProcess:
+    """The scheduler's forwarder: ``barecount telemetry forward --loop`` in a child process (see the module
+    docstring). Started and stopped from the scheduler's main thread or BareCount's threads; never raises."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> bool:
+        if self.process is not None and self.process.poll() is None:
+            return False
+        command = [
+            sys.executable, "-m", "barecount_provider.cli", "telemetry", "forward", "--quiet",
+            "--loop", str(FORWARD_INTERVAL_SECONDS), "--parent-pid", str(os.getpid()),
+        ]
+        try:
+            # Same environment and AIRFLOW_HOME as the scheduler, hence the same [barecount] settings; its
+            # warnings go to the scheduler's standard error.
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, close_fds=True)
+        except Exception:
+            EMIT_FAILURES.record("spool", "forwarder_start")
+            log.warning("BareCount could not start its OTLP spool forwarder", exc_info=True)
+            return False
+        return True
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """Ask for a last round (SIGTERM) and wait for it, bounded (``emit_timeout_ms`` + 10 s: the process
+        may still be starting); killed past that. Returns the exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        wait_s = config.emit_timeout_ms() / 1000.0 + 10.0 if timeout_s is None else timeout_s
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            return process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            EMIT_FAILURES.record("spool", "forwarder_stop")
+            process.kill()
+            return process.wait()
+        except Exception:
+            EMIT_FAILURES.record("spool", "forwarder_stop")
+            return None

@@ -7,7 +7,6 @@ and never raises: the listener wraps every call and counts failures.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import logging
 import os
@@ -50,19 +49,17 @@ def _key(ti: Any) -> TryKey:
     return (ti.dag_id, ti.run_id, ti.task_id, -1 if map_index is None else map_index, ti.try_number)
 
 
-@functools.cache
-def tenant_policy(tenant: str) -> Any:
-    """The tenant's policy. An invalid policy is reported, and BareCount then fails closed where it governs
-    (debug refused in production) and open where it only observes (every run traced)."""
-    from barecount_provider.policy import get_policy
-
-    return get_policy().for_tenant(tenant)
-
-
 def policy_values(tenant: str) -> tuple[float, bool]:
+    """The tenant's trace sampling ratio and whether it may log at debug in production. An invalid policy is
+    reported, and BareCount then fails closed where it governs (debug refused in production) and open where
+    it only observes (every run traced)."""
     try:
-        policy = tenant_policy(tenant)
-        return float(policy.trace_sampling_ratio), bool(policy.debug_logs_in_production)
+        from barecount_provider.policy import get_policy
+
+        policy = get_policy()
+        # A tenant the policy does not declare has the defaults' values (no per-tenant copy to build).
+        settings = policy.tenants.get(tenant) or policy.defaults
+        return float(settings.trace_sampling_ratio), bool(settings.debug_logs_in_production)
     except Exception as err:
         EMIT_FAILURES.record("policy", "load")
         log.error("BareCount policy could not be loaded: %s", err)
@@ -371,14 +368,7 @@ def preload() -> None:
     _logging.warm_context_vars()
     context.correlation_id_for("", "")  # the keyed hash's first use (key, digest) is paid here, once
     redactor = get_redactor()
-    try:
-        tenant_policy(config.default_tenant())
-        from barecount_provider.policy import get_policy
-
-        for tenant in get_policy().tenants:
-            tenant_policy(tenant)
-    except Exception:
-        EMIT_FAILURES.record("policy", "load")
+    policy_values(config.default_tenant())  # the policy, parsed once here (a failure is reported there)
     # The redactor caches its decision per key; warm it with every key BareCount writes (log fields, the
     # file-sink event), so that task processes find the decisions made.
     redactor.redact_mapping({key: "" for key in (*_logging.CONTEXT_FIELDS, "correlation_id", "run_token")})

@@ -17,7 +17,6 @@ scheduler side emits the task and run spans when the run ends (:func:`emit_run_s
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import threading
@@ -89,27 +88,17 @@ class JsonLinesSpanExporter(SpanExporter):
     def __init__(self, path: str):
         self.path = path
 
-    _dir_ready = False
-
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         return self.write_lines([_span_as_dict(span) for span in spans])
 
     def write_lines(self, records: list[dict[str, Any]]) -> SpanExportResult:
-        """Append the spans' JSON lines with one ``write`` (``O_APPEND``: lines of concurrent processes never
-        interleave); a failure is counted, never raised."""
+        """Append the spans' JSON lines with one ``write``; a failure is counted, never raised."""
+        from barecount_provider.telemetry.filesink import append_lines
+
         try:
-            data = "".join(json.dumps(record, default=str) + "\n" for record in records).encode()
-            if not self._dir_ready:  # once per exporter (inherited by forked task processes)
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                self._dir_ready = True
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            append_lines(self.path, records)
             return SpanExportResult.SUCCESS
         except Exception:
-            self._dir_ready = False
             EMIT_FAILURES.record("traces", "export")
             return SpanExportResult.FAILURE
 
@@ -147,26 +136,6 @@ def _span_as_dict(span: ReadableSpan) -> dict[str, Any]:
     }
 
 
-class _CountingSpanExporter(SpanExporter):
-    def __init__(self, inner: SpanExporter):
-        self._inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:
-            result = SpanExportResult.FAILURE
-        if result != SpanExportResult.SUCCESS:
-            EMIT_FAILURES.record("traces", "export")
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
 class TrySpan:
     """A task-try span of BareCount's own provider, recorded without the SDK's span machinery.
 
@@ -190,15 +159,17 @@ class TrySpan:
         name: str,
         *,
         trace_id: int,
-        parent_span_id: int,
+        parent_span_id: int | None,
         sampled: bool,
         attributes: dict[str, Any],
-        upstream: list[tuple[str, int]],
+        upstream: Sequence[tuple[str, int]] = (),
+        span_id: int | None = None,
+        start_time: int | None = None,
     ) -> None:
         self._tracing = tracing
         self.name = name
         self.trace_id = trace_id
-        self.span_id = tracing.ids.generate_span_id()
+        self.span_id = tracing.ids.generate_span_id() if span_id is None else span_id
         self.parent_span_id = parent_span_id
         self.sampled = bool(sampled)
         self.attributes = {key: value for key, value in attributes.items() if value is not None} if sampled else {}
@@ -209,7 +180,7 @@ class TrySpan:
         )
         self.events: list[tuple[str, dict[str, Any], int]] = []
         self.status: Any = None
-        self.start_time = time.time_ns()
+        self.start_time = time.time_ns() if start_time is None else start_time
         self.end_time: int | None = None
 
     def get_span_context(self) -> SpanContext:
@@ -255,7 +226,7 @@ class TrySpan:
             "trace_id": f"{self.trace_id:032x}",
             "span_id": f"{self.span_id:016x}",
             "trace_flags": 1,
-            "parent_span_id": f"{self.parent_span_id:016x}",
+            "parent_span_id": None if self.parent_span_id is None else f"{self.parent_span_id:016x}",
             "parent_remote": True,
             "start": self.start_time,
             "end": self.end_time,
@@ -275,7 +246,7 @@ class TrySpan:
             "name": self.name,
             "trace_id": f"{self.trace_id:032x}",
             "span_id": f"{self.span_id:016x}",
-            "parent_span_id": f"{self.parent_span_id:016x}",
+            "parent_span_id": None if self.parent_span_id is None else f"{self.parent_span_id:016x}",
             "start_time_unix_nano": self.start_time,
             "end_time_unix_nano": self.end_time,
             "status": self.status.status_code.name if self.status is not None else "UNSET",
@@ -289,28 +260,61 @@ class TrySpan:
 
 
 class Tracing:
-    """BareCount's tracer, in whichever of the two modes applies."""
+    """BareCount's tracer, in whichever of the two modes applies.
 
-    direct: Tracing | None = None  # see get_direct_tracing
+    With a provider of its own, no SDK ``TracerProvider`` is built unless something needs one (an exporter
+    other than the span file or the OTLP spool, or a test's in-memory exporter): try spans and the fixed run
+    and task spans are :class:`TrySpan` records handed straight to the exporter. A ``TracerProvider``
+    registers an at-fork handler that re-runs the resource detectors (a thread pool) in every forked child:
+    about 1.5 ms of every task process, were one built in the process that forks them.
+    """
 
-    def __init__(self, provider: Any = None, airflow_mode: bool | None = None, exporter_desc: str = "none"):
+    def __init__(
+        self,
+        provider: Any = None,
+        airflow_mode: bool | None = None,
+        exporter_desc: str = "none",
+        exporter: SpanExporter | None = None,
+    ):
         self.airflow_mode = airflow_tracing_on() if airflow_mode is None else airflow_mode
         self.ids = _OverridableIds()
         self.exporter_desc = exporter_desc
-        self.provider: Any
+        self._exporter = exporter
+        self._provider: Any = None
+        self._tracer: Any = None
         if self.airflow_mode:
-            self.provider = trace.get_tracer_provider()
+            self._provider = trace.get_tracer_provider()
             self.exporter_desc = "airflow's tracer provider"
-        else:
-            self.provider = provider or TracerProvider(
-                sampler=ParentBased(ALWAYS_ON), id_generator=self.ids, shutdown_on_exit=False
-            )
-            current_ids = getattr(self.provider, "id_generator", None)
+        elif provider is not None:
+            self._provider = provider
+            current_ids = getattr(provider, "id_generator", None)
             if isinstance(current_ids, _OverridableIds):
                 self.ids = current_ids
             else:
-                self.provider.id_generator = self.ids
-        self.tracer = self.provider.get_tracer(TRACER_NAME)
+                provider.id_generator = self.ids
+
+    @property
+    def provider(self) -> Any:
+        """The SDK tracer provider (Airflow's under Airflow's tracing), built on first use otherwise."""
+        if self._provider is None:
+            from opentelemetry.sdk.resources import Resource
+
+            provider = TracerProvider(
+                sampler=ParentBased(ALWAYS_ON),
+                id_generator=self.ids,
+                resource=Resource({"service.name": "barecount"}),  # no resource detectors: ~3 ms per process
+                shutdown_on_exit=False,
+            )
+            if self._exporter is not None:
+                provider.add_span_processor(SimpleSpanProcessor(self._exporter))
+            self._provider = provider
+        return self._provider
+
+    @property
+    def tracer(self) -> Any:
+        if self._tracer is None:
+            self._tracer = self.provider.get_tracer(TRACER_NAME)
+        return self._tracer
 
     # ---------------------------------------------------------------------------------------- task side
 
@@ -353,7 +357,6 @@ class Tracing:
             trace_id = trace.get_current_span().get_span_context().trace_id
         else:
             trace_id = context.trace_id_for(ctx.dag_id, ctx.run_id)
-        parent = self.run_parent(ctx, sampled, trace_id)
         attributes: dict[str, Any] = {
             "airflow.dag_id": ctx.dag_id,
             "airflow.task_id": ctx.task_id,
@@ -376,7 +379,7 @@ class Tracing:
         if self.airflow_mode:
             span = self.tracer.start_span(
                 f"task_try {ctx.task_id}",
-                context=parent,
+                context=self.run_parent(ctx, sampled, trace_id),
                 kind=SpanKind.INTERNAL,
                 attributes=_redact_attributes(attributes),
                 links=self.upstream_links(ctx, trace_id, upstream_task_ids) if trace_id else (),
@@ -401,8 +404,11 @@ class Tracing:
         return span
 
     def _sole_exporter(self) -> Any:
-        """The exporter of a provider whose only span processor is a SimpleSpanProcessor (None otherwise)."""
-        active = getattr(self.provider, "_active_span_processor", None)
+        """The exporter of a provider whose only span processor is a SimpleSpanProcessor (None otherwise);
+        ``()`` when nothing is exported."""
+        if self._provider is None:
+            return () if self._exporter is None else self._exporter  # no SDK provider: the exporter itself
+        active = getattr(self._provider, "_active_span_processor", None)
         processors = getattr(active, "_span_processors", None)
         if processors is None:
             return None
@@ -430,8 +436,8 @@ class Tracing:
         self.provider._active_span_processor.on_end(readable)
 
     def flush(self, timeout_ms: int) -> None:
-        if self.airflow_mode:
-            return  # Airflow's task runner flushes its own provider at exit
+        if self.airflow_mode or self._provider is None:
+            return  # Airflow's task runner flushes its own provider at exit; without a provider, nothing waits
         try:
             if not self.provider.force_flush(timeout_millis=max(timeout_ms, 1)):
                 EMIT_FAILURES.record("traces", "flush")
@@ -456,27 +462,28 @@ class Tracing:
         """Emit a span whose ids are fixed (run and task spans, referenced by the tries' parents and links)."""
         if not sampled:
             return
-        if parent_span_id is not None:
-            parent_ctx = SpanContext(trace_id, parent_span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-            parent = trace.set_span_in_context(NonRecordingSpan(parent_ctx))
-        else:
-            parent = trace.set_span_in_context(trace.INVALID_SPAN)  # a root: the trace id comes from the ids
+        span: Any
         if self.airflow_mode:
             # Airflow's provider fixes ids through its own context keys (OverrideableRandomIdGenerator).
             try:
                 from airflow._shared.observability.traces import override_ids
             except ImportError:
                 return
+            if parent_span_id is not None:
+                parent_ctx = SpanContext(
+                    trace_id, parent_span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+                )
+                parent = trace.set_span_in_context(NonRecordingSpan(parent_ctx))
+            else:
+                parent = trace.set_span_in_context(trace.INVALID_SPAN)  # a root: the trace id comes from the ids
             with override_ids(trace_id, span_id):
                 span = self.tracer.start_span(
                     name, context=parent, attributes=_redact_attributes(attributes), start_time=_nanos(start)
                 )
-        else:
-            if parent_span_id is None:
-                self.ids.set_next_trace_id(trace_id)
-            self.ids.set_next_span_id(span_id)
-            span = self.tracer.start_span(
-                name, context=parent, attributes=_redact_attributes(attributes), start_time=_nanos(start)
+        else:  # a record with the fixed ids, as the SDK would make it (no provider needed: see the class)
+            span = TrySpan(
+                self, name, trace_id=trace_id, parent_span_id=parent_span_id, sampled=True,
+                attributes=_redact_attributes(attributes), span_id=span_id, start_time=_nanos(start),
             )
         if error:
             span.set_status(trace.Status(trace.StatusCode.ERROR))
@@ -537,40 +544,22 @@ def build_otlp_span_exporter() -> SpanExporter:
     return OTLPSpanExporter(timeout=max(config.emit_timeout_ms(), 1) / 1000.0)
 
 
-def _build_exporter(direct: bool = False) -> tuple[SpanExporter | None, str]:
+def _build_exporter() -> tuple[SpanExporter | None, str]:
     kind = config.traces_exporter()
     if kind == "none":
         return None, "none"
     if kind == "file":
         path = os.path.join(config.telemetry_dir(), "spans.jsonl")
         return JsonLinesSpanExporter(path), f"file:{path}"
-    if not direct:
-        from barecount_provider.telemetry.spool import span_exporter
+    from barecount_provider.telemetry.spool import span_exporter  # OTLP: through the spool (spool.py)
 
-        return span_exporter(), f"otlp {config.otlp_endpoint('traces')} (spooled)"
-    return build_otlp_span_exporter(), f"otlp {config.otlp_endpoint('traces')}"
+    return span_exporter(), f"otlp {config.otlp_endpoint('traces')} (spooled)"
 
 
-def _build_tracing(direct: bool) -> Tracing:
-    exporter, desc = _build_exporter(direct)
-    from opentelemetry.sdk.resources import Resource
-
-    provider = TracerProvider(
-        sampler=ParentBased(ALWAYS_ON),
-        id_generator=_OverridableIds(),
-        resource=Resource({"service.name": "barecount"}),  # no resource detectors: ~3 ms per process
-        shutdown_on_exit=False,
-    )
-    if exporter is not None:
-        if direct and desc.startswith("otlp"):
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-            provider.add_span_processor(
-                BatchSpanProcessor(_CountingSpanExporter(exporter), export_timeout_millis=max(config.emit_timeout_ms(), 1))
-            )
-        else:  # a file, or the spool: synchronous, no thread, nothing buffered in the SDK
-            provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(provider=provider, airflow_mode=False, exporter_desc=desc)
+def _build_tracing() -> Tracing:
+    # A file, or the spool: written synchronously by TrySpan, no thread, no SDK provider (see Tracing).
+    exporter, desc = _build_exporter()
+    return Tracing(airflow_mode=False, exporter_desc=desc, exporter=exporter)
 
 
 @functools.cache
@@ -582,18 +571,7 @@ def get_tracing() -> Tracing | None:
         return None
     if airflow_tracing_on():
         return Tracing(airflow_mode=True)
-    return _build_tracing(direct=False)
-
-
-def get_direct_tracing() -> Tracing | None:
-    """The tracer of long-lived processes (the scheduler side): OTLP spans exported directly from a batch.
-    Built once per process (with the current :func:`get_tracing`; dropped in a forked child)."""
-    tracer = get_tracing()
-    if tracer is None or tracer.airflow_mode or not tracer.exporter_desc.startswith("otlp"):
-        return tracer
-    if tracer.direct is None:
-        tracer.direct = _build_tracing(direct=True)
-    return tracer.direct
+    return _build_tracing()
 
 
 # --------------------------------------------------------------------- Airflow's own head-sampling decision
@@ -644,16 +622,3 @@ def install_tenant_sampler(tenant_of_dag: Any, ratio_of_tenant: Any) -> bool:
     except Exception:
         return False
     return isinstance(getattr(provider, "sampler", None), TenantRatioSampler)
-
-
-
-def _reset_after_fork() -> None:
-    # The task processes' tracer (a file or the spool, written synchronously) is stateless and shared. The
-    # direct one of a scheduler (a batch exporter: a thread, queued spans) stays the parent's.
-    if get_tracing.cache_info().currsize:
-        tracer = get_tracing()
-        if tracer is not None:
-            tracer.direct = None
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)

@@ -288,44 +288,10 @@ def test_an_unsampled_try_span_records_nothing_and_carries_the_unsampled_flag(ot
     assert spans == []
 
 
-def test_the_scheduler_forwards_the_spool_from_its_background_thread(otlp_config, monkeypatch):
-    from barecount_provider.telemetry import scheduler_side
-
-    forwarded = InMemorySpanExporter()
-    forwarder = spool.Forwarder(span_exporter=forwarded)
-    monkeypatch.setattr(spool, "get_forwarder", lambda: forwarder)
-    monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 0.05)
-    side = scheduler_side.SchedulerSide()
-    monkeypatch.setattr(side, "prepare", lambda: None)
-    ti = _ti("load")
-    task_side.on_try_running(ti)
-    task_side.on_try_finished(ti, "success")
-    assert side.start_forwarder()
-    try:
-        deadline = time.monotonic() + 5
-        while not forwarded.get_finished_spans() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert [span.name for span in forwarded.get_finished_spans()] == ["task_try load"]
-        assert _files(otlp_config) == []
-    finally:
-        side._stop.set()
-    assert not side.start_forwarder()  # once
-
-
-def test_no_forwarder_thread_without_otlp(monkeypatch, tmp_path):
-    from barecount_provider.telemetry import scheduler_side
-
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
-    assert not scheduler_side.SchedulerSide().start_forwarder()
-
-
-def test_barecount_telemetry_forward_exports_the_spool_to_a_real_collector(otlp_config, monkeypatch, capsys):
-    """Where no scheduler runs, `barecount telemetry forward` exports the spool: a real HTTP collector on
-    127.0.0.1 receives the spans and the points, and the spool is empty afterwards."""
-    import json
+@pytest.fixture
+def collector():
+    """A real OTLP/HTTP collector on 127.0.0.1: answers 200 and keeps the paths it was sent."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from barecount_provider import cli
 
     received: list[str] = []
 
@@ -344,18 +310,120 @@ def test_barecount_telemetry_forward_exports_the_spool_to_a_real_collector(otlp_
     server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    yield SimpleNamespace(endpoint=f"http://127.0.0.1:{server.server_address[1]}", received=received)
+    server.shutdown()
+    server.server_close()
+
+
+def _wait_for(condition, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_the_scheduler_forwards_the_spool_from_a_child_process(otlp_config, collector, monkeypatch):
+    """The scheduler side starts `barecount telemetry forward --loop` as a child process: it exports the
+    spool to a real collector; stopping it makes a last round and the process exits 0."""
+    from barecount_provider.telemetry import scheduler_side
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    side = scheduler_side.SchedulerSide()
+    monkeypatch.setattr(side, "prepare", lambda: None)
+    ti = _ti("load")
+    task_side.on_try_running(ti)
+    task_side.on_try_finished(ti, "success")
+    assert _files(otlp_config)
+    assert side.start_forwarder()
+    process = side._forwarder.process
     try:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-        for index in range(2):
-            ti = _ti(f"t{index}")
-            task_side.on_try_running(ti)
-            task_side.on_try_finished(ti, "success")
-        assert len(_files(otlp_config)) == 2
-        assert cli.main(["telemetry", "forward", "--json"]) == 0
-        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert result["files"] == 2 and result["spans"] == 2 and result["points"] > 0
-        assert sorted(set(received)) == ["/v1/metrics", "/v1/traces"]
-        assert _files(otlp_config) == []
+        assert _wait_for(lambda: "/v1/traces" in collector.received and not _files(otlp_config))
+        assert "/v1/metrics" in collector.received
+        ti = _ti("publish")  # spooled while the forwarder waits: its stop makes a last round
+        task_side.on_try_running(ti)
+        task_side.on_try_finished(ti, "success")
+        sent = collector.received.count("/v1/traces")
     finally:
-        server.shutdown()
-        server.server_close()
+        side.stop()
+    assert process.poll() == 0
+    assert collector.received.count("/v1/traces") == sent + 1 and _files(otlp_config) == []
+    assert not side.start_forwarder()  # once per scheduler side
+
+
+def test_the_forwarder_process_ends_when_its_scheduler_is_gone(otlp_config, collector, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    scheduler = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    forwarder = subprocess.Popen(
+        [sys.executable, "-m", "barecount_provider.cli", "telemetry", "forward", "--quiet", "--loop", "0.2",
+         "--parent-pid", str(scheduler.pid)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        ti = _ti("load")
+        task_side.on_try_running(ti)
+        task_side.on_try_finished(ti, "success")
+        assert _wait_for(lambda: "/v1/traces" in collector.received)
+        assert forwarder.poll() is None
+        scheduler.kill()
+        scheduler.wait()
+        assert forwarder.wait(timeout=30) == 0
+    finally:
+        for process in (scheduler, forwarder):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider(otlp_config):
+    """The scheduler is the process every task process is forked from: its run and task spans and its points
+    are spooled like the task processes', and nothing in it builds an SDK tracer provider."""
+    from barecount_provider import context
+    from barecount_provider.telemetry import scheduler_side
+
+    side = scheduler_side.SchedulerSide()
+    end = START.replace(minute=5)
+    rows = [{"start_date": START, "end_date": end, "latest": True, "state": "success"}]
+    side._emit_spans("etl", "run1", "acme", "success", START, end, {("load", -1): rows})
+    metrics.get_emitter().emit([("barecount.dag_run.finished", metrics.COUNTER, 1, {"tenant": "acme"})])
+    metrics.get_emitter().flush()
+    tracer = tracing.get_tracing()
+    assert tracer is not None and tracer._provider is None
+    import json
+
+    records = [json.loads((otlp_config / name).read_text()) for name in _files(otlp_config)]
+    spans = {s["name"]: s for r in records for s in r["spans"]}
+    run_span_id = f"{context.run_span_id_for('etl', 'run1'):016x}"
+    assert spans["dag_run etl"]["span_id"] == run_span_id and spans["dag_run etl"]["parent_span_id"] is None
+    assert spans["task load"]["parent_span_id"] == run_span_id
+    assert spans["task load"]["span_id"] == f"{context.task_span_id_for('etl', 'run1', 'load', -1):016x}"
+    assert any(p[0] == "barecount.dag_run.finished" for r in records for p in r["points"])
+
+
+def test_no_forwarder_thread_without_otlp(monkeypatch, tmp_path):
+    from barecount_provider.telemetry import scheduler_side
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    assert not scheduler_side.SchedulerSide().start_forwarder()
+
+
+def test_barecount_telemetry_forward_exports_the_spool_to_a_real_collector(otlp_config, collector, monkeypatch, capsys):
+    """Where no scheduler runs, `barecount telemetry forward` exports the spool: a real HTTP collector on
+    127.0.0.1 receives the spans and the points, and the spool is empty afterwards."""
+    import json
+
+    from barecount_provider import cli
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    for index in range(2):
+        ti = _ti(f"t{index}")
+        task_side.on_try_running(ti)
+        task_side.on_try_finished(ti, "success")
+    assert len(_files(otlp_config)) == 2
+    assert cli.main(["telemetry", "forward", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["files"] == 2 and result["spans"] == 2 and result["points"] > 0
+    assert sorted(set(collector.received)) == ["/v1/metrics", "/v1/traces"]
+    assert _files(otlp_config) == []

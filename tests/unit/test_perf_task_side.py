@@ -71,3 +71,78 @@ def test_the_lean_traceback_falls_back_where_the_file_is_gone(failing_module, tm
     assert task_side.format_exception_text(error) == "".join(
         traceback.format_exception(type(error), error, error.__traceback__)
     )
+
+
+# -------------------------------------------------- the shortcuts of the task path give what they replace
+
+
+def test_resource_usage_as_dict_is_dataclasses_asdict():
+    import dataclasses
+
+    from barecount_provider.telemetry.resources import ResourceUsage
+
+    usage = ResourceUsage(cpu_seconds=0.25, read_bytes=10, write_bytes=None, peak_memory_bytes=4096)
+    assert usage.as_dict() == dataclasses.asdict(usage)
+
+
+def test_run_context_with_trace_is_dataclasses_replace():
+    import dataclasses
+    from types import SimpleNamespace
+
+    from barecount_provider import context
+
+    dag = SimpleNamespace(dag_id="etl", tags=["tenant:acme"], params={}, default_args={})
+    ctx = context.resolve(task=None, dag=dag, dag_id="etl", run_id="r1", task_id="t", try_number=2, map_index=3)
+    traced = ctx.with_trace("00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    assert traced == dataclasses.replace(ctx, traceparent=traced.traceparent)
+    assert ctx.traceparent is None and traced is not ctx
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        traced.tenant = "other"  # type: ignore[misc]
+
+
+def test_cost_mapping_check_answers_as_isinstance_mapping():
+    from collections.abc import Mapping
+    from types import MappingProxyType
+
+    from barecount_provider.cost import models
+
+    for candidate in ({}, {"a": 1}, None, "x", 1, 1.5, [], (), MappingProxyType({"a": 1}), object()):
+        assert models._is_mapping(candidate) == isinstance(candidate, Mapping), candidate
+
+
+def test_task_side_tracing_builds_no_sdk_tracer_provider(monkeypatch, tmp_path):
+    """No SDK TracerProvider in the processes task processes are forked from (its at-fork handler re-runs
+    the resource detectors in every child): try spans and the fixed run / task spans are written without it,
+    with the ids the tries refer to."""
+    import json
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from barecount_provider import context
+    from barecount_provider.telemetry import tracing
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))  # not there yet
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", "file")
+    tracer = tracing._build_tracing()
+    monkeypatch.setattr(tracing, "get_tracing", lambda: tracer)
+    dag = SimpleNamespace(dag_id="etl", tags=["tenant:acme"], params={}, default_args={})
+    task = SimpleNamespace(dag=dag, upstream_task_ids={"extract"}, params={})
+    ti = SimpleNamespace(
+        dag_id="etl", run_id="r1", task_id="load", map_index=-1, try_number=1, task=task,
+        start_date=datetime(2026, 11, 27, tzinfo=UTC), max_tries=1, _ti_context_from_server=None,
+    )
+    task_side.on_try_running(ti)
+    task_side.on_try_finished(ti, "success")
+    start, end = datetime(2026, 11, 27, tzinfo=UTC), datetime(2026, 11, 27, 0, 5, tzinfo=UTC)
+    run_span = context.run_span_id_for("etl", "r1")
+    trace_id = context.trace_id_for("etl", "r1")
+    tracer.emit_fixed_span("dag_run etl", trace_id=trace_id, span_id=run_span, parent_span_id=None, sampled=True,
+                           start=start, end=end, attributes={"airflow.dag_id": "etl"}, error=True)
+    assert tracer._provider is None
+    lines = [json.loads(line) for line in (tmp_path / "telemetry" / "spans.jsonl").read_text().splitlines()]
+    try_span, run = lines
+    assert try_span["name"] == "task_try load" and try_span["trace_id"] == f"{trace_id:032x}"
+    assert try_span["parent_span_id"] == f"{context.task_span_id_for('etl', 'r1', 'load', -1):016x}"
+    assert try_span["links"][0]["span_id"] == f"{context.task_span_id_for('etl', 'r1', 'extract', -1):016x}"
+    assert run["span_id"] == f"{run_span:016x}" and run["parent_span_id"] is None and run["status"] == "ERROR"
+    assert run["start_time_unix_nano"] == int(start.timestamp() * 1e9)
