@@ -1,4 +1,5 @@
-"""Task-side shortcuts keep their output: the lean traceback text is Python's own."""
+"""Task-side shortcuts keep their output: the lean traceback text is Python's own (as printed under
+``-X no_debug_ranges``)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def failing_module(tmp_path, request):
     sys.modules.pop("failing_module_for_tracebacks", None)
 
 
+def _python_text(error):
+    """What Python prints under ``-X no_debug_ranges``: its traceback without the column-marker lines."""
+    import re
+
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return "".join(line for line in text.splitlines(keepends=True) if not re.fullmatch(r"\s*[~^]+\s*", line))
+
+
 def _raise(module):
     try:
         module.outer(1)
@@ -54,8 +63,8 @@ def test_the_lean_traceback_is_pythons_own_and_leaves_linecache_as_it_was(failin
     entry = linecache.cache.get(path)
     if entry is not None and len(entry) == 4:  # a lazy entry (1-tuple) is linecache's own
         assert "" not in entry[2][:3]
-    expected = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    assert lean == expected
+    assert lean == _python_text(error)
+    assert "^" not in lean
     if newline != "\r":  # (Python itself shows no source line of a file with bare \r line ends)
         assert "return {'k': value}[value + 1] + len(text)" in lean
     assert "wrapped 1" in lean and "The above exception was the direct cause" in lean
@@ -68,9 +77,7 @@ def test_the_lean_traceback_falls_back_where_the_file_is_gone(failing_module, tm
 
     os.unlink(path)
     linecache.cache.pop(path, None)
-    assert task_side.format_exception_text(error) == "".join(
-        traceback.format_exception(type(error), error, error.__traceback__)
-    )
+    assert task_side.format_exception_text(error) == _python_text(error)
 
 
 # -------------------------------------------------- the shortcuts of the task path give what they replace
@@ -146,3 +153,34 @@ def test_task_side_tracing_builds_no_sdk_tracer_provider(monkeypatch, tmp_path):
     assert try_span["links"][0]["span_id"] == f"{context.task_span_id_for('etl', 'r1', 'extract', -1):016x}"
     assert run["span_id"] == f"{run_span:016x}" and run["parent_span_id"] is None and run["status"] == "ERROR"
     assert run["start_time_unix_nano"] == int(start.timestamp() * 1e9)
+
+
+def test_the_lean_traceback_is_what_python_prints_without_debug_ranges(tmp_path):
+    """Checked against Python itself: a script run with ``-X no_debug_ranges`` prints its traceback with
+    ``traceback.format_exception``; the lean text of the same exception in the same script is identical."""
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, traceback\n"
+        "from barecount_provider.telemetry.task_side import format_exception_text\n"
+        "def inner(values):\n"
+        "    return values['a'] + values['b'] * 2\n"
+        "def outer():\n"
+        "    try:\n"
+        "        return inner({'a': 1})\n"
+        "    except KeyError as err:\n"
+        "        raise ValueError('wrapped') from err\n"
+        "try:\n"
+        "    outer()\n"
+        "except ValueError as err:\n"
+        "    error = err\n"
+        "python = ''.join(traceback.format_exception(error)) if sys.argv[1] == 'python' else format_exception_text(error)\n"
+        "sys.stdout.write(python)\n"
+    )
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, *args], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
+    python_text = run("-X", "no_debug_ranges", str(script), "python")
+    assert run(str(script), "lean") == python_text
+    assert "values['a'] + values['b'] * 2" in python_text and "^" not in python_text
