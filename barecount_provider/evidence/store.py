@@ -249,6 +249,11 @@ def _segment(value: str) -> str:
 
 _MADE_DIRS: set[str] = set()
 _encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode  # built once
+
+
+def encode_document(document: Mapping[str, Any]) -> bytes:
+    """A body as stored: JSON, sorted keys, no whitespace (the C encoder)."""
+    return _encode_sorted(document).encode()
 _TEMP_COUNTER = itertools.count()
 
 
@@ -266,7 +271,7 @@ def atomic_write_json(path: str, document: Mapping[str, Any], *, durable: bool =
         except FileNotFoundError:
             os.makedirs(directory, exist_ok=True)
         _MADE_DIRS.add(directory)
-    data = _encode_sorted(document).encode()  # the C encoder
+    data = encode_document(document)
     temporary = os.path.join(directory, f".tmp-{os.getpid()}-{next(_TEMP_COUNTER)}-{os.path.basename(path)}")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

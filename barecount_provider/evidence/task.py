@@ -46,6 +46,54 @@ def log_location(ctx: Any) -> str | None:
     return os.path.join(base, name) if base else name
 
 
+def build_try_entry(
+    ctx: Any,
+    ti: Any,
+    *,
+    state: str,
+    started_at: datetime | None,
+    ended_at: datetime,
+    duration_s: float,
+    metrics: dict[str, Any],
+    trace: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+    emitter: Any = None,
+) -> dict[str, Any]:
+    """This try's entry, costed; the cost metrics go to ``emitter`` (if any). Raises on a bad input."""
+    from barecount_provider.cost import cost_metric_points, estimate
+    from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
+
+    task = getattr(ti, "task", None)
+    runner_result = getattr(task, "barecount_runner_result", None)
+    cost = estimate(ctx.runner_class, runner_result, runtime_s=duration_s)
+    if emitter is not None:
+        emitter.emit(cost_metric_points(cost, ctx.metric_tags()))
+    entry = build_entry(
+        {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
+        state=state,
+        source="task",
+        started_at=started_at,
+        ended_at=ended_at,
+        queued_at=getattr(ti, "queued_dttm", None),
+        metrics=metrics,
+        runner_result=runner_result,
+        cost=cost.as_dict(),
+        log_location=log_location(ctx),
+        trace=trace,
+        policy={
+            "validations": list(getattr(task, "barecount_policy_validations", None) or []),
+            "exceptions": list(getattr(task, "barecount_policy_exceptions", None) or []),
+        },
+        approvals=list(getattr(task, "barecount_approvals", None) or []),
+        error=error,
+    )
+    for name, field in (("barecount_replay_outcome", "replay"), ("barecount_dead_letters", "dead_letters")):
+        value = getattr(task, name, None)
+        if value:
+            entry[field] = value  # a replay's outcome; the keys of the failed events sent to the DLQ
+    return entry
+
+
 def record_try(
     ctx: Any,
     ti: Any,
@@ -63,38 +111,12 @@ def record_try(
     if not config.evidence_on():
         return "off"
     try:
-        from barecount_provider.cost import cost_metric_points, estimate
-        from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
         from barecount_provider.evidence.spool import write_entry
 
-        task = getattr(ti, "task", None)
-        runner_result = getattr(task, "barecount_runner_result", None)
-        cost = estimate(ctx.runner_class, runner_result, runtime_s=duration_s)
-        if emitter is not None:
-            emitter.emit(cost_metric_points(cost, ctx.metric_tags()))
-        entry = build_entry(
-            {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
-            state=state,
-            source="task",
-            started_at=started_at,
-            ended_at=ended_at,
-            queued_at=getattr(ti, "queued_dttm", None),
-            metrics=metrics,
-            runner_result=runner_result,
-            cost=cost.as_dict(),
-            log_location=log_location(ctx),
-            trace=trace,
-            policy={
-                "validations": list(getattr(task, "barecount_policy_validations", None) or []),
-                "exceptions": list(getattr(task, "barecount_policy_exceptions", None) or []),
-            },
-            approvals=list(getattr(task, "barecount_approvals", None) or []),
-            error=error,
+        entry = build_try_entry(
+            ctx, ti, state=state, started_at=started_at, ended_at=ended_at, duration_s=duration_s,
+            metrics=metrics, trace=trace, error=error, emitter=emitter,
         )
-        for name, field in (("barecount_replay_outcome", "replay"), ("barecount_dead_letters", "dead_letters")):
-            value = getattr(task, name, None)
-            if value:
-                entry[field] = value  # a replay's outcome; the keys of the failed events sent to the DLQ
         return write_entry(entry)
     except Exception:
         log.warning("BareCount could not write the evidence entry of this try", exc_info=True)

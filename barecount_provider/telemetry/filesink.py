@@ -80,10 +80,15 @@ def task_try_event(
 _encode = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once, not per line
 
 
+def encode_line(record: Any) -> str:
+    """One JSON line (without its newline) as :func:`append_lines` writes it."""
+    return _encode(record)
+
+
 def append_lines(path: str, records: list[Any]) -> None:
     """Append ``records`` as JSON lines with one ``write`` on a file opened with ``O_APPEND`` (lines of
     concurrent processes never interleave); the directory is made only when it is missing. Raises OSError."""
-    data = "".join([_encode(record) + "\n" for record in records]).encode()
+    data = "".join([encode_line(record) + "\n" for record in records]).encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     except FileNotFoundError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import os
 import time
@@ -160,10 +161,20 @@ def _partial_cache_entry(path: str, linenos: set[int]) -> tuple[int, float, list
 
     if not os.path.isabs(path):
         return None
-    stat = os.stat(path)
-    with open(path, "rb") as handle:
-        data = handle.read()
-    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stat = os.fstat(fd)
+        chunks = [os.read(fd, stat.st_size + 1)]  # one read, without a buffered file object
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    data = b"".join(chunks) if len(chunks) > 2 else chunks[0]
+    head = data[: data.find(b"\n", data.find(b"\n") + 1) + 1 or None]  # the first two lines
+    if data.startswith(b"\xef\xbb\xbf") or b"coding" in head:  # a BOM or a coding cookie: as tokenize reads it
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    else:
+        encoding = "utf-8"  # what tokenize.detect_encoding answers for a file with neither
     if b"\r" in data:  # \r\n or \r line ends: split as universal newlines do
         raw = data.splitlines(keepends=True)
         count = len(raw)
@@ -410,10 +421,86 @@ def preload() -> None:
             _evidence_task.log_settings()
         except Exception:
             EMIT_FAILURES.record("evidence", "preload")
-    try:  # the traceback module's first use (a try that fails formats its exception for the span)
+    try:
+        _warm_try_path()
+    except Exception:
+        EMIT_FAILURES.record("preload", "warm")
+        log.debug("BareCount could not warm the task path", exc_info=True)
+
+
+def _warm_try_path() -> None:
+    """Run the part of a try's path that has no output once, on a stand-in task, in the process that forks
+    the task processes: what a task process's first try would otherwise do first (specialising the code it
+    runs, filling the ABC, regex and redaction caches, building lazily made objects) is done once, here,
+    and inherited. Nothing is written, sent, exported or left bound: the span goes to no exporter, the
+    metric points, the span line, the file-sink event and the evidence entry are built and encoded, not
+    written; the log context is bound and unbound at once."""
+    from types import SimpleNamespace
+
+    import structlog
+
+    from barecount_provider.telemetry import tracing
+    from barecount_provider.telemetry.metrics import clean_tags
+    from barecount_provider.telemetry.redaction import redact
+
+    started = datetime.now(UTC)
+    dag = SimpleNamespace(dag_id="barecount_warm", tags=["pipeline:warm"], params={}, default_args={})
+    task = SimpleNamespace(task_id="warm", dag=dag, upstream_task_ids={"upstream"}, params={})
+    ti = SimpleNamespace(
+        dag_id=dag.dag_id, run_id="warm", task_id=task.task_id, map_index=-1, try_number=2, max_tries=2,
+        task=task, start_date=started, _ti_context_from_server=None,
+    )
+    context.is_opted_out(dag)
+    ctx = context.resolve_for_ti(ti)
+    ratio, _ = policy_values(ctx.tenant)
+    tracing.sampled_for_run(ctx.dag_id, ctx.run_id, ratio)
+    span = tracing.Tracing(airflow_mode=False).start_try_span(  # no exporter: the span goes nowhere
+        ctx, sampled=True, upstream_task_ids=task.upstream_task_ids, max_tries=2, resumed=True
+    )
+    ctx = ctx.with_trace(tracing.traceparent_of(span))
+    ctx.environment()
+    # What bind_run_context does, reset at once (its own record of what it bound stays untouched).
+    fields = {key: value for key, value in ctx.log_fields().items() if value is not None and value != ""}
+    structlog.contextvars.reset_contextvars(**structlog.contextvars.bind_contextvars(**redact(fields)))
+    usage = resources.usage_since(resources.sample())
+    try:
         raise ValueError("warm")
     except ValueError as err:
-        format_exception_text(err)
+        error: BaseException = err
+    error_class = error_class_of(error)
+    tags = ctx.metric_tags(state="up_for_retry")
+    points = [("barecount.task.finished", COUNTER, 1, tags), ("barecount.task.duration", TIMER, 1.0, tags)]
+    points.append(("barecount.task.failures", COUNTER, 1, ctx.metric_tags(error_class=error_class)))
+    for _name, _kind, _value, point_tags in points:
+        clean_tags(point_tags)
+    span.set_attribute("barecount.state", "up_for_retry")
+    span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
+    span.add_event("exception", {"exception.message": redact(str(error)), "exception.stacktrace": redact(format_exception_text(error))})
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_status(Status(StatusCode.ERROR, description=error_class))
+    span.end()
+    filesink.encode_line(span.file_line())
+    json.dumps(span.record(), separators=(",", ":"))  # the spool's record
+    now = datetime.now(UTC)
+    event = filesink.task_try_event(
+        source="task", time=now.isoformat(), dag_id=ctx.dag_id, run_id=ctx.run_id, task_id=ctx.task_id,
+        map_index=ctx.map_index, try_number=ctx.try_number, state="success", duration_s=0.5, tenant=ctx.tenant,
+        pipeline=ctx.pipeline, runner_class=ctx.runner_class, size=ctx.size, network_profile=ctx.network_profile,
+        correlation_id=ctx.correlation_id, trace_id="0" * 32, span_id="0" * 16, sampled=True,
+        error_class=error_class, resources=usage.as_dict(), sinks=get_emitter().describe(),
+    )
+    filesink.encode_line(redact(event))
+    if config.evidence_on():
+        from barecount_provider.evidence.store import encode_document
+        from barecount_provider.evidence.task import build_try_entry
+
+        entry = build_try_entry(
+            ctx, ti, state="up_for_retry", started_at=started, ended_at=now, duration_s=0.5,
+            metrics=usage.as_dict(), trace={"trace_id": "0" * 32, "span_id": "0" * 16, "sampled": True},
+            error={"error_class": error_class, "message": redact(str(error))}, emitter=None,
+        )
+        encode_document(entry)
 
 
 def end_suspended_tries() -> None:

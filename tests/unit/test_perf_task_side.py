@@ -184,3 +184,28 @@ def test_the_lean_traceback_is_what_python_prints_without_debug_ranges(tmp_path)
     python_text = run("-X", "no_debug_ranges", str(script), "python")
     assert run(str(script), "lean") == python_text
     assert "values['a'] + values['b'] * 2" in python_text and "^" not in python_text
+
+
+def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_path):
+    """preload() runs a stand-in try's path in the scheduler: nothing written, sent, spooled or left bound."""
+    import os
+
+    import structlog
+
+    from barecount_provider.telemetry import metrics, spool
+
+    telemetry, evidence = tmp_path / "telemetry", tmp_path / "evidence"
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(telemetry))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(evidence))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", "otlp")
+    for name in ("BARECOUNT_CORRELATION_ID", "BARECOUNT_RUN_TOKEN", "TRACEPARENT"):
+        monkeypatch.delenv(name, raising=False)
+    metrics.EMIT_FAILURES.counts.clear()
+    before = dict(structlog.contextvars.get_contextvars())
+    task_side._warm_try_path()
+    assert not metrics.EMIT_FAILURES.counts
+    assert not telemetry.exists() and not evidence.exists()
+    assert not spool._PENDING_POINTS and not spool._PENDING_SPANS and not task_side._TRIES
+    assert not [name for name in ("BARECOUNT_CORRELATION_ID", "BARECOUNT_RUN_TOKEN", "TRACEPARENT") if name in os.environ]
+    assert structlog.contextvars.get_contextvars() == before
