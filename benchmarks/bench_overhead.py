@@ -17,8 +17,9 @@ what it imported and built. This script emulates that chain, cheaply, in two mod
 
 Every supervisor calls ``gc.freeze()`` before forking, as LocalExecutor does before it forks its workers.
 Each task is an ``os.fork()`` of its supervisor. In a configuration with BareCount on, the child
-imports the plugin module (a no-op when preloaded), calls ``on_starting``, the cluster policy
-``dag_policy``, ``on_task_instance_running``, runs a trivial body, calls ``on_task_instance_success`` (one
+imports the plugin module (a no-op when preloaded), calls ``on_starting``, the cluster policies
+(``task_policy`` for the DAG's task, then ``dag_policy``, as Airflow's DagBag does when the task process
+parses the DAG file), ``on_task_instance_running``, runs a trivial body, calls ``on_task_instance_success`` (one
 task in ten: ``on_task_instance_failed`` with a ValueError and state ``up_for_retry``) and
 ``before_stopping`` (the flush at exit, bounded by ``[barecount] emit_timeout_ms``), then leaves with
 ``os._exit`` after running the atexit handlers registered since the fork, as Airflow's ``_fork_main``
@@ -88,7 +89,7 @@ CONFIG_HELP = {
 EVENTS = ("import", "dag_policy", "starting", "running", "success", "failed", "before_stopping", "atexit")
 EVENT_HELP = {
     "import": "plugin import in the task process (not a hook; a no-op when preloaded)",
-    "dag_policy": "cluster policy `dag_policy`",
+    "dag_policy": "cluster policy (`task_policy` of the DAG's task, then `dag_policy`)",
     "starting": "`on_starting`",
     "running": "`on_task_instance_running`",
     "success": "`on_task_instance_success`",
@@ -129,11 +130,17 @@ class _Dag:
 
 
 class _Task:
+    """Like an operator where BareCount's cluster policy looks (``task_policy``: pool, retries)."""
+
     def __init__(self, task_id: str, dag: _Dag) -> None:
         self.task_id = task_id
         self.dag = dag
         self.upstream_task_ids = {"extract"}
         self.params: dict[str, Any] = {}
+        self.pool = "default_pool"
+        self.retries = 0
+        self.retry_policy = None
+        self.partial_kwargs: dict[str, Any] = {}
 
 
 def _make_ti(cfg: str, index: int, tag: str = "") -> RuntimeTaskInstance:
@@ -307,14 +314,16 @@ class _Done(Exception):
 
 
 def _one_try(
-    lifecycle: Any, dag_policy: Any, cfg: str, index: int, tag: str, timings: dict[str, int], fails: bool
+    lifecycle: Any, policies: Any, cfg: str, index: int, tag: str, timings: dict[str, int], fails: bool
 ) -> Any:
     """One task try as the task runner drives it: parse (cluster policy), running, body, success / failed."""
     ns = time.perf_counter_ns
     ti = _make_ti(cfg, index, tag)
-    if lifecycle is not None and dag_policy is not None:  # Airflow parses the DAG file after on_starting
+    if lifecycle is not None and policies is not None:  # Airflow parses the DAG file after on_starting
         t = ns()
-        dag_policy(ti.task.dag)
+        for task in ti.task.dag.tasks:  # as Airflow's DagBag does: each task's policy, then the DAG's
+            policies.task_policy(task)
+        policies.dag_policy(ti.task.dag)
         timings["dag_policy"] = ns() - t
     if lifecycle is not None:
         t = ns()
@@ -360,7 +369,7 @@ def _child(cfg: str, index: int, env: dict[str, str], wfd: int, log_path: str, w
         timings: dict[str, int] = {}
         ns = time.perf_counter_ns
         lifecycle = None
-        dag_policy = None
+        policies = None
         if cfg != "off":
             t = ns()
             from barecount_provider.plugins.barecount import BareCountPlugin
@@ -373,7 +382,6 @@ def _child(cfg: str, index: int, env: dict[str, str], wfd: int, log_path: str, w
             # The cluster policy (airflow.policy entry point) is loaded by airflow.settings, i.e. already in
             # the supervisor; Airflow calls it when the task process parses the DAG file.
             policies = sys.modules.get("barecount_provider.policies")
-            dag_policy = getattr(policies, "dag_policy", None)
             from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
             record = EMIT_FAILURES.record
@@ -390,11 +398,11 @@ def _child(cfg: str, index: int, env: dict[str, str], wfd: int, log_path: str, w
             timings["starting"] = ns() - t
         if warm and lifecycle is not None:
             # Steady state: a first try pays the start-up (untimed), a second try in the same process is timed.
-            _one_try(lifecycle, dag_policy, cfg, index, "startup", {}, fails=False)
+            _one_try(lifecycle, policies, cfg, index, "startup", {}, fails=False)
             timings.clear()
-            _one_try(lifecycle, dag_policy, cfg, index, "warm", timings, fails=index % 2 == 1)  # half fail
+            _one_try(lifecycle, policies, cfg, index, "warm", timings, fails=index % 2 == 1)  # half fail
             raise _Done
-        _one_try(lifecycle, dag_policy, cfg, index, "", timings, fails=index % FAIL_EVERY == FAIL_EVERY - 1)
+        _one_try(lifecycle, policies, cfg, index, "", timings, fails=index % FAIL_EVERY == FAIL_EVERY - 1)
         if lifecycle is not None:
             t = ns()
             lifecycle.before_stopping(component=marker)
@@ -1283,6 +1291,57 @@ for dag_id, extra in (("bench_real_observed", []), ("bench_real_optout", ["barec
 '''
 
 
+# A listener of the benchmark's own, in the real Airflow's plugins folder: in each task process it reads the
+# process's own accounting (getrusage: minor page faults, CPU time) and the clock at ``on_starting`` and at
+# ``before_stopping``, i.e. around everything BareCount does in the task process (its running, success and
+# flush hooks), Airflow's own work of the try included, and appends one line per task process.
+REAL_RUSAGE_PLUGIN = '''"""Written by benchmarks/bench_overhead.py: the task process's own accounting, per try."""
+import json
+import os
+import resource
+import time
+
+from airflow.listeners import hookimpl
+from airflow.plugins_manager import AirflowPlugin
+
+_START = {}
+
+
+def _sample():
+    # process_time: the kernel's precise run time of the process (getrusage's user/system split is sampled)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time() * 1000.0, time.perf_counter() * 1000.0
+
+
+class _Listener:
+    @hookimpl
+    def on_starting(self, component):
+        if type(component).__name__ == "TaskRunnerMarker":
+            _START["at"] = _sample()
+
+    @hookimpl
+    def on_task_instance_running(self, previous_state, task_instance):
+        _START["ti"] = (task_instance.dag_id, task_instance.run_id)
+
+    @hookimpl
+    def before_stopping(self, component):
+        if type(component).__name__ != "TaskRunnerMarker" or "at" not in _START or "ti" not in _START:
+            return
+        end = _sample()
+        faults, cpu, wall = (e - s for e, s in zip(end, _START["at"]))
+        line = json.dumps({"dag_id": _START["ti"][0], "run_id": _START["ti"][1], "minflt": faults, "cpu_ms": cpu, "wall_ms": wall})
+        fd = os.open(os.environ["BENCH_RUSAGE_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\\n").encode())
+        finally:
+            os.close(fd)
+
+
+class BenchRusagePlugin(AirflowPlugin):
+    name = "bench_rusage"
+    listeners = [_Listener()]
+'''
+
+
 def _parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
@@ -1296,14 +1355,18 @@ def real_reference(k: int, workdir: Path, warmup: int = 2) -> dict[str, Any]:
     dags = workdir / "real-dags"
     dags.mkdir(parents=True, exist_ok=True)
     (dags / "bench_real.py").write_text(REAL_DAG)
+    rusage_file = workdir / "real-rusage.jsonl"
+    (home / "plugins").mkdir(parents=True, exist_ok=True)
+    (home / "plugins" / "bench_rusage.py").write_text(REAL_RUSAGE_PLUGIN)
     extra_env = {
+        "BENCH_RUSAGE_FILE": str(rusage_file),
         "AIRFLOW__BARECOUNT__TELEMETRY_DIR": str(workdir / "real-telemetry"),
         "AIRFLOW__BARECOUNT__SECRET_KEY": "bench-overhead-secret-key-not-for-production",
     }
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):  # as an installed Airflow: byte-code cached (privately)
         extra_env["PYTHONDONTWRITEBYTECODE"] = ""
         extra_env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache-real")
-    rows: dict[str, list[dict[str, float]]] = {"bench_real_observed": [], "bench_real_optout": []}
+    rows: dict[str, list[dict[str, Any]]] = {"bench_real_observed": [], "bench_real_optout": []}
     started = time.monotonic()
     with AirflowStack(home=home, dags_folder=dags, extra_env=extra_env) as stack:
         for dag_id in rows:
@@ -1324,14 +1387,22 @@ def real_reference(k: int, workdir: Path, warmup: int = 2) -> dict[str, Any]:
                     raise RuntimeError(f"real reference run {dag_id} {run_id} ended {state}: {ti}")
                 rows[dag_id].append(
                     {
+                        "run_id": run_id,
                         "duration": (end - start).total_seconds() * 1000.0,
                         "queued_to_end": (end - queued).total_seconds() * 1000.0,
                     }
                 )
     elapsed = time.monotonic() - started
     obs, opt = rows["bench_real_observed"], rows["bench_real_optout"]
+    timed = {(dag_id, r["run_id"]) for dag_id, data in rows.items() for r in data}
+    inside: dict[str, list[dict[str, float]]] = {dag_id: [] for dag_id in rows}
+    if rusage_file.exists():
+        for line in rusage_file.read_text().splitlines():
+            record = json.loads(line)
+            if (record["dag_id"], record["run_id"]) in timed:
+                inside[record["dag_id"]].append(record)
 
-    def med(rows_: list[dict[str, float]], key: str) -> float:
+    def med(rows_: list[dict[str, Any]], key: str) -> float:
         return median([r[key] for r in rows_])
 
     md = [
@@ -1359,7 +1430,32 @@ def real_reference(k: int, workdir: Path, warmup: int = 2) -> dict[str, Any]:
         "difference leaves out the import; with LocalExecutor the import happens in the scheduler, before "
         "its worker processes are forked, not in every task process."
     )
+    io_obs, io_opt = inside["bench_real_observed"], inside["bench_real_optout"]
+    inside_delta: dict[str, float] = {}
+    if len(io_obs) >= max(1, k // 2) and len(io_opt) >= max(1, k // 2):
+        md += [
+            "",
+            f"**Inside the real task processes** (a listener of the benchmark's own reads the task process's "
+            f"`getrusage` and clock at `on_starting` and at `before_stopping`, around all of BareCount's hooks and "
+            f"Airflow's own work of the try; {len(io_obs)} and {len(io_opt)} task processes). Page faults and CPU "
+            f"time are the process's own accounting, far less noisy than end-to-end times:",
+            "",
+            "| DAG | minor page faults, median | CPU time, median ms | on_starting → before_stopping, median ms |",
+            "|---|---|---|---|",
+        ]
+        for label, data in (("observed", io_obs), ("opted out", io_opt)):
+            md.append(f"| {label} | {med(data, 'minflt'):.0f} | {f2(med(data, 'cpu_ms'))} | {f2(med(data, 'wall_ms'))} |")
+        inside_delta = {key: med(io_obs, key) - med(io_opt, key) for key in ("minflt", "cpu_ms", "wall_ms")}
+        md += [
+            "",
+            f"Observed − opted out, inside the task process: {inside_delta['minflt']:+.0f} page faults, "
+            f"{inside_delta['cpu_ms']:+.2f} ms CPU, {inside_delta['wall_ms']:+.2f} ms on the clock = "
+            f"{100.0 * inside_delta['wall_ms'] / med(opt, 'duration'):.1f}% of the opted-out task's duration "
+            f"({f2(med(opt, 'duration'))} ms). This leaves out what happens outside the listener's window (the "
+            "fork, BareCount's at-fork handlers, the exit), which the forked benchmark above includes.",
+        ]
     return {
+        "inside_delta": inside_delta,
         "markdown": "\n".join(md),
         "task_ms": med(opt, "duration"),
         "queued_to_end_ms": med(opt, "queued_to_end"),

@@ -403,6 +403,14 @@ def preload() -> None:
     context.correlation_id_for("", "")  # the keyed hash's first use (key, digest) is paid here, once
     redactor = get_redactor()
     policy_values(config.default_tenant())  # the policy, parsed once here (a failure is reported there)
+    try:
+        # The cluster policy's task_policy runs in every task process (Airflow parses the DAG file there) and
+        # attaches BareCount's retry policy: its modules (and SQLAlchemy, which the task SDK does not import)
+        # cost a task process about 10 ms to import; imported here once, they are inherited.
+        from barecount_provider.recovery import retry as _retry  # noqa: F401
+    except Exception:
+        EMIT_FAILURES.record("preload", "retry")
+        log.debug("BareCount could not import its retry policy before the fork", exc_info=True)
     # The redactor caches its decision per key; warm it with every key BareCount writes (log fields, the
     # file-sink event), so that task processes find the decisions made.
     redactor.redact_mapping({key: "" for key in (*_logging.CONTEXT_FIELDS, "correlation_id", "run_token")})
