@@ -452,12 +452,23 @@ def _warm_try_path() -> None:
     from barecount_provider.telemetry.redaction import redact
 
     started = datetime.now(UTC)
-    dag = SimpleNamespace(dag_id="barecount_warm", tags=["pipeline:warm"], params={}, default_args={})
-    task = SimpleNamespace(task_id="warm", dag=dag, upstream_task_ids={"upstream"}, params={})
+    dag = SimpleNamespace(dag_id="barecount_warm", tags=["pipeline:warm"], params={}, default_args={}, tasks=[])
+    task = SimpleNamespace(
+        task_id="warm", dag=dag, upstream_task_ids={"upstream"}, params={}, pool="default_pool", retries=0,
+        retry_policy=None, partial_kwargs={},
+    )
+    dag.tasks.append(task)
     ti = SimpleNamespace(
         dag_id=dag.dag_id, run_id="warm", task_id=task.task_id, map_index=-1, try_number=2, max_tries=2,
         task=task, start_date=started, _ti_context_from_server=None,
     )
+    # The cluster policies, as Airflow applies them when the task process parses the DAG file (on the
+    # stand-in; the parse-time snapshot of its params is dropped afterwards).
+    from barecount_provider import policies
+
+    policies.task_policy(task)
+    policies.dag_policy(dag)
+    context._DECLARED.pop(dag.dag_id, None)
     context.is_opted_out(dag)
     ctx = context.resolve_for_ti(ti)
     ratio, _ = policy_values(ctx.tenant)

@@ -209,3 +209,6 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
     assert not spool._PENDING_POINTS and not spool._PENDING_SPANS and not task_side._TRIES
     assert not [name for name in ("BARECOUNT_CORRELATION_ID", "BARECOUNT_RUN_TOKEN", "TRACEPARENT") if name in os.environ]
     assert structlog.contextvars.get_contextvars() == before
+    from barecount_provider import context
+
+    assert "barecount_warm" not in context._DECLARED  # the cluster policies ran on the stand-in, left nothing
