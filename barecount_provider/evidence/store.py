@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import msgspec
 import sqlalchemy as sa
 
 from barecount_provider import config, db
@@ -248,12 +249,13 @@ def _segment(value: str) -> str:
 
 
 _MADE_DIRS: set[str] = set()
-_encode_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode  # built once
+# msgspec (the task SDK's own serializer): one buffer, no string per key and value (see filesink).
+_encode_sorted = msgspec.json.Encoder(enc_hook=str, order="sorted").encode
 
 
 def encode_document(document: Mapping[str, Any]) -> bytes:
-    """A body as stored: JSON, sorted keys, no whitespace (the C encoder)."""
-    return _encode_sorted(document).encode()
+    """A body as stored: JSON (UTF-8), sorted keys, no whitespace; types JSON lacks go through ``str``."""
+    return _encode_sorted(document)
 _TEMP_COUNTER = itertools.count()
 
 
@@ -335,7 +337,7 @@ class S3Bodies:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, document: Mapping[str, Any], *, record: bool = False) -> str:
-        body = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
+        body = encode_document(document)
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": body, "ContentType": "application/json"}
         if record and self.lock_days:
             kwargs["ObjectLockMode"] = "COMPLIANCE"

@@ -56,7 +56,6 @@ MAX_FILES_PER_ROUND = 5000
 _PENDING_POINTS: list[list[Any]] = []
 _PENDING_SPANS: list[dict[str, Any]] = []
 _lock = threading.Lock()
-_dir_ready: str | None = None
 _sequence = 0
 
 
@@ -172,7 +171,7 @@ def pending() -> bool:
 
 def write_pending() -> None:
     """Write what this process has to spool as one file (one ``write``, then a rename); never raises."""
-    global _dir_ready, _sequence
+    global _sequence
     if not _PENDING_POINTS and not _PENDING_SPANS:
         return
     with _lock:
@@ -182,11 +181,10 @@ def write_pending() -> None:
         _sequence += 1
         sequence = _sequence
     try:
-        data = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
-        directory = spool_dir()
-        if _dir_ready != directory:
-            os.makedirs(directory, exist_ok=True)
-            _dir_ready = directory
+        from barecount_provider.telemetry.filesink import encode_line
+
+        data = encode_line(record) + b"\n"
+        directory = spool_dir()  # made when missing (below), not checked before every write
         name = f"{time.time_ns()}-{os.getpid()}-{sequence}"
         temporary = os.path.join(directory, f".{name}.tmp")
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import os
 import time
@@ -500,7 +499,7 @@ def _warm_try_path() -> None:
     span.set_status(Status(StatusCode.ERROR, description=error_class))
     span.end()
     filesink.encode_line(span.file_line())
-    json.dumps(span.record(), separators=(",", ":"))  # the spool's record
+    filesink.encode_line(span.record())  # the spool's record
     now = datetime.now(UTC)
     event = filesink.task_try_event(
         source="task", time=now.isoformat(), dag_id=ctx.dag_id, run_id=ctx.run_id, task_id=ctx.task_id,
