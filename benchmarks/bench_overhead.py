@@ -36,9 +36,11 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_overhead.py --tasks 200 --real-reference 20
 
-``--real-reference K`` additionally starts a real Airflow (api-server, scheduler, dag-processor on
-loopback, LocalExecutor, ``tests/system/stack.py``) and runs K trivial DAG runs with BareCount observing the
-DAG and K with the DAG opted out, to put the absolute overhead next to a real task's end-to-end time.
+``--real-reference K`` additionally starts two real Airflows side by side (api-server, scheduler,
+dag-processor on loopback, LocalExecutor, ``tests/system/stack.py``), one with BareCount enabled and one with
+it disabled, and runs a trivial DAG K times observed, K times opted out and K times on the disabled one,
+interleaved; a listener of the benchmark's own reads each task process's page faults and CPU time around
+BareCount's hooks. It puts the overhead next to a real task's time.
 
 The results are printed as markdown and written into docs/benchmarks.md between the markers
 ``<!-- bench-overhead:start -->`` and ``<!-- bench-overhead:end -->`` (``--no-docs`` to skip).
@@ -555,8 +557,8 @@ _FORWARDER_READY: list[bool] = []
 
 def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
     """In a preloaded supervisor (the scheduler of its configuration): forward the OTLP spool that the task
-    processes of its configuration wrote (one directory per mode), as the scheduler's forwarder thread does
-    every few seconds; timed, with the forwarder's own failures counted."""
+    processes of its configuration wrote (one directory per mode), as the scheduler's forwarder process
+    (``barecount telemetry forward --loop``) does every few seconds; timed, with its own failures counted."""
     from barecount_provider import config
     from barecount_provider.telemetry import spool
     from barecount_provider.telemetry.metrics import EMIT_FAILURES
@@ -573,8 +575,8 @@ def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
     prepare_ns = None
     try:
         if not _FORWARDER_READY:
-            # What SchedulerSide.prepare() does on the scheduler's main thread before its forwarder thread
-            # starts: build the direct sinks and the span exporter and use them once. Timed apart (once).
+            # What the forwarder process does once, on its first round: build its direct sinks and its span
+            # exporter and use them once. Timed apart (once).
             from barecount_provider.telemetry.metrics import get_direct_emitter
 
             t = time.perf_counter_ns()
@@ -1077,11 +1079,11 @@ def report(
     # ---- the spool's forwarder
     if forwarded:
         w(
-            "**The OTLP spool's forwarder** (not in the task process: the scheduler's forwarder thread, here one "
+            "**The OTLP spool's forwarder** (not in the task process: the scheduler's forwarder process, here one "
             f"long-lived preloaded process per configuration forwarding every {FORWARD_EVERY} rounds what the task "
             "processes of both modes spooled; a round reads the finished spool files of one directory and exports "
             "their metric points and spans concurrently, bounded by `emit_timeout_ms`; the start-up builds and "
-            "first uses the exporters, as `SchedulerSide.prepare()` does on the scheduler's main thread)"
+            "first uses the exporters, as the forwarder process does on its first round)"
         )
         w("")
         w(
