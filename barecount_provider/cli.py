@@ -5,7 +5,7 @@
     barecount runs [--dag D] [--last N]   what BareCount recorded per task try (the file sink)
     barecount pools sync [--dry-run] [--prune]   create/update the tenants' Airflow pools through the REST API
     barecount pools check            exit 1 when the pools or their registry differ from the policy
-    barecount telemetry forward [--loop S]   export the task processes' OTLP spool (where no scheduler runs)
+    barecount telemetry forward [--loop S]   export the OTLP spool (the scheduler runs it as its forwarder process)
     barecount evidence list|show|verify|flush   the evidence store: records, one record, the hash chains, the spool
     barecount cost report --by tenant [--since 30d]   cost roll-up per day from the evidence index
     barecount dlq stats|list         a dead-letter queue's depth and oldest entry per tenant/pipeline; its letters

@@ -210,8 +210,11 @@ def _from_tags(tags: set[str], key: str) -> str | None:
     return None
 
 
-def declared(task: Any, dag: Any, key: str, conf_keys: frozenset[str] = frozenset()) -> str | None:
-    """A value the DAG author declared, in the documented order; None when nobody did."""
+def declared(
+    task: Any, dag: Any, key: str, conf_keys: frozenset[str] = frozenset(), tags: set[str] | None = None
+) -> str | None:
+    """A value the DAG author declared, in the documented order; None when nobody did. ``tags``: the DAG's
+    tags when the caller has them already (:func:`tags_of`)."""
     value = getattr(task, key, None) if task is not None else None
     if isinstance(value, str) and value:
         return value
@@ -224,7 +227,7 @@ def declared(task: Any, dag: Any, key: str, conf_keys: frozenset[str] = frozense
     candidate = default_args.get(key) if isinstance(default_args, Mapping) else None
     if isinstance(candidate, str) and candidate:
         return candidate
-    return _from_tags(tags_of(dag), key)
+    return _from_tags(tags_of(dag) if tags is None else tags, key)
 
 
 def is_opted_out(dag: Any, conf_keys: frozenset[str] = frozenset()) -> bool:
@@ -251,13 +254,14 @@ def resolve(
 ) -> RunContext:
     """Resolve the RunContext of one task try (see the module docstring for the order)."""
     map_index = -1 if map_index is None else int(map_index)
-    tenant = declared(task, dag, "tenant", conf_keys) or config.default_tenant()
-    pipeline = declared(task, dag, "pipeline", conf_keys) or dag_id
+    tags = tags_of(dag)  # once for the four keys
+    tenant = declared(task, dag, "tenant", conf_keys, tags) or config.default_tenant()
+    pipeline = declared(task, dag, "pipeline", conf_keys, tags) or dag_id
     runner_class = getattr(task, "runner_class", None) or "local"
     if runner_class not in RUNNER_CLASSES:
         runner_class = "local"
-    size = declared(task, dag, "size", conf_keys) or DEFAULT_SIZE
-    network_profile = declared(task, dag, "network_profile", conf_keys) or DEFAULT_NETWORK_PROFILE
+    size = declared(task, dag, "size", conf_keys, tags) or DEFAULT_SIZE
+    network_profile = declared(task, dag, "network_profile", conf_keys, tags) or DEFAULT_NETWORK_PROFILE
     digest = getattr(task, "image_or_driver_digest", None)
     return RunContext(
         tenant=tenant,

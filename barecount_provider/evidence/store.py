@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
@@ -244,7 +245,14 @@ class Bodies(Protocol):
     def delete(self, location: str) -> None: ...
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")  # what urllib.parse.quote never changes
+
+
 def _segment(value: str) -> str:
+    """``value`` as one path segment: ``urllib.parse.quote(value, safe="")``, answered at once for the usual
+    DAG ids and entry ids that need no quoting."""
+    if _UNRESERVED.fullmatch(value):
+        return value
     return urllib.parse.quote(value, safe="")
 
 

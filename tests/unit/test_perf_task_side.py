@@ -212,3 +212,12 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
     from barecount_provider import context
 
     assert "barecount_warm" not in context._DECLARED  # the cluster policies ran on the stand-in, left nothing
+
+
+def test_store_path_segments_are_urllib_quote():
+    import urllib.parse
+
+    from barecount_provider.evidence import store
+
+    for value in ("etl", "manual__2026-11-27T12:00:00+00:00", "a b/c", "", "x~y.z-_", "caf\u00e9", "..", "%41"):
+        assert store._segment(value) == urllib.parse.quote(value, safe=""), value
