@@ -1227,12 +1227,13 @@ def verdicts(
             + "."
         )
     if real and real.get("inside_delta"):
-        cpu = real["inside_delta"]["cpu_ms"]
-        share = 100 * cpu / real["task_ms"]
+        delta = real["inside_delta"]
         lines.append(
-            f"* **a real Airflow task process** (default sinks; enabled and observing − disabled, its own CPU "
-            f"time around BareCount's hooks): {cpu:+.2f} ms = {share:.1f}% of the real task → < 2% "
-            f"**{'met' if share < 2 else 'missed'}** inside the task process (fork and exit not included)."
+            f"* **a real Airflow task process** (default sinks; observed − opted out on the same Airflow, the "
+            f"process's own accounting around BareCount's hooks): {delta['minflt']:+.0f} page faults, "
+            f"{delta['cpu_ms']:+.2f} ms of CPU = {100 * delta['cpu_ms'] / real['task_ms']:.1f}% of the real task. "
+            "Not a verdict on the target: it leaves out the fork, the exit and what opted-out DAGs pay too; the "
+            "forked benchmark's end-to-end figure above is the one checked."
         )
     warm_ok = {cfg: _ok(rs) for cfg, rs in (warm or {}).items()}
     if any(warm_ok.values()):
@@ -1478,16 +1479,24 @@ def real_reference(k: int, workdir: Path, warmup: int = 2) -> dict[str, Any]:
         for label, data in inside.items():
             md.append(f"| {label} | {med(data, 'minflt'):.0f} | {f2(med(data, 'cpu_ms'))} | {f2(med(data, 'wall_ms'))} |")
         base = inside["disabled"]
-        inside_delta = {key: med(inside["observed"], key) - med(base, key) for key in ("minflt", "cpu_ms", "wall_ms")}
-        optout_cpu = med(inside["opted out"], "cpu_ms") - med(base, "cpu_ms")
+        inside_delta = {
+            key: med(inside["observed"], key) - med(inside["opted out"], key) for key in ("minflt", "cpu_ms", "wall_ms")
+        }
+        across = {key: med(inside["observed"], key) - med(base, key) for key in ("minflt", "cpu_ms")}
+        optout_across = med(inside["opted out"], "cpu_ms") - med(base, "cpu_ms")
         md += [
             "",
-            f"BareCount enabled and observing − disabled, inside the task process: {inside_delta['minflt']:+.0f} "
-            f"page faults, **{inside_delta['cpu_ms']:+.2f} ms of CPU = "
-            f"{100.0 * inside_delta['cpu_ms'] / med(off, 'duration'):.1f}% of the task's duration** "
-            f"({f2(med(off, 'duration'))} ms, BareCount disabled); {inside_delta['wall_ms']:+.2f} ms on the clock "
-            f"(noisier). An opted-out DAG: {optout_cpu:+.2f} ms of CPU. This window leaves out the fork "
-            "(BareCount's at-fork handlers) and the exit, which the forked benchmark above includes.",
+            f"**Observed − opted out, on the same Airflow**: {inside_delta['minflt']:+.0f} page faults, "
+            f"**{inside_delta['cpu_ms']:+.2f} ms of CPU = {100.0 * inside_delta['cpu_ms'] / med(off, 'duration'):.1f}% "
+            f"of the task's duration** ({f2(med(off, 'duration'))} ms, BareCount disabled); "
+            f"{inside_delta['wall_ms']:+.2f} ms on the clock (noisier). This is what BareCount's hooks add to a "
+            "task process; it leaves out what an opted-out DAG pays too (the cluster policies, the masker "
+            "extension) and, like the whole window, the fork and the exit.",
+            "",
+            f"Enabled − disabled, across the two Airflows: observed {across['minflt']:+.0f} page faults, "
+            f"{across['cpu_ms']:+.2f} ms of CPU; opted out {optout_across:+.2f} ms of CPU. Not a measure of "
+            "BareCount: between two Airflows the task processes' CPU time differs by a few milliseconds whatever "
+            "they run (runs of the same code gave −2.3 to +3.8 ms here); the page faults are exact.",
         ]
     return {
         "inside_delta": inside_delta,
