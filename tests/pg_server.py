@@ -73,6 +73,21 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 
+    def create_database(self, prefix: str) -> str:
+        """A new, empty database on the running server (``prefix`` plus a unique suffix); its URL."""
+        import uuid
+
+        import sqlalchemy as sa
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        finally:
+            admin.dispose()
+        return self.url(name)
+
     def stop(self) -> None:
         if self.pid is not None:
             try:

@@ -91,3 +91,19 @@ def airflow_db() -> None:
     )
     if completed.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (tests/pg_server.py) for one test module, stopped by its
+    process id; tests take databases of their own with ``postgres.create_database(prefix)``."""
+    from tests import pg_server
+
+    if not pg_server.available():
+        pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
+    server = pg_server.PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,29 +28,12 @@ BUCKET = "barecount-evidence-test"
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if not pg_server.available():
-        pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
-    server = pg_server.PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def fresh_index(postgres_url: str) -> Iterator[str]:
+def fresh_index(postgres: pg_server.PostgresServer) -> Iterator[str]:
     """An empty index database for one test."""
-    import sqlalchemy as sa
-
-    name = f"evidence_{os.getpid()}_{datetime.now(UTC).strftime('%H%M%S%f')}"
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
+    url = postgres.create_database("evidence")
     store_module.clear_caches()
-    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    yield url
     store_module.clear_caches()
 
 

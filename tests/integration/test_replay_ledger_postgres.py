@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from barecount_provider.recovery.ledger import ReplayLedger
@@ -16,41 +14,19 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    server = pg_server.PostgresServer()
-    url = server.start()
-    try:
-        yield server, url
-    finally:
-        server.stop()
-
-
-def _database(server: pg_server.PostgresServer, url: str) -> str:
-    import sqlalchemy as sa
-
-    name = f"ledger_{uuid.uuid4().hex[:10]}"
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return server.url(name)
-
-
 def test_kill_the_replay_at_random_points_with_the_ledger_on_postgresql(tmp_path, postgres):
-    server, url = postgres
-    result = kill_test(tmp_path, lambda _base, _round: _database(server, url), kills_wanted=30, kills_per_round=10)
+    result = kill_test(
+        tmp_path, lambda _base, _round: postgres.create_database("ledger"), kills_wanted=30, kills_per_round=10
+    )
     assert result.kills >= 30
 
 
 def test_two_replays_at_once_with_the_ledger_on_postgresql(tmp_path, postgres):
-    server, url = postgres
-    two_replays_at_once(tmp_path, _database(server, url))
+    two_replays_at_once(tmp_path, postgres.create_database("ledger"))
 
 
 def test_claims_are_conditional_on_postgresql(postgres):
-    server, url = postgres
-    ledger = ReplayLedger(_database(server, url))
+    ledger = ReplayLedger(postgres.create_database("ledger"))
     first = ledger.start_run("s")
     second = ledger.start_run("s")
     claim = ledger.claim("s", first, ["a", "b"], lease_seconds=60)

@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,7 +20,6 @@ import pytest
 
 from barecount_provider.policy import RetryBudget
 from barecount_provider.recovery import budgets
-from tests import pg_server
 
 POLICY = """
 version: 1
@@ -34,35 +32,13 @@ tenants:
 """
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    if not pg_server.available():
-        pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql package")
-    server = pg_server.PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-def _fresh_pg_database(postgres_url: str) -> str:
-    import sqlalchemy as sa
-
-    name = f"retry_{os.getpid()}_{datetime.now(UTC).strftime('%H%M%S%f')}"
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     budgets.clear_caches()
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'index.db'}"
     else:
-        yield _fresh_pg_database(request.getfixturevalue("postgres_url"))
+        yield request.getfixturevalue("postgres").create_database("retry")
     budgets.clear_caches()
 
 
