@@ -94,30 +94,15 @@ def build_try_entry(
     return entry
 
 
-def record_try(
-    ctx: Any,
-    ti: Any,
-    *,
-    state: str,
-    started_at: datetime | None,
-    ended_at: datetime,
-    duration_s: float,
-    metrics: dict[str, Any],
-    trace: dict[str, Any] | None,
-    error: dict[str, Any] | None,
-    emitter: Any = None,
-) -> str:
-    """Write this try's entry; ``stored``, ``spooled``, ``lost`` or ``off``. Never raises."""
+def record_try(ctx: Any, ti: Any, **fields: Any) -> str:
+    """Write this try's entry (``fields``: those of :func:`build_try_entry`); ``stored``, ``spooled``,
+    ``lost`` or ``off``. Never raises."""
     if not config.evidence_on():
         return "off"
     try:
         from barecount_provider.evidence.spool import write_entry
 
-        entry = build_try_entry(
-            ctx, ti, state=state, started_at=started_at, ended_at=ended_at, duration_s=duration_s,
-            metrics=metrics, trace=trace, error=error, emitter=emitter,
-        )
-        return write_entry(entry)
+        return write_entry(build_try_entry(ctx, ti, **fields))
     except Exception:
         log.warning("BareCount could not write the evidence entry of this try", exc_info=True)
         try:

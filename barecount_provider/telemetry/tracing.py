@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -53,33 +52,6 @@ def airflow_tracing_on() -> bool:
         return conf.getboolean("traces", "otel_on", fallback=False)
     except Exception:
         return False
-
-
-class _OverridableIds(RandomIdGenerator):
-    """Random ids, except where the caller fixed the next span id (deterministic task and run spans)."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def set_next_span_id(self, span_id: int) -> None:
-        self._local.next_span_id = span_id
-
-    def set_next_trace_id(self, trace_id: int) -> None:
-        self._local.next_trace_id = trace_id
-
-    def generate_trace_id(self) -> int:
-        fixed = getattr(self._local, "next_trace_id", None)
-        if fixed is not None:
-            self._local.next_trace_id = None
-            return int(fixed)
-        return super().generate_trace_id()
-
-    def generate_span_id(self) -> int:
-        fixed = getattr(self._local, "next_span_id", None)
-        if fixed is not None:
-            self._local.next_span_id = None
-            return int(fixed)
-        return super().generate_span_id()
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -277,7 +249,6 @@ class Tracing:
         exporter: SpanExporter | None = None,
     ):
         self.airflow_mode = airflow_tracing_on() if airflow_mode is None else airflow_mode
-        self.ids = _OverridableIds()
         self.exporter_desc = exporter_desc
         self._exporter = exporter
         self._provider: Any = None
@@ -287,11 +258,8 @@ class Tracing:
             self.exporter_desc = "airflow's tracer provider"
         elif provider is not None:
             self._provider = provider
-            current_ids = getattr(provider, "id_generator", None)
-            if isinstance(current_ids, _OverridableIds):
-                self.ids = current_ids
-            else:
-                provider.id_generator = self.ids
+        # The span ids of try spans: a given provider's own generator (its SDK spans draw from the same).
+        self.ids = getattr(self._provider, "id_generator", None) or RandomIdGenerator()
 
     @property
     def provider(self) -> Any:

@@ -233,8 +233,13 @@ def test_a_try_span_is_the_span_the_sdk_would_make(exporter, monkeypatch, tmp_pa
     assert light.end_time is not None
 
     # The SDK's span from the same inputs, as start_try_span made it before.
-    sdk_tracer = tracing.Tracing(provider=TracerProvider(), airflow_mode=False)
-    sdk_tracer.ids.set_next_span_id(light.span_id)
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class SameSpanId(RandomIdGenerator):
+        def generate_span_id(self) -> int:
+            return light.span_id
+
+    sdk_tracer = tracing.Tracing(provider=TracerProvider(id_generator=SameSpanId()), airflow_mode=False)
     ctx = state.ctx
     sdk = sdk_tracer.tracer.start_span(
         light.name, context=sdk_tracer.run_parent(ctx, True), kind=SpanKind.INTERNAL,
