@@ -323,28 +323,9 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         sinks["traces"] = tracer.exporter_desc if tracer is not None else "off"
         sinks["file"] = filesink.events_path()
         filesink.append_event(
-            filesink.task_try_event(
-                source="task",
-                time=now.isoformat(),
-                dag_id=ctx.dag_id,
-                run_id=ctx.run_id,
-                task_id=ctx.task_id,
-                map_index=ctx.map_index,
-                try_number=ctx.try_number,
-                state=state,
-                duration_s=round(duration_s, 3),
-                tenant=ctx.tenant,
-                pipeline=ctx.pipeline,
-                runner_class=ctx.runner_class,
-                size=ctx.size,
-                network_profile=ctx.network_profile,
-                correlation_id=ctx.correlation_id,
-                trace_id=trace_id,
-                span_id=span_id,
-                sampled=tried.sampled,
-                error_class=error_class,
-                resources=usage.as_dict(),
-                sinks=sinks,
+            _try_event(
+                ctx, now=now, state=state, duration_s=duration_s, trace_id=trace_id, span_id=span_id,
+                sampled=tried.sampled, error_class=error_class, usage=usage, sinks=sinks,
             )
         )
     if config.evidence_on():  # the try's evidence entry: written to the store, or spooled; never raises
@@ -363,6 +344,45 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
             emitter=emitter,
         )
     spool.write_pending()  # the try's OTLP spans and points, if any: one file
+
+
+def _try_event(
+    ctx: context.RunContext,
+    *,
+    now: datetime,
+    state: str,
+    duration_s: float,
+    trace_id: str | None,
+    span_id: str | None,
+    sampled: bool,
+    error_class: str | None,
+    usage: resources.ResourceUsage,
+    sinks: dict[str, str],
+) -> dict[str, Any]:
+    """The file sink's ``task_try`` event of a try that ended in this task process."""
+    return filesink.task_try_event(
+        source="task",
+        time=now.isoformat(),
+        dag_id=ctx.dag_id,
+        run_id=ctx.run_id,
+        task_id=ctx.task_id,
+        map_index=ctx.map_index,
+        try_number=ctx.try_number,
+        state=state,
+        duration_s=round(duration_s, 3),
+        tenant=ctx.tenant,
+        pipeline=ctx.pipeline,
+        runner_class=ctx.runner_class,
+        size=ctx.size,
+        network_profile=ctx.network_profile,
+        correlation_id=ctx.correlation_id,
+        trace_id=trace_id,
+        span_id=span_id,
+        sampled=sampled,
+        error_class=error_class,
+        resources=usage.as_dict(),
+        sinks=sinks,
+    )
 
 
 def preload() -> None:
@@ -410,14 +430,9 @@ def preload() -> None:
     except Exception:
         EMIT_FAILURES.record("preload", "retry")
         log.debug("BareCount could not import its retry policy before the fork", exc_info=True)
-    # The redactor caches its decision per key; warm it with every key BareCount writes (log fields, the
-    # file-sink event), so that task processes find the decisions made.
+    # The redactor caches its decision per key; warm it with the keys of the log fields (those of the
+    # file-sink event and the span get theirs from the stand-in try below).
     redactor.redact_mapping({key: "" for key in (*_logging.CONTEXT_FIELDS, "correlation_id", "run_token")})
-    sample_event = filesink.task_try_event(
-        source="", time="", dag_id="", run_id="", task_id="", map_index=-1, try_number=0, state="", tenant="",
-        pipeline="", sinks={"statsd": "", "otlp_metrics": "", "traces": "", "file": ""}, resources=resources.ResourceUsage(0.0, 0, 0, 0).as_dict(),
-    )
-    redactor.redact(sample_event)
     if config.evidence_on():  # the evidence entry's modules and the price table, read once here
         try:
             from barecount_provider.cost import configured_price_table
@@ -501,12 +516,9 @@ def _warm_try_path() -> None:
     filesink.encode_line(span.file_line())
     filesink.encode_line(span.record())  # the spool's record
     now = datetime.now(UTC)
-    event = filesink.task_try_event(
-        source="task", time=now.isoformat(), dag_id=ctx.dag_id, run_id=ctx.run_id, task_id=ctx.task_id,
-        map_index=ctx.map_index, try_number=ctx.try_number, state="success", duration_s=0.5, tenant=ctx.tenant,
-        pipeline=ctx.pipeline, runner_class=ctx.runner_class, size=ctx.size, network_profile=ctx.network_profile,
-        correlation_id=ctx.correlation_id, trace_id="0" * 32, span_id="0" * 16, sampled=True,
-        error_class=error_class, resources=usage.as_dict(), sinks=get_emitter().describe(),
+    event = _try_event(
+        ctx, now=now, state="up_for_retry", duration_s=0.5, trace_id="0" * 32, span_id="0" * 16, sampled=True,
+        error_class=error_class, usage=usage, sinks=get_emitter().describe(),
     )
     filesink.encode_line(redact(event))
     if config.evidence_on():
