@@ -145,13 +145,15 @@ class _Task:
         self.partial_kwargs: dict[str, Any] = {}
 
 
-def _make_ti(cfg: str, index: int, tag: str = "") -> RuntimeTaskInstance:
+def _make_ti(cfg: str, index: int, tag: str = "", mode: str = "") -> RuntimeTaskInstance:
     dag = _Dag("bench_overhead")
     task = _Task("transform", dag)
     dag.tasks.append(task)
     return RuntimeTaskInstance(
         dag_id=dag.dag_id,
-        run_id=f"manual__bench_{index:05d}_{cfg}{'_' + tag if tag else ''}",  # distinct per task: nothing can be cached across tasks
+        # Distinct per task and mode: nothing can be cached across tasks, and no task rewrites another's
+        # evidence entry (replacing an existing file costs a data flush on ext4: +0.4 ms in that task).
+        run_id=f"manual__bench_{index:05d}_{mode}_{cfg}{'_' + tag if tag else ''}",
         task_id="transform",
         map_index=-1,
         try_number=1,
@@ -316,11 +318,11 @@ class _Done(Exception):
 
 
 def _one_try(
-    lifecycle: Any, policies: Any, cfg: str, index: int, tag: str, timings: dict[str, int], fails: bool
+    lifecycle: Any, policies: Any, cfg: str, index: int, tag: str, timings: dict[str, int], fails: bool, mode: str = ""
 ) -> Any:
     """One task try as the task runner drives it: parse (cluster policy), running, body, success / failed."""
     ns = time.perf_counter_ns
-    ti = _make_ti(cfg, index, tag)
+    ti = _make_ti(cfg, index, tag, mode)
     if lifecycle is not None and policies is not None:  # Airflow parses the DAG file after on_starting
         t = ns()
         for task in ti.task.dag.tasks:  # as Airflow's DagBag does: each task's policy, then the DAG's
@@ -353,7 +355,9 @@ def _one_try(
     return ti
 
 
-def _child(cfg: str, index: int, env: dict[str, str], wfd: int, log_path: str, warm: bool = False) -> None:
+def _child(
+    cfg: str, index: int, env: dict[str, str], wfd: int, log_path: str, warm: bool = False, mode: str = ""
+) -> None:
     """The task process. Never returns."""
     started = time.perf_counter_ns()
     code = 0
@@ -400,11 +404,11 @@ def _child(cfg: str, index: int, env: dict[str, str], wfd: int, log_path: str, w
             timings["starting"] = ns() - t
         if warm and lifecycle is not None:
             # Steady state: a first try pays the start-up (untimed), a second try in the same process is timed.
-            _one_try(lifecycle, policies, cfg, index, "startup", {}, fails=False)
+            _one_try(lifecycle, policies, cfg, index, "startup", {}, fails=False, mode=mode)
             timings.clear()
-            _one_try(lifecycle, policies, cfg, index, "warm", timings, fails=index % 2 == 1)  # half fail
+            _one_try(lifecycle, policies, cfg, index, "warm", timings, fails=index % 2 == 1, mode=mode)  # half fail
             raise _Done
-        _one_try(lifecycle, policies, cfg, index, "", timings, fails=index % FAIL_EVERY == FAIL_EVERY - 1)
+        _one_try(lifecycle, policies, cfg, index, "", timings, fails=index % FAIL_EVERY == FAIL_EVERY - 1, mode=mode)
         if lifecycle is not None:
             t = ns()
             lifecycle.before_stopping(component=marker)
@@ -433,6 +437,7 @@ def run_task(
     log_path: str,
     warm: bool = False,
     close_in_child: tuple[int, ...] = (),
+    mode: str = "",
 ) -> dict[str, Any]:
     rfd, wfd = os.pipe()
     t0 = time.perf_counter_ns()
@@ -441,7 +446,7 @@ def run_task(
         os.close(rfd)
         for fd in close_in_child:  # the supervisor's command pipes are none of the task's business
             os.close(fd)
-        _child(cfg, index, env, wfd, log_path, warm)
+        _child(cfg, index, env, wfd, log_path, warm, mode)
     os.close(wfd)
     _, status = os.waitpid(pid, 0)
     e2e = time.perf_counter_ns() - t0
@@ -539,7 +544,7 @@ def _supervisor_main(mode: str, env: dict[str, str], cmd_fd: int, res_fd: int) -
                     out.write(json.dumps(forward_spool(cmd["forward"])) + "\n")
                     continue
                 result = run_task(
-                    cmd["cfg"], cmd["index"], cmd["env"], cmd["log"], cmd.get("warm", False), (cmd_fd, res_fd)
+                    cmd["cfg"], cmd["index"], cmd["env"], cmd["log"], cmd.get("warm", False), (cmd_fd, res_fd), mode
                 )
                 out.write(json.dumps(result) + "\n")
     except BaseException:

@@ -63,6 +63,24 @@ def test_run_token_depends_on_the_secret_key(monkeypatch):
     assert _resolve(dag=_dag()).run_token != token
 
 
+def test_keyed_hash_is_keyed_blake2b_and_takes_keys_longer_than_64_bytes(monkeypatch):
+    import hashlib
+
+    from barecount_provider import config
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__SECRET_KEY", "k" * 64)
+    config.cache_clear()
+    expected = hashlib.blake2b(b"purpose\x1fa\x1f1", key=b"k" * 64, digest_size=32, person=b"barecount").hexdigest()
+    assert context.keyed_hex("purpose", "a", 1, length=64) == expected
+    assert context.keyed_hex("purpose", "a", 1) == expected[:32]
+    tokens = set()
+    for key in ("k" * 65, "k" * 64 + "j", "k" * 200):  # longer than BLAKE2b's key: hashed to 64 bytes first
+        monkeypatch.setenv("AIRFLOW__BARECOUNT__SECRET_KEY", key)
+        config.cache_clear()
+        tokens.add(context.keyed_hex("purpose", "a", 1))
+    assert len(tokens | {expected[:32]}) == 4
+
+
 def test_opt_out_by_tag_or_declared_param():
     assert context.is_opted_out(_dag(tags=["barecount:off"]))
     assert context.is_opted_out(_dag(params={"barecount_enabled": False}))
