@@ -21,7 +21,6 @@ def _clear_caches() -> None:
 
     config.cache_clear()
     metrics.get_emitter.cache_clear()
-    metrics.redact_tag_value.cache_clear()
     tracing.get_tracing.cache_clear()
     from barecount_provider import policy
     from barecount_provider.telemetry import redaction

@@ -144,21 +144,13 @@ def _reset_after_fork() -> None:
                 shutdown_event.set()
 
 
-@functools.lru_cache(maxsize=4096)
-def redact_tag_value(value: str) -> str:
-    """Tag values repeat (tenant, dag id, ...), so their redaction is cached."""
-    from barecount_provider.telemetry.redaction import get_redactor
-
-    return get_redactor().redact_text(value)
-
-
 def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
     """Drop unbounded tags, stringify values and redact them (a tag must never carry a secret)."""
-    return {
-        key: redact_tag_value(str(value))
-        for key, value in tags.items()
-        if key not in UNBOUNDED_TAGS and value is not None
-    }
+    from barecount_provider.telemetry.redaction import get_redactor
+
+    return get_redactor().redact_values(
+        {key: str(value) for key, value in tags.items() if key not in UNBOUNDED_TAGS and value is not None}
+    )
 
 
 # --------------------------------------------------------------------------------------------------- StatsD

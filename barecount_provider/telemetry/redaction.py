@@ -450,6 +450,25 @@ class Redactor:
             self._text_cache[text] = result
         return result
 
+    def redact_values(self, mapping: Mapping[Any, Any]) -> dict[Any, Any]:
+        """A flat mapping whose string values are redacted as text, others unchanged; not key-aware (for tag
+        and span attribute values, whose keys are BareCount's own). The same as :meth:`redact_text` on each
+        value, with one check of the registered secrets for the whole mapping: the try's identifiers repeat
+        in every tag set and span, so most values are answered from the cache."""
+        replacers = [masker.replacer for masker in self._maskers]
+        if replacers != self._replacers:  # a secret was registered since: earlier results may be stale
+            self._replacers = replacers
+            self._text_cache.clear()
+        cache = self._text_cache
+        out: dict[Any, Any] = {}
+        for key, value in mapping.items():
+            if value.__class__ is str and value:
+                cached = cache.get(value)
+                out[key] = cached if cached is not None else self.redact_text(value)
+            else:
+                out[key] = self.redact_text(value) if isinstance(value, str) else value
+        return out
+
     def redact_patterns(self, text: str) -> str:
         """Everything but registered secrets (what Airflow's masker lacks). Short results are cached."""
         if len(text) < 5:  # "pwd=x" is the shortest thing found

@@ -463,9 +463,9 @@ def _nanos(moment: datetime) -> int:
 
 
 def _redact_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
-    from barecount_provider.telemetry.metrics import redact_tag_value
+    from barecount_provider.telemetry.redaction import get_redactor
 
-    return {k: redact_tag_value(v) if isinstance(v, str) else v for k, v in attributes.items()}
+    return get_redactor().redact_values(attributes)
 
 
 def traceparent_of(span: Any) -> str | None:

@@ -272,6 +272,12 @@ def test_secret_in_metric_tag_and_span_attribute(case):
     _assert_clean(redact([f"endpoint:{case.text}", "tenant:acme"]), case)
     attributes = {"barecount.tenant": "acme", "http.url": case.text}
     _assert_clean(get_redactor().redact_mapping(attributes), case)
+    # What the sinks use: metric tags and span attributes as BareCount emits them.
+    from barecount_provider.telemetry.metrics import clean_tags
+    from barecount_provider.telemetry.tracing import _redact_attributes
+
+    _assert_clean(clean_tags(tags), case)
+    _assert_clean(_redact_attributes({**attributes, "barecount.retry.attempt": 2}), case)
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=CORPUS_IDS)
@@ -365,6 +371,20 @@ def test_registered_secret_is_redacted_without_any_pattern():
     value = "corp-" + rand(ALNUM, 10)
     mask_secret(value)
     assert redact(f"the value is {value}.") == "the value is ***."
+
+
+def test_tag_and_attribute_values_seen_before_a_secret_is_registered_are_redacted_after():
+    from airflow.sdk.log import mask_secret
+
+    from barecount_provider.telemetry.metrics import clean_tags
+    from barecount_provider.telemetry.tracing import _redact_attributes
+
+    value = "corp-" + rand(ALNUM, 10)
+    assert clean_tags({"tenant": value, "try_number": 3}) == {"tenant": value}  # unbounded tag dropped
+    assert _redact_attributes({"barecount.tenant": value, "n": 1}) == {"barecount.tenant": value, "n": 1}
+    mask_secret(value)  # e.g. a connection fetched by the task: its password is now a registered secret
+    assert clean_tags({"tenant": value}) == {"tenant": "***"}
+    assert _redact_attributes({"barecount.tenant": value, "n": 1}) == {"barecount.tenant": "***", "n": 1}
 
 
 # ----------------------------------------------------------------------------------------- configuration
