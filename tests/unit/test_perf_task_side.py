@@ -221,3 +221,176 @@ def test_store_path_segments_are_urllib_quote():
 
     for value in ("etl", "manual__2026-11-27T12:00:00+00:00", "a b/c", "", "x~y.z-_", "caf\u00e9", "..", "%41"):
         assert store._segment(value) == urllib.parse.quote(value, safe=""), value
+
+
+# ------------------------------------------ the lean traceback's own formatter against Python's, case by case
+
+
+class _OddError(Exception):
+    class Nested(Exception):
+        pass
+
+
+class _BadStr(Exception):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+def _recurse(n):
+    if n == 0:
+        raise RecursionError("deep enough")
+    return _recurse(n - 1)
+
+
+def _caught(make):
+    try:
+        make()
+    except BaseException as err:
+        return err
+    raise AssertionError("did not raise")
+
+
+def _throw(error):
+    raise error
+
+
+def _cause():
+    try:
+        {}["missing"]
+    except KeyError as err:
+        raise ValueError("wrapped") from err
+
+
+def _context():
+    try:
+        _ = 1 / 0
+    except ZeroDivisionError:
+        raise OSError(2, "while handling")  # noqa: B904 - the implicit context is the case
+
+
+def _suppressed():
+    try:
+        _ = 1 / 0
+    except ZeroDivisionError:
+        raise LookupError("no context shown") from None
+
+
+def _noted():
+    error = ValueError("with notes")
+    error.add_note("first note")
+    error.add_note("second\nnote on two lines")
+    raise error
+
+
+def _cycle():
+    first, second = ValueError("first"), TypeError("second")
+    try:
+        raise first
+    except ValueError:
+        try:
+            raise second
+        except TypeError:
+            pass
+    first.__context__ = second  # a cycle: second's context is first
+    raise first
+
+
+def _seen_cause():
+    error = ValueError("outer")
+    inner = KeyError("inner")
+    inner.__cause__ = error  # the cause's cause is the exception itself
+    error.__cause__ = inner
+    raise error
+
+
+LEAN_CASES = {
+    "plain": lambda: _throw(ValueError("plain")),
+    "empty message": lambda: _throw(ValueError()),
+    "multi-line message": lambda: _throw(RuntimeError("line one\nline two")),
+    "key error": lambda: {}["k"],
+    "module class": lambda: _throw(_OddError("odd")),
+    "nested class": lambda: _throw(_OddError.Nested("nested")),
+    "str fails": lambda: _throw(_BadStr()),
+    "cause": _cause,
+    "context": _context,
+    "suppressed context": _suppressed,
+    "notes": _noted,
+    "recursion, 1 repeat": lambda: _recurse(4),
+    "recursion, many": lambda: _recurse(12),
+    "context cycle": _cycle,
+    "cause already seen": _seen_cause,
+}
+
+
+@pytest.mark.parametrize("name", list(LEAN_CASES))
+def test_the_lean_formatter_gives_pythons_text(name):
+    error = _caught(LEAN_CASES[name])
+    assert task_side._lean_format(error, lambda path, lineno, g: linecache.getline(path, lineno)) is not None
+    assert task_side.format_exception_text(error) == _python_text(error)
+
+
+def test_an_exception_never_raised_has_no_traceback_lines():
+    error = ValueError("made, not raised")
+    assert task_side.format_exception_text(error) == _python_text(error) == "ValueError: made, not raised\n"
+
+
+FALLBACK_SCRIPT = """
+import sys, traceback
+from barecount_provider.telemetry import task_side
+
+def throw(error):
+    raise error
+
+def group_cause():
+    try:
+        raise ExceptionGroup("many", [ValueError("a"), TypeError("b")])
+    except ExceptionGroup as group:
+        raise RuntimeError("after the group") from group
+
+def odd_notes():
+    error = ValueError("odd notes")
+    error.__notes__ = "a string, not a list"
+    raise error
+
+def recurse(n):
+    if n == 0:
+        raise RecursionError("deep enough")
+    return recurse(n - 1)
+
+makers = [
+    lambda: compile("def broken(:\\n    pass\\n", "<snippet>", "exec"),
+    lambda: throw(ExceptionGroup("many", [ValueError("a"), TypeError("b")])),
+    group_cause,
+    odd_notes,
+    lambda: recurse(3),
+]
+for index, make in enumerate(makers):
+    try:
+        make()
+    except BaseException as err:
+        error = err
+    limit = index == len(makers) - 1
+    if limit:
+        sys.tracebacklimit = 2
+    lean = task_side._lean_format(error, lambda path, lineno, g: "")
+    text = "".join(traceback.format_exception(error)) if sys.argv[1] == "python" else task_side.format_exception_text(error)
+    if limit:
+        del sys.tracebacklimit
+    sys.stdout.write(f"=== case {index}: lean formatter {'declines' if lean is None else 'formats'}\\n{text}")
+"""
+
+
+def test_what_the_lean_formatter_leaves_to_traceback_is_what_python_prints_without_debug_ranges(tmp_path):
+    """Syntax errors, exception groups (also as a cause), ``__notes__`` that are not a list and a set
+    ``sys.tracebacklimit`` go to ``traceback``; checked against Python run with ``-X no_debug_ranges``."""
+    import subprocess
+
+    script = tmp_path / "fallbacks.py"
+    script.write_text(FALLBACK_SCRIPT)
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, *args], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
+    python_text = run("-X", "no_debug_ranges", str(script), "python")
+    assert run(str(script), "lean") == python_text
+    assert python_text.count("lean formatter declines") == 5
+    assert "SyntaxError: invalid syntax" in python_text and "ExceptionGroup: many (2 sub-exceptions)" in python_text
