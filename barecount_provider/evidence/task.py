@@ -10,6 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from barecount_provider import config
+from barecount_provider.cost import cost_metric_points, estimate
+from barecount_provider.evidence import spool as evidence_spool
+from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,6 @@ def build_try_entry(
     emitter: Any = None,
 ) -> dict[str, Any]:
     """This try's entry, costed; the cost metrics go to ``emitter`` (if any). Raises on a bad input."""
-    from barecount_provider.cost import cost_metric_points, estimate
-    from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
-
     task = getattr(ti, "task", None)
     runner_result = getattr(task, "barecount_runner_result", None)
     cost = estimate(ctx.runner_class, runner_result, runtime_s=duration_s)
@@ -100,9 +100,7 @@ def record_try(ctx: Any, ti: Any, **fields: Any) -> str:
     if not config.evidence_on():
         return "off"
     try:
-        from barecount_provider.evidence.spool import write_entry
-
-        return write_entry(build_try_entry(ctx, ti, **fields))
+        return evidence_spool.write_entry(build_try_entry(ctx, ti, **fields))
     except Exception:
         log.warning("BareCount could not write the evidence entry of this try", exc_info=True)
         try:

@@ -273,7 +273,10 @@ def _budget_for(tenant: str) -> RetryBudget:
             _BUDGETS_OF[0] = current
         budget = _BUDGETS.get(tenant)
         if budget is None:
-            budget = _BUDGETS[tenant] = current.for_tenant(tenant).retry_budget
+            # A tenant the policy does not declare has the defaults' budget: for_tenant() would build a copy of
+            # the defaults (dataclasses.replace) for its tenant field alone, in every task process.
+            settings = current.tenants.get(tenant) or current.defaults
+            budget = _BUDGETS[tenant] = settings.retry_budget
     return budget
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from barecount_provider import config
+from barecount_provider.telemetry import redaction
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 EVENTS_FILE = "events.jsonl"
@@ -107,10 +108,8 @@ def append_lines(path: str, records: list[Any]) -> None:
 
 def append_event(event: dict[str, Any]) -> None:
     """Append one event; a failure is counted, never raised."""
-    from barecount_provider.telemetry.redaction import redact
-
     try:
-        append_lines(events_path(), [redact(event)])
+        append_lines(events_path(), [redaction.redact(event)])
     except Exception:
         EMIT_FAILURES.record("file", "write")
 

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from barecount_provider import config, context
-from barecount_provider.telemetry import filesink, resources, spool
+from barecount_provider import policy as _policy
+from barecount_provider.telemetry import filesink, redaction, resources, spool, tracing
+from barecount_provider.telemetry import logging as _logging
 from barecount_provider.telemetry.metrics import (
     COUNTER,
     EMIT_FAILURES,
@@ -54,9 +56,7 @@ def policy_values(tenant: str) -> tuple[float, bool]:
     reported, and BareCount then fails closed where it governs (debug refused in production) and open where
     it only observes (every run traced)."""
     try:
-        from barecount_provider.policy import get_policy
-
-        policy = get_policy()
+        policy = _policy.get_policy()
         # A tenant the policy does not declare has the defaults' values (no per-tenant copy to build).
         settings = policy.tenants.get(tenant) or policy.defaults
         return float(settings.trace_sampling_ratio), bool(settings.debug_logs_in_production)
@@ -73,9 +73,6 @@ def is_resume(ti: Any) -> bool:
 
 def on_try_running(ti: Any) -> TryState | None:
     """Start observing a task try (again after each deferral / HITL resume)."""
-    from barecount_provider.telemetry import tracing
-    from barecount_provider.telemetry.logging import bind_run_context, govern_debug
-
     task = getattr(ti, "task", None)
     dag = getattr(task, "dag", None)
     if context.is_opted_out(dag):
@@ -109,8 +106,8 @@ def on_try_running(ti: Any) -> TryState | None:
     if span_ctx is not None and span_ctx.is_valid:
         fields["trace_id"] = f"{span_ctx.trace_id:032x}"
         fields["span_id"] = f"{span_ctx.span_id:016x}"
-    bind_run_context(fields)
-    govern_debug(None, config.environment(), debug_allowed)
+    _logging.bind_run_context(fields)
+    _logging.govern_debug(None, config.environment(), debug_allowed)
 
     resources.reset_peak_memory()
     state = TryState(
@@ -365,8 +362,7 @@ def _all_exceptions(exception: traceback.TracebackException) -> list[traceback.T
 
 def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     """End a try: metrics, span, file-sink event. ``state`` is the try's terminal state."""
-    from barecount_provider.telemetry.redaction import redact
-
+    redact = redaction.redact
     tried = _TRIES.pop(_key(ti), None)
     if tried is None:
         return
@@ -423,8 +419,6 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         span.end()
 
     if config.file_sink_on():
-        from barecount_provider.telemetry import tracing
-
         tracer = tracing.get_tracing()
         sinks = emitter.describe()
         sinks["traces"] = tracer.exporter_desc if tracer is not None else "off"
@@ -506,11 +500,6 @@ def preload() -> None:
     import opentelemetry.sdk.trace
     import opentelemetry.sdk.trace.export  # noqa: F401
 
-    from barecount_provider.telemetry import logging as _logging
-    from barecount_provider.telemetry import resources as _resources  # noqa: F401
-    from barecount_provider.telemetry import tracing as _tracing
-    from barecount_provider.telemetry.redaction import get_redactor
-
     if config.statsd_on():
         import statsd  # noqa: F401
     config.warm()
@@ -519,15 +508,15 @@ def preload() -> None:
         if warm is not None:
             warm()
     if config.traces_on():
-        if _tracing.airflow_tracing_on():
+        if tracing.airflow_tracing_on():
             # Airflow's tracer provider is set up by each task process: nothing of it is built here, only the
             # SDK's span path is warmed (the try span is an SDK span of Airflow's provider then).
-            _tracing.warm_span_path()
+            tracing.warm_span_path()
         else:
-            _tracing.get_tracing()  # a file or the spool: no thread, no buffer; shared by the task processes
+            tracing.get_tracing()  # a file or the spool: no thread, no buffer; shared by the task processes
     _logging.warm_context_vars()
     context.correlation_id_for("", "")  # the keyed hash's first use (key, digest) is paid here, once
-    redactor = get_redactor()
+    redactor = redaction.get_redactor()
     policy_values(config.default_tenant())  # the policy, parsed once here (a failure is reported there)
     try:
         # The cluster policy's task_policy runs in every task process (Airflow parses the DAG file there) and
@@ -568,9 +557,9 @@ def _warm_try_path() -> None:
 
     import structlog
 
-    from barecount_provider.telemetry import tracing
     from barecount_provider.telemetry.metrics import clean_tags
-    from barecount_provider.telemetry.redaction import redact
+
+    redact = redaction.redact
 
     started = datetime.now(UTC)
     dag = SimpleNamespace(dag_id="barecount_warm", tags=["pipeline:warm"], params={}, default_args={}, tasks=[])

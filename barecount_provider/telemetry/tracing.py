@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from barecount_provider import config, context
+from barecount_provider.telemetry import filesink, redaction, spool
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,8 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def write_lines(self, records: list[dict[str, Any]]) -> SpanExportResult:
         """Append the spans' JSON lines with one ``write``; a failure is counted, never raised."""
-        from barecount_provider.telemetry.filesink import append_lines
-
         try:
-            append_lines(self.path, records)
+            filesink.append_lines(self.path, records)
             return SpanExportResult.SUCCESS
         except Exception:
             EMIT_FAILURES.record("traces", "export")
@@ -389,8 +388,6 @@ class Tracing:
     def export_try_span(self, span: TrySpan) -> None:
         """Hand a finished try span to the exporter: directly to the span file or the OTLP spool, as an SDK
         span through the provider's span processors otherwise."""
-        from barecount_provider.telemetry import spool
-
         exporter = self._sole_exporter()
         if exporter == ():
             return  # no processor: nothing is exported
@@ -463,9 +460,7 @@ def _nanos(moment: datetime) -> int:
 
 
 def _redact_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
-    from barecount_provider.telemetry.redaction import get_redactor
-
-    return get_redactor().redact_values(attributes)
+    return redaction.get_redactor().redact_values(attributes)
 
 
 def traceparent_of(span: Any) -> str | None:
