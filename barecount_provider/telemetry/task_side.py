@@ -98,14 +98,14 @@ def on_try_running(ti: Any) -> TryState | None:
             max_tries=getattr(ti, "max_tries", None),
             resumed=resumed,
         )
-        ctx = ctx.with_trace(tracing.traceparent_of(span))
+    ids = tracing.span_ids(span)
+    if ids is not None:
+        ctx = ctx.with_trace(f"00-{ids[0]}-{ids[1]}-{ids[2]}")
     ctx.export_to_environment()
 
     fields = ctx.log_fields()
-    span_ctx = span.get_span_context() if span is not None else None
-    if span_ctx is not None and span_ctx.is_valid:
-        fields["trace_id"] = f"{span_ctx.trace_id:032x}"
-        fields["span_id"] = f"{span_ctx.span_id:016x}"
+    if ids is not None:
+        fields["trace_id"], fields["span_id"] = ids[0], ids[1]
     _logging.bind_run_context(fields)
     _logging.govern_debug(None, config.environment(), debug_allowed)
 
@@ -395,9 +395,9 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     trace_id = span_id = None
     if tried.span is not None:
         span = tried.span
-        span_ctx = span.get_span_context()
-        if span_ctx.is_valid:
-            trace_id, span_id = f"{span_ctx.trace_id:032x}", f"{span_ctx.span_id:016x}"
+        ids = tracing.span_ids(span)
+        if ids is not None:
+            trace_id, span_id = ids[0], ids[1]
         span.set_attribute("barecount.state", state)
         span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
         if usage.peak_memory_bytes is not None:

@@ -463,11 +463,29 @@ def _redact_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
     return redaction.get_redactor().redact_values(attributes)
 
 
-def traceparent_of(span: Any) -> str | None:
-    ctx = span.get_span_context() if span is not None else None
+def span_ids(span: Any) -> tuple[str, str, str] | None:
+    """The span's trace id, span id and trace flags in hex (as ``traceparent`` writes them); None for no span
+    or an invalid one. A try span of BareCount's own answers from its fields, without building a
+    ``SpanContext``."""
+    if span is None:
+        return None
+    if type(span) is TrySpan:
+        if not (0 < span.trace_id <= _TRACE_ID_MAX and 0 < span.span_id <= _SPAN_ID_MAX):
+            return None
+        return f"{span.trace_id:032x}", f"{span.span_id:016x}", "01" if span.sampled else "00"
+    ctx = span.get_span_context()
     if ctx is None or not ctx.is_valid:
         return None
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", f"{int(ctx.trace_flags):02x}"
+
+
+_TRACE_ID_MAX = (1 << 128) - 1
+_SPAN_ID_MAX = (1 << 64) - 1
+
+
+def traceparent_of(span: Any) -> str | None:
+    ids = span_ids(span)
+    return None if ids is None else f"00-{ids[0]}-{ids[1]}-{ids[2]}"
 
 
 def sampled_for_run(dag_id: str, run_id: str, ratio: float) -> bool:

@@ -394,3 +394,29 @@ def test_what_the_lean_formatter_leaves_to_traceback_is_what_python_prints_witho
     assert run(str(script), "lean") == python_text
     assert python_text.count("lean formatter declines") == 5
     assert "SyntaxError: invalid syntax" in python_text and "ExceptionGroup: many (2 sub-exceptions)" in python_text
+
+
+def test_try_span_ids_without_a_span_context_are_the_span_contexts():
+    from types import SimpleNamespace
+
+    from opentelemetry.trace import format_span_id, format_trace_id
+
+    from barecount_provider import context
+    from barecount_provider.telemetry import tracing
+
+    dag = SimpleNamespace(dag_id="etl", tags=[], params={}, default_args={})
+    ctx = context.resolve(task=None, dag=dag, dag_id="etl", run_id="r1", task_id="t", try_number=1, map_index=-1)
+    for sampled in (True, False):
+        span = tracing.Tracing(airflow_mode=False).start_try_span(ctx, sampled=sampled)
+        span_context = span.get_span_context()
+        expected = (
+            format_trace_id(span_context.trace_id),
+            format_span_id(span_context.span_id),
+            f"{int(span_context.trace_flags):02x}",
+        )
+        assert tracing.span_ids(span) == expected
+        assert tracing.traceparent_of(span) == "00-{}-{}-{}".format(*expected)
+    invalid = tracing.Tracing(airflow_mode=False).start_try_span(ctx, sampled=True)
+    invalid.span_id = 0
+    assert not invalid.get_span_context().is_valid and tracing.span_ids(invalid) is None
+    assert tracing.span_ids(None) is None and tracing.traceparent_of(None) is None
