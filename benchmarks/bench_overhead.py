@@ -55,6 +55,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -317,22 +318,40 @@ class _Done(Exception):
     """Ends a warm-phase child early (no flush at exit: only the steady-state hooks are measured there)."""
 
 
+def _minflt() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _one_try(
-    lifecycle: Any, policies: Any, cfg: str, index: int, tag: str, timings: dict[str, int], fails: bool, mode: str = ""
+    lifecycle: Any,
+    policies: Any,
+    cfg: str,
+    index: int,
+    tag: str,
+    timings: dict[str, int],
+    fails: bool,
+    mode: str = "",
+    faults: dict[str, int] | None = None,
 ) -> Any:
-    """One task try as the task runner drives it: parse (cluster policy), running, body, success / failed."""
+    """One task try as the task runner drives it: parse (cluster policy), running, body, success / failed.
+    ``faults``: the minor page faults of each hook (counted outside the timed window)."""
     ns = time.perf_counter_ns
+    faults = {} if faults is None else faults
     ti = _make_ti(cfg, index, tag, mode)
     if lifecycle is not None and policies is not None:  # Airflow parses the DAG file after on_starting
+        f = _minflt()
         t = ns()
         for task in ti.task.dag.tasks:  # as Airflow's DagBag does: each task's policy, then the DAG's
             policies.task_policy(task)
         policies.dag_policy(ti.task.dag)
         timings["dag_policy"] = ns() - t
+        faults["dag_policy"] = _minflt() - f
     if lifecycle is not None:
+        f = _minflt()
         t = ns()
         lifecycle.on_task_instance_running(previous_state="queued", task_instance=ti)
         timings["running"] = ns() - t
+        faults["running"] = _minflt() - f
     t = ns()
     _trivial_body()
     error: BaseException | None = None
@@ -343,15 +362,18 @@ def _one_try(
             error = err
     timings["body"] = ns() - t
     if lifecycle is not None:
+        f = _minflt()
         t = ns()
         if error is None:
             ti.state = "success"
             lifecycle.on_task_instance_success(previous_state="running", task_instance=ti)
             timings["success"] = ns() - t
+            faults["success"] = _minflt() - f
         else:
             ti.state = "up_for_retry"
             lifecycle.on_task_instance_failed(previous_state="running", task_instance=ti, error=error)
             timings["failed"] = ns() - t
+            faults["failed"] = _minflt() - f
     return ti
 
 
@@ -373,6 +395,7 @@ def _child(
         os.environ.update(env)
         failures: collections.Counter[str] = collections.Counter()
         timings: dict[str, int] = {}
+        faults: dict[str, int] = {}
         ns = time.perf_counter_ns
         lifecycle = None
         policies = None
@@ -406,9 +429,12 @@ def _child(
             # Steady state: a first try pays the start-up (untimed), a second try in the same process is timed.
             _one_try(lifecycle, policies, cfg, index, "startup", {}, fails=False, mode=mode)
             timings.clear()
-            _one_try(lifecycle, policies, cfg, index, "warm", timings, fails=index % 2 == 1, mode=mode)  # half fail
+            _one_try(  # half fail
+                lifecycle, policies, cfg, index, "warm", timings, fails=index % 2 == 1, mode=mode, faults=faults
+            )
             raise _Done
-        _one_try(lifecycle, policies, cfg, index, "", timings, fails=index % FAIL_EVERY == FAIL_EVERY - 1, mode=mode)
+        fails = index % FAIL_EVERY == FAIL_EVERY - 1
+        _one_try(lifecycle, policies, cfg, index, "", timings, fails=fails, mode=mode, faults=faults)
         if lifecycle is not None:
             t = ns()
             lifecycle.before_stopping(component=marker)
@@ -417,9 +443,9 @@ def _child(
         atexit._run_exitfuncs()
         timings["atexit"] = ns() - t
         timings["child_total"] = ns() - started
-        result = {"timings": timings, "failures": dict(failures)}
+        result = {"timings": timings, "faults": faults, "failures": dict(failures)}
     except _Done:
-        result = {"timings": timings, "failures": dict(failures)}
+        result = {"timings": timings, "faults": faults, "failures": dict(failures)}
     except BaseException:
         result = {"error": traceback.format_exc()}
         code = 1
@@ -428,6 +454,39 @@ def _child(
         os.close(wfd)
     finally:
         os._exit(code)
+
+
+def cow_fault_cost_us(pages: int = 20_000, repeats: int = 5) -> float:
+    """What one copy-on-write page fault costs on this machine (µs, median of ``repeats`` forked children):
+    a child writes one byte to each of ``pages`` pages it shares with its parent; the loop's own cost (the
+    same writes again, now without faults) is taken off."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    buffer = bytearray(pages * page)
+    for offset in range(0, len(buffer), page):  # present and private in this process: shared at the fork
+        buffer[offset] = 1
+    costs = []
+    for _ in range(repeats):
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                before, t = _minflt(), time.perf_counter_ns()
+                for offset in range(0, len(buffer), page):
+                    buffer[offset] = 2
+                first, faults = time.perf_counter_ns() - t, _minflt() - before
+                t = time.perf_counter_ns()
+                for offset in range(0, len(buffer), page):
+                    buffer[offset] = 3
+                loop = time.perf_counter_ns() - t
+                os.write(wfd, json.dumps([first - loop, faults]).encode())
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        os.waitpid(pid, 0)
+        spent, faults = json.loads(os.read(rfd, 1024))
+        os.close(rfd)
+        costs.append(spent / max(1, faults) / 1000.0)
+    return statistics.median(costs)
 
 
 def run_task(
@@ -880,6 +939,7 @@ def report(
     warm: dict[str, list[dict[str, Any]]],
     real: dict[str, Any] | None,
     forwarded: dict[str, list[dict[str, Any]]] | None = None,
+    fault_cost_us: list[float] | None = None,
 ) -> str:
     info = machine()
     modes = list(results)
@@ -975,6 +1035,28 @@ def report(
             label = "all hooks of one task" if event == "hooks_total" else EVENT_HELP[event]
             w(f"| {label} | " + " | ".join(cells) + " |")
         w("")
+        if fault_cost_us:
+            cost = statistics.median(fault_cost_us)
+            w(
+                f"**Minor page faults inside BareCount per lifecycle event, `{mode}`** (median per task, counted "
+                "in the task process outside the timed window) and what they cost at this machine's price of a "
+                f"copy-on-write page fault: {cost:.2f} µs (a forked child writing to 20,000 shared pages, "
+                f"median of 5, at the start and the end of the run: "
+                + " / ".join(f"{value:.2f}" for value in fault_cost_us)
+                + " µs)"
+            )
+            w("")
+            w("| event | " + " | ".join(f"`{c}`: faults (× cost, ms)" for c in on_configs) + " |")
+            w("|---|" + "---|" * len(on_configs))
+            for event in ("dag_policy", "running", "success", "failed"):
+                cells = []
+                for cfg in on_configs:
+                    counts = [r["faults"][event] for r in ok[cfg] if event in r.get("faults", {})]
+                    cells.append(
+                        f"{median(counts):.0f} ({median(counts) * cost / 1000.0:.2f})" if counts else "–"
+                    )
+                w(f"| {EVENT_HELP[event]} | " + " | ".join(cells) + " |")
+            w("")
 
     # ---- steady state
     warm_ok = {cfg: _ok(rs) for cfg, rs in warm.items()}
@@ -1675,6 +1757,7 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
         results: dict[str, dict[str, list[dict[str, Any]]]] = {
             mode: {cfg: [] for cfg in configs} for mode in modes
         }
+        fault_cost_us = [cow_fault_cost_us()]  # at the start and at the end of the run
         started = time.monotonic()
         rounds = max(n_of.values())
         for i in range(rounds):
@@ -1690,6 +1773,7 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
             if (i + 1) % max(1, rounds // 10) == 0:
                 print(f"  {i + 1}/{rounds} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
         wall_s = time.monotonic() - started
+        fault_cost_us.append(cow_fault_cost_us())
         warm_results: dict[str, list[dict[str, Any]]] = {}
         if args.warm_tasks > 0 and "preloaded" in modes:
             warm_results = {cfg: [] for cfg in configs if cfg != "off"}
@@ -1751,6 +1835,7 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
         warm=warm_results,
         real=real,
         forwarded=forwarded,
+        fault_cost_us=fault_cost_us,
     )
     if unrelated:
         markdown += (
