@@ -74,11 +74,14 @@ MARK_START = "<!-- bench-overhead:start -->"
 MARK_END = "<!-- bench-overhead:end -->"
 
 ALL_MODES = ("preloaded", "cold")
+BASELINE: list[str] = []  # --baseline DIR: another checkout, run as the mode "baseline" (a preloaded one)
 MODE_HELP = {
     "preloaded": "the supervisor imported the BareCount plugin (→ `preload()`) with its configuration before "
     "forking, as the scheduler does before LocalExecutor forks its workers",
     "cold": "the supervisor has Airflow but not BareCount: every task process imports the plugin and "
     "starts BareCount itself (an executor whose worker does not load plugins before forking)",
+    "baseline": "`preloaded` with another checkout of BareCount (`--baseline DIR`), interleaved with the "
+    "others, for a side-by-side comparison of two versions",
 }
 ALL_CONFIGS = ("off", "on_default", "on_sinks_up", "on_sinks_down", "on_sinks_hung")
 DEFAULT_CONFIGS = ALL_CONFIGS
@@ -548,7 +551,17 @@ def _supervisor_main(mode: str, env: dict[str, str], cmd_fd: int, res_fd: int) -
         import gc
 
         info: dict[str, Any] = {"mode": mode}
-        if mode == "preloaded":
+        if mode == "baseline":
+            # The preloaded supervisor of another checkout of BareCount (--baseline DIR): this process's
+            # BareCount modules (airflow.settings loaded the cluster policy) are dropped, DIR's imported.
+            for name in [m for m in sys.modules if m == "barecount_provider" or m.startswith("barecount_provider.")]:
+                del sys.modules[name]
+            sys.path.insert(0, BASELINE[0])
+            import barecount_provider.policies  # as airflow.settings loads the cluster policy
+
+            assert barecount_provider.__file__.startswith(BASELINE[0]), barecount_provider.__file__
+            info["baseline"] = barecount_provider.__file__
+        if mode in ("preloaded", "baseline"):
             # The scheduler of a deployment with this configuration: its environment, then the plugin
             # import (Airflow's plugin loader), which runs _install_side_effects() → preload().
             os.environ.update(env)
@@ -1641,6 +1654,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--json", metavar="PATH", help="also write the raw per-task results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout of the repository (e.g. `git worktree add DIR <commit>`): its BareCount runs as "
+        "the mode `baseline` (preloaded), interleaved with the others",
+    )
     parser.add_argument("--_sinks", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._sinks:
@@ -1655,12 +1674,29 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - set(ALL_MODES):
         parser.error(f"modes: a subset of {', '.join(ALL_MODES)}")
+    if args.baseline:
+        baseline = Path(args.baseline).resolve()
+        if not (baseline / "barecount_provider" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no barecount_provider package there")
+        BASELINE.append(str(baseline))
+        modes.append("baseline")
     given = list(argv if argv is not None else sys.argv[1:])
     if "--json" in given:  # a local output path has no place in the published command
         at = given.index("--json")
         del given[at : at + 2]
     given = [a for a in given if not a.startswith("--json=")]
+    if "--baseline" in given:  # nor a local checkout's path: its commit is told instead
+        given[given.index("--baseline") + 1] = "DIR"
+    given = ["--baseline DIR" if a.startswith("--baseline=") else a for a in given]
     command = ".venv/bin/python benchmarks/bench_overhead.py " + " ".join(given)
+    if BASELINE:
+        try:
+            commit = subprocess.run(
+                ["git", "-C", BASELINE[0], "log", "-1", "--format=%h (%s)"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "an unknown commit"
+        MODE_HELP["baseline"] += f"; DIR: a checkout of commit {commit[:160]}"
 
     workdir = Path(tempfile.mkdtemp(prefix="barecount-bench-"))
     try:
