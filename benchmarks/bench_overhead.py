@@ -972,7 +972,8 @@ def report(
     w("")
     w(
         "**Headline** (medians over the N tasks; overhead = median end to end − median of `off` in the same "
-        "mode; the real task is the opted-out one-task DAG of the real-Airflow reference below)"
+        "mode; the real task is the one-task DAG of the real-Airflow reference below, on the Airflow where "
+        "BareCount is disabled)"
     )
     w("")
     out.extend(headline(results, configs, emit_timeout_ms, real))
