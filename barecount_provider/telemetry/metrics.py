@@ -156,6 +156,7 @@ def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------- StatsD
 
 
+_STATSD_TYPES = {COUNTER: "c", TIMER: "ms", GAUGE: "g", HISTOGRAM: "h"}
 _STATSD_FORBIDDEN = str.maketrans({",": "_", "|": "_", "#": "_", ":": "_", "=": "_", " ": "_", "\n": "_"})
 
 
@@ -223,6 +224,7 @@ class StatsdSink:
         self._get_client()
 
     def _encode(self, name: str, tags: Mapping[str, str]) -> tuple[str, str]:
+        """``name`` with its tags in this sink's style: (the stat's name, the suffix after the value)."""
         if not tags:
             return name, ""
         pairs = [(k.translate(_STATSD_FORBIDDEN), v.translate(_STATSD_FORBIDDEN)) for k, v in tags.items()]
@@ -236,9 +238,14 @@ class StatsdSink:
             return
         try:
             pipe = client.pipeline()
+            encoded: dict[int, tuple[str, str]] = {}  # tag sets shared by several points: encoded once
             for name, kind, value, tags in points:
-                stat, suffix = self._encode(name, tags)
-                code = {COUNTER: "c", TIMER: "ms", GAUGE: "g", HISTOGRAM: "h"}[kind]
+                key = id(tags)
+                if key not in encoded:
+                    encoded[key] = self._encode("", tags)
+                prefix, suffix = encoded[key]
+                stat = name + prefix
+                code = _STATSD_TYPES[kind]
                 number = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
                 pipe._send_stat(stat, f"{number}|{code}{suffix}", 1)
             pipe.send()
@@ -375,7 +382,15 @@ class Emitter:
         if not self.sinks or not points:
             return
         try:
-            cleaned = [(name, kind, value, clean_tags(tags)) for name, kind, value, tags in points]
+            # The points of one try share their tag sets (one per state and error class): each set is
+            # cleaned and redacted once, and the sinks get the same (read-only) dict for those points.
+            clean_of: dict[int, dict[str, str]] = {}
+            cleaned = []
+            for name, kind, value, tags in points:
+                clean = clean_of.get(id(tags))
+                if clean is None:
+                    clean = clean_of[id(tags)] = clean_tags(tags)
+                cleaned.append((name, kind, value, clean))
         except Exception:
             EMIT_FAILURES.record("emitter", "prepare")
             log.debug("BareCount could not prepare metrics", exc_info=True)

@@ -66,6 +66,38 @@ def test_influxdb_style_is_what_statsd_exporter_reads(udp_server):
     assert line == "af.barecount.task.started,tenant=acme,dag_id=d_1:1|c"
 
 
+@pytest.mark.parametrize("style", ["dogstatsd", "influxdb"])
+def test_points_sharing_a_tag_set_and_points_with_their_own_get_each_their_tags(udp_server, style):
+    """The emitter cleans a tag set shared by several points once, the sink encodes it once: each point
+    still carries exactly its own tags."""
+    port = udp_server.getsockname()[1]
+    shared = {"tenant": "acme", "state": "failed", "run_id": "r1"}
+    own = {"tenant": "acme", "error_class": "ValueError"}
+    Emitter([StatsdSink("127.0.0.1", port, tag_style=style)]).emit(
+        [
+            ("barecount.task.finished", COUNTER, 1, shared),
+            ("barecount.task.failures", COUNTER, 1, own),
+            ("barecount.task.duration", TIMER, 2.5, shared),
+            ("barecount.task.retries", COUNTER, 1, dict(own)),
+        ]
+    )
+    if style == "dogstatsd":
+        expected = [
+            "barecount.task.finished:1|c|#tenant:acme,state:failed",
+            "barecount.task.failures:1|c|#tenant:acme,error_class:ValueError",
+            "barecount.task.duration:2.5|ms|#tenant:acme,state:failed",
+            "barecount.task.retries:1|c|#tenant:acme,error_class:ValueError",
+        ]
+    else:
+        expected = [
+            "barecount.task.finished,tenant=acme,state=failed:1|c",
+            "barecount.task.failures,tenant=acme,error_class=ValueError:1|c",
+            "barecount.task.duration,tenant=acme,state=failed:2.5|ms",
+            "barecount.task.retries,tenant=acme,error_class=ValueError:1|c",
+        ]
+    assert _receive_lines(udp_server) == expected
+
+
 def test_tag_values_are_redacted(udp_server):
     port = udp_server.getsockname()[1]
     secret = "AKIA" + "Z7EXAMPLE4QWERTY"
