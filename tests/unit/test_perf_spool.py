@@ -342,8 +342,10 @@ def test_the_scheduler_forwards_the_spool_from_a_child_process(otlp_config, coll
     assert side.start_forwarder()
     process = side._forwarder.process
     try:
-        assert _wait_for(lambda: "/v1/traces" in collector.received and not _files(otlp_config))
-        assert "/v1/metrics" in collector.received
+        # Both exports of the round (they run concurrently: the spans' may arrive first), and the spool empty.
+        assert _wait_for(
+            lambda: {"/v1/traces", "/v1/metrics"} <= set(collector.received) and not _files(otlp_config)
+        )
         ti = _ti("publish")  # spooled while the forwarder waits: its stop makes a last round
         task_side.on_try_running(ti)
         task_side.on_try_finished(ti, "success")
