@@ -264,6 +264,8 @@ _encode_sorted = msgspec.json.Encoder(enc_hook=str, order="sorted").encode
 def encode_document(document: Mapping[str, Any]) -> bytes:
     """A body as stored: JSON (UTF-8), sorted keys, no whitespace; types JSON lacks go through ``str``."""
     return _encode_sorted(document)
+
+
 _TEMP_COUNTER = itertools.count()
 
 

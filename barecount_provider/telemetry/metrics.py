@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from barecount_provider import config
+from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,7 @@ def _reset_after_fork() -> None:
 
 def clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
     """Drop unbounded tags, stringify values and redact them (a tag must never carry a secret)."""
-    from barecount_provider.telemetry.redaction import get_redactor
-
-    return get_redactor().redact_values(
+    return redaction.get_redactor().redact_values(
         {key: str(value) for key, value in tags.items() if key not in UNBOUNDED_TAGS and value is not None}
     )
 

@@ -424,14 +424,20 @@ class Redactor:
 
     # -- text ----------------------------------------------------------------------------------------------
 
+    def _current_replacers(self) -> list[Any]:
+        """The maskers' replacers now; the text cache is dropped when they changed (a secret was registered
+        since: earlier results may be stale)."""
+        replacers = [masker.replacer for masker in self._maskers]
+        if replacers != self._replacers:
+            self._replacers = replacers
+            self._text_cache.clear()
+        return replacers
+
     def redact_text(self, text: str) -> str:
         """Registered secrets (Airflow's masker), then value patterns and sensitive ``key=value`` pairs."""
         if not text:
             return text
-        replacers = [masker.replacer for masker in self._maskers]
-        if replacers != self._replacers:  # a secret was registered since: earlier results may be stale
-            self._replacers = replacers
-            self._text_cache.clear()
+        replacers = self._current_replacers()
         short = len(text) <= _CACHED_TEXT_MAX
         if short:
             cached = self._text_cache.get(text)
@@ -455,10 +461,7 @@ class Redactor:
         and span attribute values, whose keys are BareCount's own). The same as :meth:`redact_text` on each
         value, with one check of the registered secrets for the whole mapping: the try's identifiers repeat
         in every tag set and span, so most values are answered from the cache."""
-        replacers = [masker.replacer for masker in self._maskers]
-        if replacers != self._replacers:  # a secret was registered since: earlier results may be stale
-            self._replacers = replacers
-            self._text_cache.clear()
+        self._current_replacers()
         cache = self._text_cache
         out: dict[Any, Any] = {}
         for key, value in mapping.items():

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from barecount_provider import config
+from barecount_provider.telemetry.filesink import encode_line
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 log = logging.getLogger(__name__)
@@ -181,8 +182,6 @@ def write_pending() -> None:
         _sequence += 1
         sequence = _sequence
     try:
-        from barecount_provider.telemetry.filesink import encode_line
-
         data = encode_line(record) + b"\n"
         directory = spool_dir()  # made when missing (below), not checked before every write
         name = f"{time.time_ns()}-{os.getpid()}-{sequence}"

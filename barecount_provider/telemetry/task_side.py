@@ -251,6 +251,14 @@ def _exception_only(error: BaseException) -> list[str]:
     return lines
 
 
+def _repeated(count: int) -> list[str]:
+    """traceback's summary of a frame line shown ``count`` times in a row (none up to the cutoff)."""
+    if count <= _RECURSIVE_CUTOFF:
+        return []
+    repeated = count - _RECURSIVE_CUTOFF
+    return [f"  [Previous line repeated {repeated} more time{'s' if repeated > 1 else ''}]\n"]
+
+
 def _lean_format(error: BaseException, source: Any) -> str | None:
     """The text of ``traceback.format_exception(error)`` without column markers, built from the traceback's
     frames and ``source(path, lineno)``; None where only ``traceback`` gives the right text."""
@@ -274,9 +282,7 @@ def _lean_format(error: BaseException, source: Any) -> str | None:
                 code = tb.tb_frame.f_code
                 key = (code.co_filename, tb.tb_lineno, code.co_name)
                 if key != last:
-                    if count > _RECURSIVE_CUTOFF:
-                        repeated = count - _RECURSIVE_CUTOFF
-                        out.append(f"  [Previous line repeated {repeated} more time{'s' if repeated > 1 else ''}]\n")
+                    out.extend(_repeated(count))
                     last, count = key, 0
                 count += 1
                 if count <= _RECURSIVE_CUTOFF:
@@ -285,9 +291,7 @@ def _lean_format(error: BaseException, source: Any) -> str | None:
                     if line:
                         out.append(f"    {line}\n")
                 tb = tb.tb_next
-            if count > _RECURSIVE_CUTOFF:
-                repeated = count - _RECURSIVE_CUTOFF
-                out.append(f"  [Previous line repeated {repeated} more time{'s' if repeated > 1 else ''}]\n")
+            out.extend(_repeated(count))
         only = _exception_only(current)
         if not only:
             return None
