@@ -187,8 +187,16 @@ def _source_lines(path: str, linenos: set[int]) -> dict[int, str] | None:
     position, number = 0, 1
     for wanted in sorted(linenos):
         while number < wanted and position >= 0:
-            position = data.find(b"\n", position) + 1 or -1
-            number += 1
+            # Skip a run of whole lines at once: count the newlines in a stretch shorter than the lines left
+            # at 24 bytes a line; one line at a time where the stretch holds too many or none.
+            end = position + (wanted - number) * 24
+            count = data.count(b"\n", position, end)
+            if 0 < count <= wanted - number:
+                position = data.rfind(b"\n", position, end) + 1
+                number += count
+            else:
+                position = data.find(b"\n", position) + 1 or -1
+                number += 1
         if wanted < 1 or position < 0 or position >= len(data):
             lines[wanted] = ""
             continue
