@@ -420,3 +420,17 @@ def test_try_span_ids_without_a_span_context_are_the_span_contexts():
     invalid.span_id = 0
     assert not invalid.get_span_context().is_valid and tracing.span_ids(invalid) is None
     assert tracing.span_ids(None) is None and tracing.traceparent_of(None) is None
+
+
+def test_source_lines_deep_in_a_file_are_linecaches(tmp_path):
+    """The formatter reads a frame's line without an object per line, skipping runs of lines at once: any
+    line of a file whose lines are short, long, blank or mixed is the one linecache gives."""
+    lengths = [0, 1, 3, 23, 24, 25, 80, 300, 2, 0, 0, 47]
+    source = "".join(f"{'x' * lengths[(i * 7) % len(lengths)]}#{i}\n" for i in range(3000))
+    path = tmp_path / "deep.py"
+    path.write_text(source, encoding="utf-8")
+    linecache.checkcache(str(path))
+    wanted_sets = [{1}, {2999, 3000}, {3001, 5000}, {24, 25, 26}, {7, 1500, 2999}, set(range(1, 3001, 97)), {0, 12}]
+    for wanted in wanted_sets:
+        lines = task_side._source_lines(str(path), wanted)
+        assert lines == {n: linecache.getline(str(path), n).rstrip("\n") if n >= 1 else "" for n in wanted}, wanted
