@@ -745,22 +745,25 @@ def _local(est: _Estimate, runtime_s: float | None) -> None:
     )
 
 
+_STORAGE_AND_TRANSFER = (
+    (STORAGE, "billing_inputs.stored_bytes", ("s3", "standard_gb_month"), "GB-month", "S3 storage"),
+    (TRANSFER, "billing_inputs.transfer_out_bytes", ("transfer", "internet_out_gb"), "GB", "data transfer out"),
+)
+# What a try without a runner_result (every local task) notes: the same two lines each time.
+_NOTHING_REPORTED = tuple(
+    f"{what}: not reported (no runner_result); counted as 0" for *_, what in _STORAGE_AND_TRANSFER
+)
+
+
 def _storage_and_transfer(est: _Estimate, run: _Run, has_result: bool) -> None:
     """S3 storage the run reports leaving behind (one month) and bytes it reports sending to the internet."""
-    for part, path, keys, unit, what in (
-        (STORAGE, "billing_inputs.stored_bytes", ("s3", "standard_gb_month"), "GB-month", "S3 storage"),
-        (
-            TRANSFER,
-            "billing_inputs.transfer_out_bytes",
-            ("transfer", "internet_out_gb"),
-            "GB",
-            "data transfer out",
-        ),
-    ):
+    if not has_result:
+        est.missing.extend(_NOTHING_REPORTED)
+        return
+    for part, path, keys, unit, what in _STORAGE_AND_TRANSFER:
         value, why = run.number(path)
         if value is None:
-            reason = why if has_result else "no runner_result"
-            est.not_costed(f"{what}: not reported ({reason}); counted as 0")
+            est.not_costed(f"{what}: not reported ({why}); counted as 0")
             continue
         est.inputs[path.split(".", 1)[1]] = value
         price = est.price(*keys)

@@ -362,7 +362,8 @@ class PriceTable:
         """The price at ``prices.<keys...>`` (None: the table has none)."""
         value: Any = self.prices
         for key in keys:
-            if not isinstance(value, Mapping) or key not in value:
+            # a dict answered first: an ABC check touches the ABC's caches (page faults in a task process)
+            if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
                 return None
             value = value[key]
         return float(value) if _is_number(value) else None

@@ -14,7 +14,6 @@ rewrites the same entry; a spooled file is deleted only after the store accepted
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -136,14 +135,22 @@ def write_entry(entry: Mapping[str, Any]) -> str:
     return "stored"
 
 
-@functools.lru_cache(maxsize=2)
+_TASK_STORES: dict[tuple[str, int], EvidenceStore] = {}
+
+
 def _task_store(kind: str, timeout_ms: int) -> EvidenceStore:
-    """This process's store for entries, built once (an S3 client costs ~100 ms to build)."""
-    return open_store(kind=kind, timeout_ms=timeout_ms)
+    """This process's store for entries, built once (an S3 client costs ~100 ms to build). A plain dict: an
+    ``lru_cache`` hit rewrites its links, a page fault in each task process."""
+    store = _TASK_STORES.get((kind, timeout_ms))
+    if store is None:
+        if len(_TASK_STORES) >= 2:
+            _TASK_STORES.clear()
+        store = _TASK_STORES[(kind, timeout_ms)] = open_store(kind=kind, timeout_ms=timeout_ms)
+    return store
 
 
 def clear_caches() -> None:
-    _task_store.cache_clear()
+    _TASK_STORES.clear()
 
 
 def _count_failure() -> None:

@@ -246,13 +246,17 @@ class Bodies(Protocol):
 
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")  # what urllib.parse.quote never changes
+_RUN_ID_LIKE = re.compile(r"[A-Za-z0-9_.~:+-]+")  # ... and the two characters Airflow's run ids add
 
 
 def _segment(value: str) -> str:
     """``value`` as one path segment: ``urllib.parse.quote(value, safe="")``, answered at once for the usual
-    DAG ids and entry ids that need no quoting."""
+    DAG ids and entry ids that need no quoting, and for run ids (``manual__2026-11-27T12:00:00+00:00``),
+    whose only quoted characters are ``:`` and ``+``."""
     if _UNRESERVED.fullmatch(value):
         return value
+    if _RUN_ID_LIKE.fullmatch(value):
+        return value.replace(":", "%3A").replace("+", "%2B")
     return urllib.parse.quote(value, safe="")
 
 

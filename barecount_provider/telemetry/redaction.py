@@ -540,6 +540,7 @@ class Redactor:
 
     def redact_mapping(self, mapping: Mapping[Any, Any]) -> dict[Any, Any]:
         """Key-aware: every string under a sensitive key becomes ``***``; other values are redacted as usual."""
+        self._current_replacers()  # once: _value answers strings from the text cache it validates
         return self._mapping(mapping, 0)
 
     def redact(self, value: Any) -> Any:
@@ -549,6 +550,7 @@ class Redactor:
         ``__notes__``, ``__cause__`` and ``__context__``, as Airflow's masker does) and returned. Any other
         object is returned unchanged.
         """
+        self._current_replacers()  # once: _value answers strings from the text cache it validates
         return self._value(value, 0)
 
     def redact_exception_text(self, exc: BaseException) -> str:
@@ -556,13 +558,16 @@ class Redactor:
         return self.redact_text("".join(traceback.format_exception(exc)))
 
     def _value(self, value: Any, depth: int) -> Any:
+        # Entered through redact / redact_mapping, which check the registered secrets first: the text cache
+        # is current here.
         if isinstance(value, str):
-            return self.redact_text(value)
+            cached = self._text_cache.get(value)
+            return cached if cached is not None else self.redact_text(value)
         if value is None or isinstance(value, (bool, int, float)):
             return value
         if depth > _MAX_DEPTH:
             return REPLACEMENT  # fail closed on absurdly deep (or self-referencing) structures
-        if isinstance(value, Mapping):
+        if isinstance(value, dict) or isinstance(value, Mapping):  # a dict without the ABC's check
             return self._mapping(value, depth)
         if isinstance(value, (bytes, bytearray)):
             text = bytes(value).decode("utf-8", "surrogateescape")
@@ -621,6 +626,7 @@ class Redactor:
 
     def __call__(self, logger: Any, method_name: str, event_dict: Any) -> Any:
         """A structlog processor: the event dict, redacted key-aware."""
+        self._current_replacers()  # once: _value answers strings from the text cache it validates
         return self._mapping(event_dict, 0)
 
 

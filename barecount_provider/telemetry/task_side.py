@@ -556,6 +556,39 @@ def preload() -> None:
     except Exception:
         EMIT_FAILURES.record("preload", "warm")
         log.debug("BareCount could not warm the task path", exc_info=True)
+    if config.traces_on():
+        warm_task_frame_sources()
+
+
+# The modules whose frames every failed try's traceback shows: the task runner's, the operator base's
+# (its execute wrapper), the callback runner's, and the standard PythonOperator's (the most common operator).
+TASK_FRAME_MODULES = (
+    "airflow.sdk.execution_time.task_runner",
+    "airflow.sdk.bases.operator",
+    "airflow.sdk.execution_time.callback_runner",
+    "airflow.providers.standard.operators.python",
+)
+
+
+def warm_task_frame_sources() -> list[str]:
+    """Read the source of :data:`TASK_FRAME_MODULES` into ``linecache`` before the fork (about 0.6 MB in the
+    process that forks the task processes, shared by them): a failing try's ``exception.stacktrace`` then
+    takes those frames' lines from the inherited cache (a stat per file, as ``traceback`` does) instead of
+    reading some 2,000 lines of the task runner's source in each failing task process (about 0.25 ms).
+    Returns the files read; never raises."""
+    import importlib.util
+    import linecache
+
+    read = []
+    for name in TASK_FRAME_MODULES:
+        try:
+            spec = importlib.util.find_spec(name)
+            origin = getattr(spec, "origin", None)
+            if origin and origin.endswith(".py") and linecache.getlines(origin):
+                read.append(origin)
+        except Exception:  # a module this Airflow does not have, or an unreadable file: formatted as before
+            continue
+    return read
 
 
 def _warm_try_path() -> None:

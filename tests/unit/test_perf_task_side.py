@@ -219,7 +219,10 @@ def test_store_path_segments_are_urllib_quote():
 
     from barecount_provider.evidence import store
 
-    for value in ("etl", "manual__2026-11-27T12:00:00+00:00", "a b/c", "", "x~y.z-_", "caf\u00e9", "..", "%41"):
+    for value in (
+        "etl", "manual__2026-11-27T12:00:00+00:00", "scheduled__2026-01-01T00:00:00.123456+00:00", "a:b+c:+",
+        "a b/c", "", "x~y.z-_", "caf\u00e9", "..", "%41", "a+b c", "a:b/c",
+    ):
         assert store._segment(value) == urllib.parse.quote(value, safe=""), value
 
 
@@ -434,3 +437,25 @@ def test_source_lines_deep_in_a_file_are_linecaches(tmp_path):
     for wanted in wanted_sets:
         lines = task_side._source_lines(str(path), wanted)
         assert lines == {n: linecache.getline(str(path), n).rstrip("\n") if n >= 1 else "" for n in wanted}, wanted
+
+
+def test_the_task_runners_source_read_before_the_fork_gives_the_same_traceback(failing_module):
+    """preload() reads the source of the modules on every failed try's stack into linecache; a traceback
+    through such a file (here: one of them stands in for the task runner) is the same text as Python's,
+    taken from the inherited lines."""
+    import importlib.util
+
+    read = task_side.warm_task_frame_sources()
+    expected = {importlib.util.find_spec(name).origin for name in task_side.TASK_FRAME_MODULES}
+    assert set(read) == expected and all(path in linecache.cache for path in read)
+    module, path, newline = failing_module
+    error = _raise(module)
+    linecache.getlines(path)  # the failing module's file is in the cache now, as the task runner's would be
+    if newline != "\r":  # (linecache keeps nothing of a file with bare \r line ends)
+        assert path in linecache.cache
+    assert task_side.format_exception_text(error) == _python_text(error)
+
+
+def test_a_missing_frame_module_is_skipped_when_reading_sources_before_the_fork(monkeypatch):
+    monkeypatch.setattr(task_side, "TASK_FRAME_MODULES", ("barecount_provider.no_such_module", "json"))
+    assert task_side.warm_task_frame_sources() == [__import__("json").__file__]

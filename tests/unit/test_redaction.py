@@ -387,6 +387,25 @@ def test_tag_and_attribute_values_seen_before_a_secret_is_registered_are_redacte
     assert _redact_attributes({"barecount.tenant": value, "n": 1}) == {"barecount.tenant": "***", "n": 1}
 
 
+def test_strings_in_structures_seen_before_a_secret_is_registered_are_redacted_after():
+    """Mappings, lists and the structlog processor answer strings from the redactor's text cache; it is
+    checked against the registered secrets once per call, so a value cached in the clear is not served after
+    it became a secret."""
+    from airflow.sdk.log import mask_secret
+
+    value = "corp-" + rand(ALNUM, 10)
+    event = {"dag_id": value, "nested": {"items": [value, 1]}}
+    redactor = get_redactor()
+    assert redact(event) == event
+    assert redactor.redact_mapping(event) == event
+    assert redactor(None, "info", dict(event)) == event
+    mask_secret(value)
+    hidden = {"dag_id": "***", "nested": {"items": ["***", 1]}}
+    assert redact(event) == hidden
+    assert redactor.redact_mapping(event) == hidden
+    assert redactor(None, "info", dict(event)) == hidden
+
+
 # ----------------------------------------------------------------------------------------- configuration
 
 
