@@ -66,7 +66,7 @@ def build_try_entry(
     task = getattr(ti, "task", None)
     runner_result = getattr(task, "barecount_runner_result", None)
     cost = estimate(ctx.runner_class, runner_result, runtime_s=duration_s)
-    if emitter is not None:
+    if emitter is not None and emitter.sinks:  # no metric sink: no points to build
         emitter.emit(cost_metric_points(cost, ctx.metric_tags()))
     entry = build_entry(
         {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},

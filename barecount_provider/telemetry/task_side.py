@@ -119,9 +119,11 @@ def on_try_running(ti: Any) -> TryState | None:
         start_date=getattr(ti, "start_date", None),
     )
     _TRIES[_key(ti)] = state
-    get_emitter().emit(
-        [("barecount.task.resumed" if resumed else "barecount.task.started", COUNTER, 1, ctx.metric_tags())]
-    )
+    emitter = get_emitter()
+    if emitter.sinks:  # no metric sink (the embedded default): no points to build
+        emitter.emit(
+            [("barecount.task.resumed" if resumed else "barecount.task.started", COUNTER, 1, ctx.metric_tags())]
+        )
     return state
 
 
@@ -383,26 +385,10 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     now = datetime.now(UTC)
     start = tried.start_date or getattr(ti, "start_date", None)
     duration_s = (now - start).total_seconds() if start else time.monotonic() - tried.started_monotonic
-    tags = ctx.metric_tags(state=state)
-    points: list[tuple[str, str, float, Any]] = [
-        ("barecount.task.finished", COUNTER, 1, tags),
-        ("barecount.task.duration", TIMER, duration_s * 1000.0, tags),
-        ("barecount.task.cpu_time", TIMER, usage.cpu_seconds * 1000.0, tags),
-    ]
-    if usage.peak_memory_bytes is not None:
-        points.append(("barecount.task.peak_memory", GAUGE, usage.peak_memory_bytes, tags))
-    if usage.read_bytes is not None:
-        points.append(("barecount.task.io_read", HISTOGRAM, usage.read_bytes, tags))
-    if usage.write_bytes is not None:
-        points.append(("barecount.task.io_write", HISTOGRAM, usage.write_bytes, tags))
-    error_class = None
-    if state in ("failed", "up_for_retry"):
-        error_class = error_class_of(error)
-        points.append(("barecount.task.failures", COUNTER, 1, ctx.metric_tags(error_class=error_class)))
-        if state == "up_for_retry":
-            points.append(("barecount.task.retries", COUNTER, 1, ctx.metric_tags(error_class=error_class)))
+    error_class = error_class_of(error) if state in ("failed", "up_for_retry") else None
     emitter = get_emitter()
-    emitter.emit(points)
+    if emitter.sinks:  # no metric sink (the embedded default): no points to build
+        emitter.emit(_try_points(ctx, state, duration_s, usage, error_class))
 
     trace_id = span_id = None
     if tried.span is not None:
@@ -457,6 +443,29 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
             emitter=emitter,
         )
     spool.write_pending()  # the try's OTLP spans and points, if any: one file
+
+
+def _try_points(
+    ctx: context.RunContext, state: str, duration_s: float, usage: resources.ResourceUsage, error_class: str | None
+) -> list[tuple[str, str, float, Any]]:
+    """The metric points of a try that ended in this task process."""
+    tags = ctx.metric_tags(state=state)
+    points: list[tuple[str, str, float, Any]] = [
+        ("barecount.task.finished", COUNTER, 1, tags),
+        ("barecount.task.duration", TIMER, duration_s * 1000.0, tags),
+        ("barecount.task.cpu_time", TIMER, usage.cpu_seconds * 1000.0, tags),
+    ]
+    if usage.peak_memory_bytes is not None:
+        points.append(("barecount.task.peak_memory", GAUGE, usage.peak_memory_bytes, tags))
+    if usage.read_bytes is not None:
+        points.append(("barecount.task.io_read", HISTOGRAM, usage.read_bytes, tags))
+    if usage.write_bytes is not None:
+        points.append(("barecount.task.io_write", HISTOGRAM, usage.write_bytes, tags))
+    if error_class is not None:
+        points.append(("barecount.task.failures", COUNTER, 1, ctx.metric_tags(error_class=error_class)))
+        if state == "up_for_retry":
+            points.append(("barecount.task.retries", COUNTER, 1, ctx.metric_tags(error_class=error_class)))
+    return points
 
 
 def _try_event(
@@ -642,10 +651,7 @@ def _warm_try_path() -> None:
     except ValueError as err:
         error: BaseException = err
     error_class = error_class_of(error)
-    tags = ctx.metric_tags(state="up_for_retry")
-    points = [("barecount.task.finished", COUNTER, 1, tags), ("barecount.task.duration", TIMER, 1.0, tags)]
-    points.append(("barecount.task.failures", COUNTER, 1, ctx.metric_tags(error_class=error_class)))
-    for _name, _kind, _value, point_tags in points:
+    for _name, _kind, _value, point_tags in _try_points(ctx, "up_for_retry", 0.5, usage, error_class):
         clean_tags(point_tags)
     span.set_attribute("barecount.state", "up_for_retry")
     span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
