@@ -1345,7 +1345,15 @@ def verdicts(
                 "* **hooks of real Airflow task processes** (default sinks; timed around BareCount's implementation "
                 "as Airflow calls it): "
                 + ", ".join(f"`{key}` {f2(value['wall_ms'])} ms (n={value['n']})" for key, value in hooks.items())
-                + f" → slowest `{worst_key}` {f2(worst)} ms → ≤ 1 ms **{'met' if worst <= 1.0 else 'missed'}**."
+                + f" → slowest `{worst_key}` {f2(worst)} ms → ≤ 1 ms **{'met' if worst <= 1.0 else 'missed'}**"
+                + (
+                    " (DIR's BareCount, side by side: "
+                    + ", ".join(f"`{key}` {f2(value['wall_ms'])} ms" for key, value in real["baseline_hooks"].items()
+                                if key in hooks)
+                    + ")."
+                    if real.get("baseline_hooks")
+                    else "."
+                )
             )
     warm_ok = {cfg: _ok(rs) for cfg, rs in (warm or {}).items()}
     if any(warm_ok.values()):
@@ -1434,6 +1442,7 @@ REAL_RUSAGE_PLUGIN = '''"""Written by benchmarks/bench_overhead.py: the task pro
 import json
 import os
 import resource
+import sys
 import time
 
 from airflow.listeners import hookimpl
@@ -1489,6 +1498,7 @@ class _Listener:
         line = json.dumps({
             "dag_id": _START["ti"][0], "run_id": _START["ti"][1], "minflt": faults, "cpu_ms": cpu, "wall_ms": wall,
             "process_minflt": end[0], "process_cpu_ms": end[1], "hooks": _HOOKS,
+            "barecount": getattr(sys.modules.get("barecount_provider"), "__file__", None),
         })
         fd = os.open(os.environ["BENCH_RUSAGE_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -1523,12 +1533,16 @@ def _real_run(stack: Any, dag_id: str, expected: str = "success") -> dict[str, A
     }
 
 
-def real_reference(k: int, workdir: Path, warmup: int = 2) -> dict[str, Any]:
+def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None = None) -> dict[str, Any]:
     """On two real Airflows running side by side (BareCount enabled; BareCount installed and disabled):
-    K runs each of a trivial DAG observed, the same DAG opted out, and the DAG on the disabled Airflow,
-    interleaved in a rotating order, so that the machine's drift and the other Airflow's idle work hit all
-    three alike (run one after the other, two sequential stacks gave the first one up to 10 ms more CPU
-    per task process)."""
+    K runs each of a trivial DAG observed, the same DAG opted out, the failing DAG, and the DAG on the
+    disabled Airflow, interleaved in a rotating order, so that the machine's drift and the other Airflow's
+    idle work hit all of them alike (run one after the other, two sequential stacks gave the first one up to
+    10 ms more CPU per task process). With ``baseline`` (a checkout of another version), a third Airflow
+    runs that version's BareCount (first on its processes' import path) on the observed and the failing
+    DAG, in the same rotation."""
+    import contextlib
+
     sys.path.insert(0, str(REPO))
     from tests.system.stack import AirflowStack
 
@@ -1544,29 +1558,50 @@ def real_reference(k: int, workdir: Path, warmup: int = 2) -> dict[str, Any]:
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):  # as an installed Airflow: byte-code cached (privately)
         extra_env["PYTHONDONTWRITEBYTECODE"] = ""
         extra_env["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache-real")
-    homes = {"enabled": workdir / "real-airflow-home", "disabled": workdir / "real-airflow-home-disabled"}
+    disabled_rusage = workdir / "real-rusage-disabled.jsonl"
+    baseline_rusage = workdir / "real-rusage-baseline.jsonl"
+    envs = {
+        "enabled": extra_env,
+        "disabled": {**extra_env, "BENCH_RUSAGE_FILE": str(disabled_rusage), "AIRFLOW__BARECOUNT__ENABLED": "False"},
+    }
+    kinds = {
+        "observed": ("enabled", "bench_real_observed"),
+        "opted out": ("enabled", "bench_real_optout"),
+        "disabled": ("disabled", "bench_real_observed"),
+        "failing": ("enabled", "bench_real_failing"),
+    }
+    if baseline:
+        envs["baseline"] = {
+            **extra_env,
+            "BENCH_RUSAGE_FILE": str(baseline_rusage),
+            "AIRFLOW__BARECOUNT__TELEMETRY_DIR": str(workdir / "real-telemetry-baseline"),
+            "PYTHONPATH": os.pathsep.join(filter(None, (baseline, os.environ.get("PYTHONPATH")))),
+        }
+        if "PYTHONPYCACHEPREFIX" in extra_env:
+            envs["baseline"]["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache-real-baseline")
+        kinds["baseline observed"] = ("baseline", "bench_real_observed")
+        kinds["baseline failing"] = ("baseline", "bench_real_failing")
+    homes = {name: workdir / f"real-airflow-home-{name}" for name in envs}
     for home in homes.values():
         (home / "plugins").mkdir(parents=True, exist_ok=True)
         (home / "plugins" / "bench_rusage.py").write_text(REAL_RUSAGE_PLUGIN)
-    disabled_rusage = workdir / "real-rusage-disabled.jsonl"
-    disabled_env = {**extra_env, "BENCH_RUSAGE_FILE": str(disabled_rusage), "AIRFLOW__BARECOUNT__ENABLED": "False"}
-    kinds = {"observed": ("enabled", "bench_real_observed"), "opted out": ("enabled", "bench_real_optout"),
-             "disabled": ("disabled", "bench_real_observed"), "failing": ("enabled", "bench_real_failing")}
     rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     started = time.monotonic()
-    with AirflowStack(home=homes["enabled"], dags_folder=dags, extra_env=extra_env) as on_stack, AirflowStack(
-        home=homes["disabled"], dags_folder=dags, extra_env=disabled_env
-    ) as off_stack:
-        stacks = {"enabled": on_stack, "disabled": off_stack}
+    with contextlib.ExitStack() as running:
+        stacks = {
+            name: running.enter_context(AirflowStack(home=homes[name], dags_folder=dags, extra_env=env))
+            for name, env in envs.items()
+        }
         for stack_name, dag_id in kinds.values():
             stacks[stack_name].wait_for_dag(dag_id, timeout=180)
             stacks[stack_name].unpause(dag_id)
         order = list(kinds)
         for i in range(-warmup, k):  # negative i: untimed warm-up runs
-            rotation = order[i % len(order):] + order[: i % len(order)]
+            rotation = order[i % len(order) :] + order[: i % len(order)]
             for kind in rotation:
                 stack_name, dag_id = kinds[kind]
-                result = _real_run(stacks[stack_name], dag_id, "failed" if kind == "failing" else "success")
+                expected = "failed" if kind.endswith("failing") else "success"
+                result = _real_run(stacks[stack_name], dag_id, expected)
                 if i >= 0:
                     rows[kind].append(result)
     elapsed = time.monotonic() - started
@@ -1585,6 +1620,13 @@ def real_reference(k: int, workdir: Path, warmup: int = 2) -> dict[str, Any]:
         "disabled": read_inside(disabled_rusage, "bench_real_observed", off),
     }
     failing = read_inside(rusage_file, "bench_real_failing", rows["failing"])
+    baseline_rows: list[dict[str, Any]] = []
+    if baseline:
+        baseline_rows = read_inside(baseline_rusage, "bench_real_observed", rows["baseline observed"])
+        baseline_rows += read_inside(baseline_rusage, "bench_real_failing", rows["baseline failing"])
+        wrong = {r.get("barecount") for r in baseline_rows if not str(r.get("barecount")).startswith(baseline)}
+        if wrong:
+            raise RuntimeError(f"the baseline Airflow's task processes ran BareCount from {wrong}, not {baseline}")
 
     def med(rows_: list[dict[str, Any]], key: str) -> float:
         return median([r[key] for r in rows_])
@@ -1651,11 +1693,12 @@ def real_reference(k: int, workdir: Path, warmup: int = 2) -> dict[str, Any]:
             "BareCount: between two Airflows the task processes' CPU time differs by a few milliseconds whatever "
             "they run (runs of the same code gave −2.3 to +3.8 ms here); the page faults are exact.",
         ]
-    hooks = real_hooks(inside, failing)
+    hooks = real_hooks(inside, failing, baseline_rows)
     md += hooks["markdown"]
     return {
         "inside_delta": inside_delta,
         "hooks": hooks["medians"],
+        "baseline_hooks": hooks["baseline_medians"],
         "markdown": "\n".join(md),
         "task_ms": med(off, "duration"),
         "queued_to_end_ms": med(off, "queued_to_end"),
@@ -1668,11 +1711,20 @@ REAL_HOOKS = (("on_starting", "on_starting"), ("running", "`on_task_instance_run
               ("before_stopping", "`before_stopping`: the flush at exit"))
 
 
-def real_hooks(inside: dict[str, list[dict[str, Any]]], failing: list[dict[str, Any]]) -> dict[str, Any]:
+def real_hooks(
+    inside: dict[str, list[dict[str, Any]]], failing: list[dict[str, Any]], baseline: list[dict[str, Any]] = ()
+) -> dict[str, Any]:
     """Each lifecycle hook as Airflow calls it in the real task processes, timed by the benchmark's pluggy
     wrapper around every other implementation (BareCount's, in the observed runs): medians and p99s."""
-    kinds = {"observed": inside["observed"] + failing, "opted out": inside["opted out"], "disabled": inside["disabled"]}
+    kinds = {
+        "observed": inside["observed"] + failing,
+        "baseline": list(baseline),
+        "opted out": inside["opted out"],
+        "disabled": inside["disabled"],
+    }
     medians: dict[str, dict[str, float]] = {}
+    baseline_medians: dict[str, dict[str, float]] = {}
+    with_baseline = bool(baseline)
     md = [
         "",
         "**Time inside the hooks of real task processes** (the benchmark's listener is a pluggy wrapper "
@@ -1680,24 +1732,45 @@ def real_hooks(inside: dict[str, list[dict[str, Any]]], failing: list[dict[str, 
         "BareCount's when the DAG is observed, and times it as Airflow calls it (`perf_counter`; page faults "
         "and CPU time from the process's own accounting); `failed` comes from the failing DAG's runs, the "
         "other hooks from the observed and failing runs together). Opted out and disabled show what the same "
-        "call costs without BareCount's work:",
+        "call costs without BareCount's work"
+        + ("; `baseline` is the third Airflow, running DIR's BareCount:" if with_baseline else ":"),
         "",
-        "| hook | observed: median / p99 ms (n) | page faults, median | CPU, median ms | opted out, median ms | BareCount disabled, median ms |",
-        "|---|---|---|---|---|---|",
+        "| hook | observed: median / p99 ms (n) | page faults, median | CPU, median ms | "
+        + ("baseline (DIR): median / p99 ms (page faults) | " if with_baseline else "")
+        + "opted out, median ms | BareCount disabled, median ms |",
+        "|---|---|---|---|---|---|" + ("---|" if with_baseline else ""),
     ]
     for key, label in REAL_HOOKS:
-        values = {kind: [r["hooks"][key] for r in rows if key in r.get("hooks", {})] for kind, rows in kinds.items()}
+        values = {
+            kind: [r["hooks"][key] for r in rows if key in r.get("hooks", {})] for kind, rows in kinds.items()
+        }
         seen = values["observed"]
         if not seen:
             continue
         wall = [v["wall_ms"] for v in seen]
         medians[key] = {"wall_ms": median(wall), "p99_ms": pct(wall, 99), "n": len(seen)}
-        others = [f2(median([v["wall_ms"] for v in values[kind]])) if values[kind] else "–" for kind in ("opted out", "disabled")]
-        md.append(
-            f"| {label} | {f2(median(wall))} / {f2(pct(wall, 99))} ({len(seen)}) | "
-            f"{median([v['minflt'] for v in seen]):.0f} | {f2(median([v['cpu_ms'] for v in seen]))} | {' | '.join(others)} |"
-        )
+        cells = [
+            f"{f2(median(wall))} / {f2(pct(wall, 99))} ({len(seen)})",
+            f"{median([v['minflt'] for v in seen]):.0f}",
+            f2(median([v["cpu_ms"] for v in seen])),
+        ]
+        if with_baseline:
+            old_wall = [v["wall_ms"] for v in values["baseline"]]
+            if old_wall:
+                baseline_medians[key] = {"wall_ms": median(old_wall), "n": len(old_wall)}
+                cells.append(
+                    f"{f2(median(old_wall))} / {f2(pct(old_wall, 99))} "
+                    f"({median([v['minflt'] for v in values['baseline']]):.0f})"
+                )
+            else:
+                cells.append("–")
+        for kind in ("opted out", "disabled"):
+            cells.append(f2(median([v["wall_ms"] for v in values[kind]])) if values[kind] else "–")
+        md.append(f"| {label} | " + " | ".join(cells) + " |")
     process = {kind: rows for kind, rows in inside.items() if rows and "process_cpu_ms" in rows[0]}
+    baseline_observed = [r for r in baseline if r.get("dag_id") == "bench_real_observed"]
+    if baseline_observed:
+        process["baseline (DIR), observed"] = baseline_observed
     if process:
         md += [
             "",
@@ -1712,7 +1785,7 @@ def real_hooks(inside: dict[str, list[dict[str, Any]]], failing: list[dict[str, 
                 f"| {kind} | {f2(median([r['process_cpu_ms'] for r in rows]))} | "
                 f"{median([r['process_minflt'] for r in rows]):.0f} |"
             )
-    return {"markdown": md, "medians": medians}
+    return {"markdown": md, "medians": medians, "baseline_medians": baseline_medians}
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -1940,7 +2013,7 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
     real = None
     if args.real_reference > 0:
         print(f"bench_overhead: real Airflow reference, {args.real_reference} runs per DAG", file=sys.stderr)
-        real = real_reference(args.real_reference, workdir)
+        real = real_reference(args.real_reference, workdir, baseline=BASELINE[0] if BASELINE else None)
     sources_at_end = provider_sources()
     changed_any = sorted(
         name
