@@ -848,6 +848,15 @@ def estimate(
         raise ValueError(f"runner class {runner_class!r}, but the runner_result is of {recorded_class!r}")
     table = price_table if price_table is not None else configured_price_table()
     runtime = float(runtime_s) if runtime_s is not None else None
+    if runner_class == LOCAL and result is None and runtime is not None:
+        return _local_estimate(runtime, table)  # every task not run by a runner operator, at each try's end
+    return _estimate(runner_class, result, runtime, table)
+
+
+def _estimate(
+    runner_class: str, result: Mapping[str, Any] | None, runtime: float | None, table: PriceTable
+) -> CostEstimate:
+    """The general path of :func:`estimate`, its arguments checked."""
     backend = backend_of(runner_class, result)
     est = _Estimate(runner_class, backend, table)
     run = _Run(result)
@@ -868,6 +877,48 @@ def estimate(
         _MODELS[backend](est, run)
     _storage_and_transfer(est, run, result is not None)
     return est.result(runtime)
+
+
+# Per price table: the table, the general estimate of a local try of 0 s, the worker slot rate.
+_LOCAL_TEMPLATES: dict[int, tuple[PriceTable, CostEstimate, float | None]] = {}
+
+
+def _local_estimate(runtime: float, table: PriceTable) -> CostEstimate:
+    """What :func:`_estimate` gives for a local try without a runner_result, built from one general estimate
+    per price table: only the runtime, the compute cost and the formula depend on the try (a test compares
+    the two). The general path touches some thirty functions, a copy-on-write page fault each in a task
+    process, for a result that is mostly constant."""
+    cached = _LOCAL_TEMPLATES.get(id(table))
+    if cached is None or cached[0] is not table:
+        if len(_LOCAL_TEMPLATES) >= 8:
+            _LOCAL_TEMPLATES.clear()
+        cached = _LOCAL_TEMPLATES[id(table)] = (
+            table,
+            _estimate(LOCAL, None, 0.0, table),
+            table.price("local", "worker_slot_hour"),
+        )
+    _, template, rate = cached
+    compute = None
+    formula = template.formula  # no rate: "nothing priced = unknown (see missing)"
+    if rate is not None:  # as _local's one term and _Estimate.result's total (storage and transfer are 0)
+        compute = _money(runtime / 3600.0 * rate)
+        formula = f"1 slot x {fmt_number(runtime)} s/3600 x {fmt_usd(rate)}/slot-h = {fmt_usd(compute)}"
+    return CostEstimate(
+        runner_class=LOCAL,
+        backend=LOCAL,
+        runtime_hours=round(runtime / 3600.0, MONEY_DECIMALS),
+        compute_usd=compute,
+        storage_usd=template.storage_usd,
+        transfer_usd=template.transfer_usd,
+        total_usd=compute,
+        currency=template.currency,
+        price_table=template.price_table,
+        basis=template.basis,
+        formula=formula,
+        inputs={"runtime_s": runtime},
+        missing=template.missing,
+        assumptions=template.assumptions,
+    )
 
 
 def attribution_key(result: Mapping[str, Any] | Any) -> tuple[str, str, str, str]:

@@ -782,3 +782,24 @@ def test_doc_and_code_name_the_same_options():
 
     for option in (PATH_OPTION, *RATE_OPTIONS):
         assert f"`{option}`" in text, option
+
+
+def test_a_local_try_without_runner_result_is_costed_as_the_general_path_does(tmp_path):
+    """estimate() takes a shortcut for a local try without a runner_result (every task not run by a runner
+    operator): its result is the general path's, field for field, with and without a slot rate, for a
+    configured rate and a negotiated one, and it follows a change of price table."""
+    from barecount_provider.cost import models
+
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"name": "acme", "version": "3", "prices": {"local": {"worker_slot_hour": 0.2}}}))
+    tables = [table(), table(local_worker_slot_hour_usd=0.1), table(local_worker_slot_hour_usd=0.0375),
+              load_price_table(str(path))]
+    runtimes = [0, 0.0005, 1, 12.345, 90, 1800, 3599.999, 86_400, 123_456.789, 1e-9, 3e7]
+    for price_table in tables:
+        for runtime in runtimes:
+            quick = estimate("local", None, runtime_s=runtime, price_table=price_table)
+            general = models._estimate("local", None, float(runtime), price_table)
+            assert quick.as_dict() == general.as_dict(), (price_table.label, runtime)
+            assert quick == general
+    assert estimate("local", None, runtime_s=90, price_table=tables[1]).total_usd == pytest.approx(0.0025)
+    assert estimate("local", None, runtime_s=90, price_table=tables[0]).total_usd is None
