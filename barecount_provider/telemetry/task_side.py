@@ -553,11 +553,13 @@ def preload() -> None:
     if config.evidence_on():  # the evidence entry's modules and the price table, read once here
         try:
             from barecount_provider.cost import configured_price_table
-            from barecount_provider.evidence import spool as _evidence_spool  # noqa: F401
+            from barecount_provider.evidence import spool as _evidence_spool
             from barecount_provider.evidence import task as _evidence_task
 
             configured_price_table()
             _evidence_task.log_settings()
+            if config.evidence_store() == "local":  # a path and an index URL (opened on first use): fork-safe
+                _evidence_spool._task_store("local", config.evidence_store_timeout_ms())
         except Exception:
             EMIT_FAILURES.record("evidence", "preload")
     try:
