@@ -38,9 +38,11 @@ Usage (from the repository root)::
 
 ``--real-reference K`` additionally starts two real Airflows side by side (api-server, scheduler,
 dag-processor on loopback, LocalExecutor, ``tests/system/stack.py``), one with BareCount enabled and one with
-it disabled, and runs a trivial DAG K times observed, K times opted out and K times on the disabled one,
-interleaved; a listener of the benchmark's own reads each task process's page faults and CPU time around
-BareCount's hooks. It puts the overhead next to a real task's time.
+it disabled, and runs a trivial DAG K times observed, K times opted out, K times failing and K times on the
+disabled one, interleaved; with ``--baseline DIR`` a third Airflow runs DIR's BareCount on the observed and
+the failing DAG in the same rotation. A listener of the benchmark's own, a pluggy wrapper, times each of
+BareCount's hooks as Airflow calls it in every real task process and reads the process's page faults and CPU
+time. It measures the hooks where they run, and puts the overhead next to a real task's time.
 
 The results are printed as markdown and written into docs/benchmarks.md between the markers
 ``<!-- bench-overhead:start -->`` and ``<!-- bench-overhead:end -->`` (``--no-docs`` to skip).
@@ -1822,7 +1824,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         metavar="K",
-        help="also run K observed + K opted-out DAG runs on a real Airflow (slow; default 0: off)",
+        help="also run K observed, K opted-out and K failing DAG runs on a real Airflow, and K on one with "
+        "BareCount disabled (and, with --baseline, K observed and K failing on DIR's BareCount); slow; "
+        "default 0: off",
     )
     parser.add_argument(
         "--warm-tasks",
