@@ -1635,11 +1635,17 @@ def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None 
 
     md = [
         f"**A real Airflow task for scale** (`--real-reference {k}`: api-server, scheduler and dag-processor "
-        f"on loopback from `tests/system/stack.py`, LocalExecutor, SQLite. Two Airflows side by side: one with "
-        f"BareCount enabled (default sinks) runs a one-task DAG {k} times observed and {k} times opted out with "
-        f"the `barecount:off` tag; the other, with BareCount installed and disabled (`[barecount] enabled = "
-        f"False`), runs the same DAG {k} times; a fourth kind, on the first, is the DAG whose task fails "
-        f"(`bench_real_failing`, no retries); the four kinds of run interleaved in a rotating order, one "
+        f"on loopback from `tests/system/stack.py`, LocalExecutor, SQLite. {len(envs)} Airflows side by side: "
+        f"one with BareCount enabled (default sinks) runs a one-task DAG {k} times observed, {k} times opted "
+        f"out with the `barecount:off` tag and {k} times failing (`bench_real_failing`, no retries); another, "
+        f"with BareCount installed and disabled (`[barecount] enabled = False`), runs the observed DAG {k} times"
+        + (
+            f"; a third runs DIR's BareCount (first on its processes' import path, checked in each task process) "
+            f"on the observed and the failing DAG, {k} times each"
+            if baseline
+            else ""
+        )
+        + f"; the {len(kinds)} kinds of run interleaved in a rotating order, one "
         f"run at a time, after {warmup} untimed runs of each; {elapsed:.0f} s in all). Times from the task instance as Airflow records it: the supervisor sets "
         f"start right after it forks the task process, the task process sets end when it reports the result, "
         f"before the success listeners and the flush at exit run (so this is a little shorter than the task "
