@@ -106,10 +106,10 @@ def append_lines(path: str, records: list[Any]) -> None:
         os.close(fd)
 
 
-def append_event(event: dict[str, Any]) -> None:
-    """Append one event; a failure is counted, never raised."""
+def append_event(event: dict[str, Any], path: str | None = None) -> None:
+    """Append one event (to ``path``, default :func:`events_path`); a failure is counted, never raised."""
     try:
-        append_lines(events_path(), [redaction.redact(event)])
+        append_lines(path or events_path(), [redaction.redact(event)])
     except Exception:
         EMIT_FAILURES.record("file", "write")
 

@@ -22,6 +22,9 @@ class ResourceSample:
     cpu_seconds: float
     read_bytes: int | None
     write_bytes: int | None
+    # /proc/self/io kept open by a start sample: the end of the try reads it again with pread, without
+    # opening it a second time; usage_since closes it.
+    io_fd: int | None = None
 
 
 def _read_proc(path: str) -> bytes:
@@ -33,22 +36,43 @@ def _read_proc(path: str) -> bytes:
         os.close(fd)
 
 
-def _read_io() -> tuple[int | None, int | None]:
+def _parse_io(data: bytes) -> tuple[int | None, int | None]:
     try:
-        fields = dict(line.split(b":", 1) for line in _read_proc("/proc/self/io").splitlines() if b":" in line)
+        fields = dict(line.split(b":", 1) for line in data.splitlines() if b":" in line)
         return int(fields[b"rchar"]), int(fields[b"wchar"])
-    except (OSError, KeyError, ValueError):
+    except (KeyError, ValueError):
         return None, None
 
 
-def sample() -> ResourceSample:
+def _read_io() -> tuple[int | None, int | None]:
+    try:
+        return _parse_io(_read_proc("/proc/self/io"))
+    except OSError:
+        return None, None
+
+
+def _cpu_seconds() -> float:
     times = os.times()
-    read, write = _read_io()
-    return ResourceSample(
-        cpu_seconds=times.user + times.system + times.children_user + times.children_system,
-        read_bytes=read,
-        write_bytes=write,
-    )
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def sample(keep_open: bool = False) -> ResourceSample:
+    """The counters now. ``keep_open``: a try's start, whose end (:func:`usage_since`) reads ``/proc/self/io``
+    again through the same file descriptor, then closes it."""
+    cpu = _cpu_seconds()
+    if not keep_open:
+        read, write = _read_io()
+        return ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write)
+    try:
+        fd = os.open("/proc/self/io", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ResourceSample(cpu_seconds=cpu, read_bytes=None, write_bytes=None)
+    try:
+        read, write = _parse_io(os.pread(fd, 8192, 0))
+    except OSError:
+        os.close(fd)
+        return ResourceSample(cpu_seconds=cpu, read_bytes=None, write_bytes=None)
+    return ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write, io_fd=fd)
 
 
 def reset_peak_memory() -> bool:
@@ -101,8 +125,27 @@ class ResourceUsage:
         }
 
 
+def release(start: ResourceSample) -> None:
+    """Close what a start sample kept open, for a try that ends without :func:`usage_since`."""
+    if start.io_fd is not None:
+        try:
+            os.close(start.io_fd)
+        except OSError:
+            pass
+
+
 def usage_since(start: ResourceSample) -> ResourceUsage:
-    end = sample()
+    if start.io_fd is None:
+        end = sample()
+    else:
+        cpu = _cpu_seconds()
+        try:
+            read, write = _parse_io(os.pread(start.io_fd, 8192, 0))
+        except OSError:
+            read = write = None
+        finally:
+            release(start)
+        end = ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write)
 
     def delta(a: int | None, b: int | None) -> int | None:
         return None if a is None or b is None else max(0, b - a)

@@ -114,10 +114,13 @@ def on_try_running(ti: Any) -> TryState | None:
         ctx=ctx,
         span=span,
         sampled=bool(sampled),
-        resources_at_start=resources.sample(),
+        resources_at_start=resources.sample(keep_open=True),
         started_monotonic=time.monotonic(),
         start_date=getattr(ti, "start_date", None),
     )
+    replaced = _TRIES.get(_key(ti))
+    if replaced is not None:  # the running hook fired again in this process: its start sample is done with
+        resources.release(replaced.resources_at_start)
     _TRIES[_key(ti)] = state
     emitter = get_emitter()
     if emitter.sinks:  # no metric sink (the embedded default): no points to build
@@ -417,15 +420,13 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         span.end()
 
     if config.file_sink_on():
-        tracer = tracing.get_tracing()
-        sinks = emitter.describe()
-        sinks["traces"] = tracer.exporter_desc if tracer is not None else "off"
-        sinks["file"] = filesink.events_path()
+        events = filesink.events_path()
         filesink.append_event(
             _try_event(
                 ctx, now=now, state=state, duration_s=duration_s, trace_id=trace_id, span_id=span_id,
-                sampled=tried.sampled, error_class=error_class, usage=usage, sinks=sinks,
-            )
+                sampled=tried.sampled, error_class=error_class, usage=usage, sinks=sinks_description(events),
+            ),
+            events,
         )
     if config.evidence_on():  # the try's evidence entry: written to the store, or spooled; never raises
         from barecount_provider.evidence.task import record_try
@@ -443,6 +444,26 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
             emitter=emitter,
         )
     spool.write_pending()  # the try's OTLP spans and points, if any: one file
+
+
+_SINKS_DESCRIPTIONS: dict[tuple[int, int, str], tuple[Any, Any, dict[str, str]]] = {}
+
+
+def sinks_description(events_path: str) -> dict[str, str]:
+    """Where this process's telemetry goes (the file-sink event's ``sinks``): the metric sinks, the traces'
+    exporter and the events file. Fixed for a process's emitter and tracer, so described once for them
+    (before the fork, by the warm-up); callers must not change the dict."""
+    emitter, tracer = get_emitter(), tracing.get_tracing()
+    key = (id(emitter), id(tracer), events_path)
+    cached = _SINKS_DESCRIPTIONS.get(key)
+    if cached is None or cached[0] is not emitter or cached[1] is not tracer:
+        sinks = emitter.describe()
+        sinks["traces"] = tracer.exporter_desc if tracer is not None else "off"
+        sinks["file"] = events_path
+        if len(_SINKS_DESCRIPTIONS) >= 8:
+            _SINKS_DESCRIPTIONS.clear()
+        cached = _SINKS_DESCRIPTIONS[key] = (emitter, tracer, sinks)
+    return cached[2]
 
 
 def _try_points(
@@ -647,7 +668,7 @@ def _warm_try_path() -> None:
     # What bind_run_context does, reset at once (its own record of what it bound stays untouched).
     fields = {key: value for key, value in ctx.log_fields().items() if value is not None and value != ""}
     structlog.contextvars.reset_contextvars(**structlog.contextvars.bind_contextvars(**redact(fields)))
-    usage = resources.usage_since(resources.sample())
+    usage = resources.usage_since(resources.sample(keep_open=True))
     try:
         raise ValueError("warm")
     except ValueError as err:
@@ -667,7 +688,7 @@ def _warm_try_path() -> None:
     now = datetime.now(UTC)
     event = _try_event(
         ctx, now=now, state="up_for_retry", duration_s=0.5, trace_id="0" * 32, span_id="0" * 16, sampled=True,
-        error_class=error_class, usage=usage, sinks=get_emitter().describe(),
+        error_class=error_class, usage=usage, sinks=sinks_description(filesink.events_path()),
     )
     filesink.encode_line(redact(event))
     if config.evidence_on():
@@ -687,6 +708,7 @@ def end_suspended_tries() -> None:
     span segment here (the try goes on in a new process, whose running hook opens the next segment)."""
     while _TRIES:
         _, tried = _TRIES.popitem()
+        resources.release(tried.resources_at_start)
         if tried.span is not None:
             tried.span.set_attribute("barecount.state", "suspended")
             tried.span.add_event("suspended", {})

@@ -10,7 +10,7 @@ import traceback
 
 import pytest
 
-from barecount_provider.telemetry import task_side
+from barecount_provider.telemetry import task_side, tracing
 
 SOURCE = (
     "# -*- coding: latin-1 -*-\r\n"
@@ -339,7 +339,7 @@ def test_an_exception_never_raised_has_no_traceback_lines():
 
 FALLBACK_SCRIPT = """
 import sys, traceback
-from barecount_provider.telemetry import task_side
+from barecount_provider.telemetry import task_side, tracing
 
 def throw(error):
     raise error
@@ -459,3 +459,24 @@ def test_the_task_runners_source_read_before_the_fork_gives_the_same_traceback(f
 def test_a_missing_frame_module_is_skipped_when_reading_sources_before_the_fork(monkeypatch):
     monkeypatch.setattr(task_side, "TASK_FRAME_MODULES", ("barecount_provider.no_such_module", "json"))
     assert task_side.warm_task_frame_sources() == [__import__("json").__file__]
+
+
+def test_the_file_sink_events_sinks_are_described_once_per_emitter_and_tracer(monkeypatch, tmp_path):
+    """The event's ``sinks`` is described once for a process's emitter and tracer, and again when either is
+    rebuilt (another configuration)."""
+    from barecount_provider import config
+    from barecount_provider.telemetry import metrics
+
+    events = str(tmp_path / "events.jsonl")
+    first = task_side.sinks_description(events)
+    emitter, tracer = metrics.get_emitter(), tracing.get_tracing()
+    assert first == {
+        **emitter.describe(), "traces": tracer.exporter_desc if tracer is not None else "off", "file": events
+    }
+    assert task_side.sinks_description(events) is first
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_PORT", "8126")
+    config.cache_clear()
+    metrics.get_emitter.cache_clear()
+    second = task_side.sinks_description(events)
+    assert second is not first and second["statsd"].startswith("udp://") and ":8126" in second["statsd"]

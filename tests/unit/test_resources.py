@@ -64,3 +64,21 @@ def test_a_forked_tries_peak_memory_is_its_own_and_is_vm_hwm():
     assert seen["peak"] >= seen["after_reset"] + 60 * MIB  # the try's own 64 MiB
     assert abs(seen["peak"] - seen["vm_hwm"]) <= 4 * MIB  # ru_maxrss is the VmHWM figure
     assert seen["written"] >= MIB
+
+
+def test_a_tries_start_sample_keeps_proc_io_open_until_its_end(tmp_path):
+    """The try's end reads /proc/self/io through the descriptor its start opened (pread at offset 0 gives
+    fresh counters), and closes it; a try that ends without usage_since is released."""
+    start = resources.sample(keep_open=True)
+    assert start.io_fd is not None and start.write_bytes is not None
+    os.fstat(start.io_fd)  # open
+    (tmp_path / "data").write_bytes(b"x" * (3 * MIB))
+    usage = resources.usage_since(start)
+    assert usage.write_bytes is not None and usage.write_bytes >= 3 * MIB
+    with pytest.raises(OSError):
+        os.fstat(start.io_fd)  # closed by usage_since
+    assert resources.sample().io_fd is None  # a plain sample keeps nothing open
+    abandoned = resources.sample(keep_open=True)
+    resources.release(abandoned)
+    with pytest.raises(OSError):
+        os.fstat(abandoned.io_fd)
