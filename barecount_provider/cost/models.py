@@ -13,7 +13,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, TypeGuard
+from typing import Any
 
 from barecount_provider.cost.prices import (
     ARCHITECTURES,
@@ -24,6 +24,7 @@ from barecount_provider.cost.prices import (
     configured_price_table,
     join_path,
 )
+from barecount_provider.cost.prices import is_mapping as _is_mapping
 from barecount_provider.policy import RUNNER_CLASSES, parse_cpu_quantity, parse_memory_quantity
 from barecount_provider.telemetry.metrics import COUNTER
 
@@ -146,17 +147,6 @@ def _money(value: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-
-
-def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
-    """``isinstance(value, Mapping)``, with plain values answered first: an ABC check of a type the ABC has
-    not seen (``None`` in a task process) walks every registered subclass of ``Mapping``, about 0.6 ms of
-    copy-on-write page faults in a forked task process."""
-    if isinstance(value, dict):
-        return True
-    if value is None or isinstance(value, (str, int, float, list, tuple)):
-        return False
-    return isinstance(value, Mapping)
 
 
 def _is_number(value: object) -> bool:
@@ -738,11 +728,11 @@ def _local(est: _Estimate, runtime_s: float | None) -> None:
         )
     if runtime_s is None or rate is None:
         return
-    est.add(
-        COMPUTE,
-        runtime_s / 3600.0 * rate,
-        f"1 slot x {fmt_number(runtime_s)} s/3600 x {fmt_usd(rate)}/slot-h",
-    )
+    est.add(COMPUTE, runtime_s / 3600.0 * rate, _local_term(runtime_s, rate))
+
+
+def _local_term(runtime_s: float, rate: float) -> str:
+    return f"1 slot x {fmt_number(runtime_s)} s/3600 x {fmt_usd(rate)}/slot-h"
 
 
 _STORAGE_AND_TRANSFER = (
@@ -902,7 +892,7 @@ def _local_estimate(runtime: float, table: PriceTable) -> CostEstimate:
     formula = template.formula  # no rate: "nothing priced = unknown (see missing)"
     if rate is not None:  # as _local's one term and _Estimate.result's total (storage and transfer are 0)
         compute = _money(runtime / 3600.0 * rate)
-        formula = f"1 slot x {fmt_number(runtime)} s/3600 x {fmt_usd(rate)}/slot-h = {fmt_usd(compute)}"
+        formula = f"{_local_term(runtime, rate)} = {fmt_usd(compute)}"
     return CostEstimate(
         runner_class=LOCAL,
         backend=LOCAL,

@@ -26,7 +26,7 @@ import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -48,6 +48,18 @@ RATE_OPTIONS = {
     "cost_kubernetes_gb_hour_usd": ("kubernetes", "gb_hour"),
     "cost_local_worker_slot_hour_usd": ("local", "worker_slot_hour"),
 }
+
+
+
+def is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """``isinstance(value, Mapping)``, with plain values answered first: an ABC check of a type the ABC has
+    not seen (``None`` in a task process) walks every registered subclass of ``Mapping``, and any ABC check
+    touches the ABC's caches: copy-on-write page faults in a forked task process."""
+    if isinstance(value, dict):
+        return True
+    if value is None or isinstance(value, (str, int, float, list, tuple)):
+        return False
+    return isinstance(value, Mapping)
 
 
 # --------------------------------------------------------------------------------------------------- problems
@@ -362,8 +374,7 @@ class PriceTable:
         """The price at ``prices.<keys...>`` (None: the table has none)."""
         value: Any = self.prices
         for key in keys:
-            # a dict answered first: an ABC check touches the ABC's caches (page faults in a task process)
-            if not (isinstance(value, dict) or isinstance(value, Mapping)) or key not in value:
+            if not is_mapping(value) or key not in value:
                 return None
             value = value[key]
         return float(value) if _is_number(value) else None
