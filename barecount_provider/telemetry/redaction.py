@@ -462,15 +462,13 @@ class Redactor:
         value, with one check of the registered secrets for the whole mapping: the try's identifiers repeat
         in every tag set and span, so most values are answered from the cache."""
         self._current_replacers()
-        cache = self._text_cache
-        out: dict[Any, Any] = {}
-        for key, value in mapping.items():
-            if value.__class__ is str and value:
-                cached = cache.get(value)
-                out[key] = cached if cached is not None else self.redact_text(value)
-            else:
-                out[key] = self.redact_text(value) if isinstance(value, str) else value
-        return out
+        return {key: self._checked_text(value) if isinstance(value, str) else value for key, value in mapping.items()}
+
+    def _checked_text(self, text: str) -> str:
+        """:meth:`redact_text` for a caller that has just checked the registered secrets
+        (:meth:`_current_replacers`): a string seen before is answered from the cache at once."""
+        cached = self._text_cache.get(text)
+        return cached if cached is not None else self.redact_text(text)
 
     def redact_patterns(self, text: str) -> str:
         """Everything but registered secrets (what Airflow's masker lacks). Short results are cached."""
@@ -561,8 +559,7 @@ class Redactor:
         # Entered through redact / redact_mapping, which check the registered secrets first: the text cache
         # is current here.
         if isinstance(value, str):
-            cached = self._text_cache.get(value)
-            return cached if cached is not None else self.redact_text(value)
+            return self._checked_text(value)
         if value is None or isinstance(value, (bool, int, float)):
             return value
         if depth > _MAX_DEPTH:

@@ -5,8 +5,8 @@ bytes read and written (``/proc/self/io``: rchar / wchar) and peak resident memo
 high-water mark: ``getrusage``'s ``ru_maxrss``, the same figure as ``VmHWM`` in ``/proc/self/status``, in
 one system call instead of a file to open, read and close). The task process is forked from a supervisor:
 writing ``5`` to ``/proc/self/clear_refs`` resets the high-water mark at the start of the try, so the peak
-is the try's own, never the supervisor's, whatever the kernel copies at the fork. Each read costs a few microseconds; where a file is
-missing (not Linux) that figure is simply absent.
+is the try's own, never the supervisor's, whatever the kernel copies at the fork. Each read costs a few
+microseconds; where a file is missing (not Linux) that figure is simply absent.
 """
 
 from __future__ import annotations
@@ -51,6 +51,14 @@ def _read_io() -> tuple[int | None, int | None]:
         return None, None
 
 
+def _pread_io(fd: int) -> tuple[int | None, int | None]:
+    """/proc/self/io again through an open descriptor (pread at 0 gives the counters of now)."""
+    try:
+        return _parse_io(os.pread(fd, 8192, 0))
+    except OSError:
+        return None, None
+
+
 def _cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system + times.children_user + times.children_system
@@ -60,19 +68,15 @@ def sample(keep_open: bool = False) -> ResourceSample:
     """The counters now. ``keep_open``: a try's start, whose end (:func:`usage_since`) reads ``/proc/self/io``
     again through the same file descriptor, then closes it."""
     cpu = _cpu_seconds()
-    if not keep_open:
-        read, write = _read_io()
-        return ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write)
-    try:
-        fd = os.open("/proc/self/io", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return ResourceSample(cpu_seconds=cpu, read_bytes=None, write_bytes=None)
-    try:
-        read, write = _parse_io(os.pread(fd, 8192, 0))
-    except OSError:
-        os.close(fd)
-        return ResourceSample(cpu_seconds=cpu, read_bytes=None, write_bytes=None)
-    return ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write, io_fd=fd)
+    if keep_open:
+        try:
+            fd = os.open("/proc/self/io", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return ResourceSample(cpu_seconds=cpu, read_bytes=None, write_bytes=None)
+        read, write = _pread_io(fd)
+        return ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write, io_fd=fd)
+    read, write = _read_io()
+    return ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write)
 
 
 def reset_peak_memory() -> bool:
@@ -139,12 +143,8 @@ def usage_since(start: ResourceSample) -> ResourceUsage:
         end = sample()
     else:
         cpu = _cpu_seconds()
-        try:
-            read, write = _parse_io(os.pread(start.io_fd, 8192, 0))
-        except OSError:
-            read = write = None
-        finally:
-            release(start)
+        read, write = _pread_io(start.io_fd)
+        release(start)
         end = ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write)
 
     def delta(a: int | None, b: int | None) -> int | None:

@@ -322,10 +322,11 @@ def format_exception_text(error: BaseException) -> str:
     one); the task's log, written by Airflow, keeps them. linecache reads and keeps every line of every file
     of a traceback (the task runner's, the operator's, the DAG file): about 1 ms and a few hundred page
     faults in a task process whose cache is cold, for the few lines the traceback shows. Those lines are
-    read here, each file only as far as the last line shown, and not kept. The common case (a chain of ordinary exceptions) is formatted here from the
-    frames, as ``traceback`` formats it, without its per-frame objects (0.6 ms and 120 page faults for a
-    short traceback in a forked task process); exception groups, syntax errors and a set
-    ``sys.tracebacklimit`` go through ``traceback`` itself.
+    read here, each file only as far as the last line shown, and not kept (files already in linecache, such
+    as the Airflow modules preload() reads, are taken from it). The common case (a chain of ordinary
+    exceptions) is formatted here from the frames, as ``traceback`` formats it, without its per-frame
+    objects (0.6 ms and 120 page faults for a short traceback in a forked task process); exception groups,
+    syntax errors and a set ``sys.tracebacklimit`` go through ``traceback`` itself.
     """
     import linecache
 
@@ -556,6 +557,7 @@ def preload() -> None:
             tracing.warm_span_path()
         else:
             tracing.get_tracing()  # a file or the spool: no thread, no buffer; shared by the task processes
+        warm_task_frame_sources()  # the source a failing try's exception.stacktrace shows
     _logging.warm_context_vars()
     context.correlation_id_for("", "")  # the keyed hash's first use (key, digest) is paid here, once
     redactor = redaction.get_redactor()
@@ -588,8 +590,6 @@ def preload() -> None:
     except Exception:
         EMIT_FAILURES.record("preload", "warm")
         log.debug("BareCount could not warm the task path", exc_info=True)
-    if config.traces_on():
-        warm_task_frame_sources()
 
 
 # The modules whose frames every failed try's traceback shows: the task runner's, the operator base's
