@@ -1720,13 +1720,15 @@ REAL_HOOKS = (("on_starting", "on_starting"), ("running", "`on_task_instance_run
 
 
 def real_hooks(
-    inside: dict[str, list[dict[str, Any]]], failing: list[dict[str, Any]], baseline: list[dict[str, Any]] = ()
+    inside: dict[str, list[dict[str, Any]]],
+    failing: list[dict[str, Any]],
+    baseline: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Each lifecycle hook as Airflow calls it in the real task processes, timed by the benchmark's pluggy
     wrapper around every other implementation (BareCount's, in the observed runs): medians and p99s."""
     kinds = {
         "observed": inside["observed"] + failing,
-        "baseline": list(baseline),
+        "baseline": list(baseline or []),
         "opted out": inside["opted out"],
         "disabled": inside["disabled"],
     }
@@ -1776,7 +1778,7 @@ def real_hooks(
             cells.append(f2(median([v["wall_ms"] for v in values[kind]])) if values[kind] else "–")
         md.append(f"| {label} | " + " | ".join(cells) + " |")
     process = {kind: rows for kind, rows in inside.items() if rows and "process_cpu_ms" in rows[0]}
-    baseline_observed = [r for r in baseline if r.get("dag_id") == "bench_real_observed"]
+    baseline_observed = [r for r in kinds["baseline"] if r.get("dag_id") == "bench_real_observed"]
     if baseline_observed:
         process["baseline (DIR), observed"] = baseline_observed
     if process:
@@ -1966,7 +1968,7 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
             cfg: Supervisor("preloaded", envs[modes[0]][cfg]) for cfg in configs if cfg in SPOOLING_CONFIGS
         }
         spool_dirs = {cfg: [envs[mode][cfg]["AIRFLOW__BARECOUNT__TELEMETRY_DIR"] for mode in modes] for cfg in forwarders}
-        forwarded: dict[str, list[dict[str, Any]]] = {cfg: [] for cfg in forwarders}
+        forwarded = {cfg: [] for cfg in forwarders}
         log_paths = {
             f"{mode}/{cfg}": str(logs_dir / f"{mode}-{cfg}.log") for mode in modes for cfg in configs
         }
