@@ -333,6 +333,9 @@ def test_the_scheduler_forwards_the_spool_from_a_child_process(otlp_config, coll
     from barecount_provider.telemetry import scheduler_side
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    # One round at start, then none before the stop: the second try can only leave through the last round
+    # (with the usual 2 s, a periodic round could take it first, and the count below would race it).
+    monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 600.0)
     side = scheduler_side.SchedulerSide()
     monkeypatch.setattr(side, "prepare", lambda: None)
     ti = _ti("load")
