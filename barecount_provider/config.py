@@ -115,6 +115,17 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "for its metric and span exports; also bounds a StatsD host name look-up. Task processes never wait "
         "for an OTLP export: they spool.",
     ),
+    "task_outputs": (
+        "string",
+        "auto",
+        "forwarder",
+        "Who writes the file-sink event, the span line and the evidence entry of a try that ends in a task "
+        "process: task (the task process, in its success or failure hook), forwarder (the task process spools "
+        "them in one file, already redacted; the scheduler's forwarder process or barecount telemetry forward "
+        "--loop writes them, within a round) or auto: forwarder where the scheduler's forwarder process runs "
+        "(the scheduler sets BARECOUNT_FORWARDER_PID for the processes it forks after starting it), task "
+        "elsewhere.",
+    ),
     "redact_key_names": (
         "string",
         "",
@@ -411,6 +422,17 @@ def traces_on() -> bool:
     return _bool("traces_on")
 
 
+TASK_OUTPUTS = ("auto", "task", "forwarder")
+
+
+@functools.cache
+def task_outputs() -> str:
+    value = _raw("task_outputs").strip().lower()
+    if value not in TASK_OUTPUTS:
+        raise ValueError(f"[{SECTION}] task_outputs: {value!r} is not one of {', '.join(TASK_OUTPUTS)}")
+    return value
+
+
 TRACE_EXPORTERS = ("otlp", "file", "none")
 
 
@@ -610,6 +632,7 @@ _GETTERS = [
     evidence_aws_conn_id,
     evidence_grace_seconds,
     evidence_store_timeout_ms,
+    task_outputs,
 ]
 
 

@@ -37,6 +37,13 @@ def _clear_caches() -> None:
     from barecount_provider.recovery import budgets
 
     budgets.clear_caches()
+    from barecount_provider.telemetry import spool
+
+    spool._handoff = None  # decided once per process: again for each test
+    for name in (spool.FORWARDER_PID_ENV, spool.FORWARDER_OWNER_ENV):
+        os.environ.pop(name, None)
+    spool._PENDING_LINES.clear()
+    spool._PENDING_ENTRIES.clear()
 
 
 @pytest.fixture(autouse=True)

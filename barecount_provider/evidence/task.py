@@ -16,6 +16,9 @@ from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
 
 log = logging.getLogger(__name__)
 
+PENDING_COST = "_pending_cost"
+"""Key of a handed-off entry's cost inputs (runtime, metric tags); removed when the forwarder costs it."""
+
 DEFAULT_LOG_TEMPLATE = (
     "dag_id={{ ti.dag_id }}/run_id={{ ti.run_id }}/task_id={{ ti.task_id }}/"
     "{% if ti.map_index >= 0 %}map_index={{ ti.map_index }}/{% endif %}attempt={{ try_number|default(ti.try_number) }}.log"
@@ -61,13 +64,19 @@ def build_try_entry(
     trace: dict[str, Any] | None,
     error: dict[str, Any] | None,
     emitter: Any = None,
+    costed: bool = True,
 ) -> dict[str, Any]:
-    """This try's entry, costed; the cost metrics go to ``emitter`` (if any). Raises on a bad input."""
+    """This try's entry, costed; the cost metrics go to ``emitter`` (if any). Raises on a bad input.
+
+    Not ``costed`` (a task process that hands the entry to the forwarder): the entry carries, under
+    :data:`PENDING_COST`, what :func:`deliver_entry` needs to cost it as this function would have."""
     task = getattr(ti, "task", None)
     runner_result = getattr(task, "barecount_runner_result", None)
-    cost = estimate(ctx.runner_class, runner_result, runtime_s=duration_s)
-    if emitter is not None and emitter.sinks:  # no metric sink: no points to build
-        emitter.emit(cost_metric_points(cost, ctx.metric_tags()))
+    cost = None
+    if costed:
+        cost = estimate(ctx.runner_class, runner_result, runtime_s=duration_s)
+        if emitter is not None and emitter.sinks:  # no metric sink: no points to build
+            emitter.emit(cost_metric_points(cost, ctx.metric_tags()))
     entry = build_entry(
         {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
         state=state,
@@ -77,7 +86,7 @@ def build_try_entry(
         queued_at=getattr(ti, "queued_dttm", None),
         metrics=metrics,
         runner_result=runner_result,
-        cost=cost.as_dict(),
+        cost=cost.as_dict() if cost is not None else None,
         log_location=log_location(ctx),
         trace=trace,
         policy={
@@ -91,22 +100,74 @@ def build_try_entry(
         value = getattr(task, name, None)
         if value:
             entry[field] = value  # a replay's outcome; the keys of the failed events sent to the DLQ
+    if not costed:
+        entry[PENDING_COST] = {
+            "runtime_s": duration_s,
+            "tags": ctx.metric_tags() if emitter is not None and emitter.sinks else None,
+        }
     return entry
 
 
-def record_try(ctx: Any, ti: Any, **fields: Any) -> str:
+def record_try(ctx: Any, ti: Any, *, handoff: bool = False, **fields: Any) -> str:
     """Write this try's entry (``fields``: those of :func:`build_try_entry`); ``stored``, ``spooled``,
-    ``lost`` or ``off``. Never raises."""
+    ``lost`` or ``off``; ``handed_off`` (``handoff``): kept, uncosted, for the spool's forwarder, which costs
+    and stores it (:func:`deliver_entry`). Never raises."""
     if not config.evidence_on():
         return "off"
     try:
+        if handoff:
+            from barecount_provider.telemetry import spool as telemetry_spool
+
+            telemetry_spool.add_entry(build_try_entry(ctx, ti, costed=False, **fields))
+            return "handed_off"
         return evidence_spool.write_entry(build_try_entry(ctx, ti, **fields))
     except Exception:
         log.warning("BareCount could not write the evidence entry of this try", exc_info=True)
-        try:
-            from barecount_provider.telemetry.metrics import EMIT_FAILURES
-
-            EMIT_FAILURES.record("evidence", "entry")
-        except Exception:
-            pass
+        _count_failure("entry")
         return "lost"
+
+
+def deliver_entry(entry: dict[str, Any], *, store: bool = True) -> str:
+    """The forwarder's part of an entry a task process handed off: cost it as :func:`build_try_entry` would
+    have (the cost metrics with the task's tags, through this process's direct emitter), then store it, or
+    spool it for a later delivery when ``store`` is False (the store failed earlier in the round). Returns
+    ``stored``, ``spooled`` or ``lost``; never raises. An entry that cannot be costed is stored without its
+    cost (counted), never dropped."""
+    pending = entry.pop(PENDING_COST, None)
+    if pending is not None and entry.get("cost") is None:
+        try:
+            context = entry.get("context") or {}
+            cost = estimate(
+                str(context.get("runner_class") or "local"),
+                entry.get("runner_result"),
+                runtime_s=float(pending["runtime_s"]),
+            )
+            tags = pending.get("tags")
+            if tags:
+                from barecount_provider.telemetry.metrics import get_direct_emitter
+
+                emitter = get_direct_emitter()
+                if emitter.sinks:
+                    emitter.emit(cost_metric_points(cost, dict(tags)))
+            entry["cost"] = cost.as_dict()
+        except Exception:
+            log.warning("BareCount could not cost a handed-off evidence entry", exc_info=True)
+            _count_failure("cost")
+    try:
+        if store:
+            return evidence_spool.write_entry(entry)
+        evidence_spool.spool(entry)
+        return "spooled"
+    except Exception:
+        log.warning("BareCount could not write a handed-off evidence entry", exc_info=True)
+        _count_failure("entry")
+        return "lost"
+
+
+def _count_failure(stage: str) -> None:
+    try:
+        from barecount_provider.telemetry.metrics import EMIT_FAILURES
+
+        EMIT_FAILURES.record("evidence", stage)
+    except Exception:
+        pass

@@ -128,7 +128,12 @@ class SchedulerSide:
                 self.jobs.task_done()
 
     def _evidence_tick(self) -> None:
-        """Retry sealing the finished runs still waiting for late entries (evidence/assemble.py)."""
+        """Retry sealing the finished runs still waiting for late entries (evidence/assemble.py), and start
+        the spool's forwarder again if it died."""
+        try:
+            self.check_forwarder()
+        except Exception:
+            EMIT_FAILURES.record("spool", "forwarder_start")
         try:
             from barecount_provider.evidence import scheduler as evidence
 
@@ -459,22 +464,41 @@ class SchedulerSide:
     # ------------------------------------------------------------------------------ the spool's forwarder
 
     def start_forwarder(self) -> bool:
-        """Start the forwarder of the OTLP spool (the task processes' and this side's): a child process of
-        the scheduler (spool.ForwarderProcess). False when nothing is spooled, or when it runs already."""
+        """Start the spool's forwarder (the task processes' and this side's OTLP data, and the outputs task
+        processes hand off): a child process of the scheduler (spool.ForwarderProcess). Its process id goes
+        to ``BARECOUNT_FORWARDER_PID`` for the processes this one forks from now on (LocalExecutor's
+        workers, and through them the task processes), which then hand their outputs off
+        (``[barecount] task_outputs = auto``). False when nothing goes through the spool, or when it runs
+        already."""
         from barecount_provider.telemetry import spool
 
-        if self._forwarder is not None or not spool.enabled():
+        if self._forwarder is not None or not (spool.enabled() or spool.handoff_configured()):
             return False
         forwarder = spool.ForwarderProcess()
         if not forwarder.start():
             return False
         self._forwarder = forwarder
+        forwarder.advertise()
+        return True
+
+    def check_forwarder(self) -> bool:
+        """Start the forwarder again if it died (task processes forked while it was down, or that saw it
+        dead, write their outputs themselves). True when it was restarted."""
+        forwarder = self._forwarder
+        if forwarder is None or forwarder.running():
+            return False
+        forwarder.withdraw()
+        EMIT_FAILURES.record("spool", "forwarder_died")
+        if not forwarder.start():
+            return False
+        forwarder.advertise()
         return True
 
     def stop(self) -> None:
         self._stop.set()
         self.drain(timeout_s=config.emit_timeout_ms() / 1000.0 + 1.0)  # this side's points: to the spool
         if self._forwarder is not None:
+            self._forwarder.withdraw()
             self._forwarder.stop()  # a last round: what the last task processes spooled
 
 

@@ -29,6 +29,7 @@ spooled data is dropped, as a task process would have dropped it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -53,11 +54,21 @@ FORWARD_INTERVAL_SECONDS = 2.0
 STALE_CLAIM_SECONDS = 600.0  # a claimed file whose forwarder died is taken over after this long
 MAX_FILES_PER_ROUND = 5000
 
-# What this process has to spool, written by write_pending(): metric points and finished spans.
+# What this process has to spool, written by write_pending(): metric points and finished spans; in a task
+# process that hands its tries' outputs to the forwarder (handoff()), also JSON lines for local files (the
+# file-sink event, the span line) and evidence entries to cost and store.
 _PENDING_POINTS: list[list[Any]] = []
 _PENDING_SPANS: list[dict[str, Any]] = []
+_PENDING_LINES: dict[str, list[Any]] = {}
+_PENDING_ENTRIES: list[dict[str, Any]] = []
 _lock = threading.Lock()
 _sequence = 0
+
+FORWARDER_PID_ENV = "BARECOUNT_FORWARDER_PID"
+"""Set by the scheduler for the processes it forks once its forwarder runs: the forwarder's process id."""
+FORWARDER_OWNER_ENV = "BARECOUNT_FORWARDER_OWNER"
+"""The process id of the scheduler that started that forwarder (it writes its own outputs itself)."""
+_handoff: bool | None = None  # this process's answer, reset in a forked child
 
 
 def metrics_spooled() -> bool:
@@ -80,6 +91,57 @@ def enabled() -> bool:
 
 def spool_dir() -> str:
     return os.path.join(config.telemetry_dir(), SPOOL_DIR)
+
+
+def handoff_configured() -> bool:
+    """Whether task processes may hand their tries' outputs to a forwarder (``[barecount] task_outputs``
+    other than ``task``): the scheduler then runs its forwarder even without OTLP."""
+    try:
+        return config.task_outputs() != "task"
+    except ValueError:
+        return False
+
+
+def handoff() -> bool:
+    """Whether this process hands its tries' outputs (file-sink event, span line, evidence entry) to a
+    forwarder, through the spool, instead of writing them itself. ``task_outputs = forwarder``: always;
+    ``auto``: when a forwarder started by the scheduler is alive (its process id, inherited in
+    ``BARECOUNT_FORWARDER_PID``), and this is not that scheduler. Decided once per process."""
+    global _handoff
+    if _handoff is None:
+        _handoff = _handoff_now()
+    return _handoff
+
+
+def _handoff_now() -> bool:
+    try:
+        mode = config.task_outputs()
+    except ValueError:
+        return False  # reported where the option is checked (doctor); the task writes its outputs itself
+    if mode != "auto":
+        return mode == "forwarder"
+    raw = os.environ.get(FORWARDER_PID_ENV)
+    if not raw or os.environ.get(FORWARDER_OWNER_ENV) == str(os.getpid()):
+        return False
+    try:
+        os.kill(int(raw), 0)  # alive? (a forwarder that died: the task writes its outputs itself)
+    except PermissionError:
+        return True
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def add_lines(path: str, records: list[Any]) -> None:
+    """Keep JSON lines for the forwarder to append to ``path`` (records already redacted)."""
+    with _lock:
+        _PENDING_LINES.setdefault(path, []).extend(records)
+
+
+def add_entry(entry: dict[str, Any]) -> None:
+    """Keep an evidence entry for the forwarder to cost and store (see evidence.task.deliver_entry)."""
+    with _lock:
+        _PENDING_ENTRIES.append(entry)
 
 
 # ------------------------------------------------------------------------------------------- task process
@@ -167,18 +229,24 @@ def span_exporter() -> Any:
 
 
 def pending() -> bool:
-    return bool(_PENDING_POINTS or _PENDING_SPANS)
+    return bool(_PENDING_POINTS or _PENDING_SPANS or _PENDING_LINES or _PENDING_ENTRIES)
 
 
 def write_pending() -> None:
     """Write what this process has to spool as one file (one ``write``, then a rename); never raises."""
     global _sequence
-    if not _PENDING_POINTS and not _PENDING_SPANS:
+    if not (_PENDING_POINTS or _PENDING_SPANS or _PENDING_LINES or _PENDING_ENTRIES):
         return
     with _lock:
-        record = {"points": list(_PENDING_POINTS), "spans": list(_PENDING_SPANS)}
+        record: dict[str, Any] = {"points": list(_PENDING_POINTS), "spans": list(_PENDING_SPANS)}
+        if _PENDING_LINES:
+            record["lines"] = dict(_PENDING_LINES)
+        if _PENDING_ENTRIES:
+            record["entries"] = list(_PENDING_ENTRIES)
         _PENDING_POINTS.clear()
         _PENDING_SPANS.clear()
+        _PENDING_LINES.clear()
+        _PENDING_ENTRIES.clear()
         _sequence += 1
         sequence = _sequence
     try:
@@ -202,10 +270,13 @@ def write_pending() -> None:
 
 def _reset_after_fork() -> None:
     """A forked child starts with nothing to spool (what the parent kept is the parent's to write)."""
-    global _lock
+    global _lock, _handoff
     _lock = threading.Lock()
+    _handoff = None
     _PENDING_POINTS.clear()
     _PENDING_SPANS.clear()
+    _PENDING_LINES.clear()
+    _PENDING_ENTRIES.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -306,9 +377,18 @@ def _claim(directory: str, limit: int) -> list[str]:
     return claimed
 
 
-def _read(paths: list[str]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
-    points: list[list[Any]] = []
-    spans: list[dict[str, Any]] = []
+@dataclasses.dataclass
+class _Round:
+    """What the files of one round hold."""
+
+    points: list[list[Any]] = dataclasses.field(default_factory=list)
+    spans: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    lines: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _read(paths: list[str]) -> _Round:
+    found = _Round()
     for path in paths:
         try:
             with open(path, encoding="utf-8") as handle:
@@ -318,11 +398,39 @@ def _read(paths: list[str]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
                     except json.JSONDecodeError:
                         EMIT_FAILURES.record("spool", "read")
                         continue
-                    points.extend(record.get("points") or ())
-                    spans.extend(record.get("spans") or ())
+                    found.points.extend(record.get("points") or ())
+                    found.spans.extend(record.get("spans") or ())
+                    for target, lines in (record.get("lines") or {}).items():
+                        found.lines.setdefault(target, []).extend(lines)
+                    found.entries.extend(record.get("entries") or ())
         except OSError:
             EMIT_FAILURES.record("spool", "read")
-    return points, spans
+    return found
+
+
+def _write_lines(lines: dict[str, list[Any]]) -> None:
+    """Append the handed-off lines, one write per file; a failure is counted as the task's would be."""
+    from barecount_provider.telemetry.filesink import EVENTS_FILE, append_lines
+
+    for path, records in lines.items():
+        try:
+            append_lines(path, records)
+        except Exception:
+            EMIT_FAILURES.record("file" if os.path.basename(path) == EVENTS_FILE else "traces", "write")
+
+
+def _deliver_entries(entries: list[dict[str, Any]]) -> None:
+    """Cost and store the handed-off evidence entries (spooled where the store fails); never raises."""
+    if not entries:
+        return
+    from barecount_provider.evidence.task import deliver_entry
+
+    store = True
+    for entry in entries:
+        # After one failure of the store, the round's other entries go straight to the evidence spool: a
+        # store that is down costs one timeout per round, not one per entry.
+        if deliver_entry(entry, store=store) != "stored":
+            store = False
 
 
 class Forwarder:
@@ -357,13 +465,15 @@ class Forwarder:
             except Exception:
                 pass
 
-    def _export_points(self, points: list[list[Any]], budget_ms: int) -> None:
-        if self.metric_sink is None or not points:
+    def _export_points(self, points: list[list[Any]], budget_ms: int, recorded: bool = False) -> None:
+        """Export the spooled points (and, ``recorded``, those this process recorded in its sink since)."""
+        if self.metric_sink is None or not (points or recorded):
             return
-        try:
-            self.metric_sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
-        except Exception:
-            EMIT_FAILURES.record("otlp_metrics", "spool")
+        if points:
+            try:
+                self.metric_sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
+            except Exception:
+                EMIT_FAILURES.record("otlp_metrics", "spool")
         self.metric_sink.flush(budget_ms)
 
     def _export_spans(self, records: list[dict[str, Any]]) -> None:
@@ -391,7 +501,7 @@ class Forwarder:
         still waiting for a collector; its files wait for the next round). Never raises."""
         budget_ms = config.emit_timeout_ms() if timeout_ms is None else timeout_ms
         deadline = time.monotonic() + max(budget_ms, 1) / 1000.0  # the whole round: claim, read, export
-        result = {"files": 0, "points": 0, "spans": 0}
+        result = {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
         if not self._lock.acquire(blocking=False):
             return {**result, "busy": 1}  # a round is still running (a hung collector): do not pile up
         handed_off = False
@@ -399,16 +509,28 @@ class Forwarder:
             paths = _claim(spool_dir(), MAX_FILES_PER_ROUND)
             if not paths:
                 return result
-            points, spans = _read(paths)
-            result = {"files": len(paths), "points": len(points), "spans": len(spans)}
-
-            export_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            found = _read(paths)
+            result = {
+                "files": len(paths),
+                "points": len(found.points),
+                "spans": len(found.spans),
+                "lines": sum(len(lines) for lines in found.lines.values()),
+                "entries": len(found.entries),
+            }
 
             def run() -> None:
                 try:
+                    # Handed-off outputs first: local files, and the entries' cost points join this round's.
+                    _write_lines(found.lines)
+                    _deliver_entries(found.entries)
+                    export_ms = max(1, int((deadline - time.monotonic()) * 1000))
                     workers = [
-                        threading.Thread(target=self._export_points, args=(points, export_ms), daemon=True),
-                        threading.Thread(target=self._export_spans, args=(spans,), daemon=True),
+                        threading.Thread(
+                            target=self._export_points,
+                            args=(found.points, export_ms, bool(found.entries)),
+                            daemon=True,
+                        ),
+                        threading.Thread(target=self._export_spans, args=(found.spans,), daemon=True),
                     ]
                     for worker in workers:
                         worker.start()
@@ -452,8 +574,8 @@ def flush_spool(timeout_ms: int | None = None) -> dict[str, int]:
     """Forward the spool over OTLP now, bounded by ``timeout_ms`` (default ``emit_timeout_ms``), and report
     the forwarder's own failures; never raises. For deployments where no scheduler runs on the machine of
     the task processes: call it from a CLI, a cron job or a sidecar loop."""
-    if not enabled():
-        return {"files": 0, "points": 0, "spans": 0}
+    if not (enabled() or handoff_configured()):
+        return {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
     write_pending()  # what this process spooled itself
     result = get_forwarder().forward(timeout_ms)
     try:
@@ -492,6 +614,17 @@ class ForwarderProcess:
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def advertise(self) -> None:
+        """Name this forwarder to the processes the caller forks from now on (``task_outputs = auto``)."""
+        if self.process is not None:
+            os.environ[FORWARDER_PID_ENV] = str(self.process.pid)
+            os.environ[FORWARDER_OWNER_ENV] = str(os.getpid())
+
+    def withdraw(self) -> None:
+        if os.environ.get(FORWARDER_OWNER_ENV) == str(os.getpid()):
+            os.environ.pop(FORWARDER_PID_ENV, None)
+            os.environ.pop(FORWARDER_OWNER_ENV, None)
 
     def stop(self, timeout_s: float | None = None) -> int | None:
         """Ask for a last round (SIGTERM) and wait for it, bounded (``emit_timeout_ms`` + 10 s: the process

@@ -390,6 +390,7 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     start = tried.start_date or getattr(ti, "start_date", None)
     duration_s = (now - start).total_seconds() if start else time.monotonic() - tried.started_monotonic
     error_class = error_class_of(error) if state in ("failed", "up_for_retry") else None
+    handoff = spool.handoff()  # the event, span line and evidence entry: one spool file, written below
     emitter = get_emitter()
     if emitter.sinks:  # no metric sink (the embedded default): no points to build
         emitter.emit(_try_points(ctx, state, duration_s, usage, error_class))
@@ -422,13 +423,16 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
 
     if config.file_sink_on():
         events = filesink.events_path()
-        filesink.append_event(
-            _try_event(
-                ctx, now=now, state=state, duration_s=duration_s, trace_id=trace_id, span_id=span_id,
-                sampled=tried.sampled, error_class=error_class, usage=usage, sinks=sinks_description(events),
-            ),
-            events,
+        sinks = sinks_description(events)
+        event = _try_event(
+            ctx, now=now, state=state, duration_s=duration_s, trace_id=trace_id, span_id=span_id,
+            sampled=tried.sampled, error_class=error_class, usage=usage,
+            sinks={**sinks, "written_by": "forwarder"} if handoff else sinks,
         )
+        if handoff:
+            spool.add_lines(events, [redact(event)])
+        else:
+            filesink.append_event(event, events)
     if config.evidence_on():  # the try's evidence entry: written to the store, or spooled; never raises
         from barecount_provider.evidence.task import record_try
 
@@ -443,8 +447,9 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
             trace={"trace_id": trace_id, "span_id": span_id, "sampled": bool(tried.sampled)} if trace_id else None,
             error={"error_class": error_class, "message": redact(str(error))[:2000]} if error_class else None,
             emitter=emitter,
+            handoff=handoff,
         )
-    spool.write_pending()  # the try's OTLP spans and points, if any: one file
+    spool.write_pending()  # what the try spooled (OTLP spans and points; handed-off outputs): one file
 
 
 _SINKS_DESCRIPTIONS: dict[tuple[int, int, str], tuple[Any, Any, dict[str, str]]] = {}
@@ -461,6 +466,7 @@ def sinks_description(events_path: str) -> dict[str, str]:
         sinks = emitter.describe()
         sinks["traces"] = tracer.exporter_desc if tracer is not None else "off"
         sinks["file"] = events_path
+        sinks["written_by"] = "task"  # "forwarder" in the events of a task process that hands off
         if len(_SINKS_DESCRIPTIONS) >= 8:
             _SINKS_DESCRIPTIONS.clear()
         cached = _SINKS_DESCRIPTIONS[key] = (emitter, tracer, sinks)

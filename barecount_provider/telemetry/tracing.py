@@ -392,7 +392,10 @@ class Tracing:
         if exporter == ():
             return  # no processor: nothing is exported
         if isinstance(exporter, JsonLinesSpanExporter):
-            exporter.write_lines([span.file_line()])
+            if spool.handoff():  # the forwarder appends it, with the try's other outputs
+                spool.add_lines(exporter.path, [span.file_line()])
+            else:
+                exporter.write_lines([span.file_line()])
             return
         if isinstance(exporter, spool.span_exporter_class()):
             spool.add_span_records([span.record()])

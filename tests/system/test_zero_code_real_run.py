@@ -34,15 +34,22 @@ def _events(stack: AirflowStack) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _wait_for_run_event(stack: AirflowStack, dag_id: str, run_id: str, timeout: float = 60) -> list[dict]:
-    """The scheduler side writes the run's record after the run ends, off the scheduling loop."""
+TASK_TRIES = 5  # the tries that end in a task process (extract, transform twice, leaky, load)
+
+
+def _wait_for_run_event(
+    stack: AirflowStack, dag_id: str, run_id: str, task_tries: int = TASK_TRIES, timeout: float = 60
+) -> list[dict]:
+    """The scheduler side writes the run's record after the run ends, off the scheduling loop; the tries'
+    events written by the scheduler's forwarder (task_outputs = auto) arrive within one of its rounds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         events = [e for e in _events(stack) if e.get("run_id") == run_id]
-        if any(e["kind"] == "dag_run" for e in events):
+        from_tasks = [e for e in events if e["kind"] == "task_try" and e["source"] == "task"]
+        if any(e["kind"] == "dag_run" for e in events) and len(from_tasks) >= task_tries:
             return events
         time.sleep(0.5)
-    raise AssertionError(f"no dag_run record for {dag_id} {run_id}; events: {_events(stack)[-5:]}")
+    raise AssertionError(f"no dag_run record or task events for {dag_id} {run_id}; events: {_events(stack)[-5:]}")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +79,8 @@ def test_every_try_is_recorded_with_its_context(zero_code_run):
     assert len({e["correlation_id"] for e in events}) == 1
     task_side = [e for e in tries.values() if e["source"] == "task"]
     assert len({e["trace_id"] for e in task_side}) == 1
+    # The task processes handed their outputs to the scheduler's forwarder, which wrote them.
+    assert {e["sinks"]["written_by"] for e in task_side} == {"forwarder"}
     assert all(e["resources"]["peak_memory_bytes"] > 0 for e in task_side)
     # os.times() counts in clock ticks (10 ms): a short try may read 0, the run as a whole may not.
     assert all(e["resources"]["cpu_seconds"] >= 0 for e in task_side)
@@ -183,7 +192,7 @@ def test_a_run_conf_cannot_change_the_tenant(airflow_stack: AirflowStack):
     airflow_stack.unpause("example_params_tenant")
     run_id = airflow_stack.trigger("example_params_tenant", conf={"tenant": "evil", "pipeline": "stolen"})
     assert airflow_stack.wait_for_run("example_params_tenant", run_id, timeout=180) == "success"
-    events = _wait_for_run_event(airflow_stack, "example_params_tenant", run_id)
+    events = _wait_for_run_event(airflow_stack, "example_params_tenant", run_id, task_tries=3)
     tries = [e for e in events if e["kind"] == "task_try"]
     assert sorted(e["map_index"] for e in tries) == [0, 1, 2]
     assert {(e["tenant"], e["pipeline"]) for e in tries} == {("globex", "billing")}

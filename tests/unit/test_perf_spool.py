@@ -180,7 +180,7 @@ def test_a_hung_collector_costs_the_forwarder_one_deadline_and_is_counted(otlp_c
     forwarder.forward(100)
     assert time.monotonic() - started < 1.0
     assert metrics.EMIT_FAILURES.counts[("forward", "timeout")] == 1
-    assert forwarder.forward(100) == {"files": 0, "points": 0, "spans": 0, "busy": 1}  # no pile-up
+    assert forwarder.forward(100) == {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0, "busy": 1}  # no pile-up
     hung.release.set()
 
 
@@ -209,7 +209,7 @@ def test_a_refusing_collector_is_counted_by_the_forwarder_never_in_the_task(otlp
 def test_spooling_is_off_without_otlp(monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
     assert not spool.enabled()
-    assert spool.flush_spool() == {"files": 0, "points": 0, "spans": 0}
+    assert spool.flush_spool() == {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
     assert metrics.get_direct_emitter() is metrics.get_emitter()
 
 
@@ -412,11 +412,13 @@ def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider
     assert any(p[0] == "barecount.dag_run.finished" for r in records for p in r["points"])
 
 
-def test_no_forwarder_thread_without_otlp(monkeypatch, tmp_path):
+def test_no_forwarder_without_otlp_when_task_processes_write_their_outputs(monkeypatch, tmp_path):
     from barecount_provider.telemetry import scheduler_side
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "task")
     assert not scheduler_side.SchedulerSide().start_forwarder()
+    assert spool.FORWARDER_PID_ENV not in os.environ
 
 
 def test_barecount_telemetry_forward_exports_the_spool_to_a_real_collector(otlp_config, collector, monkeypatch, capsys):

@@ -471,7 +471,8 @@ def test_the_file_sink_events_sinks_are_described_once_per_emitter_and_tracer(mo
     first = task_side.sinks_description(events)
     emitter, tracer = metrics.get_emitter(), tracing.get_tracing()
     assert first == {
-        **emitter.describe(), "traces": tracer.exporter_desc if tracer is not None else "off", "file": events
+        **emitter.describe(), "traces": tracer.exporter_desc if tracer is not None else "off", "file": events,
+        "written_by": "task",
     }
     assert task_side.sinks_description(events) is first
     monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_ON", "True")

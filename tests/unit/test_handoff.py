@@ -1,0 +1,233 @@
+"""Handing a try's outputs to the forwarder (``[barecount] task_outputs``): the task process writes the
+try's file-sink event, span line and evidence entry into one spool file, already redacted; the forwarder
+writes exactly what the task process would have written (the entry costed as the task would have costed it),
+and a store that is down costs it one timeout per round."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from barecount_provider.evidence import spool as evidence_spool
+from barecount_provider.evidence import task as evidence_task
+from barecount_provider.evidence.store import open_store
+from barecount_provider.telemetry import metrics, spool, task_side
+
+START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+SECRET = "hunter2-Zq8Lx93mPw"
+
+
+def _ti(task_id: str, run_id: str = "manual__2026-11-27T12:00:00+00:00") -> SimpleNamespace:
+    dag = SimpleNamespace(dag_id="etl", tags=["tenant:acme", "pipeline:orders"], params={}, default_args={})
+    task = SimpleNamespace(dag=dag, upstream_task_ids={"extract"}, params={})
+    return SimpleNamespace(
+        dag_id="etl", run_id=run_id, task_id=task_id, map_index=-1, try_number=1, task=task, start_date=START,
+        max_tries=1, _ti_context_from_server=None, queued_dttm=None,
+    )
+
+
+@pytest.fixture
+def home(monkeypatch, tmp_path):
+    """Telemetry and evidence under tmp_path: file sink, span file and local evidence store (the default)."""
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", f"sqlite:///{tmp_path / 'index.db'}")
+    metrics.EMIT_FAILURES.counts.clear()
+    return tmp_path
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _entries(home):
+    return sorted((home / "evidence").rglob("entries/**/*.json")) if (home / "evidence").exists() else []
+
+
+def _spool_files(home):
+    directory = home / "telemetry" / "spool"
+    return sorted(name for name in os.listdir(directory) if name.endswith(".jsonl")) if directory.exists() else []
+
+
+def _run_try(task_id: str, error: BaseException | None = None) -> None:
+    ti = _ti(task_id)
+    task_side.on_try_running(ti)
+    task_side.on_try_finished(ti, "failed" if error else "success", error)
+
+
+# ------------------------------------------------------------------------------------------- the decision
+
+
+def _handoff_with(monkeypatch, mode: str, pid: str | None = None, owner: str | None = None) -> bool:
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", mode)
+    for name, value in ((spool.FORWARDER_PID_ENV, pid), (spool.FORWARDER_OWNER_ENV, owner)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    from barecount_provider import config
+
+    config.cache_clear()
+    monkeypatch.setattr(spool, "_handoff", None)
+    return spool.handoff()
+
+
+def test_who_writes_a_tries_outputs_follows_task_outputs_and_a_live_forwarder(monkeypatch):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        alive = str(sleeper.pid)
+        assert _handoff_with(monkeypatch, "task", alive) is False
+        assert _handoff_with(monkeypatch, "forwarder") is True
+        assert _handoff_with(monkeypatch, "auto") is False  # no forwarder named
+        assert _handoff_with(monkeypatch, "auto", alive) is True
+        assert _handoff_with(monkeypatch, "auto", alive, owner=str(os.getpid())) is False  # the scheduler itself
+        assert _handoff_with(monkeypatch, "auto", "not-a-pid") is False
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert _handoff_with(monkeypatch, "auto", str(sleeper.pid)) is False  # the forwarder died
+    assert _handoff_with(monkeypatch, "sometimes") is False  # a bad value: the task writes them itself
+
+
+def test_the_scheduler_names_its_forwarder_to_the_processes_it_forks(home, monkeypatch):
+    from barecount_provider.telemetry import scheduler_side
+
+    monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 600.0)
+    side = scheduler_side.SchedulerSide()
+    assert side.start_forwarder()  # no OTLP: started for the handed-off outputs (task_outputs = auto)
+    try:
+        assert os.environ[spool.FORWARDER_PID_ENV] == str(side._forwarder.process.pid)
+        assert spool.handoff() is False  # the scheduler writes its own outputs
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the forked child reports through the pipe
+            os.write(write, b"1" if spool.handoff() else b"0")
+            os._exit(0)
+        os.waitpid(child, 0)
+        assert os.read(read, 1) == b"1"  # a process forked from now on hands off
+    finally:
+        side.stop()
+    assert spool.FORWARDER_PID_ENV not in os.environ
+
+
+def test_a_dead_forwarder_is_started_again_and_named_anew(home, monkeypatch):
+    from barecount_provider.telemetry import scheduler_side
+
+    monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 600.0)
+    side = scheduler_side.SchedulerSide()
+    assert side.start_forwarder()
+    try:
+        first = side._forwarder.process
+        first.kill()
+        first.wait()
+        assert side.check_forwarder()
+        assert side._forwarder.process.pid != first.pid
+        assert os.environ[spool.FORWARDER_PID_ENV] == str(side._forwarder.process.pid)
+        assert metrics.EMIT_FAILURES.counts[("spool", "forwarder_died")] == 1
+        assert not side.check_forwarder()  # running: nothing to do
+    finally:
+        side.stop()
+
+
+# ------------------------------------------------------------------------------------------- the outputs
+
+
+def test_a_handed_off_try_writes_one_spool_file_and_the_forwarder_writes_its_outputs(home, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
+    events, spans = home / "telemetry" / "events.jsonl", home / "telemetry" / "spans.jsonl"
+    _run_try("load", ValueError(f"login failed: password={SECRET}"))
+    assert _spool_files(home) and len(_spool_files(home)) == 1
+    assert not events.exists() and not spans.exists() and _entries(home) == []
+    spooled = (home / "telemetry" / "spool" / _spool_files(home)[0]).read_text()
+    assert SECRET not in spooled  # redacted in the task process, before anything is written
+
+    result = spool.flush_spool()
+    assert result["files"] == 1 and result["lines"] == 2 and result["entries"] == 1
+    assert _spool_files(home) == []
+    [event] = _lines(events)
+    assert event["kind"] == "task_try" and event["state"] == "failed" and event["error_class"] == "ValueError"
+    assert event["sinks"]["written_by"] == "forwarder" and event["tenant"] == "acme"
+    [span] = _lines(spans)
+    assert span["trace_id"] == event["trace_id"] and span["span_id"] == event["span_id"]
+    assert span["attributes"]["error.type"] == "ValueError"
+    [path] = _entries(home)
+    entry = json.loads(path.read_text())
+    assert entry["state"] == "failed" and entry["trace"]["span_id"] == event["span_id"]
+    assert entry["cost"] is not None and entry["cost"]["runner_class"] == "local"
+    assert evidence_task.PENDING_COST not in entry
+    everything = events.read_text() + spans.read_text() + path.read_text()
+    assert SECRET not in everything and "***" in everything
+
+
+def test_the_task_writes_its_outputs_itself_when_it_does_not_hand_off(home, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "task")
+    _run_try("load")
+    assert _spool_files(home) == []
+    assert len(_lines(home / "telemetry" / "events.jsonl")) == 1 and len(_lines(home / "telemetry" / "spans.jsonl")) == 1
+    assert len(_entries(home)) == 1
+    assert _lines(home / "telemetry" / "events.jsonl")[0]["sinks"]["written_by"] == "task"
+
+
+def _entry_fields(**overrides):
+    fields = dict(
+        state="success", started_at=START, ended_at=START.replace(minute=5), duration_s=300.0,
+        metrics={"cpu_seconds": 1.5}, trace=None, error=None,
+    )
+    fields.update(overrides)
+    return fields
+
+
+@pytest.mark.parametrize("rates", [{}, {"AIRFLOW__BARECOUNT__COST_LOCAL_WORKER_SLOT_HOUR_USD": "0.12"}])
+def test_the_forwarder_costs_a_handed_off_entry_as_the_task_would_have(home, monkeypatch, rates):
+    from barecount_provider import context
+
+    for name, value in rates.items():
+        monkeypatch.setenv(name, value)
+    ti = _ti("load")
+    ctx = context.resolve_for_ti(ti)
+    sent: list = []
+    emitter = SimpleNamespace(sinks=[object()], emit=sent.extend)
+    costed = evidence_task.build_try_entry(ctx, ti, emitter=emitter, **_entry_fields())
+    uncosted = evidence_task.build_try_entry(ctx, ti, emitter=emitter, costed=False, **_entry_fields())
+    assert uncosted["cost"] is None and uncosted[evidence_task.PENDING_COST]["tags"] == ctx.metric_tags()
+    forwarded: list = []
+    monkeypatch.setattr(metrics, "get_direct_emitter", lambda: SimpleNamespace(sinks=[object()], emit=forwarded.extend))
+    uncosted = json.loads(json.dumps(uncosted, default=str))  # as it comes back from the spool file
+    assert evidence_task.deliver_entry(uncosted) == "stored"
+    stored = open_store().entries_for_run("etl", ti.run_id)
+    assert len(stored) == 1
+    expected = json.loads(json.dumps(costed, default=str))
+    for entry in (stored[0], expected):
+        entry.pop("written_at")
+    assert stored[0] == expected
+    assert forwarded == sent and sent  # the same cost points, with the task's tags
+
+
+def test_a_store_that_is_down_costs_the_forwarder_one_attempt_per_round(home, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
+    attempts: list[str] = []
+
+    class DownStore:
+        def put_entry(self, entry):
+            attempts.append(entry["entry_id"])
+            raise TimeoutError("store unreachable")
+
+    monkeypatch.setattr(evidence_spool, "_task_store", lambda kind, timeout_ms: DownStore())
+    failures: list[tuple[str, str]] = []
+    record = metrics.EMIT_FAILURES.record
+    monkeypatch.setattr(
+        metrics.EMIT_FAILURES, "record", lambda sink, stage: (failures.append((sink, stage)), record(sink, stage))
+    )
+    for task_id in ("a", "b", "c"):
+        _run_try(task_id)
+    result = spool.flush_spool()
+    assert result["entries"] == 3
+    assert len(attempts) == 1  # the first fails; the round's others go straight to the evidence spool
+    assert len(evidence_spool.spooled()) == 3  # nothing lost: delivered by a later flush
+    assert failures.count(("evidence", "store")) == 1  # counted (and reported by the forwarder)
