@@ -85,11 +85,15 @@ MODE_HELP = {
     "baseline": "`preloaded` with another checkout of BareCount (`--baseline DIR`), interleaved with the "
     "others, for a side-by-side comparison of two versions",
 }
-ALL_CONFIGS = ("off", "on_default", "on_sinks_up", "on_sinks_down", "on_sinks_hung")
+ALL_CONFIGS = ("off", "on_default", "on_default_task", "on_sinks_up", "on_sinks_down", "on_sinks_hung")
 DEFAULT_CONFIGS = ALL_CONFIGS
 CONFIG_HELP = {
     "off": "BareCount not called: the child neither imports nor calls it (the baseline)",
-    "on_default": "the embedded default: file sink + spans to a JSON-lines file; StatsD and OTLP off",
+    "on_default": "the embedded default: file sink + spans to a JSON-lines file; StatsD and OTLP off; the "
+    "try's event, span line and evidence entry handed to the forwarder (`task_outputs = auto` under a "
+    "scheduler whose forwarder runs, as with LocalExecutor)",
+    "on_default_task": "the same, written by the task process itself (`task_outputs = task`: a machine "
+    "where no forwarder runs)",
     "on_sinks_up": "StatsD (UDP) + OTLP metrics + OTLP traces (HTTP) + file sink, all sinks listening",
     "on_sinks_down": "the same sinks, pointed at ports with nothing listening (UDP port closed, TCP refused)",
     "on_sinks_hung": "the same sinks, the OTLP collector accepting connections and never answering",
@@ -106,7 +110,8 @@ EVENT_HELP = {
     "atexit": "atexit handlers run at exit",
 }
 HOOK_EVENTS = ("dag_policy", "starting", "running", "success", "failed", "before_stopping")
-SPOOLING_CONFIGS = ("on_sinks_up", "on_sinks_down", "on_sinks_hung")  # OTLP: through the spool (spool.py)
+# Through the spool (spool.py): the handed-off outputs, and OTLP.
+SPOOLING_CONFIGS = ("on_default", "on_sinks_up", "on_sinks_down", "on_sinks_hung")
 FORWARD_EVERY = 20  # rounds between two forwards of the spool (a round: one task of every pair)
 FAIL_EVERY = 10  # task i fails (up_for_retry) when i % FAIL_EVERY == FAIL_EVERY - 1
 
@@ -293,7 +298,11 @@ def config_env(cfg: str, ports: dict[str, int], telemetry_root: Path, emit_timeo
         "AIRFLOW__BARECOUNT__EMIT_TIMEOUT_MS": str(emit_timeout_ms),
         "AIRFLOW__BARECOUNT__TELEMETRY_DIR": str(telemetry_root / cfg),
     }
-    if cfg in ("off", "on_default"):
+    if cfg != "off":
+        # Who writes a try's outputs: as under a scheduler whose forwarder runs (the benchmark's supervisors
+        # are no schedulers: no forwarder is named to them), or the task process itself.
+        env["AIRFLOW__BARECOUNT__TASK_OUTPUTS"] = "task" if cfg == "on_default_task" else "forwarder"
+    if cfg in ("off", "on_default", "on_default_task"):
         return env
     live = cfg == "on_sinks_up"
     http_port = {"on_sinks_up": ports["http_up"], "on_sinks_down": ports["tcp_down"]}.get(
@@ -1182,19 +1191,21 @@ def report(
     # ---- the spool's forwarder
     if forwarded:
         w(
-            "**The OTLP spool's forwarder** (not in the task process: the scheduler's forwarder process, here one "
+            "**The spool's forwarder** (not in the task process: the scheduler's forwarder process, here one "
             f"long-lived preloaded process per configuration forwarding every {FORWARD_EVERY} rounds what the task "
-            "processes of both modes spooled; a round reads the finished spool files of one directory and exports "
-            "their metric points and spans concurrently, bounded by `emit_timeout_ms`; the start-up builds and "
-            "first uses the exporters, as the forwarder process does on its first round)"
+            "processes of all modes spooled; a round reads the finished spool files of one directory, appends the "
+            "handed-off event and span lines, costs and stores the handed-off evidence entries, and exports the "
+            "metric points and spans concurrently, bounded by `emit_timeout_ms`; the start-up builds and first "
+            "uses the exporters, as the forwarder process does on its first round). Its time per forwarded file "
+            "is what the task processes no longer pay themselves, moved to a process off their path, not removed"
         )
         w("")
         w(
             "| configuration | start-up, once (ms) | rounds with files | rounds skipped (previous one still waiting) "
-            "| files forwarded (task processes) | spans | metric points | round, median ms | round, max ms "
-            "| per forwarded file, ms | forwarder's failure records |"
+            "| files forwarded (task processes) | lines appended | evidence entries | spans | metric points "
+            "| round, median ms | round, max ms | per forwarded file, ms | forwarder's failure records |"
         )
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for cfg, calls in forwarded.items():
             rounds_ = [r for call in calls for r in call.get("rounds", []) if r.get("files")]
             busy = sum(1 for call in calls for r in call.get("rounds", []) if r.get("busy"))
@@ -1205,7 +1216,9 @@ def report(
             times_ = [ms(r["ns"]) for r in rounds_]
             prepared = [call["prepare_ns"] for call in calls if call.get("prepare_ns")]
             w(
-                f"| `{cfg}` | {f2(ms(prepared[0])) if prepared else '–'} | {len(rounds_)} | {busy} | {files} | {sum(r['spans'] for r in rounds_)} | "
+                f"| `{cfg}` | {f2(ms(prepared[0])) if prepared else '–'} | {len(rounds_)} | {busy} | {files} | "
+                f"{sum(r.get('lines', 0) for r in rounds_)} | {sum(r.get('entries', 0) for r in rounds_)} | "
+                f"{sum(r['spans'] for r in rounds_)} | "
                 f"{sum(r['points'] for r in rounds_)} | {f2(median(times_))} | {f2(max(times_, default=float('nan')))} | "
                 f"{f2(sum(times_) / files) if files else '–'} | "
                 + (", ".join(f"`{k}`: {v}" for k, v in sorted(total_fail.items())) or "none")
