@@ -408,6 +408,27 @@ def _read(paths: list[str]) -> _Round:
     return found
 
 
+def _render_stacktraces(spans: list[Any]) -> None:
+    """Replace the failure facts a task process left in its spans' exception events with the text of
+    ``exception.stacktrace`` (task_side.exception_facts), redacted; a failure is counted, the span kept."""
+    from barecount_provider.telemetry import redaction, task_side
+
+    for span in spans:
+        if not isinstance(span, dict):
+            continue
+        for event in span.get("events") or ():
+            attributes = event.get("attributes") if isinstance(event, dict) else None
+            if not isinstance(attributes, dict):
+                continue
+            facts = attributes.pop(task_side.PENDING_STACKTRACE, None)
+            if facts is None:
+                continue
+            try:
+                attributes["exception.stacktrace"] = redaction.redact_text(task_side.render_exception_facts(facts))
+            except Exception:
+                EMIT_FAILURES.record("traces", "stacktrace")
+
+
 def _write_lines(lines: dict[str, list[Any]]) -> None:
     """Append the handed-off lines, one write per file; a failure is counted as the task's would be."""
     from barecount_provider.telemetry.filesink import EVENTS_FILE, append_lines
@@ -521,6 +542,8 @@ class Forwarder:
             def run() -> None:
                 try:
                     # Handed-off outputs first: local files, and the entries' cost points join this round's.
+                    for records in (found.spans, *found.lines.values()):
+                        _render_stacktraces(records)
                     _write_lines(found.lines)
                     _deliver_entries(found.entries)
                     export_ms = max(1, int((deadline - time.monotonic()) * 1000))

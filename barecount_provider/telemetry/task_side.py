@@ -362,6 +362,76 @@ def format_exception_text(error: BaseException) -> str:
     return "".join(exception.format())
 
 
+PENDING_STACKTRACE = "barecount.pending.stacktrace"
+"""Span event attribute of a failure whose ``exception.stacktrace`` the spool's forwarder renders (see
+:func:`exception_facts`); the forwarder replaces it with the text before it writes or exports the span."""
+
+
+def exception_facts(error: BaseException) -> list[list[Any]] | None:
+    """What :func:`format_exception_text` would print for ``error``, without reading a source line: for each
+    exception of the chain, oldest first, the line that leads to it, its frames (``[path, line, function,
+    times in a row]``) or None, and its last lines (type, message, notes), redacted here, where the task's
+    registered secrets are known. The forwarder renders the text from them (:func:`render_exception_facts`),
+    reading the source lines itself: code, which Airflow shows in its UI, not the try's data; it redacts them
+    with the value patterns. None where only ``traceback`` gives the right text (exception groups, syntax
+    errors, a set ``sys.tracebacklimit``)."""
+    import sys
+
+    if getattr(sys, "tracebacklimit", None) is not None:
+        return None
+    chain = _chain(error)
+    if chain is None:
+        return None
+    redact_text = redaction.redact_text
+    facts: list[list[Any]] = []
+    for message, current in chain:
+        tb = current.__traceback__
+        frames: list[list[Any]] | None = None
+        if tb is not None:
+            frames = []
+            last: tuple[str, int | None, str] | None = None
+            while tb is not None:
+                code = tb.tb_frame.f_code
+                key = (code.co_filename, tb.tb_lineno, code.co_name)
+                if key == last:
+                    frames[-1][3] += 1  # a recursion: counted, as traceback summarises it
+                else:
+                    frames.append([key[0], key[1], key[2], 1])
+                    last = key
+                tb = tb.tb_next
+        only = _exception_only(current)
+        if not only:
+            return None
+        facts.append([message, frames, [redact_text(line) for line in only]])
+    return facts
+
+
+def render_exception_facts(facts: list[list[Any]]) -> str:
+    """The text of :func:`format_exception_text` from :func:`exception_facts`, source lines read here (in
+    the forwarder: its linecache stays warm from one try to the next). Not redacted: the caller redacts it."""
+    import linecache
+
+    out: list[str] = []
+    checked: set[str] = set()
+    for message, frames, only in facts:
+        if message is not None:
+            out.append(message)
+        if frames is not None:
+            out.append("Traceback (most recent call last):\n")
+            for path, lineno, name, count in frames:
+                if path not in checked:
+                    linecache.checkcache(path)  # a file changed on disk is read again
+                    checked.add(path)
+                line = linecache.getline(path, lineno).strip() if lineno is not None else ""
+                for _ in range(min(count, _RECURSIVE_CUTOFF)):
+                    out.append(f'  File "{path}", line {lineno}, in {name}\n')
+                    if line:
+                        out.append(f"    {line}\n")
+                out.extend(_repeated(count))
+        out.extend(only)
+    return "".join(out)
+
+
 def _all_exceptions(exception: traceback.TracebackException) -> list[traceback.TracebackException]:
     """The exception and every one chained to it or grouped in it."""
     found: list[traceback.TracebackException] = []
@@ -409,10 +479,17 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
             from opentelemetry.trace import Status, StatusCode
 
             span.set_attribute("error.type", error_class)
-            attributes = {"exception.type": error_class}
+            attributes: dict[str, Any] = {"exception.type": error_class}
             if isinstance(error, BaseException):
                 attributes["exception.message"] = redact(str(error))
-                attributes["exception.stacktrace"] = redact(format_exception_text(error))
+                # A span the forwarder writes or exports: the failure's facts, rendered there as text.
+                tracer = tracing.get_tracing()
+                forwarded = tracer is not None and tracer.try_spans_reach_the_forwarder()
+                facts = exception_facts(error) if forwarded else None
+                if facts is not None:
+                    attributes[PENDING_STACKTRACE] = facts
+                else:
+                    attributes["exception.stacktrace"] = redact(format_exception_text(error))
             elif error:
                 attributes["exception.message"] = redact(str(error))
             span.add_event("exception", attributes)
@@ -685,6 +762,7 @@ def _warm_try_path() -> None:
     span.set_attribute("barecount.state", "up_for_retry")
     span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
     span.add_event("exception", {"exception.message": redact(str(error)), "exception.stacktrace": redact(format_exception_text(error))})
+    filesink.encode_line(exception_facts(error))  # what a task process that hands off records instead
     from opentelemetry.trace import Status, StatusCode
 
     span.set_status(Status(StatusCode.ERROR, description=error_class))
@@ -707,6 +785,10 @@ def _warm_try_path() -> None:
             error={"error_class": error_class, "message": redact(str(error))}, emitter=None,
         )
         encode_document(entry)
+        filesink.encode_line(build_try_entry(  # handed off: uncosted
+            ctx, ti, state="success", started_at=started, ended_at=now, duration_s=0.5,
+            metrics=usage.as_dict(), trace=None, error=None, emitter=None, costed=False,
+        ))
 
 
 def end_suspended_tries() -> None:

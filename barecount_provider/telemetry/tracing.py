@@ -385,6 +385,16 @@ class Tracing:
             return processors[0].span_exporter
         return None
 
+    def try_spans_reach_the_forwarder(self) -> bool:
+        """Whether a try span ends as a record the spool's forwarder writes or exports (the OTLP spool; the
+        span file when this process hands its outputs off), not in this process."""
+        if self.airflow_mode:
+            return False
+        exporter = self._sole_exporter()
+        if isinstance(exporter, JsonLinesSpanExporter):
+            return spool.handoff()
+        return exporter is not None and exporter != () and isinstance(exporter, spool.span_exporter_class())
+
     def export_try_span(self, span: TrySpan) -> None:
         """Hand a finished try span to the exporter: directly to the span file or the OTLP spool, as an SDK
         span through the provider's span processors otherwise."""

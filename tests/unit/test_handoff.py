@@ -231,3 +231,101 @@ def test_a_store_that_is_down_costs_the_forwarder_one_attempt_per_round(home, mo
     assert len(attempts) == 1  # the first fails; the round's others go straight to the evidence spool
     assert len(evidence_spool.spooled()) == 3  # nothing lost: delivered by a later flush
     assert failures.count(("evidence", "store")) == 1  # counted (and reported by the forwarder)
+
+
+# ------------------------------------------------------------------------------- the failure's stack trace
+
+
+def _raised(make):
+    try:
+        make()
+    except BaseException as err:  # any exception the test raises
+        return err
+    raise AssertionError("nothing raised")
+
+
+def _recurse(depth: int) -> None:
+    if depth == 0:
+        raise RecursionError("too deep")
+    _recurse(depth - 1)
+
+
+def _chained() -> None:
+    try:
+        {}["missing"]
+    except KeyError as err:
+        raise RuntimeError("lookup failed\nsecond line of the message") from err
+
+
+def _in_handler() -> None:
+    try:
+        _ = 1 / 0
+    except ZeroDivisionError:
+        raise ValueError("while handling")  # noqa: B904 - the implicit context is what is tested
+
+
+def _with_notes() -> None:
+    err = TypeError("typed")
+    err.add_note("a note\nover two lines")
+    raise err
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _recurse(12),  # a run of repeated frames: summarised as traceback does
+        _chained,
+        _in_handler,
+        _with_notes,
+        lambda: int("x"),
+    ],
+    ids=["recursion", "cause", "context", "notes", "builtin"],
+)
+def test_the_stack_trace_rendered_from_the_failures_facts_is_pythons(make):
+    from barecount_provider.telemetry import task_side
+
+    error = _raised(make)
+    facts = task_side.exception_facts(error)
+    assert facts is not None
+    facts = json.loads(json.dumps(facts))  # as it comes back from the spool file
+    assert task_side.render_exception_facts(facts) == task_side.format_exception_text(error)
+
+
+def test_an_exception_without_a_traceback_and_the_cases_left_to_traceback():
+    from barecount_provider.telemetry import task_side
+
+    bare = ValueError("never raised")
+    assert task_side.render_exception_facts(task_side.exception_facts(bare)) == "ValueError: never raised\n"
+    group = _raised(lambda: (_ for _ in ()).throw(ExceptionGroup("many", [ValueError("a")])))
+    assert task_side.exception_facts(group) is None  # a group: traceback's own text, in the task
+    syntax = _raised(lambda: compile("def (", "<dag>", "exec"))
+    assert task_side.exception_facts(syntax) is None
+
+
+def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, monkeypatch, tmp_path):
+    """The message carries the try's data (redacted in the task, where the registered secrets are known);
+    a source line is code, redacted by the forwarder with the value patterns."""
+    from barecount_provider.telemetry import task_side
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
+    module = tmp_path / "leaky_dag.py"
+    module.write_text('def load():\n    raise ValueError(f"login refused for {TOKEN}") from None  # ghp_' + "A" * 36 + "\n")
+    from airflow.sdk.log import mask_secret
+
+    secret = f"corp-{os.getpid()}-{id(module):x}"
+    mask_secret(secret)  # e.g. a connection the task fetched: known as a secret only in the task process
+    namespace: dict = {"TOKEN": secret}
+    exec(compile(module.read_text(), str(module), "exec"), namespace)  # a DAG file's code
+    error = _raised(namespace["load"])
+    ti = _ti("load")
+    task_side.on_try_running(ti)
+    task_side.on_try_finished(ti, "failed", error)
+    spooled = (home / "telemetry" / "spool" / _spool_files(home)[0]).read_text()
+    assert secret not in spooled and task_side.PENDING_STACKTRACE in spooled and "exception.stacktrace" not in spooled
+    spool.flush_spool()
+    [span] = _lines(home / "telemetry" / "spans.jsonl")
+    [exception] = [e for e in span["events"] if e["name"] == "exception"]
+    text = exception["attributes"]["exception.stacktrace"]
+    assert task_side.PENDING_STACKTRACE not in exception["attributes"]
+    assert f'File "{module}", line 2, in load' in text and "raise ValueError" in text  # the source line
+    assert secret not in text and "ghp_" + "A" * 36 not in text and text.endswith("ValueError: login refused for ***\n")

@@ -249,16 +249,24 @@ def test_a_try_span_is_the_span_the_sdk_would_make(exporter, monkeypatch, tmp_pa
     for key in ("barecount.state", "barecount.cpu_time_ms", "barecount.peak_memory_bytes", "error.type"):
         if key in light.attributes:
             sdk.set_attribute(key, light.attributes[key])
-    for name, attrs, when in light.events:
-        sdk.add_event(name, attrs, timestamp=when)
+    # An OTLP try span reaches the forwarder with the failure's facts, which it renders as the stack trace
+    # before it exports the span (spool._render_stacktraces); the span file's line is written in the task.
+    record, line = light.record(), light.file_line()
+    pending = [e for e in record["events"] if task_side.PENDING_STACKTRACE in e["attributes"]]
+    assert len(pending) == (1 if exporter == "otlp" else 0)
+    spool._render_stacktraces([record, line])
+    for event in record["events"]:
+        sdk.add_event(event["name"], event["attributes"], timestamp=event["time"])
     sdk.set_status(light.status)
     sdk.end(end_time=light.end_time)
 
     assert light.trace_id == context.trace_id_for("etl", "run1")
     assert light.parent_span_id == context.task_span_id_for("etl", "run1", "load", -1)
     assert [name for name, _, _ in light.events] == ["retry", "exception", "retry_scheduled"]
-    assert light.record() == spool.span_record(sdk)
-    assert light.file_line() == tracing._span_as_dict(sdk)
+    (exception,) = [e for e in record["events"] if e["name"] == "exception"]
+    assert exception["attributes"]["exception.stacktrace"].splitlines()[-1] == "ValueError: boom"
+    assert record == spool.span_record(sdk)
+    assert line == tracing._span_as_dict(sdk)
     if exporter == "otlp":
         assert spool._PENDING_SPANS == [] or spool._PENDING_SPANS[-1] == light.record()
         files = _files(tmp_path / "spool")
