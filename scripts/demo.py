@@ -110,7 +110,9 @@ def _duration(value: Any) -> str:
 def _active_sinks(sinks: Any) -> str:
     if not isinstance(sinks, dict) or not sinks:
         return "-"
-    on = [name for name, where in sinks.items() if str(where).strip().lower() != "off"]
+    on = [  # written_by: who wrote the event (the task process or the forwarder), not a sink
+        name for name, where in sinks.items() if name != "written_by" and str(where).strip().lower() != "off"
+    ]
     return ",".join(on) if on else "none"
 
 
