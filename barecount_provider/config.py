@@ -342,12 +342,17 @@ def enabled() -> bool:
 ENVIRONMENTS = ("development", "staging", "production")
 
 
+def _choice(name: str, choices: tuple[str, ...]) -> str:
+    """An option that takes one of ``choices`` (any case); anything else is a ValueError naming them."""
+    value = _raw(name).strip().lower()
+    if value not in choices:
+        raise ValueError(f"[{SECTION}] {name}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
 @functools.cache
 def environment() -> str:
-    value = _raw("environment").strip().lower()
-    if value not in ENVIRONMENTS:
-        raise ValueError(f"[{SECTION}] environment: {value!r} is not one of {', '.join(ENVIRONMENTS)}")
-    return value
+    return _choice("environment", ENVIRONMENTS)
 
 
 @functools.cache
@@ -406,10 +411,7 @@ TAG_STYLES = ("dogstatsd", "influxdb")
 
 @functools.cache
 def statsd_tag_style() -> str:
-    value = _raw("statsd_tag_style").strip().lower()
-    if value not in TAG_STYLES:
-        raise ValueError(f"[{SECTION}] statsd_tag_style: {value!r} is not one of {', '.join(TAG_STYLES)}")
-    return value
+    return _choice("statsd_tag_style", TAG_STYLES)
 
 
 @functools.cache
@@ -427,10 +429,7 @@ TASK_OUTPUTS = ("auto", "task", "forwarder")
 
 @functools.cache
 def task_outputs() -> str:
-    value = _raw("task_outputs").strip().lower()
-    if value not in TASK_OUTPUTS:
-        raise ValueError(f"[{SECTION}] task_outputs: {value!r} is not one of {', '.join(TASK_OUTPUTS)}")
-    return value
+    return _choice("task_outputs", TASK_OUTPUTS)
 
 
 TRACE_EXPORTERS = ("otlp", "file", "none")
@@ -438,10 +437,7 @@ TRACE_EXPORTERS = ("otlp", "file", "none")
 
 @functools.cache
 def traces_exporter() -> str:
-    value = _raw("traces_exporter").strip().lower()
-    if value not in TRACE_EXPORTERS:
-        raise ValueError(f"[{SECTION}] traces_exporter: {value!r} is not one of {', '.join(TRACE_EXPORTERS)}")
-    return value
+    return _choice("traces_exporter", TRACE_EXPORTERS)
 
 
 @functools.cache
@@ -542,10 +538,7 @@ def evidence_on() -> bool:
 
 @functools.cache
 def evidence_store() -> str:
-    value = _raw("evidence_store").strip().lower()
-    if value not in EVIDENCE_STORES:
-        raise ValueError(f"[{SECTION}] evidence_store: {value!r} is not one of {', '.join(EVIDENCE_STORES)}")
-    return value
+    return _choice("evidence_store", EVIDENCE_STORES)
 
 
 @functools.cache
