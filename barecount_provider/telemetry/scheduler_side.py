@@ -483,9 +483,10 @@ class SchedulerSide:
 
     def check_forwarder(self) -> bool:
         """Start the forwarder again if it died (task processes forked while it was down, or that saw it
-        dead, write their outputs themselves). True when it was restarted."""
+        dead, write their outputs themselves). True when it was restarted; never once this side stopped
+        (its stop ends the forwarder after a last round)."""
         forwarder = self._forwarder
-        if forwarder is None or forwarder.running():
+        if forwarder is None or forwarder.running() or self._stop.is_set():
             return False
         forwarder.withdraw()
         EMIT_FAILURES.record("spool", "forwarder_died")

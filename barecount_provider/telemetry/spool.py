@@ -430,14 +430,16 @@ def _render_stacktraces(spans: list[Any]) -> None:
 
 
 def _write_lines(lines: dict[str, list[Any]]) -> None:
-    """Append the handed-off lines, one write per file; a failure is counted as the task's would be."""
+    """Append the handed-off lines, one write per file; a failure is counted as the task's would be (the
+    file sink's ``file/write``, the span file's ``traces/export``)."""
     from barecount_provider.telemetry.filesink import EVENTS_FILE, append_lines
 
     for path, records in lines.items():
         try:
             append_lines(path, records)
         except Exception:
-            EMIT_FAILURES.record("file" if os.path.basename(path) == EVENTS_FILE else "traces", "write")
+            sink, stage = ("file", "write") if os.path.basename(path) == EVENTS_FILE else ("traces", "export")
+            EMIT_FAILURES.record(sink, stage)
 
 
 def _deliver_entries(entries: list[dict[str, Any]]) -> None:

@@ -133,6 +133,8 @@ def test_a_dead_forwarder_is_started_again_and_named_anew(home, monkeypatch):
         assert not side.check_forwarder()  # running: nothing to do
     finally:
         side.stop()
+    assert not side.check_forwarder()  # stopped with its scheduler side: never started again
+    assert spool.FORWARDER_PID_ENV not in os.environ
 
 
 # ------------------------------------------------------------------------------------------- the outputs
@@ -329,3 +331,22 @@ def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, 
     assert task_side.PENDING_STACKTRACE not in exception["attributes"]
     assert f'File "{module}", line 2, in load' in text and "raise ValueError" in text  # the source line
     assert secret not in text and "ghp_" + "A" * 36 not in text and text.endswith("ValueError: login refused for ***\n")
+
+
+def test_a_line_the_forwarder_cannot_write_is_counted_as_the_tasks_would_be(home, monkeypatch):
+    from barecount_provider.telemetry import filesink
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
+    _run_try("load")
+
+    def refuse(path, records):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(filesink, "append_lines", refuse)
+    failures: list[tuple[str, str]] = []
+    record = metrics.EMIT_FAILURES.record
+    monkeypatch.setattr(
+        metrics.EMIT_FAILURES, "record", lambda sink, stage: (failures.append((sink, stage)), record(sink, stage))
+    )
+    assert spool.flush_spool()["lines"] == 2
+    assert sorted(failures) == [("file", "write"), ("traces", "export")]  # the event's, the span line's
