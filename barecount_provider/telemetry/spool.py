@@ -235,7 +235,7 @@ def pending() -> bool:
 def write_pending() -> None:
     """Write what this process has to spool as one file (one ``write``, then a rename); never raises."""
     global _sequence
-    if not (_PENDING_POINTS or _PENDING_SPANS or _PENDING_LINES or _PENDING_ENTRIES):
+    if not pending():
         return
     with _lock:
         record: dict[str, Any] = {"points": list(_PENDING_POINTS), "spans": list(_PENDING_SPANS)}

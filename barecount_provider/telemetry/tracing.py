@@ -393,7 +393,7 @@ class Tracing:
         exporter = self._sole_exporter()
         if isinstance(exporter, JsonLinesSpanExporter):
             return spool.handoff()
-        return exporter is not None and exporter != () and isinstance(exporter, spool.span_exporter_class())
+        return isinstance(exporter, spool.span_exporter_class())
 
     def export_try_span(self, span: TrySpan) -> None:
         """Hand a finished try span to the exporter: directly to the span file or the OTLP spool, as an SDK
