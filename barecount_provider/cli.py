@@ -343,14 +343,17 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
         return True
 
     while True:
+        # Decided before the round: a stop that comes during a round may follow files that round did not
+        # see (its claim was made already), so the round after the stop is the last one.
+        stopping = stop.is_set() or not parent_alive()
         result = spool.flush_spool()
         if not args.quiet:
             if args.json:
                 print(json.dumps(result), flush=True)
             else:
                 print(", ".join(f"{key} {value}" for key, value in result.items()), flush=True)
-        if not args.loop or stop.is_set() or not parent_alive():
-            return 0  # after a stop, the round above was the last one
+        if not args.loop or stopping:
+            return 0
         try:
             stop.wait(args.loop)
         except KeyboardInterrupt:

@@ -395,6 +395,30 @@ def test_the_forwarder_process_ends_when_its_scheduler_is_gone(otlp_config, coll
                 process.wait()
 
 
+def test_a_stop_during_a_round_is_followed_by_one_more_round(monkeypatch):
+    """SIGTERM while a round runs: that round claimed its files before the stop, so files written just
+    before the stop can only leave through one more round (a race a real forwarder process showed)."""
+    import signal
+
+    from barecount_provider import cli
+
+    rounds: list[int] = []
+
+    def one_round(timeout_ms=None):
+        rounds.append(1)
+        if len(rounds) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the scheduler stops it while this round runs
+        return {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
+
+    monkeypatch.setattr(spool, "flush_spool", one_round)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main(["telemetry", "forward", "--quiet", "--loop", "600"]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(rounds) == 2  # the round that was running, then the last one, at once (not after 600 s)
+
+
 def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider(otlp_config):
     """The scheduler is the process every task process is forked from: its run and task spans and its points
     are spooled like the task processes', and nothing in it builds an SDK tracer provider."""
