@@ -85,7 +85,7 @@ MODE_HELP = {
     "baseline": "`preloaded` with another checkout of BareCount (`--baseline DIR`), interleaved with the "
     "others, for a side-by-side comparison of two versions",
 }
-ALL_CONFIGS = ("off", "on_default", "on_default_task", "on_sinks_up", "on_sinks_down", "on_sinks_hung")
+ALL_CONFIGS = ("off", "on_default", "on_default_task", "floor", "on_sinks_up", "on_sinks_down", "on_sinks_hung")
 DEFAULT_CONFIGS = ALL_CONFIGS
 CONFIG_HELP = {
     "off": "BareCount not called: the child neither imports nor calls it (the baseline)",
@@ -94,6 +94,11 @@ CONFIG_HELP = {
     "scheduler whose forwarder runs, as with LocalExecutor)",
     "on_default_task": "the same, written by the task process itself (`task_outputs = task`: a machine "
     "where no forwarder runs)",
+    "floor": "not BareCount's listener: the benchmark's own `FloorListener`, the least a task process "
+    "must do itself for the issue's outputs (the context, the ids, the environment, the log context, the "
+    "resource samples, and one spool file of the try's facts), from BareCount's own functions; BareCount's "
+    "cluster policies as in `on_default`. The bound of a design whose forwarder builds the span, the "
+    "event and the evidence entry from those facts",
     "on_sinks_up": "StatsD (UDP) + OTLP metrics + OTLP traces (HTTP) + file sink, all sinks listening",
     "on_sinks_down": "the same sinks, pointed at ports with nothing listening (UDP port closed, TCP refused)",
     "on_sinks_hung": "the same sinks, the OTLP collector accepting connections and never answering",
@@ -302,7 +307,7 @@ def config_env(cfg: str, ports: dict[str, int], telemetry_root: Path, emit_timeo
         # Who writes a try's outputs: as under a scheduler whose forwarder runs (the benchmark's supervisors
         # are no schedulers: no forwarder is named to them), or the task process itself.
         env["AIRFLOW__BARECOUNT__TASK_OUTPUTS"] = "task" if cfg == "on_default_task" else "forwarder"
-    if cfg in ("off", "on_default", "on_default_task"):
+    if cfg in ("off", "on_default", "on_default_task", "floor"):
         return env
     live = cfg == "on_sinks_up"
     http_port = {"on_sinks_up": ports["http_up"], "on_sinks_down": ports["tcp_down"]}.get(
@@ -391,6 +396,80 @@ def _one_try(
     return ti
 
 
+class FloorListener:
+    """The ``floor`` configuration: what a task process cannot leave to the forwarder, and nothing else.
+
+    At ``running``: the opt-out check, the context, the tenant's policy values, the trace id and the try's
+    span id (keyed hashes), ``TRACEPARENT`` and the ids in the environment, the log context (redacted), the
+    debug governance, the peak-memory reset and the resource sample. At the end: the resource usage and one
+    spool file (a write and a rename) of the try's facts (its context, state, times, usage and, when it
+    failed, the failure's facts) for a forwarder that would build the span, the event and the evidence entry.
+    No span object, no event, no entry, no redaction at the end. Built from BareCount's own functions, so it
+    pays their cold start in the forked task process as BareCount does."""
+
+    def __init__(self) -> None:
+        self._tries: dict[Any, Any] = {}
+
+    def on_starting(self, component: Any) -> None:
+        pass
+
+    def before_stopping(self, component: Any) -> None:
+        pass
+
+    def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
+        from barecount_provider import config, context
+        from barecount_provider.telemetry import logging as bc_logging
+        from barecount_provider.telemetry import resources, task_side
+
+        ti = task_instance
+        if context.is_opted_out(ti.task.dag):
+            return
+        ctx = context.resolve_for_ti(ti)
+        _, debug_allowed = task_side.policy_values(ctx.tenant)
+        trace_id = f"{context.trace_id_for(ctx.dag_id, ctx.run_id):032x}"
+        span_id = context.keyed_hex("try-span", ctx.dag_id, ctx.run_id, ctx.task_id, ctx.map_index, ctx.try_number, length=16)
+        ctx = ctx.with_trace(f"00-{trace_id}-{span_id}-01")
+        ctx.export_to_environment()
+        fields = ctx.log_fields()
+        fields["trace_id"], fields["span_id"] = trace_id, span_id
+        bc_logging.bind_run_context(fields)
+        bc_logging.govern_debug(None, config.environment(), debug_allowed)
+        resources.reset_peak_memory()
+        self._tries[ti.try_number] = (ctx, resources.sample(keep_open=True), time.time(), span_id)
+
+    def _end(self, ti: Any, state: str, error: BaseException | None = None) -> None:
+        from barecount_provider import config
+        from barecount_provider.telemetry import resources, task_side
+
+        tried = self._tries.pop(ti.try_number, None)
+        if tried is None:
+            return
+        ctx, start, started, span_id = tried
+        usage = resources.usage_since(start)
+        facts: dict[str, Any] = {
+            "context": dict(ctx.__dict__), "span_id": span_id, "state": state, "start": started,
+            "end": time.time(), "usage": usage.as_dict(),
+        }
+        exception_facts = getattr(task_side, "exception_facts", None)  # DIR's BareCount may predate it
+        if error is not None and exception_facts is not None:
+            facts["error"] = exception_facts(error)
+        directory = os.path.join(config.telemetry_dir(), "floor-facts")
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{os.getpid()}-{ti.try_number}.json")
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(facts, default=str).encode())
+        finally:
+            os.close(fd)
+        os.rename(path + ".tmp", path)
+
+    def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+        self._end(task_instance, "success")
+
+    def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
+        self._end(task_instance, "up_for_retry", error if isinstance(error, BaseException) else None)
+
+
 def _child(
     cfg: str, index: int, env: dict[str, str], wfd: int, log_path: str, warm: bool = False, mode: str = ""
 ) -> None:
@@ -421,7 +500,7 @@ def _child(
             timings["import"] = ns() - t
             if not listeners:
                 raise RuntimeError("BareCount registered no listener (is [barecount] enabled?)")
-            lifecycle = listeners[0]
+            lifecycle = FloorListener() if cfg == "floor" else listeners[0]
             # The cluster policy (airflow.policy entry point) is loaded by airflow.settings, i.e. already in
             # the supervisor; Airflow calls it when the task process parses the DAG file.
             policies = sys.modules.get("barecount_provider.policies")
