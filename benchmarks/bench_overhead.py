@@ -1751,31 +1751,27 @@ def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None 
     elapsed = time.monotonic() - started
     obs, opt, off = rows["observed"], rows["opted out"], rows["disabled"]
 
-    def read_inside(path: Path, dag_id: str, timed_rows: list[dict[str, Any]]) -> list[dict[str, float]]:
+    def read_records(
+        path: Path, dag_id: str, timed_rows: list[dict[str, Any]], *, life: bool = False
+    ) -> list[dict[str, float]]:
+        """The timed runs' records of the plugin: one per task process from its listener, or (``life``) its
+        whole life (fork to exit) as its LocalExecutor worker accounted it."""
         timed = {r["run_id"] for r in timed_rows}
         if not path.exists():
             return []
         records = [json.loads(line) for line in path.read_text().splitlines()]
-        return [r for r in records if r["dag_id"] == dag_id and r["run_id"] in timed and not r.get("life")]
-
-    def read_life(path: Path, dag_id: str, timed_rows: list[dict[str, Any]]) -> list[dict[str, float]]:
-        """The task processes' whole lives (fork to exit), as their LocalExecutor worker accounts them."""
-        timed = {r["run_id"] for r in timed_rows}
-        if not path.exists():
-            return []
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        return [r for r in records if r["dag_id"] == dag_id and r["run_id"] in timed and r.get("life")]
+        return [r for r in records if r["dag_id"] == dag_id and r["run_id"] in timed and bool(r.get("life")) == life]
 
     inside = {
-        "observed": read_inside(rusage_file, "bench_real_observed", obs),
-        "opted out": read_inside(rusage_file, "bench_real_optout", opt),
-        "disabled": read_inside(disabled_rusage, "bench_real_observed", off),
+        "observed": read_records(rusage_file, "bench_real_observed", obs),
+        "opted out": read_records(rusage_file, "bench_real_optout", opt),
+        "disabled": read_records(disabled_rusage, "bench_real_observed", off),
     }
-    failing = read_inside(rusage_file, "bench_real_failing", rows["failing"])
+    failing = read_records(rusage_file, "bench_real_failing", rows["failing"])
     baseline_rows: list[dict[str, Any]] = []
     if baseline:
-        baseline_rows = read_inside(baseline_rusage, "bench_real_observed", rows["baseline observed"])
-        baseline_rows += read_inside(baseline_rusage, "bench_real_failing", rows["baseline failing"])
+        baseline_rows = read_records(baseline_rusage, "bench_real_observed", rows["baseline observed"])
+        baseline_rows += read_records(baseline_rusage, "bench_real_failing", rows["baseline failing"])
         wrong = {r.get("barecount") for r in baseline_rows if not str(r.get("barecount")).startswith(baseline)}
         if wrong:
             raise RuntimeError(f"the baseline Airflow's task processes ran BareCount from {wrong}, not {baseline}")
@@ -1852,9 +1848,9 @@ def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None 
             "they run (runs of the same code gave −2.3 to +3.8 ms here); the page faults are exact.",
         ]
     life = {
-        "observed": read_life(rusage_file, "bench_real_observed", obs),
-        "opted out": read_life(rusage_file, "bench_real_optout", opt),
-        "disabled": read_life(disabled_rusage, "bench_real_observed", off),
+        "observed": read_records(rusage_file, "bench_real_observed", obs, life=True),
+        "opted out": read_records(rusage_file, "bench_real_optout", opt, life=True),
+        "disabled": read_records(disabled_rusage, "bench_real_observed", off, life=True),
     }
     life_delta: dict[str, float] = {}
     if all(len(data) >= max(1, k // 2) for data in life.values()):
