@@ -1544,6 +1544,17 @@ from airflow.plugins_manager import AirflowPlugin
 
 _START = {}
 _HOOKS = {}
+_GC = {"collections": [0, 0, 0], "ms": 0.0, "started": None}
+
+
+def _gc_callback(phase, info):
+    # The task process's garbage collections from on_starting on: count per generation and time spent.
+    if phase == "start":
+        _GC["started"] = time.perf_counter()
+    elif _GC["started"] is not None:
+        _GC["collections"][info["generation"]] += 1
+        _GC["ms"] += (time.perf_counter() - _GC["started"]) * 1000.0
+        _GC["started"] = None
 
 
 def _sample():
@@ -1566,6 +1577,9 @@ class _Listener:
     def on_starting(self, component):
         if type(component).__name__ == "TaskRunnerMarker":
             _START["at"] = _sample()
+            import gc
+
+            gc.callbacks.append(_gc_callback)
             return (yield from _timed("on_starting"))
         return (yield)
 
@@ -1592,6 +1606,7 @@ class _Listener:
         line = json.dumps({
             "dag_id": _START["ti"][0], "run_id": _START["ti"][1], "minflt": faults, "cpu_ms": cpu, "wall_ms": wall,
             "process_minflt": end[0], "process_cpu_ms": end[1], "hooks": _HOOKS,
+            "gc_collections": _GC["collections"], "gc_ms": _GC["ms"],
             "barecount": getattr(sys.modules.get("barecount_provider"), "__file__", None),
         })
         fd = os.open(os.environ["BENCH_RUSAGE_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -1664,6 +1679,17 @@ def _real_run(stack: Any, dag_id: str, expected: str = "success") -> dict[str, A
         "duration": (end - start).total_seconds() * 1000.0,
         "queued_to_end": (end - queued).total_seconds() * 1000.0,
     }
+
+
+def bootstrap_median(values: list[float], rounds: int = 2000, seed: int = 7) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of median(values) (fixed seed); NaNs for no values."""
+    import random
+
+    if not values:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    medians = sorted(median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
 
 
 def bootstrap_median_difference(a: list[float], b: list[float], rounds: int = 2000, seed: int = 7) -> tuple[float, float]:
@@ -1822,11 +1848,24 @@ def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None 
             f"cluster policies included; {', '.join(f'{len(d)} {label}' for label, d in inside.items())} task "
             "processes). These are the process's own accounting, far less noisy than end-to-end times:",
             "",
-            "| task processes | minor page faults, median | CPU time, median ms | on_starting → before_stopping, median ms |",
-            "|---|---|---|---|",
+            "| task processes | minor page faults, median | CPU time, median ms | on_starting → before_stopping, "
+            "median ms | garbage collections per process, mean (generation 0 / 1 / 2) | time in them, mean ms |",
+            "|---|---|---|---|---|---|",
         ]
+
+        def gc_means(data: list[dict[str, Any]]) -> tuple[str, str]:
+            counts = [r["gc_collections"] for r in data if "gc_collections" in r]
+            if not counts:
+                return "–", "–"
+            per_gen = " / ".join(f"{sum(c[g] for c in counts) / len(counts):.2f}" for g in range(3))
+            return per_gen, f2(sum(r["gc_ms"] for r in data if "gc_ms" in r) / len(counts))
+
         for label, data in inside.items():
-            md.append(f"| {label} | {med(data, 'minflt'):.0f} | {f2(med(data, 'cpu_ms'))} | {f2(med(data, 'wall_ms'))} |")
+            collections_, gc_ms = gc_means(data)
+            md.append(
+                f"| {label} | {med(data, 'minflt'):.0f} | {f2(med(data, 'cpu_ms'))} | {f2(med(data, 'wall_ms'))} | "
+                f"{collections_} | {gc_ms} |"
+            )
         base = inside["disabled"]
         inside_delta = {
             key: med(inside["observed"], key) - med(inside["opted out"], key) for key in ("minflt", "cpu_ms", "wall_ms")
@@ -1869,18 +1908,34 @@ def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None 
         low, high = bootstrap_median_difference(
             [r["cpu_ms"] for r in life["observed"]], [r["cpu_ms"] for r in life["opted out"]]
         )
+        # Paired: the observed and the opted-out run of the same round of the rotation ran minutes apart at
+        # most, so a drift of the machine's speed cancels out of their difference.
+        by_run = {r["run_id"]: r["cpu_ms"] for r in life["observed"] + life["opted out"]}
+        paired = [
+            by_run[a["run_id"]] - by_run[b["run_id"]]
+            for a, b in zip(obs, opt, strict=False)
+            if a["run_id"] in by_run and b["run_id"] in by_run
+        ]
+        paired_low, paired_high = bootstrap_median(paired)
         life_delta = {
             "cpu_ms": med(life["observed"], "cpu_ms") - med(life["opted out"], "cpu_ms"),
             "minflt": med(life["observed"], "minflt") - med(life["opted out"], "minflt"),
             "low": low,
             "high": high,
+            "paired_cpu_ms": median(paired),
+            "paired_low": paired_low,
+            "paired_high": paired_high,
+            "cpu_ms_records": {label: [r["cpu_ms"] for r in data] for label, data in life.items()},
+            "paired_cpu_ms_records": paired,
         }
         md += [
             "",
             f"**Observed − opted out, whole task process, on the same Airflow**: {life_delta['minflt']:+.0f} page "
             f"faults, **{life_delta['cpu_ms']:+.2f} ms of CPU = "
             f"{100.0 * life_delta['cpu_ms'] / med(off, 'duration'):.1f}% of the task's duration** "
-            f"(95% bootstrap interval of the difference of medians: {low:+.2f} to {high:+.2f} ms). An opted-out "
+            f"(95% bootstrap interval of the difference of medians: {low:+.2f} to {high:+.2f} ms; paired by "
+            f"round of the rotation, the median of {len(paired)} differences is {median(paired):+.2f} ms, "
+            f"interval {paired_low:+.2f} to {paired_high:+.2f} ms). An opted-out "
             "DAG's task process still imports nothing more and runs the cluster policies' and hooks' opt-out "
             "checks; everything BareCount does for an observed try is in the difference. Enabled − disabled "
             f"(two Airflows): {med(life['observed'], 'cpu_ms') - med(life['disabled'], 'cpu_ms'):+.2f} ms of CPU, "
