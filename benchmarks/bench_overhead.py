@@ -294,6 +294,15 @@ class Sinks:
 
 # ---------------------------------------------------------------------------------------------- configs
 
+# The options of config_env that point BareCount at the sinks (the real reference's --real-sinks Airflow).
+SINK_KEYS = (
+    "AIRFLOW__BARECOUNT__STATSD",
+    "AIRFLOW__BARECOUNT__OTLP",
+    "AIRFLOW__BARECOUNT__TRACES",
+    "AIRFLOW__BARECOUNT__FILE_SINK",
+    "OTEL_",
+)
+
 
 def config_env(cfg: str, ports: dict[str, int], telemetry_root: Path, emit_timeout_ms: int) -> dict[str, str]:
     env = {
@@ -1449,6 +1458,15 @@ def verdicts(
                     else "."
                 )
             )
+        sink_hooks = {key: value for key, value in (real.get("sinks_hooks") or {}).items() if key in hooks}
+        if sink_hooks:
+            worst_key = max(sink_hooks, key=lambda key: sink_hooks[key]["wall_ms"])
+            worst = sink_hooks[worst_key]["wall_ms"]
+            lines.append(
+                "* **hooks of real Airflow task processes, StatsD + OTLP up** (`--real-sinks`): "
+                + ", ".join(f"`{key}` {f2(value['wall_ms'])} ms (n={value['n']})" for key, value in sink_hooks.items())
+                + f" → slowest `{worst_key}` {f2(worst)} ms → ≤ 1 ms **{'met' if worst <= 1.0 else 'missed'}**."
+            )
     warm_ok = {cfg: _ok(rs) for cfg, rs in (warm or {}).items()}
     if any(warm_ok.values()):
         steady = [(cfg, *slowest_event(rs, min_n=10)) for cfg, rs in warm_ok.items() if rs]
@@ -1703,7 +1721,9 @@ def bootstrap_median_difference(a: list[float], b: list[float], rounds: int = 20
     return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds) - 1]
 
 
-def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None = None) -> dict[str, Any]:
+def real_reference(
+    k: int, workdir: Path, warmup: int = 2, baseline: str | None = None, sinks: bool = False
+) -> dict[str, Any]:
     """On two real Airflows running side by side (BareCount enabled; BareCount installed and disabled):
     K runs each of a trivial DAG observed, the same DAG opted out, the failing DAG, and the DAG on the
     disabled Airflow, interleaved in a rotating order, so that the machine's drift and the other Airflow's
@@ -1751,6 +1771,19 @@ def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None 
             envs["baseline"]["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache-real-baseline")
         kinds["baseline observed"] = ("baseline", "bench_real_observed")
         kinds["baseline failing"] = ("baseline", "bench_real_failing")
+    sinks_rusage = workdir / "real-rusage-sinks.jsonl"
+    sink_servers = Sinks() if sinks else None
+    if sink_servers is not None:
+        # --real-sinks: one more Airflow, its BareCount sending to StatsD (UDP) and OTLP (HTTP), both up.
+        sink_env = config_env("on_sinks_up", sink_servers.ports, workdir / "real-telemetry-sinks-unused", 250)
+        envs["sinks"] = {
+            **extra_env,
+            **{key: value for key, value in sink_env.items() if key.startswith(SINK_KEYS)},
+            "BENCH_RUSAGE_FILE": str(sinks_rusage),
+            "AIRFLOW__BARECOUNT__TELEMETRY_DIR": str(workdir / "real-telemetry-sinks"),
+        }
+        kinds["sinks observed"] = ("sinks", "bench_real_observed")
+        kinds["sinks failing"] = ("sinks", "bench_real_failing")
     homes = {name: workdir / f"real-airflow-home-{name}" for name in envs}
     for home in homes.values():
         (home / "plugins").mkdir(parents=True, exist_ok=True)
@@ -1758,6 +1791,8 @@ def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None 
     rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     started = time.monotonic()
     with contextlib.ExitStack() as running:
+        if sink_servers is not None:
+            running.callback(sink_servers.stop)
         stacks = {
             name: running.enter_context(AirflowStack(home=homes[name], dags_folder=dags, extra_env=env))
             for name, env in envs.items()
@@ -1941,13 +1976,18 @@ def real_reference(k: int, workdir: Path, warmup: int = 2, baseline: str | None 
             f"(two Airflows): {med(life['observed'], 'cpu_ms') - med(life['disabled'], 'cpu_ms'):+.2f} ms of CPU, "
             f"{med(life['observed'], 'minflt') - med(life['disabled'], 'minflt'):+.0f} page faults.",
         ]
-    hooks = real_hooks(inside, failing, baseline_rows)
+    sinks_rows: list[dict[str, Any]] = []
+    if sinks:
+        sinks_rows = read_records(sinks_rusage, "bench_real_observed", rows["sinks observed"])
+        sinks_rows += read_records(sinks_rusage, "bench_real_failing", rows["sinks failing"])
+    hooks = real_hooks(inside, failing, baseline_rows, sinks_rows)
     md += hooks["markdown"]
     return {
         "inside_delta": inside_delta,
         "life_delta": life_delta,
         "hooks": hooks["medians"],
         "baseline_hooks": hooks["baseline_medians"],
+        "sinks_hooks": hooks["sinks_medians"],
         "markdown": "\n".join(md),
         "task_ms": med(off, "duration"),
         "queued_to_end_ms": med(off, "queued_to_end"),
@@ -1964,18 +2004,26 @@ def real_hooks(
     inside: dict[str, list[dict[str, Any]]],
     failing: list[dict[str, Any]],
     baseline: list[dict[str, Any]] | None = None,
+    sinks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Each lifecycle hook as Airflow calls it in the real task processes, timed by the benchmark's pluggy
-    wrapper around every other implementation (BareCount's, in the observed runs): medians and p99s."""
+    wrapper around every other implementation (BareCount's, in the observed runs): medians and p99s.
+    ``baseline``: DIR's BareCount's task processes; ``sinks``: those of the Airflow whose BareCount sends to
+    StatsD and OTLP (``--real-sinks``)."""
     kinds = {
         "observed": inside["observed"] + failing,
         "baseline": list(baseline or []),
+        "sinks": list(sinks or []),
         "opted out": inside["opted out"],
         "disabled": inside["disabled"],
     }
     medians: dict[str, dict[str, float]] = {}
-    baseline_medians: dict[str, dict[str, float]] = {}
-    with_baseline = bool(baseline)
+    extra_medians: dict[str, dict[str, dict[str, float]]] = {"baseline": {}, "sinks": {}}
+    extra_columns = [
+        (kind, label)
+        for kind, label in (("baseline", "baseline (DIR)"), ("sinks", "StatsD + OTLP up"))
+        if kinds[kind]
+    ]
     md = [
         "",
         "**Time inside the hooks of real task processes** (the benchmark's listener is a pluggy wrapper "
@@ -1984,12 +2032,14 @@ def real_hooks(
         "and CPU time from the process's own accounting); `failed` comes from the failing DAG's runs, the "
         "other hooks from the observed and failing runs together). Opted out and disabled show what the same "
         "call costs without BareCount's work"
-        + ("; `baseline` is the third Airflow, running DIR's BareCount:" if with_baseline else ":"),
+        + ("; `baseline (DIR)`: the Airflow running DIR's BareCount" if kinds["baseline"] else "")
+        + ("; `StatsD + OTLP up`: the Airflow whose BareCount sends to StatsD and OTLP, both up" if kinds["sinks"] else "")
+        + ":",
         "",
         "| hook | observed: median / p99 ms (n) | page faults, median | CPU, median ms | "
-        + ("baseline (DIR): median / p99 ms (page faults) | " if with_baseline else "")
+        + "".join(f"{label}: median / p99 ms (page faults) | " for _, label in extra_columns)
         + "opted out, median ms | BareCount disabled, median ms |",
-        "|---|---|---|---|---|---|" + ("---|" if with_baseline else ""),
+        "|---|---|---|---|---|---|" + "---|" * len(extra_columns),
     ]
     for key, label in REAL_HOOKS:
         values = {
@@ -2005,13 +2055,12 @@ def real_hooks(
             f"{median([v['minflt'] for v in seen]):.0f}",
             f2(median([v["cpu_ms"] for v in seen])),
         ]
-        if with_baseline:
-            old_wall = [v["wall_ms"] for v in values["baseline"]]
-            if old_wall:
-                baseline_medians[key] = {"wall_ms": median(old_wall), "n": len(old_wall)}
+        for kind, _ in extra_columns:
+            other = [v["wall_ms"] for v in values[kind]]
+            if other:
+                extra_medians[kind][key] = {"wall_ms": median(other), "p99_ms": pct(other, 99), "n": len(other)}
                 cells.append(
-                    f"{f2(median(old_wall))} / {f2(pct(old_wall, 99))} "
-                    f"({median([v['minflt'] for v in values['baseline']]):.0f})"
+                    f"{f2(median(other))} / {f2(pct(other, 99))} ({median([v['minflt'] for v in values[kind]]):.0f})"
                 )
             else:
                 cells.append("–")
@@ -2036,7 +2085,12 @@ def real_hooks(
                 f"| {kind} | {f2(median([r['process_cpu_ms'] for r in rows]))} | "
                 f"{median([r['process_minflt'] for r in rows]):.0f} |"
             )
-    return {"markdown": md, "medians": medians, "baseline_medians": baseline_medians}
+    return {
+        "markdown": md,
+        "medians": medians,
+        "baseline_medians": extra_medians["baseline"],
+        "sinks_medians": extra_medians["sinks"],
+    }
 
 
 # -------------------------------------------------------------------------------------------------- main
@@ -2076,6 +2130,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also run K observed, K opted-out and K failing DAG runs on a real Airflow, and K on one with "
         "BareCount disabled (and, with --baseline, K observed and K failing on DIR's BareCount); slow; "
         "default 0: off",
+    )
+    parser.add_argument(
+        "--real-sinks",
+        action="store_true",
+        help="with --real-reference: one more Airflow, whose BareCount sends to StatsD and OTLP (both up, "
+        "served by the benchmark), runs the observed and the failing DAG K times each in the same rotation",
     )
     parser.add_argument(
         "--warm-tasks",
@@ -2266,7 +2326,9 @@ def _run(args: argparse.Namespace, modes: list[str], configs: list[str], command
     real = None
     if args.real_reference > 0:
         print(f"bench_overhead: real Airflow reference, {args.real_reference} runs per DAG", file=sys.stderr)
-        real = real_reference(args.real_reference, workdir, baseline=BASELINE[0] if BASELINE else None)
+        real = real_reference(
+            args.real_reference, workdir, baseline=BASELINE[0] if BASELINE else None, sinks=args.real_sinks
+        )
     sources_at_end = provider_sources()
     changed_any = sorted(
         name
