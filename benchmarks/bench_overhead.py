@@ -350,6 +350,13 @@ def _minflt() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def apply_cluster_policies(policies: Any, dag: Any) -> None:
+    """As Airflow's DagBag does when a task process parses the DAG file: each task's policy, then the DAG's."""
+    for task in dag.tasks:
+        policies.task_policy(task)
+    policies.dag_policy(dag)
+
+
 def _one_try(
     lifecycle: Any,
     policies: Any,
@@ -369,9 +376,7 @@ def _one_try(
     if lifecycle is not None and policies is not None:  # Airflow parses the DAG file after on_starting
         f = _minflt()
         t = ns()
-        for task in ti.task.dag.tasks:  # as Airflow's DagBag does: each task's policy, then the DAG's
-            policies.task_policy(task)
-        policies.dag_policy(ti.task.dag)
+        apply_cluster_policies(policies, ti.task.dag)
         timings["dag_policy"] = ns() - t
         faults["dag_policy"] = _minflt() - f
     if lifecycle is not None:
@@ -1439,16 +1444,21 @@ def verdicts(
             "Not a verdict on the target: it leaves out the fork, the exit and what opted-out DAGs pay too; the "
             "forked benchmark's end-to-end figure above is the one checked."
         )
+    def against_target(hooks: dict[str, dict[str, float]]) -> str:
+        worst_key = max(hooks, key=lambda key: hooks[key]["wall_ms"])
+        worst = hooks[worst_key]["wall_ms"]
+        return (
+            ", ".join(f"`{key}` {f2(value['wall_ms'])} ms (n={value['n']})" for key, value in hooks.items())
+            + f" → slowest `{worst_key}` {f2(worst)} ms → ≤ 1 ms **{'met' if worst <= 1.0 else 'missed'}**"
+        )
+
     if real and real.get("hooks"):
         hooks = {key: value for key, value in real["hooks"].items() if key in ("running", "success", "failed")}
         if hooks:
-            worst_key = max(hooks, key=lambda key: hooks[key]["wall_ms"])
-            worst = hooks[worst_key]["wall_ms"]
             lines.append(
                 "* **hooks of real Airflow task processes** (default sinks; timed around BareCount's implementation "
                 "as Airflow calls it): "
-                + ", ".join(f"`{key}` {f2(value['wall_ms'])} ms (n={value['n']})" for key, value in hooks.items())
-                + f" → slowest `{worst_key}` {f2(worst)} ms → ≤ 1 ms **{'met' if worst <= 1.0 else 'missed'}**"
+                + against_target(hooks)
                 + (
                     " (DIR's BareCount, side by side: "
                     + ", ".join(f"`{key}` {f2(value['wall_ms'])} ms" for key, value in real["baseline_hooks"].items()
@@ -1460,12 +1470,10 @@ def verdicts(
             )
         sink_hooks = {key: value for key, value in (real.get("sinks_hooks") or {}).items() if key in hooks}
         if sink_hooks:
-            worst_key = max(sink_hooks, key=lambda key: sink_hooks[key]["wall_ms"])
-            worst = sink_hooks[worst_key]["wall_ms"]
             lines.append(
                 "* **hooks of real Airflow task processes, StatsD + OTLP up** (`--real-sinks`): "
-                + ", ".join(f"`{key}` {f2(value['wall_ms'])} ms (n={value['n']})" for key, value in sink_hooks.items())
-                + f" → slowest `{worst_key}` {f2(worst)} ms → ≤ 1 ms **{'met' if worst <= 1.0 else 'missed'}**."
+                + against_target(sink_hooks)
+                + "."
             )
     warm_ok = {cfg: _ok(rs) for cfg, rs in (warm or {}).items()}
     if any(warm_ok.values()):
@@ -1575,6 +1583,14 @@ def _gc_callback(phase, info):
         _GC["started"] = None
 
 
+def _append(record):
+    fd = os.open(os.environ["BENCH_RUSAGE_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
 def _sample():
     # process_time: the kernel's precise run time of the process (getrusage's user/system split is sampled)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time() * 1000.0, time.perf_counter() * 1000.0
@@ -1621,17 +1637,12 @@ class _Listener:
         result = yield from _timed("before_stopping")
         end = _sample()
         faults, cpu, wall = (e - s for e, s in zip(end, _START["at"]))
-        line = json.dumps({
+        _append({
             "dag_id": _START["ti"][0], "run_id": _START["ti"][1], "minflt": faults, "cpu_ms": cpu, "wall_ms": wall,
             "process_minflt": end[0], "process_cpu_ms": end[1], "hooks": _HOOKS,
             "gc_collections": _GC["collections"], "gc_ms": _GC["ms"],
             "barecount": getattr(sys.modules.get("barecount_provider"), "__file__", None),
         })
-        fd = os.open(os.environ["BENCH_RUSAGE_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\\n").encode())
-        finally:
-            os.close(fd)
         return result
 
 
@@ -1654,18 +1665,12 @@ def _wrap_run_workload():
         finally:
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             ti = getattr(workload, "ti", None)
-            path = os.environ.get("BENCH_RUSAGE_FILE")
-            if ti is not None and path:
-                line = json.dumps({
+            if ti is not None and os.environ.get("BENCH_RUSAGE_FILE"):
+                _append({
                     "life": True, "dag_id": ti.dag_id, "run_id": ti.run_id,
                     "cpu_ms": ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) * 1000.0,
                     "minflt": after.ru_minflt - before.ru_minflt,
                 })
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    os.write(fd, (line + "\\n").encode())
-                finally:
-                    os.close(fd)
 
     run_workload._bench_wrapped = True
     BaseExecutor.run_workload = staticmethod(run_workload)
@@ -1699,26 +1704,25 @@ def _real_run(stack: Any, dag_id: str, expected: str = "success") -> dict[str, A
     }
 
 
-def bootstrap_median(values: list[float], rounds: int = 2000, seed: int = 7) -> tuple[float, float]:
-    """A 95% percentile-bootstrap interval of median(values) (fixed seed); NaNs for no values."""
+def _bootstrap_interval(statistic: Any, rounds: int = 2000, seed: int = 7) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval: ``statistic(rng)`` computed on ``rounds`` resamples (fixed seed)."""
     import random
 
+    rng = random.Random(seed)
+    values = sorted(statistic(rng) for _ in range(rounds))
+    return values[int(0.025 * rounds)], values[int(0.975 * rounds) - 1]
+
+
+def bootstrap_median(values: list[float]) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of median(values); NaNs for no values."""
     if not values:
         return float("nan"), float("nan")
-    rng = random.Random(seed)
-    medians = sorted(median(rng.choices(values, k=len(values))) for _ in range(rounds))
-    return medians[int(0.025 * rounds)], medians[int(0.975 * rounds) - 1]
+    return _bootstrap_interval(lambda rng: median(rng.choices(values, k=len(values))))
 
 
-def bootstrap_median_difference(a: list[float], b: list[float], rounds: int = 2000, seed: int = 7) -> tuple[float, float]:
-    """A 95% percentile-bootstrap interval of median(a) − median(b) (resampling each side; fixed seed)."""
-    import random
-
-    rng = random.Random(seed)
-    diffs = sorted(
-        median(rng.choices(a, k=len(a))) - median(rng.choices(b, k=len(b))) for _ in range(rounds)
-    )
-    return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds) - 1]
+def bootstrap_median_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of median(a) − median(b), resampling each side."""
+    return _bootstrap_interval(lambda rng: median(rng.choices(a, k=len(a))) - median(rng.choices(b, k=len(b))))
 
 
 def real_reference(
@@ -1829,10 +1833,16 @@ def real_reference(
         "disabled": read_records(disabled_rusage, "bench_real_observed", off),
     }
     failing = read_records(rusage_file, "bench_real_failing", rows["failing"])
+
+    def read_both(path: Path, name: str) -> list[dict[str, float]]:
+        """The records of the observed and the failing DAG's runs on the Airflow ``name``."""
+        return read_records(path, "bench_real_observed", rows[f"{name} observed"]) + read_records(
+            path, "bench_real_failing", rows[f"{name} failing"]
+        )
+
     baseline_rows: list[dict[str, Any]] = []
     if baseline:
-        baseline_rows = read_records(baseline_rusage, "bench_real_observed", rows["baseline observed"])
-        baseline_rows += read_records(baseline_rusage, "bench_real_failing", rows["baseline failing"])
+        baseline_rows = read_both(baseline_rusage, "baseline")
         wrong = {r.get("barecount") for r in baseline_rows if not str(r.get("barecount")).startswith(baseline)}
         if wrong:
             raise RuntimeError(f"the baseline Airflow's task processes ran BareCount from {wrong}, not {baseline}")
@@ -1976,11 +1986,7 @@ def real_reference(
             f"(two Airflows): {med(life['observed'], 'cpu_ms') - med(life['disabled'], 'cpu_ms'):+.2f} ms of CPU, "
             f"{med(life['observed'], 'minflt') - med(life['disabled'], 'minflt'):+.0f} page faults.",
         ]
-    sinks_rows: list[dict[str, Any]] = []
-    if sinks:
-        sinks_rows = read_records(sinks_rusage, "bench_real_observed", rows["sinks observed"])
-        sinks_rows += read_records(sinks_rusage, "bench_real_failing", rows["sinks failing"])
-    hooks = real_hooks(inside, failing, baseline_rows, sinks_rows)
+    hooks = real_hooks(inside, failing, baseline_rows, read_both(sinks_rusage, "sinks") if sinks else [])
     md += hooks["markdown"]
     return {
         "inside_delta": inside_delta,

@@ -143,17 +143,12 @@ def _child(config: str, detail: str | None) -> None:
                     copied.append((low + i * PAGE, name_))
         phases.append((name, faults, copied, {address: ctypes.string_at(address, PAGE) for address, _ in copied}))
 
-    def cluster_policies() -> None:
-        for task in ti.task.dag.tasks:
-            policies.task_policy(task)
-        policies.dag_policy(ti.task.dag)
-
     def success() -> None:
         ti.state = "success"
         lifecycle.on_task_instance_success(previous_state="running", task_instance=ti)
 
     phase("starting", lambda: lifecycle.on_starting(component=bo.TaskRunnerMarker()))
-    phase("policies", cluster_policies)
+    phase("policies", lambda: bo.apply_cluster_policies(policies, ti.task.dag))
     phase("running", lambda: lifecycle.on_task_instance_running(previous_state="queued", task_instance=ti))
     phase("success", success)
 
