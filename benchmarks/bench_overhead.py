@@ -1827,11 +1827,15 @@ def real_reference(
         records = [json.loads(line) for line in path.read_text().splitlines()]
         return [r for r in records if r["dag_id"] == dag_id and r["run_id"] in timed and bool(r.get("life")) == life]
 
-    inside = {
-        "observed": read_records(rusage_file, "bench_real_observed", obs),
-        "opted out": read_records(rusage_file, "bench_real_optout", opt),
-        "disabled": read_records(disabled_rusage, "bench_real_observed", off),
-    }
+    def by_kind(*, life: bool = False) -> dict[str, list[dict[str, float]]]:
+        """The observed, opted-out and disabled task processes' records (per try, or their whole lives)."""
+        return {
+            "observed": read_records(rusage_file, "bench_real_observed", obs, life=life),
+            "opted out": read_records(rusage_file, "bench_real_optout", opt, life=life),
+            "disabled": read_records(disabled_rusage, "bench_real_observed", off, life=life),
+        }
+
+    inside = by_kind()
     failing = read_records(rusage_file, "bench_real_failing", rows["failing"])
 
     def read_both(path: Path, name: str) -> list[dict[str, float]]:
@@ -1931,11 +1935,7 @@ def real_reference(
             "BareCount: between two Airflows the task processes' CPU time differs by a few milliseconds whatever "
             "they run (runs of the same code gave −2.3 to +3.8 ms here); the page faults are exact.",
         ]
-    life = {
-        "observed": read_records(rusage_file, "bench_real_observed", obs, life=True),
-        "opted out": read_records(rusage_file, "bench_real_optout", opt, life=True),
-        "disabled": read_records(disabled_rusage, "bench_real_observed", off, life=True),
-    }
+    life = by_kind(life=True)
     life_delta: dict[str, float] = {}
     if all(len(data) >= max(1, k // 2) for data in life.values()):
         md += [
