@@ -1619,7 +1619,7 @@ class _Listener:
 
     @hookimpl(wrapper=True)
     def on_task_instance_running(self, previous_state, task_instance):
-        _START["ti"] = (task_instance.dag_id, task_instance.run_id)
+        _START["ti"] = (task_instance.dag_id, task_instance.run_id, task_instance.task_id)
         return (yield from _timed("running"))
 
     @hookimpl(wrapper=True)
@@ -1638,7 +1638,8 @@ class _Listener:
         end = _sample()
         faults, cpu, wall = (e - s for e, s in zip(end, _START["at"]))
         _append({
-            "dag_id": _START["ti"][0], "run_id": _START["ti"][1], "minflt": faults, "cpu_ms": cpu, "wall_ms": wall,
+            "dag_id": _START["ti"][0], "run_id": _START["ti"][1], "task_id": _START["ti"][2],
+            "minflt": faults, "cpu_ms": cpu, "wall_ms": wall,
             "process_minflt": end[0], "process_cpu_ms": end[1], "hooks": _HOOKS,
             "gc_collections": _GC["collections"], "gc_ms": _GC["ms"],
             "barecount": getattr(sys.modules.get("barecount_provider"), "__file__", None),
@@ -1660,14 +1661,16 @@ def _wrap_run_workload():
 
     def run_workload(workload, **kwargs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
         try:
             return original(workload, **kwargs)
         finally:
+            wall = (time.perf_counter() - started) * 1000.0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             ti = getattr(workload, "ti", None)
             if ti is not None and os.environ.get("BENCH_RUSAGE_FILE"):
                 _append({
-                    "life": True, "dag_id": ti.dag_id, "run_id": ti.run_id,
+                    "life": True, "dag_id": ti.dag_id, "run_id": ti.run_id, "task_id": ti.task_id, "wall_ms": wall,
                     "cpu_ms": ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) * 1000.0,
                     "minflt": after.ru_minflt - before.ru_minflt,
                 })

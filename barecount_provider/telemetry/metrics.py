@@ -162,11 +162,17 @@ _STATSD_FORBIDDEN = str.maketrans({",": "_", "|": "_", "#": "_", ":": "_", "=": 
 class StatsdSink:
     """Fire-and-forget UDP StatsD with tags, in DogStatsD or InfluxDB / statsd-exporter style.
 
-    The transport is the ``statsd`` package's client (one UDP packet per event through its pipeline); this
-    class only writes the tags. Resolving a host name is the one step that can block, so it runs in a
-    thread bounded by ``[barecount] emit_timeout_ms``; a host that does not resolve in time disables the
-    sink for this process and is counted.
+    The socket and its address are the ``statsd`` package's client's; the lines (the package writes no
+    tags) and the datagrams are this class's: the points of one call are packed into datagrams of at most
+    ``MAX_DATAGRAM`` bytes, as the package's pipeline packs them, and each datagram is one ``sendto``. That
+    skips the pipeline's per-stat objects (about 0.2 ms in a forked task process, where its code is cold)
+    and, unlike the package's client, which drops every socket error silently, counts a datagram the
+    kernel refuses in ``barecount.emit.failed`` (``statsd``/``send``). Resolving a host name is the one step
+    that can block, so it runs in a thread bounded by ``[barecount] emit_timeout_ms``; a host that does not
+    resolve in time disables the sink for this process and is counted.
     """
+
+    MAX_DATAGRAM = 512  # the statsd package's default maxudpsize: safe on any network path
 
     name = "statsd"
 
@@ -207,7 +213,8 @@ class StatsdSink:
                 return None
             import statsd
 
-            self._client = statsd.StatsClient(address, self.port, prefix=self.prefix or None)
+            # The client resolves the literal address into the socket's family and address; send() uses both.
+            self._client = statsd.StatsClient(address, self.port, ipv6=":" in address)
         return self._client
 
     def warm(self) -> None:
@@ -231,25 +238,46 @@ class StatsdSink:
             return name + "," + ",".join(f"{k}={v}" for k, v in pairs), ""
         return name, "|#" + ",".join(f"{k}:{v}" for k, v in pairs)
 
+    def lines(self, points: list[tuple[str, str, float, dict[str, str]]]) -> list[str]:
+        """The StatsD lines of ``points``: ``<prefix.>name[,tags]:value|type[|#tags]``."""
+        prefix = f"{self.prefix}." if self.prefix else ""
+        encoded: dict[int, tuple[str, str]] = {}  # tag sets shared by several points: encoded once
+        out = []
+        for name, kind, value, tags in points:
+            key = id(tags)
+            if key not in encoded:
+                encoded[key] = self._encode("", tags)
+            name_tags, suffix = encoded[key]
+            number = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+            out.append(f"{prefix}{name}{name_tags}:{number}|{_STATSD_TYPES[kind]}{suffix}")
+        return out
+
+    @classmethod
+    def datagrams(cls, lines: list[str]) -> list[bytes]:
+        """``lines`` joined by newlines into datagrams of fewer than ``MAX_DATAGRAM`` bytes (a longer line
+        goes alone), in order: the statsd package's pipeline's packing."""
+        packets: list[bytes] = []
+        data = ""
+        for line in lines:
+            if data and len(data) + len(line) + 1 >= cls.MAX_DATAGRAM:
+                packets.append(data.encode("utf-8"))
+                data = line
+            else:
+                data = f"{data}\n{line}" if data else line
+        if data:
+            packets.append(data.encode("utf-8"))
+        return packets
+
     def send(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
         client = self._get_client()
         if client is None:
             return
-        try:
-            pipe = client.pipeline()
-            encoded: dict[int, tuple[str, str]] = {}  # tag sets shared by several points: encoded once
-            for name, kind, value, tags in points:
-                key = id(tags)
-                if key not in encoded:
-                    encoded[key] = self._encode("", tags)
-                prefix, suffix = encoded[key]
-                stat = name + prefix
-                code = _STATSD_TYPES[kind]
-                number = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
-                pipe._send_stat(stat, f"{number}|{code}{suffix}", 1)
-            pipe.send()
-        except OSError:
-            EMIT_FAILURES.record(self.name, "send")
+        sock, address = client._sock, client._addr  # the client's own socket and resolved address
+        for datagram in self.datagrams(self.lines(points)):
+            try:
+                sock.sendto(datagram, address)
+            except OSError:  # refused by the kernel (no route, a filter, ...): counted, the rest still sent
+                EMIT_FAILURES.record(self.name, "send")
 
     def flush(self, timeout_ms: int) -> None:  # UDP: nothing is buffered
         return None

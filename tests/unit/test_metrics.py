@@ -124,6 +124,55 @@ def test_statsd_port_with_no_listener_never_raises():
         emitter.count("barecount.task.started", {"tenant": "acme"})
 
 
+def test_many_points_are_packed_into_datagrams_under_512_bytes_in_order(udp_server):
+    """One call's lines share datagrams, each under the statsd package's 512-byte limit; none is split or
+    lost, and their order is kept."""
+    port = udp_server.getsockname()[1]
+    tags = {"tenant": "acme", "pipeline": "orders", "dag_id": "a_rather_long_dag_id_" * 2, "task_id": "t"}
+    points = [(f"barecount.task.m{i:02d}", COUNTER, i, tags) for i in range(40)]
+    Emitter([StatsdSink("127.0.0.1", port)]).emit(points)
+    received: list[str] = []
+    datagrams = 0
+    while len(received) < len(points):
+        data, _ = udp_server.recvfrom(65535)
+        assert len(data) < StatsdSink.MAX_DATAGRAM
+        datagrams += 1
+        received.extend(data.decode().splitlines())
+    assert datagrams > 1
+    assert [line.split(":", 1)[0] for line in received] == [name for name, *_ in points]
+    assert all(line.endswith("|#tenant:acme,pipeline:orders,dag_id:" + "a_rather_long_dag_id_" * 2 + ",task_id:t")
+               for line in received)
+
+
+def test_a_line_longer_than_a_datagram_is_sent_alone():
+    lines = ["a" * 600, "b:1|c", "c:1|c"]
+    assert StatsdSink.datagrams(lines) == [b"a" * 600, b"b:1|c\nc:1|c"]
+
+
+def test_a_datagram_the_kernel_refuses_is_counted_not_raised():
+    """The statsd package's client drops socket errors silently; BareCount's sink counts them. A datagram
+    to the broadcast address from a socket without SO_BROADCAST is refused by the kernel (EACCES)."""
+    metrics.EMIT_FAILURES.counts.clear()
+    emitter = Emitter([StatsdSink("255.255.255.255", 8125)])
+    emitter.emit([("barecount.task.started", COUNTER, 1, {"tenant": "acme"})] * 2)
+    emitter.count("barecount.task.started", {"tenant": "acme"})
+    assert metrics.EMIT_FAILURES.counts[("statsd", "send")] == 2  # one datagram per call
+
+
+def test_statsd_sink_sends_to_an_ipv6_address():
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        server.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server.settimeout(5)
+    try:
+        Emitter([StatsdSink("::1", server.getsockname()[1])]).count("barecount.task.started", {"tenant": "acme"})
+        assert _receive_lines(server) == ["barecount.task.started:1|c|#tenant:acme"]
+    finally:
+        server.close()
+
+
 def test_otel_sink_records_points_with_attributes():
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 

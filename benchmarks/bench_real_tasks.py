@@ -1,0 +1,382 @@
+"""BareCount's overhead measured on real Airflow task processes only, thousands of them, in one run.
+
+Real Airflows side by side (api-server, scheduler and dag-processor on 127.0.0.1, LocalExecutor, SQLite;
+``tests/system/stack.py``), each with the benchmark's own listener and executor wrapper in its plugins folder
+(``REAL_RUSAGE_PLUGIN`` of ``bench_overhead.py``):
+
+* ``default``: BareCount enabled with the embedded default sinks (file sink, local evidence store);
+* ``sinks_up``: BareCount enabled and sending to StatsD (UDP) and OTLP (HTTP), both up (``--sinks``);
+* ``sinks_down``: the same, with nothing listening on either port (``--sinks``);
+* ``disabled``: BareCount installed and ``[barecount] enabled = False``.
+
+Each enabled Airflow runs three DAGs of ``--tasks-per-run`` independent trivial ``PythonOperator`` tasks:
+observed, opted out (the ``barecount:off`` tag: same Airflow, same plugin, BareCount's hooks return at their
+opt-out check) and failing (every task raises, no retries); the disabled Airflow runs the observed DAG. One
+DAG run at a time, the kinds in a rotating order, ``--runs`` timed runs of each after ``--warmup`` untimed.
+
+Per task process the benchmark reads:
+
+* **its whole life** from its LocalExecutor worker (``BaseExecutor.run_workload`` wrapped): the worker's
+  ``RUSAGE_CHILDREN`` grows by exactly that task process's CPU time and page faults, fork to exit (its
+  imports, the DAG file's parse, every hook, the flush at exit and the exit itself), and the clock around
+  the whole workload (the supervisor's fork, the task, its reports to the API server, the exit): the task's
+  end-to-end time as the executor sees it;
+* **each of BareCount's hooks** as Airflow calls it (a pluggy wrapper around every other implementation).
+
+The end-to-end overhead is observed − opted out on the same Airflow (CPU time of the whole process and the
+workload's clock), with 95% bootstrap intervals, as a share of the end-to-end time of a task with BareCount
+disabled. Flatness: the overhead in the first and the last quarter of the runs.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_real_tasks.py --runs 12 --tasks-per-run 25 --sinks
+
+The results are printed as markdown and written into docs/benchmarks.md between
+``<!-- bench-real-tasks:start -->`` and ``<!-- bench-real-tasks:end -->`` (``--no-docs`` to skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_overhead import (  # noqa: E402  (the benchmarks' shared helpers)
+    REAL_RUSAGE_PLUGIN,
+    REPO,
+    SINK_KEYS,
+    Sinks,
+    bootstrap_median_difference,
+    config_env,
+    f2,
+    machine,
+    median,
+    pct,
+)
+
+DOCS = REPO / "docs" / "benchmarks.md"
+MARK_START = "<!-- bench-real-tasks:start -->"
+MARK_END = "<!-- bench-real-tasks:end -->"
+HOOKS = ("on_starting", "running", "success", "failed", "before_stopping")
+TARGET_HOOK_MS = 1.0
+TARGET_END_TO_END = 0.02
+
+DAG_FILE = '''"""Written by benchmarks/bench_real_tasks.py: {tasks} independent trivial tasks per DAG run."""
+import datetime
+
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+
+def _body():
+    return sum(range(10_000))
+
+
+def _fail():
+    raise ValueError("bench: a failing task")
+
+
+for dag_id, extra, body in (
+    ("bench_many_observed", [], _body),
+    ("bench_many_optout", ["barecount:off"], _body),
+    ("bench_many_failing", [], _fail),
+):
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc),
+        catchup=False,
+        tags=["tenant:acme", "pipeline:orders", *extra],
+        default_args={{"retries": 0}},
+        max_active_tasks={max_active},
+    ) as dag:
+        for index in range({tasks}):
+            PythonOperator(task_id=f"t{{index:03d}}", python_callable=body)
+    globals()[dag_id] = dag
+'''
+
+DAG_IDS = {"observed": "bench_many_observed", "opted out": "bench_many_optout", "failing": "bench_many_failing"}
+
+
+def airflow_envs(workdir: Path, sinks: Sinks | None, max_active: int) -> dict[str, dict[str, str]]:
+    """The environment of each Airflow: its BareCount configuration and its records file (LocalExecutor's
+    workers: twice the tasks a DAG runs at a time, so that a worker its supervisor still holds is no limit)."""
+    base = {
+        "AIRFLOW__BARECOUNT__SECRET_KEY": "bench-real-tasks-secret-key-not-for-production",
+        "AIRFLOW__CORE__PARALLELISM": str(2 * max_active),
+    }
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):  # as an installed Airflow: byte-code cached (privately)
+        base["PYTHONDONTWRITEBYTECODE"] = ""
+        base["PYTHONPYCACHEPREFIX"] = str(workdir / "pycache")
+    names = ["default", "disabled"] + (["sinks_up", "sinks_down"] if sinks is not None else [])
+    envs = {}
+    for name in names:
+        env = {
+            **base,
+            "BENCH_RUSAGE_FILE": str(workdir / f"records-{name}.jsonl"),
+            "AIRFLOW__BARECOUNT__TELEMETRY_DIR": str(workdir / f"telemetry-{name}"),
+        }
+        if name == "disabled":
+            env["AIRFLOW__BARECOUNT__ENABLED"] = "False"
+        elif name.startswith("sinks") and sinks is not None:
+            cfg = "on_sinks_up" if name == "sinks_up" else "on_sinks_down"
+            sink_env = config_env(cfg, sinks.ports, workdir / "unused", 250)
+            env.update({key: value for key, value in sink_env.items() if key.startswith(SINK_KEYS)})
+        envs[name] = env
+    return envs
+
+
+def kinds_of(envs: dict[str, dict[str, str]]) -> dict[str, tuple[str, str]]:
+    """kind -> (Airflow, DAG id), in the rotation's order."""
+    kinds: dict[str, tuple[str, str]] = {}
+    for name in envs:
+        for label, dag_id in DAG_IDS.items():
+            if name == "disabled" and label != "observed":
+                continue
+            if name == "sinks_down" and label == "failing":
+                continue
+            kinds[f"{name} {label}"] = (name, dag_id)
+    return kinds
+
+
+def _parse(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def run_once(stack: Any, dag_id: str, expected: str, tasks: int) -> dict[str, Any]:
+    run_id = stack.trigger(dag_id)
+    state = stack.wait_for_run(dag_id, run_id, timeout=600)
+    tis = stack.task_instances(dag_id, run_id)
+    if state != expected or len(tis) != tasks:
+        raise RuntimeError(f"run {dag_id} {run_id} ended {state} with {len(tis)} task instances")
+    spans = []
+    for ti in tis:
+        start, end = _parse(ti.get("start_date")), _parse(ti.get("end_date"))
+        if start and end:
+            spans.append((end - start).total_seconds() * 1000.0)
+    return {"run_id": run_id, "durations": spans}
+
+
+def read_records(path: Path) -> tuple[dict[tuple[str, str, str], dict[str, Any]], dict[tuple[str, str, str], dict[str, Any]]]:
+    """The plugin's records of one Airflow: (whole lives, per-try hooks), keyed by (dag, run, task)."""
+    lives: dict[tuple[str, str, str], dict[str, Any]] = {}
+    tries: dict[tuple[str, str, str], dict[str, Any]] = {}
+    if not path.exists():
+        return lives, tries
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        key = (record["dag_id"], record["run_id"], record.get("task_id", ""))
+        (lives if record.get("life") else tries)[key] = record
+    return lives, tries
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO))
+    from tests.system.stack import AirflowStack
+
+    dags = workdir / "dags"
+    dags.mkdir(parents=True)
+    (dags / "bench_many.py").write_text(DAG_FILE.format(tasks=args.tasks_per_run, max_active=args.max_active))
+    started = time.monotonic()
+    with contextlib.ExitStack() as running:
+        sinks = Sinks() if args.sinks else None
+        received: dict[str, int] = {}
+        if sinks is not None:
+            running.callback(lambda: received.update(sinks.stop()))
+        envs = airflow_envs(workdir, sinks, args.max_active)
+        kinds = kinds_of(envs)
+        stacks = {}
+        for name, env in envs.items():
+            home = workdir / f"home-{name}"
+            (home / "plugins").mkdir(parents=True)
+            (home / "plugins" / "bench_rusage.py").write_text(REAL_RUSAGE_PLUGIN)
+            stacks[name] = running.enter_context(AirflowStack(home=home, dags_folder=dags, extra_env=env))
+        for name, dag_id in kinds.values():
+            stacks[name].wait_for_dag(dag_id, timeout=240)
+            stacks[name].unpause(dag_id)
+        order = list(kinds)
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        for i in range(-args.warmup, args.runs):  # negative i: untimed warm-up runs
+            shift = i % len(order)
+            for kind in order[shift:] + order[:shift]:
+                name, dag_id = kinds[kind]
+                result = run_once(stacks[name], dag_id, "failed" if kind.endswith("failing") else "success",
+                                  args.tasks_per_run)
+                if i >= 0:
+                    result["round"] = i
+                    runs[kind].append(result)
+            print(f"round {i + 1}/{args.runs} done, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    elapsed = time.monotonic() - started
+    records = {name: read_records(Path(env["BENCH_RUSAGE_FILE"])) for name, env in envs.items()}
+    per_kind: dict[str, list[dict[str, Any]]] = {}
+    for kind, (name, dag_id) in kinds.items():
+        lives, tries = records[name]
+        rows = []
+        for run in runs[kind]:
+            for key, life in lives.items():
+                if key[0] == dag_id and key[1] == run["run_id"]:
+                    rows.append({"round": run["round"], "life": life, "try": tries.get(key)})
+        per_kind[kind] = rows
+    return {"kinds": kinds, "runs": runs, "rows": per_kind, "elapsed_s": elapsed, "sinks_received": received}
+
+
+def _values(rows: list[dict[str, Any]], key: str, rounds: range | None = None) -> list[float]:
+    return [r["life"][key] for r in rows if rounds is None or r["round"] in rounds]
+
+
+def _hook(rows: list[dict[str, Any]], hook: str) -> list[float]:
+    return [r["try"]["hooks"][hook]["wall_ms"] for r in rows if r["try"] and hook in r["try"].get("hooks", {})]
+
+
+def overhead(observed: list[dict[str, Any]], reference: list[dict[str, Any]], key: str) -> dict[str, float]:
+    a, b = _values(observed, key), _values(reference, key)
+    low, high = bootstrap_median_difference(a, b)
+    return {"delta": median(a) - median(b), "low": low, "high": high}
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    rows = result["rows"]
+    info = machine()
+    disabled = rows["disabled observed"]
+    end_to_end = median(_values(disabled, "wall_ms"))
+    total = sum(len(r) for r in rows.values())
+    md = [
+        f"Run of {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {info['cpus']} CPUs ({info['cpu_model']}), "
+        f"{info['os']}, Python {info['python']}, Airflow {info['airflow']}, OpenTelemetry SDK "
+        f"{info['opentelemetry_sdk']}: {len({name for name, _ in result['kinds'].values()})} real "
+        f"Airflows side by side, {len(result['kinds'])} kinds of DAG run interleaved, {args.runs} timed runs of "
+        f"each after {args.warmup} untimed, {args.tasks_per_run} tasks per run (at most {args.max_active} at a "
+        f"time): **{total} timed task processes** in {result['elapsed_s']:.0f} s.",
+        "",
+        "Command:",
+        "",
+        "```",
+        f".venv/bin/python benchmarks/bench_real_tasks.py --runs {args.runs} --tasks-per-run "
+        f"{args.tasks_per_run} --max-active {args.max_active} --warmup {args.warmup}"
+        + (" --sinks" if args.sinks else ""),
+        "```",
+        "",
+        "**Whole task processes** (medians; CPU and page faults fork to exit from the worker's "
+        "`RUSAGE_CHILDREN`; end to end: the clock around the worker's whole workload):",
+        "",
+        "| kind | task processes | end to end, median ms | p90 ms | CPU, median ms | page faults, median |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, data in rows.items():
+        walls = _values(data, "wall_ms")
+        md.append(
+            f"| {kind} | {len(data)} | {f2(median(walls))} | {f2(pct(walls, 90))} | "
+            f"{f2(median(_values(data, 'cpu_ms')))} | {median(_values(data, 'minflt')):.0f} |"
+        )
+    verdict: dict[str, Any] = {"end_to_end_ms": end_to_end, "overheads": {}, "hooks": {}}
+    md += [
+        "",
+        f"**Overhead per task, observed − opted out on the same Airflow** (medians, 95% bootstrap intervals), "
+        f"as a share of the end-to-end time of a task with BareCount disabled ({f2(end_to_end)} ms). "
+        "The CPU figure is the robust one: BareCount's work in a task process is CPU work, and the whole "
+        "process's CPU time has far less noise than its clock. Flat: the same CPU overhead over the first and "
+        "the last quarter of the rounds.",
+        "",
+        "| Airflow | CPU, ms (interval) | share of end to end | clock, ms (interval) | page faults | "
+        "first quarter, CPU ms | last quarter, CPU ms | target < 2% |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    quarter = max(1, args.runs // 4)
+    first, last = range(0, quarter), range(args.runs - quarter, args.runs)
+    for name in [n for n in ("default", "sinks_up", "sinks_down") if f"{n} observed" in rows]:
+        obs, opt = rows[f"{name} observed"], rows[f"{name} opted out"]
+        cpu, wall = overhead(obs, opt, "cpu_ms"), overhead(obs, opt, "wall_ms")
+        faults = median(_values(obs, "minflt")) - median(_values(opt, "minflt"))
+        early = median(_values(obs, "cpu_ms", first)) - median(_values(opt, "cpu_ms", first))
+        late = median(_values(obs, "cpu_ms", last)) - median(_values(opt, "cpu_ms", last))
+        share, share_high = cpu["delta"] / end_to_end, cpu["high"] / end_to_end
+        met = "met" if share_high < TARGET_END_TO_END else ("met by the median" if share < TARGET_END_TO_END else "missed")
+        verdict["overheads"][name] = {"cpu": cpu, "wall": wall, "share": share, "share_high": share_high,
+                                      "first": early, "last": late}
+        md.append(
+            f"| {name} | {cpu['delta']:+.2f} ({cpu['low']:+.2f} to {cpu['high']:+.2f}) | "
+            f"**{100 * share:.2f}%** (at most {100 * share_high:.2f}%) | {wall['delta']:+.2f} "
+            f"({wall['low']:+.2f} to {wall['high']:+.2f}) | {faults:+.0f} | {early:+.2f} | {late:+.2f} | {met} |"
+        )
+    obs_d = rows["default observed"]
+    across = overhead(obs_d, disabled, "cpu_ms")
+    md += [
+        "",
+        f"Enabled − disabled across two Airflows (observed): {across['delta']:+.2f} ms of CPU "
+        f"({across['low']:+.2f} to {across['high']:+.2f}); opted out − disabled: "
+        f"{overhead(rows['default opted out'], disabled, 'cpu_ms')['delta']:+.2f} ms (what an opted-out DAG and "
+        "an installed, idle BareCount cost).",
+        "",
+        "**BareCount's hooks as Airflow calls them** (a pluggy wrapper around every implementation; "
+        "opted out: the same call returning at the opt-out check):",
+        "",
+        "| Airflow | hook | n | median ms | p99 ms | opted out, median ms | target ≤ 1 ms median |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in [n for n in ("default", "sinks_up", "sinks_down") if f"{n} observed" in rows]:
+        ok_rows = rows[f"{name} observed"] + rows.get(f"{name} failing", [])
+        for hook in HOOKS:
+            values = _hook(ok_rows, hook)
+            if not values:
+                continue
+            opted = _hook(rows[f"{name} opted out"], hook)
+            verdict["hooks"][f"{name} {hook}"] = median(values)
+            md.append(
+                f"| {name} | `{hook}` | {len(values)} | {f2(median(values))} | {f2(pct(values, 99))} | "
+                f"{f2(median(opted)) if opted else '–'} | {'met' if median(values) <= TARGET_HOOK_MS else 'missed'} |"
+            )
+    if result["sinks_received"]:
+        md += ["", "What the live sinks received: " + ", ".join(
+            f"{key}: {value}" for key, value in sorted(result["sinks_received"].items())) + "."]
+    return "\n".join(md), verdict
+
+
+def write_docs(markdown: str) -> None:
+    text = DOCS.read_text()
+    block = f"{MARK_START}\n{markdown}\n{MARK_END}"
+    if MARK_START in text:
+        head, rest = text.split(MARK_START, 1)
+        text = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOCS.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=12, help="timed DAG runs of each kind (default 12)")
+    parser.add_argument("--tasks-per-run", type=int, default=25, help="tasks in each DAG (default 25)")
+    parser.add_argument("--max-active", type=int, default=2, help="the DAGs' max_active_tasks (default 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each kind first (default 1)")
+    parser.add_argument("--sinks", action="store_true", help="also Airflows sending to StatsD + OTLP, up and down")
+    parser.add_argument("--json", type=Path, help="keep the raw records here")
+    parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args(argv)
+    if args.runs < 4 or args.tasks_per_run < 1 or args.max_active < 1 or args.warmup < 0:
+        parser.error("--runs must be at least 4 (quarters), --tasks-per-run and --max-active at least 1")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-real-tasks-"))
+    try:
+        result = measure(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    markdown, verdict = report(result, args)
+    print(markdown)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": result["rows"], "verdict": verdict}, default=str))
+    if not args.no_docs:
+        write_docs(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
