@@ -2172,6 +2172,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown configurations {sorted(unknown)}" if unknown else "`off` is the baseline: keep it"
         )
+    if args.real_sinks and args.real_reference <= 0:
+        parser.error("--real-sinks adds an Airflow to the real reference: give --real-reference K too")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - set(ALL_MODES):
         parser.error(f"modes: a subset of {', '.join(ALL_MODES)}")
