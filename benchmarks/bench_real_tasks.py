@@ -16,6 +16,8 @@ DAG run at a time, the kinds in a rotating order, ``--runs`` timed runs of each 
 
 Per task process the benchmark reads:
 
+* **its supervisor's CPU time**: the worker's ``RUSAGE_SELF`` around the workload (the worker runs the
+  supervisor, which relays the task's API calls and masks and writes its log events);
 * **its whole life** from its LocalExecutor worker (``BaseExecutor.run_workload`` wrapped): the worker's
   ``RUSAGE_CHILDREN`` grows by exactly that task process's CPU time and page faults, fork to exit (its
   imports, the DAG file's parse, every hook, the flush at exit and the exit itself), and the clock around
@@ -290,14 +292,17 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
         "**Whole task processes** (medians; CPU and page faults fork to exit from the worker's "
         "`RUSAGE_CHILDREN`; end to end: the clock around the worker's whole workload):",
         "",
-        "| kind | task processes | end to end, median ms | p90 ms | CPU, median ms | page faults, median |",
-        "|---|---|---|---|---|---|",
+        "| kind | task processes | end to end, median ms | p90 ms | CPU, median ms | page faults, median | "
+        "supervisor's CPU, median ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, data in rows.items():
         walls = _values(data, "wall_ms")
+        supervisor = [r["life"]["supervisor_cpu_ms"] for r in data if "supervisor_cpu_ms" in r["life"]]
         md.append(
             f"| {kind} | {len(data)} | {f2(median(walls))} | {f2(pct(walls, 90))} | "
-            f"{f2(median(_values(data, 'cpu_ms')))} | {median(_values(data, 'minflt')):.0f} |"
+            f"{f2(median(_values(data, 'cpu_ms')))} | {median(_values(data, 'minflt')):.0f} | "
+            f"{f2(median(supervisor)) if supervisor else '–'} |"
         )
     verdict: dict[str, Any] = {"end_to_end_ms": end_to_end, "overheads": {}, "hooks": {}}
     md += [
@@ -311,14 +316,17 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
         "the last quarter of the rounds.",
         "",
         "| Airflow | CPU, ms (interval) | share of end to end | clock, ms (interval) | page faults | "
-        "first quarter, CPU ms | last quarter, CPU ms | target < 2% |",
-        "|---|---|---|---|---|---|---|---|",
+        "supervisor's CPU, ms (interval) | first quarter, CPU ms | last quarter, CPU ms | target < 2% |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     quarter = max(1, args.runs // 4)
     first, last = range(0, quarter), range(args.runs - quarter, args.runs)
     for name in [n for n in ("default", "sinks_up", "sinks_down") if f"{n} observed" in rows]:
         obs, opt = rows[f"{name} observed"], rows[f"{name} opted out"]
         cpu, wall = overhead(obs, opt, "cpu_ms"), overhead(obs, opt, "wall_ms")
+        sup = overhead(obs, opt, "supervisor_cpu_ms") if all(
+            "supervisor_cpu_ms" in r["life"] for r in obs + opt) else None
+        sup_text = f"{sup['delta']:+.2f} ({sup['low']:+.2f} to {sup['high']:+.2f})" if sup else "–"
         faults = median(_values(obs, "minflt")) - median(_values(opt, "minflt"))
         early = median(_values(obs, "cpu_ms", first)) - median(_values(opt, "cpu_ms", first))
         late = median(_values(obs, "cpu_ms", last)) - median(_values(opt, "cpu_ms", last))
@@ -329,12 +337,13 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
             else "missed" if low_share >= TARGET_END_TO_END
             else "not resolved: the interval spans 2%"
         )
-        verdict["overheads"][name] = {"cpu": cpu, "wall": wall, "share": share, "share_high": share_high,
-                                      "first": early, "last": late}
+        verdict["overheads"][name] = {"cpu": cpu, "wall": wall, "supervisor": sup, "share": share,
+                                      "share_high": share_high, "first": early, "last": late}
         md.append(
             f"| {name} | {cpu['delta']:+.2f} ({cpu['low']:+.2f} to {cpu['high']:+.2f}) | "
             f"**{100 * share:.2f}%** (at most {100 * share_high:.2f}%) | {wall['delta']:+.2f} "
-            f"({wall['low']:+.2f} to {wall['high']:+.2f}) | {faults:+.0f} | {early:+.2f} | {late:+.2f} | {met} |"
+            f"({wall['low']:+.2f} to {wall['high']:+.2f}) | {faults:+.0f} | {sup_text} | {early:+.2f} | {late:+.2f} | "
+            f"{met} |"
         )
     control: list[str] = []
     if "control observed" in rows:
@@ -349,12 +358,19 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
         ]
     obs_d = rows["default observed"]
     across = overhead(obs_d, disabled, "cpu_ms")
+    sup_across = overhead(obs_d, disabled, "supervisor_cpu_ms") if all(
+        "supervisor_cpu_ms" in r["life"] for r in obs_d + disabled) else None
     md += [
         "",
         f"Enabled − disabled across two Airflows (observed): {across['delta']:+.2f} ms of CPU "
         f"({across['low']:+.2f} to {across['high']:+.2f}); opted out − disabled: "
         f"{overhead(rows['default opted out'], disabled, 'cpu_ms')['delta']:+.2f} ms (what an opted-out DAG and "
-        "an installed, idle BareCount cost).",
+        "an installed, idle BareCount cost)"
+        + (
+            f"; the supervisor's CPU, enabled − disabled: {sup_across['delta']:+.2f} ms ({sup_across['low']:+.2f} "
+            f"to {sup_across['high']:+.2f})."
+            if sup_across else "."
+        ),
         *control,
         "",
         "**BareCount's hooks as Airflow calls them** (a pluggy wrapper around every implementation; "
