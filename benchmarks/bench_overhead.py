@@ -1647,6 +1647,36 @@ class _Listener:
         return result
 
 
+_EXIT = {}
+
+
+def _wrap_supervisor():
+    """Where a workload's clock goes after the task: the supervisor leaves its monitoring loop once it has both
+    seen the task process's sockets close and reaped the process. When the last socket closes before the
+    process can be reaped, the loop's next ``select`` has nothing left to wake it and sleeps until its timeout
+    (``[workers] min_heartbeat_interval``): Airflow's own tail. Recorded per workload: when the last socket
+    closed and when Airflow saw the exit (its own ``_process_exit_monotonic``)."""
+    try:
+        from airflow.sdk.execution_time.supervisor import WatchedSubprocess
+    except Exception:
+        return
+    original = WatchedSubprocess._service_subprocess
+    if getattr(original, "_bench_wrapped", False):
+        return
+
+    def _service_subprocess(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            if not self._open_sockets and "sockets_closed" not in _EXIT:
+                _EXIT["sockets_closed"] = time.monotonic()
+            if self._exit_code is not None:
+                _EXIT["exit_seen"] = getattr(self, "_process_exit_monotonic", None)
+
+    _service_subprocess._bench_wrapped = True
+    WatchedSubprocess._service_subprocess = _service_subprocess
+
+
 def _wrap_run_workload():
     """In the LocalExecutor worker (forked from the scheduler, which loads this plugin), each workload's
     task process is the worker's only child while it runs: the worker's RUSAGE_CHILDREN grows by exactly
@@ -1662,6 +1692,7 @@ def _wrap_run_workload():
     def run_workload(workload, **kwargs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         supervisor = resource.getrusage(resource.RUSAGE_SELF)  # the worker itself runs the supervisor
+        _EXIT.clear()
         started = time.perf_counter()
         try:
             return original(workload, **kwargs)
@@ -1669,6 +1700,9 @@ def _wrap_run_workload():
             wall = (time.perf_counter() - started) * 1000.0
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             supervised = resource.getrusage(resource.RUSAGE_SELF)
+            closed, seen = _EXIT.get("sockets_closed"), _EXIT.get("exit_seen")
+            # Airflow's tail: the time from the last socket's close to the exit Airflow saw, when it saw it later
+            tail = max(0.0, (seen - closed) * 1000.0) if closed is not None and seen is not None else None
             ti = getattr(workload, "ti", None)
             if ti is not None and os.environ.get("BENCH_RUSAGE_FILE"):
                 _append({
@@ -1678,6 +1712,7 @@ def _wrap_run_workload():
                     "supervisor_cpu_ms": (
                         (supervised.ru_utime + supervised.ru_stime) - (supervisor.ru_utime + supervisor.ru_stime)
                     ) * 1000.0,
+                    "tail_ms": tail,
                 })
 
     run_workload._bench_wrapped = True
@@ -1685,6 +1720,7 @@ def _wrap_run_workload():
 
 
 _wrap_run_workload()
+_wrap_supervisor()
 
 
 class BenchRusagePlugin(AirflowPlugin):
