@@ -162,18 +162,53 @@ def _parse(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def run_once(stack: Any, dag_id: str, expected: str, tasks: int) -> dict[str, Any]:
+def airflow_cpu_ms(stack: Any) -> float:
+    """CPU time spent so far by every process of one Airflow (api-server, scheduler with its LocalExecutor
+    workers and their supervisors, DAG processor, task processes): each live process's own time plus that of
+    its reaped children. A task process is reaped by its worker, so it is counted once, in the worker."""
+    import psutil
+
+    total = 0.0
+    for pid in stack.pids():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total * 1000.0
+
+
+def _lives_of(path: Path, dag_id: str, run_id: str) -> int:
+    if not path.exists():
+        return 0
+    needle = f'"run_id": "{run_id}"'
+    return sum(1 for line in path.read_text().splitlines() if '"life": true' in line and needle in line
+               and f'"dag_id": "{dag_id}"' in line)
+
+
+def run_once(stack: Any, dag_id: str, expected: str, tasks: int, records: Path) -> dict[str, Any]:
+    """One DAG run to its end, and then until every one of its task processes has been reaped (a try's
+    success reaches Airflow before its success listeners run), with the whole Airflow's CPU around it."""
+    cpu = airflow_cpu_ms(stack)
+    started = time.monotonic()
     run_id = stack.trigger(dag_id)
     state = stack.wait_for_run(dag_id, run_id, timeout=600)
     tis = stack.task_instances(dag_id, run_id)
     if state != expected or len(tis) != tasks:
         raise RuntimeError(f"run {dag_id} {run_id} ended {state} with {len(tis)} task instances")
+    deadline = time.monotonic() + 60
+    while _lives_of(records, dag_id, run_id) < tasks:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {dag_id} {run_id}: not every task process was reaped within 60 s")
+        time.sleep(0.05)
+    cpu = airflow_cpu_ms(stack) - cpu
+    elapsed = (time.monotonic() - started) * 1000.0
     spans = []
     for ti in tis:
         start, end = _parse(ti.get("start_date")), _parse(ti.get("end_date"))
         if start and end:
             spans.append((end - start).total_seconds() * 1000.0)
-    return {"run_id": run_id, "durations": spans}
+    return {"run_id": run_id, "durations": spans, "airflow_cpu_ms": cpu, "run_ms": elapsed}
 
 
 def read_records(path: Path) -> tuple[dict[tuple[str, str, str], dict[str, Any]], dict[tuple[str, str, str], dict[str, Any]]]:
@@ -222,7 +257,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for kind in order[shift:] + order[:shift]:
                 name, dag_id = kinds[kind]
                 result = run_once(stacks[name], dag_id, "failed" if kind.endswith("failing") else "success",
-                                  args.tasks_per_run)
+                                  args.tasks_per_run, Path(envs[name]["BENCH_RUSAGE_FILE"]))
                 if i >= 0:
                     result["round"] = i
                     runs[kind].append(result)
@@ -267,6 +302,15 @@ def overhead(observed: list[dict[str, Any]], reference: list[dict[str, Any]], ke
     low, high = bootstrap_median(differences)
     pooled = median(_values(observed, key)) - median(_values(reference, key))
     return {"delta": median(differences), "low": low, "high": high, "pooled": pooled, "rounds": len(differences)}
+
+
+def airflow_overhead(observed: list[dict[str, Any]], reference: list[dict[str, Any]], tasks: int) -> dict[str, float]:
+    """observed − reference of the whole Airflow's CPU per task, paired by round as :func:`overhead`."""
+    a = {run["round"]: run["airflow_cpu_ms"] / tasks for run in observed}
+    b = {run["round"]: run["airflow_cpu_ms"] / tasks for run in reference}
+    differences = [a[number] - b[number] for number in sorted(a) if number in b]
+    low, high = bootstrap_median(differences)
+    return {"delta": median(differences), "low": low, "high": high, "rounds": len(differences)}
 
 
 def recorded_overhead(
@@ -424,6 +468,41 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
                 f"| {name} | `{hook}` | {len(values)} | {f2(median(values))} | {f2(pct(values, 99))} | "
                 f"{f2(median(opted)) if opted else '–'} | {'met' if median(values) <= TARGET_HOOK_MS else 'missed'} |"
             )
+    runs = result["runs"]
+    if all("airflow_cpu_ms" in run for data in runs.values() for run in data):
+        tasks = args.tasks_per_run
+        md += [
+            "",
+            "**The whole Airflow's CPU per task** (every process of the Airflow, the scheduler with its forwarder "
+            "and evidence assembler, the API server, the DAG processor, the workers with their supervisors and the "
+            "task processes, from the DAG run's trigger until its last task process was reaped, idle loops "
+            "included, divided by the tasks of the run; medians over the runs, differences paired by round): "
+            "everything BareCount makes the machine do, not only inside the task process.",
+            "",
+            "| kind | CPU per task, median ms | DAG run, median s |",
+            "|---|---|---|",
+        ]
+        for kind, data in runs.items():
+            md.append(
+                f"| {kind} | {f2(median([run['airflow_cpu_ms'] / tasks for run in data]))} | "
+                f"{median([run['run_ms'] for run in data]) / 1000.0:.1f} |"
+            )
+        md += ["", "| comparison | ms per task (interval) | share of end to end (interval) |", "|---|---|---|"]
+        pairs = [(f"{n}: observed − opted out", f"{n} observed", f"{n} opted out")
+                 for n in ("default", "sinks_up", "sinks_down") if f"{n} observed" in runs]
+        pairs += [("enabled (default) − disabled, observed", "default observed", "disabled observed"),
+                  ("opted out (default) − disabled", "default opted out", "disabled observed")]
+        if "control observed" in runs:
+            pairs.append(("A/A: control − disabled", "control observed", "disabled observed"))
+        verdict["airflow_cpu"] = {}
+        for label, obs_kind, ref_kind in pairs:
+            d = airflow_overhead(runs[obs_kind], runs[ref_kind], tasks)
+            verdict["airflow_cpu"][label] = d
+            md.append(
+                f"| {label} | {d['delta']:+.2f} ({d['low']:+.2f} to {d['high']:+.2f}) | "
+                f"{100 * d['delta'] / end_to_end:+.2f}% ({100 * d['low'] / end_to_end:+.2f}% to "
+                f"{100 * d['high'] / end_to_end:+.2f}%) |"
+            )
     if result["sinks_received"]:
         md += ["", "What the live sinks received: " + ", ".join(
             f"{key}: {value}" for key, value in sorted(result["sinks_received"].items())) + "."]
@@ -459,10 +538,14 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:  # the raw records first: a report that fails loses nothing
+        args.json.write_text(json.dumps({"rows": result["rows"], "runs": result["runs"]}, default=str))
     markdown, verdict = report(result, args)
     print(markdown)
     if args.json:
-        args.json.write_text(json.dumps({"rows": result["rows"], "verdict": verdict}, default=str))
+        args.json.write_text(
+            json.dumps({"rows": result["rows"], "runs": result["runs"], "verdict": verdict}, default=str)
+        )
     if not args.no_docs:
         write_docs(markdown)
     return 0
