@@ -23,7 +23,13 @@ Per task process the benchmark reads:
   imports, the DAG file's parse, every hook, the flush at exit and the exit itself), and the clock around
   the whole workload (the supervisor's fork, the task, its reports to the API server, the exit): the task's
   end-to-end time as the executor sees it;
-* **each of BareCount's hooks** as Airflow calls it (a pluggy wrapper around every other implementation).
+* **each of BareCount's hooks** as Airflow calls it (a pluggy wrapper around every other implementation);
+* **Airflow's tail**: how long the supervisor slept between the task's last socket closing and its seeing
+  the process's exit (a ``select`` with nothing left to wake it, up to ``[workers] min_heartbeat_interval``);
+  the end to end is the workload's clock without it.
+
+Per DAG run it reads **the whole Airflow's CPU** (every process of it, from the trigger until the run's last
+task process has been reaped), which includes the Airflow's idle loop for the run's duration.
 
 The end-to-end overhead is observed − opted out on the same Airflow (CPU time of the whole process and the
 workload's clock), with 95% bootstrap intervals, as a share of the end-to-end time of a task with BareCount
@@ -31,7 +37,7 @@ disabled. Flatness: the overhead in the first and the last quarter of the runs.
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_real_tasks.py --runs 12 --tasks-per-run 25 --sinks
+    .venv/bin/python benchmarks/bench_real_tasks.py --runs 24 --tasks-per-run 20 --max-active 2 --warmup 1 --sinks --control
 
 The results are printed as markdown and written into docs/benchmarks.md between
 ``<!-- bench-real-tasks:start -->`` and ``<!-- bench-real-tasks:end -->`` (``--no-docs`` to skip).
