@@ -168,20 +168,33 @@ def _parse(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def airflow_cpu_ms(stack: Any) -> float:
-    """CPU time spent so far by every process of one Airflow (api-server, scheduler with its LocalExecutor
-    workers and their supervisors, DAG processor, task processes): each live process's own time plus that of
-    its reaped children. A task process is reaped by its worker, so it is counted once, in the worker."""
+ROLES = (("telemetry forward", "forwarder"), ("scheduler", "scheduler"), ("dag-processor", "dag processor"),
+         ("api_server", "api server"), ("api-server", "api server"), ("serve-logs", "log server"),
+         ("LocalExecutor", "workers and task processes"))
+
+
+def _role(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    return next((role for needle, role in ROLES if needle in text), "other")
+
+
+def airflow_cpu_ms(stack: Any) -> dict[str, float]:
+    """CPU time spent so far by every process of one Airflow, by role (api-server, scheduler, its LocalExecutor
+    workers with their supervisors and task processes, DAG processor, BareCount's forwarder): each live
+    process's own time plus that of its reaped children. A task process is reaped by its worker, so it is
+    counted once, in the worker (a task process alive at the reading counts under its own title: "other")."""
     import psutil
 
-    total = 0.0
+    by_role: dict[str, float] = {}
     for pid in stack.pids():
         try:
-            times = psutil.Process(pid).cpu_times()
+            proc = psutil.Process(pid)
+            times, role = proc.cpu_times(), _role(proc.cmdline())
         except psutil.Error:
             continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total * 1000.0
+        spent = (times.user + times.system + times.children_user + times.children_system) * 1000.0
+        by_role[role] = by_role.get(role, 0.0) + spent
+    return by_role
 
 
 def _lives_of(path: Path, dag_id: str, run_id: str) -> int:
@@ -207,14 +220,16 @@ def run_once(stack: Any, dag_id: str, expected: str, tasks: int, records: Path) 
         if time.monotonic() > deadline:
             raise RuntimeError(f"run {dag_id} {run_id}: not every task process was reaped within 60 s")
         time.sleep(0.05)
-    cpu = airflow_cpu_ms(stack) - cpu
+    after = airflow_cpu_ms(stack)
+    by_role = {role: after.get(role, 0.0) - cpu.get(role, 0.0) for role in {*after, *cpu}}
     elapsed = (time.monotonic() - started) * 1000.0
     spans = []
     for ti in tis:
         start, end = _parse(ti.get("start_date")), _parse(ti.get("end_date"))
         if start and end:
             spans.append((end - start).total_seconds() * 1000.0)
-    return {"run_id": run_id, "durations": spans, "airflow_cpu_ms": cpu, "run_ms": elapsed}
+    return {"run_id": run_id, "durations": spans, "airflow_cpu_ms": sum(by_role.values()),
+            "airflow_cpu_by_role_ms": by_role, "run_ms": elapsed}
 
 
 def read_records(path: Path) -> tuple[dict[tuple[str, str, str], dict[str, Any]], dict[tuple[str, str, str], dict[str, Any]]]:
@@ -493,6 +508,14 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
                 f"| {kind} | {f2(median([run['airflow_cpu_ms'] / tasks for run in data]))} | "
                 f"{median([run['run_ms'] for run in data]) / 1000.0:.1f} |"
             )
+        roles = sorted({role for data in runs.values() for run in data for role in run.get("airflow_cpu_by_role_ms", {})})
+        if roles:
+            md += ["", "By process (medians over the runs, ms per task):", "",
+                   "| kind | " + " | ".join(roles) + " |", "|---|" + "---|" * len(roles)]
+            for kind, data in runs.items():
+                md.append(f"| {kind} | " + " | ".join(
+                    f2(median([run.get("airflow_cpu_by_role_ms", {}).get(role, 0.0) / tasks for run in data]))
+                    for role in roles) + " |")
         md += ["", "| comparison | ms per task (interval) | share of end to end (interval) |", "|---|---|---|"]
         pairs = [(f"{n}: observed − opted out", f"{n} observed", f"{n} opted out")
                  for n in ("default", "sinks_up", "sinks_down") if f"{n} observed" in runs]
