@@ -3,8 +3,8 @@
 Two real Airflows side by side (api-server, scheduler, DAG processor on 127.0.0.1, LocalExecutor, SQLite;
 ``tests/system/stack.py``), one with BareCount enabled (its scheduler-side thread, its evidence tick and the
 spool's forwarder process) and one with it disabled, each with one parsed DAG and no run. After
-``--settle`` seconds, the CPU time of every process of each Airflow (its own and its reaped children's) is
-read twice, ``--window`` seconds apart.
+``--settle`` seconds, the CPU time of every process of each Airflow (its own and its reaped children's, by
+role: ``bench_real_tasks.airflow_cpu_ms``) is read twice, ``--window`` seconds apart.
 
     .venv/bin/python benchmarks/bench_idle.py --window 60
 
@@ -21,9 +21,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_real_tasks import REPO, airflow_cpu_ms  # every process of an Airflow, by role
+
 DAG = (
     "from airflow.providers.standard.operators.empty import EmptyOperator\n"
     "from airflow.sdk import DAG\n"
@@ -31,23 +33,6 @@ DAG = (
     "    EmptyOperator(task_id='a')\n"
 )
 SECRET = "bench-idle-secret-key-not-for-production"
-
-
-def cpu_by_process(stack: Any) -> dict[int, tuple[str, float]]:
-    import psutil
-
-    out: dict[int, tuple[str, float]] = {}
-    for pid in stack.pids():
-        try:
-            proc = psutil.Process(pid)
-            times = proc.cpu_times()
-            parts = proc.cmdline()
-            # an interpreter's arguments (-m airflow scheduler), else the title a process set (api-server)
-            name = " ".join(parts[1:4] if parts and "python" in Path(parts[0]).name else parts)[:60].strip() or proc.name()
-        except psutil.Error:
-            continue
-        out[pid] = (name, times.user + times.system + times.children_user + times.children_system)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,21 +62,21 @@ def main(argv: list[str] | None = None) -> int:
             for stack in stacks.values():
                 stack.wait_for_dag("bench_idle", timeout=240)
             time.sleep(args.settle)
-            before = {name: cpu_by_process(stack) for name, stack in stacks.items()}
+            before = {name: airflow_cpu_ms(stack) for name, stack in stacks.items()}
             started = time.monotonic()
             time.sleep(args.window)
-            after = {name: cpu_by_process(stack) for name, stack in stacks.items()}
+            after = {name: airflow_cpu_ms(stack) for name, stack in stacks.items()}
             seconds = time.monotonic() - started
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"Idle Airflows, {seconds:.0f} s measured after {args.settle:.0f} s settling: CPU ms per second\n")
-    print("| Airflow | process | CPU, ms per s |")
+    print("| Airflow | processes | CPU, ms per s |")
     print("|---|---|---|")
     totals = {}
     for name in envs:
         total = 0.0
-        for pid, (process, cpu) in sorted(after[name].items(), key=lambda item: -item[1][1]):
-            spent = (cpu - before[name].get(pid, (process, 0.0))[1]) * 1000.0 / seconds
+        for process, cpu in sorted(after[name].items(), key=lambda item: -item[1]):
+            spent = (cpu - before[name].get(process, 0.0)) / seconds
             total += spent
             if spent >= 0.05:
                 print(f"| {name} | {process} | {spent:.1f} |")

@@ -197,18 +197,26 @@ def airflow_cpu_ms(stack: Any) -> dict[str, float]:
     return by_role
 
 
-def _lives_of(path: Path, dag_id: str, run_id: str) -> int:
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _lives_of(path: Path, dag_id: str, run_id: str, since: int) -> int:
+    """Whole-life records of the run's task processes appended to ``path`` after byte ``since``."""
     if not path.exists():
         return 0
-    needle = f'"run_id": "{run_id}"'
-    return sum(1 for line in path.read_text().splitlines() if '"life": true' in line and needle in line
-               and f'"dag_id": "{dag_id}"' in line)
+    with path.open("rb") as records:
+        records.seek(since)
+        text = records.read().decode()
+    needles = ('"life": true', f'"dag_id": "{dag_id}"', f'"run_id": "{run_id}"')
+    return sum(1 for line in text.splitlines() if all(needle in line for needle in needles))
 
 
 def run_once(stack: Any, dag_id: str, expected: str, tasks: int, records: Path) -> dict[str, Any]:
     """One DAG run to its end, and then until every one of its task processes has been reaped (a try's
     success reaches Airflow before its success listeners run), with the whole Airflow's CPU around it."""
     cpu = airflow_cpu_ms(stack)
+    since = _size(records)  # the run's records come after this
     started = time.monotonic()
     run_id = stack.trigger(dag_id)
     state = stack.wait_for_run(dag_id, run_id, timeout=600)
@@ -216,7 +224,7 @@ def run_once(stack: Any, dag_id: str, expected: str, tasks: int, records: Path) 
     if state != expected or len(tis) != tasks:
         raise RuntimeError(f"run {dag_id} {run_id} ended {state} with {len(tis)} task instances")
     deadline = time.monotonic() + 60
-    while _lives_of(records, dag_id, run_id) < tasks:
+    while _lives_of(records, dag_id, run_id, since) < tasks:
         if time.monotonic() > deadline:
             raise RuntimeError(f"run {dag_id} {run_id}: not every task process was reaped within 60 s")
         time.sleep(0.05)
@@ -318,20 +326,21 @@ def overhead(observed: list[dict[str, Any]], reference: list[dict[str, Any]], ke
             by_round.setdefault(row["round"], []).append(row["life"][key])
         return {number: median(values) for number, values in by_round.items()}
 
-    a, b = per_round(observed), per_round(reference)
+    pooled = median(_values(observed, key)) - median(_values(reference, key))
+    return {**_paired(per_round(observed), per_round(reference)), "pooled": pooled}
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> dict[str, float]:
+    """The median of a − b over the rounds both have, with its 95% bootstrap interval over the rounds."""
     differences = [a[number] - b[number] for number in sorted(a) if number in b]
     low, high = bootstrap_median(differences)
-    pooled = median(_values(observed, key)) - median(_values(reference, key))
-    return {"delta": median(differences), "low": low, "high": high, "pooled": pooled, "rounds": len(differences)}
+    return {"delta": median(differences), "low": low, "high": high, "rounds": len(differences)}
 
 
 def airflow_overhead(observed: list[dict[str, Any]], reference: list[dict[str, Any]], tasks: int) -> dict[str, float]:
     """observed − reference of the whole Airflow's CPU per task, paired by round as :func:`overhead`."""
-    a = {run["round"]: run["airflow_cpu_ms"] / tasks for run in observed}
-    b = {run["round"]: run["airflow_cpu_ms"] / tasks for run in reference}
-    differences = [a[number] - b[number] for number in sorted(a) if number in b]
-    low, high = bootstrap_median(differences)
-    return {"delta": median(differences), "low": low, "high": high, "rounds": len(differences)}
+    return _paired({run["round"]: run["airflow_cpu_ms"] / tasks for run in observed},
+                   {run["round"]: run["airflow_cpu_ms"] / tasks for run in reference})
 
 
 def recorded_overhead(
