@@ -44,6 +44,7 @@ def _clear_caches() -> None:
         os.environ.pop(name, None)
     spool._PENDING_LINES.clear()
     spool._PENDING_ENTRIES.clear()
+    spool._PENDING_STATSD.clear()
     # Airflow's task runner sets the parsing context for its parse and never unsets it: a test that runs a task
     # in-process would otherwise tell the next test's cluster policies that they run in its task process.
     for name in ("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "_AIRFLOW_PARSING_CONTEXT_TASK_ID"):

@@ -279,6 +279,12 @@ class StatsdSink:
             except OSError:  # refused by the kernel (no route, a filter, ...): counted, the rest still sent
                 EMIT_FAILURES.record(self.name, "send")
 
+    def hand_off(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
+        """Keep ``points`` (cleaned) for the spool's forwarder to send (see :meth:`Emitter.emit`)."""
+        from barecount_provider.telemetry import spool
+
+        spool.add_statsd_points(points)
+
     def flush(self, timeout_ms: int) -> None:  # UDP: nothing is buffered
         return None
 
@@ -404,8 +410,12 @@ class Emitter:
     def __init__(self, sinks: list[Any]):
         self.sinks = sinks
 
-    def emit(self, points: list[tuple[str, str, float, Mapping[str, Any]]]) -> None:
-        """Send a batch of ``(name, kind, value, tags)``; tags are cleaned and redacted here."""
+    def emit(self, points: list[tuple[str, str, float, Mapping[str, Any]]], handoff: bool = False) -> None:
+        """Send a batch of ``(name, kind, value, tags)``; tags are cleaned and redacted here.
+
+        ``handoff``: the points of a try whose outputs this task process hands to the spool's forwarder
+        (:func:`spool.handoff`): a sink that can (StatsD) keeps them for the spool file the try writes
+        anyway, and the forwarder sends them, within a forwarding interval, instead of this process."""
         if not self.sinks or not points:
             return
         try:
@@ -424,7 +434,11 @@ class Emitter:
             return
         for sink in self.sinks:
             try:
-                sink.send(cleaned)
+                hand_off = getattr(sink, "hand_off", None) if handoff else None
+                if hand_off is not None:
+                    hand_off(cleaned)
+                else:
+                    sink.send(cleaned)
             except Exception:
                 EMIT_FAILURES.record(getattr(sink, "name", "sink"), "send")
                 log.debug("BareCount metric sink %s failed", getattr(sink, "name", sink), exc_info=True)

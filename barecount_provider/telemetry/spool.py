@@ -19,6 +19,10 @@ long-lived process forwards the spool over OTLP with exporters it built once:
 * anywhere else (workers on machines with no scheduler), whatever calls :func:`flush_spool`: a CLI
   (``barecount telemetry forward --loop``), a cron job, a sidecar.
 
+A task process that hands its try's outputs to the forwarder (:func:`handoff`) puts the StatsD points of the
+try's end in the same file (cleaned and redacted), and the forwarder sends them to StatsD, before it writes
+the handed-off lines: one datagram fewer in the task's last hook, the same lines a round later.
+
 What is exported is what the task process would have exported itself: the same spans (names, trace and
 span ids, parents, links, attributes, events with their times, status, start and end times) and the same
 metric points (names, kinds, values, attributes), recorded into the forwarder's long-lived meter provider,
@@ -58,6 +62,7 @@ MAX_FILES_PER_ROUND = 5000
 # process that hands its tries' outputs to the forwarder (handoff()), also JSON lines for local files (the
 # file-sink event, the span line) and evidence entries to cost and store.
 _PENDING_POINTS: list[list[Any]] = []
+_PENDING_STATSD: list[list[Any]] = []  # a handed-off try's points for StatsD, sent by the forwarder
 _PENDING_SPANS: list[dict[str, Any]] = []
 _PENDING_LINES: dict[str, list[Any]] = {}
 _PENDING_ENTRIES: list[dict[str, Any]] = []
@@ -136,6 +141,12 @@ def add_lines(path: str, records: list[Any]) -> None:
     """Keep JSON lines for the forwarder to append to ``path`` (records already redacted)."""
     with _lock:
         _PENDING_LINES.setdefault(path, []).extend(records)
+
+
+def add_statsd_points(points: list[tuple[str, str, float, dict[str, str]]]) -> None:
+    """Keep a handed-off try's metric points (cleaned and redacted) for the forwarder to send to StatsD."""
+    with _lock:
+        _PENDING_STATSD.extend([name, kind, value, tags] for name, kind, value, tags in points)
 
 
 def add_entry(entry: dict[str, Any]) -> None:
@@ -229,7 +240,7 @@ def span_exporter() -> Any:
 
 
 def pending() -> bool:
-    return bool(_PENDING_POINTS or _PENDING_SPANS or _PENDING_LINES or _PENDING_ENTRIES)
+    return bool(_PENDING_POINTS or _PENDING_SPANS or _PENDING_LINES or _PENDING_ENTRIES or _PENDING_STATSD)
 
 
 def write_pending() -> None:
@@ -243,7 +254,10 @@ def write_pending() -> None:
             record["lines"] = dict(_PENDING_LINES)
         if _PENDING_ENTRIES:
             record["entries"] = list(_PENDING_ENTRIES)
+        if _PENDING_STATSD:
+            record["statsd"] = list(_PENDING_STATSD)
         _PENDING_POINTS.clear()
+        _PENDING_STATSD.clear()
         _PENDING_SPANS.clear()
         _PENDING_LINES.clear()
         _PENDING_ENTRIES.clear()
@@ -277,6 +291,7 @@ def _reset_after_fork() -> None:
     _PENDING_SPANS.clear()
     _PENDING_LINES.clear()
     _PENDING_ENTRIES.clear()
+    _PENDING_STATSD.clear()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -385,6 +400,7 @@ class _Round:
     spans: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     lines: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    statsd: list[list[Any]] = dataclasses.field(default_factory=list)
 
 
 def _read(paths: list[str]) -> _Round:
@@ -403,6 +419,7 @@ def _read(paths: list[str]) -> _Round:
                     for target, lines in (record.get("lines") or {}).items():
                         found.lines.setdefault(target, []).extend(lines)
                     found.entries.extend(record.get("entries") or ())
+                    found.statsd.extend(record.get("statsd") or ())
         except OSError:
             EMIT_FAILURES.record("spool", "read")
     return found
@@ -459,25 +476,38 @@ def _deliver_entries(entries: list[dict[str, Any]]) -> None:
 class Forwarder:
     """Exports the spool over OTLP with exporters built once (see the module docstring)."""
 
-    def __init__(self, metric_sink: Any = None, span_exporter: Any = None):
+    def __init__(self, metric_sink: Any = None, span_exporter: Any = None, statsd_sink: Any = None):
         self.metric_sink = metric_sink
         self.span_exporter = span_exporter
+        self.statsd_sink = statsd_sink  # sends the StatsD points of handed-off tries
         self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls) -> Forwarder:
-        metric_sink = span_exporter_ = None
-        if metrics_spooled():
-            from barecount_provider.telemetry.metrics import OtelMetricSink, get_direct_emitter
+        from barecount_provider.telemetry.metrics import OtelMetricSink, StatsdSink, get_direct_emitter
 
+        metric_sink = span_exporter_ = statsd_sink = None
+        if metrics_spooled():
             metric_sink = next(
                 (sink for sink in get_direct_emitter().sinks if isinstance(sink, OtelMetricSink)), None
             )
+        if config.statsd_on():
+            statsd_sink = next((sink for sink in get_direct_emitter().sinks if isinstance(sink, StatsdSink)), None)
         if traces_spooled():
             from barecount_provider.telemetry.tracing import build_otlp_span_exporter
 
             span_exporter_ = build_otlp_span_exporter()
-        return cls(metric_sink, span_exporter_)
+        return cls(metric_sink, span_exporter_, statsd_sink)
+
+    def _send_statsd(self, points: list[list[Any]]) -> None:
+        """Send the handed-off tries' StatsD points (already cleaned and redacted by their task process):
+        fire-and-forget UDP, a refused datagram counted by the sink."""
+        if self.statsd_sink is None or not points:
+            return
+        try:
+            self.statsd_sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
+        except Exception:
+            EMIT_FAILURES.record("statsd", "spool")
 
     def warm_up(self) -> None:
         """Use the span exporter once (an empty export) on the calling thread: its HTTP stack imports
@@ -546,6 +576,7 @@ class Forwarder:
                     # Handed-off outputs first: local files, and the entries' cost points join this round's.
                     for records in (found.spans, *found.lines.values()):
                         _render_stacktraces(records)
+                    self._send_statsd(found.statsd)  # before the events: a reader of events finds them sent
                     _write_lines(found.lines)
                     _deliver_entries(found.entries)
                     export_ms = max(1, int((deadline - time.monotonic()) * 1000))

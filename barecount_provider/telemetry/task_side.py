@@ -463,7 +463,8 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     handoff = spool.handoff()  # the event, span line and evidence entry: one spool file, written below
     emitter = get_emitter()
     if emitter.sinks:  # no metric sink (the embedded default): no points to build
-        emitter.emit(_try_points(ctx, state, duration_s, usage, error_class))
+        # Handed off: StatsD's points go with the try's spool file, sent by the forwarder (Emitter.emit).
+        emitter.emit(_try_points(ctx, state, duration_s, usage, error_class), handoff=handoff)
 
     trace_id = span_id = None
     if tried.span is not None:

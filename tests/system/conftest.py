@@ -10,7 +10,8 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,16 @@ class UdpCollector:
             except OSError:
                 return
             self.lines.extend(data.decode(errors="replace").splitlines())
+
+    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 15.0) -> list[str]:
+        """The lines received so far once ``predicate`` holds for them (a handed-off try's points are sent
+        by the scheduler's forwarder, up to a round after its event is written); as they are at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = list(self.lines)
+            if predicate(lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.1)
 
     def close(self) -> None:
         self._stop.set()

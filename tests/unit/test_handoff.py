@@ -176,6 +176,57 @@ def test_the_task_writes_its_outputs_itself_when_it_does_not_hand_off(home, monk
     assert _lines(home / "telemetry" / "events.jsonl")[0]["sinks"]["written_by"] == "task"
 
 
+def _datagram_lines(sock) -> list[str]:
+    """Every StatsD line waiting on ``sock`` (a real UDP socket), without waiting for more."""
+    import socket
+
+    lines: list[str] = []
+    while True:
+        try:
+            data = sock.recv(65535, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return lines
+        lines.extend(data.decode().splitlines())
+
+
+@pytest.mark.parametrize("outputs", ["forwarder", "task"])
+def test_a_handed_off_try_s_statsd_points_are_sent_by_the_forwarder(home, monkeypatch, outputs):
+    """Handed off, the end of a try costs the task process no datagram: its StatsD points go with the spool
+    file it writes anyway, already cleaned and redacted, and the forwarder sends them. The start is sent by
+    the task process itself (a try killed before its end is still counted as started)."""
+    import socket
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_HOST", "127.0.0.1")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_PORT", str(server.getsockname()[1]))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", outputs)
+    try:
+        _run_try("load", ValueError(f"login failed: password={SECRET}"))
+        from_task = _datagram_lines(server)
+        spool.flush_spool()
+        from_forwarder = _datagram_lines(server)
+    finally:
+        server.close()
+    # The try's own points (the evidence entry's cost points come from whoever costs it: see above).
+    names = lambda lines: sorted(n for n in (line.split(":", 1)[0] for line in lines) if n.startswith("barecount.task."))  # noqa: E731
+    finished = ["barecount.task.cpu_time", "barecount.task.duration", "barecount.task.failures",
+                "barecount.task.finished", "barecount.task.io_read", "barecount.task.io_write",
+                "barecount.task.peak_memory"]
+    if outputs == "forwarder":
+        assert names(from_task) == ["barecount.task.started"]
+        assert names(from_forwarder) == finished
+    else:
+        assert names(from_task) == sorted(["barecount.task.started", *finished])
+        assert from_forwarder == []
+    finished_line = next(line for line in from_task + from_forwarder if line.startswith("barecount.task.finished:"))
+    assert finished_line.startswith("barecount.task.finished:1|c|#")
+    assert "tenant:acme" in finished_line and "pipeline:orders" in finished_line and "state:failed" in finished_line
+    assert "run_id" not in finished_line and "correlation_id" not in finished_line
+    assert metrics.EMIT_FAILURES.total() == 0
+
+
 def _entry_fields(**overrides):
     fields = dict(
         state="success", started_at=START, ended_at=START.replace(minute=5), duration_s=300.0,
