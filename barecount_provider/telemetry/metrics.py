@@ -164,12 +164,17 @@ class StatsdSink:
 
     The socket and its address are the ``statsd`` package's client's; the lines (the package writes no
     tags) and the datagrams are this class's: the points of one call are packed into datagrams of at most
-    ``MAX_DATAGRAM`` bytes, as the package's pipeline packs them, and each datagram is one ``sendto``. That
-    skips the pipeline's per-stat objects (about 0.2 ms in a forked task process, where its code is cold)
-    and, unlike the package's client, which drops every socket error silently, counts a datagram the
-    kernel refuses in ``barecount.emit.failed`` (``statsd``/``send``). Resolving a host name is the one step
-    that can block, so it runs in a thread bounded by ``[barecount] emit_timeout_ms``; a host that does not
-    resolve in time disables the sink for this process and is counted.
+    ``MAX_DATAGRAM`` bytes, as the package's pipeline packs them. That skips the pipeline's per-stat objects
+    (about 0.2 ms in a forked task process, where its code is cold) and, unlike the package's client, which
+    drops every socket error silently, counts a datagram the kernel refuses in ``barecount.emit.failed``
+    (``statsd``/``send``). The socket is connected to the resolved address once (a UDP ``connect`` sends
+    nothing: it fixes the destination), and each datagram is one ``write`` on it: in a task process forked
+    from the process that built the client, that touches fewer of the parent's objects than ``sendto``
+    (about 40 µs less for the first datagram). A connected socket also hears the ICMP "port unreachable"
+    of a StatsD that is down: the next datagram is refused and counted (a socket that cannot be connected,
+    a broadcast address say, sends with ``sendto``). Resolving a host name is the one step that can block,
+    so it runs in a thread bounded by ``[barecount] emit_timeout_ms``; a host that does not resolve in time
+    disables the sink for this process and is counted.
     """
 
     MAX_DATAGRAM = 512  # the statsd package's default maxudpsize: safe on any network path
@@ -180,6 +185,7 @@ class StatsdSink:
         self.host, self.port, self.prefix, self.tag_style = host, port, prefix, tag_style
         self.timeout_ms = timeout_ms
         self._client: Any = None
+        self._fd: int | None = None  # the client's socket, connected to its address (None: sendto)
         self._broken = False
 
     def describe(self) -> str:
@@ -214,7 +220,13 @@ class StatsdSink:
             import statsd
 
             # The client resolves the literal address into the socket's family and address; send() uses both.
-            self._client = statsd.StatsClient(address, self.port, ipv6=":" in address)
+            client = statsd.StatsClient(address, self.port, ipv6=":" in address)
+            try:
+                client._sock.connect(client._addr)
+                self._fd = client._sock.fileno()
+            except OSError:  # not connectable (a broadcast address without SO_BROADCAST...): sendto, counted there
+                self._fd = None
+            self._client = client
         return self._client
 
     def warm(self) -> None:
@@ -272,11 +284,16 @@ class StatsdSink:
         client = self._get_client()
         if client is None:
             return
-        sock, address = client._sock, client._addr  # the client's own socket and resolved address
-        for datagram in self.datagrams(self.lines(points)):
+        lines = self.lines(points)
+        datagrams = self.datagrams(lines) if len(lines) > 1 else [lines[0].encode("utf-8")] if lines else []
+        fd = self._fd
+        for datagram in datagrams:
             try:
-                sock.sendto(datagram, address)
-            except OSError:  # refused by the kernel (no route, a filter, ...): counted, the rest still sent
+                if fd is not None:
+                    os.write(fd, datagram)  # the client's socket, connected to its address
+                else:
+                    client._sock.sendto(datagram, client._addr)
+            except OSError:  # refused (no route, a filter, a StatsD that is down): counted, the rest still sent
                 EMIT_FAILURES.record(self.name, "send")
 
     def hand_off(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:

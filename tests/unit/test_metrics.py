@@ -119,9 +119,24 @@ def test_statsd_port_with_no_listener_never_raises():
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now
+    metrics.EMIT_FAILURES.counts.clear()
     emitter = Emitter([StatsdSink("127.0.0.1", port)])
     for _ in range(3):
         emitter.count("barecount.task.started", {"tenant": "acme"})
+    # The sink's socket is connected: the kernel's "port unreachable" answer to one datagram refuses the
+    # next, and the sink counts it (the statsd package's client would have dropped it silently).
+    assert metrics.EMIT_FAILURES.counts[("statsd", "send")] >= 1
+
+
+def test_tags_with_statsd_separators_are_escaped(udp_server):
+    """A key or value holding one of StatsD's separators (``,|#:=``, a space, a new line) would break the
+    line: each is replaced by ``_``; tags without one are written as they are."""
+    port = udp_server.getsockname()[1]
+    tags = {"tenant": "acme", "pipeline": "a,b|c#d:e=f g\nh", "task_id": "load"}
+    Emitter([StatsdSink("127.0.0.1", port)]).count("barecount.task.started", tags)
+    Emitter([StatsdSink("127.0.0.1", port, tag_style="influxdb")]).count("barecount.task.started", tags)
+    assert _receive_lines(udp_server) == ["barecount.task.started:1|c|#tenant:acme,pipeline:a_b_c_d_e_f_g_h,task_id:load"]
+    assert _receive_lines(udp_server) == ["barecount.task.started,tenant=acme,pipeline=a_b_c_d_e_f_g_h,task_id=load:1|c"]
 
 
 def test_many_points_are_packed_into_datagrams_under_512_bytes_in_order(udp_server):
