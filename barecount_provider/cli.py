@@ -346,7 +346,9 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
         # Decided before the round: a stop that comes during a round may follow files that round did not
         # see (its claim was made already), so the round after the stop is the last one.
         stopping = stop.is_set() or not parent_alive()
-        result = spool.flush_spool()
+        # In the loop the OTLP exports are batched (OTEL_BSP_SCHEDULE_DELAY, OTEL_METRIC_EXPORT_INTERVAL);
+        # a single round, and the last one, export everything.
+        result = spool.flush_spool(batch=bool(args.loop) and not stopping)
         if not args.quiet:
             if args.json:
                 print(json.dumps(result), flush=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from typing import Any
 
 SECTION = "barecount"
+
+log = logging.getLogger(__name__)
 
 # name -> (type, default, example, description). Defaults are strings, as in airflow.cfg.
 OPTIONS: dict[str, tuple[str, str, str, str]] = {
@@ -634,6 +637,33 @@ def otlp_endpoint(signal: str) -> str:
     return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318"
     )
+
+
+def _otel_interval_ms(variable: str, default: int) -> int:
+    raw = os.environ.get(variable, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        log.warning("%s=%r is not a whole number of milliseconds: %d is used", variable, raw, default)
+        return default
+    return max(0, value)
+
+
+def otlp_span_export_interval_ms() -> int:
+    """How long the spool's forwarder keeps spans before it exports them, batched (the standard
+    ``OTEL_BSP_SCHEDULE_DELAY``, 5,000 ms by default, as the SDK's batch span processor)."""
+    return _otel_interval_ms("OTEL_BSP_SCHEDULE_DELAY", 5000)
+
+
+def otlp_span_export_batch_size() -> int:
+    """The spans that make the forwarder export at once (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, 512)."""
+    return max(1, _otel_interval_ms("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+
+
+def otlp_metric_export_interval_ms() -> int:
+    """How often at most the spool's forwarder exports its metrics (the standard
+    ``OTEL_METRIC_EXPORT_INTERVAL``, 60,000 ms by default, as the SDK's periodic reader)."""
+    return _otel_interval_ms("OTEL_METRIC_EXPORT_INTERVAL", 60000)
 
 
 def warm() -> None:

@@ -474,8 +474,9 @@ class Emitter:
     def describe(self) -> dict[str, str]:
         return {sink.name: sink.describe() for sink in self.sinks}
 
-    def report_failures(self, tags: Mapping[str, Any] | None = None) -> None:
-        """Send the process's own failure counts (to the sinks that still work) and reset them."""
+    def report_failures(self, tags: Mapping[str, Any] | None = None) -> int:
+        """Send the process's own failure counts (to the sinks that still work) and reset them; returns how
+        many failures were reported."""
         with EMIT_FAILURES._lock:
             counts = dict(EMIT_FAILURES.counts)
             EMIT_FAILURES.counts.clear()
@@ -486,6 +487,7 @@ class Emitter:
                     for (sink, stage), n in counts.items()
                 ]
             )
+        return sum(counts.values())
 
 
 def build_sinks(direct: bool = False) -> list[Any]:

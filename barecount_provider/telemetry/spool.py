@@ -23,6 +23,11 @@ A task process that hands its try's outputs to the forwarder (:func:`handoff`) p
 try's end in the same file (cleaned and redacted), and the forwarder sends them to StatsD, before it writes
 the handed-off lines: one datagram fewer in the task's last hook, the same lines a round later.
 
+In its loop, the forwarder exports in batches (``OTEL_METRIC_EXPORT_INTERVAL``, ``OTEL_BSP_SCHEDULE_DELAY``,
+``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, as the SDK's periodic reader and batch span processor): the handed-off
+lines, entries and StatsD points leave every round, the OTLP requests once per interval; a one-off flush and
+the loop's last round export everything.
+
 What is exported is what the task process would have exported itself: the same spans (names, trace and
 span ids, parents, links, attributes, events with their times, status, start and end times) and the same
 metric points (names, kinds, values, attributes), recorded into the forwarder's long-lived meter provider,
@@ -481,6 +486,11 @@ class Forwarder:
         self.span_exporter = span_exporter
         self.statsd_sink = statsd_sink  # sends the StatsD points of handed-off tries
         self._lock = threading.Lock()
+        # Batched exports (forward(batch=True)): the spans kept, whether recorded metrics wait, and when each
+        # was last exported (0: the first data is exported at once).
+        self._spans: list[dict[str, Any]] = []
+        self._metrics_waiting = False
+        self._metrics_exported = self._spans_exported = 0.0
 
     @classmethod
     def from_config(cls) -> Forwarder:
@@ -518,16 +528,19 @@ class Forwarder:
             except Exception:
                 pass
 
-    def _export_points(self, points: list[list[Any]], budget_ms: int, recorded: bool = False) -> None:
-        """Export the spooled points (and, ``recorded``, those this process recorded in its sink since)."""
-        if self.metric_sink is None or not (points or recorded):
+    def _record_points(self, points: list[list[Any]]) -> None:
+        """Record the spooled points in the forwarder's meter provider (summed there until an export)."""
+        if self.metric_sink is None or not points:
             return
-        if points:
-            try:
-                self.metric_sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
-            except Exception:
-                EMIT_FAILURES.record("otlp_metrics", "spool")
-        self.metric_sink.flush(budget_ms)
+        try:
+            self.metric_sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
+        except Exception:
+            EMIT_FAILURES.record("otlp_metrics", "spool")
+
+    def _export_points(self, budget_ms: int) -> None:
+        """Export what the meter provider holds (the spooled points and this process's own)."""
+        if self.metric_sink is not None:
+            self.metric_sink.flush(budget_ms)
 
     def _export_spans(self, records: list[dict[str, Any]]) -> None:
         if self.span_exporter is None or not records:
@@ -548,10 +561,51 @@ class Forwarder:
             if result != SpanExportResult.SUCCESS:
                 EMIT_FAILURES.record("traces", "export")
 
-    def forward(self, timeout_ms: int | None = None) -> dict[str, int]:
-        """Export every finished spool file once, metrics and spans concurrently, bounded by one deadline
-        (``emit_timeout_ms`` by default); returns what was read (``busy``: skipped, the previous round is
-        still waiting for a collector; its files wait for the next round). Never raises."""
+    def _exports_due(self, batch: bool) -> tuple[bool, list[dict[str, Any]]]:
+        """Whether this round exports the metrics, and the spans it exports (taken from the kept ones).
+
+        Not ``batch``: everything now. ``batch`` (the forwarder's loop): the metrics when the last export is
+        ``OTEL_METRIC_EXPORT_INTERVAL`` old, the spans when the last export is ``OTEL_BSP_SCHEDULE_DELAY`` old
+        or ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` of them wait, as the SDK's periodic reader and batch span
+        processor would; the first data after a quiet interval is exported at once."""
+        now = time.monotonic()
+        metrics_due, spans_due = self._due(batch, now)
+        if metrics_due:
+            self._metrics_waiting, self._metrics_exported = False, now
+        spans: list[dict[str, Any]] = []
+        if spans_due:
+            spans, self._spans, self._spans_exported = self._spans, [], now
+        return metrics_due, spans
+
+    def _due(self, batch: bool, now: float) -> tuple[bool, bool]:
+        """Whether the waiting metrics, and the kept spans, are due for export (see :meth:`_exports_due`)."""
+        metrics_due = self._metrics_waiting and (
+            not batch or now - self._metrics_exported >= config.otlp_metric_export_interval_ms() / 1000.0
+        )
+        spans_due = bool(self._spans) and (
+            not batch
+            or now - self._spans_exported >= config.otlp_span_export_interval_ms() / 1000.0
+            or len(self._spans) >= config.otlp_span_export_batch_size()
+        )
+        return metrics_due, spans_due
+
+    def waiting(self) -> bool:
+        """Whether metrics or spans wait in this forwarder for a batched export."""
+        return self._metrics_waiting or bool(self._spans)
+
+    def metrics_recorded(self) -> None:
+        """This process recorded points in the meter provider itself (its own failure counts): export them
+        with the next metric export."""
+        if self.metric_sink is not None:
+            self._metrics_waiting = True
+
+    def forward(self, timeout_ms: int | None = None, batch: bool = False) -> dict[str, int]:
+        """Forward every finished spool file once, bounded by one deadline (``emit_timeout_ms`` by default):
+        the handed-off lines, evidence entries and StatsD points at once; the metric points and spans
+        exported now, or with ``batch`` (the forwarder's loop) kept in this process and exported in batches
+        (:meth:`_exports_due`), metrics and spans concurrently. Returns what was read (``busy``: skipped,
+        the previous round is still waiting for a collector; its files wait for the next round). Never
+        raises."""
         budget_ms = config.emit_timeout_ms() if timeout_ms is None else timeout_ms
         deadline = time.monotonic() + max(budget_ms, 1) / 1000.0  # the whole round: claim, read, export
         result = {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
@@ -560,8 +614,8 @@ class Forwarder:
         handed_off = False
         try:
             paths = _claim(spool_dir(), MAX_FILES_PER_ROUND)
-            if not paths:
-                return result
+            if not paths and not any(self._due(batch, time.monotonic())):
+                return result  # nothing new, and nothing kept is due for export yet
             found = _read(paths)
             result = {
                 "files": len(paths),
@@ -579,14 +633,20 @@ class Forwarder:
                     self._send_statsd(found.statsd)  # before the events: a reader of events finds them sent
                     _write_lines(found.lines)
                     _deliver_entries(found.entries)
+                    self._record_points(found.points)
+                    if self.metric_sink is not None and (found.points or found.entries):
+                        self._metrics_waiting = True
+                    if self.span_exporter is not None:
+                        self._spans.extend(found.spans)
+                    metrics_due, spans = self._exports_due(batch)
                     export_ms = max(1, int((deadline - time.monotonic()) * 1000))
                     workers = [
-                        threading.Thread(
-                            target=self._export_points,
-                            args=(found.points, export_ms, bool(found.entries)),
-                            daemon=True,
-                        ),
-                        threading.Thread(target=self._export_spans, args=(found.spans,), daemon=True),
+                        threading.Thread(target=target, args=args, daemon=True)
+                        for due, target, args in (
+                            (metrics_due, self._export_points, (export_ms,)),
+                            (bool(spans), self._export_spans, (spans,)),
+                        )
+                        if due
                     ]
                     for worker in workers:
                         worker.start()
@@ -626,18 +686,21 @@ def get_forwarder() -> Forwarder:
     return forwarder
 
 
-def flush_spool(timeout_ms: int | None = None) -> dict[str, int]:
-    """Forward the spool over OTLP now, bounded by ``timeout_ms`` (default ``emit_timeout_ms``), and report
-    the forwarder's own failures; never raises. For deployments where no scheduler runs on the machine of
-    the task processes: call it from a CLI, a cron job or a sidecar loop."""
+def flush_spool(timeout_ms: int | None = None, batch: bool = False) -> dict[str, int]:
+    """Forward the spool now, bounded by ``timeout_ms`` (default ``emit_timeout_ms``), and report the
+    forwarder's own failures; never raises. ``batch`` (a forwarder's loop, between its first and its last
+    round): the OTLP exports are batched (:meth:`Forwarder.forward`); otherwise everything is exported now.
+    For deployments where no scheduler runs on the machine of the task processes: call it from a CLI, a cron
+    job or a sidecar loop."""
     if not (enabled() or handoff_configured()):
         return {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
     write_pending()  # what this process spooled itself
-    result = get_forwarder().forward(timeout_ms)
+    result = get_forwarder().forward(timeout_ms, batch=batch)
     try:
         from barecount_provider.telemetry.metrics import get_direct_emitter
 
-        get_direct_emitter().report_failures()
+        if get_direct_emitter().report_failures():
+            get_forwarder().metrics_recorded()
     except Exception:
         pass
     return result

@@ -161,6 +161,71 @@ def test_each_spool_file_is_forwarded_once(otlp_config):
     assert second.get_finished_spans() == ()
 
 
+class _CountingSpanExporter(InMemorySpanExporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def export(self, spans):
+        self.calls += 1
+        return super().export(spans)
+
+
+def test_the_forwarder_s_loop_batches_its_otlp_exports_and_its_last_round_exports_the_rest(otlp_config, monkeypatch):
+    """In its loop (``batch``) the forwarder exports spans when ``OTEL_BSP_SCHEDULE_DELAY`` has passed since
+    the last export or ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` of them wait, and metrics when
+    ``OTEL_METRIC_EXPORT_INTERVAL`` has passed, the first data at once (as the SDK's batch span processor and
+    periodic reader would); a round that is not batched (a one-off flush, the loop's last round) exports all
+    that waits. Nothing is lost, nothing is exported twice."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "600000")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "3")
+    spans, reader = _CountingSpanExporter(), InMemoryMetricReader()
+    sink = OtelMetricSink(reader=reader)
+    flushes: list[int] = []
+    flush = sink.flush
+    sink.flush = lambda timeout_ms: (flushes.append(timeout_ms), flush(timeout_ms))  # type: ignore[method-assign]
+    forwarder = spool.Forwarder(metric_sink=sink, span_exporter=spans)
+
+    def tries(*task_ids):
+        for task_id in task_ids:
+            ti = _ti(task_id)
+            task_side.on_try_running(ti)
+            task_side.on_try_finished(ti, "success")
+
+    tries("t0")
+    assert forwarder.forward(2000, batch=True)["spans"] == 1
+    assert (spans.calls, len(spans.get_finished_spans()), len(flushes)) == (1, 1, 1)  # the first data: at once
+    tries("t1", "t2")
+    assert forwarder.forward(2000, batch=True)["spans"] == 2
+    assert (spans.calls, len(spans.get_finished_spans()), len(flushes)) == (1, 1, 1)  # kept: not due yet
+    assert forwarder.waiting() and _files(otlp_config) == []  # read, kept in the forwarder
+    tries("t3")
+    forwarder.forward(2000, batch=True)
+    assert (spans.calls, len(spans.get_finished_spans()), len(flushes)) == (2, 4, 1)  # a full batch of three
+    tries("t4")
+    forwarder.forward(2000, batch=True)
+    assert forwarder.forward(2000, batch=True)["files"] == 0  # nothing new and nothing due: no export
+    assert (spans.calls, len(flushes)) == (2, 1)
+    forwarder.forward(2000)  # the last round: everything that waits
+    assert (spans.calls, len(spans.get_finished_spans()), len(flushes)) == (3, 5, 2)
+    assert not forwarder.waiting()
+    assert sorted(span.attributes["airflow.task_id"] for span in spans.get_finished_spans()) == [f"t{i}" for i in range(5)]
+    started = [v for (name, _, _), v in _metric_points(reader).items() if name == "barecount.task.started"]
+    assert sum(started) == 5  # every try's points, summed in the forwarder's meter provider
+
+
+def test_a_bad_otel_interval_falls_back_to_the_sdk_default(monkeypatch):
+    from barecount_provider import config
+
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "soon")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "15000")
+    assert config.otlp_span_export_interval_ms() == 5000
+    assert config.otlp_metric_export_interval_ms() == 15000
+    monkeypatch.delenv("OTEL_METRIC_EXPORT_INTERVAL")
+    assert config.otlp_metric_export_interval_ms() == 60000
+
+
 class _Hung:
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -402,10 +467,10 @@ def test_a_stop_during_a_round_is_followed_by_one_more_round(monkeypatch):
 
     from barecount_provider import cli
 
-    rounds: list[int] = []
+    rounds: list[bool] = []
 
-    def one_round(timeout_ms=None):
-        rounds.append(1)
+    def one_round(timeout_ms=None, batch=False):
+        rounds.append(batch)
         if len(rounds) == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # the scheduler stops it while this round runs
         return {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
@@ -417,6 +482,7 @@ def test_a_stop_during_a_round_is_followed_by_one_more_round(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert len(rounds) == 2  # the round that was running, then the last one, at once (not after 600 s)
+    assert rounds == [True, False]  # the loop's rounds batch their OTLP exports; the last one exports everything
 
 
 def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider(otlp_config):
