@@ -670,7 +670,8 @@ def preload() -> None:
         except Exception:
             EMIT_FAILURES.record("evidence", "preload")
     try:
-        _warm_try_path()
+        for _ in range(WARM_ROUNDS):
+            _warm_try_path()
     except Exception:
         EMIT_FAILURES.record("preload", "warm")
         log.debug("BareCount could not warm the task path", exc_info=True)
@@ -707,13 +708,22 @@ def warm_task_frame_sources() -> list[str]:
     return read
 
 
+WARM_ROUNDS = 10
+"""Times :func:`preload` runs the try's path. CPython 3.11 quickens a function's code after its 8th call
+(before that, every call writes the code object's warm-up counter, a copy-on-write page fault in a forked
+task process for each function it calls the first time); run ten times in the process that forks the task
+processes, the path's code is quickened and specialised there, once. Side by side, in both orders
+(``bench_overhead.py --baseline``): about 0.03–0.07 ms less in the ``running`` hook."""
+
+
 def _warm_try_path() -> None:
     """Run the part of a try's path that has no output once, on a stand-in task, in the process that forks
     the task processes: what a task process's first try would otherwise do first (specialising the code it
     runs, filling the ABC, regex and redaction caches, building lazily made objects) is done once, here,
     and inherited. Nothing is written, sent, exported or left bound: the span goes to no exporter, the
-    metric points, the span line, the file-sink event and the evidence entry are built and encoded, not
-    written; the log context is bound and unbound at once."""
+    metric points (and their StatsD lines and datagrams), the span line, the file-sink event and the
+    evidence entry are built and encoded, not written or sent; the log context is bound and unbound at
+    once."""
     from types import SimpleNamespace
 
     import structlog
@@ -758,8 +768,12 @@ def _warm_try_path() -> None:
     except ValueError as err:
         error: BaseException = err
     error_class = error_class_of(error)
-    for _name, _kind, _value, point_tags in _try_points(ctx, "up_for_retry", 0.5, usage, error_class):
-        clean_tags(point_tags)
+    cleaned = [(name, kind, value, clean_tags(tags)) for name, kind, value, tags in _try_points(ctx, "up_for_retry", 0.5, usage, error_class)]
+    start_point = [("barecount.task.started", COUNTER, 1, clean_tags(ctx.metric_tags()))]
+    for sink in get_emitter().sinks:  # the StatsD lines and datagrams, built and not sent
+        if hasattr(sink, "lines") and hasattr(sink, "datagrams"):
+            sink.datagrams(sink.lines(start_point))
+            sink.datagrams(sink.lines(cleaned))
     span.set_attribute("barecount.state", "up_for_retry")
     span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
     span.add_event("exception", {"exception.message": redact(str(error)), "exception.stacktrace": redact(format_exception_text(error))})

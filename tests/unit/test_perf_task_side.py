@@ -199,11 +199,24 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
     monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(evidence))
     monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", "otlp")
+    import socket
+
+    statsd_server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a real StatsD socket: must hear nothing
+    statsd_server.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_HOST", "127.0.0.1")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_PORT", str(statsd_server.getsockname()[1]))
     for name in ("BARECOUNT_CORRELATION_ID", "BARECOUNT_RUN_TOKEN", "TRACEPARENT"):
         monkeypatch.delenv(name, raising=False)
     metrics.EMIT_FAILURES.counts.clear()
     before = dict(structlog.contextvars.get_contextvars())
-    task_side._warm_try_path()
+    for _ in range(task_side.WARM_ROUNDS):
+        task_side._warm_try_path()
+    try:
+        with pytest.raises(BlockingIOError):
+            statsd_server.recv(65535, socket.MSG_DONTWAIT)
+    finally:
+        statsd_server.close()
     assert not metrics.EMIT_FAILURES.counts
     assert not telemetry.exists() and not evidence.exists()
     assert not spool._PENDING_POINTS and not spool._PENDING_SPANS and not task_side._TRIES
