@@ -639,12 +639,13 @@ def otlp_endpoint(signal: str) -> str:
     )
 
 
-def _otel_interval_ms(variable: str, default: int) -> int:
+def _otel_int(variable: str, default: int) -> int:
+    """A standard ``OTEL_*`` whole-number variable (milliseconds, or a count); a bad value: the default."""
     raw = os.environ.get(variable, "").strip()
     try:
         value = int(raw) if raw else default
     except ValueError:
-        log.warning("%s=%r is not a whole number of milliseconds: %d is used", variable, raw, default)
+        log.warning("%s=%r is not a whole number: %d is used", variable, raw, default)
         return default
     return max(0, value)
 
@@ -652,18 +653,18 @@ def _otel_interval_ms(variable: str, default: int) -> int:
 def otlp_span_export_interval_ms() -> int:
     """How long the spool's forwarder keeps spans before it exports them, batched (the standard
     ``OTEL_BSP_SCHEDULE_DELAY``, 5,000 ms by default, as the SDK's batch span processor)."""
-    return _otel_interval_ms("OTEL_BSP_SCHEDULE_DELAY", 5000)
+    return _otel_int("OTEL_BSP_SCHEDULE_DELAY", 5000)
 
 
 def otlp_span_export_batch_size() -> int:
     """The spans that make the forwarder export at once (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, 512)."""
-    return max(1, _otel_interval_ms("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+    return max(1, _otel_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
 
 
 def otlp_metric_export_interval_ms() -> int:
     """How often at most the spool's forwarder exports its metrics (the standard
     ``OTEL_METRIC_EXPORT_INTERVAL``, 60,000 ms by default, as the SDK's periodic reader)."""
-    return _otel_interval_ms("OTEL_METRIC_EXPORT_INTERVAL", 60000)
+    return _otel_int("OTEL_METRIC_EXPORT_INTERVAL", 60000)
 
 
 def warm() -> None:

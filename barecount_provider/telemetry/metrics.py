@@ -284,10 +284,8 @@ class StatsdSink:
         client = self._get_client()
         if client is None:
             return
-        lines = self.lines(points)
-        datagrams = self.datagrams(lines) if len(lines) > 1 else [lines[0].encode("utf-8")] if lines else []
         fd = self._fd
-        for datagram in datagrams:
+        for datagram in self.datagrams(self.lines(points)):
             try:
                 if fd is not None:
                     os.write(fd, datagram)  # the client's socket, connected to its address

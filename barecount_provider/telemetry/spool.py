@@ -509,15 +509,17 @@ class Forwarder:
             span_exporter_ = build_otlp_span_exporter()
         return cls(metric_sink, span_exporter_, statsd_sink)
 
-    def _send_statsd(self, points: list[list[Any]]) -> None:
-        """Send the handed-off tries' StatsD points (already cleaned and redacted by their task process):
-        fire-and-forget UDP, a refused datagram counted by the sink."""
-        if self.statsd_sink is None or not points:
+    @staticmethod
+    def _send_spooled(sink: Any, points: list[list[Any]]) -> None:
+        """Give ``sink`` the spooled points (cleaned and redacted by their task process): the StatsD sink
+        sends the handed-off tries' points, the OTLP sink records them in the forwarder's meter provider
+        (summed there until an export). A failure is counted as ``<sink>/spool``."""
+        if sink is None or not points:
             return
         try:
-            self.statsd_sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
+            sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
         except Exception:
-            EMIT_FAILURES.record("statsd", "spool")
+            EMIT_FAILURES.record(getattr(sink, "name", "sink"), "spool")
 
     def warm_up(self) -> None:
         """Use the span exporter once (an empty export) on the calling thread: its HTTP stack imports
@@ -527,15 +529,6 @@ class Forwarder:
                 self.span_exporter.export([])
             except Exception:
                 pass
-
-    def _record_points(self, points: list[list[Any]]) -> None:
-        """Record the spooled points in the forwarder's meter provider (summed there until an export)."""
-        if self.metric_sink is None or not points:
-            return
-        try:
-            self.metric_sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
-        except Exception:
-            EMIT_FAILURES.record("otlp_metrics", "spool")
 
     def _export_points(self, budget_ms: int) -> None:
         """Export what the meter provider holds (the spooled points and this process's own)."""
@@ -594,8 +587,8 @@ class Forwarder:
         return self._metrics_waiting or bool(self._spans)
 
     def metrics_recorded(self) -> None:
-        """This process recorded points in the meter provider itself (its own failure counts): export them
-        with the next metric export."""
+        """Points were recorded in the meter provider (spooled ones, or this process's own: the entries' cost
+        points, its failure counts): export them with the next metric export."""
         if self.metric_sink is not None:
             self._metrics_waiting = True
 
@@ -630,12 +623,13 @@ class Forwarder:
                     # Handed-off outputs first: local files, and the entries' cost points join this round's.
                     for records in (found.spans, *found.lines.values()):
                         _render_stacktraces(records)
-                    self._send_statsd(found.statsd)  # before the events: a reader of events finds them sent
+                    # The StatsD points before the events: a reader of the events finds them sent.
+                    self._send_spooled(self.statsd_sink, found.statsd)
                     _write_lines(found.lines)
-                    _deliver_entries(found.entries)
-                    self._record_points(found.points)
-                    if self.metric_sink is not None and (found.points or found.entries):
-                        self._metrics_waiting = True
+                    _deliver_entries(found.entries)  # their cost points are recorded in the meter provider
+                    self._send_spooled(self.metric_sink, found.points)
+                    if found.points or found.entries:
+                        self.metrics_recorded()
                     if self.span_exporter is not None:
                         self._spans.extend(found.spans)
                     metrics_due, spans = self._exports_due(batch)

@@ -215,6 +215,18 @@ def test_the_forwarder_s_loop_batches_its_otlp_exports_and_its_last_round_export
     assert sum(started) == 5  # every try's points, summed in the forwarder's meter provider
 
 
+def test_the_forwarder_s_own_failure_counts_wait_for_the_next_metric_export(otlp_config, monkeypatch):
+    """A batched round reports the forwarder's own failures into its meter provider: they are marked as
+    waiting, so the next metric export carries them even when no spooled point comes."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # never reached: nothing is due
+    forwarder = spool.get_forwarder()
+    assert not forwarder.waiting()
+    metrics.EMIT_FAILURES.record("statsd", "send")
+    spool.flush_spool(batch=True)
+    assert forwarder.waiting() and forwarder._metrics_waiting
+    assert not metrics.EMIT_FAILURES.counts  # reported, into the forwarder's meter provider
+
+
 def test_a_bad_otel_interval_falls_back_to_the_sdk_default(monkeypatch):
     from barecount_provider import config
 
