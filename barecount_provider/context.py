@@ -17,7 +17,6 @@ the same correlation ID and trace ID with no shared state.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import os
 from collections.abc import Mapping
@@ -41,13 +40,23 @@ def _key() -> bytes:
     return config.secret_key() or _INSECURE_KEY
 
 
-@functools.lru_cache(maxsize=4)
+_KEYED: dict[bytes, Any] = {}  # key -> its keyed BLAKE2b, ready to copy
+
+
 def _keyed_blake2b(key: bytes) -> Any:
     """BLAKE2b in its keyed mode (a MAC by design, RFC 7693), keyed once per key; each use copies it. A key
-    longer than BLAKE2b's 64 bytes is first hashed to 64 bytes, as HMAC does with a long key."""
-    if len(key) > hashlib.blake2b.MAX_KEY_SIZE:
-        key = hashlib.blake2b(key, digest_size=hashlib.blake2b.MAX_KEY_SIZE, person=b"barecount-key").digest()
-    return hashlib.blake2b(key=key, digest_size=32, person=b"barecount")
+    longer than BLAKE2b's 64 bytes is first hashed to 64 bytes, as HMAC does with a long key. Kept in a plain
+    dict (a read, where ``lru_cache`` relinks its entries on every hit: writes to the parent's pages in a
+    forked task process); a handful of keys at most (tests change it)."""
+    mac = _KEYED.get(key)
+    if mac is None:
+        keyed = key
+        if len(keyed) > hashlib.blake2b.MAX_KEY_SIZE:
+            keyed = hashlib.blake2b(keyed, digest_size=hashlib.blake2b.MAX_KEY_SIZE, person=b"barecount-key").digest()
+        if len(_KEYED) >= 4:
+            _KEYED.clear()
+        mac = _KEYED[key] = hashlib.blake2b(key=keyed, digest_size=32, person=b"barecount")
+    return mac
 
 
 def keyed_hex(purpose: str, *parts: object, length: int = 32) -> str:
@@ -58,7 +67,7 @@ def keyed_hex(purpose: str, *parts: object, length: int = 32) -> str:
     CPython's built-in BLAKE2 instead of two of OpenSSL's SHA-256; it runs several times in every task try
     (correlation ID, run token, trace and span IDs), in a process forked from the scheduler where every
     touch of OpenSSL's inherited state is a copy-on-write page fault."""
-    message = "\x1f".join([purpose, *(str(part) for part in parts)]).encode()
+    message = "\x1f".join([purpose, *[part if type(part) is str else str(part) for part in parts]]).encode()
     mac = _keyed_blake2b(_key()).copy()
     mac.update(message)
     return mac.hexdigest()[:length]
@@ -218,35 +227,67 @@ def _from_tags(tags: set[str], key: str) -> str | None:
     return None
 
 
+def declared_values(
+    task: Any, dag: Any, keys: tuple[str, ...], conf_keys: frozenset[str] = frozenset(), tags: set[str] | None = None
+) -> dict[str, str | None]:
+    """:func:`declared` of each of ``keys``, reading each source once (the task's and the DAG's declared
+    params, the DAG's ``default_args``, its tags) instead of once per key."""
+    found: dict[str, str | None] = dict.fromkeys(keys)
+    missing = list(keys)
+    if task is not None:
+        for key in keys:
+            value = getattr(task, key, None)
+            if isinstance(value, str) and value:
+                found[key] = value
+        missing = [key for key in keys if found[key] is None]
+    for source in (task, dag):
+        if not missing:
+            return found
+        params = _declared_params(source, conf_keys)
+        if params:
+            for key in missing:
+                candidate = params.get(key)
+                if isinstance(candidate, str) and candidate:
+                    found[key] = candidate
+            missing = [key for key in missing if found[key] is None]
+    if not missing:
+        return found
+    default_args = getattr(dag, "default_args", None) or {}
+    if isinstance(default_args, Mapping) and default_args:
+        for key in missing:
+            candidate = default_args.get(key)
+            if isinstance(candidate, str) and candidate:
+                found[key] = candidate
+        missing = [key for key in missing if found[key] is None]
+    if missing:
+        tags = tags_of(dag) if tags is None else tags
+        if tags:
+            for key in missing:
+                found[key] = _from_tags(tags, key)
+    return found
+
+
 def declared(
     task: Any, dag: Any, key: str, conf_keys: frozenset[str] = frozenset(), tags: set[str] | None = None
 ) -> str | None:
     """A value the DAG author declared, in the documented order; None when nobody did. ``tags``: the DAG's
     tags when the caller has them already (:func:`tags_of`)."""
-    value = getattr(task, key, None) if task is not None else None
-    if isinstance(value, str) and value:
-        return value
-    for source in (task, dag):
-        params = _declared_params(source, conf_keys)
-        candidate = params.get(key)
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    default_args = getattr(dag, "default_args", None) or {}
-    candidate = default_args.get(key) if isinstance(default_args, Mapping) else None
-    if isinstance(candidate, str) and candidate:
-        return candidate
-    return _from_tags(tags_of(dag) if tags is None else tags, key)
+    return declared_values(task, dag, (key,), conf_keys, tags)[key]
 
 
-def is_opted_out(dag: Any, conf_keys: frozenset[str] = frozenset()) -> bool:
-    """A DAG opts out with the ``[barecount] opt_out_tag`` tag or a declared ``barecount_enabled: false``."""
+def is_opted_out(dag: Any, conf_keys: frozenset[str] = frozenset(), tags: set[str] | None = None) -> bool:
+    """A DAG opts out with the ``[barecount] opt_out_tag`` tag or a declared ``barecount_enabled: false``.
+    ``tags``: the DAG's tags when the caller has them already (:func:`tags_of`)."""
     if dag is None:
         return False
     tag = config.opt_out_tag()
-    if tag and tag in tags_of(dag):
+    if tag and tag in (tags_of(dag) if tags is None else tags):
         return True
     flag = _declared_params(dag, conf_keys).get("barecount_enabled")
     return flag is False or (isinstance(flag, str) and flag.strip().lower() in ("false", "off", "0", "no"))
+
+
+_RESOLVED_KEYS = ("tenant", "pipeline", "size", "network_profile")
 
 
 def resolve(
@@ -259,17 +300,21 @@ def resolve(
     try_number: int,
     map_index: int | None,
     conf_keys: frozenset[str] = frozenset(),
+    tags: set[str] | None = None,
 ) -> RunContext:
-    """Resolve the RunContext of one task try (see the module docstring for the order)."""
+    """Resolve the RunContext of one task try (see the module docstring for the order). ``tags``: the DAG's
+    tags when the caller has them already (:func:`tags_of`)."""
     map_index = -1 if map_index is None else int(map_index)
-    tags = tags_of(dag)  # once for the four keys
-    tenant = declared(task, dag, "tenant", conf_keys, tags) or config.default_tenant()
-    pipeline = declared(task, dag, "pipeline", conf_keys, tags) or dag_id
+    if tags is None:
+        tags = tags_of(dag)  # once for the four keys
+    values = declared_values(task, dag, _RESOLVED_KEYS, conf_keys, tags)
+    tenant = values["tenant"] or config.default_tenant()
+    pipeline = values["pipeline"] or dag_id
     runner_class = getattr(task, "runner_class", None) or "local"
     if runner_class not in RUNNER_CLASSES:
         runner_class = "local"
-    size = declared(task, dag, "size", conf_keys, tags) or DEFAULT_SIZE
-    network_profile = declared(task, dag, "network_profile", conf_keys, tags) or DEFAULT_NETWORK_PROFILE
+    size = values["size"] or DEFAULT_SIZE
+    network_profile = values["network_profile"] or DEFAULT_NETWORK_PROFILE
     digest = getattr(task, "image_or_driver_digest", None)
     return RunContext(
         tenant=tenant,
@@ -298,12 +343,14 @@ def run_conf_keys(task_instance: Any) -> frozenset[str]:
         return frozenset(IDENTITY_KEYS)  # cannot tell: trust no live param
 
 
-def resolve_for_ti(task_instance: Any) -> RunContext:
-    """Resolve from a task instance (the task process's RuntimeTaskInstance or an ORM TaskInstance)."""
+def resolve_for_ti(task_instance: Any, tags: set[str] | None = None) -> RunContext:
+    """Resolve from a task instance (the task process's RuntimeTaskInstance or an ORM TaskInstance).
+    ``tags``: its DAG's tags when the caller has them already (:func:`tags_of`)."""
     task = getattr(task_instance, "task", None)
     dag = getattr(task, "dag", None) if task is not None else None
     return resolve(
         conf_keys=run_conf_keys(task_instance),
+        tags=tags,
         task=task,
         dag=dag,
         dag_id=task_instance.dag_id,

@@ -245,23 +245,27 @@ class StatsdSink:
         """``name`` with its tags in this sink's style: (the stat's name, the suffix after the value)."""
         if not tags:
             return name, ""
-        pairs = [(k.translate(_STATSD_FORBIDDEN), v.translate(_STATSD_FORBIDDEN)) for k, v in tags.items()]
+        forbidden = _STATSD_FORBIDDEN
         if self.tag_style == "influxdb":
-            return name + "," + ",".join(f"{k}={v}" for k, v in pairs), ""
-        return name, "|#" + ",".join(f"{k}:{v}" for k, v in pairs)
+            pairs = [f"{k.translate(forbidden)}={v.translate(forbidden)}" for k, v in tags.items()]
+            return name + "," + ",".join(pairs), ""
+        return name, "|#" + ",".join([f"{k.translate(forbidden)}:{v.translate(forbidden)}" for k, v in tags.items()])
+
+    def _line(self, name: str, kind: str, value: float, encoded: tuple[str, str]) -> str:
+        """One StatsD line, ``<prefix.>name[,tags]:value|type[|#tags]``, of tags :meth:`_encode` encoded."""
+        prefix = f"{self.prefix}." if self.prefix else ""
+        number = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+        return f"{prefix}{name}{encoded[0]}:{number}|{_STATSD_TYPES[kind]}{encoded[1]}"
 
     def lines(self, points: list[tuple[str, str, float, dict[str, str]]]) -> list[str]:
         """The StatsD lines of ``points``: ``<prefix.>name[,tags]:value|type[|#tags]``."""
-        prefix = f"{self.prefix}." if self.prefix else ""
         encoded: dict[int, tuple[str, str]] = {}  # tag sets shared by several points: encoded once
         out = []
         for name, kind, value, tags in points:
             key = id(tags)
             if key not in encoded:
                 encoded[key] = self._encode("", tags)
-            name_tags, suffix = encoded[key]
-            number = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
-            out.append(f"{prefix}{name}{name_tags}:{number}|{_STATSD_TYPES[kind]}{suffix}")
+            out.append(self._line(name, kind, value, encoded[key]))
         return out
 
     @classmethod
@@ -280,12 +284,20 @@ class StatsdSink:
             packets.append(data.encode("utf-8"))
         return packets
 
+    def packets(self, points: list[tuple[str, str, float, dict[str, str]]]) -> list[bytes]:
+        """The datagrams of ``points``: :meth:`datagrams` of their :meth:`lines`; one point (a try's start)
+        is one datagram, built without the packing (a line too long for one goes alone there too)."""
+        if len(points) == 1:
+            name, kind, value, tags = points[0]
+            return [self._line(name, kind, value, self._encode("", tags)).encode("utf-8")]
+        return self.datagrams(self.lines(points))
+
     def send(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
-        client = self._get_client()
+        client = self._client if self._client is not None else self._get_client()
         if client is None:
             return
         fd = self._fd
-        for datagram in self.datagrams(self.lines(points)):
+        for datagram in self.packets(points):
             try:
                 if fd is not None:
                     os.write(fd, datagram)  # the client's socket, connected to its address

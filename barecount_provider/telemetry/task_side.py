@@ -75,9 +75,10 @@ def on_try_running(ti: Any) -> TryState | None:
     """Start observing a task try (again after each deferral / HITL resume)."""
     task = getattr(ti, "task", None)
     dag = getattr(task, "dag", None)
-    if context.is_opted_out(dag):
+    tags = context.tags_of(dag)  # read once for the opt-out check and the context
+    if context.is_opted_out(dag, tags=tags):
         return None
-    ctx = context.resolve_for_ti(ti)
+    ctx = context.resolve_for_ti(ti, tags=tags)
     ratio, debug_allowed = policy_values(ctx.tenant)
     resumed = is_resume(ti)
 
@@ -109,12 +110,11 @@ def on_try_running(ti: Any) -> TryState | None:
     _logging.bind_run_context(fields)
     _logging.govern_debug(None, config.environment(), debug_allowed)
 
-    resources.reset_peak_memory()
     state = TryState(
         ctx=ctx,
         span=span,
         sampled=bool(sampled),
-        resources_at_start=resources.sample(keep_open=True),
+        resources_at_start=resources.start_of_try(),  # the memory high-water mark reset, then the counters
         started_monotonic=time.monotonic(),
         start_date=getattr(ti, "start_date", None),
     )
@@ -750,8 +750,9 @@ def _warm_try_path() -> None:
     policies.task_policy(task)
     policies.dag_policy(dag)
     context._DECLARED.pop(dag.dag_id, None)
-    context.is_opted_out(dag)
-    ctx = context.resolve_for_ti(ti)
+    tags = context.tags_of(dag)
+    context.is_opted_out(dag, tags=tags)
+    ctx = context.resolve_for_ti(ti, tags=tags)
     ratio, _ = policy_values(ctx.tenant)
     tracing.sampled_for_run(ctx.dag_id, ctx.run_id, ratio)
     span = tracing.Tracing(airflow_mode=False).start_try_span(  # no exporter: the span goes nowhere
@@ -762,7 +763,7 @@ def _warm_try_path() -> None:
     # What bind_run_context does, reset at once (its own record of what it bound stays untouched).
     fields = {key: value for key, value in ctx.log_fields().items() if value is not None and value != ""}
     structlog.contextvars.reset_contextvars(**structlog.contextvars.bind_contextvars(**redact(fields)))
-    usage = resources.usage_since(resources.sample(keep_open=True))
+    usage = resources.usage_since(resources.start_of_try(reset_peak=False))  # the forking process's peak kept
     try:
         raise ValueError("warm")
     except ValueError as err:
@@ -770,10 +771,10 @@ def _warm_try_path() -> None:
     error_class = error_class_of(error)
     cleaned = [(name, kind, value, clean_tags(tags)) for name, kind, value, tags in _try_points(ctx, "up_for_retry", 0.5, usage, error_class)]
     start_point = [("barecount.task.started", COUNTER, 1, clean_tags(ctx.metric_tags()))]
-    for sink in get_emitter().sinks:  # the StatsD lines and datagrams, built and not sent
-        if hasattr(sink, "lines") and hasattr(sink, "datagrams"):
-            sink.datagrams(sink.lines(start_point))
-            sink.datagrams(sink.lines(cleaned))
+    for sink in get_emitter().sinks:  # the StatsD datagrams, built and not sent
+        if hasattr(sink, "packets"):
+            sink.packets(start_point)
+            sink.packets(cleaned)
     span.set_attribute("barecount.state", "up_for_retry")
     span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
     span.add_event("exception", {"exception.message": redact(str(error)), "exception.stacktrace": redact(format_exception_text(error))})
@@ -829,3 +830,4 @@ def flush() -> None:
     end_suspended_tries()
     get_emitter().report_failures()
     spool.write_pending()
+

@@ -99,3 +99,21 @@ def test_environment_export():
 def test_metric_tags_never_hold_unbounded_values():
     tags = _resolve(dag=_dag()).metric_tags(state="success")
     assert set(tags) == {"tenant", "pipeline", "runner_class", "size", "dag_id", "task_id", "state"}
+
+
+def test_declared_values_reads_each_source_once_for_all_keys_in_the_documented_order():
+    """declared_values reads each source once for several keys; each key comes from the first source that
+    declares it (operator, task params, DAG params, default_args, tags), an empty value declaring nothing."""
+    keys = ("tenant", "pipeline", "size", "network_profile")
+    dag = _dag(
+        tags=["tenant:fromtag", "pipeline:tagpipe", "network_profile:vpn", "size:"],
+        params={"pipeline": "fromparams"},
+        default_args={"size": "l", "tenant": ""},
+    )
+    from_dag = {"tenant": "fromtag", "pipeline": "fromparams", "size": "l", "network_profile": "vpn"}
+    assert context.declared_values(None, dag, keys) == from_dag
+    assert context.declared_values(SimpleNamespace(params={}), dag, keys) == from_dag
+    task = SimpleNamespace(tenant="fromop", params={"size": "xl"})
+    assert context.declared_values(task, dag, keys) == {**from_dag, "tenant": "fromop", "size": "xl"}
+    assert [context.declared(task, dag, key) for key in keys] == ["fromop", "fromparams", "xl", "vpn"]
+    assert context.declared_values(None, _dag(), keys) == dict.fromkeys(keys)

@@ -242,3 +242,16 @@ def test_every_catalogued_metric_is_documented():
         assert f"`{spec.name}`" in doc, spec.name
         assert f"`{spec.prometheus_statsd}`" in doc, spec.name
         assert f"`{spec.prometheus_otlp}`" in doc, spec.name
+
+
+@pytest.mark.parametrize("tag_style", ["dogstatsd", "influxdb"])
+def test_one_point_is_the_same_datagram_as_the_packing_gives(tag_style):
+    """A try's start sends one point, built without the packing: the same bytes as lines() + datagrams()."""
+    sink = StatsdSink("127.0.0.1", 8125, prefix="airflow", tag_style=tag_style)
+    tags = {"tenant": "ac,me", "pipeline": "o|rd:ers", "dag_id": "d=1", "task_id": "t#1 x"}
+    for value in (1, 2.5, 1234.000001):
+        point = [("barecount.task.started", COUNTER, value, tags)]
+        assert sink.packets(point) == StatsdSink.datagrams(sink.lines(point))
+    long_tags = {"task_id": "t" * 600}  # longer than a datagram: alone, as the packing sends it
+    assert sink.packets([("m", COUNTER, 1, long_tags)]) == StatsdSink.datagrams(sink.lines([("m", COUNTER, 1, long_tags)]))
+    assert sink.packets([("m", COUNTER, 1, {})]) == [b"airflow.m:1|c"]
