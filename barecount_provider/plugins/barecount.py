@@ -44,9 +44,11 @@ def _install_side_effects() -> None:
     """Extend Airflow's secrets masker and its trace sampler, and preload what task processes need; all
     idempotent, none raises."""
     try:
+        from barecount_provider.listeners import lifecycle
         from barecount_provider.telemetry.task_side import preload
 
         preload()
+        lifecycle._task_side()  # the listener's reference to the task side, bound before the fork
     except Exception:
         log.warning("BareCount could not preload its telemetry modules", exc_info=True)
     try:
