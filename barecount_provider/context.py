@@ -67,7 +67,7 @@ def keyed_hex(purpose: str, *parts: object, length: int = 32) -> str:
     CPython's built-in BLAKE2 instead of two of OpenSSL's SHA-256; it runs several times in every task try
     (correlation ID, run token, trace and span IDs), in a process forked from the scheduler where every
     touch of OpenSSL's inherited state is a copy-on-write page fault."""
-    message = "\x1f".join([purpose, *[part if type(part) is str else str(part) for part in parts]]).encode()
+    message = "\x1f".join([purpose, *(str(part) for part in parts)]).encode()
     mac = _keyed_blake2b(_key()).copy()
     mac.update(message)
     return mac.hexdigest()[:length]
@@ -227,43 +227,35 @@ def _from_tags(tags: set[str], key: str) -> str | None:
     return None
 
 
+def _take_declared(found: dict[str, str | None], missing: list[str], source: Mapping[str, Any]) -> list[str]:
+    """Fill ``found`` with the non-empty strings ``source`` declares for the ``missing`` keys; the keys still
+    missing."""
+    for key in missing:
+        candidate = source.get(key)
+        if isinstance(candidate, str) and candidate:
+            found[key] = candidate
+    return [key for key in missing if found[key] is None]
+
+
 def declared_values(
     task: Any, dag: Any, keys: tuple[str, ...], conf_keys: frozenset[str] = frozenset(), tags: set[str] | None = None
 ) -> dict[str, str | None]:
-    """:func:`declared` of each of ``keys``, reading each source once (the task's and the DAG's declared
-    params, the DAG's ``default_args``, its tags) instead of once per key."""
+    """:func:`declared` of each of ``keys``, reading each source once (the operator's attributes, the task's
+    and the DAG's declared params, the DAG's ``default_args``, its tags) instead of once per key."""
     found: dict[str, str | None] = dict.fromkeys(keys)
     missing = list(keys)
     if task is not None:
-        for key in keys:
-            value = getattr(task, key, None)
-            if isinstance(value, str) and value:
-                found[key] = value
-        missing = [key for key in keys if found[key] is None]
+        missing = _take_declared(found, missing, {key: getattr(task, key, None) for key in keys})
     for source in (task, dag):
-        if not missing:
-            return found
-        params = _declared_params(source, conf_keys)
-        if params:
-            for key in missing:
-                candidate = params.get(key)
-                if isinstance(candidate, str) and candidate:
-                    found[key] = candidate
-            missing = [key for key in missing if found[key] is None]
-    if not missing:
-        return found
+        if missing:
+            missing = _take_declared(found, missing, _declared_params(source, conf_keys))
     default_args = getattr(dag, "default_args", None) or {}
-    if isinstance(default_args, Mapping) and default_args:
-        for key in missing:
-            candidate = default_args.get(key)
-            if isinstance(candidate, str) and candidate:
-                found[key] = candidate
-        missing = [key for key in missing if found[key] is None]
+    if missing and isinstance(default_args, Mapping):
+        missing = _take_declared(found, missing, default_args)
     if missing:
         tags = tags_of(dag) if tags is None else tags
-        if tags:
-            for key in missing:
-                found[key] = _from_tags(tags, key)
+        for key in missing:
+            found[key] = _from_tags(tags, key)
     return found
 
 

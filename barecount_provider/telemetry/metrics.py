@@ -247,8 +247,7 @@ class StatsdSink:
             return name, ""
         forbidden = _STATSD_FORBIDDEN
         if self.tag_style == "influxdb":
-            pairs = [f"{k.translate(forbidden)}={v.translate(forbidden)}" for k, v in tags.items()]
-            return name + "," + ",".join(pairs), ""
+            return name + "," + ",".join([f"{k.translate(forbidden)}={v.translate(forbidden)}" for k, v in tags.items()]), ""
         return name, "|#" + ",".join([f"{k.translate(forbidden)}:{v.translate(forbidden)}" for k, v in tags.items()])
 
     def _line(self, name: str, kind: str, value: float, encoded: tuple[str, str]) -> str:

@@ -82,15 +82,10 @@ def _cpu_seconds() -> float:
 
 def sample(keep_open: bool = False) -> ResourceSample:
     """The counters now. ``keep_open``: a try's start, whose end (:func:`usage_since`) reads ``/proc/self/io``
-    again through the same file descriptor, then closes it."""
-    cpu = _cpu_seconds()
+    again through the same file descriptor, then closes it (:func:`start_of_try` without the reset)."""
     if keep_open:
-        try:
-            fd = os.open("/proc/self/io", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return ResourceSample(cpu_seconds=cpu, read_bytes=None, write_bytes=None)
-        read, write = _pread_io(fd)
-        return ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write, io_fd=fd)
+        return start_of_try(reset_peak=False)
+    cpu = _cpu_seconds()
     read, write = _read_io()
     return ResourceSample(cpu_seconds=cpu, read_bytes=read, write_bytes=write)
 
@@ -109,25 +104,16 @@ def reset_peak_memory() -> bool:
 
 
 def start_of_try(reset_peak: bool = True) -> ResourceSample:
-    """At the start of a try, in one call: :func:`reset_peak_memory` (unless ``reset_peak`` is false), then
-    :func:`sample` with ``/proc/self/io`` kept open. The sample's steps are written out here rather than
-    spread over helpers: in a task process just forked, each function called for the first time costs its
-    own page faults."""
+    """At the start of a try: :func:`reset_peak_memory` (unless ``reset_peak`` is false), then the counters,
+    ``/proc/self/io`` kept open for the end of the try (:func:`usage_since` reads it again and closes it)."""
     if reset_peak:
         reset_peak_memory()
-    times = os.times()
-    cpu = times.user + times.system + times.children_user + times.children_system
+    cpu = _cpu_seconds()
     try:
         fd = os.open("/proc/self/io", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ResourceSample(cpu, None, None)
-    try:
-        data = os.pread(fd, _IO_READ, 0)
-        if len(data) >= _IO_READ:
-            data = os.pread(fd, 8192, 0)
-    except OSError:
-        data = b""
-    read, write = _parse_io(data)
+    read, write = _pread_io(fd)
     return ResourceSample(cpu, read, write, fd)
 
 
