@@ -48,6 +48,7 @@ EVENTS_RELATIVE = Path("barecount") / "telemetry" / "events.jsonl"
 # (kmock: it is not started here).
 NEEDS_AWS_TAG = "needs-aws"
 NEEDS_K8S_TAG = "needs-k8s"
+OPT_OUT_TAG = "barecount:off"  # [barecount] opt_out_tag's default, which the demo's Airflow keeps
 RUNNER_RESULTS_RELATIVE = Path("runner_results")
 AWS_CONN_ID = "aws_default"  # the example DAGs' default connection
 
@@ -224,6 +225,17 @@ def _wait_for_quiet_file(path: Path, quiet: float = 3.0, limit: float = 20.0) ->
         time.sleep(0.5)
 
 
+def _wait_for_evidence(evidence_dir: Path, expected: int, limit: float = 60.0) -> int:
+    """The scheduler assembles a run's evidence record after the run ends, once its tries' entries have been
+    forwarded: wait (at most ``limit`` seconds) until the store holds ``expected`` records; how many it holds."""
+    deadline = time.monotonic() + limit
+    while True:
+        held = len(list((evidence_dir / "records").glob("*/*.json")))
+        if held >= expected or time.monotonic() >= deadline:
+            return held
+        time.sleep(0.5)
+
+
 def _start_emulator() -> Any:
     """The AWS emulator (tests/system/aws_emulator.py), started; None when moto is not installed."""
     if importlib.util.find_spec("moto") is None:
@@ -389,8 +401,11 @@ def run_dags(home: Path, timeout: float, with_aws: bool = True) -> tuple[int, st
 
         runs: dict[str, str] = {}
         aws_dags: set[str] = set()
+        opted_out: set[str] = set()
         for dag_id in dag_ids:
             tags = {tag.get("name") for tag in stack.api("GET", f"dags/{dag_id}").json().get("tags", [])}
+            if OPT_OUT_TAG in tags:
+                opted_out.add(dag_id)  # runs, and BareCount records nothing of it
             if NEEDS_K8S_TAG in tags:
                 say(
                     f"  skipped {dag_id}: tagged {NEEDS_K8S_TAG!r} "
@@ -433,6 +448,11 @@ def run_dags(home: Path, timeout: float, with_aws: bool = True) -> tuple[int, st
             if left:
                 status = 1
         _wait_for_quiet_file(home / EVENTS_RELATIVE)
+        expected = len(set(runs) - opted_out)
+        held = _wait_for_evidence(home / "barecount" / "evidence", expected)
+        if held < expected:
+            say(f"  ERROR: the evidence store holds {held} record(s) after 60 s, {expected} runs were observed.")
+            status = 1
     except stack_mod.StackError as exc:
         return 2, f"Airflow failed: {exc}"
     finally:
