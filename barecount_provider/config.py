@@ -124,7 +124,7 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "forwarder",
         "Who writes the file-sink event, the span line and the evidence entry of a try that ends in a task "
         "process, and sends the StatsD points of its end: task (the task process, in its success or failure "
-        "hook), forwarder (the task process spools them in one file, already redacted; the scheduler's "
+        "hook), forwarder (the task process spools them in one record, already redacted; the scheduler's "
         "forwarder process or barecount telemetry forward --loop writes and sends them, within a round) or auto: forwarder where the scheduler's forwarder process runs "
         "(the scheduler sets BARECOUNT_FORWARDER_PID for the processes it forks after starting it), task "
         "elsewhere.",

@@ -440,7 +440,7 @@ class Emitter:
         """Send a batch of ``(name, kind, value, tags)``; tags are cleaned and redacted here.
 
         ``handoff``: the points of a try whose outputs this task process hands to the spool's forwarder
-        (:func:`spool.handoff`): a sink that can (StatsD) keeps them for the spool file the try writes
+        (:func:`spool.handoff`): a sink that can (StatsD) keeps them for the spool record the try writes
         anyway, and the forwarder sends them, within a forwarding interval, instead of this process."""
         if not self.sinks or not points:
             return

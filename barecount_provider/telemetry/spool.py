@@ -4,9 +4,12 @@ exports them over OTLP.
 A task process lives for one try: building OTLP exporters, a ``requests`` session and exporter threads in
 it, then waiting for two HTTP requests at its exit, cost more than the try's own telemetry (and a collector
 that hangs cost every task ``emit_timeout_ms``). So, as an agent / collector pair does, a task process only
-appends what it would have exported to the spool (one small file per try, under ``telemetry_dir/spool``,
-written with one ``write`` and renamed into place, so that a reader never sees it half written), and a
-long-lived process forwards the spool over OTLP with exporters it built once:
+appends what it would have exported to the spool (one record per try, one JSON line appended with one
+``write`` to the journal under ``telemetry_dir/spool``, holding the journal's lock: no directory entry is
+created per try), and a long-lived process forwards the spool over OTLP with exporters it built once. A
+forwarder seals the journal (renames it to a spool file of its own, under the same lock, so that no write
+lands in it afterwards) and claims it as any other spool file; a process that cannot use the journal (its
+lock file another user's) writes its record to a file of its own, written once and renamed into place:
 
 * the scheduler, through a child process it starts with its scheduler job and stops with it
   (:class:`ForwarderProcess`: ``barecount telemetry forward --loop`` every :data:`FORWARD_INTERVAL_SECONDS`,
@@ -39,6 +42,7 @@ spooled data is dropped, as a task process would have dropped it.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import json
 import logging
@@ -62,6 +66,11 @@ SUFFIX = ".jsonl"
 FORWARD_INTERVAL_SECONDS = 2.0
 STALE_CLAIM_SECONDS = 600.0  # a claimed file whose forwarder died is taken over after this long
 MAX_FILES_PER_ROUND = 5000
+JOURNAL = "journal.open"
+"""The file every process appends its records to, one line each, holding :data:`JOURNAL_LOCK` while it opens
+and writes it; a forwarder renames it to a spool file of its own (``<ns>-<pid>-journal.jsonl``) under the
+same lock, so no write lands in it after that, and claims it as any other spool file."""
+JOURNAL_LOCK = ".journal.lock"
 
 # What this process has to spool, written by write_pending(): metric points and finished spans; in a task
 # process that hands its tries' outputs to the forwarder (handoff()), also JSON lines for local files (the
@@ -249,7 +258,8 @@ def pending() -> bool:
 
 
 def write_pending() -> None:
-    """Write what this process has to spool as one file (one ``write``, then a rename); never raises."""
+    """Write what this process has to spool as one record (one line, appended to the journal under its
+    lock; a file of its own where the journal cannot be used); never raises."""
     global _sequence
     if not pending():
         return
@@ -269,15 +279,15 @@ def write_pending() -> None:
         _sequence += 1
         sequence = _sequence
     try:
-        data = encode_line(record) + b"\n"
+        # A newline before the record too: a tail torn by a writer killed mid-write ends there, as a line
+        # the reader counts as unreadable, instead of joining the next record.
+        data = b"\n" + encode_line(record) + b"\n"
         directory = spool_dir()  # made when missing (below), not checked before every write
+        if _append_journal(directory, data):
+            return
         name = f"{time.time_ns()}-{os.getpid()}-{sequence}"
         temporary = os.path.join(directory, f".{name}.tmp")
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileNotFoundError:  # the directory was removed since: once more
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, data)
         finally:
@@ -285,6 +295,90 @@ def write_pending() -> None:
         os.rename(temporary, os.path.join(directory, name + SUFFIX))
     except Exception:
         EMIT_FAILURES.record("spool", "write")
+
+
+def _append_journal(directory: str, data: bytes) -> bool:
+    """Append ``data`` to the spool's journal under its lock (see :data:`JOURNAL`). False when nothing was
+    written (no journal to use: the caller writes a file of its own); raises when a part was written."""
+    try:
+        lock = os.open(os.path.join(directory, JOURNAL_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except FileNotFoundError:  # no spool directory yet (or removed since)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            lock = os.open(os.path.join(directory, JOURNAL_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError:
+            return False
+    except OSError:  # e.g. a lock file of another user's
+        return False
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fd = os.open(os.path.join(directory, JOURNAL), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError:
+            return False
+        try:
+            view = memoryview(data)
+            while view:  # one write, unless the kernel took a part of it
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    finally:
+        os.close(lock)  # releases the lock
+    return True
+
+
+def _seal_journal(directory: str, wait_s: float = 0.1) -> None:
+    """Rename the journal to a spool file of its own, under the journal's lock, so that no writer is still
+    appending to it when it is read (writers open it under the lock). A lock held longer than ``wait_s``
+    leaves it for the next round. Never raises."""
+    journal = os.path.join(directory, JOURNAL)
+    if not os.path.exists(journal):
+        return
+    try:
+        lock = os.open(os.path.join(directory, JOURNAL_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError:
+        EMIT_FAILURES.record("spool", "seal")
+        return
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return  # a writer holds it (stopped?): the next round seals the journal
+                time.sleep(0.001)
+        os.rename(journal, os.path.join(directory, f"{time.time_ns()}-{os.getpid()}-journal{SUFFIX}"))
+    except FileNotFoundError:
+        pass  # sealed by another forwarder meanwhile
+    except OSError:
+        EMIT_FAILURES.record("spool", "seal")
+    finally:
+        os.close(lock)
+
+
+def records_waiting(directory: str | None = None) -> list[dict[str, Any]]:
+    """The records waiting in the spool (the journal's and the files' not claimed by a forwarder), read
+    without claiming them: for ``barecount doctor`` and tests."""
+    directory = spool_dir() if directory is None else directory
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(SUFFIX) or name == JOURNAL)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        try:
+            with open(os.path.join(directory, name), "rb") as handle:
+                for line in handle:
+                    if line.strip():
+                        try:
+                            found.append(json.loads(line))
+                        except json.JSONDecodeError:
+                            continue
+        except FileNotFoundError:
+            continue  # claimed meanwhile
+    return found
 
 
 def _reset_after_fork() -> None:
@@ -363,7 +457,9 @@ def _attributes(values: dict[str, Any] | None) -> dict[str, Any]:
 
 def _claim(directory: str, limit: int) -> list[str]:
     """Move finished spool files into a directory of this forwarder's own, so that two forwarders never
-    export one file twice; returns the claimed paths (oldest first)."""
+    export one file twice; returns the claimed paths (oldest first). The journal is sealed into a spool
+    file first (:func:`_seal_journal`)."""
+    _seal_journal(directory)
     try:
         names = sorted(name for name in os.listdir(directory) if name.endswith(SUFFIX))
     except FileNotFoundError:
@@ -406,6 +502,7 @@ class _Round:
     lines: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
     entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     statsd: list[list[Any]] = dataclasses.field(default_factory=list)
+    records: int = 0  # lines read (one per spooling process's write: a try's, a forwarder's own...)
 
 
 def _read(paths: list[str]) -> _Round:
@@ -414,6 +511,9 @@ def _read(paths: list[str]) -> _Round:
         try:
             with open(path, encoding="utf-8") as handle:
                 for line in handle:
+                    if not line.strip():
+                        continue  # the newline written before each record
+                    found.records += 1
                     try:
                         record = json.loads(line)
                     except json.JSONDecodeError:
@@ -593,7 +693,7 @@ class Forwarder:
             self._metrics_waiting = True
 
     def forward(self, timeout_ms: int | None = None, batch: bool = False) -> dict[str, int]:
-        """Forward every finished spool file once, bounded by one deadline (``emit_timeout_ms`` by default):
+        """Seal the journal and forward every spool file once, bounded by one deadline (``emit_timeout_ms`` by default):
         the handed-off lines, evidence entries and StatsD points at once; the metric points and spans
         exported now, or with ``batch`` (the forwarder's loop) kept in this process and exported in batches
         (:meth:`_exports_due`), metrics and spans concurrently. Returns what was read (``busy``: skipped,
@@ -601,7 +701,7 @@ class Forwarder:
         raises."""
         budget_ms = config.emit_timeout_ms() if timeout_ms is None else timeout_ms
         deadline = time.monotonic() + max(budget_ms, 1) / 1000.0  # the whole round: claim, read, export
-        result = {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
+        result = {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
         if not self._lock.acquire(blocking=False):
             return {**result, "busy": 1}  # a round is still running (a hung collector): do not pile up
         handed_off = False
@@ -612,6 +712,7 @@ class Forwarder:
             found = _read(paths)
             result = {
                 "files": len(paths),
+                "records": found.records,
                 "points": len(found.points),
                 "spans": len(found.spans),
                 "lines": sum(len(lines) for lines in found.lines.values()),
@@ -687,7 +788,7 @@ def flush_spool(timeout_ms: int | None = None, batch: bool = False) -> dict[str,
     For deployments where no scheduler runs on the machine of the task processes: call it from a CLI, a cron
     job or a sidecar loop."""
     if not (enabled() or handoff_configured()):
-        return {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
+        return {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
     write_pending()  # what this process spooled itself
     result = get_forwarder().forward(timeout_ms, batch=batch)
     try:

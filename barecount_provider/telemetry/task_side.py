@@ -460,10 +460,10 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     start = tried.start_date or getattr(ti, "start_date", None)
     duration_s = (now - start).total_seconds() if start else time.monotonic() - tried.started_monotonic
     error_class = error_class_of(error) if state in ("failed", "up_for_retry") else None
-    handoff = spool.handoff()  # the event, span line and evidence entry: one spool file, written below
+    handoff = spool.handoff()  # the event, span line and evidence entry: one spool record, written below
     emitter = get_emitter()
     if emitter.sinks:  # no metric sink (the embedded default): no points to build
-        # Handed off: StatsD's points go with the try's spool file, sent by the forwarder (Emitter.emit).
+        # Handed off: StatsD's points go with the try's spool record, sent by the forwarder (Emitter.emit).
         emitter.emit(_try_points(ctx, state, duration_s, usage, error_class), handoff=handoff)
 
     trace_id = span_id = None
@@ -527,7 +527,7 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
             emitter=emitter,
             handoff=handoff,
         )
-    spool.write_pending()  # what the try spooled (OTLP spans and points; handed-off outputs): one file
+    spool.write_pending()  # what the try spooled (OTLP spans and points; handed-off outputs): one record
 
 
 _SINKS_DESCRIPTIONS: dict[tuple[int, int, str], tuple[Any, Any, dict[str, str]]] = {}
@@ -824,8 +824,8 @@ def flush() -> None:
     sinks that work) and write what is left for the OTLP spool.
 
     Nothing here waits for the network: StatsD is fire-and-forget UDP, spans and points for OTLP go to the
-    spool (one file), which a long-lived process forwards (spool.py). ``emit_timeout_ms`` bounds that
-    forwarder's exports, never a task.
+    spool (one record, appended to its journal), which a long-lived process forwards (spool.py).
+    ``emit_timeout_ms`` bounds that forwarder's exports, never a task.
     """
     end_suspended_tries()
     get_emitter().report_failures()

@@ -50,9 +50,11 @@ def _entries(home):
     return sorted((home / "evidence").rglob("entries/**/*.json")) if (home / "evidence").exists() else []
 
 
-def _spool_files(home):
+def _spooled(home):
+    """The raw text of what waits in the spool (its journal and files), and the records in it."""
     directory = home / "telemetry" / "spool"
-    return sorted(name for name in os.listdir(directory) if name.endswith(".jsonl")) if directory.exists() else []
+    names = sorted(n for n in os.listdir(directory) if n.endswith(".jsonl") or n == spool.JOURNAL) if directory.exists() else []
+    return "".join((directory / name).read_text() for name in names), spool.records_waiting(str(directory))
 
 
 def _run_try(task_id: str, error: BaseException | None = None) -> None:
@@ -140,18 +142,18 @@ def test_a_dead_forwarder_is_started_again_and_named_anew(home, monkeypatch):
 # ------------------------------------------------------------------------------------------- the outputs
 
 
-def test_a_handed_off_try_writes_one_spool_file_and_the_forwarder_writes_its_outputs(home, monkeypatch):
+def test_a_handed_off_try_writes_one_spool_record_and_the_forwarder_writes_its_outputs(home, monkeypatch):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
     events, spans = home / "telemetry" / "events.jsonl", home / "telemetry" / "spans.jsonl"
     _run_try("load", ValueError(f"login failed: password={SECRET}"))
-    assert _spool_files(home) and len(_spool_files(home)) == 1
+    spooled, records = _spooled(home)
+    assert len(records) == 1
     assert not events.exists() and not spans.exists() and _entries(home) == []
-    spooled = (home / "telemetry" / "spool" / _spool_files(home)[0]).read_text()
     assert SECRET not in spooled  # redacted in the task process, before anything is written
 
     result = spool.flush_spool()
-    assert result["files"] == 1 and result["lines"] == 2 and result["entries"] == 1
-    assert _spool_files(home) == []
+    assert result["records"] == 1 and result["lines"] == 2 and result["entries"] == 1
+    assert _spooled(home) == ("", [])
     [event] = _lines(events)
     assert event["kind"] == "task_try" and event["state"] == "failed" and event["error_class"] == "ValueError"
     assert event["sinks"]["written_by"] == "forwarder" and event["tenant"] == "acme"
@@ -170,7 +172,7 @@ def test_a_handed_off_try_writes_one_spool_file_and_the_forwarder_writes_its_out
 def test_the_task_writes_its_outputs_itself_when_it_does_not_hand_off(home, monkeypatch):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "task")
     _run_try("load")
-    assert _spool_files(home) == []
+    assert _spooled(home) == ("", [])
     assert len(_lines(home / "telemetry" / "events.jsonl")) == 1 and len(_lines(home / "telemetry" / "spans.jsonl")) == 1
     assert len(_entries(home)) == 1
     assert _lines(home / "telemetry" / "events.jsonl")[0]["sinks"]["written_by"] == "task"
@@ -373,7 +375,7 @@ def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, 
     ti = _ti("load")
     task_side.on_try_running(ti)
     task_side.on_try_finished(ti, "failed", error)
-    spooled = (home / "telemetry" / "spool" / _spool_files(home)[0]).read_text()
+    spooled, _ = _spooled(home)
     assert secret not in spooled and task_side.PENDING_STACKTRACE in spooled and "exception.stacktrace" not in spooled
     spool.flush_spool()
     [span] = _lines(home / "telemetry" / "spans.jsonl")

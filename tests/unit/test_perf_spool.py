@@ -1,4 +1,4 @@
-"""The OTLP spool: a task process writes one file per try and builds no exporter; the forwarder exports the
+"""The OTLP spool: a task process appends one record per try to the spool's journal and builds no exporter; the forwarder exports the
 very spans and metric points the task process would have exported, bounded, counted, exactly once."""
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ def _ti(task_id, run_id="run1", try_number=1, upstream=()):
     )
 
 
-def _files(directory):
-    return sorted(name for name in os.listdir(directory) if name.endswith(".jsonl")) if directory.exists() else []
+def _records(directory):
+    """The records waiting in the spool (journal and files), one per try that spooled."""
+    return spool.records_waiting(str(directory))
 
 
-def test_a_task_process_builds_no_exporter_and_writes_one_file_per_try(otlp_config):
+def test_a_task_process_builds_no_exporter_and_writes_one_record_per_try(otlp_config):
     threads_before = threading.active_count()
     assert [sink.name for sink in metrics.get_emitter().sinks] == ["otlp_metrics"]
     assert isinstance(metrics.get_emitter().sinks[0], spool.SpoolMetricSink)
@@ -57,11 +58,12 @@ def test_a_task_process_builds_no_exporter_and_writes_one_file_per_try(otlp_conf
     assert tracer is not None and tracer.exporter_desc.endswith("(spooled)")
     ti = _ti("load", upstream=("extract",))
     task_side.on_try_running(ti)
-    assert _files(otlp_config) == []  # nothing written before the try ends
+    assert _records(otlp_config) == []  # nothing written before the try ends
     task_side.on_try_finished(ti, "up_for_retry", ValueError("boom"))
-    assert len(_files(otlp_config)) == 1
-    task_side.flush()  # nothing left: no second file
-    assert len(_files(otlp_config)) == 1
+    assert len(_records(otlp_config)) == 1
+    assert os.listdir(otlp_config) and not [n for n in os.listdir(otlp_config) if n.endswith(".jsonl")]  # journal only
+    task_side.flush()  # nothing left: no second record
+    assert len(_records(otlp_config)) == 1
     assert threading.active_count() == threads_before
     assert not any(name.startswith("opentelemetry.exporter.otlp") for name in _exporters_built())
 
@@ -87,7 +89,7 @@ def test_forwarded_spans_are_the_spans_the_task_process_made(otlp_config):
 
     forwarded = InMemorySpanExporter()
     result = spool.Forwarder(span_exporter=forwarded).forward(2000)
-    assert result["spans"] == 2 and result["files"] == 2
+    assert result["spans"] == 2 and result["records"] == 2 and result["files"] == 1  # the sealed journal
     expected = sorted(direct.get_finished_spans(), key=lambda s: s.context.span_id)
     got = sorted(forwarded.get_finished_spans(), key=lambda s: s.context.span_id)
     assert len(expected) == len(got) == 2
@@ -109,7 +111,8 @@ def test_forwarded_spans_are_the_spans_the_task_process_made(otlp_config):
         assert (have.status.status_code, have.status.description) == (want.status.status_code, want.status.description)
         assert have.resource.attributes["service.name"] == "barecount"
         assert have.instrumentation_scope.name == tracing.TRACER_NAME
-    assert _files(otlp_config) == []  # forwarded files are gone
+    assert _records(otlp_config) == []  # forwarded: gone
+    assert not [name for _, _, names in os.walk(otlp_config) for name in names if name != spool.JOURNAL_LOCK]
 
 
 def _metric_points(reader):
@@ -199,7 +202,7 @@ def test_the_forwarder_s_loop_batches_its_otlp_exports_and_its_last_round_export
     tries("t1", "t2")
     assert forwarder.forward(2000, batch=True)["spans"] == 2
     assert (spans.calls, len(spans.get_finished_spans()), len(flushes)) == (1, 1, 1)  # kept: not due yet
-    assert forwarder.waiting() and _files(otlp_config) == []  # read, kept in the forwarder
+    assert forwarder.waiting() and _records(otlp_config) == []  # read, kept in the forwarder
     tries("t3")
     forwarder.forward(2000, batch=True)
     assert (spans.calls, len(spans.get_finished_spans()), len(flushes)) == (2, 4, 1)  # a full batch of three
@@ -257,7 +260,7 @@ def test_a_hung_collector_costs_the_forwarder_one_deadline_and_is_counted(otlp_c
     forwarder.forward(100)
     assert time.monotonic() - started < 1.0
     assert metrics.EMIT_FAILURES.counts[("forward", "timeout")] == 1
-    assert forwarder.forward(100) == {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0, "busy": 1}  # no pile-up
+    assert forwarder.forward(100) == {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0, "busy": 1}  # no pile-up
     hung.release.set()
 
 
@@ -286,7 +289,7 @@ def test_a_refusing_collector_is_counted_by_the_forwarder_never_in_the_task(otlp
 def test_spooling_is_off_without_otlp(monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
     assert not spool.enabled()
-    assert spool.flush_spool() == {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
+    assert spool.flush_spool() == {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
     assert metrics.get_direct_emitter() is metrics.get_emitter()
 
 
@@ -346,9 +349,8 @@ def test_a_try_span_is_the_span_the_sdk_would_make(exporter, monkeypatch, tmp_pa
     assert line == tracing._span_as_dict(sdk)
     if exporter == "otlp":
         assert spool._PENDING_SPANS == [] or spool._PENDING_SPANS[-1] == light.record()
-        files = _files(tmp_path / "spool")
-        assert len(files) == 1
-        assert (tmp_path / "spool" / files[0]).read_text().count('"span_id"') >= 1
+        (record,) = _records(tmp_path / "spool")
+        assert record["spans"] and all(span["span_id"] for span in record["spans"])
     else:
         import json
 
@@ -371,10 +373,7 @@ def test_an_unsampled_try_span_records_nothing_and_carries_the_unsampled_flag(ot
         assert span.attributes == {} and span.events == []
     finally:
         monkeypatch_ratio.undo()
-    files = _files(otlp_config)
-    import json
-
-    spans = [s for name in files for s in json.loads((otlp_config / name).read_text())["spans"]]
+    spans = [s for record in _records(otlp_config) for s in record["spans"]]
     assert spans == []
 
 
@@ -426,13 +425,13 @@ def test_the_scheduler_forwards_the_spool_from_a_child_process(otlp_config, coll
     ti = _ti("load")
     task_side.on_try_running(ti)
     task_side.on_try_finished(ti, "success")
-    assert _files(otlp_config)
+    assert _records(otlp_config)
     assert side.start_forwarder()
     process = side._forwarder.process
     try:
         # Both exports of the round (they run concurrently: the spans' may arrive first), and the spool empty.
         assert _wait_for(
-            lambda: {"/v1/traces", "/v1/metrics"} <= set(collector.received) and not _files(otlp_config)
+            lambda: {"/v1/traces", "/v1/metrics"} <= set(collector.received) and not _records(otlp_config)
         )
         ti = _ti("publish")  # spooled while the forwarder waits: its stop makes a last round
         task_side.on_try_running(ti)
@@ -441,7 +440,7 @@ def test_the_scheduler_forwards_the_spool_from_a_child_process(otlp_config, coll
     finally:
         side.stop()
     assert process.poll() == 0
-    assert collector.received.count("/v1/traces") == sent + 1 and _files(otlp_config) == []
+    assert collector.received.count("/v1/traces") == sent + 1 and _records(otlp_config) == []
     assert not side.start_forwarder()  # once per scheduler side
 
 
@@ -485,7 +484,7 @@ def test_a_stop_during_a_round_is_followed_by_one_more_round(monkeypatch):
         rounds.append(batch)
         if len(rounds) == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # the scheduler stops it while this round runs
-        return {"files": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
+        return {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
 
     monkeypatch.setattr(spool, "flush_spool", one_round)
     previous = signal.getsignal(signal.SIGTERM)
@@ -511,9 +510,7 @@ def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider
     metrics.get_emitter().flush()
     tracer = tracing.get_tracing()
     assert tracer is not None and tracer._provider is None
-    import json
-
-    records = [json.loads((otlp_config / name).read_text()) for name in _files(otlp_config)]
+    records = _records(otlp_config)
     spans = {s["name"]: s for r in records for s in r["spans"]}
     run_span_id = f"{context.run_span_id_for('etl', 'run1'):016x}"
     assert spans["dag_run etl"]["span_id"] == run_span_id and spans["dag_run etl"]["parent_span_id"] is None
@@ -543,9 +540,9 @@ def test_barecount_telemetry_forward_exports_the_spool_to_a_real_collector(otlp_
         ti = _ti(f"t{index}")
         task_side.on_try_running(ti)
         task_side.on_try_finished(ti, "success")
-    assert len(_files(otlp_config)) == 2
+    assert len(_records(otlp_config)) == 2
     assert cli.main(["telemetry", "forward", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["files"] == 2 and result["spans"] == 2 and result["points"] > 0
+    assert result["records"] == 2 and result["spans"] == 2 and result["points"] > 0
     assert sorted(set(collector.received)) == ["/v1/metrics", "/v1/traces"]
-    assert _files(otlp_config) == []
+    assert _records(otlp_config) == []
