@@ -7,8 +7,10 @@ import functools
 import logging
 import os
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
+import barecount_provider.telemetry.spool as telemetry_spool
 from barecount_provider import config
 from barecount_provider.cost import cost_metric_points, estimate
 from barecount_provider.evidence import spool as evidence_spool
@@ -18,6 +20,17 @@ log = logging.getLogger(__name__)
 
 PENDING_COST = "_pending_cost"
 """Key of a handed-off entry's cost inputs (runtime, metric tags); removed when the forwarder costs it."""
+PENDING_ENTRY = "_pending_entry"
+"""Key of a handed-off try's facts (:func:`try_facts`), from which the forwarder builds its entry."""
+TASK_FACTS = (
+    "barecount_runner_result",
+    "barecount_policy_validations",
+    "barecount_policy_exceptions",
+    "barecount_approvals",
+    "barecount_replay_outcome",
+    "barecount_dead_letters",
+)
+"""What BareCount's operators leave on the task for the try's entry (read by :func:`build_try_entry`)."""
 
 DEFAULT_LOG_TEMPLATE = (
     "dag_id={{ ti.dag_id }}/run_id={{ ti.run_id }}/task_id={{ ti.task_id }}/"
@@ -108,17 +121,81 @@ def build_try_entry(
     return entry
 
 
+def try_facts(
+    ctx: Any,
+    ti: Any,
+    *,
+    state: str,
+    started_at: datetime | None,
+    ended_at: datetime,
+    duration_s: float,
+    metrics: dict[str, Any],
+    trace: dict[str, Any] | None,
+    error: dict[str, Any] | None,
+    emitter: Any = None,
+) -> dict[str, Any]:
+    """What only the task process knows of this try, for the forwarder to build, cost and store its entry
+    (:func:`entry_from_facts`, called by :func:`deliver_entry`): the entry :func:`build_try_entry` would
+    have built, for which the task process now pays the facts only (no formatting, no log location, no
+    cost). The times stay datetimes: the spool's encoder writes them as RFC 3339 text."""
+    facts: dict[str, Any] = {
+        "context": {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
+        "state": state,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "queued_at": getattr(ti, "queued_dttm", None),
+        "duration_s": duration_s,
+        "metrics": metrics,
+        "trace": trace,
+        "error": error,
+        "tags": ctx.metric_tags() if emitter is not None and emitter.sinks else None,
+    }
+    task = getattr(ti, "task", None)
+    for name in TASK_FACTS:
+        value = getattr(task, name, None)
+        if value is not None:
+            facts[name] = value
+    return {PENDING_ENTRY: facts}
+
+
+def _datetime(value: Any) -> Any:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def entry_from_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    """The entry, uncosted (its cost inputs under :data:`PENDING_COST`), that :func:`build_try_entry` would
+    have built in the task process, from the facts :func:`try_facts` took there. Raises on bad facts."""
+    ctx = SimpleNamespace(**facts["context"])
+    ti = SimpleNamespace(
+        task=SimpleNamespace(**{name: facts.get(name) for name in TASK_FACTS}),
+        queued_dttm=_datetime(facts.get("queued_at")),
+    )
+    duration_s = float(facts["duration_s"])
+    entry = build_try_entry(
+        ctx,
+        ti,
+        state=str(facts["state"]),
+        started_at=_datetime(facts.get("started_at")),
+        ended_at=_datetime(facts["ended_at"]),
+        duration_s=duration_s,
+        metrics=facts.get("metrics") or {},
+        trace=facts.get("trace"),
+        error=facts.get("error"),
+        costed=False,
+    )
+    entry[PENDING_COST] = {"runtime_s": duration_s, "tags": facts.get("tags")}
+    return entry
+
+
 def record_try(ctx: Any, ti: Any, *, handoff: bool = False, **fields: Any) -> str:
     """Write this try's entry (``fields``: those of :func:`build_try_entry`); ``stored``, ``spooled``,
-    ``lost`` or ``off``; ``handed_off`` (``handoff``): kept, uncosted, for the spool's forwarder, which costs
-    and stores it (:func:`deliver_entry`). Never raises."""
+    ``lost`` or ``off``; ``handed_off`` (``handoff``): the try's facts kept for the spool's forwarder, which
+    builds, costs and stores the entry (:func:`try_facts`, :func:`deliver_entry`). Never raises."""
     if not config.evidence_on():
         return "off"
     try:
         if handoff:
-            from barecount_provider.telemetry import spool as telemetry_spool
-
-            telemetry_spool.add_entry(build_try_entry(ctx, ti, costed=False, **fields))
+            telemetry_spool.add_entry(try_facts(ctx, ti, **fields))
             return "handed_off"
         return evidence_spool.write_entry(build_try_entry(ctx, ti, **fields))
     except Exception:
@@ -132,7 +209,14 @@ def deliver_entry(entry: dict[str, Any], *, store: bool = True) -> str:
     have (the cost metrics with the task's tags, through this process's direct emitter), then store it, or
     spool it for a later delivery when ``store`` is False (the store failed earlier in the round). Returns
     ``stored``, ``spooled`` or ``lost``; never raises. An entry that cannot be costed is stored without its
-    cost (counted), never dropped."""
+    cost (counted), never dropped. A try's facts (:func:`try_facts`) are made into its entry first."""
+    if PENDING_ENTRY in entry:
+        try:
+            entry = entry_from_facts(entry[PENDING_ENTRY])
+        except Exception:
+            log.warning("BareCount could not build the evidence entry of a handed-off try", exc_info=True)
+            _count_failure("entry")
+            return "lost"
     pending = entry.pop(PENDING_COST, None)
     if pending is not None and entry.get("cost") is None:
         try:

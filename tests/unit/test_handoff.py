@@ -264,6 +264,54 @@ def test_the_forwarder_costs_a_handed_off_entry_as_the_task_would_have(home, mon
     assert forwarded == sent and sent  # the same cost points, with the task's tags
 
 
+@pytest.mark.parametrize("runner", ["local", "serverless"])
+def test_the_forwarder_builds_from_a_try_s_facts_the_entry_the_task_would_have_built(home, monkeypatch, runner):
+    """A handed-off try leaves its facts only (no formatting, log location or cost in the task process); the
+    forwarder's entry, from those facts as the spool's encoder wrote them, is the task's, field for field
+    (``written_at`` aside: when the entry was built). With what BareCount's operators leave on the task, a
+    mapped try, a queued time, times with microseconds and an error."""
+    from barecount_provider import context
+    from barecount_provider.telemetry.filesink import encode_line
+
+    ti = _ti("load")
+    ti.map_index, ti.try_number, ti.queued_dttm = 3, 2, START.replace(second=7, microsecond=250)
+    ti.task.barecount_runner_class = runner
+    if runner == "serverless":
+        ti.task.barecount_runner_result = {"billed_duration_ms": 1200, "memory_mb": 512, "digests": {"code_sha256": "ab" * 32}}
+        ti.task.barecount_policy_validations = [{"rule": "size", "ok": True}]
+        ti.task.barecount_approvals = [{"by": "ops", "at": "2026-11-27T12:00:00+00:00"}]
+        ti.task.barecount_replay_outcome = {"replayed": 3}
+        ti.task.barecount_dead_letters = ["k1"]
+    ctx = context.resolve_for_ti(ti)
+    fields = _entry_fields(
+        state="up_for_retry",
+        ended_at=START.replace(minute=5, second=1, microsecond=123456),
+        trace={"trace_id": "a" * 32, "span_id": "b" * 16, "sampled": True},
+        error={"error_class": "ValueError", "message": "boom"},
+    )
+    sent: list = []
+    emitter = SimpleNamespace(sinks=[object()], emit=sent.extend)
+    expected = json.loads(json.dumps(evidence_task.build_try_entry(ctx, ti, emitter=emitter, **fields), default=str))
+
+    facts = evidence_task.try_facts(ctx, ti, emitter=emitter, **fields)
+    assert set(facts) == {evidence_task.PENDING_ENTRY}
+    assert "log" not in facts[evidence_task.PENDING_ENTRY] and "cost" not in facts[evidence_task.PENDING_ENTRY]
+    forwarded: list = []
+    monkeypatch.setattr(metrics, "get_direct_emitter", lambda: SimpleNamespace(sinks=[object()], emit=forwarded.extend))
+    assert evidence_task.deliver_entry(json.loads(encode_line(facts))) == "stored"  # as the spool holds it
+    [stored] = open_store().entries_for_run("etl", ti.run_id)
+    for entry in (stored, expected):
+        entry.pop("written_at")
+    assert stored == expected
+    assert stored["key"] == "load[3]#2" and stored["log"]["location"].endswith("map_index=3/attempt=2.log")
+    assert forwarded == sent and sent  # the same cost points, with the task's tags
+
+
+def test_facts_the_forwarder_cannot_build_an_entry_from_are_counted_never_raised(home):
+    assert evidence_task.deliver_entry({evidence_task.PENDING_ENTRY: {"context": {}}}) == "lost"
+    assert metrics.EMIT_FAILURES.counts[("evidence", "entry")] == 1
+
+
 def test_a_store_that_is_down_costs_the_forwarder_one_attempt_per_round(home, monkeypatch):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
     attempts: list[str] = []
