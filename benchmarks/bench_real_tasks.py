@@ -35,9 +35,16 @@ The end-to-end overhead is observed − opted out on the same Airflow (CPU time 
 workload's clock), with 95% bootstrap intervals, as a share of the end-to-end time of a task with BareCount
 disabled. Flatness: the overhead in the first and the last quarter of the runs.
 
+With ``--together`` the observed and the opted-out run of each Airflow are triggered at the same time (one
+task of each at a time with ``--max-active 1``: the machine's load of one DAG run of two), so that their task
+processes interleave on the same minutes of the machine, and the disabled Airflow runs two identical observed
+DAGs the same way: an A/A control of that very estimator. Run one after the other, a DAG run's median CPU per
+task moved by several ms from one run to the next, more than the 4 ms that 2% of a task is.
+
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_real_tasks.py --runs 24 --tasks-per-run 20 --max-active 2 --warmup 1 --sinks --control
+    .venv/bin/python benchmarks/bench_real_tasks.py --runs 12 --tasks-per-run 20 --max-active 1 --warmup 1 --sinks --together
 
 The results are printed as markdown and written into docs/benchmarks.md between
 ``<!-- bench-real-tasks:start -->`` and ``<!-- bench-real-tasks:end -->`` (``--no-docs`` to skip).
@@ -96,6 +103,7 @@ def _fail():
 
 for dag_id, extra, body in (
     ("bench_many_observed", [], _body),
+    ("bench_many_observed_again", [], _body),
     ("bench_many_optout", ["barecount:off"], _body),
     ("bench_many_failing", [], _fail),
 ):
@@ -114,16 +122,18 @@ for dag_id, extra, body in (
 '''
 
 DAG_IDS = {"observed": "bench_many_observed", "opted out": "bench_many_optout", "failing": "bench_many_failing"}
+AGAIN = "observed again"  # --together: the disabled Airflow's second observed DAG, run with the first (A/A)
 
 
 def airflow_envs(
-    workdir: Path, sinks: Sinks | None, max_active: int, control: bool = False
+    workdir: Path, sinks: Sinks | None, max_active: int, control: bool = False, together: bool = False
 ) -> dict[str, dict[str, str]]:
     """The environment of each Airflow: its BareCount configuration and its records file (LocalExecutor's
-    workers: twice the tasks a DAG runs at a time, so that a worker its supervisor still holds is no limit)."""
+    workers: twice the tasks its DAG runs run at a time, so that a worker its supervisor still holds is no
+    limit)."""
     base = {
         "AIRFLOW__BARECOUNT__SECRET_KEY": "bench-real-tasks-secret-key-not-for-production",
-        "AIRFLOW__CORE__PARALLELISM": str(2 * max_active),
+        "AIRFLOW__CORE__PARALLELISM": str(2 * max_active * (2 if together else 1)),
         # Each DAG processor parses the DAG file once, at its start: a re-parse every 15 s in each of 3–5
         # Airflows competed with the task processes for the two cores.
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "86400",
@@ -151,7 +161,7 @@ def airflow_envs(
     return envs
 
 
-def kinds_of(envs: dict[str, dict[str, str]]) -> dict[str, tuple[str, str]]:
+def kinds_of(envs: dict[str, dict[str, str]], together: bool = False) -> dict[str, tuple[str, str]]:
     """kind -> (Airflow, DAG id), in the rotation's order."""
     kinds: dict[str, tuple[str, str]] = {}
     for name in envs:
@@ -161,7 +171,27 @@ def kinds_of(envs: dict[str, dict[str, str]]) -> dict[str, tuple[str, str]]:
             if name == "sinks_down" and label == "failing":
                 continue
             kinds[f"{name} {label}"] = (name, dag_id)
+        if together and name == "disabled":
+            kinds[f"{name} {AGAIN}"] = (name, "bench_many_observed_again")
     return kinds
+
+
+def steps_of(kinds: dict[str, tuple[str, str]], together: bool = False) -> list[list[str]]:
+    """The rotation's steps: the kinds of DAG run that run at the same time. One each, or with ``together``
+    the observed and the opted-out run of one Airflow at once (and the disabled Airflow's two observed
+    runs), so that their task processes interleave on the machine's same minutes."""
+    steps: list[list[str]] = []
+    placed: set[str] = set()
+    for kind, (name, _) in kinds.items():
+        if kind in placed:
+            continue
+        partner = None
+        if together and kind == f"{name} observed":
+            partner = next((k for k in (f"{name} opted out", f"{name} {AGAIN}") if k in kinds), None)
+        step = [kind] + ([partner] if partner else [])
+        placed.update(step)
+        steps.append(step)
+    return steps
 
 
 def _parse(value: str | None) -> dt.datetime | None:
@@ -215,29 +245,43 @@ def _lives_of(path: Path, dag_id: str, run_id: str, since: int) -> int:
 def run_once(stack: Any, dag_id: str, expected: str, tasks: int, records: Path) -> dict[str, Any]:
     """One DAG run to its end, and then until every one of its task processes has been reaped (a try's
     success reaches Airflow before its success listeners run), with the whole Airflow's CPU around it."""
+    return run_together(stack, [(dag_id, expected)], tasks, records)[0]
+
+
+def run_together(stack: Any, dags: list[tuple[str, str]], tasks: int, records: Path) -> list[dict[str, Any]]:
+    """DAG runs of one Airflow triggered at once (``(dag_id, expected state)`` each), each to its end and
+    until every one of its task processes has been reaped. The whole Airflow's CPU around them is a run's
+    own only when it ran alone (``None`` for runs that ran together: it cannot be split between them)."""
     cpu = airflow_cpu_ms(stack)
-    since = _size(records)  # the run's records come after this
+    since = _size(records)  # the runs' records come after this
     started = time.monotonic()
-    run_id = stack.trigger(dag_id)
-    state = stack.wait_for_run(dag_id, run_id, timeout=600)
-    tis = stack.task_instances(dag_id, run_id)
-    if state != expected or len(tis) != tasks:
-        raise RuntimeError(f"run {dag_id} {run_id} ended {state} with {len(tis)} task instances")
-    deadline = time.monotonic() + 60
-    while _lives_of(records, dag_id, run_id, since) < tasks:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"run {dag_id} {run_id}: not every task process was reaped within 60 s")
-        time.sleep(0.05)
+    run_ids = [stack.trigger(dag_id) for dag_id, _ in dags]
+    results = []
+    for (dag_id, expected), run_id in zip(dags, run_ids, strict=True):
+        state = stack.wait_for_run(dag_id, run_id, timeout=600)
+        tis = stack.task_instances(dag_id, run_id)
+        if state != expected or len(tis) != tasks:
+            raise RuntimeError(f"run {dag_id} {run_id} ended {state} with {len(tis)} task instances")
+        deadline = time.monotonic() + 60
+        while _lives_of(records, dag_id, run_id, since) < tasks:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"run {dag_id} {run_id}: not every task process was reaped within 60 s")
+            time.sleep(0.05)
+        spans = []
+        for ti in tis:
+            start, end = _parse(ti.get("start_date")), _parse(ti.get("end_date"))
+            if start and end:
+                spans.append((end - start).total_seconds() * 1000.0)
+        results.append({"run_id": run_id, "durations": spans})
     after = airflow_cpu_ms(stack)
     by_role = {role: after.get(role, 0.0) - cpu.get(role, 0.0) for role in {*after, *cpu}}
     elapsed = (time.monotonic() - started) * 1000.0
-    spans = []
-    for ti in tis:
-        start, end = _parse(ti.get("start_date")), _parse(ti.get("end_date"))
-        if start and end:
-            spans.append((end - start).total_seconds() * 1000.0)
-    return {"run_id": run_id, "durations": spans, "airflow_cpu_ms": sum(by_role.values()),
-            "airflow_cpu_by_role_ms": by_role, "run_ms": elapsed}
+    alone = len(dags) == 1
+    for result in results:
+        result.update({"airflow_cpu_ms": sum(by_role.values()) if alone else None,
+                       "airflow_cpu_by_role_ms": by_role if alone else None, "run_ms": elapsed,
+                       "together": not alone})
+    return results
 
 
 def read_records(path: Path) -> tuple[dict[tuple[str, str, str], dict[str, Any]], dict[tuple[str, str, str], dict[str, Any]]]:
@@ -268,8 +312,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         received: dict[str, int] = {}
         if sinks is not None:
             running.callback(lambda: received.update(sinks.stop()))
-        envs = airflow_envs(workdir, sinks, args.max_active, args.control)
-        kinds = kinds_of(envs)
+        envs = airflow_envs(workdir, sinks, args.max_active, args.control, args.together)
+        kinds = kinds_of(envs, args.together)
         stacks = {}
         for name, env in envs.items():
             home = workdir / f"home-{name}"
@@ -279,17 +323,18 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for name, dag_id in kinds.values():
             stacks[name].wait_for_dag(dag_id, timeout=240)
             stacks[name].unpause(dag_id)
-        order = list(kinds)
+        order = steps_of(kinds, args.together)
         runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
         for i in range(-args.warmup, args.runs):  # negative i: untimed warm-up runs
             shift = i % len(order)
-            for kind in order[shift:] + order[:shift]:
-                name, dag_id = kinds[kind]
-                result = run_once(stacks[name], dag_id, "failed" if kind.endswith("failing") else "success",
-                                  args.tasks_per_run, Path(envs[name]["BENCH_RUSAGE_FILE"]))
+            for step in order[shift:] + order[:shift]:
+                name = kinds[step[0]][0]
+                dags = [(kinds[kind][1], "failed" if kind.endswith("failing") else "success") for kind in step]
+                results = run_together(stacks[name], dags, args.tasks_per_run, Path(envs[name]["BENCH_RUSAGE_FILE"]))
                 if i >= 0:
-                    result["round"] = i
-                    runs[kind].append(result)
+                    for kind, result in zip(step, results, strict=True):
+                        result["round"] = i
+                        runs[kind].append(result)
             print(f"round {i + 1}/{args.runs} done, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     elapsed = time.monotonic() - started
     records = {name: read_records(Path(env["BENCH_RUSAGE_FILE"])) for name, env in envs.items()}
@@ -374,14 +419,17 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
         f"{info['opentelemetry_sdk']}: {len({name for name, _ in result['kinds'].values()})} real "
         f"Airflows side by side, {len(result['kinds'])} kinds of DAG run interleaved, {args.runs} timed runs of "
         f"each after {args.warmup} untimed, {args.tasks_per_run} tasks per run (at most {args.max_active} at a "
-        f"time): **{total} timed task processes** in {result['elapsed_s']:.0f} s.",
+        f"time): **{total} timed task processes** in {result['elapsed_s']:.0f} s."
+        + (" `--together`: each Airflow's observed and opted-out runs (the disabled Airflow's two observed runs) "
+           "were triggered at the same time, their task processes interleaved." if args.together else ""),
         "",
         "Command:",
         "",
         "```",
         f".venv/bin/python benchmarks/bench_real_tasks.py --runs {args.runs} --tasks-per-run "
         f"{args.tasks_per_run} --max-active {args.max_active} --warmup {args.warmup}"
-        + (" --sinks" if args.sinks else "") + (" --control" if args.control else ""),
+        + (" --sinks" if args.sinks else "") + (" --control" if args.control else "")
+        + (" --together" if args.together else ""),
         "```",
         "",
         "**Whole task processes** (medians; CPU and page faults fork to exit from the worker's "
@@ -409,7 +457,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
         "",
         f"**Overhead per task, observed − opted out on the same Airflow** (paired by round: the median over the "
         f"rounds of the observed run's median minus the opted-out run's, with its 95% bootstrap interval over "
-        f"the rounds), "
+        f"the rounds{'; the two runs of a round ran at the same time' if args.together else ''}), "
         f"as a share of the end-to-end time of a task with BareCount disabled ({f2(end_to_end)} ms"
         + (", the workload clock without Airflow's tail). " if net else ", the workload clock). ")
         + "The CPU figure is the robust one: BareCount's work in a task process is CPU work, and the whole "
@@ -460,6 +508,18 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
             f"({aa_clock['low']:+.2f} to {aa_clock['high']:+.2f}), {aa_faults:+.0f} page faults: what two Airflow "
             "instances differ by when they run the same code, the noise floor of any comparison across Airflows.",
         ]
+    if f"disabled {AGAIN}" in rows:
+        again = rows[f"disabled {AGAIN}"]
+        aa_t, aa_t_clock = overhead(again, disabled, "cpu_ms"), overhead(again, disabled, clock)
+        aa_t_faults = median(_values(again, "minflt")) - median(_values(disabled, "minflt"))
+        verdict["control_together"], verdict["control_together_clock"] = aa_t, aa_t_clock
+        control += [
+            "",
+            f"A/A control of the same estimator (`--together`): the disabled Airflow's two observed DAGs, run at "
+            f"the same time, the second − the first: {aa_t['delta']:+.2f} ms of CPU ({aa_t['low']:+.2f} to "
+            f"{aa_t['high']:+.2f}), {aa_t_clock['delta']:+.2f} ms end to end ({aa_t_clock['low']:+.2f} to "
+            f"{aa_t_clock['high']:+.2f}), {aa_t_faults:+.0f} page faults: the noise floor of observed − opted out.",
+        ]
     obs_d = rows["default observed"]
     across = overhead(obs_d, disabled, "cpu_ms")
     across_clock = overhead(obs_d, disabled, clock)
@@ -498,8 +558,10 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
                 f"| {name} | `{hook}` | {len(values)} | {f2(median(values))} | {f2(pct(values, 99))} | "
                 f"{f2(median(opted)) if opted else '–'} | {'met' if median(values) <= TARGET_HOOK_MS else 'missed'} |"
             )
-    runs = result["runs"]
-    if all("airflow_cpu_ms" in run for data in runs.values() for run in data):
+    # The whole Airflow's CPU is a run's own only when it ran alone (run_together).
+    runs = {kind: data for kind, data in result["runs"].items()
+            if data and all(run.get("airflow_cpu_ms") is not None for run in data)}
+    if runs:
         tasks = args.tasks_per_run
         md += [
             "",
@@ -507,7 +569,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
             "and evidence assembler, the API server, the DAG processor, the workers with their supervisors and the "
             "task processes, from the DAG run's trigger until its last task process was reaped, idle loops "
             "included, divided by the tasks of the run; medians over the runs, differences paired by round): "
-            "everything BareCount makes the machine do, not only inside the task process.",
+            "everything BareCount makes the machine do, not only inside the task process"
+            + ("; runs that ran together are left out (their Airflow's CPU cannot be split between them)."
+               if len(runs) < len(result["runs"]) else "."),
             "",
             "| kind | CPU per task, median ms | DAG run, median s |",
             "|---|---|---|",
@@ -527,13 +591,15 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
                     for role in roles) + " |")
         md += ["", "| comparison | ms per task (interval) | share of end to end (interval) |", "|---|---|---|"]
         pairs = [(f"{n}: observed − opted out", f"{n} observed", f"{n} opted out")
-                 for n in ("default", "sinks_up", "sinks_down") if f"{n} observed" in runs]
+                 for n in ("default", "sinks_up", "sinks_down") if f"{n} observed" in runs and f"{n} opted out" in runs]
         pairs += [("enabled (default) − disabled, observed", "default observed", "disabled observed"),
                   ("opted out (default) − disabled", "default opted out", "disabled observed")]
         if "control observed" in runs:
             pairs.append(("A/A: control − disabled", "control observed", "disabled observed"))
         verdict["airflow_cpu"] = {}
         for label, obs_kind, ref_kind in pairs:
+            if obs_kind not in runs or ref_kind not in runs:
+                continue
             d = airflow_overhead(runs[obs_kind], runs[ref_kind], tasks)
             verdict["airflow_cpu"][label] = d
             md.append(
@@ -566,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each kind first (default 1)")
     parser.add_argument("--sinks", action="store_true", help="also Airflows sending to StatsD + OTLP, up and down")
     parser.add_argument("--control", action="store_true", help="also a second disabled Airflow (an A/A control)")
+    parser.add_argument(
+        "--together", action="store_true",
+        help="run each Airflow's observed and opted-out DAG runs at the same time (and the disabled Airflow's two "
+        "observed DAGs, an A/A of that estimator): their task processes interleave on the same minutes of the "
+        "machine; set --max-active 1 to keep the load of --max-active 2 without it",
+    )
     parser.add_argument("--json", type=Path, help="keep the raw records here")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args(argv)
