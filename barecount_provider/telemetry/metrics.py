@@ -307,7 +307,9 @@ class StatsdSink:
 
     def hand_off(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
         """Keep ``points`` (cleaned) for the spool's forwarder to send (see :meth:`Emitter.emit`)."""
-        from barecount_provider.telemetry import spool
+        # A plain dotted import (the spool imports this module): C only, where ``from package import
+        # module`` runs importlib's Python code, cold in a task process, on every call.
+        import barecount_provider.telemetry.spool as spool
 
         spool.add_statsd_points(points)
 

@@ -15,6 +15,9 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import Status, StatusCode
+
 from barecount_provider import config, context
 from barecount_provider import policy as _policy
 from barecount_provider.telemetry import filesink, redaction, resources, spool, tracing
@@ -87,8 +90,6 @@ def on_try_running(ti: Any) -> TryState | None:
     tracer = tracing.get_tracing()
     if tracer is not None:
         if tracer.airflow_mode:
-            from opentelemetry import trace as otel_trace
-
             sampled = otel_trace.get_current_span().get_span_context().trace_flags.sampled
         else:
             sampled = tracing.sampled_for_run(ctx.dag_id, ctx.run_id, ratio)
@@ -477,8 +478,6 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         if usage.peak_memory_bytes is not None:
             span.set_attribute("barecount.peak_memory_bytes", usage.peak_memory_bytes)
         if error_class is not None and span.is_recording():  # no traceback for a span nobody records
-            from opentelemetry.trace import Status, StatusCode
-
             span.set_attribute("error.type", error_class)
             attributes: dict[str, Any] = {"exception.type": error_class}
             if isinstance(error, BaseException):
@@ -779,8 +778,6 @@ def _warm_try_path() -> None:
     span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
     span.add_event("exception", {"exception.message": redact(str(error)), "exception.stacktrace": redact(format_exception_text(error))})
     filesink.encode_line(exception_facts(error))  # what a task process that hands off records instead
-    from opentelemetry.trace import Status, StatusCode
-
     span.set_status(Status(StatusCode.ERROR, description=error_class))
     span.end()
     filesink.encode_line(span.file_line())

@@ -451,3 +451,38 @@ def test_a_line_the_forwarder_cannot_write_is_counted_as_the_tasks_would_be(home
     )
     assert spool.flush_spool()["lines"] == 2
     assert sorted(failures) == [("file", "write"), ("traces", "export")]  # the event's, the span line's
+
+
+def test_a_try_s_hooks_run_no_import_machinery_of_importlib(home, monkeypatch):
+    """``from package import module`` inside a function runs importlib's Python code (``_handle_fromlist``)
+    on every call, code that is cold in a forked task process: the hooks of a try (started, succeeded, failed
+    and retried, handed off, with StatsD and the OTLP spool) never go through it after the first try."""
+    import importlib._bootstrap as bootstrap
+    import socket
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_HOST", "127.0.0.1")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_PORT", str(server.getsockname()[1]))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
+    try:
+        _run_try("warm", ValueError("first"))  # the first try may import what it needs
+        _run_try("warm_ok")
+        calls: list[tuple[str, tuple[str, ...]]] = []
+        original = bootstrap._handle_fromlist
+
+        def spy(module, fromlist, *args, **kwargs):
+            calls.append((module.__name__, tuple(fromlist)))
+            return original(module, fromlist, *args, **kwargs)
+
+        monkeypatch.setattr(bootstrap, "_handle_fromlist", spy)
+        _run_try("load")
+        _run_try("fails", ValueError(f"password={SECRET}"))
+        monkeypatch.setattr(bootstrap, "_handle_fromlist", original)
+    finally:
+        server.close()
+    assert calls == []
+    assert len(spool.records_waiting()) == 4  # the tries did run, handed off
