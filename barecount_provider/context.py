@@ -156,7 +156,8 @@ class RunContext:
     def export_to_environment(self, environ: Any = None) -> None:
         """Make the identity visible to the task's code and every process it starts."""
         target = os.environ if environ is None else environ
-        target.update(self.environment())
+        for key, value in self.environment().items():  # not update(): MutableMapping's ABC checks first
+            target[key] = value
 
     def with_trace(self, traceparent: str | None) -> RunContext:
         """A copy with ``traceparent`` set (what ``dataclasses.replace`` gives, without its field walk)."""

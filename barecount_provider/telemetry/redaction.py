@@ -437,7 +437,10 @@ class Redactor:
         """Registered secrets (Airflow's masker), then value patterns and sensitive ``key=value`` pairs."""
         if not text:
             return text
-        replacers = self._current_replacers()
+        return self._redact_text(text, self._current_replacers())
+
+    def _redact_text(self, text: str, replacers: list[Any]) -> str:
+        """:meth:`redact_text` with the maskers' current replacers (:meth:`_current_replacers`) in hand."""
         short = len(text) <= _CACHED_TEXT_MAX
         if short:
             cached = self._text_cache.get(text)
@@ -468,7 +471,9 @@ class Redactor:
         """:meth:`redact_text` for a caller that has just checked the registered secrets
         (:meth:`_current_replacers`): a string seen before is answered from the cache at once."""
         cached = self._text_cache.get(text)
-        return cached if cached is not None else self.redact_text(text)
+        if cached is not None or not text:
+            return cached if cached is not None else text
+        return self._redact_text(text, self._replacers)  # checked by the caller: current
 
     def redact_patterns(self, text: str) -> str:
         """Everything but registered secrets (what Airflow's masker lacks). Short results are cached."""
