@@ -589,17 +589,17 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, dict[
                 md.append(f"| {kind} | " + " | ".join(
                     f2(median([run.get("airflow_cpu_by_role_ms", {}).get(role, 0.0) / tasks for run in data]))
                     for role in roles) + " |")
-        md += ["", "| comparison | ms per task (interval) | share of end to end (interval) |", "|---|---|---|"]
         pairs = [(f"{n}: observed − opted out", f"{n} observed", f"{n} opted out")
                  for n in ("default", "sinks_up", "sinks_down") if f"{n} observed" in runs and f"{n} opted out" in runs]
         pairs += [("enabled (default) − disabled, observed", "default observed", "disabled observed"),
                   ("opted out (default) − disabled", "default opted out", "disabled observed")]
         if "control observed" in runs:
             pairs.append(("A/A: control − disabled", "control observed", "disabled observed"))
+        pairs = [(label, obs_kind, ref_kind) for label, obs_kind, ref_kind in pairs if obs_kind in runs and ref_kind in runs]
+        if pairs:
+            md += ["", "| comparison | ms per task (interval) | share of end to end (interval) |", "|---|---|---|"]
         verdict["airflow_cpu"] = {}
         for label, obs_kind, ref_kind in pairs:
-            if obs_kind not in runs or ref_kind not in runs:
-                continue
             d = airflow_overhead(runs[obs_kind], runs[ref_kind], tasks)
             verdict["airflow_cpu"][label] = d
             md.append(

@@ -74,3 +74,4 @@ def test_the_report_leaves_out_the_whole_airflow_cpu_of_runs_that_ran_together(b
     assert "| default failing | 1000 |" in markdown  # ran alone: its whole-Airflow CPU per task (3000 / 3)
     assert "| default observed | 1000 |" not in markdown
     assert "runs that ran together are left out" in markdown
+    assert "| comparison |" not in markdown  # no two kinds that ran alone to compare
