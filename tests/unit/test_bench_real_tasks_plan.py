@@ -75,3 +75,18 @@ def test_the_report_leaves_out_the_whole_airflow_cpu_of_runs_that_ran_together(b
     assert "| default observed | 1000 |" not in markdown
     assert "runs that ran together are left out" in markdown
     assert "| comparison |" not in markdown  # no two kinds that ran alone to compare
+
+
+def test_pooled_runs_keep_their_rounds_apart_and_pair_within_them(bench):
+    pool = importlib.import_module("pool_real_tasks")
+
+    def run(offset):
+        return {"rows": {"default observed": _rows(92.0 + offset), "default opted out": _rows(90.0 + offset),
+                         "disabled observed": _rows(88.0), f"disabled {bench.AGAIN}": _rows(88.0)}}
+
+    markdown, verdict = pool.pool([run(0.0), run(30.0)])  # the second run 30 ms slower throughout: paired away
+    default = verdict["overheads"]["default"]
+    assert default["rounds"] == 8 and default["delta"] == pytest.approx(2.0)
+    assert default["low"] == pytest.approx(2.0) and default["high"] == pytest.approx(2.0)
+    assert verdict["control_together"]["delta"] == pytest.approx(0.0)
+    assert "| default | 8 | +2.00" in markdown and "met" in markdown
