@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Mapping
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 
 import barecount_provider.telemetry.spool as telemetry_spool
@@ -30,7 +30,7 @@ TASK_FACTS = (
     "barecount_replay_outcome",
     "barecount_dead_letters",
 )
-"""What BareCount's operators leave on the task for the try's entry (read by :func:`build_try_entry`)."""
+"""What BareCount's operators leave on the task for the try's entry (taken by :func:`try_facts`)."""
 
 DEFAULT_LOG_TEMPLATE = (
     "dag_id={{ ti.dag_id }}/run_id={{ ti.run_id }}/task_id={{ ti.task_id }}/"
@@ -50,75 +50,21 @@ def log_settings() -> tuple[str, str] | None:
     return base, template
 
 
-def log_location(ctx: Any) -> str | None:
-    """Where the try's log lives: Airflow's base log folder and its log file name for the try."""
+def log_location(context: Mapping[str, Any]) -> str | None:
+    """Where the try's log lives: Airflow's base log folder and its log file name for the try (``context``:
+    a RunContext's fields, as an entry carries them)."""
     settings = log_settings()
     if settings is None:
         return None
     base, template = settings
     if template.strip() != DEFAULT_LOG_TEMPLATE:
         return f"{base} ({template})"  # a custom template: named, not rendered here
-    name = f"dag_id={ctx.dag_id}/run_id={ctx.run_id}/task_id={ctx.task_id}/"
-    if ctx.map_index is not None and ctx.map_index >= 0:
-        name += f"map_index={ctx.map_index}/"
-    name += f"attempt={ctx.try_number}.log"
+    name = f"dag_id={context['dag_id']}/run_id={context['run_id']}/task_id={context['task_id']}/"
+    map_index = context.get("map_index")
+    if map_index is not None and map_index >= 0:
+        name += f"map_index={map_index}/"
+    name += f"attempt={context['try_number']}.log"
     return os.path.join(base, name) if base else name
-
-
-def build_try_entry(
-    ctx: Any,
-    ti: Any,
-    *,
-    state: str,
-    started_at: datetime | None,
-    ended_at: datetime,
-    duration_s: float,
-    metrics: dict[str, Any],
-    trace: dict[str, Any] | None,
-    error: dict[str, Any] | None,
-    emitter: Any = None,
-    costed: bool = True,
-) -> dict[str, Any]:
-    """This try's entry, costed; the cost metrics go to ``emitter`` (if any). Raises on a bad input.
-
-    Not ``costed`` (a task process that hands the entry to the forwarder): the entry carries, under
-    :data:`PENDING_COST`, what :func:`deliver_entry` needs to cost it as this function would have."""
-    task = getattr(ti, "task", None)
-    runner_result = getattr(task, "barecount_runner_result", None)
-    cost = None
-    if costed:
-        cost = estimate(ctx.runner_class, runner_result, runtime_s=duration_s)
-        if emitter is not None and emitter.sinks:  # no metric sink: no points to build
-            emitter.emit(cost_metric_points(cost, ctx.metric_tags()))
-    entry = build_entry(
-        {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
-        state=state,
-        source="task",
-        started_at=started_at,
-        ended_at=ended_at,
-        queued_at=getattr(ti, "queued_dttm", None),
-        metrics=metrics,
-        runner_result=runner_result,
-        cost=cost.as_dict() if cost is not None else None,
-        log_location=log_location(ctx),
-        trace=trace,
-        policy={
-            "validations": list(getattr(task, "barecount_policy_validations", None) or []),
-            "exceptions": list(getattr(task, "barecount_policy_exceptions", None) or []),
-        },
-        approvals=list(getattr(task, "barecount_approvals", None) or []),
-        error=error,
-    )
-    for name, field in (("barecount_replay_outcome", "replay"), ("barecount_dead_letters", "dead_letters")):
-        value = getattr(task, name, None)
-        if value:
-            entry[field] = value  # a replay's outcome; the keys of the failed events sent to the DLQ
-    if not costed:
-        entry[PENDING_COST] = {
-            "runtime_s": duration_s,
-            "tags": ctx.metric_tags() if emitter is not None and emitter.sinks else None,
-        }
-    return entry
 
 
 def try_facts(
@@ -134,10 +80,12 @@ def try_facts(
     error: dict[str, Any] | None,
     emitter: Any = None,
 ) -> dict[str, Any]:
-    """What only the task process knows of this try, for the forwarder to build, cost and store its entry
-    (:func:`entry_from_facts`, called by :func:`deliver_entry`): the entry :func:`build_try_entry` would
-    have built, for which the task process now pays the facts only (no formatting, no log location, no
-    cost). The times stay datetimes: the spool's encoder writes them as RFC 3339 text."""
+    """What only the task process knows of this try, under :data:`PENDING_ENTRY`: its RunContext's fields,
+    state, times, resource usage, trace ids, error, the metric tags (when ``emitter`` has a sink) and what
+    BareCount's operators left on the task. :func:`entry_from_facts` makes the entry of them, in the task
+    process (:func:`build_try_entry`) or, for a try handed off, in the forwarder (:func:`deliver_entry`),
+    where the task process pays for the facts only. The times stay datetimes: the spool's encoder writes
+    them as RFC 3339 text."""
     facts: dict[str, Any] = {
         "context": {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
         "state": state,
@@ -162,29 +110,52 @@ def _datetime(value: Any) -> Any:
     return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
-def entry_from_facts(facts: dict[str, Any]) -> dict[str, Any]:
-    """The entry, uncosted (its cost inputs under :data:`PENDING_COST`), that :func:`build_try_entry` would
-    have built in the task process, from the facts :func:`try_facts` took there. Raises on bad facts."""
-    ctx = SimpleNamespace(**facts["context"])
-    ti = SimpleNamespace(
-        task=SimpleNamespace(**{name: facts.get(name) for name in TASK_FACTS}),
-        queued_dttm=_datetime(facts.get("queued_at")),
-    )
+def entry_from_facts(facts: dict[str, Any], *, emitter: Any = None, costed: bool = False) -> dict[str, Any]:
+    """The entry of a try's facts (:func:`try_facts`, as taken or as read back from the spool). Raises on
+    bad facts. ``costed``: with its cost, whose metrics go to ``emitter`` (with the facts' tags); otherwise
+    it carries, under :data:`PENDING_COST`, what :func:`deliver_entry` needs to cost it the same way."""
+    context = facts["context"]
     duration_s = float(facts["duration_s"])
-    entry = build_try_entry(
-        ctx,
-        ti,
+    runner_result = facts.get("barecount_runner_result")
+    tags = facts.get("tags")
+    cost = None
+    if costed:
+        cost = estimate(context["runner_class"], runner_result, runtime_s=duration_s)
+        if tags is not None and emitter is not None:  # tags only where the emitter had a sink
+            emitter.emit(cost_metric_points(cost, tags))
+    entry = build_entry(
+        context,
         state=str(facts["state"]),
+        source="task",
         started_at=_datetime(facts.get("started_at")),
         ended_at=_datetime(facts["ended_at"]),
-        duration_s=duration_s,
+        queued_at=_datetime(facts.get("queued_at")),
         metrics=facts.get("metrics") or {},
+        runner_result=runner_result,
+        cost=cost.as_dict() if cost is not None else None,
+        log_location=log_location(context),
         trace=facts.get("trace"),
+        policy={
+            "validations": list(facts.get("barecount_policy_validations") or []),
+            "exceptions": list(facts.get("barecount_policy_exceptions") or []),
+        },
+        approvals=list(facts.get("barecount_approvals") or []),
         error=facts.get("error"),
-        costed=False,
     )
-    entry[PENDING_COST] = {"runtime_s": duration_s, "tags": facts.get("tags")}
+    for name, field in (("barecount_replay_outcome", "replay"), ("barecount_dead_letters", "dead_letters")):
+        value = facts.get(name)
+        if value:
+            entry[field] = value  # a replay's outcome; the keys of the failed events sent to the DLQ
+    if not costed:
+        entry[PENDING_COST] = {"runtime_s": duration_s, "tags": tags}
     return entry
+
+
+def build_try_entry(ctx: Any, ti: Any, *, emitter: Any = None, costed: bool = True, **fields: Any) -> dict[str, Any]:
+    """This try's entry (``fields``: those of :func:`try_facts`), costed, the cost metrics going to
+    ``emitter`` (if any); not ``costed``: carrying its cost inputs instead (:func:`entry_from_facts`).
+    Raises on a bad input."""
+    return entry_from_facts(try_facts(ctx, ti, emitter=emitter, **fields)[PENDING_ENTRY], emitter=emitter, costed=costed)
 
 
 def record_try(ctx: Any, ti: Any, *, handoff: bool = False, **fields: Any) -> str:

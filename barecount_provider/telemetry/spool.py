@@ -52,7 +52,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from barecount_provider import config
@@ -297,15 +297,19 @@ def write_pending() -> None:
         EMIT_FAILURES.record("spool", "write")
 
 
+def _open_journal_lock(directory: str) -> int:
+    return os.open(os.path.join(directory, JOURNAL_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
 def _append_journal(directory: str, data: bytes) -> bool:
     """Append ``data`` to the spool's journal under its lock (see :data:`JOURNAL`). False when nothing was
     written (no journal to use: the caller writes a file of its own); raises when a part was written."""
     try:
-        lock = os.open(os.path.join(directory, JOURNAL_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        lock = _open_journal_lock(directory)
     except FileNotFoundError:  # no spool directory yet (or removed since)
         try:
             os.makedirs(directory, exist_ok=True)
-            lock = os.open(os.path.join(directory, JOURNAL_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            lock = _open_journal_lock(directory)
         except OSError:
             return False
     except OSError:  # e.g. a lock file of another user's
@@ -335,7 +339,7 @@ def _seal_journal(directory: str, wait_s: float = 0.1) -> None:
     if not os.path.exists(journal):
         return
     try:
-        lock = os.open(os.path.join(directory, JOURNAL_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        lock = _open_journal_lock(directory)
     except OSError:
         EMIT_FAILURES.record("spool", "seal")
         return
@@ -358,24 +362,31 @@ def _seal_journal(directory: str, wait_s: float = 0.1) -> None:
         os.close(lock)
 
 
+def _records_of(path: str) -> Iterator[dict[str, Any] | None]:
+    """The records of one spool file, in order; None for a line that is not one (a torn tail). The newline
+    written before each record leaves blank lines: skipped. Raises OSError."""
+    with open(path, "rb") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8
+                yield None
+
+
 def records_waiting(directory: str | None = None) -> list[dict[str, Any]]:
     """The records waiting in the spool (the journal's and the files' not claimed by a forwarder), read
-    without claiming them: for ``barecount doctor`` and tests."""
+    without claiming them (unreadable lines left out): for inspection and tests."""
     directory = spool_dir() if directory is None else directory
     try:
         names = sorted(name for name in os.listdir(directory) if name.endswith(SUFFIX) or name == JOURNAL)
     except FileNotFoundError:
         return []
-    found = []
+    found: list[dict[str, Any]] = []
     for name in names:
         try:
-            with open(os.path.join(directory, name), "rb") as handle:
-                for line in handle:
-                    if line.strip():
-                        try:
-                            found.append(json.loads(line))
-                        except json.JSONDecodeError:
-                            continue
+            found.extend(record for record in _records_of(os.path.join(directory, name)) if record is not None)
         except FileNotFoundError:
             continue  # claimed meanwhile
     return found
@@ -509,22 +520,17 @@ def _read(paths: list[str]) -> _Round:
     found = _Round()
     for path in paths:
         try:
-            with open(path, encoding="utf-8") as handle:
-                for line in handle:
-                    if not line.strip():
-                        continue  # the newline written before each record
-                    found.records += 1
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        EMIT_FAILURES.record("spool", "read")
-                        continue
-                    found.points.extend(record.get("points") or ())
-                    found.spans.extend(record.get("spans") or ())
-                    for target, lines in (record.get("lines") or {}).items():
-                        found.lines.setdefault(target, []).extend(lines)
-                    found.entries.extend(record.get("entries") or ())
-                    found.statsd.extend(record.get("statsd") or ())
+            for record in _records_of(path):
+                found.records += 1
+                if record is None:
+                    EMIT_FAILURES.record("spool", "read")
+                    continue
+                found.points.extend(record.get("points") or ())
+                found.spans.extend(record.get("spans") or ())
+                for target, lines in (record.get("lines") or {}).items():
+                    found.lines.setdefault(target, []).extend(lines)
+                found.entries.extend(record.get("entries") or ())
+                found.statsd.extend(record.get("statsd") or ())
         except OSError:
             EMIT_FAILURES.record("spool", "read")
     return found

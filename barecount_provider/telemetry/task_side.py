@@ -790,7 +790,7 @@ def _warm_try_path() -> None:
     filesink.encode_line(redact(event))
     if config.evidence_on():
         from barecount_provider.evidence.store import encode_document
-        from barecount_provider.evidence.task import build_try_entry
+        from barecount_provider.evidence.task import build_try_entry, try_facts
 
         entry = build_try_entry(
             ctx, ti, state="up_for_retry", started_at=started, ended_at=now, duration_s=0.5,
@@ -798,9 +798,9 @@ def _warm_try_path() -> None:
             error={"error_class": error_class, "message": redact(str(error))}, emitter=None,
         )
         encode_document(entry)
-        filesink.encode_line(build_try_entry(  # handed off: uncosted
+        filesink.encode_line(try_facts(  # handed off: the facts only, as the spool's record holds them
             ctx, ti, state="success", started_at=started, ended_at=now, duration_s=0.5,
-            metrics=usage.as_dict(), trace=None, error=None, emitter=None, costed=False,
+            metrics=usage.as_dict(), trace=None, error=None, emitter=None,
         ))
 
 
