@@ -131,3 +131,12 @@ def test_a_journal_that_cannot_be_used_gives_way_to_a_file_of_the_record_s_own(s
     assert json.loads((spool_home / names[0]).read_text().strip())["points"][0][3] == {"id": "alone"}
     assert metrics.EMIT_FAILURES.counts == {}
     assert _forward_once(str(spool_home)) == ["alone"]
+
+
+def test_a_line_that_is_not_utf8_costs_only_itself_and_is_counted(spool_home):
+    _spool_one("before")
+    with open(spool_home / spool.JOURNAL, "ab") as journal:
+        journal.write(b"\n\xff\xfe not a record\n")
+    _spool_one("after")
+    assert _forward_once(str(spool_home)) == ["before", "after"]
+    assert metrics.EMIT_FAILURES.counts == {("spool", "read"): 1}
