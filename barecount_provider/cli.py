@@ -20,7 +20,7 @@ import os
 import socket
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -178,6 +178,67 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cell(value: Any, width: int = 28) -> str:
+    if value is None or value == "":
+        return "-"
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _duration(value: Any) -> str:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{seconds:.2f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def _active_sinks(sinks: Any) -> str:
+    if not isinstance(sinks, dict) or not sinks:
+        return "-"
+    on = [  # written_by: who wrote the event (the task process or the forwarder), not a sink
+        name for name, where in sinks.items() if name != "written_by" and str(where).strip().lower() != "off"
+    ]
+    return ",".join(on) if on else "none"
+
+
+def _task_label(event: Mapping[str, Any]) -> str:
+    task = str(event.get("task_id", "?"))
+    try:
+        map_index = int(event.get("map_index", -1))
+    except (TypeError, ValueError):
+        map_index = -1
+    return f"{task}[{map_index}]" if map_index >= 0 else task
+
+
+def tries_table(tries: Sequence[Mapping[str, Any]]) -> str:
+    """The table of task tries that ``barecount runs`` and ``make demo`` print: one row per file-sink
+    ``task_try`` event, sorted by DAG and run (file order within a run), nothing cut but long ids (…)."""
+    ordered = sorted(tries, key=lambda e: (str(e.get("dag_id")), str(e.get("run_id"))))
+    header = ["dag", "task", "try", "tenant", "pipeline", "runner class", "state", "duration", "trace id", "sinks"]
+    rows = [
+        [
+            _cell(e.get("dag_id"), 30),
+            _cell(_task_label(e), 24),
+            _cell(e.get("try_number"), 4),
+            _cell(e.get("tenant"), 16),
+            _cell(e.get("pipeline"), 16),
+            _cell(e.get("runner_class"), 14),
+            _cell(e.get("state"), 16),
+            _duration(e.get("duration_s")),
+            (str(e["trace_id"])[:12] + "…") if e.get("trace_id") else "-",
+            _active_sinks(e.get("sinks")),
+        ]
+        for e in ordered
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from barecount_provider.telemetry.filesink import events_path, read_events
 
@@ -189,17 +250,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not events:
         print(f"no task tries recorded in {events_path()}")
         return 1
-    header = f"{'dag':<24} {'task':<22} {'try':>3} {'tenant':<10} {'pipeline':<10} {'runner':<8} {'state':<13} {'dur s':>7}  trace"
-    print(header)
-    print("-" * len(header))
-    for e in events[-args.last :]:
-        task = e["task_id"] + (f"[{e['map_index']}]" if e.get("map_index", -1) not in (-1, None) else "")
-        duration = "" if e.get("duration_s") is None else f"{e['duration_s']:.2f}"
-        trace_id = (e.get("trace_id") or "-")[:16]
-        print(
-            f"{e['dag_id'][:24]:<24} {task[:22]:<22} {e['try_number']:>3} {str(e['tenant'])[:10]:<10} "
-            f"{str(e['pipeline'])[:10]:<10} {str(e['runner_class'])[:8]:<8} {e['state']:<13} {duration:>7}  {trace_id}"
-        )
+    print(tries_table(events[-args.last :]))
     return 0
 
 

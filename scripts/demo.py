@@ -100,23 +100,6 @@ def _text(value: Any, width: int = 28) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _duration(value: Any) -> str:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    return f"{seconds:.2f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
-
-
-def _active_sinks(sinks: Any) -> str:
-    if not isinstance(sinks, dict) or not sinks:
-        return "-"
-    on = [  # written_by: who wrote the event (the task process or the forwarder), not a sink
-        name for name, where in sinks.items() if name != "written_by" and str(where).strip().lower() != "off"
-    ]
-    return ",".join(on) if on else "none"
-
-
 def _task_label(event: dict[str, Any]) -> str:
     task = str(event.get("task_id", "?"))
     try:
@@ -127,39 +110,10 @@ def _task_label(event: dict[str, Any]) -> str:
 
 
 def format_table(tries: list[dict[str, Any]]) -> str:
-    header = [
-        "dag",
-        "task",
-        "try",
-        "tenant",
-        "pipeline",
-        "runner class",
-        "state",
-        "duration",
-        "trace id",
-        "sinks",
-    ]
-    rows = [
-        [
-            _text(e.get("dag_id"), 30),
-            _text(_task_label(e), 24),
-            _text(e.get("try_number"), 4),
-            _text(e.get("tenant"), 16),
-            _text(e.get("pipeline"), 16),
-            _text(e.get("runner_class"), 14),
-            _text(e.get("state"), 16),
-            _duration(e.get("duration_s")),
-            (str(e["trace_id"])[:12] + "…") if e.get("trace_id") else "-",
-            _active_sinks(e.get("sinks")),
-        ]
-        for e in tries
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    """The same table as ``barecount runs`` (one layout for both)."""
+    from barecount_provider.cli import tries_table
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
+    return tries_table(tries)
 
 
 def format_sinks(tries: list[dict[str, Any]]) -> str:
