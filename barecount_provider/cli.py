@@ -463,6 +463,33 @@ def _finished_runs(dag_id: str) -> list[str]:
         return [str(run_id) for run_id in session.scalars(query)]
 
 
+def _unknown_costs(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(try key, why) of every try of the record whose cost is unknown, absent tries included."""
+    unknown = set((record.get("cost") or {}).get("unknown") or ())
+    found = [
+        (str(entry.get("key")), "; ".join((entry.get("cost") or {}).get("missing") or ["no reason recorded"]))
+        for entry in record.get("entries") or ()
+        if entry.get("key") in unknown
+    ]
+    from barecount_provider.api.queries import ABSENT_REASON
+
+    return found + [(str(key), ABSENT_REASON) for key in record.get("absent") or ()]
+
+
+def _record_cost(record: Mapping[str, Any]) -> str:
+    """The record's cost for a person: the known sum, and the tries whose cost is unknown (never as 0)."""
+    cost = record.get("cost") or {}
+    unknown = _unknown_costs(record)
+    basis = ", ".join(cost.get("basis") or [])
+    costed = [entry for entry in record.get("entries") or () if entry.get("cost")]
+    known = len(costed) - len(cost.get("unknown") or ())
+    if not unknown:
+        return f"{_usd(cost.get('total_usd'))} USD ({basis})" if basis else f"{_usd(cost.get('total_usd'))} USD (no try was costed)"
+    if known <= 0:
+        return f"unknown ({len(unknown)} tries' cost unknown: see below)"
+    return f"{_usd(cost.get('total_usd'))} USD known ({basis}) + {len(unknown)} tries' cost unknown (see below)"
+
+
 def cmd_evidence_show(args: argparse.Namespace) -> int:
     from barecount_provider.api import queries
     from barecount_provider.evidence.store import open_store
@@ -475,7 +502,6 @@ def cmd_evidence_show(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
     chain = record.get("chain") or {}
-    cost = record.get("cost") or {}
     for label, value in (
         ("record", record["record_id"]),
         ("tenant", record["tenant"]),
@@ -484,7 +510,7 @@ def cmd_evidence_show(args: argparse.Namespace) -> int:
         ("state", record["state"]),
         ("started / ended", f"{record.get('started_at')} / {record.get('ended_at')}"),
         ("complete", "yes" if record.get("complete") else f"NO (absent: {', '.join(record.get('absent') or [])})"),
-        ("cost", f"{_usd(cost.get('total_usd'))} USD ({', '.join(cost.get('basis') or []) or 'no basis'})"),
+        ("cost", _record_cost(record)),
         ("chain", f"sequence {chain.get('sequence')}, hash {chain.get('hash')}"),
         ("previous", str(chain.get("previous_hash"))),
     ):
@@ -508,6 +534,11 @@ def cmd_evidence_show(args: argparse.Namespace) -> int:
             ["try", "state", "runner", "size", "dur s", "cost usd", "source"],
             right=(4, 5),
         )
+    unknown = _unknown_costs(record)
+    if unknown:
+        print(f"\ncost unknown for {len(unknown)} tries (not in the sum, never counted as 0):")
+        for key, why in unknown:
+            print(f"  {key}: {why}")
     return 0
 
 
@@ -576,19 +607,31 @@ def cmd_cost_report(args: argparse.Namespace) -> int:
         return 0
     keys = ([] if args.no_per_day else ["day"]) + groups
 
-    def sums(values: dict[str, Any]) -> list[str]:
+    def sums(values: dict[str, Any], known: bool) -> list[str]:
+        if not known:  # only tries of unknown cost: no number is shown as 0
+            return ["unknown"] * 5
         return [f"{values['runtime_hours']:.3f}"] + [
-            f"{values[name]:.4f}" for name in ("compute_usd", "storage_usd", "transfer_usd", "total_usd")
+            f"{values[name]:.4f}" + (" +?" if name == "total_usd" and values["unknown_tries"] else "")
+            for name in ("compute_usd", "storage_usd", "transfer_usd", "total_usd")
         ]
 
-    table = [[str(row[k]) for k in keys] + sums(row) + [str(row["runs"])] for row in rows]
-    table.append(["total"] + [""] * (len(keys) - 1) + sums(totals) + [str(sum(row["runs"] for row in rows))])
+    table = [[str(row[k]) for k in keys] + sums(row, row["runs"] > 0) + [str(row["runs"]), str(row["unknown_tries"])] for row in rows]
+    known_runs = sum(row["runs"] for row in rows)
+    table.append(["total"] + [""] * (len(keys) - 1) + sums(totals, known_runs > 0) + [str(known_runs), str(totals["unknown_tries"])])
     _table(
         table,
-        keys + ["hours", "compute usd", "storage usd", "transfer usd", "total usd", "runs"],
-        right=tuple(range(len(keys), len(keys) + 6)),
+        keys + ["hours", "compute usd", "storage usd", "transfer usd", "total usd", "runs", "unknown tries"],
+        right=tuple(range(len(keys), len(keys) + 7)),
     )
     print("\nestimates from list prices (the records' price tables), USD")
+    if totals["unknown_tries"]:
+        reasons = sorted({reason for row in rows for reason in row["unknown_reasons"]})
+        print(
+            f"+?: {totals['unknown_tries']} tries' cost is unknown and is not in the sums (never counted as 0); "
+            "`barecount evidence show RECORD` names each. Why:"
+        )
+        for reason in reasons:
+            print(f"  - {reason}")
     return 0
 
 
