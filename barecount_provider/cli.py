@@ -324,6 +324,15 @@ def _time_arg(value: str | None) -> datetime | None:
     return None if value is None else parse_time(value)
 
 
+def _listed_cost(row: Mapping[str, Any]) -> str:
+    """A listed record's cost: the known sum, ``+?`` when some tries' cost is unknown (absent tries too),
+    ``unknown`` when nothing known was summed."""
+    known = row.get("total_cost_usd")
+    if row.get("cost_complete", True) and row.get("complete", True):
+        return _usd(known)
+    return "unknown" if not known else f"{_usd(known)} +?"
+
+
 def cmd_evidence_list(args: argparse.Namespace) -> int:
     from barecount_provider.api import queries
     from barecount_provider.evidence.store import RecordFilter, open_store
@@ -353,7 +362,7 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
                 str(r["run_id"]),
                 str(r["state"]),
                 "yes" if r["complete"] else "NO",
-                _usd(r["total_cost_usd"]) + ("" if r.get("cost_complete", True) else " +?"),
+                _listed_cost(r),
                 str(r["sequence"]),
                 str(r["record_id"]),
             ]
@@ -363,8 +372,11 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
         right=(7, 8),
     )
     print(f"\n{args.offset + 1}-{args.offset + len(rows)} of {total}")
-    if any(not r.get("cost_complete", True) for r in rows):
-        print("+?: some tries' cost is unknown (e.g. no [barecount] cost_local_worker_slot_hour_usd): see `evidence show`")
+    if any(_listed_cost(r) != _usd(r["total_cost_usd"]) for r in rows):
+        print(
+            "+?: some tries' cost is unknown (e.g. no [barecount] cost_local_worker_slot_hour_usd, or an absent "
+            "entry), unknown: no try's cost is known; never counted as 0: see `evidence show`"
+        )
     return 0
 
 

@@ -308,3 +308,10 @@ def test_cost_report_shows_groups_whose_cost_is_unknown(store: EvidenceStore, ca
     local = next(row for row in report["rows"] if row["runner_class"] == "local")
     assert (local["unknown_tries"], local["unknown_reasons"], local["runs"]) == (1, [UNKNOWN_WHY], 0)
     assert report["totals"]["unknown_tries"] == 2
+
+
+def test_list_never_prints_an_unknown_cost_as_0(store: EvidenceStore, capsys: pytest.CaptureFixture[str]) -> None:
+    unknown = _with_unknown_cost(store, known=False)
+    assert cli.main(["evidence", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if unknown["record_id"] in line)
+    assert " unknown " in row and "0.0000" not in row
