@@ -261,7 +261,7 @@ def test_a_record_of_a_dag_one_may_not_read_is_not_found_like_one_that_does_not_
 ) -> None:
     theirs = filled["b_orders"][0]
     mine = _get(client, f"/evidence/{theirs['record_id']}", users["bob"])
-    assert mine.status_code == 200 and mine.json() == theirs
+    assert mine.status_code == 200 and {k: v for k, v in mine.json().items() if k != "integrity"} == theirs
     hidden = _get(client, f"/evidence/{theirs['record_id']}", users["alice"])
     missing = _get(client, "/evidence/ffffffffffffffffffffffffffffffff", users["alice"])
     assert hidden.status_code == missing.status_code == 404
@@ -274,8 +274,12 @@ def test_the_full_record_is_returned_as_stored(client: Any, filled: Any, users: 
     import jsonschema
 
     stored = filled["a_billing"][2]
-    body = _get(client, f"/evidence/{stored['record_id']}", users["alice"]).json()
+    response = _get(client, f"/evidence/{stored['record_id']}", users["alice"])
+    body = response.json()
+    integrity = body.pop("integrity")  # served with the record, never stored or hashed
     assert body == stored
+    assert integrity["status"] == "ok" and integrity["hash_matches"] and integrity["index_matches"]
+    assert response.headers["X-BareCount-Integrity"] == "ok"
     jsonschema.Draft202012Validator(schema).validate(body)
 
 
@@ -362,12 +366,12 @@ def test_verify_checks_only_chains_whose_every_dag_one_may_read(client: Any, fil
 
 def test_verify_names_an_altered_record(client: Any, store: EvidenceStore, filled: Any, users: Any) -> None:
     victim = filled["a_billing"][1]
-    row = store.index.row(victim["record_id"])
-    assert row is not None
-    with open(row["location"], encoding="utf-8") as file:
+    path = store.body_path(victim["record_id"])
+    assert path is not None
+    with open(path, encoding="utf-8") as file:
         body = json.load(file)
     body["cost"]["total_usd"] = 0.0
-    with open(row["location"], "w", encoding="utf-8") as file:
+    with open(path, "w", encoding="utf-8") as file:
         json.dump(body, file)
     result = _get(client, "/evidence/verify", users["alice"], tenant="team_a").json()
     assert result["intact"] is False
