@@ -47,6 +47,8 @@ def _json(capsys: pytest.CaptureFixture[str]) -> Any:
         ["evidence", "list", "--help"],
         ["evidence", "show", "--help"],
         ["evidence", "verify", "--help"],
+        ["evidence", "export", "--help"],
+        ["evidence", "redact", "--help"],
         ["evidence", "flush", "--help"],
         ["evidence", "seal", "--help"],
         ["cost", "--help"],
