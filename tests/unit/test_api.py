@@ -381,6 +381,46 @@ def test_verify_names_an_altered_record(client: Any, store: EvidenceStore, fille
     assert victim["record_id"] in chain["problems"][0]["message"]
 
 
+def test_verify_shows_no_server_path(client: Any, store: EvidenceStore, filled: Any, users: Any, tmp_path: Path) -> None:
+    """Before: a gone body was named by its absolute path on the server."""
+    victim = filled["a_orders"][2]
+    path = store.body_path(victim["record_id"])
+    assert path is not None
+    os.unlink(path)
+    response = _get(client, "/evidence/verify", users["alice"], tenant="team_a")
+    assert str(tmp_path) not in response.text and os.path.dirname(path) not in response.text
+    (chain,) = response.json()["chains"]
+    (problem,) = chain["problems"]
+    assert (problem["kind"], problem["record_id"]) == ("removed", victim["record_id"])
+    assert problem["detail"].startswith("its body records/team_a/") and problem["detail"].endswith(" is gone")
+    assert chain["checkpoints"] == "not configured" and chain["not_yet_checkpointed"] == []
+
+
+def test_a_record_whose_hash_does_not_match_says_so(client: Any, store: EvidenceStore, filled: Any, users: Any) -> None:
+    """Before: an altered record was served as if nothing were wrong."""
+    victim, rehashed = filled["a_billing"][0], filled["a_billing"][1]
+    for record, rehash in ((victim, False), (rehashed, True)):
+        path = store.body_path(record["record_id"])
+        assert path is not None
+        with open(path, encoding="utf-8") as file:
+            body = json.load(file)
+        body["cost"]["total_usd"] = 0.0
+        if rehash:  # content and hash agree again, the index does not
+            body["chain"]["hash"] = rec.record_hash(body)
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(body, file)
+    response = _get(client, f"/evidence/{victim['record_id']}", users["alice"])
+    assert response.status_code == 200 and response.headers["X-BareCount-Integrity"] == "mismatch"
+    integrity = response.json()["integrity"]
+    assert (integrity["status"], integrity["hash_matches"], integrity["index_matches"]) == ("mismatch", False, True)
+    assert integrity["computed_hash"] != victim["chain"]["hash"]
+    response = _get(client, f"/evidence/{rehashed['record_id']}", users["alice"])
+    assert response.headers["X-BareCount-Integrity"] == "mismatch"
+    assert (response.json()["integrity"]["hash_matches"], response.json()["integrity"]["index_matches"]) == (True, False)
+    intact = _get(client, f"/evidence/{filled['a_billing'][2]['record_id']}", users["alice"])
+    assert intact.headers["X-BareCount-Integrity"] == "ok"
+
+
 # ------------------------------------------------------------------------------------------------ cost
 
 
