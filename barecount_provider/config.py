@@ -290,7 +290,7 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
     "evidence_checkpoint_public_key": (
         "string",
         "",
-        "MCowBQYDK2VwAyEA...",
+        "eBBF8LMpQ8+rbhl/mJHaixXn1m5CwUa9OAiL/5SRXAE=",
         "The Ed25519 public key that verifies the checkpoints: the base64 of its raw 32 bytes, or PEM. "
         "Empty: checkpoints are not checked (verify says so).",
     ),

@@ -406,3 +406,40 @@ def test_redact_refuses_what_it_cannot_do(store: EvidenceStore) -> None:
         store.redact(record["record_id"], patterns=["[unclosed"], reason="x", by="alice")
     with pytest.raises(LookupError):
         store.redact("f" * 32, values=["x"], reason="x", by="alice")
+
+
+# ------------------------------------------------------------------------------- the documented algorithm
+
+
+def _reference_verifier() -> Any:
+    """The reference implementation printed in docs/evidence.md ("Verifying a chain yourself"), as printed."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "evidence.md").read_text()
+    code = text.split("<!-- reference-verifier -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 50
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/evidence.md", "exec"), namespace)  # the documentation's own code
+    return namespace["verify"]
+
+
+def test_the_documented_algorithm_verifies_bundles_as_the_command_does(store: EvidenceStore, key: Ed25519PrivateKey) -> None:
+    verify = _reference_verifier()
+    leaked = store.append(_record("leak", n=1, error=f"x {SECRET}"))
+    _chain(store, 3)
+    store.redact(leaked["record_id"], values=[SECRET], reason="leak", by="alice")
+    setup = store.checkpoints
+    setup.signer = None
+    store.append(_record("unsigned", n=9))
+    public = cp.public_key_text(key.public_key())
+    bundle = json.loads(json.dumps(bundles.export_bundle(store, "acme")))
+    assert verify(bundle, public) == ([], 5, [6])
+    report, _source = bundles.verify_bundle(bundle, key.public_key())
+    assert report.intact and (report.checkpointed_through, report.not_yet_checkpointed) == (5, [6])
+    edited = json.loads(json.dumps(bundle))
+    edited["records"][2]["state"] = "failed"
+    assert verify(edited, public)[0] == [(3, "altered")]
+    truncated = json.loads(json.dumps(bundle))
+    del truncated["records"][4:]
+    assert (5, "signed record missing (truncated)") in verify(truncated, public)[0]
+    forged = json.loads(json.dumps(bundle))
+    forged["checkpoints"][0]["hash"] = "f" * 64
+    assert verify(forged, public)[0] == [(1, "forged checkpoint")]
