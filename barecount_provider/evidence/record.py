@@ -430,7 +430,11 @@ def check_chain(
         elif sequence > expected_sequence:
             for missing in range(expected_sequence, sequence):
                 report.add(missing, signed_ids.get(missing), "removed", f"sequence {missing} is missing from the chain")
-        elif previous_hash != expected_hash:
+        elif previous_hash != expected_hash and not (
+            # it links to the hash a checkpoint signed for its predecessor: the predecessor was rewritten
+            # (named below by that checkpoint), not this record
+            sequence - 1 in valid and previous_hash == valid[sequence - 1].get("hash")
+        ):
             report.add(
                 sequence,
                 record_id,
@@ -442,14 +446,20 @@ def check_chain(
 
     # 3. every valid checkpoint against the record at its sequence; the tail they cover and the store lost
     head = max(by_sequence, default=0)
-    for sequence, doc in sorted(valid.items()):
+    if valid and not by_sequence:
+        latest = max(valid)
+        report.add(
+            latest,
+            str(valid[latest].get("record_id")),
+            "vanished",
+            f"the store has no record of this tenant, but the checkpoint signed at {valid[latest].get('signed_at')} "
+            f"covers {latest} record(s) of it, the last one this",
+        )
+    for sequence, doc in sorted(valid.items()) if by_sequence else ():
         found = by_sequence.get(sequence)
         signed = f"signed at {doc.get('signed_at')} by the checkpoint of sequence {sequence}"
         if found is None:
-            if not by_sequence:
-                report.add(sequence, str(doc.get("record_id")), "vanished",
-                           f"the store has no record of this tenant, but a checkpoint {signed.removeprefix('signed ')} covers it")
-            elif sequence > head:
+            if sequence > head:
                 report.add(sequence, str(doc.get("record_id")), "truncated",
                            f"the chain ends at sequence {head}, but this record was {signed}: the newest records were removed")
             continue
