@@ -574,9 +574,12 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     except LookupError as err:
         print(f"barecount evidence export: {err.args[0]}", file=sys.stderr)
         return 1
-    with open(args.out, "w", encoding="utf-8") as file:
-        json.dump(document, file, indent=1, sort_keys=True, ensure_ascii=False)
-        file.write("\n")
+    try:
+        with open(args.out, "w", encoding="utf-8") as file:
+            json.dump(document, file, indent=1, sort_keys=True, ensure_ascii=False)
+            file.write("\n")
+    except OSError as err:
+        raise ValueError(f"--out {args.out}: {err.strerror or err}") from None
     print(
         f"wrote {len(document['records'])} record(s) of tenant {args.tenant!r} (sequences {document['first_sequence']}-"
         f"{document['last_sequence']}) and {len(document['checkpoints'])} checkpoint(s) to {args.out}"

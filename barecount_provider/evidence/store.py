@@ -635,6 +635,9 @@ class EvidenceStore:
             compiled = [re.compile(pattern) for pattern in patterns]
         except re.error as err:
             raise ValueError(f"--pattern {err.pattern!r}: not a regular expression ({err})") from None
+        for pattern in compiled:
+            if pattern.fullmatch(""):
+                raise ValueError(f"--pattern {pattern.pattern!r} matches the empty string: it would redact everything")
         matchers = [re.compile(re.escape(value)) for value in values if value] + compiled
         row = self.index.row(record_id)
         body = self.bodies.get(row["location"]) if row else None

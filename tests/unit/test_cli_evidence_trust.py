@@ -138,6 +138,8 @@ def test_bad_bundles_keys_and_tenants_are_one_line_errors(store: EvidenceStore, 
     assert "not an evidence bundle" in capsys.readouterr().err
     assert cli.main(["evidence", "verify", "--public-key", "abc"]) == 2
     assert "--public-key: " in capsys.readouterr().err
+    assert cli.main(["evidence", "export", "--tenant", "team_a", "--out", str(tmp_path / "no-such-dir" / "x.json")]) == 2
+    assert capsys.readouterr().err.strip().startswith("barecount: --out ")
     assert cli.main(["evidence", "export", "--tenant", "nobody", "--out", str(tmp_path / "x.json")]) == 1
     assert capsys.readouterr().err.strip() == "barecount evidence export: no evidence record of tenant 'nobody'"
 

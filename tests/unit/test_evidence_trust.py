@@ -403,6 +403,8 @@ def test_redact_refuses_what_it_cannot_do(store: EvidenceStore) -> None:
         store.redact(record["record_id"], values=["not-in-it"], reason="x", by="alice")
     with pytest.raises(ValueError, match="needs a --reason"):
         store.redact(record["record_id"], values=["orders"], reason=" ", by="alice")
+    with pytest.raises(ValueError, match="matches the empty string"):
+        store.redact(record["record_id"], patterns=["x*"], reason="x", by="alice")
     with pytest.raises(ValueError, match="not a regular expression"):
         store.redact(record["record_id"], patterns=["[unclosed"], reason="x", by="alice")
     with pytest.raises(LookupError):
