@@ -626,12 +626,28 @@ def evidence_checkpoint_conn_id() -> str:
 
 @functools.cache
 def evidence_checkpoint_public_key() -> str:
-    return _raw("evidence_checkpoint_public_key").strip()
+    value = _raw("evidence_checkpoint_public_key").strip()
+    if value and not value.startswith("-----BEGIN"):
+        import base64
+        import binascii
+
+        try:
+            size = len(base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            size = -1
+        if size != 32:
+            raise ValueError(
+                f"[{SECTION}] evidence_checkpoint_public_key: {value!r} is not an Ed25519 public key (expected the "
+                "base64 of its raw 32 bytes, or PEM)"
+            )
+    return value
 
 
 @functools.cache
 def evidence_checkpoint_location() -> str:
     value = _raw("evidence_checkpoint_location").strip()
+    if value.startswith("s3://") and not value.removeprefix("s3://").partition("/")[0]:
+        raise ValueError(f"[{SECTION}] evidence_checkpoint_location: {value!r} names no bucket (expected s3://bucket/prefix)")
     if value:
         return value
     return os.path.join(os.path.dirname(os.path.normpath(evidence_dir())), "evidence-checkpoints")

@@ -159,6 +159,20 @@ def test_the_key_comes_from_an_airflow_connection_and_the_public_key_from_config
         store_module.clear_caches()
 
 
+def test_bad_checkpoint_options_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_CHECKPOINT_PUBLIC_KEY", "c2hvcnQ=")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_CHECKPOINT_LOCATION", "s3:///prefix")
+    config.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"\[barecount\] evidence_checkpoint_public_key: 'c2hvcnQ=' is not an Ed25519 public key"):
+            config.evidence_checkpoint_public_key()
+        with pytest.raises(ValueError, match=r"\[barecount\] evidence_checkpoint_location: 's3:///prefix' names no bucket"):
+            config.evidence_checkpoint_location()
+    finally:
+        monkeypatch.undo()
+        config.cache_clear()
+
+
 def test_a_bad_key_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="evidence_checkpoint_public_key: base64 of 3 bytes"):
         cp.load_public_key("YWJj")
