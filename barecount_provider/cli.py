@@ -476,6 +476,8 @@ def _public_key_arg(value: str | None) -> Any:
 def _checkpoint_line(report: Any) -> str:
     if report.checkpoints == "not configured":
         return ""
+    if report.checkpoints == "unreadable":
+        return f"; the checkpoints could not be read: {len(report.not_yet_checkpointed)} record(s) not verified by them"
     if report.checkpointed_through is None:
         pending = report.not_yet_checkpointed
         return f"; no signed checkpoint: {len(pending)} record(s) not yet checkpointed" if pending else "; no signed checkpoint"

@@ -99,7 +99,7 @@ class ChainVerification(BaseModel):
     problems: list[ChainProblemResponse]
     checkpoints: str = Field(
         description="not configured (no public key: the hash chain alone was checked) | none (no valid signed "
-        "checkpoint of this tenant) | checked"
+        "checkpoint of this tenant) | checked | unreadable (the checkpoint location could not be read)"
     )
     checkpointed_through: int | None = Field(description="Sequence of the latest valid signed checkpoint.")
     latest_checkpoint_at: str | None = Field(description="When the latest valid checkpoint was signed.")

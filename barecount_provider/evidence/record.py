@@ -301,7 +301,8 @@ class ChainReport:
     """What verifying one tenant's chain found.
 
     ``checkpoints``: ``not configured`` (no public key: the hash chain alone was checked), ``none`` (a key,
-    but no valid checkpoint of this tenant), or ``checked``. ``checkpointed_through``: the sequence of the
+    but no valid checkpoint of this tenant), ``checked``, or ``unreadable`` (the store's verify could not
+    read the checkpoint location: nothing is verified by them). ``checkpointed_through``: the sequence of the
     latest valid checkpoint; ``not_yet_checkpointed``: the sequences after it (never reported as verified);
     ``redacted``: records whose body was redacted by a later redaction record of the chain."""
 
@@ -372,7 +373,7 @@ def check_chain(
             if doc.get("tenant") != stored.tenant or doc.get("sequence") != stored.sequence:
                 report.add(
                     stored.sequence,
-                    str(doc.get("record_id")),
+                    None,  # the record signed at this place is not known any more
                     "replayed",
                     f"the checkpoint stored as sequence {stored.sequence} is the one signed at {doc.get('signed_at')} "
                     f"for tenant {doc.get('tenant')!r} sequence {doc.get('sequence')}: an old checkpoint put in a "

@@ -576,7 +576,12 @@ class EvidenceStore:
         The tenants are those of the index and, when a public key is configured, those of the checkpoints:
         a tenant whose records all vanished from the store is still named."""
         public_key = self.checkpoints.public_key()
-        signed = self.checkpoints.read() if public_key is not None else []
+        unreadable = False
+        try:
+            signed = self.checkpoints.read() if public_key is not None else []
+        except Exception:  # the checkpoint bucket down, no permission: nothing is verified by them
+            log.warning("BareCount could not read the evidence checkpoints", exc_info=True)
+            signed, unreadable = [], True
         names = [tenant] if tenant else sorted(set(self.index.tenants()) | {c.tenant for c in signed})
         results: dict[str, ChainReport] = {}
         for name in names:
@@ -601,6 +606,8 @@ class EvidenceStore:
             report = check_chain(name, items, checkpoints=[c for c in signed if c.tenant == name], public_key=public_key)
             for problem in extra:
                 report.add(*problem)
+            if unreadable:
+                report.checkpoints = "unreadable"
             report.records = len(items)
             results[name] = report
         return results

@@ -460,3 +460,19 @@ def test_the_documented_algorithm_verifies_bundles_as_the_command_does(store: Ev
     forged = json.loads(json.dumps(bundle))
     forged["checkpoints"][0]["hash"] = "f" * 64
     assert verify(forged, public)[0] == [(1, "forged checkpoint")]
+
+
+def test_unreadable_checkpoints_verify_nothing_and_never_fail_the_call(store: EvidenceStore, key: Ed25519PrivateKey) -> None:
+    _chain(store, 2)
+
+    class Down:
+        def put(self, checkpoint: Any) -> None:
+            raise ConnectionError("bucket unreachable")
+
+        def read_all(self) -> list[Any]:
+            raise ConnectionError("bucket unreachable")
+
+    store._checkpoints = cp.CheckpointSetup(None, Down, key.public_key)
+    report = store.verify_report("acme")["acme"]
+    assert report.intact and report.checkpoints == "unreadable"
+    assert (report.checkpointed_through, report.not_yet_checkpointed) == (None, [1, 2])
