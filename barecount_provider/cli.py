@@ -554,34 +554,165 @@ def cmd_evidence_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _public_key_arg(value: str | None) -> Any:
+    """--public-key: a file holding the key, or the key itself (base64 of the raw 32 bytes, or PEM)."""
+    from barecount_provider.evidence import checkpoint
+
+    if not value:
+        return None
+    text = value
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as file:
+            text = file.read()
+    return checkpoint.load_public_key(text, "--public-key")
+
+
+def _checkpoint_line(report: Any) -> str:
+    if report.checkpoints == "not configured":
+        return ""
+    if report.checkpoints == "unreadable":
+        return f"; the checkpoints could not be read: {len(report.not_yet_checkpointed)} record(s) not verified by them"
+    if report.checkpointed_through is None:
+        pending = report.not_yet_checkpointed
+        return f"; no signed checkpoint: {len(pending)} record(s) not yet checkpointed" if pending else "; no signed checkpoint"
+    line = f"; signed checkpoints verify it through sequence {report.checkpointed_through} (signed {report.latest_checkpoint_at})"
+    pending = report.not_yet_checkpointed
+    if pending:
+        span = str(pending[0]) if len(pending) == 1 else f"{pending[0]}-{pending[-1]}"
+        line += f"; not yet checkpointed: sequence {span}"
+    return line
+
+
+def _print_reports(reports: Sequence[tuple[Any, int]]) -> bool:
+    """Print each chain's verification (problems to stderr); True when every chain is intact."""
+    intact = True
+    for report, count in reports:
+        if report.intact:
+            print(f"tenant {report.tenant!r}: {count} record(s), chain intact{_checkpoint_line(report)}")
+        else:
+            intact = False
+            print(
+                f"tenant {report.tenant!r}: {count} record(s), {len(report.problems)} BROKEN{_checkpoint_line(report)}",
+                file=sys.stderr,
+            )
+            for problem in report.problems:
+                print(f"  {problem}", file=sys.stderr)
+        for item in report.redacted:
+            print(
+                f"  sequence {item['sequence']} (record {item['record_id']}): redacted at {item['at']} by redaction record "
+                f"{item['by_record']} ({', '.join(item['paths'])})"
+            )
+    if reports and all(report.checkpoints == "not configured" for report, _count in reports):
+        print(
+            "checkpoints are not configured ([barecount] evidence_checkpoint_public_key): only the hash chains were "
+            "checked, which whoever can write the store can rewrite from the newest record back"
+        )
+    return intact
+
+
 def cmd_evidence_verify(args: argparse.Namespace) -> int:
     from barecount_provider.api import queries
     from barecount_provider.evidence.store import open_store
 
-    result = queries.verify(open_store(), args.tenant)
+    if args.bundle:
+        return _verify_bundle(args)
+    store = open_store()
+    if args.public_key:
+        store.checkpoints.use_public_key(_public_key_arg(args.public_key))
+    result = queries.verify(store, args.tenant)
+    reports = [(result.reports[name], result.records.get(name, 0)) for name in sorted(result.reports)]
     if args.json:
-        chains = [
-            {
-                "tenant": name,
-                "records": result.records.get(name, 0),
-                "intact": not problems,
-                "problems": [queries.problem_dict(p) for p in problems],
-            }
-            for name, problems in sorted(result.problems.items())
-        ]
+        chains = [queries.chain_dict(report, count) for report, count in reports]
         print(json.dumps({"intact": result.intact, "chains": chains, "total_entries": len(chains)}, indent=2))
         return 0 if result.intact else 1
-    if not result.problems:
+    if not reports:
         print("no evidence records: nothing to verify")
-    for name, problems in sorted(result.problems.items()):
-        count = result.records.get(name, 0)
-        if not problems:
-            print(f"tenant {name!r}: {count} record(s), chain intact")
-            continue
-        print(f"tenant {name!r}: {count} record(s), {len(problems)} BROKEN", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-    return 0 if result.intact else 1
+    return 0 if _print_reports(reports) else 1
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    from barecount_provider.api import queries
+    from barecount_provider.evidence import bundle as bundles
+
+    try:
+        with open(args.bundle, encoding="utf-8") as file:
+            document = json.load(file)
+    except OSError as err:
+        raise ValueError(f"--bundle {args.bundle}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise ValueError(f"--bundle {args.bundle}: not JSON ({err})") from None
+    key = _public_key_arg(args.public_key)
+    if key is None:
+        from barecount_provider.evidence.checkpoint import configured_public_key
+
+        key = configured_public_key()
+    report, source = bundles.verify_bundle(document, key)
+    count = len(document.get("records") or [])
+    if args.json:
+        print(json.dumps({"intact": report.intact, "key_source": source, "chains": [queries.chain_dict(report, count)]}, indent=2))
+        return 0 if report.intact else 1
+    print(f"bundle {args.bundle}: tenant {report.tenant!r}, exported {document.get('exported_at')}")
+    intact = _print_reports([(report, count)])
+    if source == "bundle":
+        print(
+            f"checked with the bundle's own public key {document.get('key_id')}: compare it with the key your "
+            "organisation published, or give that key with --public-key"
+        )
+    return 0 if intact else 1
+
+
+def cmd_evidence_export(args: argparse.Namespace) -> int:
+    from barecount_provider.evidence import bundle as bundles
+    from barecount_provider.evidence.store import open_store
+
+    try:
+        document = bundles.export_bundle(open_store(), args.tenant, _time_arg(args.since))
+    except LookupError as err:
+        print(f"barecount evidence export: {err.args[0]}", file=sys.stderr)
+        return 1
+    try:
+        with open(args.out, "w", encoding="utf-8") as file:
+            json.dump(document, file, indent=1, sort_keys=True, ensure_ascii=False)
+            file.write("\n")
+    except OSError as err:
+        raise ValueError(f"--out {args.out}: {err.strerror or err}") from None
+    print(
+        f"wrote {len(document['records'])} record(s) of tenant {args.tenant!r} (sequences {document['first_sequence']}-"
+        f"{document['last_sequence']}) and {len(document['checkpoints'])} checkpoint(s) to {args.out}"
+    )
+    if document["public_key"] is None:
+        print("no [barecount] evidence_checkpoint_public_key: the bundle has no checkpoints (hash chain only)")
+    return 0
+
+
+def cmd_evidence_redact(args: argparse.Namespace) -> int:
+    import getpass
+
+    from barecount_provider.evidence.store import open_store
+
+    values = list(args.value or [])
+    for name in args.value_env or []:
+        if not os.environ.get(name):
+            raise ValueError(f"--value-env {name}: the environment variable is not set or empty")
+        values.append(os.environ[name])
+    try:
+        by = args.by or getpass.getuser()
+    except (KeyError, OSError):
+        by = "unknown"
+    try:
+        stored = open_store().redact(args.record_id, values=values, patterns=args.pattern or [], reason=args.reason, by=by)
+    except LookupError as err:
+        print(f"barecount evidence redact: {err.args[0]}", file=sys.stderr)
+        return 1
+    redaction = stored["redaction"]
+    if args.json:
+        print(json.dumps({"record_id": args.record_id, "redaction_record_id": stored["record_id"],
+                          "sequence": stored["chain"]["sequence"], "paths": redaction["paths"], "by": by,
+                          "at": redaction["at"]}, indent=2))
+        return 0
+    print(f"record {args.record_id}: {len(redaction['paths'])} field(s) redacted: {', '.join(redaction['paths'])}")
+    print(f"redaction record {stored['record_id']} (sequence {stored['chain']['sequence']}) by {by} at {redaction['at']}")
+    return 0
 
 
 def cmd_evidence_flush(args: argparse.Namespace) -> int:
@@ -672,11 +803,47 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     show.add_argument("--json", action="store_true", help="print the whole record as JSON")
     show.set_defaults(func=cmd_evidence_show)
     verify = evidence_sub.add_parser(
-        "verify", help="verify the tenants' hash chains; exit 1 and name every broken record"
+        "verify",
+        help="verify the tenants' hash chains against the signed checkpoints; exit 1 and name every broken record",
+        description="Checks every record's hash and link, and every signed checkpoint ([barecount] "
+        "evidence_checkpoint_public_key); records after the latest checkpoint are reported as not yet "
+        "checkpointed. With --bundle: an exported bundle alone, without the index or the store.",
     )
     verify.add_argument("--tenant", help="only this tenant's chain (default: every chain)")
+    verify.add_argument("--bundle", metavar="FILE", help="verify this bundle (`evidence export`) instead of the store")
+    verify.add_argument(
+        "--public-key",
+        metavar="KEY",
+        help="the checkpoints' public key (base64 of the raw 32 bytes, PEM, or a file holding either); default "
+        "[barecount] evidence_checkpoint_public_key, then a bundle's own",
+    )
     verify.add_argument("--json", action="store_true", help="print JSON instead of text")
     verify.set_defaults(func=cmd_evidence_verify)
+    export = evidence_sub.add_parser(
+        "export",
+        help="write one tenant's chain as a self-contained bundle (records, checkpoints, public key) for an auditor",
+        description="The bundle verifies offline with `barecount evidence verify --bundle FILE` (or the "
+        "algorithm in docs/evidence.md). With --since: from the first record that ended then to the head.",
+    )
+    export.add_argument("--tenant", required=True, help="the tenant")
+    export.add_argument("--since", help=f"from the first record that ended at or after: {times}")
+    export.add_argument("--out", required=True, metavar="FILE", help="the bundle's file (JSON)")
+    export.set_defaults(func=cmd_evidence_export)
+    redact = evidence_sub.add_parser(
+        "redact",
+        help="replace a leaked secret in a sealed record and re-seal it (a redaction record keeps the chain verifiable)",
+        description="Appends a redaction record (which fields, who, when, why: never the value) and a policy "
+        "exception entry to the tenant's chain, replaces the record's body by its redacted body and deletes the "
+        "old one. See docs/evidence.md, 'Redacting a record'.",
+    )
+    redact.add_argument("record_id", help="the record's id")
+    redact.add_argument("--value", action="append", help="the secret to replace (repeat; it shows in `ps`: prefer --value-env)")
+    redact.add_argument("--value-env", action="append", metavar="NAME", help="an environment variable holding the secret (repeat)")
+    redact.add_argument("--pattern", action="append", help="a regular expression to replace (repeat)")
+    redact.add_argument("--reason", required=True, help="why (kept in the redaction record)")
+    redact.add_argument("--by", help="who redacts (default: the OS user)")
+    redact.add_argument("--json", action="store_true", help="print JSON instead of text")
+    redact.set_defaults(func=cmd_evidence_redact)
     flush = evidence_sub.add_parser(
         "flush", help="deliver the spooled entries to the store; print delivered / remaining; exit 1 on a failure"
     )

@@ -278,6 +278,37 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "Longest time a task process spends writing its entry to the store; past it (or on any error) the "
         "entry is spooled locally and delivered later.",
     ),
+    "evidence_checkpoint_conn_id": (
+        "string",
+        "",
+        "barecount_evidence_checkpoint",
+        "Airflow connection (any secrets backend) whose password (or extra private_key) holds the Ed25519 "
+        "private key that signs a checkpoint of the tenant's chain head at every seal: PEM (PKCS#8) or the "
+        "base64 of the raw 32 bytes. Empty: no checkpoints (verify then checks the hash chains only). Give it "
+        "to the scheduler side only, never to the store's other writers. See docs/evidence.md.",
+    ),
+    "evidence_checkpoint_public_key": (
+        "string",
+        "",
+        "eBBF8LMpQ8+rbhl/mJHaixXn1m5CwUa9OAiL/5SRXAE=",
+        "The Ed25519 public key that verifies the checkpoints: the base64 of its raw 32 bytes, or PEM. "
+        "Empty: checkpoints are not checked (verify says so).",
+    ),
+    "evidence_checkpoint_location": (
+        "string",
+        "",
+        "s3://acme-barecount-checkpoints/barecount",
+        "Where checkpoints are written: s3://bucket/prefix (a bucket with Object Lock, through "
+        "evidence_aws_conn_id) or a directory, outside the store (ship it elsewhere). Empty: the directory "
+        "evidence-checkpoints next to evidence_dir.",
+    ),
+    "evidence_checkpoint_object_lock_days": (
+        "integer",
+        "0",
+        "365",
+        "Object Lock retention (COMPLIANCE mode) of each checkpoint object in S3, in days; 0: none. The bucket "
+        "must have Object Lock enabled.",
+    ),
 }
 
 
@@ -588,6 +619,45 @@ def evidence_store_timeout_ms() -> int:
     return max(1, _int("evidence_store_timeout_ms"))
 
 
+@functools.cache
+def evidence_checkpoint_conn_id() -> str:
+    return _raw("evidence_checkpoint_conn_id").strip()
+
+
+@functools.cache
+def evidence_checkpoint_public_key() -> str:
+    value = _raw("evidence_checkpoint_public_key").strip()
+    if value and not value.startswith("-----BEGIN"):
+        import base64
+        import binascii
+
+        try:
+            size = len(base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            size = -1
+        if size != 32:
+            raise ValueError(
+                f"[{SECTION}] evidence_checkpoint_public_key: {value!r} is not an Ed25519 public key (expected the "
+                "base64 of its raw 32 bytes, or PEM)"
+            )
+    return value
+
+
+@functools.cache
+def evidence_checkpoint_location() -> str:
+    value = _raw("evidence_checkpoint_location").strip()
+    if value.startswith("s3://") and not value.removeprefix("s3://").partition("/")[0]:
+        raise ValueError(f"[{SECTION}] evidence_checkpoint_location: {value!r} names no bucket (expected s3://bucket/prefix)")
+    if value:
+        return value
+    return os.path.join(os.path.dirname(os.path.normpath(evidence_dir())), "evidence-checkpoints")
+
+
+@functools.cache
+def evidence_checkpoint_object_lock_days() -> int:
+    return max(0, _int("evidence_checkpoint_object_lock_days"))
+
+
 _GETTERS = [
     enabled,
     environment,
@@ -628,6 +698,10 @@ _GETTERS = [
     evidence_aws_conn_id,
     evidence_grace_seconds,
     evidence_store_timeout_ms,
+    evidence_checkpoint_conn_id,
+    evidence_checkpoint_public_key,
+    evidence_checkpoint_location,
+    evidence_checkpoint_object_lock_days,
     task_outputs,
 ]
 

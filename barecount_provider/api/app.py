@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import sqlalchemy as sa
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.core_api.security import GetUserDep
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -77,9 +77,19 @@ class ChainProblemResponse(BaseModel):
     tenant: str
     sequence: int | None
     record_id: str | None
-    kind: str = Field(description="altered | removed | inserted | reordered | foreign")
+    kind: str = Field(
+        description="altered | removed | inserted | reordered | foreign | truncated | vanished | forged | replayed"
+    )
     detail: str
     message: str
+
+
+class RedactedRecord(BaseModel):
+    sequence: int
+    record_id: str
+    by_record: str = Field(description="The redaction record (later in the chain) that re-sealed it.")
+    paths: list[str] = Field(description="The field paths redacted (never the values).")
+    at: str
 
 
 class ChainVerification(BaseModel):
@@ -87,6 +97,16 @@ class ChainVerification(BaseModel):
     records: int
     intact: bool
     problems: list[ChainProblemResponse]
+    checkpoints: str = Field(
+        description="not configured (no public key: the hash chain alone was checked) | none (no valid signed "
+        "checkpoint of this tenant) | checked | unreadable (the checkpoint location could not be read)"
+    )
+    checkpointed_through: int | None = Field(description="Sequence of the latest valid signed checkpoint.")
+    latest_checkpoint_at: str | None = Field(description="When the latest valid checkpoint was signed.")
+    not_yet_checkpointed: list[int] = Field(
+        description="Sequences after the latest checkpoint: linked by the hash chain only, not verified."
+    )
+    redacted: list[RedactedRecord]
 
 
 class VerificationResponse(BaseModel):
@@ -251,15 +271,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
                 status.HTTP_403_FORBIDDEN,
                 f"Verifying tenant `{tenant}`'s chain needs read access to every DAG that has a record in it",
             ) from None
-        chains = [
-            {
-                "tenant": name,
-                "records": result.records.get(name, 0),
-                "intact": not problems,
-                "problems": [queries.problem_dict(problem) for problem in problems],
-            }
-            for name, problems in sorted(result.problems.items())
-        ]
+        chains = [queries.chain_dict(result.reports[name], result.records.get(name, 0)) for name in sorted(result.problems)]
         return {"intact": result.intact, "chains": chains, "total_entries": len(chains), "skipped": result.skipped}
 
     @app.get(
@@ -267,17 +279,31 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         summary="Get one evidence record",
         responses={
             **responses,
-            200: {"description": "The record (docs/evidence.schema.json)", "content": {"application/json": {}}},
+            200: {
+                "description": "The record (docs/evidence.schema.json) and its `integrity`",
+                "content": {"application/json": {}},
+                "headers": {
+                    "X-BareCount-Integrity": {
+                        "description": "ok | redacted | mismatch (the record's content does not give its hash, "
+                        "or does not match the index)",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
             404: {"description": "No such record, or one of a DAG the user may not read"},
         },
         tags=["Evidence"],
     )
-    def get_evidence(record_id: str, store: StoreDep, dag_ids: ReadableDagIds) -> dict[str, Any]:
-        """The full record, as stored (its schema: docs/evidence.schema.json)."""
+    def get_evidence(record_id: str, store: StoreDep, dag_ids: ReadableDagIds, response: Response) -> dict[str, Any]:
+        """The full record, as stored (its schema: docs/evidence.schema.json), plus ``integrity`` (not part of
+        the record: drop it before hashing): whether its content still gives its hash and matches the index.
+        The header ``X-BareCount-Integrity`` says the same: ``ok``, ``redacted`` or ``mismatch``."""
         record = queries.get_record(store, record_id, dag_ids)
         if record is None:
             raise _not_found(f"The evidence record with record_id: `{record_id}` was not found")
-        return record
+        integrity = store.integrity(record)
+        response.headers["X-BareCount-Integrity"] = integrity["status"]
+        return {**record, "integrity": integrity}
 
     @app.get(
         "/cost",

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from barecount_provider.evidence.record import ChainProblem
+from barecount_provider.evidence.record import ChainProblem, ChainReport
 from barecount_provider.evidence.store import COST_GROUPS, EvidenceStore, RecordFilter, records_table
 
 DEFAULT_LIMIT = 50
@@ -128,11 +128,13 @@ class TenantNotReadable(PermissionError):
 
 @dataclass
 class Verification:
-    """Chains verified (tenant -> problems) with their length; ``skipped``: chains the caller may not verify."""
+    """Chains verified (tenant -> problems) with their length; ``skipped``: chains the caller may not verify;
+    ``reports``: each chain's full report (checkpoints, not yet checkpointed, redacted)."""
 
     problems: dict[str, list[ChainProblem]] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
+    reports: dict[str, ChainReport] = field(default_factory=dict)
 
     @property
     def intact(self) -> bool:
@@ -156,14 +158,34 @@ def verify(store: EvidenceStore, tenant: str | None = None, dag_ids: frozenset[s
             if not dags <= dag_ids:
                 raise TenantNotReadable(tenant, len(dags - dag_ids))
         names = [tenant]
+    elif dag_ids is None:  # every chain, and every tenant the checkpoints know (one may have vanished)
+        result.reports = store.verify_report()
+        names = sorted(result.reports)
     else:
         by_tenant = tenant_dags(store)
-        names = sorted(name for name, dags in by_tenant.items() if dag_ids is None or dags <= dag_ids)
+        names = sorted(name for name, dags in by_tenant.items() if dags <= dag_ids)
         result.skipped = len(by_tenant) - len(names)
     for name in names:
-        result.problems[name] = store.verify(name)[name]
+        if name not in result.reports:
+            result.reports[name] = store.verify_report(name)[name]
+        result.problems[name] = result.reports[name].problems
     result.records = chain_lengths(store, names)
     return result
+
+
+def chain_dict(report: ChainReport, records: int) -> dict[str, Any]:
+    """One chain's verification as the command's --json and the API show it (no server path in it)."""
+    return {
+        "tenant": report.tenant,
+        "records": records,
+        "intact": report.intact,
+        "problems": [problem_dict(p) for p in report.problems],
+        "checkpoints": report.checkpoints,
+        "checkpointed_through": report.checkpointed_through,
+        "latest_checkpoint_at": report.latest_checkpoint_at,
+        "not_yet_checkpointed": report.not_yet_checkpointed,
+        "redacted": report.redacted,
+    }
 
 
 def problem_dict(problem: ChainProblem) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -266,61 +266,239 @@ class ChainProblem:
     tenant: str
     sequence: int | None
     record_id: str | None
-    kind: str  # altered | removed | inserted | reordered | foreign
+    kind: str  # altered | removed | inserted | reordered | foreign | truncated | vanished | forged | replayed
     detail: str
 
     def __str__(self) -> str:
         where = f"sequence {self.sequence}" if self.sequence is not None else "chain"
-        return f"tenant {self.tenant!r} {where} (record {self.record_id}): {self.kind}: {self.detail}"
+        return f"tenant {self.tenant!r} {where} (record {self.record_id or 'unknown'}): {self.kind}: {self.detail}"
 
 
-def verify_chain(tenant: str, records: Iterable[Mapping[str, Any]]) -> list[ChainProblem]:
-    """Every break in ``tenant``'s chain; ``records`` in storage order (by sequence). Empty: intact.
+@dataclass(frozen=True)
+class Gone:
+    """A record the index lists whose body is gone: its index row stands in for it in the chain's links."""
+
+    sequence: int
+    record_id: str
+    hash: str
+    previous_hash: str
+    detail: str = "its body is gone"
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    """A checkpoint as read: the tenant and sequence its *place* says (file or object name), and the signed
+    document itself (``tenant``, ``sequence``, ``record_id``, ``hash``, ``signed_at``, ``key_id``,
+    ``signature``). In a bundle the place is the document's own claim."""
+
+    tenant: str
+    sequence: int
+    document: Mapping[str, Any]
+
+
+@dataclass
+class ChainReport:
+    """What verifying one tenant's chain found.
+
+    ``checkpoints``: ``not configured`` (no public key: the hash chain alone was checked), ``none`` (a key,
+    but no valid checkpoint of this tenant), ``checked``, or ``unreadable`` (the store's verify could not
+    read the checkpoint location: nothing is verified by them). ``checkpointed_through``: the sequence of the
+    latest valid checkpoint; ``not_yet_checkpointed``: the sequences after it (never reported as verified);
+    ``redacted``: records whose body was redacted by a later redaction record of the chain."""
+
+    tenant: str
+    records: int = 0
+    problems: list[ChainProblem] = field(default_factory=list)
+    checkpoints: str = "not configured"
+    checkpointed_through: int | None = None
+    latest_checkpoint_at: str | None = None
+    not_yet_checkpointed: list[int] = field(default_factory=list)
+    redacted: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+    def add(self, sequence: int | None, record_id: str | None, kind: str, detail: str) -> None:
+        if not any((p.sequence, p.record_id, p.kind) == (sequence, record_id, kind) for p in self.problems):
+            self.problems.append(ChainProblem(self.tenant, sequence, record_id, kind, detail))
+
+
+def _redactions(records: Sequence[Mapping[str, Any] | Gone]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """(redacted record id, hash of its redacted body) -> the redaction block of an intact redaction record."""
+    found: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for item in records:
+        if isinstance(item, Gone):
+            continue
+        block = item.get("redaction")
+        if isinstance(block, Mapping) and record_hash(item) == (item.get("chain") or {}).get("hash"):
+            found[(str(block.get("supersedes")), str(block.get("redacted_hash")))] = {**block, "by_record": item.get("record_id")}
+    return found
+
+
+def check_chain(
+    tenant: str,
+    records: Sequence[Mapping[str, Any] | Gone],
+    *,
+    checkpoints: Iterable[SignedCheckpoint] = (),
+    public_key: Any = None,
+    genesis: str | None = GENESIS_HASH,
+) -> ChainReport:
+    """Verify ``tenant``'s chain: ``records`` in storage order (a :class:`Gone` for an indexed record whose
+    body is missing), against the signed ``checkpoints`` when ``public_key`` (an Ed25519 public key) is given.
+
+    ``genesis``: the previous_hash the first record must have (None: take the first record's, for a chain
+    exported from a later sequence on). The algorithm, step by step, is in docs/evidence.md.
+    """
+    # cryptography is imported only where checkpoints are checked
+    from barecount_provider.evidence import checkpoint as cp
+
+    report = ChainReport(tenant, records=len(records))
+    # 1. checkpoints: keep those whose signature holds and whose place is their own
+    valid: dict[int, Mapping[str, Any]] = {}
+    listed = [c for c in checkpoints if c.tenant == tenant]
+    if public_key is not None:
+        report.checkpoints = "none"
+        for stored in sorted(listed, key=lambda c: c.sequence):
+            doc = stored.document
+            if not cp.signature_valid(doc, public_key):
+                report.add(
+                    stored.sequence,
+                    str(doc.get("record_id") or "") or None,
+                    "forged",
+                    f"the checkpoint of sequence {stored.sequence} does not verify with the public key "
+                    f"{cp.key_id(public_key)}: forged or damaged (ignored)",
+                )
+                continue
+            if doc.get("tenant") != stored.tenant or doc.get("sequence") != stored.sequence:
+                report.add(
+                    stored.sequence,
+                    None,  # the record signed at this place is not known any more
+                    "replayed",
+                    f"the checkpoint stored as sequence {stored.sequence} is the one signed at {doc.get('signed_at')} "
+                    f"for tenant {doc.get('tenant')!r} sequence {doc.get('sequence')}: an old checkpoint put in a "
+                    "newer one's place (ignored)",
+                )
+                continue
+            valid[stored.sequence] = doc
+        if valid:
+            report.checkpoints = "checked"
+    signed_ids = {sequence: str(doc.get("record_id")) for sequence, doc in valid.items()}
+    redactions = _redactions(records)
+
+    # 2. each record's own hash, its place and its link to the one before it
+    previous: Mapping[str, Any] | Gone | None = None
+    seen: set[int] = set()
+    by_sequence: dict[int, Mapping[str, Any] | Gone] = {}
+    for item in records:
+        sequence: Any
+        own_hash: Any
+        previous_hash: Any
+        if isinstance(item, Gone):
+            sequence, record_id, own_hash, previous_hash = item.sequence, item.record_id, item.hash, item.previous_hash
+            report.add(sequence, record_id, "removed", item.detail)
+        else:
+            chain = item.get("chain") or {}
+            sequence, record_id = chain.get("sequence"), str(item.get("record_id"))
+            own_hash, previous_hash = chain.get("hash"), chain.get("previous_hash")
+            if item.get("tenant") != tenant:
+                report.add(sequence, record_id, "foreign", f"belongs to tenant {item.get('tenant')!r}")
+                continue
+            content_hash = record_hash(item)
+            if content_hash != own_hash:
+                block = item.get("redacted")
+                redaction = redactions.get((record_id, content_hash)) if isinstance(block, Mapping) else None
+                if redaction is not None and redaction.get("original_hash") == own_hash:
+                    report.redacted.append(
+                        {"sequence": sequence, "record_id": record_id, "by_record": redaction.get("by_record"),
+                         "paths": list(redaction.get("paths") or ()), "at": redaction.get("at")}
+                    )
+                else:
+                    report.add(sequence, record_id, "altered", "its content does not match its hash")
+            if not isinstance(sequence, int):
+                report.add(None, record_id, "inserted", "no sequence number")
+                continue
+        if sequence in seen:
+            report.add(sequence, record_id, "inserted", "sequence number given twice")
+        seen.add(sequence)
+        by_sequence.setdefault(sequence, item)
+        if previous is None:
+            expected_sequence, expected_hash = (1, genesis) if genesis is not None else (sequence, previous_hash)
+        else:
+            expected_sequence, expected_hash = _place(previous)[0] + 1, _place(previous)[1]
+        if sequence < expected_sequence:
+            report.add(sequence, record_id, "reordered", f"comes after sequence {expected_sequence - 1} in storage")
+        elif sequence > expected_sequence:
+            for missing in range(expected_sequence, sequence):
+                report.add(missing, signed_ids.get(missing), "removed", f"sequence {missing} is missing from the chain")
+        elif previous_hash != expected_hash and not (
+            # it links to the hash a checkpoint signed for its predecessor: the predecessor was rewritten
+            # (named below by that checkpoint), not this record
+            sequence - 1 in valid and previous_hash == valid[sequence - 1].get("hash")
+        ):
+            report.add(
+                sequence,
+                record_id,
+                "inserted",
+                "its previous_hash is not the hash of the record before it (this record was inserted, or the "
+                "one before it was altered and re-hashed)",
+            )
+        previous = item
+
+    # 3. every valid checkpoint against the record at its sequence; the tail they cover and the store lost
+    head = max(by_sequence, default=0)
+    if valid and not by_sequence:
+        latest = max(valid)
+        report.add(
+            latest,
+            str(valid[latest].get("record_id")),
+            "vanished",
+            f"the store has no record of this tenant, but the checkpoint signed at {valid[latest].get('signed_at')} "
+            f"covers {latest} record(s) of it, the last one this",
+        )
+    for sequence, doc in sorted(valid.items()) if by_sequence else ():
+        found = by_sequence.get(sequence)
+        signed = f"signed at {doc.get('signed_at')} by the checkpoint of sequence {sequence}"
+        if found is None:
+            if sequence > head:
+                report.add(sequence, str(doc.get("record_id")), "truncated",
+                           f"the chain ends at sequence {head}, but this record was {signed}: the newest records were removed")
+            continue
+        record_id = found.record_id if isinstance(found, Gone) else str(found.get("record_id"))
+        own_hash = found.hash if isinstance(found, Gone) else (found.get("chain") or {}).get("hash")
+        if record_id != doc.get("record_id"):
+            report.add(sequence, record_id, "altered", f"another record ({doc.get('record_id')}) was {signed}: replaced")
+        elif own_hash != doc.get("hash"):
+            report.add(sequence, record_id, "altered", f"its hash differs from the one {signed}: rewritten after it was sealed")
+    # the hash chain links every record up to the latest checkpoint to it; the ones after are only pending
+    if valid:
+        latest = max(valid)
+        report.checkpointed_through = latest
+        report.latest_checkpoint_at = str(valid[latest].get("signed_at"))
+        report.not_yet_checkpointed = sorted(sequence for sequence in by_sequence if sequence > latest)
+    elif public_key is not None:
+        report.not_yet_checkpointed = sorted(by_sequence)
+    report.problems.sort(key=lambda p: (p.sequence if p.sequence is not None else -1, p.kind))
+    return report
+
+
+def _place(item: Mapping[str, Any] | Gone) -> tuple[int, Any]:
+    if isinstance(item, Gone):
+        return item.sequence, item.hash
+    chain = item.get("chain") or {}
+    return int(chain.get("sequence") or 0), chain.get("hash")
+
+
+def verify_chain(tenant: str, records: Iterable[Mapping[str, Any] | Gone]) -> list[ChainProblem]:
+    """Every break in ``tenant``'s hash chain (no checkpoints); ``records`` in storage order. Empty: intact.
 
     * **altered**: a record whose content no longer gives its own hash;
-    * **removed**: a missing sequence number (the next record's previous_hash names a record not there);
+    * **removed**: a missing sequence number (named itself, never the intact record after it), or a body gone;
     * **inserted**: a record whose previous_hash does not match its predecessor though the sequence is
       contiguous, or a sequence number given twice;
     * **reordered**: sequence numbers out of order in storage.
     """
-    problems: list[ChainProblem] = []
-    previous: Mapping[str, Any] | None = None
-    seen: set[int] = set()
-    for record in records:
-        chain = record.get("chain") or {}
-        sequence = chain.get("sequence")
-        record_id = record.get("record_id")
-        if record.get("tenant") != tenant:
-            problems.append(ChainProblem(tenant, sequence, record_id, "foreign", f"belongs to tenant {record.get('tenant')!r}"))
-            continue
-        if record_hash(record) != chain.get("hash"):
-            problems.append(ChainProblem(tenant, sequence, record_id, "altered", "its content does not match its hash"))
-        if not isinstance(sequence, int):
-            problems.append(ChainProblem(tenant, None, record_id, "inserted", "no sequence number"))
-            continue
-        if sequence in seen:
-            problems.append(ChainProblem(tenant, sequence, record_id, "inserted", "sequence number given twice"))
-        seen.add(sequence)
-        expected_sequence = 1 if previous is None else int((previous.get("chain") or {}).get("sequence", 0)) + 1
-        expected_hash = GENESIS_HASH if previous is None else (previous.get("chain") or {}).get("hash")
-        if sequence < expected_sequence:
-            problems.append(ChainProblem(tenant, sequence, record_id, "reordered", f"comes after sequence {expected_sequence - 1}"))
-        elif sequence > expected_sequence:
-            missing = ", ".join(str(n) for n in range(expected_sequence, sequence))
-            problems.append(ChainProblem(tenant, sequence, record_id, "removed", f"sequence {missing} missing before it"))
-        elif chain.get("previous_hash") != expected_hash:
-            problems.append(
-                ChainProblem(
-                    tenant,
-                    sequence,
-                    record_id,
-                    "inserted",
-                    "its previous_hash is not the hash of the record before it (this record was inserted, or the "
-                    "one before it was altered and re-hashed)",
-                )
-            )
-        previous = record
-    return problems
+    return check_chain(tenant, list(records)).problems
 
 
 def iter_entries(record: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:

@@ -17,6 +17,7 @@ mid-write leaves no torn body.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -30,13 +31,26 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import sqlalchemy as sa
 
 from barecount_provider import config, db
-from barecount_provider.evidence.record import GENESIS_HASH, ChainProblem, chained, verify_chain
+from barecount_provider.evidence.record import (
+    GENESIS_HASH,
+    ChainProblem,
+    ChainReport,
+    Gone,
+    canonical,
+    chained,
+    check_chain,
+    now_iso,
+    record_hash,
+)
+
+if TYPE_CHECKING:
+    from barecount_provider.evidence.checkpoint import CheckpointSetup
 
 log = logging.getLogger(__name__)
 
@@ -308,18 +322,40 @@ def atomic_write_json(path: str, document: Mapping[str, Any], *, durable: bool =
         raise
 
 
+# How many path segments a key has after its first one: records/<tenant>/<file>, entries/<dag>/<run>/<file>.
+_KEY_DEPTH = {"entries": 4, "records": 3}
+
+
+def relative_key(location: str) -> str:
+    """The store-relative key of ``location``: a key as the index stores it (``records/<tenant>/<file>``), or
+    an absolute path or URL of an older index (made before keys were relative), cut at its ``records/`` or
+    ``entries/`` part. A copied store thus reads its own bodies, never the original's."""
+    if location.startswith("s3://"):
+        location = location.removeprefix("s3://").partition("/")[2]
+    parts = location.replace(os.sep, "/").split("/")
+    for first, depth in _KEY_DEPTH.items():
+        if len(parts) >= depth and parts[-depth] == first:
+            return "/".join(parts[-depth:])
+    return location
+
+
 class LocalBodies:
+    """Bodies as files under ``root``; a location is the key relative to ``root``."""
+
     def __init__(self, root: str) -> None:
         self.root = root
 
+    def path(self, location: str) -> str:
+        """The file of ``location`` (a relative key, or an absolute path of an older index) in this store."""
+        return os.path.join(self.root, *relative_key(location).split("/"))
+
     def put(self, key: str, document: Mapping[str, Any], *, record: bool = False) -> str:
-        path = os.path.join(self.root, *key.split("/"))
-        atomic_write_json(path, document, durable=record)
-        return path
+        atomic_write_json(os.path.join(self.root, *key.split("/")), document, durable=record)
+        return key
 
     def get(self, location: str) -> dict[str, Any] | None:
         try:
-            with open(location, encoding="utf-8") as file:
+            with open(self.path(location), encoding="utf-8") as file:
                 return dict(json.load(file))
         except FileNotFoundError:
             return None
@@ -334,7 +370,7 @@ class LocalBodies:
 
     def delete(self, location: str) -> None:
         try:
-            os.unlink(location)
+            os.unlink(self.path(location))
         except FileNotFoundError:
             pass
 
@@ -360,7 +396,11 @@ class S3Bodies:
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def _split(self, location: str) -> str:
-        return location.removeprefix(f"s3://{self.bucket}/")
+        """The object key of ``location``: this store's key for a relative key; the key of an ``s3://`` URL
+        (of this bucket, or of the bucket this one was copied from) as it is."""
+        if location.startswith("s3://"):
+            return location.removeprefix("s3://").partition("/")[2]
+        return self._key(location)
 
     def get(self, location: str) -> dict[str, Any] | None:
         try:
@@ -396,9 +436,18 @@ def record_key(tenant: str, sequence: int, record_id: str) -> str:
 class EvidenceStore:
     """Entries and records: the bodies in ``bodies``, the records' index in ``index``."""
 
-    def __init__(self, bodies: Bodies, index: Index | str, kind: str) -> None:
+    def __init__(self, bodies: Bodies, index: Index | str, kind: str, checkpoints: CheckpointSetup | None = None) -> None:
         self.bodies, self.kind = bodies, kind
         self._index = index  # an Index, or its URL: opened on first use (a task process never needs it)
+        self._checkpoints = checkpoints  # None: the configured ones, resolved on first use
+
+    @property
+    def checkpoints(self) -> CheckpointSetup:
+        if self._checkpoints is None:
+            from barecount_provider.evidence.checkpoint import configured_setup
+
+            self._checkpoints = configured_setup()
+        return self._checkpoints
 
     @property
     def index(self) -> Index:
@@ -457,12 +506,59 @@ class EvidenceStore:
                     log.debug("evidence: could not delete the losing body %s", location, exc_info=True)
                 time.sleep(random.uniform(0.001, 0.005 * min(_attempt + 1, 10)))  # let the winner's peers settle
                 continue
+            self._sign(stored)
             return stored
         raise RuntimeError(f"evidence: could not append record {record_id} to tenant {tenant!r}'s chain")
+
+    def _sign(self, stored: Mapping[str, Any]) -> None:
+        """A signed checkpoint of the new chain head (when a key is configured); never raises."""
+        try:
+            signer = self.checkpoints.signer
+            if signer is not None:
+                signer.after_append(stored)
+        except Exception:
+            log.warning("BareCount could not checkpoint evidence record %s", stored.get("record_id"), exc_info=True)
 
     def get(self, record_id: str) -> dict[str, Any] | None:
         row = self.index.row(record_id)
         return self.bodies.get(row["location"]) if row else None
+
+    def body_path(self, record_id: str) -> str | None:
+        """The file of a record's body in a local store (None: no such record, or not a local store)."""
+        row = self.index.row(record_id)
+        return self.bodies.path(row["location"]) if row and isinstance(self.bodies, LocalBodies) else None
+
+    def integrity(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Whether a record as read still gives its hash and matches its index row (served with the record).
+
+        ``status``: ``ok``; ``redacted`` (its content is the redacted body an intact redaction record of the
+        chain commits to); or ``mismatch`` (altered: its content does not give its hash, or its index row
+        does not match it)."""
+        chain = record.get("chain") or {}
+        computed = record_hash(record)
+        row = self.index.row(str(record.get("record_id")))
+        index_matches = row is not None and row["hash"] == chain.get("hash") and row["sequence"] == chain.get("sequence")
+        hash_matches = computed == chain.get("hash")
+        redacted = False
+        block = record.get("redacted")
+        if not hash_matches and isinstance(block, Mapping):
+            redaction = self.get(str(block.get("by_record")))
+            details = (redaction or {}).get("redaction") or {}
+            redacted = (
+                redaction is not None
+                and record_hash(redaction) == (redaction.get("chain") or {}).get("hash")
+                and details.get("supersedes") == record.get("record_id")
+                and details.get("redacted_hash") == computed
+                and details.get("original_hash") == chain.get("hash")
+            )
+        status = "ok" if hash_matches and index_matches else ("redacted" if redacted and index_matches else "mismatch")
+        return {
+            "status": status,
+            "hash_matches": hash_matches,
+            "index_matches": index_matches,
+            "computed_hash": computed,
+            "redacted": redacted,
+        }
 
     def list_records(
         self, filters: RecordFilter, *, limit: int = 50, offset: int = 0
@@ -471,32 +567,195 @@ class EvidenceStore:
         return self.index.list_rows(filters, limit=limit, offset=offset)
 
     def verify(self, tenant: str | None = None) -> dict[str, list[ChainProblem]]:
-        """Every tenant's (or one tenant's) chain problems, from the index and the bodies. Empty lists: intact."""
-        results: dict[str, list[ChainProblem]] = {}
-        for name in [tenant] if tenant else self.index.tenants():
-            bodies: list[dict[str, Any]] = []
-            problems: list[ChainProblem] = []
+        """Every tenant's (or one tenant's) chain problems. Empty lists: intact."""
+        return {name: report.problems for name, report in self.verify_report(tenant).items()}
+
+    def verify_report(self, tenant: str | None = None) -> dict[str, ChainReport]:
+        """Verify every tenant's chain (or one), from the index, the bodies and the signed checkpoints.
+
+        The tenants are those of the index and, when a public key is configured, those of the checkpoints:
+        a tenant whose records all vanished from the store is still named."""
+        public_key = self.checkpoints.public_key()
+        unreadable = False
+        try:
+            signed = self.checkpoints.read() if public_key is not None else []
+        except Exception:  # the checkpoint bucket down, no permission: nothing is verified by them
+            log.warning("BareCount could not read the evidence checkpoints", exc_info=True)
+            signed, unreadable = [], True
+        names = [tenant] if tenant else sorted(set(self.index.tenants()) | {c.tenant for c in signed})
+        results: dict[str, ChainReport] = {}
+        for name in names:
+            items: list[Mapping[str, Any] | Gone] = []
+            extra: list[tuple[int, str, str, str]] = []
             for row in self.index.chain_rows(name):
+                sequence, record_id = int(row["sequence"]), str(row["record_id"])
                 body = self.bodies.get(row["location"])
                 if body is None:
-                    problems.append(
-                        ChainProblem(name, row["sequence"], row["record_id"], "removed", f"its body {row['location']} is gone")
-                    )
+                    detail = f"its body {relative_key(row['location'])} is gone"
+                    items.append(Gone(sequence, record_id, str(row["hash"]), str(row["previous_hash"]), detail))
                     continue
-                if (body.get("chain") or {}).get("hash") != row["hash"] or body.get("record_id") != row["record_id"]:
-                    problems.append(
-                        ChainProblem(name, row["sequence"], row["record_id"], "altered", "its body does not match the index")
+                chain = body.get("chain") or {}
+                if chain.get("hash") != row["hash"] or body.get("record_id") != record_id:
+                    extra.append((sequence, record_id, "altered", "its body does not match the index"))
+                if chain.get("sequence") != sequence:
+                    extra.append(
+                        (sequence, record_id, "reordered", f"the index puts it at sequence {sequence}, its body at {chain.get('sequence')}")
                     )
-                bodies.append(body)
-            problems.extend(verify_chain(name, bodies))
-            results[name] = problems
+                items.append(body)
+            items.sort(key=_own_sequence)  # the chain's order is the bodies' own; the index's is checked above
+            report = check_chain(name, items, checkpoints=[c for c in signed if c.tenant == name], public_key=public_key)
+            for problem in extra:
+                report.add(*problem)
+            if unreadable:
+                report.checkpoints = "unreadable"
+            report.records = len(items)
+            results[name] = report
         return results
+
+    def redact(
+        self,
+        record_id: str,
+        *,
+        values: Sequence[str] = (),
+        patterns: Sequence[str] = (),
+        reason: str,
+        by: str,
+    ) -> dict[str, Any]:
+        """Redact a leaked secret from a sealed record and re-seal: see docs/evidence.md ("Redacting a record").
+
+        1. A **redaction record** is appended to the tenant's chain (so it is linked and checkpointed like any
+           record): which record, its original hash, the hash of its redacted body, the field paths changed,
+           who, when and why, and a policy exception entry saying the same. It never holds the secret.
+        2. The record's body is replaced by the redacted body: every occurrence replaced by ``[REDACTED]``, a
+           ``redacted`` block naming the redaction record, and its ``chain`` unchanged (its original hash
+           stays, so the next record's link still holds). Its index row then points at the new body.
+        3. The old body is deleted (an S3 object under Object Lock stays until its retention ends).
+
+        Verify accepts a body whose content does not give its hash only when an intact redaction record of
+        the same chain commits to exactly that redacted content and to that original hash.
+        """
+        if not values and not patterns:
+            raise ValueError("nothing to redact: give --value or --pattern")
+        if not reason.strip():
+            raise ValueError("a redaction needs a --reason")
+        try:
+            compiled = [re.compile(pattern) for pattern in patterns]
+        except re.error as err:
+            raise ValueError(f"--pattern {err.pattern!r}: not a regular expression ({err})") from None
+        for pattern in compiled:
+            if pattern.fullmatch(""):
+                raise ValueError(f"--pattern {pattern.pattern!r} matches the empty string: it would redact everything")
+        matchers = [re.compile(re.escape(value)) for value in values if value] + compiled
+        row = self.index.row(record_id)
+        body = self.bodies.get(row["location"]) if row else None
+        if row is None or body is None:
+            raise LookupError(f"no evidence record {record_id}")
+        assert row is not None
+        if isinstance(body.get("redaction"), Mapping):
+            raise ValueError(f"record {record_id} is itself a redaction record: redact the record it names instead")
+        paths: list[str] = []
+        content = {name: value for name, value in body.items() if name not in ("chain", "record_id", "redacted")}
+        cleaned = _scrub(content, matchers, "", paths)
+        if not paths:
+            raise ValueError(f"record {record_id} holds no such value: nothing redacted")
+        at = now_iso()
+        redaction_id = hashlib.sha256(canonical(["barecount-redaction", record_id, at])).hexdigest()[:32]
+        chain = body["chain"]
+        redacted_body = {
+            **cleaned,
+            "record_id": record_id,
+            "chain": chain,
+            "redacted": {"by_record": redaction_id, "at": at, "paths": paths},
+        }
+        clean_reason = _scrub(reason, matchers, "", [])
+        exception = {
+            "rule": "evidence.redaction",
+            "tenant": body["tenant"],
+            "limit": "no secret in evidence",
+            "requested": f"redact {len(paths)} field(s) of record {record_id}",
+            "record_id": record_id,
+            "paths": paths,
+            "by": by,
+            "at": at,
+            "reason": clean_reason,
+        }
+        redaction = {
+            "schema_version": body.get("schema_version", 1),
+            "record_id": redaction_id,
+            **{name: body.get(name) for name in ("tenant", "pipeline", "dag_id", "run_id", "run_type", "started_at", "ended_at", "correlation_id", "trace_id")},
+            "state": "redaction",
+            "sealed_at": at,
+            "complete": True,
+            "absent": [],
+            "metrics": {"tries": 0, "by_state": {}},
+            "cost": {"total_usd": 0.0, "complete": True, "unknown": [], "currency": "USD", "basis": [], "price_tables": [], "lines": []},
+            "policy": {"validations": [], "exceptions": [exception]},
+            "approvals": [],
+            "digests": [],
+            "entries": [],
+            "redaction": {
+                "supersedes": record_id,
+                "sequence": chain["sequence"],
+                "original_hash": chain["hash"],
+                "redacted_hash": record_hash(redacted_body),
+                "paths": paths,
+                "by": by,
+                "at": at,
+                "reason": clean_reason,
+            },
+            "chain": None,
+        }
+        stored = self.append(redaction)
+        location = self.bodies.put(record_key(str(body["tenant"]), int(chain["sequence"]), record_id), redacted_body, record=True)
+        with self.index.engine.begin() as connection:
+            connection.execute(
+                sa.update(records_table).where(records_table.c.record_id == record_id).values(location=location)
+            )
+        try:
+            self.bodies.delete(row["location"])
+        except Exception:  # an S3 object under Object Lock: it stays until its retention ends
+            log.warning("evidence: the original body of %s could not be deleted (Object Lock?)", record_id, exc_info=True)
+        return stored
 
     def iter_records(self, tenant: str) -> Iterator[dict[str, Any]]:
         for row in self.index.chain_rows(tenant):
             body = self.bodies.get(row["location"])
             if body is not None:
                 yield body
+
+
+REDACTED = "[REDACTED]"
+
+
+def _scrub(value: Any, matchers: Sequence[re.Pattern[str]], path: str, paths: list[str]) -> Any:
+    """``value`` with every match of ``matchers`` in its strings (and keys) replaced; ``paths`` gets the field
+    paths changed (``entries[0].error.message``), never the values."""
+    if isinstance(value, str):
+        cleaned = value
+        for matcher in matchers:
+            cleaned = matcher.sub(REDACTED, cleaned)
+        if cleaned != value:
+            paths.append(path or "$")
+        return cleaned
+    if isinstance(value, Mapping):
+        result = {}
+        for key, item in value.items():
+            clean_key = _scrub(str(key), matchers, "", []) if isinstance(key, str) else key
+            where = f"{path}.{clean_key}" if path else str(clean_key)
+            if clean_key != key:
+                paths.append(f"{where} (key)")
+            result[clean_key] = _scrub(item, matchers, where, paths)
+        return result
+    if isinstance(value, list):
+        return [_scrub(item, matchers, f"{path}[{n}]", paths) for n, item in enumerate(value)]
+    return value
+
+
+def _own_sequence(item: Mapping[str, Any] | Gone) -> int:
+    if isinstance(item, Gone):
+        return item.sequence
+    sequence = (item.get("chain") or {}).get("sequence")
+    return sequence if isinstance(sequence, int) else 0
 
 
 def _with_first_seen(record: Mapping[str, Any], seen_before: Mapping[tuple[str, str], tuple[str, str]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +77,31 @@ def statsd_collector() -> Iterator[UdpCollector]:
     collector.close()
 
 
+def _checkpoint_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
+CHECKPOINT_KEY = _checkpoint_key()  # signs the evidence checkpoints of the stack's scheduler side
+
+
+def checkpoint_env(key: Any) -> dict[str, str]:
+    """The checkpoint key in an Airflow connection (env var) and its public key, for the stack's processes."""
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {
+        "AIRFLOW_CONN_BARECOUNT_CHECKPOINT": json.dumps({"conn_type": "generic", "password": base64.b64encode(raw).decode()}),
+        "AIRFLOW__BARECOUNT__EVIDENCE_CHECKPOINT_CONN_ID": "barecount_checkpoint",
+        "AIRFLOW__BARECOUNT__EVIDENCE_CHECKPOINT_PUBLIC_KEY": base64.b64encode(public).decode(),
+    }
+
+
 @pytest.fixture(scope="session")
 def airflow_stack(tmp_path_factory: pytest.TempPathFactory, statsd_collector: UdpCollector) -> Iterator[AirflowStack]:
     """api-server + scheduler + dag-processor (LocalExecutor, SQLite) serving the example and system DAGs.
@@ -101,5 +127,6 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory, statsd_collector: Ud
         # HITL timeouts are swept by the scheduler at this interval (default 15 s)
         "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
     }
+    extra_env.update(checkpoint_env(CHECKPOINT_KEY))
     with AirflowStack(home=home, dags_folder=dags, extra_env=extra_env, triggerer=True) as stack:
         yield stack

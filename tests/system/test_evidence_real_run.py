@@ -79,6 +79,26 @@ def test_the_run_is_sealed_complete_and_valid(sealed: tuple[str, dict[str, Any]]
     assert by_key["extract#1"]["cost"]["total_usd"] is None and by_key["extract#1"]["cost"]["missing"]
 
 
+def test_the_scheduler_side_signs_a_checkpoint_at_every_seal(
+    airflow_stack: AirflowStack, sealed: tuple[str, dict[str, Any]]
+) -> None:
+    from .conftest import CHECKPOINT_KEY, checkpoint_env
+
+    _run_id, record = sealed
+    tenant, sequence = record["tenant"], record["chain"]["sequence"]
+    path = airflow_stack.home / "barecount" / "evidence-checkpoints" / tenant / f"{sequence:012d}.json"
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:  # written right after the record is sealed
+        time.sleep(0.5)
+    checkpoint = json.loads(path.read_text())
+    assert (checkpoint["record_id"], checkpoint["hash"]) == (record["record_id"], record["chain"]["hash"])
+    public = checkpoint_env(CHECKPOINT_KEY)["AIRFLOW__BARECOUNT__EVIDENCE_CHECKPOINT_PUBLIC_KEY"]
+    verified = _cli(airflow_stack, "evidence", "verify", "--tenant", tenant, "--public-key", public, "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    (chain,) = json.loads(verified.stdout)["chains"]
+    assert chain["checkpoints"] == "checked" and chain["checkpointed_through"] >= sequence
+
+
 def test_the_chain_verifies_with_the_command_and_no_secret_is_in_the_evidence(
     airflow_stack: AirflowStack, sealed: tuple[str, dict[str, Any]]
 ) -> None:

@@ -261,7 +261,7 @@ def test_a_record_of_a_dag_one_may_not_read_is_not_found_like_one_that_does_not_
 ) -> None:
     theirs = filled["b_orders"][0]
     mine = _get(client, f"/evidence/{theirs['record_id']}", users["bob"])
-    assert mine.status_code == 200 and mine.json() == theirs
+    assert mine.status_code == 200 and {k: v for k, v in mine.json().items() if k != "integrity"} == theirs
     hidden = _get(client, f"/evidence/{theirs['record_id']}", users["alice"])
     missing = _get(client, "/evidence/ffffffffffffffffffffffffffffffff", users["alice"])
     assert hidden.status_code == missing.status_code == 404
@@ -274,8 +274,12 @@ def test_the_full_record_is_returned_as_stored(client: Any, filled: Any, users: 
     import jsonschema
 
     stored = filled["a_billing"][2]
-    body = _get(client, f"/evidence/{stored['record_id']}", users["alice"]).json()
+    response = _get(client, f"/evidence/{stored['record_id']}", users["alice"])
+    body = response.json()
+    integrity = body.pop("integrity")  # served with the record, never stored or hashed
     assert body == stored
+    assert integrity["status"] == "ok" and integrity["hash_matches"] and integrity["index_matches"]
+    assert response.headers["X-BareCount-Integrity"] == "ok"
     jsonschema.Draft202012Validator(schema).validate(body)
 
 
@@ -362,12 +366,12 @@ def test_verify_checks_only_chains_whose_every_dag_one_may_read(client: Any, fil
 
 def test_verify_names_an_altered_record(client: Any, store: EvidenceStore, filled: Any, users: Any) -> None:
     victim = filled["a_billing"][1]
-    row = store.index.row(victim["record_id"])
-    assert row is not None
-    with open(row["location"], encoding="utf-8") as file:
+    path = store.body_path(victim["record_id"])
+    assert path is not None
+    with open(path, encoding="utf-8") as file:
         body = json.load(file)
     body["cost"]["total_usd"] = 0.0
-    with open(row["location"], "w", encoding="utf-8") as file:
+    with open(path, "w", encoding="utf-8") as file:
         json.dump(body, file)
     result = _get(client, "/evidence/verify", users["alice"], tenant="team_a").json()
     assert result["intact"] is False
@@ -375,6 +379,46 @@ def test_verify_names_an_altered_record(client: Any, store: EvidenceStore, fille
     assert chain["intact"] is False
     assert [(p["record_id"], p["kind"]) for p in chain["problems"]] == [(victim["record_id"], "altered")]
     assert victim["record_id"] in chain["problems"][0]["message"]
+
+
+def test_verify_shows_no_server_path(client: Any, store: EvidenceStore, filled: Any, users: Any, tmp_path: Path) -> None:
+    """Before: a gone body was named by its absolute path on the server."""
+    victim = filled["a_orders"][2]
+    path = store.body_path(victim["record_id"])
+    assert path is not None
+    os.unlink(path)
+    response = _get(client, "/evidence/verify", users["alice"], tenant="team_a")
+    assert str(tmp_path) not in response.text and os.path.dirname(path) not in response.text
+    (chain,) = response.json()["chains"]
+    (problem,) = chain["problems"]
+    assert (problem["kind"], problem["record_id"]) == ("removed", victim["record_id"])
+    assert problem["detail"].startswith("its body records/team_a/") and problem["detail"].endswith(" is gone")
+    assert chain["checkpoints"] == "not configured" and chain["not_yet_checkpointed"] == []
+
+
+def test_a_record_whose_hash_does_not_match_says_so(client: Any, store: EvidenceStore, filled: Any, users: Any) -> None:
+    """Before: an altered record was served as if nothing were wrong."""
+    victim, rehashed = filled["a_billing"][0], filled["a_billing"][1]
+    for record, rehash in ((victim, False), (rehashed, True)):
+        path = store.body_path(record["record_id"])
+        assert path is not None
+        with open(path, encoding="utf-8") as file:
+            body = json.load(file)
+        body["cost"]["total_usd"] = 0.0
+        if rehash:  # content and hash agree again, the index does not
+            body["chain"]["hash"] = rec.record_hash(body)
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(body, file)
+    response = _get(client, f"/evidence/{victim['record_id']}", users["alice"])
+    assert response.status_code == 200 and response.headers["X-BareCount-Integrity"] == "mismatch"
+    integrity = response.json()["integrity"]
+    assert (integrity["status"], integrity["hash_matches"], integrity["index_matches"]) == ("mismatch", False, True)
+    assert integrity["computed_hash"] != victim["chain"]["hash"]
+    response = _get(client, f"/evidence/{rehashed['record_id']}", users["alice"])
+    assert response.headers["X-BareCount-Integrity"] == "mismatch"
+    assert (response.json()["integrity"]["hash_matches"], response.json()["integrity"]["index_matches"]) == (True, False)
+    intact = _get(client, f"/evidence/{filled['a_billing'][2]['record_id']}", users["alice"])
+    assert intact.headers["X-BareCount-Integrity"] == "ok"
 
 
 # ------------------------------------------------------------------------------------------------ cost

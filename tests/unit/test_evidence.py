@@ -153,11 +153,10 @@ def _db(store: EvidenceStore) -> sqlite3.Connection:
 
 def test_an_altered_record_is_named(store: EvidenceStore) -> None:
     records = _chain_of(store, 4)
-    row = store.index.row(records[1]["record_id"])
-    assert row is not None
-    body = json.loads(Path(row["location"]).read_text())
+    path = Path(str(store.body_path(records[1]["record_id"])))
+    body = json.loads(path.read_text())
     body["cost"]["total_usd"] = 0.01  # cheaper on paper
-    Path(row["location"]).write_text(json.dumps(body))
+    path.write_text(json.dumps(body))
     problems = store.verify("acme")["acme"]
     assert [(p.kind, p.sequence, p.record_id) for p in problems] == [("altered", 2, records[1]["record_id"])]
     assert "altered" in str(problems[0]) and records[1]["record_id"] in str(problems[0])
@@ -165,12 +164,11 @@ def test_an_altered_record_is_named(store: EvidenceStore) -> None:
 
 def test_an_altered_and_rehashed_record_breaks_the_next_link(store: EvidenceStore) -> None:
     records = _chain_of(store, 3)
-    row = store.index.row(records[0]["record_id"])
-    assert row is not None
-    body = json.loads(Path(row["location"]).read_text())
+    path = Path(str(store.body_path(records[0]["record_id"])))
+    body = json.loads(path.read_text())
     body["state"] = "failed"
     body["chain"]["hash"] = rec.record_hash(body)
-    Path(row["location"]).write_text(json.dumps(body))
+    path.write_text(json.dumps(body))
     with _db(store) as db:  # the forger also fixes the index
         db.execute("UPDATE barecount_evidence_records SET hash=? WHERE record_id=?", (body["chain"]["hash"], body["record_id"]))
     problems = store.verify("acme")["acme"]
@@ -183,20 +181,24 @@ def test_a_removed_record_is_named(store: EvidenceStore) -> None:
     with _db(store) as db:
         db.execute("DELETE FROM barecount_evidence_records WHERE record_id=?", (records[2]["record_id"],))
     problems = store.verify("acme")["acme"]
-    assert [(p.kind, p.sequence) for p in problems] == [("removed", 4)]
-    assert "sequence 3 missing" in problems[0].detail
-    # a body deleted behind the index's back is also named
-    row = store.index.row(records[0]["record_id"])
-    assert row is not None
-    os.unlink(row["location"])
-    kinds = {(p.kind, p.record_id) for p in store.verify("acme")["acme"]}
-    assert ("removed", records[0]["record_id"]) in kinds
+    # the missing sequence is named, never the intact record after it
+    assert [(p.kind, p.sequence, p.record_id) for p in problems] == [("removed", 3, None)]
+    assert "sequence 3 is missing" in problems[0].detail
+
+
+def test_a_gone_body_names_that_record_and_not_the_intact_one_after_it(store: EvidenceStore) -> None:
+    """Before: the intact record 3 was also named "removed" (its predecessor's body was gone)."""
+    records = _chain_of(store, 4)
+    os.unlink(str(store.body_path(records[1]["record_id"])))
+    problems = store.verify("acme")["acme"]
+    assert [(p.kind, p.sequence, p.record_id) for p in problems] == [("removed", 2, records[1]["record_id"])]
+    assert "its body records/acme/" in problems[0].detail and str(store.bodies.root) not in problems[0].detail  # type: ignore[attr-defined]
 
 
 def test_an_inserted_record_is_named(store: EvidenceStore) -> None:
     records = _chain_of(store, 3)
     forged = rec.chained(_record(run_id="forged"), 2, "f" * 64)  # claims a place in the middle
-    path = Path(store.index.row(records[1]["record_id"])["location"]).with_name("forged.json")  # type: ignore[index]
+    path = Path(str(store.body_path(records[1]["record_id"]))).with_name("forged.json")
     path.write_text(json.dumps(forged))
     with _db(store) as db:
         db.execute("UPDATE barecount_evidence_records SET sequence=-sequence-1 WHERE tenant='acme' AND sequence>=2")
