@@ -311,7 +311,10 @@ for n in itertools.count():
 
 def test_a_process_killed_mid_write_leaves_no_torn_entry(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)])
-    time.sleep(1.5)
+    deadline = time.monotonic() + 60  # a loaded machine starts Python slowly: wait for the writing, not a fixed time
+    while time.monotonic() < deadline and len(list(tmp_path.glob("entry-*.json"))) < 2:
+        time.sleep(0.05)
+    time.sleep(0.3)  # and kill it amid later writes
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     written = list(tmp_path.glob("entry-*.json"))
