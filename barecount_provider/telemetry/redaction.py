@@ -23,6 +23,7 @@ what the task supervisor runs over every line it writes to a task's log file (se
 from __future__ import annotations
 
 import collections
+import contextlib
 import fnmatch
 import functools
 import logging
@@ -31,8 +32,8 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -46,6 +47,8 @@ else:
     _MaskerBase = object
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 REPLACEMENT = "***"
 """What a secret is replaced with: the same token as Airflow's masker."""
@@ -696,6 +699,22 @@ class Redactor:
         self._current_replacers()  # once: _value answers strings from the text cache it validates
         return self._value(value, 0)
 
+    def redact_strings(self, value: Any, depth: int = 0) -> Any:
+        """Every string in ``value`` (JSON-like: mappings, lists, tuples) redacted as text; keys and other
+        values kept. Not key-aware: for documents already redacted at their source whose field names are
+        BareCount's own (a checkpoint's ``signature`` is no secret), served once more through this step."""
+        if depth == 0:
+            self._current_replacers()
+        if isinstance(value, str):
+            return self._checked_text(value)
+        if depth > _MAX_DEPTH:
+            return REPLACEMENT
+        if isinstance(value, Mapping):
+            return {key: self.redact_strings(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.redact_strings(item, depth + 1) for item in value]
+        return value
+
     def redact_exception_text(self, exc: BaseException) -> str:
         """The formatted traceback of ``exc`` (with its chain), redacted."""
         return self.redact_text("".join(traceback.format_exception(exc)))
@@ -795,6 +814,46 @@ def redact(value: Any) -> Any:
 def redact_text(text: str) -> str:
     """Redact one string with :func:`get_redactor`."""
     return get_redactor().redact_text(text)
+
+
+class _RedactingStream:
+    """A text stream whose ``write`` redacts (:func:`redact_text`); everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: Any) -> Any:
+        if isinstance(text, str) and text:
+            try:
+                text = redact_text(text)
+            except Exception:  # fail closed
+                text = "<redaction-failed>\n" if text.endswith("\n") else "<redaction-failed>"
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_stdio() -> Iterator[None]:
+    """While inside: what is written to ``sys.stdout`` and ``sys.stderr`` is redacted (a CLI's output)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _RedactingStream(saved[0]), _RedactingStream(saved[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def redacting_stdio(func: Callable[..., _T]) -> Callable[..., _T]:
+    """Decorate a command's entry point: its whole output goes through :func:`redacted_stdio`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        with redacted_stdio():
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def redact_event_dict(logger: Any, method_name: str, event_dict: Any) -> Any:

@@ -978,3 +978,136 @@ def test_forty_character_hashes_are_not_aws_keys():
     for value in (HEX40, HEX40.upper(), "AbstractSingletonProxyFactoryBeanBuilder"):
         text = f"aws secret rotation: commit {value} deployed"
         assert redact(text) == text
+
+
+# ------------------------------------------------------------------- every output through one redaction step
+
+
+def _leaked_record(secret: str) -> dict[str, Any]:
+    """A record holding a secret that slipped through where it was made (sealed before a fix)."""
+    from tests.unit.test_api import build_run
+
+    record = build_run("a_orders", 99, "team_a", "orders", "serverless", "s", 0.1)
+    record["entries"][0]["error"] = {
+        "error_class": "RuntimeError",
+        "message": f"aws rejected secret {secret}",
+    }
+    return record
+
+
+def test_the_evidence_entry_redacts_what_operators_leave_on_the_task(monkeypatch, tmp_path):
+    """A runner's result (a log tail, overrides) goes into the entry: redacted in the task process."""
+    from barecount_provider.evidence import task as evidence_task
+
+    aws_key = rand(B64, 39) + "q"
+    password = "Pw-" + rand(ALNUM, 16)
+    ctx = SimpleNamespace(**dict.fromkeys(evidence_task.CONTEXT_FIELDS, "x"))
+    task = SimpleNamespace(
+        barecount_runner_result={
+            "log_tail": f"boto3: using aws secret {aws_key}",
+            "overrides": {"environment": {"DB_PASSWORD": password}},
+            "billed_duration_ms": 1200,
+        },
+        barecount_approvals=[{"approver": "alice", "comment": f"ok, password={password}"}],
+    )
+    facts = evidence_task.try_facts(
+        ctx,
+        SimpleNamespace(task=task),
+        state="success",
+        started_at=None,
+        ended_at=datetime_now(),
+        duration_s=1.0,
+        metrics={},
+        trace=None,
+        error=None,
+    )
+    text = json.dumps(facts, default=str)
+    assert aws_key not in text and password not in text
+    result = facts[evidence_task.PENDING_ENTRY]["barecount_runner_result"]
+    assert (
+        result["billed_duration_ms"] == 1200
+        and result["overrides"]["environment"]["DB_PASSWORD"] == REPLACEMENT
+    )
+
+
+def datetime_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_airflows_own_spans_are_redacted_in_the_span_file(tmp_path):
+    """OTEL_TRACES_EXPORTER=barecount_file: Airflow's spans, whose attributes nobody redacted, reach the span
+    file through the exporter."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from barecount_provider.telemetry.tracing import JsonLinesSpanExporter
+
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(str(path))))
+    token = "gh" + "p_" + rand(ALNUM, 36)
+    password = "Pw-" + rand(ALNUM, 16)
+    with provider.get_tracer("airflow").start_as_current_span("task_run") as span:
+        span.set_attribute("airflow.task.command", f"git clone https://{token}@github.com/acme/etl")
+        span.set_attribute("airflow.conn.password", password)
+        span.add_event("log", {"message": f"aws secret {rand(B64, 39)}x"})
+    provider.shutdown()
+    written = path.read_text()
+    assert token not in written and password not in written and "task_run" in written
+    assert json.loads(written)["attributes"]["airflow.conn.password"] == REPLACEMENT
+
+
+@pytest.fixture
+def api_auth(monkeypatch):
+    """tests/unit/test_api.py's ``auth``: Airflow's SimpleAuthManager as the API server holds it."""
+    from tests.unit import test_api
+
+    yield from test_api.auth.__wrapped__(monkeypatch)  # type: ignore[attr-defined]
+
+
+def test_rest_responses_are_redacted_on_the_way_out(tmp_path, api_auth):
+    from fastapi.testclient import TestClient
+
+    from barecount_provider.api.app import create_app
+    from barecount_provider.evidence import store as store_module
+    from barecount_provider.evidence.store import EvidenceStore, LocalBodies
+    from tests.unit.test_api import _token
+
+    secret = rand(B64, 39) + "k"
+    store_module.clear_caches()
+    root = tmp_path / "evidence"
+    store = EvidenceStore(LocalBodies(str(root)), f"sqlite:///{root / 'index.db'}", "local")
+    stored = store.append(_leaked_record(secret))
+    assert secret in json.dumps(stored)  # what the store holds: the API must not serve it
+    try:
+        with TestClient(create_app(lambda: store)) as client:
+            one = client.get(f"/evidence/{stored['record_id']}", headers=_token(api_auth, "admin", "ADMIN"))
+        assert one.status_code == 200
+        assert secret not in one.text and "aws rejected secret ***" in one.text
+        assert one.json()["record_id"] == stored["record_id"]
+    finally:
+        store_module.clear_caches()
+
+
+def test_cli_output_is_redacted(tmp_path, monkeypatch, capsys):
+    from barecount_provider import cli
+    from barecount_provider.evidence import store as store_module
+    from barecount_provider.evidence.store import open_store
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.delenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", raising=False)
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_STORE", "local")
+    config.cache_clear()
+    store_module.clear_caches()
+    secret = rand(B64, 39) + "c"
+    stored = open_store().append(_leaked_record(secret))
+    try:
+        assert cli.main(["evidence", "show", stored["record_id"], "--json"]) == 0
+        out = capsys.readouterr().out
+        assert secret not in out and "aws rejected secret ***" in out
+        assert json.loads(out)["record_id"] == stored["record_id"]
+    finally:
+        store_module.clear_caches()
+    assert not isinstance(sys.stdout, redaction._RedactingStream)  # restored after the command
