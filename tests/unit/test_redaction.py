@@ -887,6 +887,7 @@ def test_the_start_of_a_try_registers_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", f"sqlite:///{tmp_path / 'index.db'}")
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "task")
     metrics.EMIT_FAILURES.counts.clear()
+    monkeypatch.setattr(redaction, "_ENV_REGISTERED_BY", None)  # a supervisor without the plugin
     password = "Zq8-" + rand(ALNUM, 18)  # nothing in it a value pattern knows
     monkeypatch.setenv("WAREHOUSE_DB_PASSWORD", password)
     dag = SimpleNamespace(dag_id="etl", tags=["tenant:acme"], params={}, default_args={})
@@ -912,6 +913,35 @@ def test_the_start_of_a_try_registers_the_environment(monkeypatch, tmp_path):
     assert "login refused for etl with ***" in everything
     assert password not in everything
     assert evidence_task is not None
+
+
+def test_a_try_in_a_process_forked_after_the_supervisors_registration_scans_nothing(
+    monkeypatch, extended_masker
+):
+    """The task process inherits the masker the supervisor filled from the same environment right after its
+    reset: the start of a try reads no environment variable then; otherwise it scans."""
+    import os
+
+    from airflow.sdk._shared.secrets_masker import reset_secrets_masker
+
+    reset_secrets_masker()  # in the supervisor: registers this process's environment again
+    scans: list[int] = []
+    real = redaction.register_env_secrets
+
+    def counted() -> int:
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(redaction, "register_env_secrets", counted)
+    supervisor_pid = os.getpid()
+    monkeypatch.setattr(os, "getppid", lambda: supervisor_pid)  # as seen from the forked task process
+    assert redaction.register_env_secrets_for_try() == 0
+    assert scans == []
+    monkeypatch.setattr(
+        os, "getppid", lambda: supervisor_pid + 1
+    )  # forked by a process that did not register
+    redaction.register_env_secrets_for_try()
+    assert scans == [1]
 
 
 # ------------------------------------------------------------------------------- bare AWS secret access keys
