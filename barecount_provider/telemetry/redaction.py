@@ -17,7 +17,11 @@ sensitive name occurs; short results are cached.
 
 :class:`Redactor` applies all of it to log lines, log fields, metric tags and span attributes.
 :func:`install_in_airflow_masker` makes the same patterns and key names apply inside Airflow's masker, which is
-what the task supervisor runs over every line it writes to a task's log file (see docs/logging.md).
+what the task supervisor runs over every line it writes to a task's log file (see docs/logging.md), and
+registers the values of sensitively named environment variables with it (:func:`register_env_secrets`,
+``[barecount] redact_env_name_patterns``). Bare AWS secret access keys are found by shape, randomness and
+nearby AWS context (``[barecount] redact_aws_secret_keys``). :func:`redacted_stdio` and
+:meth:`Redactor.redact_strings` are the last step of the command's output and of the Evidence API's answers.
 """
 
 from __future__ import annotations
@@ -1056,6 +1060,10 @@ def install_in_airflow_masker(*, include_core: bool = False, component_logs: boo
 
     Must run in the process that supervises tasks (the LocalExecutor worker, forked from the scheduler; the
     Celery worker; ...) before the task starts; running it in the task process too is harmless.
+
+    It also registers the values of this process's sensitively named environment variables
+    (:func:`register_env_secrets`), and the extended masker registers them again after each of Airflow's
+    resets (:meth:`BareCountMaskerExtension.reset_masker`).
 
     :param include_core: also extend airflow-core's masker (API server responses, core component logs). Off
         by default: the API's connection form merges back values that are exactly ``***`` only, so a
