@@ -223,8 +223,9 @@ and a key in the same chunk; gitleaks and detect-secrets look for a keyword on t
 
 AWS_SECRET_KEY_MIN_ENTROPY = 4.1
 """Shannon entropy (bits per character) a candidate must reach. Random 40-character base64 keys: minimum
-4.16, median 4.78 over 100,000; 40-character English identifiers and paths stay below 4.05 (benchmarks/
-aws_secret_key_detection.py measures both corpora)."""
+4.16, median 4.78 over 100,000; paths stay below 3.8, and a CamelCase name that reaches 4.2 is told apart by
+its few upper-case letters (:func:`looks_like_aws_secret_key`). benchmarks/bench_aws_secret_keys.py measures
+both corpora."""
 
 AWS_SECRET_KEY_MODES = ("context", "anywhere")
 _AWS_KEY_ID_PREFIXES = ("A3T", "AKIA", "ASIA", "ABIA", "ACCA")
