@@ -782,6 +782,24 @@ def test_sensitive_env_values_are_registered_and_redacted(leaky_environment):
     assert redaction.register_env_secrets() == 0  # once registered, a look-up per variable
 
 
+def test_a_component_registers_its_environment_when_the_plugin_extends_the_masker(monkeypatch):
+    """The scheduler, the API server, the dag-processor: install_in_airflow_masker() at the plugin's load."""
+    from airflow.sdk._shared.secrets_masker import redact as airflow_redact
+
+    value = _env_secret("component")
+    monkeypatch.setenv("WAREHOUSE_API_KEY", value)
+    already = is_installed_in_airflow_masker()
+    uninstall_from_airflow_masker()
+    try:
+        assert value in airflow_redact(f"key {value}")  # not registered yet
+        assert install_in_airflow_masker() is True
+        assert airflow_redact(f"key {value}") == "key ***"
+        assert redact(f"key {value}") == "key ***"
+    finally:
+        if not already:
+            uninstall_from_airflow_masker()
+
+
 def test_env_names_are_judged_by_the_patterns_and_airflows_names():
     redactor = Redactor()
     for name in (
