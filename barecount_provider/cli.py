@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from barecount_provider import __version__, config
+from barecount_provider.telemetry import redaction
 
 if TYPE_CHECKING:
     from barecount_provider.pools import AirflowApi
@@ -1184,6 +1185,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@redaction.redacting_stdio  # every line a command prints, redacted
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -142,6 +142,24 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "JSON list of extra regular expressions; any match in a log line, field, tag or span attribute is "
         "redacted (added to the built-in patterns for cloud keys, tokens, JWTs, URLs with passwords, keys).",
     ),
+    "redact_env_name_patterns": (
+        "string",
+        "*PASSWORD*,*PASSWD*,*PASSPHRASE*,*SECRET*,*TOKEN*,*API_KEY*,*APIKEY*,*ACCESS_KEY*,*PRIVATE_KEY*,"
+        "*CREDENTIAL*,AIRFLOW_CONN_*",
+        "*PASSWORD*,*_TOKEN,ACME_*_KEY",
+        "Comma-separated environment variable name patterns (* and ? wildcards, any case): the value of every "
+        "variable whose name matches one, or whose name Airflow's masker treats as sensitive ([core] "
+        "sensitive_var_conn_names and Airflow's built-in names), is registered with Airflow's secrets masker "
+        "when a component or a task process starts, and redacted from every output. Empty: Airflow's names only.",
+    ),
+    "redact_aws_secret_keys": (
+        "string",
+        "context",
+        "anywhere",
+        "Where a bare AWS secret access key (40 high-entropy base64 characters with no key name before it) is "
+        "redacted: context (when an AWS access key id or the word aws, amazon, secret or credential is within "
+        "100 characters) or anywhere. A lone base64 line and aws_secret_access_key=... are redacted either way.",
+    ),
     "json_logs": (
         "boolean",
         "True",
@@ -512,6 +530,31 @@ def redact_value_patterns() -> tuple[str, ...]:
     return tuple(value)
 
 
+_ENV_NAME_PATTERN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_*?")
+
+
+@functools.cache
+def redact_env_name_patterns() -> tuple[str, ...]:
+    patterns = tuple(
+        part.strip().upper() for part in _raw("redact_env_name_patterns").split(",") if part.strip()
+    )
+    for pattern in patterns:
+        if not set(pattern) <= _ENV_NAME_PATTERN or not pattern.strip("*?"):
+            raise ValueError(
+                f"[{SECTION}] redact_env_name_patterns: {pattern!r} is not an environment variable name pattern "
+                "(expected comma-separated names of letters, digits and _, with * and ? wildcards, e.g. *_TOKEN)"
+            )
+    return patterns
+
+
+AWS_SECRET_KEY_MODES = ("context", "anywhere")
+
+
+@functools.cache
+def redact_aws_secret_keys() -> str:
+    return _choice("redact_aws_secret_keys", AWS_SECRET_KEY_MODES)
+
+
 @functools.cache
 def json_logs() -> bool:
     return _bool("json_logs")
@@ -678,6 +721,8 @@ _GETTERS = [
     emit_timeout_ms,
     redact_key_names,
     redact_value_patterns,
+    redact_env_name_patterns,
+    redact_aws_secret_keys,
     json_logs,
     scheduler_metrics_on,
     in_flight_interval_seconds,

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from barecount_provider import __version__
 from barecount_provider.api import queries
+from barecount_provider.api.responses import RedactedJSONResponse
 from barecount_provider.evidence.store import EvidenceStore, RecordFilter, open_store
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         openapi_url="/openapi.json",
         docs_url="/docs" if swagger else None,
         redoc_url=None,
+        default_response_class=RedactedJSONResponse,  # every answer's strings redacted on the way out
     )
     app.state.barecount_store = store_factory or _configured_store
 

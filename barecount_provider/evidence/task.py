@@ -15,6 +15,7 @@ from barecount_provider import config
 from barecount_provider.cost import cost_metric_points, estimate
 from barecount_provider.evidence import spool as evidence_spool
 from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
+from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def try_facts(
     for name in TASK_FACTS:
         value = getattr(task, name, None)
         if value is not None:
-            facts[name] = value
+            facts[name] = redaction.redact(value)  # a runner's result, an approval's comment: the try's data
     return {PENDING_ENTRY: facts}
 
 

@@ -41,7 +41,8 @@ def _fastapi_apps() -> list[dict[str, Any]]:
 
 
 def _install_side_effects() -> None:
-    """Extend Airflow's secrets masker and its trace sampler, and preload what task processes need; all
+    """Extend Airflow's secrets masker (and register the values of this process's sensitively named
+    environment variables with it), its trace sampler, and preload what task processes need; all
     idempotent, none raises."""
     try:
         from barecount_provider.listeners import lifecycle

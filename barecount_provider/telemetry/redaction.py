@@ -17,18 +17,27 @@ sensitive name occurs; short results are cached.
 
 :class:`Redactor` applies all of it to log lines, log fields, metric tags and span attributes.
 :func:`install_in_airflow_masker` makes the same patterns and key names apply inside Airflow's masker, which is
-what the task supervisor runs over every line it writes to a task's log file (see docs/logging.md).
+what the task supervisor runs over every line it writes to a task's log file (see docs/logging.md), and
+registers the values of sensitively named environment variables with it (:func:`register_env_secrets`,
+``[barecount] redact_env_name_patterns``). Bare AWS secret access keys are found by shape, randomness and
+nearby AWS context (``[barecount] redact_aws_secret_keys``). :func:`redacted_stdio` and
+:meth:`Redactor.redact_strings` are the last step of the command's output and of the Evidence API's answers.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fnmatch
 import functools
 import logging
+import math
+import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -42,6 +51,8 @@ else:
     _MaskerBase = object
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 REPLACEMENT = "***"
 """What a secret is replaced with: the same token as Airflow's masker."""
@@ -194,6 +205,31 @@ EXEMPT_KEY_SUFFIX = "run_token"
 """BareCount's run token is a keyed-hash identifier meant for logs: a key ending in it is not a secret's key
 (Airflow's ``token`` name would otherwise hide it). Its value still goes through the value patterns."""
 
+AWS_SECRET_KEY_CANDIDATE = (
+    r"(?<![A-Za-z0-9+/_-])(?=[A-Za-z0-9+/]*[a-z])(?=[A-Za-z0-9+/]*[A-Z])[A-Za-z0-9+/]{40}(?![A-Za-z0-9+/=_-])"
+)
+"""40 base64 characters with upper and lower case, standing alone (not part of a longer base64, base64url or
+hex run, not padded): the shape of an AWS secret access key. A git SHA (hex, one case) never matches; a
+base64 SHA-1 (28 characters) or SHA-256 (44, or 43 unpadded) digest neither."""
+
+AWS_CONTEXT_WORDS: tuple[str, ...] = ("aws", "amazon", "secret", "credential")
+"""Words (any case) that put a candidate key in AWS context, besides an access key id (``AKIA...``)."""
+
+AWS_CONTEXT_PATTERN = r"(?i:aws|amazon|secret|credential)|A(?:3T[A-Z0-9]|KIA|SIA|BIA|CCA)[A-Z0-9]{16}"
+
+AWS_CONTEXT_WINDOW = 100
+"""How many characters before or after a candidate key its AWS context may be (trufflehog pairs a key id
+and a key in the same chunk; gitleaks and detect-secrets look for a keyword on the same line)."""
+
+AWS_SECRET_KEY_MIN_ENTROPY = 4.1
+"""Shannon entropy (bits per character) a candidate must reach. Random 40-character base64 keys: minimum
+4.16, median 4.78 over 100,000; paths stay below 3.8, and a CamelCase name that reaches 4.2 is told apart by
+its few upper-case letters (:func:`looks_like_aws_secret_key`). benchmarks/bench_aws_secret_keys.py measures
+both corpora."""
+
+AWS_SECRET_KEY_MODES = ("context", "anywhere")
+_AWS_KEY_ID_PREFIXES = ("A3T", "AKIA", "ASIA", "ABIA", "ACCA")
+
 _MAX_DEPTH = 32
 _CACHE_SIZE = 4096
 _CACHED_TEXT_MAX = 512
@@ -293,6 +329,37 @@ def _looks_secret(value: str) -> bool:
     return len(value) >= _MIN_SECRET_LENGTH and any(char.isdigit() for char in value)
 
 
+def _looks_random(key: str, in_base64: bool = False) -> bool:
+    """A "key" that is a base64 run (a digest before its ``=`` padding), not a name: 16+ characters (8+ right
+    after a ``+`` or ``/``) mixing upper case, lower case and digits without a separator. Random text
+    contains sensitive stems by chance (``...Pwd...``, ``...dsn...``)."""
+    return (
+        len(key) >= (8 if in_base64 else 16)
+        and not any(char in "_.-" for char in key)
+        and any(char.isdigit() for char in key)
+        and any(char.isupper() for char in key)
+        and any(char.islower() for char in key)
+    )
+
+
+def _entropy(text: str) -> float:
+    """Shannon entropy of ``text`` in bits per character."""
+    size = len(text)
+    return -sum(count / size * math.log2(count / size) for count in collections.Counter(text).values())
+
+
+def looks_like_aws_secret_key(token: str) -> bool:
+    """True when a 40-character candidate (:data:`AWS_SECRET_KEY_CANDIDATE`) is random enough to be a key:
+    entropy of at least :data:`AWS_SECRET_KEY_MIN_ENTROPY`, and, when it is letters only, upper and lower case
+    mixed as in random text (a quarter to three quarters upper case) rather than as in a CamelCase name."""
+    if _entropy(token) < AWS_SECRET_KEY_MIN_ENTROPY:
+        return False
+    if token.isalpha():
+        upper = sum(1 for char in token if char.isupper())
+        return 10 <= upper <= 30
+    return True
+
+
 # ----------------------------------------------------------------------------------------- Airflow masker
 
 
@@ -345,7 +412,25 @@ class Redactor:
         extra_key_names: Iterable[str] = (),
         extra_patterns: Iterable[str] = (),
         maskers: Iterable[Any] | None = None,
+        aws_secret_keys: str = "context",
+        env_name_patterns: Iterable[str] | None = None,
     ) -> None:
+        if env_name_patterns is None:
+            env_name_patterns = config.OPTIONS["redact_env_name_patterns"][1].split(",")
+        env_globs = [pattern.strip().upper() for pattern in env_name_patterns if pattern.strip()]
+        self._env_name_matcher = (
+            re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in env_globs))
+            if env_globs
+            else None
+        )
+        self._env_decisions: dict[tuple[str, int], bool] = {}
+        if aws_secret_keys not in AWS_SECRET_KEY_MODES:
+            raise ValueError(
+                f"aws_secret_keys: {aws_secret_keys!r} is not one of {', '.join(AWS_SECRET_KEY_MODES)}"
+            )
+        self.aws_secret_keys_anywhere = aws_secret_keys == "anywhere"
+        self._aws_candidate = re.compile(AWS_SECRET_KEY_CANDIDATE)
+        self._aws_context = re.compile(AWS_CONTEXT_PATTERN)
         self._maskers = list(maskers) if maskers is not None else _airflow_maskers()
         airflow_names: set[str] = set()
         try:
@@ -382,8 +467,14 @@ class Redactor:
 
     @classmethod
     def from_config(cls) -> Redactor:
-        """A redactor with ``[barecount] redact_key_names`` and ``redact_value_patterns``; raises on bad config."""
-        return cls(config.redact_key_names(), config.redact_value_patterns())
+        """A redactor with ``[barecount] redact_key_names``, ``redact_value_patterns``,
+        ``redact_aws_secret_keys`` and ``redact_env_name_patterns``; raises on bad config."""
+        return cls(
+            config.redact_key_names(),
+            config.redact_value_patterns(),
+            aws_secret_keys=config.redact_aws_secret_keys(),
+            env_name_patterns=config.redact_env_name_patterns(),
+        )
 
     # -- keys ----------------------------------------------------------------------------------------------
 
@@ -421,6 +512,23 @@ class Redactor:
                 self._masker_hidden_keys.clear()
             self._masker_hidden_keys[name] = cached
         return cached
+
+    def is_sensitive_env_name(self, name: str, masker: Any = None) -> bool:
+        """True when the value of environment variable ``name`` is a secret: the name matches ``[barecount]
+        redact_env_name_patterns`` (any case) or Airflow's ``masker`` treats it as sensitive. BareCount's own
+        identifiers (``BARECOUNT_RUN_TOKEN``) are not secrets. Cached per name."""
+        cache_key = (name, id(masker))
+        decided = self._env_decisions.get(cache_key)
+        if decided is None:
+            matcher = self._env_name_matcher
+            decided = not is_exempt_key(name) and (
+                (matcher is not None and matcher.match(name.upper()) is not None)
+                or (masker is not None and _airflow_hides_key(masker, name))
+            )
+            if len(self._env_decisions) >= _CACHE_SIZE:
+                self._env_decisions.clear()
+            self._env_decisions[cache_key] = decided
+        return decided
 
     # -- text ----------------------------------------------------------------------------------------------
 
@@ -465,7 +573,10 @@ class Redactor:
         value, with one check of the registered secrets for the whole mapping: the try's identifiers repeat
         in every tag set and span, so most values are answered from the cache."""
         self._current_replacers()
-        return {key: self._checked_text(value) if isinstance(value, str) else value for key, value in mapping.items()}
+        return {
+            key: self._checked_text(value) if isinstance(value, str) else value
+            for key, value in mapping.items()
+        }
 
     def _checked_text(self, text: str) -> str:
         """:meth:`redact_text` for a caller that has just checked the registered secrets
@@ -490,11 +601,45 @@ class Redactor:
         return cached
 
     def _redact_patterns(self, text: str) -> str:
+        if len(text) >= 40:  # before the built-in patterns, which hide the access key id that is context here
+            text = self._redact_aws_secret_keys(text)
         text = self._builtin.sub(text)
         text = self._extra.sub(text)
         if len(text) >= 20:
             text = self._base64_line.sub(REPLACEMENT, text)
         return self._redact_key_values(text)
+
+    def _redact_aws_secret_keys(self, text: str) -> str:
+        """Bare AWS secret access keys: a 40-character candidate that looks random, near AWS context (or
+        anywhere, with ``[barecount] redact_aws_secret_keys = anywhere``)."""
+        if not self.aws_secret_keys_anywhere:
+            lowered = text.lower()
+            if not any(word in lowered for word in AWS_CONTEXT_WORDS) and not any(
+                prefix in text for prefix in _AWS_KEY_ID_PREFIXES
+            ):
+                return text
+        out: list[str] = []
+        pos = 0
+        for candidate in self._aws_candidate.finditer(text):
+            token = candidate.group()
+            if not looks_like_aws_secret_key(token):
+                continue
+            start, end = candidate.span()
+            if not self.aws_secret_keys_anywhere:
+                window = (
+                    text[max(0, start - AWS_CONTEXT_WINDOW) : start]
+                    + " "
+                    + text[end : end + AWS_CONTEXT_WINDOW]
+                )
+                if self._aws_context.search(window) is None:
+                    continue
+            out.append(text[pos:start])
+            out.append(REPLACEMENT)
+            pos = end
+        if not out:
+            return text
+        out.append(text[pos:])
+        return "".join(out)
 
     def _redact_key_values(self, text: str) -> str:
         lowered = text.lower()
@@ -513,7 +658,10 @@ class Redactor:
             pair = self._key_value.match(text, key_start)
             redacted = None
             if pair is not None and pair.end("key") >= hint.end():
-                redacted = self._redacted_value(pair.group("key"), pair.group("sep"), pair.group("value"))
+                in_base64 = key_start > 0 and text[key_start - 1] in "+/"
+                redacted = self._redacted_value(
+                    pair.group("key"), pair.group("sep"), pair.group("value"), in_base64
+                )
             if pair is None or redacted is None:
                 hint = self._key_name_hint.search(lowered, hint.end())
                 continue
@@ -524,8 +672,8 @@ class Redactor:
         out.append(text[pos:])
         return "".join(out)
 
-    def _redacted_value(self, key: str, sep: str, value: str) -> str | None:
-        if value.startswith(REPLACEMENT) or not self.hides_key(key):
+    def _redacted_value(self, key: str, sep: str, value: str, in_base64: bool = False) -> str | None:
+        if value.startswith(REPLACEMENT) or _looks_random(key, in_base64) or not self.hides_key(key):
             return None
         first = value[0]
         if first in "\"'":
@@ -555,6 +703,22 @@ class Redactor:
         """
         self._current_replacers()  # once: _value answers strings from the text cache it validates
         return self._value(value, 0)
+
+    def redact_strings(self, value: Any, depth: int = 0) -> Any:
+        """Every string in ``value`` (JSON-like: mappings, lists, tuples) redacted as text; keys and other
+        values kept. Not key-aware: for documents already redacted at their source whose field names are
+        BareCount's own (a checkpoint's ``signature`` is no secret), served once more through this step."""
+        if depth == 0:
+            self._current_replacers()
+        if isinstance(value, str):
+            return self._checked_text(value)
+        if depth > _MAX_DEPTH:
+            return REPLACEMENT
+        if isinstance(value, Mapping):
+            return {key: self.redact_strings(item, depth + 1) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.redact_strings(item, depth + 1) for item in value]
+        return value
 
     def redact_exception_text(self, exc: BaseException) -> str:
         """The formatted traceback of ``exc`` (with its chain), redacted."""
@@ -657,9 +821,141 @@ def redact_text(text: str) -> str:
     return get_redactor().redact_text(text)
 
 
+class _RedactingStream:
+    """A text stream whose ``write`` redacts (:func:`redact_text`); everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: Any) -> Any:
+        if isinstance(text, str) and text:
+            try:
+                text = redact_text(text)
+            except Exception:  # fail closed
+                text = "<redaction-failed>\n" if text.endswith("\n") else "<redaction-failed>"
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_stdio() -> Iterator[None]:
+    """While inside: what is written to ``sys.stdout`` and ``sys.stderr`` is redacted (a CLI's output)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _RedactingStream(saved[0]), _RedactingStream(saved[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def redacting_stdio(func: Callable[..., _T]) -> Callable[..., _T]:
+    """Decorate a command's entry point: its whole output goes through :func:`redacted_stdio`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        with redacted_stdio():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 def redact_event_dict(logger: Any, method_name: str, event_dict: Any) -> Any:
     """A structlog processor for BareCount's own log chains."""
     return get_redactor().redact_mapping(event_dict)
+
+
+# ------------------------------------------------------------- environment variables with sensitive names
+
+ENV_VALUES_NOT_SECRET: frozenset[str] = frozenset({"true", "false", "yes", "no", "none", "null", "on", "off"})
+"""Values of sensitively named variables that are switches, not secrets (``GIT_ASKPASS_TOKEN=false``)."""
+
+
+def _airflow_hides_key(masker: Any, name: str) -> bool:
+    """Airflow's own decision (its built-in names and ``[core] sensitive_var_conn_names``), without
+    BareCount's extension, whose extra names (``pwd``, ``cookie``) are meant for keys in text, not for the
+    environment (``PWD``)."""
+    original = getattr(masker, "_barecount_original_class", type(masker))
+    return bool(original.should_hide_value_for_key(masker, name))
+
+
+def sensitive_env_values(environ: Mapping[str, str] | None = None, masker: Any = None) -> list[str]:
+    """The values of the sensitively named variables of ``environ`` (default ``os.environ``), each line of a
+    multi-line value too (a PEM key printed reaches the supervisor a line at a time); switches and values
+    shorter than Airflow's ``[logging] min_length_masked_secret`` are left out, as Airflow's masker does."""
+    if masker is None:
+        maskers = _airflow_maskers(include_core=False)
+        masker = maskers[0] if maskers else None
+    min_length = max(1, int(getattr(masker, "min_length_to_mask", 5) or 1))
+    values: list[str] = []
+    redactor = get_redactor()
+    for name, value in (os.environ if environ is None else environ).items():
+        if not value or not redactor.is_sensitive_env_name(name, masker):
+            continue
+        for part in (value, *value.splitlines()) if "\n" in value else (value,):
+            part = part.strip()
+            if len(part) >= min_length and part.lower() not in ENV_VALUES_NOT_SECRET and part not in values:
+                values.append(part)
+    return values
+
+
+_ENV_REGISTERED_BY: int | None = None
+"""The pid of the process that last registered ``os.environ`` (inherited by the processes it forks)."""
+
+
+def register_env_secrets_for_try() -> int:
+    """The start of a task try: :func:`register_env_secrets`, unless the process that forked this one (the
+    supervisor, right after its masker's reset) registered the same environment, which the forked masker
+    holds: then nothing is scanned (reading ``os.environ`` costs about 2 µs a variable). Never raises."""
+    if _ENV_REGISTERED_BY is not None and _ENV_REGISTERED_BY == os.getppid():
+        return 0
+    return register_env_secrets()
+
+
+def register_env_secrets(
+    environ: Mapping[str, str] | None = None, maskers: Iterable[Any] | None = None
+) -> int:
+    """Register the values of sensitively named environment variables with Airflow's secrets masker(s).
+
+    Default maskers: this process's (task SDK and core). In a task process a value the task SDK's masker does
+    not hold yet is registered with ``airflow.sdk.log.mask_secret``, which also tells the supervisor (which
+    masks what the task prints); a supervisor that loaded the plugin holds them already (see
+    :meth:`BareCountMaskerExtension.reset_masker`), and then this is a dictionary look-up per variable.
+    :return: how many values were new to a masker. Never raises.
+    """
+    global _ENV_REGISTERED_BY
+    try:
+        targets = list(maskers) if maskers is not None else _airflow_maskers()
+        if not targets:
+            return 0
+        values = sensitive_env_values(environ, targets[0])
+        new = 0
+        for value in values:
+            pattern = re.escape(value)
+            for index, masker in enumerate(targets):
+                if pattern in masker.patterns:
+                    continue
+                if index == 0 and maskers is None and _in_task_process():
+                    from airflow.sdk.log import mask_secret
+
+                    mask_secret(value)  # this process's SDK masker and the supervisor's
+                else:
+                    masker.add_mask(value)
+                new += 1
+        if environ is None:
+            _ENV_REGISTERED_BY = os.getpid()
+        return new
+    except Exception:
+        log.warning(
+            "BareCount could not register the values of sensitive environment variables", exc_info=True
+        )
+        return 0
+
+
+def _in_task_process() -> bool:
+    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
+    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
 
 
 # -------------------------------------------------------------------------- extending Airflow's masker
@@ -686,6 +982,13 @@ class BareCountMaskerExtension(_MaskerBase):
             except Exception:  # never break the supervisor's log writer; fail closed
                 return "<redaction-failed>"
         return redacted
+
+    def reset_masker(self) -> None:
+        """Airflow's reset (``supervise_task`` calls it before it forks the task process), then the values of
+        sensitive environment variables again: the supervisor masks what the task prints with them, and the
+        forked task process inherits them."""
+        super().reset_masker()
+        register_env_secrets(maskers=[self])
 
     def should_hide_value_for_key(self, name: Any) -> bool:
         if not isinstance(name, str):
@@ -759,6 +1062,10 @@ def install_in_airflow_masker(*, include_core: bool = False, component_logs: boo
     Must run in the process that supervises tasks (the LocalExecutor worker, forked from the scheduler; the
     Celery worker; ...) before the task starts; running it in the task process too is harmless.
 
+    It also registers the values of this process's sensitively named environment variables
+    (:func:`register_env_secrets`), and the extended masker registers them again after each of Airflow's
+    resets (:meth:`BareCountMaskerExtension.reset_masker`).
+
     :param include_core: also extend airflow-core's masker (API server responses, core component logs). Off
         by default: the API's connection form merges back values that are exactly ``***`` only, so a
         partially redacted value (``postgres://user:***@host``) saved from the UI would overwrite the secret.
@@ -779,6 +1086,7 @@ def install_in_airflow_masker(*, include_core: bool = False, component_logs: boo
     except Exception:
         log.warning("BareCount could not extend Airflow's secrets masker", exc_info=True)
         return False
+    register_env_secrets()  # this process's environment (the scheduler's, an API server's); never raises
     if component_logs:
         try:
             _install_component_log_processor()

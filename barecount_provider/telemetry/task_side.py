@@ -76,6 +76,7 @@ def is_resume(ti: Any) -> bool:
 
 def on_try_running(ti: Any) -> TryState | None:
     """Start observing a task try (again after each deferral / HITL resume)."""
+    redaction.register_env_secrets_for_try()  # sensitive environment variables' values, here and in the supervisor
     task = getattr(ti, "task", None)
     dag = getattr(task, "dag", None)
     tags = context.tags_of(dag)  # read once for the opt-out check and the context

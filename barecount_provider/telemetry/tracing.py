@@ -62,7 +62,9 @@ class JsonLinesSpanExporter(SpanExporter):
         self.path = path
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.write_lines([_span_as_dict(span) for span in spans])
+        # Airflow's own spans come here too (OTEL_TRACES_EXPORTER=barecount_file): their attributes were
+        # never redacted (BareCount's try spans were, when they were made).
+        return self.write_lines([redaction.redact(_span_as_dict(span)) for span in spans])
 
     def write_lines(self, records: list[dict[str, Any]]) -> SpanExportResult:
         """Append the spans' JSON lines with one ``write``; a failure is counted, never raised."""

@@ -8,16 +8,20 @@ holds nothing a secret scanner would flag.
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import json
 import logging
 import random
+import re
 import socket
 import string
+import sys
 import timeit
 import traceback
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -723,3 +727,435 @@ def test_component_logs_mirror_of_task_output_is_redacted():
         structlog.configure(**config_back)
         if already:
             install_in_airflow_masker()
+
+
+# ------------------------------------------------------------------- environment variables with sensitive names
+
+
+def _env_secret(prefix: str) -> str:
+    return prefix + "-" + rand(ALNUM, 20)
+
+
+SENSITIVE_ENV = {
+    "DB_PASSWORD": _env_secret("pw"),
+    "WAREHOUSE_PASSWD": _env_secret("pwd"),
+    "PAYMENTS_API_KEY": _env_secret("key"),
+    "SLACK_BOT_TOKEN": _env_secret("tok"),
+    "MY_SECRET_SAUCE": _env_secret("sauce"),
+    "ACME_CREDENTIALS": _env_secret("cred"),
+    "AIRFLOW_CONN_WAREHOUSE": "postgresql://etl@db:5432/w?sslkey=" + rand(ALNUM, 16),
+    "HTTPS_PROXY": "http://proxy-" + rand(ALNUM, 8) + ".corp:3128",  # Airflow's own name: proxy
+    "SSH_PASSPHRASE": "line one " + rand(ALNUM, 10) + "\nline two " + rand(ALNUM, 10),
+}
+NOT_SENSITIVE_ENV = {
+    "PWD": "/opt/airflow/" + rand(ALNUM, 12),
+    "HOME": "/home/" + rand(ALNUM, 12),
+    "BARECOUNT_RUN_TOKEN": rand(HEX, 40),
+    "TOKENIZERS_PARALLELISM": "false",
+    "PATH": "/usr/local/bin:/usr/bin:" + rand(ALNUM, 12),
+}
+
+
+def _env_values(env: dict[str, str]) -> list[str]:
+    return [part for value in env.values() for part in (value, *value.splitlines())]
+
+
+@pytest.fixture
+def leaky_environment(monkeypatch):
+    for name, value in {**SENSITIVE_ENV, **NOT_SENSITIVE_ENV}.items():
+        monkeypatch.setenv(name, value)
+    yield
+
+
+def test_sensitive_env_values_are_registered_and_redacted(leaky_environment):
+    from airflow.sdk._shared.secrets_masker import redact as airflow_redact
+
+    registered = redaction.register_env_secrets()
+    assert registered >= len(SENSITIVE_ENV)
+    for name, value in SENSITIVE_ENV.items():
+        for part in (value, *value.splitlines()):
+            sentence = f"step 2: connecting with {part} (attempt 1)"
+            assert part not in redact(sentence), name  # BareCount's outputs
+            assert part not in airflow_redact(sentence), name  # Airflow's masker: the task log file
+    for name, value in NOT_SENSITIVE_ENV.items():
+        assert redact(f"value {value} here") == f"value {value} here", name
+    assert redaction.register_env_secrets() == 0  # once registered, a look-up per variable
+
+
+def test_a_component_registers_its_environment_when_the_plugin_extends_the_masker(monkeypatch):
+    """The scheduler, the API server, the dag-processor: install_in_airflow_masker() at the plugin's load."""
+    from airflow.sdk._shared.secrets_masker import redact as airflow_redact
+
+    value = _env_secret("component")
+    monkeypatch.setenv("WAREHOUSE_API_KEY", value)
+    already = is_installed_in_airflow_masker()
+    uninstall_from_airflow_masker()
+    try:
+        assert value in airflow_redact(f"key {value}")  # not registered yet
+        assert install_in_airflow_masker() is True
+        assert airflow_redact(f"key {value}") == "key ***"
+        assert redact(f"key {value}") == "key ***"
+    finally:
+        if not already:
+            uninstall_from_airflow_masker()
+
+
+def test_env_names_are_judged_by_the_patterns_and_airflows_names():
+    redactor = Redactor()
+    for name in (
+        "DB_PASSWORD",
+        "db_password",
+        "GITHUB_TOKEN",
+        "X_SECRET_Y",
+        "PAYMENTS_API_KEY",
+        "AIRFLOW_CONN_X",
+    ):
+        assert redactor.is_sensitive_env_name(name), name
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
+
+    assert not redactor.is_sensitive_env_name("HTTP_PROXY")  # Airflow's name, but no masker given
+    assert redactor.is_sensitive_env_name("HTTP_PROXY", _secrets_masker())
+    for name in ("PWD", "OLDPWD", "HOME", "PATH", "BARECOUNT_RUN_TOKEN", "LANG"):
+        assert not redactor.is_sensitive_env_name(name, _secrets_masker()), name
+
+
+def test_env_name_patterns_are_configurable(monkeypatch):
+    value = _env_secret("acme")
+    monkeypatch.setenv("ACME_SIGNING_SEED", value)
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__REDACT_ENV_NAME_PATTERNS", "acme_*_seed, *PASSWORD*")
+    config.cache_clear()
+    get_redactor.cache_clear()
+    assert config.redact_env_name_patterns() == ("ACME_*_SEED", "*PASSWORD*")
+    assert get_redactor().is_sensitive_env_name("ACME_SIGNING_SEED")
+    assert not get_redactor().is_sensitive_env_name("GITHUB_TOKEN")
+    redaction.register_env_secrets()
+    assert value not in redact(f"seed is {value}")
+
+
+@pytest.mark.parametrize("value", ["DB-PASSWORD", "*", "PASS WORD", "[A-Z]*"])
+def test_invalid_env_name_pattern_names_key_value_and_expected(monkeypatch, value):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__REDACT_ENV_NAME_PATTERNS", f"*_TOKEN,{value}")
+    config.cache_clear()
+    with pytest.raises(ValueError) as caught:
+        config.redact_env_name_patterns()
+    message = str(caught.value)
+    assert "[barecount] redact_env_name_patterns" in message
+    assert repr(value.upper()) in message and "expected" in message
+
+
+def test_supervisor_reset_keeps_env_secrets_and_masks_what_the_task_prints(
+    leaky_environment, extended_masker, tmp_path, monkeypatch
+):
+    """supervise_task() resets Airflow's masker before it forks the task; the extension registers the
+    environment's secrets again, so the supervisor masks them in the task's print() / subprocess output and
+    stderr, and the forked task process inherits them."""
+    from airflow.sdk._shared.secrets_masker import _secrets_masker, reset_secrets_masker
+    from airflow.sdk.execution_time import supervisor
+
+    monkeypatch.setenv("AIRFLOW__LOGGING__BASE_LOG_FOLDER", str(tmp_path))
+    logger, log_file = supervisor._configure_logging("env.log", cast(Any, None))
+    reset_secrets_masker()
+    assert _secrets_masker().patterns  # registered again by the reset itself
+    sink = cast(Any, _Sink())
+    printed = "".join(f"connecting with {part}\n" for part in _env_values(SENSITIVE_ENV))
+    _feed(
+        supervisor.WatchedSubprocess._create_log_forwarder(sink, (logger,), "task.stdout", data=b""),
+        printed.encode(),
+    )
+    stderr = f"Traceback (most recent call last):\nRuntimeError: login refused for {SENSITIVE_ENV['DB_PASSWORD']}\n"
+    _feed(
+        supervisor.WatchedSubprocess._create_log_forwarder(
+            sink, (logger,), "task.stderr", data=b"", log_level=logging.ERROR
+        ),
+        stderr.encode(),
+    )
+    log_file.close()
+    written = (tmp_path / "env.log").read_text()
+    assert written.count("connecting with ***") >= len(SENSITIVE_ENV)
+    for name, value in SENSITIVE_ENV.items():
+        for part in (value, *value.splitlines()):
+            assert part not in written, f"{name} reached the task log file"
+
+
+def test_a_task_process_tells_its_supervisor_what_it_lacks(monkeypatch):
+    """A supervisor without the plugin (or a variable the task's environment has and the supervisor's not)."""
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
+    from airflow.sdk.execution_time import task_runner
+
+    value = _env_secret("only-in-task")
+    monkeypatch.setenv("JOB_ONLY_TOKEN", value)
+    sent: list[Any] = []
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", SimpleNamespace(send=sent.append), raising=False)
+    assert redaction.register_env_secrets() >= 1
+    assert [message.value for message in sent if getattr(message, "value", None) == value]
+    assert re.escape(value) in _secrets_masker().patterns
+    sent.clear()
+    redaction.register_env_secrets()
+    assert not [message for message in sent if getattr(message, "value", None) == value]  # only once
+
+
+def test_the_start_of_a_try_registers_the_environment(monkeypatch, tmp_path):
+    """A failed try whose exception text carries an environment variable's value: the span line, the file-sink
+    event and the evidence entry (written by the task process) never hold it."""
+    from barecount_provider.evidence import task as evidence_task
+    from barecount_provider.telemetry import metrics, task_side
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", f"sqlite:///{tmp_path / 'index.db'}")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "task")
+    metrics.EMIT_FAILURES.counts.clear()
+    monkeypatch.setattr(redaction, "_ENV_REGISTERED_BY", None)  # a supervisor without the plugin
+    password = "Zq8-" + rand(ALNUM, 18)  # nothing in it a value pattern knows
+    monkeypatch.setenv("WAREHOUSE_DB_PASSWORD", password)
+    dag = SimpleNamespace(dag_id="etl", tags=["tenant:acme"], params={}, default_args={})
+    task = SimpleNamespace(dag=dag, upstream_task_ids=set(), params={})
+    ti = SimpleNamespace(
+        dag_id="etl",
+        run_id="manual__2026-12-07T12:00:00+00:00",
+        task_id="load",
+        map_index=-1,
+        try_number=1,
+        task=task,
+        start_date=None,
+        max_tries=1,
+        _ti_context_from_server=None,
+        queued_dttm=None,
+    )
+    task_side.on_try_running(ti)
+    task_side.on_try_finished(ti, "failed", RuntimeError(f"login refused for etl with {password}"))
+    written = [tmp_path / "telemetry" / "events.jsonl", tmp_path / "telemetry" / "spans.jsonl"]
+    written += sorted((tmp_path / "evidence").rglob("*.json"))
+    assert len(written) >= 3 and all(path.exists() for path in written)
+    everything = "".join(path.read_text() for path in written)
+    assert "login refused for etl with ***" in everything
+    assert password not in everything
+    assert evidence_task is not None
+
+
+def test_a_try_in_a_process_forked_after_the_supervisors_registration_scans_nothing(
+    monkeypatch, extended_masker
+):
+    """The task process inherits the masker the supervisor filled from the same environment right after its
+    reset: the start of a try reads no environment variable then; otherwise it scans."""
+    import os
+
+    from airflow.sdk._shared.secrets_masker import reset_secrets_masker
+
+    reset_secrets_masker()  # in the supervisor: registers this process's environment again
+    scans: list[int] = []
+    real = redaction.register_env_secrets
+
+    def counted() -> int:
+        scans.append(1)
+        return real()
+
+    monkeypatch.setattr(redaction, "register_env_secrets", counted)
+    supervisor_pid = os.getpid()
+    monkeypatch.setattr(os, "getppid", lambda: supervisor_pid)  # as seen from the forked task process
+    assert redaction.register_env_secrets_for_try() == 0
+    assert scans == []
+    monkeypatch.setattr(
+        os, "getppid", lambda: supervisor_pid + 1
+    )  # forked by a process that did not register
+    redaction.register_env_secrets_for_try()
+    assert scans == [1]
+
+
+# ------------------------------------------------------------------------------- bare AWS secret access keys
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def aws_bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("bench_aws_secret_keys")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.parametrize("anywhere", [False, True], ids=["context", "anywhere"])
+def test_bare_aws_keys_no_false_positive_and_none_missed(aws_bench, anywhere):
+    """benchmarks/bench_aws_secret_keys.py's corpora: git SHAs, UUIDs, SHA-1 / SHA-256 digests in base64 and
+    base64url, 40-character names and paths, and the fixture files' lines, each alone and in AWS context,
+    against 1,000 seeded keys in sentences and exception messages."""
+    result = aws_bench.measure(anywhere=anywhere)
+    assert result["negatives"] > 20000 and result["negative_kinds"] >= 20
+    assert result["false_positives"] == 0, result["false_positive_examples"]
+    assert result["positives"] == 1000
+    assert result["missed"] == 0, result["missed_examples"]
+
+
+def test_bare_aws_key_in_a_sentence_and_an_exception_message(extended_masker):
+    from airflow.sdk._shared.secrets_masker import redact as airflow_redact
+
+    key = rand(B64, 39) + "a"
+    key_id = "AK" + "IA" + rand(UPPER_DIGITS, 16)
+    texts = [
+        f"uploading with aws secret {key} to s3://acme",
+        f"client ({key_id}, {key}) created",
+        f"botocore.exceptions.ClientError: SignatureDoesNotMatch for credential {key}",
+    ]
+    for text in texts:
+        assert key not in redact(text) and REPLACEMENT in redact(text)
+        assert key not in airflow_redact(text)  # the supervisor: the task log file
+    error = RuntimeError(f"AWS rejected the request signed with {key}")
+    assert key not in get_redactor().redact_exception_text(error)
+
+
+def test_bare_aws_key_without_context_needs_anywhere(monkeypatch):
+    key = rand(B64, 39) + "Z"
+    text = f"the value {key} was rejected"
+    assert redact(text) == text  # no AWS context: by default left alone (a 40-character value of anything)
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__REDACT_AWS_SECRET_KEYS", "anywhere")
+    config.cache_clear()
+    get_redactor.cache_clear()
+    assert redact(text) == "the value *** was rejected"
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__REDACT_AWS_SECRET_KEYS", "everywhere")
+    config.cache_clear()
+    with pytest.raises(
+        ValueError,
+        match=r"\[barecount\] redact_aws_secret_keys: 'everywhere' is not one of context, anywhere",
+    ):
+        config.redact_aws_secret_keys()
+
+
+def test_forty_character_hashes_are_not_aws_keys():
+    for value in (HEX40, HEX40.upper(), "AbstractSingletonProxyFactoryBeanBuilder"):
+        text = f"aws secret rotation: commit {value} deployed"
+        assert redact(text) == text
+
+
+# ------------------------------------------------------------------- every output through one redaction step
+
+
+def _leaked_record(secret: str) -> dict[str, Any]:
+    """A record holding a secret that slipped through where it was made (sealed before a fix)."""
+    from tests.unit.test_api import build_run
+
+    record = build_run("a_orders", 99, "team_a", "orders", "serverless", "s", 0.1)
+    record["entries"][0]["error"] = {
+        "error_class": "RuntimeError",
+        "message": f"aws rejected secret {secret}",
+    }
+    return record
+
+
+def test_the_evidence_entry_redacts_what_operators_leave_on_the_task(monkeypatch, tmp_path):
+    """A runner's result (a log tail, overrides) goes into the entry: redacted in the task process."""
+    from barecount_provider.evidence import task as evidence_task
+
+    aws_key = rand(B64, 39) + "q"
+    password = "Pw-" + rand(ALNUM, 16)
+    ctx = SimpleNamespace(**dict.fromkeys(evidence_task.CONTEXT_FIELDS, "x"))
+    task = SimpleNamespace(
+        barecount_runner_result={
+            "log_tail": f"boto3: using aws secret {aws_key}",
+            "overrides": {"environment": {"DB_PASSWORD": password}},
+            "billed_duration_ms": 1200,
+        },
+        barecount_approvals=[{"approver": "alice", "comment": f"ok, password={password}"}],
+    )
+    facts = evidence_task.try_facts(
+        ctx,
+        SimpleNamespace(task=task),
+        state="success",
+        started_at=None,
+        ended_at=datetime_now(),
+        duration_s=1.0,
+        metrics={},
+        trace=None,
+        error=None,
+    )
+    text = json.dumps(facts, default=str)
+    assert aws_key not in text and password not in text
+    result = facts[evidence_task.PENDING_ENTRY]["barecount_runner_result"]
+    assert (
+        result["billed_duration_ms"] == 1200
+        and result["overrides"]["environment"]["DB_PASSWORD"] == REPLACEMENT
+    )
+
+
+def datetime_now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_airflows_own_spans_are_redacted_in_the_span_file(tmp_path):
+    """OTEL_TRACES_EXPORTER=barecount_file: Airflow's spans, whose attributes nobody redacted, reach the span
+    file through the exporter."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from barecount_provider.telemetry.tracing import JsonLinesSpanExporter
+
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(str(path))))
+    token = "gh" + "p_" + rand(ALNUM, 36)
+    password = "Pw-" + rand(ALNUM, 16)
+    with provider.get_tracer("airflow").start_as_current_span("task_run") as span:
+        span.set_attribute("airflow.task.command", f"git clone https://{token}@github.com/acme/etl")
+        span.set_attribute("airflow.conn.password", password)
+        span.add_event("log", {"message": f"aws secret {rand(B64, 39)}x"})
+    provider.shutdown()
+    written = path.read_text()
+    assert token not in written and password not in written and "task_run" in written
+    assert json.loads(written)["attributes"]["airflow.conn.password"] == REPLACEMENT
+
+
+@pytest.fixture
+def api_auth(monkeypatch):
+    """tests/unit/test_api.py's ``auth``: Airflow's SimpleAuthManager as the API server holds it."""
+    from tests.unit import test_api
+
+    yield from test_api.auth.__wrapped__(monkeypatch)  # type: ignore[attr-defined]
+
+
+def test_rest_responses_are_redacted_on_the_way_out(tmp_path, api_auth):
+    from fastapi.testclient import TestClient
+
+    from barecount_provider.api.app import create_app
+    from barecount_provider.evidence import store as store_module
+    from barecount_provider.evidence.store import EvidenceStore, LocalBodies
+    from tests.unit.test_api import _token
+
+    secret = rand(B64, 39) + "k"
+    store_module.clear_caches()
+    root = tmp_path / "evidence"
+    store = EvidenceStore(LocalBodies(str(root)), f"sqlite:///{root / 'index.db'}", "local")
+    stored = store.append(_leaked_record(secret))
+    assert secret in json.dumps(stored)  # what the store holds: the API must not serve it
+    try:
+        with TestClient(create_app(lambda: store)) as client:
+            one = client.get(f"/evidence/{stored['record_id']}", headers=_token(api_auth, "admin", "ADMIN"))
+        assert one.status_code == 200
+        assert secret not in one.text and "aws rejected secret ***" in one.text
+        assert one.json()["record_id"] == stored["record_id"]
+    finally:
+        store_module.clear_caches()
+
+
+def test_cli_output_is_redacted(tmp_path, monkeypatch, capsys):
+    from barecount_provider import cli
+    from barecount_provider.evidence import store as store_module
+    from barecount_provider.evidence.store import open_store
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.delenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", raising=False)
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_STORE", "local")
+    config.cache_clear()
+    store_module.clear_caches()
+    secret = rand(B64, 39) + "c"
+    stored = open_store().append(_leaked_record(secret))
+    try:
+        assert cli.main(["evidence", "show", stored["record_id"], "--json"]) == 0
+        out = capsys.readouterr().out
+        assert secret not in out and "aws rejected secret ***" in out
+        assert json.loads(out)["record_id"] == stored["record_id"]
+    finally:
+        store_module.clear_caches()
+    assert not isinstance(sys.stdout, redaction._RedactingStream)  # restored after the command
