@@ -89,9 +89,13 @@ class Problem:
     key_path: str
     value: object
     expected: str
+    line: int | None = None
+    """For a mistake inside a key given more than once: the line of the copy it is in (each copy is checked)."""
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.key_path}" if self.key_path else self.file
+        if self.line is not None:
+            where += f" (copy at line {self.line})"
         if self.value is MISSING:
             return f"{where}: missing; expected {self.expected}"
         if isinstance(self.value, Unreadable):
@@ -846,64 +850,127 @@ def _check_document(document: object, report: _Report, base: Mapping[str, Any]) 
 # ------------------------------------------------------------------------------------------------- parsing
 
 
-def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int]) -> Iterator[tuple[str, yaml.Mark]]:
-    """(key path, position) of every key given twice in one mapping, which YAML loading silently resolves to
+@dataclass(frozen=True)
+class _Copy:
+    """One copy of a key given more than once in a mapping: where it is and its value node."""
+
+    path: str  # dotted key path, as Problem.key_path writes it
+    keys: tuple[Any, ...]  # the same path as keys of the loaded document (str keys, int list indexes)
+    line: int  # 1-based line of the key
+    mark: yaml.Mark
+    value_node: yaml.Node
+    last: bool  # the copy YAML keeps (the one the loaded document holds)
+
+
+def _duplicate_keys(node: yaml.Node, path: str, keys: tuple[Any, ...], seen_nodes: set[int]) -> Iterator[list[_Copy]]:
+    """Every copy of each key given more than once in one mapping, which YAML loading silently resolves to
     the last one. Merge keys (``<<``) are YAML's way to override on purpose and are left alone."""
     if id(node) in seen_nodes:  # an alias of a node already walked
         return
     seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        keys: set[tuple[str, str]] = set()
+        copies: dict[tuple[str, str], list[tuple[yaml.Node, yaml.Node]]] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                copies.setdefault((key_node.tag, key_node.value), []).append((key_node, value_node))
         for key_node, value_node in node.value:
             name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if (key_node.tag, key_node.value) in keys:
-                    yield _join(path, name), key_node.start_mark
-                keys.add((key_node.tag, key_node.value))
-            yield from _duplicate_keys(value_node, _join(path, name), seen_nodes)
+            found = copies.get((key_node.tag, key_node.value)) if isinstance(key_node, yaml.ScalarNode) else None
+            if found is not None and len(found) > 1 and found[0][0] is key_node:
+                yield [
+                    _Copy(_join(path, name), (*keys, name), copy_key.start_mark.line + 1, copy_key.start_mark,
+                          copy_value, index == len(found) - 1)
+                    for index, (copy_key, copy_value) in enumerate(found)
+                ]
+            yield from _duplicate_keys(value_node, _join(path, name), (*keys, name), seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            yield from _duplicate_keys(item, f"{path}[{index}]", seen_nodes)
+            yield from _duplicate_keys(item, f"{path}[{index}]", (*keys, index), seen_nodes)
 
 
-def _parse_yaml(text: str, report: _Report) -> tuple[bool, object]:
-    """(parsed, document). Syntax errors and duplicate keys go to ``report`` with their line and column.
+def _parse_yaml(text: str, report: _Report) -> tuple[bool, object, list[tuple[_Copy, object]]]:
+    """(parsed, document, copies). Syntax errors and duplicate keys go to ``report`` with their line and
+    column; ``copies`` holds, for each key given more than once, each copy with its loaded value.
 
     libyaml's loader when present (about 8x faster: the policy is read by every task process); a file it
     rejects is read again by the pure-Python loader, whose error messages are the documented ones."""
     fast = getattr(yaml, "CSafeLoader", None)
     if fast is not None:
         scratch = _Report(report.file)
-        parsed, document = _parse_yaml_with(fast, text, scratch)
+        parsed, document, copies = _parse_yaml_with(fast, text, scratch)
         if parsed and not scratch.problems:
-            return parsed, document
+            return parsed, document, copies
     return _parse_yaml_with(yaml.SafeLoader, text, report)
 
 
-def _parse_yaml_with(loader_class: Any, text: str, report: _Report) -> tuple[bool, object]:
+def _parse_yaml_with(loader_class: Any, text: str, report: _Report) -> tuple[bool, object, list[tuple[_Copy, object]]]:
     loader = loader_class(text)
+    copies: list[tuple[_Copy, object]] = []
     try:
         node = loader.get_single_node()
         if node is None:
             report.add("", Unreadable("the file is empty"), "a policy with at least `version: 1`")
-            return False, None
-        for key_path, mark in _duplicate_keys(node, "", set()):
-            where = f"line {mark.line + 1}, column {mark.column + 1}"
-            report.add(key_path, Unreadable(f"given again at {where}"), "each key once in a mapping")
+            return False, None, []
+        groups = list(_duplicate_keys(node, "", (), set()))
+        for group in groups:
+            for copy in group[1:]:
+                where = f"line {copy.mark.line + 1}, column {copy.mark.column + 1}"
+                report.add(copy.path, Unreadable(f"given again at {where}"), "each key once in a mapping")
         document = loader.construct_document(node)
+        for group in groups:
+            for copy in group:
+                value = None if copy.last else loader.construct_object(copy.value_node, deep=True)
+                copies.append((copy, value))
     except yaml.MarkedYAMLError as err:
         error_mark = err.problem_mark or err.context_mark
         where = f" at line {error_mark.line + 1}, column {error_mark.column + 1}" if error_mark else ""
         detail = err.problem or "unreadable"
         detail += f" ({err.context})" if err.context else ""
         report.add("", Unreadable(f"YAML syntax error{where}: {detail}"), "valid YAML")
-        return False, None
+        return False, None, []
     except yaml.YAMLError as err:
         report.add("", Unreadable(f"YAML syntax error: {err}"), "valid YAML")
-        return False, None
+        return False, None, []
     finally:
         loader.dispose()
-    return True, document
+    return True, document, copies
+
+
+def _under(key_path: str, path: str) -> bool:
+    return key_path == path or key_path.startswith((f"{path}.", f"{path}["))
+
+
+def _with_value(document: object, keys: tuple[Any, ...], value: object) -> object:
+    """A copy of ``document`` with ``value`` at ``keys`` (the rest shared, not changed)."""
+    if not keys:
+        return value
+    head, rest = keys[0], keys[1:]
+    if isinstance(document, dict) and head in document:
+        return {**document, head: _with_value(document[head], rest, value)}
+    if isinstance(document, list) and isinstance(head, int) and head < len(document):
+        return [*document[:head], _with_value(document[head], rest, value), *document[head + 1 :]]
+    return document
+
+
+def _check_copies(
+    document: object, copies: list[tuple[_Copy, object]], report: _Report, base: Mapping[str, Any]
+) -> None:
+    """Check every copy of each key given more than once, not only the one YAML keeps: a mistake inside a
+    copy is reported with that copy's line (the kept copy's mistakes, found by the normal check, get its
+    line too)."""
+    kept = {copy.path: copy.line for copy, _ in copies if copy.last}
+    for index, problem in enumerate(report.problems):
+        paths = [path for path in kept if _under(problem.key_path, path)]
+        if paths and problem.line is None and not isinstance(problem.value, Unreadable):
+            report.problems[index] = replace(problem, line=kept[max(paths, key=len)])  # the innermost copy
+    for copy, value in copies:
+        if copy.last:
+            continue
+        scratch = _Report(report.file)
+        _check_document(_with_value(document, copy.keys, value), scratch, base)
+        for problem in scratch.problems:
+            if _under(problem.key_path, copy.path) and not isinstance(problem.value, Unreadable):
+                report.problems.append(replace(problem, line=copy.line))
 
 
 # -------------------------------------------------------------------------------------------------- building
@@ -1000,9 +1067,11 @@ def _incomplete_keys(section: _Section, value: Mapping[str, Any], path: str) -> 
 
 def _validated(text: str, source: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
     report = _Report(source)
-    parsed, document = _parse_yaml(text, report)
+    parsed, document, copies = _parse_yaml(text, report)
     if parsed:
         _check_document(document, report, base)
+        if copies:
+            _check_copies(document, copies, report, base)
     if report.problems:
         return {}, report.problems
     assert isinstance(document, dict)
