@@ -184,6 +184,33 @@ class CostBudget:
     alert_at_fraction: float
 
 
+@dataclass(frozen=True)
+class DeclaredBy:
+    """Which DAGs may declare a tenant: those of the DAG bundles ``bundles`` and of the bundles owned by the
+    teams ``teams`` (Airflow's ``[core] multi_team``). Both empty: any DAG."""
+
+    teams: tuple[str, ...] = ()
+    bundles: tuple[str, ...] = ()
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.teams or self.bundles)
+
+    def allows(self, bundle: str | None, team: str | None) -> bool:
+        """Whether a DAG of ``bundle`` (owned by ``team``, None: no team) may declare the tenant."""
+        if not self.restricted:
+            return True
+        return (bundle is not None and bundle in self.bundles) or (team is not None and team in self.teams)
+
+    def describe(self) -> str:
+        parts = []
+        if self.teams:
+            parts.append(f"teams {', '.join(self.teams)}")
+        if self.bundles:
+            parts.append(f"bundles {', '.join(self.bundles)}")
+        return " or ".join(parts) or "any DAG"
+
+
 SizeTables = Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]
 """runner class -> size -> backend (lambda, pod, fargate, glue, emr, ec2) -> resource setting -> value."""
 
@@ -206,6 +233,7 @@ class TenantPolicy:
     network_profiles: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(hash=False, default_factory=dict)
     runner_targets: Mapping[str, Mapping[str, Mapping[str, str]]] = field(hash=False, default_factory=dict)
     failure_classes: FailureClasses = field(hash=False, default_factory=FailureClasses)
+    declared_by: DeclaredBy = DeclaredBy()
 
     @property
     def allowed_sizes(self) -> tuple[str, ...]:
@@ -275,6 +303,25 @@ class Policy:
         """The tenant's effective settings; a tenant the policy does not declare gets the defaults."""
         declared = self.tenants.get(tenant)
         return declared if declared is not None else replace(self.defaults, tenant=tenant)
+
+    @functools.cached_property
+    def binds_tenants(self) -> bool:
+        """Whether any tenant (or the defaults) says which DAGs may declare it (``declared_by``)."""
+        return self.defaults.declared_by.restricted or any(t.declared_by.restricted for t in self.tenants.values())
+
+    def declaration_refused(self, tenant: str, bundle: str | None, team: str | None) -> str | None:
+        """Why a DAG of ``bundle`` (owned by ``team``) may not declare ``tenant``; None when it may.
+
+        A DAG whose bundle is not known (parsed outside a DAG bundle: a test, ``dag.test()``) is not judged
+        here: the DAG processor and the task process always know it."""
+        declared_by = (self.tenants.get(tenant) or self.defaults).declared_by
+        if bundle is None or declared_by.allows(bundle, team):
+            return None
+        owner = f"team {team!r}" if team else "no team"
+        return (
+            f"tenant {tenant!r} may be declared only by DAGs of {declared_by.describe()} "
+            f"(declared_by in {self.source}); this DAG is in bundle {bundle!r} of {owner}"
+        )
 
 
 # -------------------------------------------------------------------------------------------------- schema
@@ -583,6 +630,15 @@ _RUNNER_TARGETS = _Section(
     optional=True,
 )
 
+# Which DAGs may declare a tenant: DAG bundles, and teams owning bundles. Optional: empty, any DAG may.
+_DECLARED_BY = _Section(
+    {
+        "teams": _list_of(_name("an Airflow team name"), "Airflow team names"),
+        "bundles": _list_of(_name("a DAG bundle name"), "DAG bundle names"),
+    },
+    optional=True,
+)
+
 # Failure classification (barecount_provider.recovery.classify): what makes a failure transient or permanent.
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _STATUS_CODE = re.compile(r"[1-5]([0-9][0-9]|[0-9]x|xx)")
@@ -675,6 +731,7 @@ _SETTINGS = _Section(
         "size_tables": _SIZE_TABLES,
         "network_profiles": _NETWORK_PROFILES,
         "runner_targets": _RUNNER_TARGETS,
+        "declared_by": _DECLARED_BY,
     }
 )
 
@@ -1025,6 +1082,10 @@ def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
         network_profiles=frozen(settings.get("network_profiles") or {}),
         runner_targets=frozen(settings.get("runner_targets") or {}),
         failure_classes=_failure_classes(settings["failure_classes"]),
+        declared_by=DeclaredBy(
+            teams=tuple(dict.fromkeys((settings.get("declared_by") or {}).get("teams") or ())),
+            bundles=tuple(dict.fromkeys((settings.get("declared_by") or {}).get("bundles") or ())),
+        ),
     )
 
 
