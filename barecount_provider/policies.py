@@ -227,6 +227,30 @@ def task_policy(task: Any) -> None:
         retry.attach(task)
     except Exception:  # a policy that raises fails the DAG's import: only a missing pool may do that
         log.warning("BareCount could not attach its retry policy to %s", getattr(task, "task_id", task), exc_info=True)
+    _note_invalid_policy(task)
+
+
+def _note_invalid_policy(task: Any) -> None:
+    """While the configured policy is invalid, every try's evidence says so: the ``policy_invalid`` exception
+    goes on the task, where the try's entry reads its policy exceptions (``[barecount] policy_invalid``)."""
+    try:
+        from barecount_provider.policy import (
+            POLICY_INVALID_RULE,
+            configured_problems,
+            invalid_policy_exception,
+        )
+
+        problems = configured_problems()
+        if not problems:
+            return
+        exceptions = getattr(task, "barecount_policy_exceptions", None)
+        if not isinstance(exceptions, list):
+            exceptions = []
+            task.barecount_policy_exceptions = exceptions
+        if not any(isinstance(e, dict) and e.get("rule") == POLICY_INVALID_RULE for e in exceptions):
+            exceptions.append(invalid_policy_exception(pools.tenant_of(task), problems))
+    except Exception:  # a policy that raises fails the DAG's import
+        log.warning("BareCount could not note the invalid policy on %s", getattr(task, "task_id", task), exc_info=True)
 
 
 def _assign_pool(task: Any) -> None:
