@@ -147,3 +147,35 @@ def test_declared_by_mistakes_are_named(tmp_path: Path, text: str, expected: str
     path = tmp_path / "bad.yaml"
     path.write_text(f"version: 1\ntenants:\n  x:\n    {text}\n", encoding="utf-8")
     assert [str(problem) for problem in policy.validate_file(str(path))] == [f"{path}: {expected}"]
+
+
+def test_sealing_a_run_by_hand_refuses_a_dag_whose_bundle_may_not_declare_its_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``barecount evidence seal`` (seal_run) writes nothing into the chain of a tenant the DAG may not declare."""
+    from contextlib import contextmanager
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    import airflow.utils.session as airflow_session
+
+    from barecount_provider.evidence import scheduler as evidence_scheduler
+    from barecount_provider.telemetry import scheduler_side
+
+    dag_run = SimpleNamespace(state="success", start_date=datetime(2026, 12, 7, tzinfo=UTC),
+                              end_date=datetime(2026, 12, 7, 0, 1, tzinfo=UTC), run_type="manual")
+
+    class Rows(list):
+        def first(self):
+            return dag_run
+
+    @contextmanager
+    def session():
+        yield SimpleNamespace(scalars=lambda statement: Rows(["tenant:team_b"]))  # the run, then the DAG's tags
+
+    monkeypatch.setattr(airflow_session, "create_session", session)
+    monkeypatch.setattr(policies, "bundle_of_dag", {"stale": "team_a_dags"}.get, raising=False)
+    monkeypatch.setattr(scheduler_side, "get_scheduler_side", lambda: scheduler_side.SchedulerSide())
+    sealed: list = []
+    monkeypatch.setattr(evidence_scheduler, "_store", lambda: sealed.append("store") or pytest.fail("store opened"))
+    with pytest.raises(ValueError, match=r"DAG run 'r1' of 'stale' is not sealed: tenant 'team_b' may be declared only"):
+        evidence_scheduler.seal_run("stale", "r1", grace_seconds=0)
+    assert sealed == []
