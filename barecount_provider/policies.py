@@ -135,13 +135,16 @@ def tenant_declaration_refused(dag: Any, bundle: str | None = None) -> str | Non
     policy binds no tenant, or when the DAG's bundle is not known. ``bundle``: the DAG's bundle when the
     caller knows it; else the bundle Airflow is parsing (:func:`parsing_bundle`)."""
     try:
-        if not config.enabled() or context.is_opted_out(dag):
+        if not config.enabled():
             return None
-        from barecount_provider.policy import get_policy
+        from barecount_provider.policy import PolicyError, get_policy
 
-        policy = get_policy()
-        if not policy.binds_tenants:
-            return None
+        try:
+            policy = get_policy()
+        except PolicyError:
+            return None  # reported where it is loaded, and in the evidence ([barecount] policy_invalid)
+        if not policy.binds_tenants or _out_of_scope(dag) or context.is_opted_out(dag):
+            return None  # a task process checks the DAG it runs: the DAG processor checked the others
         bundle = bundle or parsing_bundle()
         if bundle is None:
             return None
@@ -184,9 +187,12 @@ def tenant_refused_at_run_time(dag_id: str, tenant: str) -> str | None:
     time has no runs, but a DAG parsed before the policy bound its tenant may still have some. A refused
     DAG's runs are recorded nowhere; the refusal is logged."""
     try:
-        from barecount_provider.policy import get_policy
+        from barecount_provider.policy import PolicyError, get_policy
 
-        policy = get_policy()
+        try:
+            policy = get_policy()
+        except PolicyError:
+            return None
         if not policy.binds_tenants:
             return None
         bundle = bundle_of_dag(dag_id)
