@@ -222,10 +222,11 @@ class ReplayOperator(BaseOperator):
         cost = float(plan["estimated_cost_usd"]) * records / int(plan["records"]) if plan["records"] else 0.0
         if not thresholds.needs_approval(records, cost):
             return None
+        limits = [f"{thresholds.threshold_records} records"] if thresholds.threshold_records is not None else []
+        limits += [f"{thresholds.threshold_cost_usd} USD"] if thresholds.threshold_cost_usd is not None else []
         what = (
-            f"replay of {records} record(s) (estimated {cost:.4f} USD) in scope {plan['scope_id']} reaches tenant "
-            f"{tenant!r}'s approval threshold ({thresholds.threshold_records} records / "
-            f"{thresholds.threshold_cost_usd} USD in {policy.source})"
+            f"replay of {records} record(s) (estimated {cost:.4f} USD) in scope {plan['scope_id']} reaches the "
+            f"approval threshold of tenant {tenant!r} ({' or '.join(limits)} in {policy.source})"
         )
         how = (
             "plan it with ReplayOperator(plan_only=True), ask for the approval with ReplayApprovalSensor("

@@ -422,7 +422,7 @@ def _decide(gated: SimpleNamespace, decision: str = "Approve", **request_changes
 def test_a_replay_over_the_threshold_without_the_sensor_is_refused_and_delivers_nothing(gated):
     from airflow.sdk.exceptions import AirflowException
 
-    with pytest.raises(AirflowException, match=r"reaches tenant 'acme'.s approval threshold .*no approved plan was given"):
+    with pytest.raises(AirflowException, match=r"reaches the approval threshold of tenant 'acme' \(10 records in .*policy.yaml\), and no approved plan was given"):
         gated.operator(task_id="replay", **gated.common).execute({"ti": gated.ti})
     with pytest.raises(AirflowException, match=r"no approval of plan [0-9a-f]+ for tenant 'acme' and at least 12 record"):
         gated.operator(task_id="replay", approved_plan_task_id="plan", **gated.common).execute({"ti": gated.ti})
