@@ -12,6 +12,13 @@ its tenant's retries, backoff and BareCount's retry policy (:func:`barecount_pro
 docs/recovery.md): the policy object is never serialized, so this runs again in the task process, where the
 DAG file is parsed once more and the retry policy is evaluated.
 
+``dag_policy`` also refuses, as an import error, a DAG that declares a tenant its DAG bundle may not use (policy
+``declared_by``: the bundles, and the teams owning bundles, that may declare each tenant; docs/policy.md): a
+team's DAG never writes into another team's chain. The scheduler side checks the same binding at run time
+(:func:`tenant_refused_at_run_time`) and records nothing of a DAG it refuses. While the policy file is
+invalid, ``task_policy`` puts a ``policy_invalid`` exception on each task, which every try's evidence entry
+carries (``[barecount] policy_invalid``).
+
 A task process parses its whole DAG file but runs one task of it. There both policies do their work for
 that task and its DAG only, and return at once for every other task and DAG of the file: Airflow's task
 runner sets its parsing context (``airflow.sdk.get_parsing_context()``) to the running try's ``dag_id`` and
