@@ -133,10 +133,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print("  file: off")
     problems += _doctor_evidence()
+    _doctor_emit_failures()
     if not config.secret_key():
         print("\nWARNING: no [barecount] secret_key, [core] fernet_key or [api_auth] jwt_secret: run tokens are guessable")
     print(f"\n{'OK' if not problems else f'{problems} problem(s) found'}")
     return 0 if not problems else 1
+
+
+def _doctor_emit_failures() -> None:
+    """Print BareCount's own failures (``barecount.emit.failed``) that the components noted in the file sink:
+    visible here when every metric sink is down."""
+    print("\nOwn failures (barecount.emit.failed)")
+    if not config.file_sink_on():
+        print("  file sink off: noted only in each component's log (at most one line a minute)")
+        return
+    from barecount_provider.telemetry.filesink import emit_failures_path, read_emit_failures
+
+    path = emit_failures_path()
+    try:
+        summary = read_emit_failures(path)
+    except OSError as err:
+        print(f"  {path}: cannot be read: {err.strerror or err}")
+        return
+    if not summary["total"]:
+        print(f"  {path}: none noted")
+        return
+    by = ", ".join(f"{key} {n}" for key, n in sorted(summary["by"].items(), key=lambda item: (-item[1], item[0])))
+    print(f"  {path}: {summary['total']} failure(s) noted from {summary['first']} to {summary['last']}")
+    print(f"    by sink/stage: {by}")
 
 
 def _doctor_evidence() -> int:

@@ -45,6 +45,14 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "Path of the governance policy (YAML). Empty: the built-in default policy shipped with the provider. "
         "An invalid policy is an error, never a silent fall-back.",
     ),
+    "policy_invalid": (
+        "string",
+        "",
+        "fail",
+        "What an invalid policy file does to task processes: fail (runner tasks are refused before they launch, "
+        "with the policy's errors) or warn (tasks that need no policy run). Both put a policy_invalid exception "
+        "in the evidence of every try. Empty: fail when environment = production, warn otherwise.",
+    ),
     "secret_key": (
         "string",
         "",
@@ -417,6 +425,17 @@ def policy_path() -> str:
     return _raw("policy_path").strip()
 
 
+POLICY_INVALID_MODES = ("fail", "warn")
+
+
+@functools.cache
+def policy_invalid() -> str:
+    """``fail`` or ``warn``: see OPTIONS; empty follows the environment (production: fail)."""
+    if not _raw("policy_invalid").strip():
+        return "fail" if environment() == "production" else "warn"
+    return _choice("policy_invalid", POLICY_INVALID_MODES)
+
+
 @functools.cache
 def secret_key() -> bytes:
     """The key of every keyed hash; shared by all machines of a deployment."""
@@ -706,6 +725,7 @@ _GETTERS = [
     environment,
     default_tenant,
     policy_path,
+    policy_invalid,
     secret_key,
     opt_out_tag,
     statsd_on,

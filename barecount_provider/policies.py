@@ -12,6 +12,13 @@ its tenant's retries, backoff and BareCount's retry policy (:func:`barecount_pro
 docs/recovery.md): the policy object is never serialized, so this runs again in the task process, where the
 DAG file is parsed once more and the retry policy is evaluated.
 
+``dag_policy`` also refuses, as an import error, a DAG that declares a tenant its DAG bundle may not use (policy
+``declared_by``: the bundles, and the teams owning bundles, that may declare each tenant; docs/policy.md): a
+team's DAG never writes into another team's chain. The scheduler side checks the same binding at run time
+(:func:`tenant_refused_at_run_time`) and records nothing of a DAG it refuses. While the policy file is
+invalid, ``task_policy`` puts a ``policy_invalid`` exception on each task, which every try's evidence entry
+carries (``[barecount] policy_invalid``).
+
 A task process parses its whole DAG file but runs one task of it. There both policies do their work for
 that task and its DAG only, and return at once for every other task and DAG of the file: Airflow's task
 runner sets its parsing context (``airflow.sdk.get_parsing_context()``) to the running try's ``dag_id`` and
@@ -23,7 +30,10 @@ policies cost a task process about 6 µs for each other task in its file instead
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
+import time
 from typing import Any
 
 import pluggy
@@ -77,6 +87,130 @@ def dag_policy(dag: Any) -> None:
                 context.snapshot_declared(dag)
     except Exception:  # a policy that raises fails the DAG's import; telemetry must never do that
         log.warning("BareCount could not snapshot the declared params of %s", getattr(dag, "dag_id", dag), exc_info=True)
+    refusal = tenant_declaration_refused(dag)
+    if refusal is not None:
+        from airflow.exceptions import AirflowClusterPolicyViolation
+
+        raise AirflowClusterPolicyViolation(f"BareCount: DAG {getattr(dag, 'dag_id', dag)!r}: {refusal}")
+
+
+# ------------------------------------------------------------------------------- tenants bound to bundles
+
+
+def parsing_bundle() -> str | None:
+    """The DAG bundle whose file Airflow's DagBag is bagging now (the DAG processor, a task process); None
+    elsewhere. Airflow gives a cluster policy the DAG alone: the bundle is read from the DagBag that calls it
+    (``DagBag.bag_dag``), the one place BareCount reads it."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "bag_dag":
+            bundle = getattr(frame.f_locals.get("self"), "bundle_name", None)
+            return bundle if isinstance(bundle, str) and bundle else None
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+@functools.cache
+def bundle_teams() -> dict[str, str | None]:
+    """DAG bundle name -> the team that owns it (None: no team), from ``[dag_processor]
+    dag_bundle_config_list`` (``team_name``, with ``[core] multi_team``)."""
+    from airflow.configuration import conf
+
+    try:
+        bundles = conf.getjson("dag_processor", "dag_bundle_config_list", fallback=None) or []
+    except Exception:
+        log.warning("BareCount could not read [dag_processor] dag_bundle_config_list", exc_info=True)
+        return {}
+    teams: dict[str, str | None] = {}
+    for bundle in bundles if isinstance(bundles, list) else []:
+        if isinstance(bundle, dict) and isinstance(bundle.get("name"), str):
+            team = bundle.get("team_name")
+            teams[bundle["name"]] = team if isinstance(team, str) and team else None
+    return teams
+
+
+def declared_tenants(dag: Any) -> set[str]:
+    """Every tenant the DAG declares: its own, and each task's (operator argument, params, tags, default)."""
+    tenants = {context.declared(None, dag, "tenant") or config.default_tenant()}
+    for task in getattr(dag, "tasks", None) or ():
+        tenants.add(pools.tenant_of(task))
+    return tenants
+
+
+def tenant_declaration_refused(dag: Any, bundle: str | None = None) -> str | None:
+    """Why ``dag`` may not declare one of its tenants (policy ``declared_by``); None when it may, when the
+    policy binds no tenant, or when the DAG's bundle is not known. ``bundle``: the DAG's bundle when the
+    caller knows it; else the bundle Airflow is parsing (:func:`parsing_bundle`)."""
+    try:
+        if not config.enabled():
+            return None
+        from barecount_provider.policy import PolicyError, get_policy
+
+        try:
+            policy = get_policy()
+        except PolicyError:
+            return None  # reported where it is loaded, and in the evidence ([barecount] policy_invalid)
+        if not policy.binds_tenants or _out_of_scope(dag) or context.is_opted_out(dag):
+            return None  # a task process checks the DAG it runs: the DAG processor checked the others
+        bundle = bundle or parsing_bundle()
+        if bundle is None:
+            return None
+        team = bundle_teams().get(bundle)
+        refusals = [
+            reason
+            for tenant in sorted(declared_tenants(dag))
+            if (reason := policy.declaration_refused(tenant, bundle, team)) is not None
+        ]
+    except Exception:  # an invalid policy is reported where it is loaded; a bug must not fail the import
+        log.warning("BareCount could not check the tenants of %s", getattr(dag, "dag_id", dag), exc_info=True)
+        return None
+    return "; ".join(refusals) or None
+
+
+_BUNDLE_OF_DAG: dict[str, tuple[float, str | None]] = {}
+BUNDLE_TTL_SECONDS = 60.0
+_REFUSALS_LOGGED: set[tuple[str, str]] = set()
+
+
+def bundle_of_dag(dag_id: str) -> str | None:
+    """The DAG bundle of ``dag_id`` in Airflow's database (the scheduler side); cached for a minute."""
+    now = time.monotonic()
+    cached = _BUNDLE_OF_DAG.get(dag_id)
+    if cached is not None and now - cached[0] < BUNDLE_TTL_SECONDS:
+        return cached[1]
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        bundle = session.scalar(select(DagModel.bundle_name).where(DagModel.dag_id == dag_id))
+    _BUNDLE_OF_DAG[dag_id] = (now, bundle)
+    return bundle
+
+
+def tenant_refused_at_run_time(dag_id: str, tenant: str) -> str | None:
+    """Why the runs of ``dag_id`` may not be recorded under ``tenant`` (policy ``declared_by``, the DAG's
+    bundle and its team); None when they may. The scheduler side's defence in depth: a DAG refused at parse
+    time has no runs, but a DAG parsed before the policy bound its tenant may still have some. A refused
+    DAG's runs are recorded nowhere; the refusal is logged."""
+    try:
+        from barecount_provider.policy import PolicyError, get_policy
+
+        try:
+            policy = get_policy()
+        except PolicyError:
+            return None
+        if not policy.binds_tenants:
+            return None
+        bundle = bundle_of_dag(dag_id)
+        refusal = policy.declaration_refused(tenant, bundle, bundle_teams().get(bundle) if bundle else None)
+    except Exception:
+        log.warning("BareCount could not check the tenant of DAG %s", dag_id, exc_info=True)
+        return None
+    if refusal is not None and (dag_id, refusal) not in _REFUSALS_LOGGED:
+        _REFUSALS_LOGGED.add((dag_id, refusal))
+        log.error("BareCount records nothing of DAG %s: %s", dag_id, refusal)
+    return refusal
 
 
 @hookimpl
@@ -106,6 +240,30 @@ def task_policy(task: Any) -> None:
         retry.attach(task)
     except Exception:  # a policy that raises fails the DAG's import: only a missing pool may do that
         log.warning("BareCount could not attach its retry policy to %s", getattr(task, "task_id", task), exc_info=True)
+    _note_invalid_policy(task)
+
+
+def _note_invalid_policy(task: Any) -> None:
+    """While the configured policy is invalid, every try's evidence says so: the ``policy_invalid`` exception
+    goes on the task, where the try's entry reads its policy exceptions (``[barecount] policy_invalid``)."""
+    try:
+        from barecount_provider.policy import (
+            POLICY_INVALID_RULE,
+            configured_problems,
+            invalid_policy_exception,
+        )
+
+        problems = configured_problems()
+        if not problems:
+            return
+        exceptions = getattr(task, "barecount_policy_exceptions", None)
+        if not isinstance(exceptions, list):
+            exceptions = []
+            task.barecount_policy_exceptions = exceptions
+        if not any(isinstance(e, dict) and e.get("rule") == POLICY_INVALID_RULE for e in exceptions):
+            exceptions.append(invalid_policy_exception(pools.tenant_of(task), problems))
+    except Exception:  # a policy that raises fails the DAG's import
+        log.warning("BareCount could not note the invalid policy on %s", getattr(task, "task_id", task), exc_info=True)
 
 
 def _assign_pool(task: Any) -> None:

@@ -89,9 +89,13 @@ class Problem:
     key_path: str
     value: object
     expected: str
+    line: int | None = None
+    """For a mistake inside a key given more than once: the line of the copy it is in (each copy is checked)."""
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.key_path}" if self.key_path else self.file
+        if self.line is not None:
+            where += f" (copy at line {self.line})"
         if self.value is MISSING:
             return f"{where}: missing; expected {self.expected}"
         if isinstance(self.value, Unreadable):
@@ -180,6 +184,33 @@ class CostBudget:
     alert_at_fraction: float
 
 
+@dataclass(frozen=True)
+class DeclaredBy:
+    """Which DAGs may declare a tenant: those of the DAG bundles ``bundles`` and of the bundles owned by the
+    teams ``teams`` (Airflow's ``[core] multi_team``). Both empty: any DAG."""
+
+    teams: tuple[str, ...] = ()
+    bundles: tuple[str, ...] = ()
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.teams or self.bundles)
+
+    def allows(self, bundle: str | None, team: str | None) -> bool:
+        """Whether a DAG of ``bundle`` (owned by ``team``, None: no team) may declare the tenant."""
+        if not self.restricted:
+            return True
+        return (bundle is not None and bundle in self.bundles) or (team is not None and team in self.teams)
+
+    def describe(self) -> str:
+        parts = []
+        if self.teams:
+            parts.append(f"teams {', '.join(self.teams)}")
+        if self.bundles:
+            parts.append(f"bundles {', '.join(self.bundles)}")
+        return " or ".join(parts) or "any DAG"
+
+
 SizeTables = Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]
 """runner class -> size -> backend (lambda, pod, fargate, glue, emr, ec2) -> resource setting -> value."""
 
@@ -202,6 +233,7 @@ class TenantPolicy:
     network_profiles: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(hash=False, default_factory=dict)
     runner_targets: Mapping[str, Mapping[str, Mapping[str, str]]] = field(hash=False, default_factory=dict)
     failure_classes: FailureClasses = field(hash=False, default_factory=FailureClasses)
+    declared_by: DeclaredBy = DeclaredBy()
 
     @property
     def allowed_sizes(self) -> tuple[str, ...]:
@@ -271,6 +303,25 @@ class Policy:
         """The tenant's effective settings; a tenant the policy does not declare gets the defaults."""
         declared = self.tenants.get(tenant)
         return declared if declared is not None else replace(self.defaults, tenant=tenant)
+
+    @functools.cached_property
+    def binds_tenants(self) -> bool:
+        """Whether any tenant (or the defaults) says which DAGs may declare it (``declared_by``)."""
+        return self.defaults.declared_by.restricted or any(t.declared_by.restricted for t in self.tenants.values())
+
+    def declaration_refused(self, tenant: str, bundle: str | None, team: str | None) -> str | None:
+        """Why a DAG of ``bundle`` (owned by ``team``) may not declare ``tenant``; None when it may.
+
+        A DAG whose bundle is not known (parsed outside a DAG bundle: a test, ``dag.test()``) is not judged
+        here: the DAG processor and the task process always know it."""
+        declared_by = (self.tenants.get(tenant) or self.defaults).declared_by
+        if bundle is None or declared_by.allows(bundle, team):
+            return None
+        owner = f"team {team!r}" if team else "no team"
+        return (
+            f"tenant {tenant!r} may be declared only by DAGs of {declared_by.describe()} "
+            f"(declared_by in {self.source}); this DAG is in bundle {bundle!r} of {owner}"
+        )
 
 
 # -------------------------------------------------------------------------------------------------- schema
@@ -579,6 +630,15 @@ _RUNNER_TARGETS = _Section(
     optional=True,
 )
 
+# Which DAGs may declare a tenant: DAG bundles, and teams owning bundles. Optional: empty, any DAG may.
+_DECLARED_BY = _Section(
+    {
+        "teams": _list_of(_name("an Airflow team name"), "Airflow team names"),
+        "bundles": _list_of(_name("a DAG bundle name"), "DAG bundle names"),
+    },
+    optional=True,
+)
+
 # Failure classification (barecount_provider.recovery.classify): what makes a failure transient or permanent.
 _EXCEPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _STATUS_CODE = re.compile(r"[1-5]([0-9][0-9]|[0-9]x|xx)")
@@ -671,6 +731,7 @@ _SETTINGS = _Section(
         "size_tables": _SIZE_TABLES,
         "network_profiles": _NETWORK_PROFILES,
         "runner_targets": _RUNNER_TARGETS,
+        "declared_by": _DECLARED_BY,
     }
 )
 
@@ -846,64 +907,127 @@ def _check_document(document: object, report: _Report, base: Mapping[str, Any]) 
 # ------------------------------------------------------------------------------------------------- parsing
 
 
-def _duplicate_keys(node: yaml.Node, path: str, seen_nodes: set[int]) -> Iterator[tuple[str, yaml.Mark]]:
-    """(key path, position) of every key given twice in one mapping, which YAML loading silently resolves to
+@dataclass(frozen=True)
+class _Copy:
+    """One copy of a key given more than once in a mapping: where it is and its value node."""
+
+    path: str  # dotted key path, as Problem.key_path writes it
+    keys: tuple[Any, ...]  # the same path as keys of the loaded document (str keys, int list indexes)
+    line: int  # 1-based line of the key
+    mark: yaml.Mark
+    value_node: yaml.Node
+    last: bool  # the copy YAML keeps (the one the loaded document holds)
+
+
+def _duplicate_keys(node: yaml.Node, path: str, keys: tuple[Any, ...], seen_nodes: set[int]) -> Iterator[list[_Copy]]:
+    """Every copy of each key given more than once in one mapping, which YAML loading silently resolves to
     the last one. Merge keys (``<<``) are YAML's way to override on purpose and are left alone."""
     if id(node) in seen_nodes:  # an alias of a node already walked
         return
     seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        keys: set[tuple[str, str]] = set()
+        copies: dict[tuple[str, str], list[tuple[yaml.Node, yaml.Node]]] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                copies.setdefault((key_node.tag, key_node.value), []).append((key_node, value_node))
         for key_node, value_node in node.value:
             name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if (key_node.tag, key_node.value) in keys:
-                    yield _join(path, name), key_node.start_mark
-                keys.add((key_node.tag, key_node.value))
-            yield from _duplicate_keys(value_node, _join(path, name), seen_nodes)
+            found = copies.get((key_node.tag, key_node.value)) if isinstance(key_node, yaml.ScalarNode) else None
+            if found is not None and len(found) > 1 and found[0][0] is key_node:
+                yield [
+                    _Copy(_join(path, name), (*keys, name), copy_key.start_mark.line + 1, copy_key.start_mark,
+                          copy_value, index == len(found) - 1)
+                    for index, (copy_key, copy_value) in enumerate(found)
+                ]
+            yield from _duplicate_keys(value_node, _join(path, name), (*keys, name), seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            yield from _duplicate_keys(item, f"{path}[{index}]", seen_nodes)
+            yield from _duplicate_keys(item, f"{path}[{index}]", (*keys, index), seen_nodes)
 
 
-def _parse_yaml(text: str, report: _Report) -> tuple[bool, object]:
-    """(parsed, document). Syntax errors and duplicate keys go to ``report`` with their line and column.
+def _parse_yaml(text: str, report: _Report) -> tuple[bool, object, list[tuple[_Copy, object]]]:
+    """(parsed, document, copies). Syntax errors and duplicate keys go to ``report`` with their line and
+    column; ``copies`` holds, for each key given more than once, each copy with its loaded value.
 
     libyaml's loader when present (about 8x faster: the policy is read by every task process); a file it
     rejects is read again by the pure-Python loader, whose error messages are the documented ones."""
     fast = getattr(yaml, "CSafeLoader", None)
     if fast is not None:
         scratch = _Report(report.file)
-        parsed, document = _parse_yaml_with(fast, text, scratch)
+        parsed, document, copies = _parse_yaml_with(fast, text, scratch)
         if parsed and not scratch.problems:
-            return parsed, document
+            return parsed, document, copies
     return _parse_yaml_with(yaml.SafeLoader, text, report)
 
 
-def _parse_yaml_with(loader_class: Any, text: str, report: _Report) -> tuple[bool, object]:
+def _parse_yaml_with(loader_class: Any, text: str, report: _Report) -> tuple[bool, object, list[tuple[_Copy, object]]]:
     loader = loader_class(text)
+    copies: list[tuple[_Copy, object]] = []
     try:
         node = loader.get_single_node()
         if node is None:
             report.add("", Unreadable("the file is empty"), "a policy with at least `version: 1`")
-            return False, None
-        for key_path, mark in _duplicate_keys(node, "", set()):
-            where = f"line {mark.line + 1}, column {mark.column + 1}"
-            report.add(key_path, Unreadable(f"given again at {where}"), "each key once in a mapping")
+            return False, None, []
+        groups = list(_duplicate_keys(node, "", (), set()))
+        for group in groups:
+            for copy in group[1:]:
+                where = f"line {copy.mark.line + 1}, column {copy.mark.column + 1}"
+                report.add(copy.path, Unreadable(f"given again at {where}"), "each key once in a mapping")
         document = loader.construct_document(node)
+        for group in groups:
+            for copy in group:
+                value = None if copy.last else loader.construct_object(copy.value_node, deep=True)
+                copies.append((copy, value))
     except yaml.MarkedYAMLError as err:
         error_mark = err.problem_mark or err.context_mark
         where = f" at line {error_mark.line + 1}, column {error_mark.column + 1}" if error_mark else ""
         detail = err.problem or "unreadable"
         detail += f" ({err.context})" if err.context else ""
         report.add("", Unreadable(f"YAML syntax error{where}: {detail}"), "valid YAML")
-        return False, None
+        return False, None, []
     except yaml.YAMLError as err:
         report.add("", Unreadable(f"YAML syntax error: {err}"), "valid YAML")
-        return False, None
+        return False, None, []
     finally:
         loader.dispose()
-    return True, document
+    return True, document, copies
+
+
+def _under(key_path: str, path: str) -> bool:
+    return key_path == path or key_path.startswith((f"{path}.", f"{path}["))
+
+
+def _with_value(document: object, keys: tuple[Any, ...], value: object) -> object:
+    """A copy of ``document`` with ``value`` at ``keys`` (the rest shared, not changed)."""
+    if not keys:
+        return value
+    head, rest = keys[0], keys[1:]
+    if isinstance(document, dict) and head in document:
+        return {**document, head: _with_value(document[head], rest, value)}
+    if isinstance(document, list) and isinstance(head, int) and head < len(document):
+        return [*document[:head], _with_value(document[head], rest, value), *document[head + 1 :]]
+    return document
+
+
+def _check_copies(
+    document: object, copies: list[tuple[_Copy, object]], report: _Report, base: Mapping[str, Any]
+) -> None:
+    """Check every copy of each key given more than once, not only the one YAML keeps: a mistake inside a
+    copy is reported with that copy's line (the kept copy's mistakes, found by the normal check, get its
+    line too)."""
+    kept = {copy.path: copy.line for copy, _ in copies if copy.last}
+    for index, problem in enumerate(report.problems):
+        paths = [path for path in kept if _under(problem.key_path, path)]
+        if paths and problem.line is None and not isinstance(problem.value, Unreadable):
+            report.problems[index] = replace(problem, line=kept[max(paths, key=len)])  # the innermost copy
+    for copy, value in copies:
+        if copy.last:
+            continue
+        scratch = _Report(report.file)
+        _check_document(_with_value(document, copy.keys, value), scratch, base)
+        for problem in scratch.problems:
+            if _under(problem.key_path, copy.path) and not isinstance(problem.value, Unreadable):
+                report.problems.append(replace(problem, line=copy.line))
 
 
 # -------------------------------------------------------------------------------------------------- building
@@ -958,6 +1082,10 @@ def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
         network_profiles=frozen(settings.get("network_profiles") or {}),
         runner_targets=frozen(settings.get("runner_targets") or {}),
         failure_classes=_failure_classes(settings["failure_classes"]),
+        declared_by=DeclaredBy(
+            teams=tuple(dict.fromkeys((settings.get("declared_by") or {}).get("teams") or ())),
+            bundles=tuple(dict.fromkeys((settings.get("declared_by") or {}).get("bundles") or ())),
+        ),
     )
 
 
@@ -1000,9 +1128,11 @@ def _incomplete_keys(section: _Section, value: Mapping[str, Any], path: str) -> 
 
 def _validated(text: str, source: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
     report = _Report(source)
-    parsed, document = _parse_yaml(text, report)
+    parsed, document, copies = _parse_yaml(text, report)
     if parsed:
         _check_document(document, report, base)
+        if copies:
+            _check_copies(document, copies, report, base)
     if report.problems:
         return {}, report.problems
     assert isinstance(document, dict)
@@ -1085,3 +1215,39 @@ def validate_file(path: str) -> list[Problem]:
 def get_policy() -> Policy:
     """The configured policy ([barecount] policy_path), loaded once per process (``get_policy.cache_clear()``)."""
     return load_policy(config.policy_path())
+
+
+def configured_problems() -> list[Problem]:
+    """The mistakes of the configured policy; empty when it is valid (then loaded once, as get_policy)."""
+    try:
+        get_policy()
+    except PolicyError as err:
+        return err.problems
+    return []
+
+
+POLICY_INVALID_RULE = "policy_invalid"
+
+
+def invalid_policy_exception(tenant: str, problems: list[Problem]) -> dict[str, Any]:
+    """The policy exception an evidence entry carries while the configured policy is invalid
+    (``[barecount] policy_invalid``: ``fail`` refuses runner tasks, ``warn`` lets them try)."""
+    return {
+        "rule": POLICY_INVALID_RULE,
+        "tenant": tenant,
+        "limit": config.policy_path() or BUILT_IN_SOURCE,
+        "requested": None,
+        "mode": config.policy_invalid(),
+        "problems": [str(problem) for problem in problems],
+    }
+
+
+def invalid_policy_message(problems: list[Problem]) -> str:
+    """Why a runner task is refused while the policy is invalid (``policy_invalid = fail``)."""
+    path = config.policy_path() or BUILT_IN_SOURCE
+    listed = "\n".join(f"  {problem}" for problem in problems)
+    return (
+        f"BareCount refuses to launch: the governance policy {path} is invalid ([barecount] policy_invalid = "
+        f"fail); fix it (check it with `barecount policy validate {path}`) or set policy_invalid = warn. "
+        f"{len(problems)} problem(s):\n{listed}"
+    )

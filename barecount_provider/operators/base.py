@@ -26,7 +26,15 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from barecount_provider import config
 from barecount_provider import context as bc_context
-from barecount_provider.policy import NETWORK_PROFILES, SIZES, get_policy
+from barecount_provider.policy import (
+    NETWORK_PROFILES,
+    POLICY_INVALID_RULE,
+    SIZES,
+    configured_problems,
+    get_policy,
+    invalid_policy_exception,
+    invalid_policy_message,
+)
 from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER, get_emitter
 
 log = logging.getLogger(__name__)
@@ -260,6 +268,7 @@ class BareCountRunnerMixin:
         self, ctx: bc_context.RunContext, *, workers: int | None = None, hosts: int | None = None
     ) -> dict[str, Any]:
         """Check the tenant's policy (raises :class:`PolicyViolation`); the size's resources for this class."""
+        self.refuse_if_policy_invalid(ctx)
         checked: list[dict[str, Any]] = []
         try:
             resources = check_policy(ctx, workers=workers, hosts=hosts, validations=checked)
@@ -268,6 +277,22 @@ class BareCountRunnerMixin:
             raise
         self._merge_validations(checked)
         return {backend: dict(settings) for backend, settings in resources.items()}
+
+    def refuse_if_policy_invalid(self, ctx: bc_context.RunContext) -> None:
+        """While the configured policy is invalid: record the ``policy_invalid`` exception for the evidence
+        and, with ``[barecount] policy_invalid = fail``, refuse before anything is launched (not retried:
+        AirflowFailException) with the policy's errors. With ``warn`` the policy check that follows fails as
+        it always did: a runner cannot be sized without a policy."""
+        problems = configured_problems()
+        if not problems:
+            return
+        exceptions = getattr(self, "barecount_policy_exceptions", None)
+        if exceptions is None:
+            exceptions = self.barecount_policy_exceptions = []
+        if not any(e.get("rule") == POLICY_INVALID_RULE for e in exceptions):
+            exceptions.append(invalid_policy_exception(ctx.tenant, problems))
+        if config.policy_invalid() == "fail":
+            raise AirflowFailException(invalid_policy_message(problems))
 
     # What the evidence entry of this try reads back from the task (the listener runs in the same process).
     barecount_policy_validations: list[dict[str, Any]]

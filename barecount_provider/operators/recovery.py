@@ -25,6 +25,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from barecount_provider.hooks.dlq import DeadLetterQueueHook
+from barecount_provider.recovery.approvals import canonical_scope, open_approvals, plan_id_for
 from barecount_provider.recovery.dlq import Scope
 from barecount_provider.recovery.ledger import open_ledger
 from barecount_provider.recovery.replay import Replayer, ReplayTarget, target_from_spec
@@ -156,6 +157,8 @@ class ReplayOperator(BaseOperator):
         """Count and estimate (the dry run); pushes XCom ``replay_plan`` (with the policy's verdict)."""
         replayer = self.replayer(context)
         plan = replayer.plan().as_dict()
+        ti = context["ti"]
+        plan["plan_id"] = plan_id_for(plan, ti.dag_id, ti.run_id)
         tenant, _ = self._tenant_pipeline(context)
         try:
             from barecount_provider.policy import get_policy
@@ -182,6 +185,7 @@ class ReplayOperator(BaseOperator):
         plan = self.plan(context)
         if self.plan_only:
             return plan
+        approval = self._approval_gate(context, plan)
         replayer = self.replayer(context)
         try:
             outcome = replayer.run()
@@ -189,6 +193,8 @@ class ReplayOperator(BaseOperator):
             self._publish(context, {"status": "failed", "scope_id": replayer.scope_id, "error": f"{type(err).__name__}: {err}"})
             raise
         result = {**outcome.as_dict(), "plan": {k: plan.get(k) for k in ("records", "estimated_cost_usd", "needs_approval")}}
+        if approval is not None:
+            result["approval"] = approval
         self._publish(context, result)
         if outcome.failed and self.fail_on_failed_records:
             raise AirflowException(
@@ -196,6 +202,69 @@ class ReplayOperator(BaseOperator):
                 "they stay in the dead-letter queue and the next run tries them again"
             )
         return result
+
+    def _approval_gate(self, context: Mapping[str, Any], plan: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Refuse a replay at or above the tenant's approval threshold unless this plan's approval is on record.
+
+        The records about to be delivered are the fresh plan's, capped by ``max_records`` and the approved
+        plan's count; the cost is the plan's estimate for that many. Over the threshold the approved plan
+        (XCom ``replay_plan`` of ``approved_plan_task_id``) must be intact (its ``plan_id`` matches its
+        content and this DAG run), cover the same scope as now, and have an approval on record (the replay
+        approvals table, written by ReplayApprovalSensor) for at least that many records. Returns what the
+        evidence shows of the approval (None below the threshold); raises AirflowException otherwise."""
+        from barecount_provider.policy import get_policy
+
+        tenant, _ = self._tenant_pipeline(context)
+        policy = get_policy()
+        thresholds = policy.for_tenant(tenant).replay_approval
+        limit = self._max_records(context)
+        records = int(plan["records"]) if limit is None else min(int(plan["records"]), limit)
+        cost = float(plan["estimated_cost_usd"]) * records / int(plan["records"]) if plan["records"] else 0.0
+        if not thresholds.needs_approval(records, cost):
+            return None
+        limits = [f"{thresholds.threshold_records} records"] if thresholds.threshold_records is not None else []
+        limits += [f"{thresholds.threshold_cost_usd} USD"] if thresholds.threshold_cost_usd is not None else []
+        what = (
+            f"replay of {records} record(s) (estimated {cost:.4f} USD) in scope {plan['scope_id']} reaches the "
+            f"approval threshold of tenant {tenant!r} ({' or '.join(limits)} in {policy.source})"
+        )
+        how = (
+            "plan it with ReplayOperator(plan_only=True), ask for the approval with ReplayApprovalSensor("
+            "plan_task_id=...) and give this task approved_plan_task_id="
+        )
+        if not self.approved_plan_task_id:
+            raise AirflowException(f"{what}, and no approved plan was given: {how}<the plan task>; nothing was delivered")
+        ti = context["ti"]
+        approved = ti.xcom_pull(task_ids=self.approved_plan_task_id, key=PLAN_XCOM_KEY)
+        approved_id = approved.get("plan_id") if isinstance(approved, Mapping) else None
+        if not approved_id or approved_id != plan_id_for(approved, ti.dag_id, ti.run_id):
+            raise AirflowException(
+                f"{what}, and the plan of task {self.approved_plan_task_id!r} is missing or does not match its plan "
+                f"id (changed after it was planned): {how}{self.approved_plan_task_id!r}; nothing was delivered"
+            )
+        if approved.get("scope_id") != plan["scope_id"] or canonical_scope(approved.get("scope")) != canonical_scope(plan["scope"]):
+            raise AirflowException(
+                f"{what}, and plan {approved_id} of task {self.approved_plan_task_id!r} was for another scope "
+                f"({approved.get('scope_id')}, {canonical_scope(approved.get('scope'))}); nothing was delivered"
+            )
+        record = open_approvals(self.ledger_url).approval_for(
+            plan_id=approved_id, tenant=tenant, scope_id=plan["scope_id"], scope=plan["scope"], records=records
+        )
+        if record is None:
+            raise AirflowException(
+                f"{what}, and no approval of plan {approved_id} for tenant {tenant!r} and at least {records} "
+                f"record(s) is on record: {how}{self.approved_plan_task_id!r}; nothing was delivered"
+            )
+        self.log.info(
+            "Replay of %d record(s) approved by %s at %s (plan %s)", records, record["approver"], record["decided_at"], approved_id
+        )
+        return {
+            "plan_id": approved_id,
+            "approver": record["approver"],
+            "decided_at": record["decided_at"],
+            "decision": record["decision"],
+            "records": int(record["records"]),
+        }
 
     def _publish(self, context: Mapping[str, Any], outcome: dict[str, Any]) -> None:
         self.barecount_replay_outcome = outcome

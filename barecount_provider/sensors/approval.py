@@ -13,7 +13,9 @@ settings taken from the tenant's policy (``replay_approval``) when it runs:
 * Reject (or a timeout that defaults to it) skips the downstream tasks: the replay does not run.
 
 Who decided, when, what and on what scope goes to XCom (``replay_approval``) and into the try's evidence
-entry (``approvals``).
+entry (``approvals``). A decision on a ReplayOperator plan (one with a ``plan_id``) is also put on record in
+the replay approvals table (:mod:`barecount_provider.recovery.approvals`): ``ReplayOperator`` refuses to deliver
+a replay over the threshold unless an approval of its plan is there, whether or not the DAG has this sensor.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class ReplayApprovalSensor(ApprovalOperator):
     :param estimated_cost_usd: estimated cost of the replay in USD (overrides the plan's).
     :param tenant: the tenant whose policy decides; None: the DAG's (params, tags, default tenant).
     :param subject: the required action's title; a default names the DAG, the records and the cost.
+    :param ledger_url: the database the decision on a ReplayOperator plan is recorded in, where the replay
+        checks it (default ``[barecount] evidence_index_url``; give the replay's ``ledger_url`` if it has one).
     """
 
     template_fields: Sequence[str] = (*ApprovalOperator.template_fields, "records", "estimated_cost_usd")
@@ -56,6 +60,7 @@ class ReplayApprovalSensor(ApprovalOperator):
         estimated_cost_usd: float | str | None = None,
         tenant: str | None = None,
         subject: str = "BareCount: approve a large replay",
+        ledger_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         for fixed in ("assigned_users", "response_timeout", "defaults"):
@@ -66,6 +71,7 @@ class ReplayApprovalSensor(ApprovalOperator):
         self.records = records
         self.estimated_cost_usd = estimated_cost_usd
         self.tenant = tenant
+        self.ledger_url = ledger_url
         self.barecount_approvals: list[dict[str, Any]] = []
 
     # --------------------------------------------------------------------------------------- the plan
@@ -100,6 +106,8 @@ class ReplayApprovalSensor(ApprovalOperator):
         approval = get_policy().for_tenant(tenant).replay_approval
         records, cost = int(plan["records"]), float(plan["estimated_cost_usd"])
         scope = {"tenant": tenant, "records": records, "estimated_cost_usd": cost, "scope": plan.get("scope")}
+        if plan.get("plan_id"):  # a ReplayOperator's plan: the approval is recorded for it
+            scope.update(plan_id=plan["plan_id"], scope_id=plan.get("scope_id"))
         if not approval.needs_approval(records, cost):
             decision = {
                 "approver": None,
@@ -137,7 +145,33 @@ class ReplayApprovalSensor(ApprovalOperator):
             "scope": request,
         }
         self._record(context, decision)
+        self._record_for_plan(context, decision)
         return super().execute_complete(context, event)
+
+    def _record_for_plan(self, context: Mapping[str, Any], decision: dict[str, Any]) -> None:
+        """Put the decision on a ReplayOperator plan on record, where the replay task checks it before it
+        delivers (:mod:`barecount_provider.recovery.approvals`). Raises when it cannot: an approval that is
+        not on record would not let the replay run."""
+        request = decision.get("scope") or {}
+        if not request.get("plan_id"):
+            return
+        from barecount_provider.recovery.approvals import open_approvals
+
+        ti = context["ti"]
+        open_approvals(self.ledger_url).record(
+            plan_id=request["plan_id"],
+            tenant=request.get("tenant") or self._tenant(context),
+            scope_id=request.get("scope_id") or "",
+            scope=request.get("scope"),
+            records=int(request.get("records") or 0),
+            estimated_cost_usd=float(request.get("estimated_cost_usd") or 0.0),
+            decision=decision["decision"],
+            approver=decision["approver"],
+            decided_at=decision["decided_at"],
+            dag_id=getattr(ti, "dag_id", None),
+            run_id=getattr(ti, "run_id", None),
+            task_id=getattr(ti, "task_id", None),
+        )
 
     def _record(self, context: Mapping[str, Any], decision: dict[str, Any]) -> None:
         self.barecount_approvals = [*self.barecount_approvals, decision]  # the try's evidence entry reads it

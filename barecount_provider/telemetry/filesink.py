@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -112,6 +114,46 @@ def append_event(event: dict[str, Any], path: str | None = None) -> None:
         append_lines(path or events_path(), [redaction.redact(event)])
     except Exception:
         EMIT_FAILURES.record("file", "write")
+
+
+EMIT_FAILURES_FILE = "emit_failures.jsonl"
+
+
+def emit_failures_path() -> str:
+    return os.path.join(config.telemetry_dir(), EMIT_FAILURES_FILE)
+
+
+def append_emit_failures(counts: dict[tuple[str, str], int], path: str | None = None) -> None:
+    """Append one line of BareCount's own failures (``barecount.emit.failed``) by sink and stage, counted
+    since the process's previous line (:func:`barecount_provider.telemetry.metrics.note_failures`). Raises
+    OSError: the caller has no sink left to count it in."""
+    line = {
+        "kind": "emit_failed",
+        "time": datetime.now(UTC).isoformat(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "total": sum(counts.values()),
+        "counts": {f"{sink}/{stage}": n for (sink, stage), n in sorted(counts.items())},
+    }
+    append_lines(path or emit_failures_path(), [redaction.redact(line)])
+
+
+def read_emit_failures(path: str | None = None) -> dict[str, Any]:
+    """The failures noted in ``emit_failures.jsonl``: ``total``, ``by`` (``sink/stage`` -> count), ``first``
+    and ``last`` (times of the first and last line), ``lines``; a torn line is skipped."""
+    summary: dict[str, Any] = {"total": 0, "by": {}, "first": None, "last": None, "lines": 0}
+    for line in read_events(path or emit_failures_path()):
+        counts = line.get("counts")
+        if line.get("kind") != "emit_failed" or not isinstance(counts, dict):
+            continue
+        summary["lines"] += 1
+        for key, n in counts.items():
+            if isinstance(n, int) and not isinstance(n, bool):
+                summary["by"][key] = summary["by"].get(key, 0) + n
+                summary["total"] += n
+        summary["first"] = summary["first"] or line.get("time")
+        summary["last"] = line.get("time") or summary["last"]
+    return summary
 
 
 def read_events(path: str | None = None) -> Iterator[dict[str, Any]]:

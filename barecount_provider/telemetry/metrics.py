@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -108,18 +109,40 @@ CATALOG: dict[str, MetricSpec] = {
 
 
 class EmitFailures:
-    """In-process count of BareCount's own failures, by (sink, stage)."""
+    """In-process count of BareCount's own failures, by (sink, stage).
+
+    ``counts`` are reported as ``barecount.emit.failed`` through the sinks that still work (and reset);
+    ``unnoted`` are the same failures, kept until they are noted where no metric sink is needed: the
+    component's log and the file sink (:func:`note_failures`, at most once per ``NOTE_INTERVAL_S``)."""
+
+    NOTE_INTERVAL_S = 60.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.unnoted: Counter[tuple[str, str]] = Counter()
+        self.noted_at: float | None = None
 
     def record(self, sink: str, stage: str) -> None:
         with self._lock:
             self.counts[(sink, stage)] += 1
+            self.unnoted[(sink, stage)] += 1
 
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def take_unnoted(self, now: float) -> dict[tuple[str, str], int]:
+        """The failures not noted yet, when a note is due (the first at once, then at most one per
+        ``NOTE_INTERVAL_S``); empty otherwise."""
+        with self._lock:
+            if not self.unnoted:
+                return {}
+            if self.noted_at is not None and now - self.noted_at < self.NOTE_INTERVAL_S:
+                return {}
+            taken = dict(self.unnoted)
+            self.unnoted.clear()
+            self.noted_at = now
+        return taken
 
 
 EMIT_FAILURES = EmitFailures()
@@ -136,6 +159,8 @@ def _reset_after_fork() -> None:
     """
     EMIT_FAILURES._lock = threading.Lock()
     EMIT_FAILURES.counts.clear()
+    EMIT_FAILURES.unnoted.clear()
+    EMIT_FAILURES.noted_at = None
     if get_emitter.cache_info().currsize:
         emitter = get_emitter()
         direct, emitter.direct, emitter.forwarder = emitter.direct, None, None
@@ -498,7 +523,34 @@ class Emitter:
                     for (sink, stage), n in counts.items()
                 ]
             )
+        note_failures()
         return sum(counts.values())
+
+
+def note_failures(now: float | None = None) -> int:
+    """Note the failures counted since the last note in the component's log and, when the file sink is on, in
+    ``emit_failures.jsonl`` next to its events: ``barecount.emit.failed`` stays visible when every metric sink
+    is down. At most one note per ``EmitFailures.NOTE_INTERVAL_S`` per process; returns the failures noted.
+    Never raises."""
+    taken = EMIT_FAILURES.take_unnoted(time.monotonic() if now is None else now)
+    if not taken:
+        return 0
+    total = sum(taken.values())
+    try:
+        by = ", ".join(f"{sink}/{stage} {n}" for (sink, stage), n in sorted(taken.items()))
+        log.warning(
+            "BareCount: %d failure(s) of its own since the last note (barecount.emit.failed; at most one note "
+            "a minute): %s",
+            total,
+            by,
+        )
+        if config.file_sink_on():
+            from barecount_provider.telemetry.filesink import append_emit_failures
+
+            append_emit_failures(taken)
+    except Exception:
+        log.debug("BareCount could not note its own failures", exc_info=True)
+    return total
 
 
 def build_sinks(direct: bool = False) -> list[Any]:

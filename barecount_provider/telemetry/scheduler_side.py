@@ -175,6 +175,7 @@ class SchedulerSide:
             tenant = context.declared(None, dag, "tenant", conf_keys) or config.default_tenant()
             pipeline = context.declared(None, dag, "pipeline", conf_keys) or dag_id
             self._tenants[dag_id] = (tenant, pipeline)
+            self._refuse_unbound_tenant(dag_id, tenant)
             return tenant, pipeline
         cached = self._tenants.get(dag_id)
         if cached and not force:
@@ -195,7 +196,17 @@ class SchedulerSide:
         pipeline = context.declared(None, holder, "pipeline") or dag_id
         self._tenants[dag_id] = (tenant, pipeline)
         self._tenant_read_at[dag_id] = time.monotonic()
+        self._refuse_unbound_tenant(dag_id, tenant)
         return tenant, pipeline
+
+    def _refuse_unbound_tenant(self, dag_id: str, tenant: str) -> None:
+        """A DAG whose bundle may not declare its tenant (policy ``declared_by``) is recorded nowhere: never in
+        that tenant's chain (:func:`barecount_provider.policies.tenant_refused_at_run_time`)."""
+        from barecount_provider.policies import tenant_refused_at_run_time
+
+        refusal = tenant_refused_at_run_time(dag_id, tenant)
+        if refusal is not None:
+            self._opted_out[dag_id] = True
 
     def opted_out(self, dag_id: str) -> bool:
         """Whether the DAG opted out (tag or declared param); resolves the DAG first when needed."""

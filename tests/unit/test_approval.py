@@ -94,3 +94,23 @@ def test_the_answer_is_recorded_with_who_when_and_scope() -> None:
 def test_policy_settings_cannot_be_overridden_by_the_dag() -> None:
     with pytest.raises(ValueError, match="assigned_users comes from the tenant's policy"):
         _sensor(records=1, assigned_users=[{"id": "mallory", "name": "mallory"}])
+
+
+def test_a_decision_on_a_replay_plan_is_put_on_record_for_the_replay_task(tmp_path: Path) -> None:
+    from barecount_provider.recovery.approvals import ApprovalStore
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    sensor = _sensor(plan_task_id="plan", ledger_url=url)
+    request = {"tenant": "ops", "records": 500, "estimated_cost_usd": 1.0, "scope": {"tenant": "ops"},
+               "plan_id": "p" * 32, "scope_id": "s" * 32}
+    ti = TI(pushed={}, pulled={("approve", "replay_approval_request"): request}, dag_id="replays", run_id="r1", task_id="approve")
+    when = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    event = {"chosen_options": ["Approve"], "params_input": {}, "responded_at": when, "responded_by_user": {"id": "alice", "name": "alice"}}
+    sensor.execute_complete({"ti": ti, "task": sensor}, event)
+    store = ApprovalStore(url)
+    [row] = store.decisions("p" * 32)
+    assert (row["approver"], row["decision"], row["records"], row["tenant"]) == ("alice", "approved", 500, "ops")
+    assert (row["decided_at"], row["dag_id"], row["run_id"]) == (when.isoformat(), "replays", "r1")
+    found = store.approval_for(plan_id="p" * 32, tenant="ops", scope_id="s" * 32, scope={"tenant": "ops"}, records=500)
+    assert found is not None
+    assert store.approval_for(plan_id="p" * 32, tenant="ops", scope_id="s" * 32, scope={"tenant": "ops"}, records=501) is None

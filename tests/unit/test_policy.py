@@ -28,7 +28,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
 BUILT_IN = Path(policy.__file__).with_name("default_policy.yaml")
 SETTINGS_KEYS = (
     "allowed_runner_classes, max_size, allowed_network_profiles, trace_sampling_ratio, "
-    "debug_logs_in_production, limits, retry_budget, failure_classes, replay_approval, cost_budget, size_tables, network_profiles, runner_targets"
+    "debug_logs_in_production, limits, retry_budget, failure_classes, replay_approval, cost_budget, size_tables, network_profiles, runner_targets, declared_by"
 )
 
 
@@ -222,6 +222,36 @@ def test_top_level_not_a_mapping(in_tmp: Path) -> None:
 def test_duplicate_key_gives_key_path_line_and_column(in_tmp: Path) -> None:
     assert messages("version: 1\ntenants:\n  acme:\n    max_size: m\n    max_size: s\n") == [
         "policy.yaml: tenants.acme.max_size: given again at line 5, column 5; expected each key once in a mapping"
+    ]
+
+
+def test_every_copy_of_a_key_given_twice_is_checked_with_its_line(in_tmp: Path) -> None:
+    text = (
+        "version: 1\n"
+        "tenants:\n"
+        "  globex:\n"
+        "    max_size: xxl\n"  # the copy YAML drops: its mistake was not reported
+        "    max_size: s\n"
+        "  acme:\n"
+        "    limits: {max_workers: 0}\n"
+        "    trace_sampling_ratio: 0.5\n"
+        "  acme:\n"
+        "    limits: {max_hosts: -1}\n"
+        "    max_size: huge\n"
+    )
+    assert messages(text) == [
+        "policy.yaml: tenants.globex.max_size: given again at line 5, column 5; expected each key once in a mapping",
+        "policy.yaml: tenants.acme: given again at line 9, column 3; expected each key once in a mapping",
+        "policy.yaml: tenants.acme.limits.max_hosts (copy at line 9): -1 is not an integer >= 0",
+        "policy.yaml: tenants.acme.max_size (copy at line 9): 'huge' is not one of xs, s, m, l, xl",
+        "policy.yaml: tenants.globex.max_size (copy at line 4): 'xxl' is not one of xs, s, m, l, xl",
+        "policy.yaml: tenants.acme.limits.max_workers (copy at line 6): 0 is not an integer >= 1",
+    ]
+
+
+def test_a_valid_key_given_twice_reports_only_the_duplicate(in_tmp: Path) -> None:
+    assert messages("version: 1\ndefaults:\n  limits: {max_workers: 3}\n  limits: {max_workers: 4}\n") == [
+        "policy.yaml: defaults.limits: given again at line 4, column 3; expected each key once in a mapping"
     ]
 
 

@@ -355,3 +355,110 @@ def test_barecount_replay_plan_run_status(tmp_path, capsys):
     assert "delivered 9, in flight 0, failed 0" in capsys.readouterr().out
     assert main(["dlq", "stats", "--dlq", dlq_dir, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["queues"][0]["depth"] == 0
+
+
+# ------------------------------------------------------------------------ the approval gate in the operator
+
+GATED_POLICY = """
+version: 1
+tenants:
+  acme:
+    replay_approval: {threshold_records: 10, threshold_cost_usd: null, approvers: [alice], timeout_seconds: 60, default: reject}
+"""
+
+
+@pytest.fixture
+def gated(tmp_path, monkeypatch):
+    """A queue of 12 letters of tenant acme, whose policy asks an approval from 10 records; a plan of them."""
+    from barecount_provider import config, policy
+    from barecount_provider.operators.recovery import ReplayOperator
+
+    (tmp_path / "policy.yaml").write_text(GATED_POLICY, encoding="utf-8")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(tmp_path / "policy.yaml"))
+    config.cache_clear()
+    policy.get_policy.cache_clear()
+    dlq_dir = str(tmp_path / "dlq")
+    fill(local_queue(dlq_dir), 12)
+    got: list[str] = []
+    common = {"target": lambda payload, key: got.append(key), "dlq_backend": "local", "dlq_location": dlq_dir,
+              "ledger_url": f"sqlite:///{tmp_path}/ledger.db", "tenant": "acme"}
+    ti = FakeTI()
+    ti.task_id = "plan"
+    plan = ReplayOperator(task_id="plan", plan_only=True, **common).execute({"ti": ti})
+    assert plan["needs_approval"] is True
+    ti.task_id = "replay"
+    yield SimpleNamespace(ti=ti, plan=plan, got=got, common=common, operator=ReplayOperator)
+    policy.get_policy.cache_clear()
+    config.cache_clear()
+
+
+def _decide(gated: SimpleNamespace, decision: str = "Approve", **request_changes: Any) -> None:
+    """ReplayApprovalSensor's answer on the gated plan, as Airflow delivers it (execute_complete)."""
+    from datetime import UTC, datetime
+
+    from barecount_provider.sensors.approval import ReplayApprovalSensor
+
+    sensor = ReplayApprovalSensor(task_id="approve", plan_task_id="plan", tenant="acme",
+                                  ledger_url=gated.common["ledger_url"])
+    ti = gated.ti
+    ti.task_id = "approve"
+    try:
+        plan = ti.xcom[("plan", "replay_plan")]
+        request = {"tenant": "acme", "records": plan["records"], "estimated_cost_usd": plan["estimated_cost_usd"],
+                   "scope": plan["scope"], "plan_id": plan["plan_id"], "scope_id": plan["scope_id"], **request_changes}
+        ti.xcom_push("replay_approval_request", request)
+        event = {"chosen_options": [decision], "params_input": {},
+                 "responded_at": datetime(2026, 12, 7, 12, 0, tzinfo=UTC), "responded_by_user": {"id": "alice", "name": "alice"}}
+        try:
+            sensor.execute_complete({"ti": ti, "task": sensor}, event)
+        except Exception as err:  # Reject skips the downstream tasks (Airflow's own exception)
+            if decision == "Approve":
+                raise
+            assert "Skip" in type(err).__name__ or "reject" in str(err).lower()
+    finally:
+        ti.task_id = "replay"
+
+
+def test_a_replay_over_the_threshold_without_the_sensor_is_refused_and_delivers_nothing(gated):
+    from airflow.sdk.exceptions import AirflowException
+
+    with pytest.raises(AirflowException, match=r"reaches the approval threshold of tenant 'acme' \(10 records in .*policy.yaml\), and no approved plan was given"):
+        gated.operator(task_id="replay", **gated.common).execute({"ti": gated.ti})
+    with pytest.raises(AirflowException, match=r"no approval of plan [0-9a-f]+ for tenant 'acme' and at least 12 record"):
+        gated.operator(task_id="replay", approved_plan_task_id="plan", **gated.common).execute({"ti": gated.ti})
+    assert gated.got == []
+    assert ("replay", "replay_outcome") not in gated.ti.xcom
+
+
+def test_a_replay_with_an_approval_of_its_plan_on_record_delivers_and_says_who_approved(gated):
+    _decide(gated)
+    operator = gated.operator(task_id="replay", approved_plan_task_id="plan", **gated.common)
+    outcome = operator.execute({"ti": gated.ti})
+    assert outcome["delivered"] == 12 and len(gated.got) == 12
+    assert outcome["approval"]["approver"] == "alice" and outcome["approval"]["plan_id"] == gated.plan["plan_id"]
+    assert outcome["approval"]["decided_at"] == "2026-12-07T12:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["rejected", "another plan id", "fewer records approved", "another tenant", "another scope", "plan changed after approval"],
+)
+def test_a_replay_is_refused_when_the_approval_on_record_is_not_for_this_plan(gated, how):
+    from airflow.sdk.exceptions import AirflowException
+
+    if how == "rejected":
+        _decide(gated, decision="Reject")
+    elif how == "another plan id":
+        _decide(gated, plan_id="0" * 32)
+    elif how == "fewer records approved":
+        _decide(gated, records=11)
+    elif how == "another tenant":
+        _decide(gated, tenant="globex")
+    elif how == "another scope":
+        _decide(gated, scope={**gated.plan["scope"], "pipeline": "other"})
+    else:
+        _decide(gated)
+        gated.ti.xcom[("plan", "replay_plan")]["records"] = 100  # the XCom rewritten after the approval
+    with pytest.raises(AirflowException, match="nothing was delivered"):
+        gated.operator(task_id="replay", approved_plan_task_id="plan", **gated.common).execute({"ti": gated.ti})
+    assert gated.got == []
