@@ -28,7 +28,7 @@ from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from barecount_provider import __version__
 from barecount_provider.api import queries
@@ -48,6 +48,12 @@ DESCRIPTION = (
 
 
 # ------------------------------------------------------------------------------------------------ models
+
+
+class ErrorDetail(BaseModel):
+    """An error answer, as Airflow's API gives them."""
+
+    detail: str
 
 
 class EvidenceRecordSummary(BaseModel):
@@ -152,6 +158,22 @@ def readable_dag_ids(user: GetUserDep) -> frozenset[str]:
 ReadableDagIds = Annotated[frozenset[str], Depends(readable_dag_ids)]
 
 
+def _instant(value: Any) -> Any:
+    """A time parameter: an ISO 8601 string only (a number is not taken as a Unix time), in UTC; a time
+    whose UTC equivalent is outside the calendar is refused (422) here rather than overflowing later."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an ISO 8601 time (2026-11-27T10:00:00+00:00)")
+    return queries.parse_instant(value)
+
+
+# An ISO 8601 time (naive: UTC), already converted to UTC; anything else is a 422 naming the parameter.
+Instant = Annotated[datetime | None, BeforeValidator(_instant)]
+Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description=f"Page size (1 to {queries.MAX_LIMIT}).")]
+Offset = Annotated[int, Query(ge=0, le=queries.MAX_OFFSET, description="Entries to skip (0 to 2^63 - 1).")]
+
+
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else queries.as_utc(value)
 
@@ -189,8 +211,9 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         )
 
     responses: dict[int | str, dict[str, Any]] = {
-        401: {"description": "Not authenticated (no or expired token)"},
-        403: {"description": "Invalid token, or not allowed"},
+        401: {"description": "Not authenticated (no or expired token)", "model": ErrorDetail},
+        403: {"description": "Invalid token, or not allowed", "model": ErrorDetail},
+        503: {"description": "The evidence index is unreachable", "model": ErrorDetail},
     }
 
     @app.get(
@@ -207,10 +230,10 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         pipeline: str | None = None,
         dag_id: str | None = None,
         state: str | None = None,
-        since: Annotated[datetime | None, Query(description="Runs that ended at or after (ISO 8601; naive: UTC).")] = None,
-        until: Annotated[datetime | None, Query(description="Runs that ended before (ISO 8601; naive: UTC).")] = None,
-        limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = queries.DEFAULT_LIMIT,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[Instant, Query(description="Runs that ended at or after (ISO 8601; naive: UTC).")] = None,
+        until: Annotated[Instant, Query(description="Runs that ended before (ISO 8601; naive: UTC).")] = None,
+        limit: Limit = queries.DEFAULT_LIMIT,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Records newest first (by the time their run ended), only those of DAGs the user may read."""
         filters = RecordFilter(
@@ -229,7 +252,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         "/evidence/verify",
         response_model=VerificationResponse,
         summary="Verify hash chains",
-        responses={**responses, 404: {"description": "No record of this tenant the user may read"}},
+        responses={**responses, 404: {"description": "No record of this tenant the user may read", "model": ErrorDetail}},
         tags=["Evidence"],
     )
     def verify_chains(
@@ -265,7 +288,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         responses={
             **responses,
             200: {"description": "The record (docs/evidence.schema.json)", "content": {"application/json": {}}},
-            404: {"description": "No such record, or one of a DAG the user may not read"},
+            404: {"description": "No such record, or one of a DAG the user may not read", "model": ErrorDetail},
         },
         tags=["Evidence"],
     )
@@ -288,12 +311,12 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         store: StoreDep,
         dag_ids: ReadableDagIds,
         by: Annotated[list[CostGroup] | None, Query(description="Group by (repeat for several); default tenant.")] = None,
-        since: Annotated[datetime | None, Query(description="From this UTC day on (ISO 8601).")] = None,
-        until: Annotated[datetime | None, Query(description="Before this UTC day (ISO 8601).")] = None,
+        since: Annotated[Instant, Query(description="From this UTC day on (ISO 8601).")] = None,
+        until: Annotated[Instant, Query(description="Before this UTC day (ISO 8601).")] = None,
         tenant: str | None = None,
         per_day: Annotated[bool, Query(description="One row per day and group (false: per group).")] = True,
-        limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = queries.DEFAULT_LIMIT,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = queries.DEFAULT_LIMIT,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Estimated cost of the runs of DAGs the user may read, summed per day (the UTC day each run ended)
         and group; ``totals`` sums every row."""

@@ -20,6 +20,8 @@ from barecount_provider.evidence.store import COST_GROUPS, EvidenceStore, Record
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+# The largest offset: the index's integers are 64-bit (SQLite's INTEGER, PostgreSQL's bigint).
+MAX_OFFSET = 2**63 - 1
 
 # The index columns a listing shows (``location``, where the body is kept, stays internal).
 SUMMARY_FIELDS = (
@@ -41,23 +43,53 @@ COST_SUMS = ("runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "tot
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# An ISO 8601 time starts with a four-digit year and a month (a bare number such as 0.5 or 1700000000 is not
+# taken as a Unix time: it is refused).
+_ISO_START = re.compile(r"^[0-9]{4}-[0-9]{2}")
+TIME_RANGE = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+
+
+class TimeOutOfRange(ValueError):
+    """A time whose UTC equivalent falls outside the calendar Python (and the index) can hold."""
+
+
+def parse_instant(value: str) -> datetime:
+    """An ISO 8601 instant (naive: UTC) as a UTC datetime; ValueError with a message on anything else,
+    including a time whose UTC equivalent falls outside the calendar (``0001-01-01T00:00:00+01:00``)."""
+    text = value.strip()
+    try:
+        if not _ISO_START.match(text):
+            raise ValueError
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 time (2026-11-27T10:00:00+00:00)") from None
+    try:
+        return as_utc(parsed)
+    except OverflowError:
+        raise TimeOutOfRange(f"{value!r} is outside the range of UTC times ({TIME_RANGE})") from None
 
 
 def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     """An ISO 8601 instant (naive: UTC) or a duration back from now: ``30d``, ``12h``, ``90m``, ``2w``."""
     match = _RELATIVE.match(value)
     if match:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        amount = int(match.group(1))
+        try:
+            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: amount})
+        except OverflowError:
+            raise TimeOutOfRange(f"{value!r} reaches back before the first UTC time (0001-01-01T00:00:00Z)") from None
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        return parse_instant(value)
+    except TimeOutOfRange:
+        raise
     except ValueError:
         raise ValueError(
             f"{value!r} is neither an ISO 8601 time (2026-11-27T10:00:00+00:00) nor a duration (30d, 12h, 90m, 2w)"
         ) from None
-    return as_utc(parsed)
 
 
 def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC (naive: taken as UTC); OverflowError when that falls outside the calendar."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

@@ -333,6 +333,43 @@ def test_bad_parameters_are_422_in_airflows_style(client: Any, users: Any, param
     assert isinstance(response.json()["detail"], list)
 
 
+# (parameter, value, what the message says): each once a 500 (an overflow) or a silent 200 (a number read as a
+# Unix time, an offset past 64 bits) before the parameters were bounded
+OUT_OF_RANGE = [
+    ("offset", str(2**64), "less than or equal to 9223372036854775807"),
+    ("offset", str(2**63), "less than or equal to 9223372036854775807"),
+    ("since", "0001-01-01T00:00:00+01:00", "outside the range of UTC times"),
+    ("until", "9999-12-31T23:59:59-01:00", "outside the range of UTC times"),
+    ("until", "0.5", "is not an ISO 8601 time"),
+    ("since", "1700000000", "is not an ISO 8601 time"),
+    ("since", "2026-13-01T00:00:00Z", "is not an ISO 8601 time"),
+]
+
+
+@pytest.mark.parametrize("path", ["/evidence", "/cost"])
+@pytest.mark.parametrize(("name", "value", "message"), OUT_OF_RANGE)
+def test_out_of_range_offsets_and_times_are_422_naming_the_parameter(
+    client: Any, filled: Any, users: Any, path: str, name: str, value: str, message: str
+) -> None:
+    response = _get(client, path, users["admin"], **{name: value})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", name]
+    assert message in error["msg"]
+
+
+def test_the_ends_of_the_range_are_accepted(client: Any, filled: Any, users: Any) -> None:
+    admin = users["admin"]
+    last_page = _get(client, "/evidence", admin, offset=2**63 - 1).json()
+    assert last_page == {"records": [], "total_entries": 15}
+    assert _get(client, "/cost", admin, offset=2**63 - 1).json()["rows"] == []
+    everything = _get(client, "/evidence", admin, since="0001-01-01T00:00:00Z", until="9999-12-31T23:59:59Z", limit=1000)
+    assert everything.json()["total_entries"] == 15
+    # the same instants written with another zone, still inside the calendar once in UTC
+    assert _get(client, "/evidence", admin, since="0001-01-01T00:00:00-01:00").json()["total_entries"] == 15
+    assert _get(client, "/evidence", admin, until="9999-12-31T22:59:59+01:00").json()["total_entries"] == 15
+
+
 def test_the_default_page_is_50_and_the_largest_1000(client: Any, store: EvidenceStore, users: Any) -> None:
     for n in range(1, 56):
         store.append(build_run("a_orders", n, "team_a", "orders", "serverless", "s", 0.1))
