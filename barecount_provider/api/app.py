@@ -27,8 +27,9 @@ import sqlalchemy as sa
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from barecount_provider import __version__
 from barecount_provider.api import queries
@@ -159,8 +160,8 @@ ReadableDagIds = Annotated[frozenset[str], Depends(readable_dag_ids)]
 
 
 def _instant(value: Any) -> Any:
-    """A time parameter: an ISO 8601 string only (a number is not taken as a Unix time), in UTC; a time
-    whose UTC equivalent is outside the calendar is refused (422) here rather than overflowing later."""
+    """A time parameter: an ISO 8601 string only (a number is not taken as a Unix time), in UTC; a time on
+    the calendar's first or last day, where its UTC equivalent may not exist, is refused (422)."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -168,10 +169,37 @@ def _instant(value: Any) -> Any:
     return queries.parse_instant(value)
 
 
-# An ISO 8601 time (naive: UTC), already converted to UTC; anything else is a 422 naming the parameter.
-Instant = Annotated[datetime | None, BeforeValidator(_instant)]
+# An ISO 8601 time (naive: UTC), converted to UTC; anything else is a 422 naming the parameter. The OpenAPI
+# states the same rule: a date-time whose text matches queries.INSTANT_PATTERN.
+Instant = Annotated[
+    datetime | None,
+    BeforeValidator(_instant),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": queries.INSTANT_PATTERN}),
+]
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description=f"Page size (1 to {queries.MAX_LIMIT}).")]
 Offset = Annotated[int, Query(ge=0, le=queries.MAX_OFFSET, description="Entries to skip (0 to 2^63 - 1).")]
+
+
+# The query parameters that may be repeated (each a list); any other given twice is a 422, where FastAPI would
+# silently keep the last value.
+REPEATABLE = frozenset({"by"})
+
+
+def one_value_each(request: Request, _user: GetUserDep) -> None:
+    """422 naming every single-valued query parameter given more than once (after authentication: no token,
+    still 401)."""
+    errors = [
+        {
+            "type": "too_many_values",
+            "loc": ["query", name],
+            "msg": f"given {len(values)} times; expected one value",
+            "input": values,
+        }
+        for name in dict.fromkeys(request.query_params.keys())
+        if name not in REPEATABLE and len(values := request.query_params.getlist(name)) > 1
+    ]
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -218,6 +246,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/evidence",
+        dependencies=[Depends(one_value_each)],
         response_model=EvidenceRecordCollection,
         summary="List evidence records",
         responses=responses,
@@ -230,8 +259,8 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         pipeline: str | None = None,
         dag_id: str | None = None,
         state: str | None = None,
-        since: Annotated[Instant, Query(description="Runs that ended at or after (ISO 8601; naive: UTC).")] = None,
-        until: Annotated[Instant, Query(description="Runs that ended before (ISO 8601; naive: UTC).")] = None,
+        since: Annotated[Instant, Query(description=f"Runs that ended at or after (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
+        until: Annotated[Instant, Query(description=f"Runs that ended before (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
         limit: Limit = queries.DEFAULT_LIMIT,
         offset: Offset = 0,
     ) -> dict[str, Any]:
@@ -250,6 +279,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/evidence/verify",
+        dependencies=[Depends(one_value_each)],
         response_model=VerificationResponse,
         summary="Verify hash chains",
         responses={**responses, 404: {"description": "No record of this tenant the user may read", "model": ErrorDetail}},
@@ -284,6 +314,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/evidence/{record_id}",
+        dependencies=[Depends(one_value_each)],
         summary="Get one evidence record",
         responses={
             **responses,
@@ -301,6 +332,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/cost",
+        dependencies=[Depends(one_value_each)],
         response_model=CostReport,
         response_model_exclude_unset=True,
         summary="Cost roll-up",
@@ -311,8 +343,8 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         store: StoreDep,
         dag_ids: ReadableDagIds,
         by: Annotated[list[CostGroup] | None, Query(description="Group by (repeat for several); default tenant.")] = None,
-        since: Annotated[Instant, Query(description="From this UTC day on (ISO 8601).")] = None,
-        until: Annotated[Instant, Query(description="Before this UTC day (ISO 8601).")] = None,
+        since: Annotated[Instant, Query(description=f"From this UTC day on (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
+        until: Annotated[Instant, Query(description=f"Before this UTC day (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
         tenant: str | None = None,
         per_day: Annotated[bool, Query(description="One row per day and group (false: per group).")] = True,
         limit: Limit = queries.DEFAULT_LIMIT,

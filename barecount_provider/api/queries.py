@@ -43,30 +43,32 @@ COST_SUMS = ("runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "tot
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-# An ISO 8601 time starts with a four-digit year and a month (a bare number such as 0.5 or 1700000000 is not
-# taken as a Unix time: it is refused).
-_ISO_START = re.compile(r"^[0-9]{4}-[0-9]{2}")
-TIME_RANGE = "0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+# What a time parameter must look like (the Evidence API's OpenAPI states it as the parameter's ``pattern``): an
+# ISO 8601 time starts with a four-digit year and a month, so a bare number (``0.5``, ``1700000000``) is not
+# taken as a Unix time. Its day lies from 0001-01-02 to 9999-12-30: on the first and the last day of the
+# calendar a zone offset can put the UTC time outside it (``0001-01-01T00:00:00+01:00``).
+INSTANT_PATTERN = r"^(?!0001-01-01|9999-12-31)[0-9]{4}-[0-9]{2}"
+TIME_RANGE = "days 0001-01-02 to 9999-12-30, in any zone"
+_INSTANT = re.compile(INSTANT_PATTERN)
+_CALENDAR_ENDS = re.compile(r"^(0001-01-01|9999-12-31)")
 
 
 class TimeOutOfRange(ValueError):
-    """A time whose UTC equivalent falls outside the calendar Python (and the index) can hold."""
+    """A time too close to either end of the calendar for its UTC equivalent to be sure to exist."""
 
 
 def parse_instant(value: str) -> datetime:
-    """An ISO 8601 instant (naive: UTC) as a UTC datetime; ValueError with a message on anything else,
-    including a time whose UTC equivalent falls outside the calendar (``0001-01-01T00:00:00+01:00``)."""
-    text = value.strip()
+    """An ISO 8601 instant (naive: UTC) as a UTC datetime; ValueError with a message on anything else
+    (TimeOutOfRange on the calendar's first or last day)."""
+    if _CALENDAR_ENDS.match(value):
+        raise TimeOutOfRange(f"{value!r} is outside the supported range of times ({TIME_RANGE})")
     try:
-        if not _ISO_START.match(text):
+        if not _INSTANT.match(value):
             raise ValueError
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an ISO 8601 time (2026-11-27T10:00:00+00:00)") from None
-    try:
+        parsed = datetime.fromisoformat(value)
         return as_utc(parsed)
-    except OverflowError:
-        raise TimeOutOfRange(f"{value!r} is outside the range of UTC times ({TIME_RANGE})") from None
+    except (ValueError, OverflowError):
+        raise ValueError(f"{value!r} is not an ISO 8601 time (2026-11-27T10:00:00+00:00)") from None
 
 
 def parse_time(value: str, *, now: datetime | None = None) -> datetime:
@@ -77,9 +79,9 @@ def parse_time(value: str, *, now: datetime | None = None) -> datetime:
         try:
             return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: amount})
         except OverflowError:
-            raise TimeOutOfRange(f"{value!r} reaches back before the first UTC time (0001-01-01T00:00:00Z)") from None
+            raise TimeOutOfRange(f"{value!r} reaches back before the first supported time ({TIME_RANGE})") from None
     try:
-        return parse_instant(value)
+        return parse_instant(value.strip())
     except TimeOutOfRange:
         raise
     except ValueError:
