@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -244,7 +245,7 @@ def _add_api_arguments(parser: argparse.ArgumentParser) -> None:
         "--password", help="its password (prefer the env var: arguments show in `ps`); env BARECOUNT_API_PASSWORD"
     )
     parser.add_argument("--token", help="a bearer token instead of a user; env BARECOUNT_API_TOKEN")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per API call (default 30)")
+    parser.add_argument("--timeout", type=seconds, default=30.0, help="seconds per API call (default 30)")
 
 
 # ------------------------------------------------------------------------------------- evidence and cost
@@ -267,10 +268,55 @@ def _usd(value: object) -> str:
     return "unknown" if value is None else f"{float(str(value)):.4f}"
 
 
-def _time_arg(value: str | None) -> datetime | None:
+# ------------------------------------------------------------------------------------- argument types
+#
+# Every option value is checked by argparse (``type=``): a bad one exits 2 with the usage and one line
+# ``barecount <command>: error: argument --x: <what is wrong>``, before the command reads anything.
+
+INT64_MAX = 2**63 - 1  # the index's integers (SQLite's INTEGER, PostgreSQL's bigint)
+
+
+def whole_number(low: int, high: int = INT64_MAX) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range (expected a whole number from {low} to {high})")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds, or records per second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def time_value(text: str) -> datetime:
+    """An argparse type: an ISO 8601 time (naive: UTC) or a duration back from now (30d, 12h, 90m, 2w)."""
     from barecount_provider.api.queries import parse_time
 
-    return None if value is None else parse_time(value)
+    try:
+        return parse_time(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _time_arg(value: str | datetime | None) -> datetime | None:
+    """A ``--since`` / ``--until`` value: parsed by :func:`time_value` already, or a string to parse."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return time_value(value)
 
 
 def cmd_evidence_list(args: argparse.Namespace) -> int:
@@ -555,10 +601,10 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     listing.add_argument("--pipeline", help="only this pipeline")
     listing.add_argument("--dag", help="only this DAG id")
     listing.add_argument("--state", help="only runs in this state (success, failed, ...)")
-    listing.add_argument("--since", help=f"runs that ended at or after: {times}")
-    listing.add_argument("--until", help=f"runs that ended before: {times}")
-    listing.add_argument("--limit", type=int, default=50, help="records per page (default 50)")
-    listing.add_argument("--offset", type=int, default=0, help="records to skip (default 0)")
+    listing.add_argument("--since", type=time_value, help=f"runs that ended at or after: {times}")
+    listing.add_argument("--until", type=time_value, help=f"runs that ended before: {times}")
+    listing.add_argument("--limit", type=whole_number(1), default=50, help="records per page (default 50)")
+    listing.add_argument("--offset", type=whole_number(0), default=0, help="records to skip (default 0)")
     listing.add_argument("--json", action="store_true", help="print JSON ({records, total_entries}) instead of a table")
     listing.set_defaults(func=cmd_evidence_list)
     show = evidence_sub.add_parser("show", help="one record: its summary and a line per task try")
@@ -587,7 +633,7 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     seal.add_argument("--run", action="append", help="a run id (repeat); default: every finished run of the DAG")
     seal.add_argument(
         "--grace",
-        type=int,
+        type=whole_number(0),
         default=0,
         help="seconds after the run's end to wait for missing entries (default 0: seal now, listing them as absent)",
     )
@@ -603,12 +649,12 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "Kubernetes workers), run this in a loop, a cron job or a sidecar. Each round is bounded by "
         "[barecount] emit_timeout_ms.",
     )
-    forward.add_argument("--loop", type=float, metavar="SECONDS", help="forward every SECONDS until interrupted")
+    forward.add_argument("--loop", type=seconds, metavar="SECONDS", help="forward every SECONDS until interrupted")
     forward.add_argument("--json", action="store_true", help="print each round's counts as JSON")
     forward.add_argument("--quiet", action="store_true", help="print nothing (failures are counted and sent)")
     forward.add_argument(
         "--parent-pid",
-        type=int,
+        type=whole_number(1),
         metavar="PID",
         help="with --loop: forward a last time and exit when process PID is gone (the scheduler starts its "
         "forwarder so); SIGTERM does the same",
@@ -628,8 +674,8 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="GROUP",
         help="tenant, pipeline, runner_class, size or dag_id; repeat or comma-separate for several (default tenant)",
     )
-    report.add_argument("--since", default="30d", help=f"from this day on: {times} (default 30d)")
-    report.add_argument("--until", help=f"before this day: {times} (default: no end)")
+    report.add_argument("--since", type=time_value, default="30d", help=f"from this day on: {times} (default 30d)")
+    report.add_argument("--until", type=time_value, help=f"before this day: {times} (default: no end)")
     report.add_argument("--tenant", help="only this tenant")
     report.add_argument("--no-per-day", action="store_true", help="one row per group over the whole range")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -817,8 +863,8 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         parser.add_argument("--tenant", help="only this tenant's letters")
         parser.add_argument("--pipeline", help="only this pipeline's letters")
         parser.add_argument("--error-class", action="append", help="only letters with this error class (repeat)")
-        parser.add_argument("--since", help=f"letters enqueued at or after: {times}")
-        parser.add_argument("--until", help=f"letters enqueued before: {times}")
+        parser.add_argument("--since", type=time_value, help=f"letters enqueued at or after: {times}")
+        parser.add_argument("--until", type=time_value, help=f"letters enqueued before: {times}")
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     dlq = sub.add_parser("dlq", help="dead-letter queues: depth and oldest entry, the letters")
@@ -829,7 +875,7 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     stats.set_defaults(func=cmd_dlq_stats)
     listing = dlq_sub.add_parser("list", help="the letters, oldest first (nothing is removed)")
     queue_arguments(listing)
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--limit", type=whole_number(1), default=50, help="at most this many (default 50)")
     listing.set_defaults(func=cmd_dlq_list)
 
     replay = sub.add_parser(
@@ -848,20 +894,20 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         parser.add_argument("--target", required=True, help="where the records go (see `barecount replay --help`)")
         parser.add_argument("--replay-id", help="the ledger scope (default: one per queue and target)")
         parser.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (default [barecount] evidence_index_url)")
-        parser.add_argument("--batch-size", type=int, default=500, help="records claimed and delivered together (default 500)")
-        parser.add_argument("--lease-seconds", type=float, default=300.0, help="a claimed batch's lease (default 300)")
-        parser.add_argument("--visibility-timeout", type=int, default=300, help="sqs: seconds a scanned message stays hidden")
+        parser.add_argument("--batch-size", type=whole_number(1), default=500, help="records claimed and delivered together (default 500)")
+        parser.add_argument("--lease-seconds", type=seconds, default=300.0, help="a claimed batch's lease (default 300)")
+        parser.add_argument("--visibility-timeout", type=whole_number(0, 43200), default=300, help="sqs: seconds a scanned message stays hidden")
         parser.set_defaults(func=func)
         if name == "run":
-            parser.add_argument("--rate", type=float, help="records per second at most (default: unthrottled)")
-            parser.add_argument("--max-records", type=int, help="deliver at most this many (what an approval allowed)")
+            parser.add_argument("--rate", type=seconds, help="records per second at most (default: unthrottled)")
+            parser.add_argument("--max-records", type=whole_number(0), help="deliver at most this many (what an approval allowed)")
             parser.add_argument("--keep", action="store_true", help="leave delivered letters in the queue")
-            parser.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines (default 10)")
+            parser.add_argument("--progress", type=seconds, default=10.0, help="seconds between progress lines (default 10)")
             parser.add_argument("--emit", action="store_true", help="emit barecount.replay.* metrics to the configured sinks")
     status = replay_sub.add_parser("status", help="each replay's ledger counts and its latest runs")
     status.add_argument("--replay-id", help="only this replay scope")
     status.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (default [barecount] evidence_index_url)")
-    status.add_argument("--runs", type=int, default=5, help="latest runs to show per replay (default 5)")
+    status.add_argument("--runs", type=whole_number(1), default=5, help="latest runs to show per replay (default 5)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     status.set_defaults(func=cmd_replay_status)
 
@@ -882,7 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="show what BareCount recorded per task try (the file sink)")
     runs.add_argument("--dag", help="only this DAG id")
-    runs.add_argument("--last", type=int, default=50, help="how many tries to show (default 50)")
+    runs.add_argument("--last", type=whole_number(1), default=50, help="how many tries to show (default 50)")
     runs.add_argument("--json", action="store_true", help="print the raw JSON lines")
     runs.set_defaults(func=cmd_runs)
 
