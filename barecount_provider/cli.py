@@ -72,98 +72,197 @@ def _probe_dir(path: str) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from barecount_provider.telemetry import tracing
+    """Every invalid option, the policy, each sink and the evidence store; exit 1 when anything is wrong."""
+    report = doctor_report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_doctor(report)
+    return 0 if report["ok"] else 1
 
-    problems = 0
-    print(f"BareCount {__version__}")
-    print("\n[barecount] (resolved)")
-    for name, value in config.resolved().items():
-        print(f"  {name} = {value}")
-    print("\nPolicy")
+
+def doctor_report() -> dict[str, Any]:
+    """What `barecount doctor` checks, as a document (its --json output). An invalid option is reported with
+    what it should be, and the checks that need it are not run (``status``: ``not checked: ...``)."""
+    invalid = config.validate()
+    bad = {problem.option for problem in invalid}
+    policy = _doctor_policy(bad)
+    sinks = _doctor_sinks(bad)
+    evidence = _doctor_evidence(bad)
+    problems = len(invalid) + bool(policy.get("problem")) + sum(bool(sink["problem"]) for sink in sinks)
+    problems += bool(evidence.get("problem"))
+    warnings = []
+    if "secret_key" not in bad and not config.secret_key():
+        warnings.append("no [barecount] secret_key, [core] fernet_key or [api_auth] jwt_secret: run tokens are guessable")
+    return {
+        "version": __version__,
+        "options": config.resolved(),
+        "invalid_options": [problem.as_dict() for problem in invalid],
+        "policy": policy,
+        "sinks": sinks,
+        "evidence": evidence,
+        "warnings": warnings,
+        "problems": problems,
+        "ok": problems == 0,
+    }
+
+
+def _not_checked(bad: set[str], *options: str) -> str | None:
+    """``not checked: ...`` when one of ``options`` is invalid (reported once, with the options)."""
+    invalid = [name for name in options if name in bad]
+    return f"not checked: invalid [barecount] {', '.join(invalid)}" if invalid else None
+
+
+def _doctor_policy(bad: set[str]) -> dict[str, Any]:
+    skipped = _not_checked(bad, "policy_path", "default_tenant")
+    if skipped:
+        return {"status": skipped, "problem": None}
     try:
         from barecount_provider.policy import load_policy
 
         policy = load_policy(config.policy_path() or None)
-        print(f"  source: {policy.source}")
-        print(f"  tenants: {', '.join(sorted(policy.tenants)) or '(none: defaults apply to every tenant)'}")
         default = policy.for_tenant(config.default_tenant())
-        print(
-            f"  default tenant {default.tenant!r}: runner classes {', '.join(default.allowed_runner_classes)}; "
-            f"max size {default.max_size}; trace sampling {default.trace_sampling_ratio}"
-        )
+        return {
+            "source": str(policy.source),
+            "tenants": sorted(policy.tenants),
+            "default_tenant": {
+                "tenant": default.tenant,
+                "allowed_runner_classes": list(default.allowed_runner_classes),
+                "max_size": default.max_size,
+                "trace_sampling_ratio": default.trace_sampling_ratio,
+            },
+            "problem": None,
+        }
     except Exception as err:
-        problems += 1
-        print(f"  INVALID: {err}")
-    print("\nSinks")
-    if config.statsd_on():
-        status = _probe_udp(config.statsd_host(), config.statsd_port())
-        problems += status.startswith("UNREACHABLE")
-        print(f"  statsd: udp://{config.statsd_host()}:{config.statsd_port()} ({config.statsd_tag_style()}): {status}")
+        return {"problem": str(err)}
+
+
+def _sink(name: str, target: str, status: str, *failures: str) -> dict[str, Any]:
+    return {"sink": name, "target": target, "status": status, "problem": status.startswith(failures) if failures else False}
+
+
+def _doctor_sinks(bad: set[str]) -> list[dict[str, Any]]:
+    from barecount_provider.telemetry import tracing
+
+    sinks = []
+    skipped = _not_checked(bad, "statsd_on", "statsd_host", "statsd_port", "statsd_tag_style")
+    if skipped:
+        sinks.append(_sink("statsd", "", skipped))
+    elif config.statsd_on():
+        target = f"udp://{config.statsd_host()}:{config.statsd_port()} ({config.statsd_tag_style()})"
+        sinks.append(_sink("statsd", target, _probe_udp(config.statsd_host(), config.statsd_port()), "UNREACHABLE"))
     else:
-        print("  statsd: off")
-    if config.otlp_metrics_on():
+        sinks.append(_sink("statsd", "", "off"))
+    skipped = _not_checked(bad, "otlp_metrics_on")
+    if skipped:
+        sinks.append(_sink("otlp metrics", "", skipped))
+    elif config.otlp_metrics_on():
         endpoint = config.otlp_endpoint("metrics")
-        status = _probe_tcp(endpoint)
-        problems += status.startswith("UNREACHABLE")
-        print(f"  otlp metrics: {endpoint}: {status}")
+        sinks.append(_sink("otlp metrics", endpoint, _probe_tcp(endpoint), "UNREACHABLE"))
     else:
-        print("  otlp metrics: off")
-    if not config.traces_on():
-        print("  traces: off")
+        sinks.append(_sink("otlp metrics", "", "off"))
+    skipped = _not_checked(bad, "traces_on", "traces_exporter", "telemetry_dir")
+    if skipped:
+        sinks.append(_sink("traces", "", skipped))
+    elif not config.traces_on():
+        sinks.append(_sink("traces", "", "off"))
     elif tracing.airflow_tracing_on():
-        print("  traces: Airflow's tracer provider ([traces] otel_on); BareCount adds its spans and tenant ratio")
+        sinks.append(
+            _sink("traces", "Airflow's tracer provider ([traces] otel_on)", "BareCount adds its spans and tenant ratio")
+        )
+    elif config.traces_exporter() == "file":
+        path = os.path.join(config.telemetry_dir(), "spans.jsonl")
+        sinks.append(_sink("traces", f"file {path}", _probe_dir(config.telemetry_dir()), "NOT WRITABLE"))
+    elif config.traces_exporter() == "otlp":
+        endpoint = config.otlp_endpoint("traces")
+        sinks.append(_sink("traces", f"otlp {endpoint}", _probe_tcp(endpoint), "UNREACHABLE"))
     else:
-        kind = config.traces_exporter()
-        if kind == "file":
-            path = os.path.join(config.telemetry_dir(), "spans.jsonl")
-            status = _probe_dir(config.telemetry_dir())
-            print(f"  traces: file {path}: {status}")
-        elif kind == "otlp":
-            endpoint = config.otlp_endpoint("traces")
-            status = _probe_tcp(endpoint)
-            print(f"  traces: otlp {endpoint}: {status}")
-        else:
-            status = "ok"
-            print("  traces: spans created, exporter none")
-        problems += status.startswith(("UNREACHABLE", "NOT WRITABLE"))
-    if config.file_sink_on():
-        status = _probe_dir(config.telemetry_dir())
-        problems += status.startswith("NOT WRITABLE")
-        print(f"  file: {os.path.join(config.telemetry_dir(), 'events.jsonl')}: {status}")
+        sinks.append(_sink("traces", "spans created, exporter none", "ok"))
+    skipped = _not_checked(bad, "file_sink_on", "telemetry_dir")
+    if skipped:
+        sinks.append(_sink("file", "", skipped))
+    elif config.file_sink_on():
+        path = os.path.join(config.telemetry_dir(), "events.jsonl")
+        sinks.append(_sink("file", path, _probe_dir(config.telemetry_dir()), "NOT WRITABLE"))
     else:
-        print("  file: off")
-    problems += _doctor_evidence()
-    if not config.secret_key():
-        print("\nWARNING: no [barecount] secret_key, [core] fernet_key or [api_auth] jwt_secret: run tokens are guessable")
-    print(f"\n{'OK' if not problems else f'{problems} problem(s) found'}")
-    return 0 if not problems else 1
+        sinks.append(_sink("file", "", "off"))
+    return sinks
 
 
-def _doctor_evidence() -> int:
-    """Print the evidence store's state; the number of problems found."""
-    print("\nEvidence")
+def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
+    """The evidence store's state; ``problem`` when it cannot be reached."""
+    skipped = _not_checked(bad, "evidence_on")
+    if skipped:
+        return {"status": skipped, "problem": None}
     if not config.evidence_on():
-        print("  off")
-        return 0
-    problems = 0
+        return {"status": "off", "problem": None}
+    skipped = _not_checked(
+        bad, "evidence_store", "evidence_dir", "evidence_index_url", "evidence_s3_bucket", "evidence_s3_prefix",
+        "evidence_s3_object_lock_days", "evidence_aws_conn_id", "evidence_store_timeout_ms",
+    )  # fmt: skip
+    if skipped:
+        return {"status": skipped, "problem": None}
+    result: dict[str, Any] = {"problem": None}
     try:
         from barecount_provider.evidence import spool
         from barecount_provider.evidence.store import open_store
 
         store = open_store(timeout_ms=config.evidence_store_timeout_ms())
         where = config.evidence_dir() if store.kind == "local" else f"s3://{config.evidence_s3_bucket()}/{config.evidence_s3_prefix()}"
-        print(f"  store: {store.kind} {where}")
-        url = store.index.engine.url.render_as_string(hide_password=True)
-        tenants = store.index.tenants()
-        print(f"  index: {url}: ok ({len(tenants)} tenant chain(s))")
-        waiting = len(spool.spooled())
-        print(f"  spool: {spool.spool_dir()}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")
+        result["store"] = f"{store.kind} {where}"
+        result["index"] = store.index.engine.url.render_as_string(hide_password=True)
+        result["tenant_chains"] = len(store.index.tenants())
+        result["spool"] = spool.spool_dir()
+        result["spooled"] = len(spool.spooled())
+    except Exception as err:
+        result["problem"] = f"UNREACHABLE: {type(err).__name__}: {err}"
+    return result
+
+
+def _print_doctor(report: dict[str, Any]) -> None:
+    print(f"BareCount {report['version']}")
+    print("\n[barecount] (resolved)")
+    for name, value in report["options"].items():
+        print(f"  {name} = {value}")
+    invalid = report["invalid_options"]
+    print(f"\nOptions: {f'{len(invalid)} invalid' if invalid else 'every one valid'}")
+    for problem in invalid:
+        print(f"  INVALID {problem['option']} = {problem['value']!r}: expected {problem['expected']}")
+        print(f"    {problem['message']}")
+    policy = report["policy"]
+    print("\nPolicy")
+    if policy.get("problem"):
+        print(f"  INVALID: {policy['problem']}")
+    elif "status" in policy:
+        print(f"  {policy['status']}")
+    else:
+        default = policy["default_tenant"]
+        print(f"  source: {policy['source']}")
+        print(f"  tenants: {', '.join(policy['tenants']) or '(none: defaults apply to every tenant)'}")
+        print(
+            f"  default tenant {default['tenant']!r}: runner classes {', '.join(default['allowed_runner_classes'])}; "
+            f"max size {default['max_size']}; trace sampling {default['trace_sampling_ratio']}"
+        )
+    print("\nSinks")
+    for sink in report["sinks"]:
+        print(f"  {sink['sink']}: {sink['target']}: {sink['status']}" if sink["target"] else f"  {sink['sink']}: {sink['status']}")
+    evidence = report["evidence"]
+    print("\nEvidence")
+    if evidence.get("problem"):
+        print(f"  {evidence['problem']}")
+    elif "status" in evidence:
+        print(f"  {evidence['status']}")
+    else:
+        waiting = evidence["spooled"]
+        print(f"  store: {evidence['store']}")
+        print(f"  index: {evidence['index']}: ok ({evidence['tenant_chains']} tenant chain(s))")
+        print(f"  spool: {evidence['spool']}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")
         if waiting:
             print("    (delivered by the next task that reaches the store, or `barecount evidence flush`)")
-    except Exception as err:
-        print(f"  UNREACHABLE: {type(err).__name__}: {err}")
-        problems += 1
-    return problems
+    for warning in report["warnings"]:
+        print(f"\nWARNING: {warning}")
+    problems = report["problems"]
+    print(f"\n{'OK' if not problems else f'{problems} problem(s) found'}")
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
@@ -917,7 +1016,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"barecount {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    doctor = sub.add_parser("doctor", help="print the resolved config, policy and sinks, and check each sink")
+    doctor = sub.add_parser(
+        "doctor",
+        help="validate every [barecount] option, the policy, each sink and the evidence store",
+        description="Prints the resolved options, every invalid one (its value and what is expected), the "
+        "policy, each sink and the evidence store. Exit 1 when anything is invalid or unreachable.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=cmd_doctor)
 
     policy = sub.add_parser("policy", help="governance policy commands")
