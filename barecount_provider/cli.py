@@ -87,10 +87,11 @@ def doctor_report() -> dict[str, Any]:
     invalid = config.validate()
     bad = {problem.option for problem in invalid}
     policy = _doctor_policy(bad)
+    price_table = _doctor_price_table(bad)
     sinks = _doctor_sinks(bad)
     evidence = _doctor_evidence(bad)
     problems = len(invalid) + bool(policy.get("problem")) + sum(bool(sink["problem"]) for sink in sinks)
-    problems += bool(evidence.get("problem"))
+    problems += bool(price_table.get("problem")) + bool(evidence.get("problem"))
     warnings = []
     if "secret_key" not in bad and not config.secret_key():
         warnings.append("no [barecount] secret_key, [core] fernet_key or [api_auth] jwt_secret: run tokens are guessable")
@@ -99,6 +100,7 @@ def doctor_report() -> dict[str, Any]:
         "options": config.resolved(),
         "invalid_options": [problem.as_dict() for problem in invalid],
         "policy": policy,
+        "price_table": price_table,
         "sinks": sinks,
         "evidence": evidence,
         "warnings": warnings,
@@ -135,6 +137,20 @@ def _doctor_policy(bad: set[str]) -> dict[str, Any]:
         }
     except Exception as err:
         return {"problem": str(err)}
+
+
+def _doctor_price_table(bad: set[str]) -> dict[str, Any]:
+    """The price table [barecount] cost_price_table_path names (empty: the shipped one), checked whole."""
+    skipped = _not_checked(bad, "cost_price_table_path")
+    if skipped:
+        return {"status": skipped, "problem": None}
+    path = config.cost_price_table_path()
+    if not path:
+        return {"source": "<shipped>", "problem": None}
+    from barecount_provider.cost.prices import validate_price_file
+
+    mistakes = validate_price_file(path)
+    return {"source": path, "problem": "\n".join(str(mistake) for mistake in mistakes) or None}
 
 
 def _sink(name: str, target: str, status: str, *failures: str) -> dict[str, Any]:
@@ -243,6 +259,13 @@ def _print_doctor(report: dict[str, Any]) -> None:
             f"  default tenant {default['tenant']!r}: runner classes {', '.join(default['allowed_runner_classes'])}; "
             f"max size {default['max_size']}; trace sampling {default['trace_sampling_ratio']}"
         )
+    price_table = report["price_table"]
+    if price_table.get("problem"):
+        print(f"\nPrice table {price_table['source']}: INVALID")
+        for line in str(price_table["problem"]).splitlines():
+            print(f"  {line}")
+    elif price_table.get("source", "<shipped>") != "<shipped>":
+        print(f"\nPrice table {price_table['source']}: valid")
     print("\nSinks")
     for sink in report["sinks"]:
         print(f"  {sink['sink']}: {sink['target']}: {sink['status']}" if sink["target"] else f"  {sink['sink']}: {sink['status']}")

@@ -188,3 +188,15 @@ def test_a_pattern_that_is_not_a_regular_expression_is_invalid(isolated: pytest.
     _set(isolated, redact_value_patterns='["ACME-[0-9A-F]{24}", "ACME-[0-9"]')
     (problem,) = config.validate()
     assert "redact_value_patterns[1]: 'ACME-[0-9' is not a valid regular expression" in problem.message
+
+
+def test_an_invalid_price_table_file_is_reported(
+    isolated: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("name: acme\nversion: '1'\nprices:\n  lambda:\n    request_per_million: cheap\n")
+    _set(isolated, cost_price_table_path=str(prices))
+    assert cli.main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"Price table {prices}: INVALID" in out and "request_per_million: 'cheap'" in out
+    assert "1 problem(s) found" in out
