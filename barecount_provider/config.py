@@ -11,6 +11,7 @@ component makes when it starts (:func:`report_problems`) judge an option exactly
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import logging
@@ -780,6 +781,8 @@ class ConfigProblem:
 
     @property
     def fix(self) -> str:
+        if self.option not in OPTIONS:
+            return f"remove [{SECTION}] {self.option} (airflow.cfg or AIRFLOW__{SECTION.upper()}__{self.option.upper()}), or name {self.expected}"
         return (
             f"set [{SECTION}] {self.option} in airflow.cfg, or AIRFLOW__{SECTION.upper()}__{self.option.upper()}, "
             f"to {self.expected} (default {OPTIONS[self.option][1]!r})"
@@ -812,7 +815,33 @@ def validate() -> list[ConfigProblem]:
             getter()
         except ValueError as err:
             problems.append(ConfigProblem(name, _shown(name, _raw(name).strip()), check.expected, str(err)))
+    for name in _set_names():
+        if name not in OPTIONS:  # a typo: the option meant keeps its default, silently
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            expected = f"an option of [{SECTION}]" + (f": {close[0]}?" if close else " (docs/configuration.md)")
+            problems.append(ConfigProblem(name, "(set)", expected, f"[{SECTION}] {name}: not an option of BareCount"))
     return problems
+
+
+def _set_names() -> list[str]:
+    """The option names set in airflow.cfg's [barecount] section or as AIRFLOW__BARECOUNT__* variables."""
+    names: set[str] = set()
+    try:
+        from airflow.configuration import conf
+
+        if conf.has_section(SECTION):
+            names.update(name.lower() for name in conf.options(SECTION))
+    except Exception:  # pragma: no cover - without Airflow, or an unreadable airflow.cfg (Airflow says so)
+        pass
+    prefix = f"AIRFLOW__{SECTION.upper()}__"
+    for variable in os.environ:
+        if variable.startswith(prefix):
+            name = variable[len(prefix) :].lower()
+            for suffix in ("_cmd", "_secret"):  # Airflow's ways to give a value by command or secrets backend
+                if name.endswith(suffix) and name[: -len(suffix)] in OPTIONS:
+                    name = name[: -len(suffix)]
+            names.add(name)
+    return sorted(names)
 
 
 _REPORTED: list[ConfigProblem] | None = None

@@ -18,7 +18,9 @@ above), by the code that uses it and by these two:
   the price table, each sink and the evidence store; a check that needs an invalid option is shown as
   `not checked: invalid [barecount] <option>`. `barecount doctor --json` prints the same as a document
   (`invalid_options`: `option`, `value`, `expected`, `message`, `fix`; `problems`; `ok`). Exit 1 when
-  anything is invalid or unreachable, 0 otherwise. A port out of range is invalid, not unreachable.
+  anything is invalid or unreachable, 0 otherwise. A port out of range is invalid, not unreachable. An
+  option BareCount does not have, in airflow.cfg or as a variable, is reported too, with the closest name
+  (`statsd_prot`: `expected an option of [barecount]: statsd_port?`): the option meant keeps its default.
 - **Each Airflow component** that loads BareCount's plugin (scheduler, API server, DAG processor,
   triggerer, workers) checks every option once when it starts and logs each invalid one at ERROR, with
   its fix:

@@ -200,3 +200,16 @@ def test_an_invalid_price_table_file_is_reported(
     out = capsys.readouterr().out
     assert f"Price table {prices}: INVALID" in out and "request_per_million: 'cheap'" in out
     assert "1 problem(s) found" in out
+
+
+def test_an_option_that_does_not_exist_is_reported_with_the_closest_name(
+    isolated: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    isolated.setenv("AIRFLOW__BARECOUNT__STATSD_PROT", "9125")  # the port meant stays 8125, silently
+    isolated.setenv("AIRFLOW__BARECOUNT__SECRET_KEY_CMD", "echo not-a-typo")  # Airflow's _cmd form of secret_key
+    config.cache_clear()
+    (problem,) = config.validate()
+    assert (problem.option, problem.expected) == ("statsd_prot", "an option of [barecount]: statsd_port?")
+    assert problem.message == "[barecount] statsd_prot: not an option of BareCount"
+    assert cli.main(["doctor"]) == 1
+    assert "INVALID statsd_prot = '(set)': expected an option of [barecount]: statsd_port?" in capsys.readouterr().out
