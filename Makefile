@@ -4,10 +4,14 @@
 VENV = .venv
 PY = $(VENV)/bin/python
 
-.PHONY: demo test install lint clean system-deps
+.PHONY: demo up test install lint clean system-deps
 
+# ARGS: e.g. `make demo ARGS=--keep-running` (or `make up`) leaves Airflow running until Ctrl-C.
 demo: install
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(ARGS)
+
+up: install
+	$(PY) scripts/demo.py --keep-running $(ARGS)
 
 # ruff, mypy, then every test (unit, integration, system). pytest's exit code 5 ("no tests collected")
 # fails the target like any other failure.

@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -301,6 +301,67 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cell(value: Any, width: int = 28) -> str:
+    if value is None or value == "":
+        return "-"
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _duration(value: Any) -> str:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    return f"{seconds:.2f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def _active_sinks(sinks: Any) -> str:
+    if not isinstance(sinks, dict) or not sinks:
+        return "-"
+    on = [  # written_by: who wrote the event (the task process or the forwarder), not a sink
+        name for name, where in sinks.items() if name != "written_by" and str(where).strip().lower() != "off"
+    ]
+    return ",".join(on) if on else "none"
+
+
+def _task_label(event: Mapping[str, Any]) -> str:
+    task = str(event.get("task_id", "?"))
+    try:
+        map_index = int(event.get("map_index", -1))
+    except (TypeError, ValueError):
+        map_index = -1
+    return f"{task}[{map_index}]" if map_index >= 0 else task
+
+
+def tries_table(tries: Sequence[Mapping[str, Any]]) -> str:
+    """The table of task tries that ``barecount runs`` and ``make demo`` print: one row per file-sink
+    ``task_try`` event, sorted by DAG and run (file order within a run), nothing cut but long ids (…)."""
+    ordered = sorted(tries, key=lambda e: (str(e.get("dag_id")), str(e.get("run_id"))))
+    header = ["dag", "task", "try", "tenant", "pipeline", "runner class", "state", "duration", "trace id", "sinks"]
+    rows = [
+        [
+            _cell(e.get("dag_id"), 30),
+            _cell(_task_label(e), 24),
+            _cell(e.get("try_number"), 4),
+            _cell(e.get("tenant"), 16),
+            _cell(e.get("pipeline"), 16),
+            _cell(e.get("runner_class"), 14),
+            _cell(e.get("state"), 16),
+            _duration(e.get("duration_s")),
+            (str(e["trace_id"])[:12] + "…") if e.get("trace_id") else "-",
+            _active_sinks(e.get("sinks")),
+        ]
+        for e in ordered
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from barecount_provider.telemetry.filesink import events_path, read_events
 
@@ -312,17 +373,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not events:
         print(f"no task tries recorded in {events_path()}")
         return 1
-    header = f"{'dag':<24} {'task':<22} {'try':>3} {'tenant':<10} {'pipeline':<10} {'runner':<8} {'state':<13} {'dur s':>7}  trace"
-    print(header)
-    print("-" * len(header))
-    for e in events[-args.last :]:
-        task = e["task_id"] + (f"[{e['map_index']}]" if e.get("map_index", -1) not in (-1, None) else "")
-        duration = "" if e.get("duration_s") is None else f"{e['duration_s']:.2f}"
-        trace_id = (e.get("trace_id") or "-")[:16]
-        print(
-            f"{e['dag_id'][:24]:<24} {task[:22]:<22} {e['try_number']:>3} {str(e['tenant'])[:10]:<10} "
-            f"{str(e['pipeline'])[:10]:<10} {str(e['runner_class'])[:8]:<8} {e['state']:<13} {duration:>7}  {trace_id}"
-        )
+    print(tries_table(events[-args.last :]))
     return 0
 
 
@@ -441,6 +492,15 @@ def _time_arg(value: str | datetime | None) -> datetime | None:
     return time_value(value)
 
 
+def _listed_cost(row: Mapping[str, Any]) -> str:
+    """A listed record's cost: the known sum, ``+?`` when some tries' cost is unknown (absent tries too),
+    ``unknown`` when nothing known was summed."""
+    known = row.get("total_cost_usd")
+    if row.get("cost_complete", True) and row.get("complete", True):
+        return _usd(known)
+    return "unknown" if not known else f"{_usd(known)} +?"
+
+
 def cmd_evidence_list(args: argparse.Namespace) -> int:
     from barecount_provider.api import queries
     from barecount_provider.evidence.store import RecordFilter, open_store
@@ -470,7 +530,7 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
                 str(r["run_id"]),
                 str(r["state"]),
                 "yes" if r["complete"] else "NO",
-                _usd(r["total_cost_usd"]) + ("" if r.get("cost_complete", True) else " +?"),
+                _listed_cost(r),
                 str(r["sequence"]),
                 str(r["record_id"]),
             ]
@@ -480,8 +540,11 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
         right=(7, 8),
     )
     print(f"\n{args.offset + 1}-{args.offset + len(rows)} of {total}")
-    if any(not r.get("cost_complete", True) for r in rows):
-        print("+?: some tries' cost is unknown (e.g. no [barecount] cost_local_worker_slot_hour_usd): see `evidence show`")
+    if any(_listed_cost(r) != _usd(r["total_cost_usd"]) for r in rows):
+        print(
+            "+?: some tries' cost is unknown (e.g. no [barecount] cost_local_worker_slot_hour_usd, or an absent "
+            "entry), unknown: no try's cost is known; never counted as 0: see `evidence show`"
+        )
     return 0
 
 
@@ -580,6 +643,33 @@ def _finished_runs(dag_id: str) -> list[str]:
         return [str(run_id) for run_id in session.scalars(query)]
 
 
+def _unknown_costs(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(try key, why) of every try of the record whose cost is unknown, absent tries included."""
+    unknown = set((record.get("cost") or {}).get("unknown") or ())
+    found = [
+        (str(entry.get("key")), "; ".join((entry.get("cost") or {}).get("missing") or ["no reason recorded"]))
+        for entry in record.get("entries") or ()
+        if entry.get("key") in unknown
+    ]
+    from barecount_provider.api.queries import ABSENT_REASON
+
+    return found + [(str(key), ABSENT_REASON) for key in record.get("absent") or ()]
+
+
+def _record_cost(record: Mapping[str, Any]) -> str:
+    """The record's cost for a person: the known sum, and the tries whose cost is unknown (never as 0)."""
+    cost = record.get("cost") or {}
+    unknown = _unknown_costs(record)
+    basis = ", ".join(cost.get("basis") or [])
+    costed = [entry for entry in record.get("entries") or () if entry.get("cost")]
+    known = len(costed) - len(cost.get("unknown") or ())
+    if not unknown:
+        return f"{_usd(cost.get('total_usd'))} USD ({basis})" if basis else f"{_usd(cost.get('total_usd'))} USD (no try was costed)"
+    if known <= 0:
+        return f"unknown ({len(unknown)} tries' cost unknown: see below)"
+    return f"{_usd(cost.get('total_usd'))} USD known ({basis}) + {len(unknown)} tries' cost unknown (see below)"
+
+
 def cmd_evidence_show(args: argparse.Namespace) -> int:
     from barecount_provider.api import queries
     from barecount_provider.evidence.store import open_store
@@ -592,7 +682,6 @@ def cmd_evidence_show(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
     chain = record.get("chain") or {}
-    cost = record.get("cost") or {}
     for label, value in (
         ("record", record["record_id"]),
         ("tenant", record["tenant"]),
@@ -601,7 +690,7 @@ def cmd_evidence_show(args: argparse.Namespace) -> int:
         ("state", record["state"]),
         ("started / ended", f"{record.get('started_at')} / {record.get('ended_at')}"),
         ("complete", "yes" if record.get("complete") else f"NO (absent: {', '.join(record.get('absent') or [])})"),
-        ("cost", f"{_usd(cost.get('total_usd'))} USD ({', '.join(cost.get('basis') or []) or 'no basis'})"),
+        ("cost", _record_cost(record)),
         ("chain", f"sequence {chain.get('sequence')}, hash {chain.get('hash')}"),
         ("previous", str(chain.get("previous_hash"))),
     ):
@@ -625,6 +714,11 @@ def cmd_evidence_show(args: argparse.Namespace) -> int:
             ["try", "state", "runner", "size", "dur s", "cost usd", "source"],
             right=(4, 5),
         )
+    unknown = _unknown_costs(record)
+    if unknown:
+        print(f"\ncost unknown for {len(unknown)} tries (not in the sum, never counted as 0):")
+        for key, why in unknown:
+            print(f"  {key}: {why}")
     return 0
 
 
@@ -693,19 +787,31 @@ def cmd_cost_report(args: argparse.Namespace) -> int:
         return 0
     keys = ([] if args.no_per_day else ["day"]) + groups
 
-    def sums(values: dict[str, Any]) -> list[str]:
+    def sums(values: dict[str, Any], known: bool) -> list[str]:
+        if not known:  # only tries of unknown cost: no number is shown as 0
+            return ["unknown"] * 5
         return [f"{values['runtime_hours']:.3f}"] + [
-            f"{values[name]:.4f}" for name in ("compute_usd", "storage_usd", "transfer_usd", "total_usd")
+            f"{values[name]:.4f}" + (" +?" if name == "total_usd" and values["unknown_tries"] else "")
+            for name in ("compute_usd", "storage_usd", "transfer_usd", "total_usd")
         ]
 
-    table = [[str(row[k]) for k in keys] + sums(row) + [str(row["runs"])] for row in rows]
-    table.append(["total"] + [""] * (len(keys) - 1) + sums(totals) + [str(sum(row["runs"] for row in rows))])
+    table = [[str(row[k]) for k in keys] + sums(row, row["runs"] > 0) + [str(row["runs"]), str(row["unknown_tries"])] for row in rows]
+    known_runs = sum(row["runs"] for row in rows)
+    table.append(["total"] + [""] * (len(keys) - 1) + sums(totals, known_runs > 0) + [str(known_runs), str(totals["unknown_tries"])])
     _table(
         table,
-        keys + ["hours", "compute usd", "storage usd", "transfer usd", "total usd", "runs"],
-        right=tuple(range(len(keys), len(keys) + 6)),
+        keys + ["hours", "compute usd", "storage usd", "transfer usd", "total usd", "runs", "unknown tries"],
+        right=tuple(range(len(keys), len(keys) + 7)),
     )
     print("\nestimates from list prices (the records' price tables), USD")
+    if totals["unknown_tries"]:
+        reasons = sorted({reason for row in rows for reason in row["unknown_reasons"]})
+        print(
+            f"+?: {totals['unknown_tries']} tries' cost is unknown and is not in the sums (never counted as 0); "
+            "`barecount evidence show RECORD` names each. Why:"
+        )
+        for reason in reasons:
+            print(f"  - {reason}")
     return 0
 
 

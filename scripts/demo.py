@@ -13,10 +13,16 @@
 6. stops the components by their process id, then the emulator;
 7. prints, per task try, what BareCount's file sink wrote to
    ``<AIRFLOW_HOME>/barecount/telemetry/events.jsonl`` and where each sink sent its data, then, per runner
-   task, its runner class, external run id and where its runner_result is.
+   task, its runner class, external run id and where its runner_result is; the evidence records, the cost
+   roll-up and the chains' verification; what ``example_recovery`` did (the dead letters, the planned
+   replay, the governance decision, the replay's outcome, from its XComs); and the ``export AIRFLOW_HOME=``
+   line that points the ``barecount`` command at this data.
+
+``--keep-running`` (``make up``) leaves Airflow and the emulator running after the runs until Ctrl-C.
 
 Exit status: 0 when the stack ran and BareCount recorded task tries; 1 when nothing was recorded, a DAG
-file failed to import or a runner DAG against the emulator did not succeed; 2 when Airflow itself failed
+file failed to import, a runner DAG against the emulator did not succeed or the recovery example's replay
+did not complete; 2 when Airflow itself failed
 (start-up, a component died, a run timed out).
 
 ``--events FILE`` only prints the table of an existing events file (no Airflow started).
@@ -28,6 +34,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -50,6 +57,7 @@ NEEDS_AWS_TAG = "needs-aws"
 NEEDS_K8S_TAG = "needs-k8s"
 OPT_OUT_TAG = "barecount:off"  # [barecount] opt_out_tag's default, which the demo's Airflow keeps
 RUNNER_RESULTS_RELATIVE = Path("runner_results")
+RECOVERY_RELATIVE = Path("recovery.json")  # the recovery example's XComs, saved for the report
 AWS_CONN_ID = "aws_default"  # the example DAGs' default connection
 
 
@@ -100,23 +108,6 @@ def _text(value: Any, width: int = 28) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _duration(value: Any) -> str:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    return f"{seconds:.2f}s" if seconds < 60 else f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
-
-
-def _active_sinks(sinks: Any) -> str:
-    if not isinstance(sinks, dict) or not sinks:
-        return "-"
-    on = [  # written_by: who wrote the event (the task process or the forwarder), not a sink
-        name for name, where in sinks.items() if name != "written_by" and str(where).strip().lower() != "off"
-    ]
-    return ",".join(on) if on else "none"
-
-
 def _task_label(event: dict[str, Any]) -> str:
     task = str(event.get("task_id", "?"))
     try:
@@ -127,39 +118,10 @@ def _task_label(event: dict[str, Any]) -> str:
 
 
 def format_table(tries: list[dict[str, Any]]) -> str:
-    header = [
-        "dag",
-        "task",
-        "try",
-        "tenant",
-        "pipeline",
-        "runner class",
-        "state",
-        "duration",
-        "trace id",
-        "sinks",
-    ]
-    rows = [
-        [
-            _text(e.get("dag_id"), 30),
-            _text(_task_label(e), 24),
-            _text(e.get("try_number"), 4),
-            _text(e.get("tenant"), 16),
-            _text(e.get("pipeline"), 16),
-            _text(e.get("runner_class"), 14),
-            _text(e.get("state"), 16),
-            _duration(e.get("duration_s")),
-            (str(e["trace_id"])[:12] + "…") if e.get("trace_id") else "-",
-            _active_sinks(e.get("sinks")),
-        ]
-        for e in tries
-    ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    """The same table as ``barecount runs`` (one layout for both)."""
+    from barecount_provider.cli import tries_table
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
+    return tries_table(tries)
 
 
 def format_sinks(tries: list[dict[str, Any]]) -> str:
@@ -310,6 +272,76 @@ def save_runner_results(stack: Any, runs: dict[str, str], folder: Path) -> int:
     return saved
 
 
+RECOVERY_DAG = "example_recovery"
+RECOVERY_XCOMS = (("plan", "replay_plan"), ("approve", "replay_approval"), ("replay", "replay_outcome"))
+
+
+def _xcom(stack: Any, dag_id: str, run_id: str, task_id: str, key: str) -> Any:
+    path = (
+        f"dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+        f"{quote(task_id, safe='')}/xcomEntries/{quote(key, safe='')}"
+    )
+    resp = stack.api("GET", path, params={"deserialize": True, "stringify": False}, check=False)
+    if resp.status_code != 200:
+        return None
+    value = resp.json().get("value")
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def save_recovery(stack: Any, runs: dict[str, str], target: Path) -> None:
+    """The recovery example's plan, governance decision and replay outcome (its XComs), for the report."""
+    if RECOVERY_DAG not in runs:
+        return
+    found = {key: _xcom(stack, RECOVERY_DAG, runs[RECOVERY_DAG], task_id, key) for task_id, key in RECOVERY_XCOMS}
+    target.write_text(json.dumps({"run_id": runs[RECOVERY_DAG], **found}, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def report_recovery(saved: Path) -> int:
+    """What example_recovery did: the dead letters, the planned replay, the governance decision, the replay."""
+    if not saved.is_file():
+        return 0
+    found = json.loads(saved.read_text(encoding="utf-8"))
+    plan, decision, outcome = (found.get(key) or {} for _, key in RECOVERY_XCOMS)
+    say()
+    say(f"Recovery ({RECOVERY_DAG}, run {found.get('run_id')}; docs/recovery.md):")
+    if not plan:
+        say("  ERROR: the run left no replay plan (XCom replay_plan of task 'plan'): see its task logs.")
+        return 1
+    errors = ", ".join(f"{name} {count}" for name, count in sorted((plan.get("by_error_class") or {}).items()))
+    say(
+        f"  dead-letter queue: {plan.get('records')} failed record(s) sent by task 'ingest' ({errors or 'no class'}), "
+        f"{plan.get('bytes')} bytes, in {plan.get('dlq')}"
+    )
+    say(
+        f"  planned replay (dry run, task 'plan'): {plan.get('records')} record(s) to {plan.get('target')}, "
+        f"estimated {float(plan.get('estimated_cost_usd') or 0):.6f} USD ({plan.get('cost_basis')}); "
+        f"needs approval: {plan.get('needs_approval')} (thresholds {plan.get('approval_thresholds')})"
+    )
+    if decision:
+        say(
+            f"  governance decision (task 'approve'): {decision.get('decision')}"
+            + (f" by {decision['approver']}" if decision.get("approver") else "")
+            + f" at {decision.get('decided_at')}"
+        )
+    else:
+        say("  governance decision: none recorded (task 'approve' left no replay_approval XCom)")
+    if not outcome:
+        say("  ERROR: the replay left no outcome (XCom replay_outcome of task 'replay'): see its task logs.")
+        return 1
+    say(
+        f"  replay (task 'replay', idempotent through the ledger): {outcome.get('status')}; delivered "
+        f"{outcome.get('delivered')}, already delivered before {outcome.get('skipped_delivered')}, failed "
+        f"{outcome.get('failed')}, removed from the queue {outcome.get('removed_from_queue')}; scope {outcome.get('scope_id')}"
+    )
+    say("  Again from a terminal: `barecount dlq stats`, `barecount replay status`.")
+    return 0 if outcome.get("status") == "complete" and not outcome.get("failed") else 1
+
+
 def report_runner_results(folder: Path) -> None:
     """Per runner task: runner class, size, external run id, error and where its runner_result is."""
     files = sorted(folder.glob("*/*.json")) if folder.is_dir() else []
@@ -347,7 +379,29 @@ def report_runner_results(folder: Path) -> None:
     say("\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]))
 
 
-def run_dags(home: Path, timeout: float, with_aws: bool = True) -> tuple[int, str]:
+def keep_serving(stack: Any, home: Path, stack_mod: ModuleType) -> None:
+    """``--keep-running``: leave Airflow up to explore the UI and the REST API until Ctrl-C (or SIGTERM)."""
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    say()
+    say(f"Airflow keeps running: {stack.base_url} (user {stack_mod.ADMIN_USER} / password {stack_mod.ADMIN_PASSWORD});")
+    say(f"  BareCount's REST API under {stack.base_url}/barecount (docs/api.md); in another terminal:")
+    say(f"  export AIRFLOW_HOME={home}")
+    say("Press Ctrl-C to stop it (the report follows).")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        say()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_dags(home: Path, timeout: float, with_aws: bool = True, keep_running: bool = False) -> tuple[int, str]:
     """Start the AWS emulator and Airflow, run every DAG once, stop both. Returns (exit status so far,
     message)."""
     stack_mod = _load_stack()
@@ -436,6 +490,7 @@ def run_dags(home: Path, timeout: float, with_aws: bool = True) -> tuple[int, st
         stack.wait_until_idle(timeout=max(1.0, deadline - time.monotonic()))
         saved = save_runner_results(stack, runs, home / RUNNER_RESULTS_RELATIVE)
         say(f"Saved {saved} runner_result XCom(s) to {home / RUNNER_RESULTS_RELATIVE}.")
+        save_recovery(stack, runs, home / RECOVERY_RELATIVE)
         if emulator is not None:
             hosts = emulator.instances(**{"barecount:managed": "true"})
             left = sorted(
@@ -453,6 +508,8 @@ def run_dags(home: Path, timeout: float, with_aws: bool = True) -> tuple[int, st
         if held < expected:
             say(f"  ERROR: the evidence store holds {held} record(s) after 60 s, {expected} runs were observed.")
             status = 1
+        if keep_running:
+            keep_serving(stack, home, stack_mod)
     except stack_mod.StackError as exc:
         return 2, f"Airflow failed: {exc}"
     finally:
@@ -473,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds for all runs to finish")
     parser.add_argument("--events", type=Path, help="only print the table of this events.jsonl file")
     parser.add_argument("--no-aws", action="store_true", help="skip the needs-aws DAGs (no AWS emulator)")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the runs, keep Airflow (and the AWS emulator) running to explore the UI and REST API; Ctrl-C stops",
+    )
     args = parser.parse_args(argv)
 
     if args.events is not None:
@@ -481,19 +543,24 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home.resolve()
     if home in (REPO, *REPO.parents) or home == Path.home():
         parser.error(f"refusing to wipe {home}")
-    status, message = run_dags(home, args.timeout, with_aws=not args.no_aws)
+    os.environ["AIRFLOW_HOME"] = str(home)  # whatever this process imports uses the demo's home, never ~/airflow
+    status, message = run_dags(home, args.timeout, with_aws=not args.no_aws, keep_running=args.keep_running)
     if message:
         say(message)
     say()
     status = max(status, report(home / EVENTS_RELATIVE))
     report_runner_results(home / RUNNER_RESULTS_RELATIVE)
     status = max(status, report_evidence(home))
+    status = max(status, report_recovery(home / RECOVERY_RELATIVE))
+    say()
+    say("To look at this data with the `barecount` command (evidence list|show|verify, cost report, runs, dlq, replay):")
+    say(f"  export AIRFLOW_HOME={home}")
+    say(f"  {Path(sys.executable).with_name('barecount')} evidence list")
     return status
 
 
 def report_evidence(home: Path) -> int:
     """What the evidence store holds: one record per run, the cost roll-up, and the chain's verification."""
-    import os
     import subprocess
 
     barecount = str(Path(sys.executable).with_name("barecount"))

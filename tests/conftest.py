@@ -1,18 +1,73 @@
-"""Suite-wide set-up: a throw-away AIRFLOW_HOME before Airflow is imported, and clean config caches."""
+"""Suite-wide set-up: a throw-away AIRFLOW_HOME before Airflow is imported, an empty HOME that must stay
+empty, and clean config caches.
+
+Nothing the tests run may write outside the project directory or a temporary one: the suite runs with
+``HOME`` set to a fresh empty directory (every subprocess inherits it: Airflow's components, the
+``barecount`` and ``airflow`` commands), and the session fails when anything was written there (e.g. a
+``~/airflow/airflow.cfg`` made by code that lost ``AIRFLOW_HOME``). Both directories are removed at the end.
+"""
 
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import tempfile
 
 import pytest
 
-_HOME = tempfile.mkdtemp(prefix="barecount-test-home-")
-os.environ.setdefault("AIRFLOW_HOME", _HOME)
+_CREATED: list[str] = []  # the temporary directories this session made, removed at its end
+
+
+def _temporary(prefix: str) -> str:
+    path = tempfile.mkdtemp(prefix=prefix)
+    _CREATED.append(path)
+    return path
+
+
+_HOME = os.environ.get("AIRFLOW_HOME") or _temporary("barecount-test-home-")
+os.environ["AIRFLOW_HOME"] = _HOME
+USER_HOME = _temporary("barecount-test-user-home-")
+os.environ["HOME"] = USER_HOME
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.path.dirname(__file__), "..", "dags"))
 os.environ.setdefault("AIRFLOW__BARECOUNT__SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("AIRFLOW__BARECOUNT__TELEMETRY_DIR", os.path.join(_HOME, "barecount", "telemetry"))
+
+
+def _entries(path: str) -> set[str]:
+    try:
+        return set(os.listdir(path))
+    except OSError:
+        return set()
+
+
+# Code that empties the environment loses HOME too and falls back to the account's home directory
+# (os.path.expanduser asks pwd): what appears there during the session is also reported.
+_ACCOUNT_HOME = pwd.getpwuid(os.getuid()).pw_dir
+_ACCOUNT_HOME_BEFORE = _entries(_ACCOUNT_HOME)
+
+
+def written_to_home(home: str = USER_HOME) -> list[str]:
+    """Every file and directory under ``home``, relative to it (empty: nothing was written there)."""
+    found = []
+    for root, dirs, files in os.walk(home):
+        found.extend(os.path.relpath(os.path.join(root, name), home) for name in dirs + files)
+    return sorted(found)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    written = written_to_home()
+    written += [os.path.join(_ACCOUNT_HOME, name) for name in sorted(_entries(_ACCOUNT_HOME) - _ACCOUNT_HOME_BEFORE)]
+    if written:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the tests wrote outside the project and the temporary directories: {', '.join(written[:20])}"
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"ERROR: {message}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    for path in _CREATED:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _clear_caches() -> None:

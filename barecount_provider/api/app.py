@@ -114,8 +114,10 @@ class CostRow(BaseModel):
     compute_usd: float
     storage_usd: float
     transfer_usd: float
-    total_usd: float
-    runs: int = Field(description="Distinct runs (records) in the row.")
+    total_usd: float = Field(description="The sum of the tries whose cost is known (unknown costs are not 0: see unknown_tries).")
+    runs: int = Field(description="Distinct runs (records) with a known cost in the row.")
+    unknown_tries: int = Field(0, description="Tries of the row whose cost is unknown (never counted as 0).")
+    unknown_reasons: list[str] = Field(default_factory=list, description="Why their cost is unknown (distinct reasons).")
 
 
 class CostTotals(BaseModel):
@@ -125,6 +127,7 @@ class CostTotals(BaseModel):
     transfer_usd: float
     total_usd: float
     currency: str
+    unknown_tries: int = Field(0, description="Tries in every row whose cost is unknown.")
 
 
 class CostReport(BaseModel):

@@ -241,12 +241,73 @@ def cost_report(
         rows: list[dict[str, Any]] = []
     else:
         rows = store.index.cost_rollup(groups, since=since, until=until, tenant=tenant, dag_ids=dag_ids, per_day=per_day)
-    clean = []
+    keys = (["day"] if per_day else []) + groups
+    by_key: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:
-        item = {name: row[name] for name in (["day"] if per_day else []) + groups}
+        item = {name: row[name] for name in keys}
         item.update({name: round(float(row[name] or 0.0), 10) for name in COST_SUMS})
-        item["runs"] = int(row["runs"])
-        clean.append(item)
+        item.update(runs=int(row["runs"]), unknown_tries=0, unknown_reasons=[])
+        by_key[tuple(str(item[name]) for name in keys)] = item
+    if dag_ids is None or dag_ids:
+        for facts, reason in _unknown_tries(store, since=since, until=until, tenant=tenant, dag_ids=dag_ids):
+            item = by_key.setdefault(
+                tuple(str(facts[name]) for name in keys),
+                {**{name: facts[name] for name in keys}, **dict.fromkeys(COST_SUMS, 0.0), "runs": 0, "unknown_tries": 0, "unknown_reasons": []},
+            )
+            item["unknown_tries"] += 1
+            if reason not in item["unknown_reasons"]:
+                item["unknown_reasons"].append(reason)
+    clean = [by_key[key] for key in sorted(by_key)]
+    for item in clean:
+        item["unknown_reasons"] = sorted(item["unknown_reasons"])
     totals: dict[str, Any] = {name: round(sum(item[name] for item in clean), 10) for name in COST_SUMS}
     totals["currency"] = "USD"
+    totals["unknown_tries"] = sum(item["unknown_tries"] for item in clean)
     return clean, totals
+
+
+ABSENT_REASON = "the try's evidence entry is absent (the record was sealed without it)"
+
+
+def _unknown_tries(
+    store: EvidenceStore,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    tenant: str | None,
+    dag_ids: frozenset[str] | None,
+) -> Iterable[tuple[dict[str, str], str]]:
+    """The tries whose cost is unknown in the records of the range (the UTC day each run ended, as the cost
+    lines): their day, tenant, pipeline, runner class, size and DAG, and why. A try whose entry is absent
+    has an unknown cost too (its runner class and size are then ``unknown``). Only records the index marks
+    incomplete, or with some cost unknown, are read."""
+    columns = records_table.c
+    query = sa.select(columns.location).where(sa.or_(columns.cost_complete.is_(False), columns.complete.is_(False)))
+    if since is not None:
+        day = datetime.combine(since.astimezone(UTC).date(), datetime.min.time(), UTC)
+        query = query.where(columns.ended_epoch >= day.timestamp())
+    if until is not None:
+        day = datetime.combine(until.astimezone(UTC).date(), datetime.min.time(), UTC)
+        query = query.where(columns.ended_epoch < day.timestamp())
+    if tenant is not None:
+        query = query.where(columns.tenant == tenant)
+    if dag_ids is not None:
+        query = query.where(columns.dag_id.in_(sorted(dag_ids)))
+    with store.index.engine.connect() as connection:
+        locations = [str(location) for location in connection.scalars(query.order_by(columns.ended_epoch))]
+    for location in locations:
+        record = store.bodies.get(location)
+        if not record:
+            continue
+        ended_day = str(record.get("ended_at") or record.get("sealed_at") or "")[:10]
+        base = {"day": ended_day, "tenant": record.get("tenant"), "pipeline": record.get("pipeline"), "dag_id": record.get("dag_id")}
+        unknown = set((record.get("cost") or {}).get("unknown") or ())
+        for entry in record.get("entries") or ():
+            if entry.get("key") not in unknown:
+                continue
+            context = entry.get("context") or {}
+            missing = (entry.get("cost") or {}).get("missing") or ["no reason recorded"]
+            facts = {**base, "runner_class": context.get("runner_class") or "unknown", "size": context.get("size") or "unknown"}
+            yield {name: str(value) for name, value in facts.items()}, "; ".join(str(m) for m in missing)
+        for _key in record.get("absent") or ():
+            yield {name: str(value) for name, value in {**base, "runner_class": "unknown", "size": "unknown"}.items()}, ABSENT_REASON

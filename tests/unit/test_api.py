@@ -445,7 +445,8 @@ def test_cost_per_day_and_tenant_counts_only_readable_dags(client: Any, filled: 
     assert report["by"] == ["tenant"] and report["per_day"] is True
     assert {row["tenant"] for row in report["rows"]} == {"team_a", "mixed"}
     assert set(report["rows"][0]) == {
-        "day", "tenant", "runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "total_usd", "runs"
+        "day", "tenant", "runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "total_usd", "runs",
+        "unknown_tries", "unknown_reasons",
     }  # fmt: skip
     # a_orders 6 x 0.10 + a_billing 3 x 0.50 + shared_report 0
     assert report["totals"]["total_usd"] == pytest.approx(2.1)
@@ -479,6 +480,8 @@ def test_cost_by_runner_class_and_size_within_a_time_range(client: Any, filled: 
             "transfer_usd": 0.0,
             "total_usd": 4.0,
             "runs": 2,
+            "unknown_tries": 0,
+            "unknown_reasons": [],
         }
     ]
 

@@ -223,9 +223,9 @@ def test_cost_report_by_runner_class_per_day(filled: Any, capsys: pytest.Capture
     argv = ["cost", "report", "--by", "runner_class", "--since", "2026-11-21", "--until", "2026-11-22", "--tenant", "team_b"]
     assert cli.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["day", "runner_class", "hours", "compute", "usd", "storage", "usd", "transfer", "usd", "total", "usd", "runs"]
-    assert lines[2].split() == ["2026-11-21", "dedicated", "1.000", "4.0000", "0.0000", "0.0000", "4.0000", "2"]
-    assert lines[3].split() == ["total", "1.000", "4.0000", "0.0000", "0.0000", "4.0000", "2"]
+    assert lines[0].split() == ["day", "runner_class", "hours", "compute", "usd", "storage", "usd", "transfer", "usd", "total", "usd", "runs", "unknown", "tries"]
+    assert lines[2].split() == ["2026-11-21", "dedicated", "1.000", "4.0000", "0.0000", "0.0000", "4.0000", "2", "0"]
+    assert lines[3].split() == ["total", "1.000", "4.0000", "0.0000", "0.0000", "4.0000", "2", "0"]
 
 
 def test_cost_report_json_by_several_groups_over_the_range(filled: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -258,3 +258,62 @@ def _record_args(record: dict[str, Any]) -> dict[str, Any]:
 def test_cost_report_by_an_unknown_group_is_a_usage_error(filled: Any, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["cost", "report", "--by", "colour"]) == 2
     assert "cost roll-up by 'colour': expected one of tenant, pipeline, runner_class, size, dag_id" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ unknown cost is never shown as 0
+
+UNKNOWN_WHY = "compute cost unknown: no [barecount] cost_local_worker_slot_hour_usd"
+
+
+def _with_unknown_cost(store: EvidenceStore, *, known: bool) -> dict[str, Any]:
+    """A run of two tries on 2026-11-21: a local one whose cost is unknown, and (``known``) a serverless one
+    of 0.25 USD; plus a third try that never left its entry (absent)."""
+    record = build_run("u_orders", 1, "team_u", "orders", "serverless", "s", 0.25)
+    entries = record["entries"] if known else []
+    local = build_run("u_orders", 1, "team_u", "orders", "local", "m", 0.0)["entries"][0]
+    local = {**local, "key": local["key"].replace("work", "prepare"), "cost": {**local["cost"], "total_usd": None, "compute_usd": None, "missing": [UNKNOWN_WHY]}}
+    args = {**_record_args(record), "entries": [*entries, local], "ended_at": record["ended_at"]}
+    return store.append(rec.build_record(**args, absent=["publish#1"]))
+
+
+def test_show_never_prints_an_unknown_cost_as_0(store: EvidenceStore, capsys: pytest.CaptureFixture[str]) -> None:
+    record = _with_unknown_cost(store, known=False)
+    assert record["cost"]["total_usd"] == 0.0 and record["cost"]["complete"] is False  # what the record holds
+    assert cli.main(["evidence", "show", record["record_id"]]) == 0
+    out = capsys.readouterr().out
+    assert "cost             unknown (2 tries' cost unknown: see below)" in out
+    assert "0.0000 USD" not in out
+    assert f"prepare#1: {UNKNOWN_WHY}" in out
+    assert "publish#1: the try's evidence entry is absent" in out
+
+
+def test_show_prints_the_known_part_and_counts_the_unknown(store: EvidenceStore, capsys: pytest.CaptureFixture[str]) -> None:
+    record = _with_unknown_cost(store, known=True)
+    assert cli.main(["evidence", "show", record["record_id"]]) == 0
+    out = capsys.readouterr().out
+    assert "cost             0.2500 USD known (list-price estimate) + 2 tries' cost unknown (see below)" in out
+
+
+def test_cost_report_shows_groups_whose_cost_is_unknown(store: EvidenceStore, capsys: pytest.CaptureFixture[str]) -> None:
+    _with_unknown_cost(store, known=True)
+    argv = ["cost", "report", "--by", "runner_class", "--since", "2026-11-01", "--no-per-day"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.split("\n\n")[0].splitlines()[2:]}
+    assert rows["serverless"] == ["0.500", "0.2500", "0.0000", "0.0000", "0.2500", "1", "0"]
+    assert rows["local"] == ["unknown"] * 5 + ["0", "1"]  # shown, never as 0
+    assert rows["unknown"] == ["unknown"] * 5 + ["0", "1"]  # the absent try
+    assert rows["total"] == ["0.500", "0.2500", "0.0000", "0.0000", "0.2500", "+?", "1", "2"]
+    assert "+?: 2 tries' cost is unknown" in out and UNKNOWN_WHY in out and "entry is absent" in out
+    assert cli.main([*argv, "--json"]) == 0
+    report = _json(capsys)
+    local = next(row for row in report["rows"] if row["runner_class"] == "local")
+    assert (local["unknown_tries"], local["unknown_reasons"], local["runs"]) == (1, [UNKNOWN_WHY], 0)
+    assert report["totals"]["unknown_tries"] == 2
+
+
+def test_list_never_prints_an_unknown_cost_as_0(store: EvidenceStore, capsys: pytest.CaptureFixture[str]) -> None:
+    unknown = _with_unknown_cost(store, known=False)
+    assert cli.main(["evidence", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if unknown["record_id"] in line)
+    assert " unknown " in row and "0.0000" not in row

@@ -6,6 +6,7 @@ instances are minimal stand-ins for RuntimeTaskInstance (the real one is exercis
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -92,7 +93,7 @@ def test_exception_text_in_spans_is_redacted(spans):
 
 
 def test_traceparent_and_ids_are_exported_to_the_environment(spans, monkeypatch):
-    env: dict[str, str] = {}
+    env = dict(os.environ)  # a copy: an empty environment would lose AIRFLOW_HOME (writes under ~/airflow)
     monkeypatch.setattr(context.os, "environ", env)
     ti = _ti("extract")
     state = task_side.on_try_running(ti)
