@@ -188,19 +188,22 @@ Offset = Annotated[int, Query(ge=0, le=queries.MAX_OFFSET, description="Entries 
 REPEATABLE = frozenset({"by"})
 
 
-def one_value_each(request: Request, _user: GetUserDep) -> None:
-    """422 naming every single-valued query parameter given more than once (after authentication: no token,
-    still 401)."""
-    errors = [
-        {
-            "type": "too_many_values",
-            "loc": ["query", name],
-            "msg": f"given {len(values)} times; expected one value",
-            "input": values,
-        }
-        for name in dict.fromkeys(request.query_params.keys())
-        if name not in REPEATABLE and len(values := request.query_params.getlist(name)) > 1
-    ]
+def parameter_rules(request: Request, _user: GetUserDep) -> None:
+    """422 naming every single-valued query parameter given more than once, and every parameter (query or
+    path) holding a NUL character, which PostgreSQL cannot compare (a 500 otherwise). Runs after
+    authentication: without a token, still 401."""
+    errors: list[dict[str, Any]] = []
+    for name in dict.fromkeys(request.query_params.keys()):
+        values = request.query_params.getlist(name)
+        if name not in REPEATABLE and len(values) > 1:
+            errors.append(
+                {"type": "too_many_values", "loc": ["query", name], "msg": f"given {len(values)} times; expected one value", "input": values}
+            )
+        if any("\x00" in value for value in values):
+            errors.append({"type": "string_nul", "loc": ["query", name], "msg": "contains a NUL character", "input": values})
+    for name, value in request.path_params.items():
+        if "\x00" in str(value):
+            errors.append({"type": "string_nul", "loc": ["path", name], "msg": "contains a NUL character", "input": value})
     if errors:
         raise RequestValidationError(errors)
 
@@ -249,7 +252,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/evidence",
-        dependencies=[Depends(one_value_each)],
+        dependencies=[Depends(parameter_rules)],
         response_model=EvidenceRecordCollection,
         summary="List evidence records",
         responses=responses,
@@ -282,7 +285,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/evidence/verify",
-        dependencies=[Depends(one_value_each)],
+        dependencies=[Depends(parameter_rules)],
         response_model=VerificationResponse,
         summary="Verify hash chains",
         responses={**responses, 404: {"description": "No record of this tenant the user may read", "model": ErrorDetail}},
@@ -317,7 +320,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/evidence/{record_id}",
-        dependencies=[Depends(one_value_each)],
+        dependencies=[Depends(parameter_rules)],
         summary="Get one evidence record",
         responses={
             **responses,
@@ -335,7 +338,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/cost",
-        dependencies=[Depends(one_value_each)],
+        dependencies=[Depends(parameter_rules)],
         response_model=CostReport,
         response_model_exclude_unset=True,
         summary="Cost roll-up",

@@ -382,6 +382,22 @@ def test_a_single_valued_parameter_given_twice_is_422_and_by_may_repeat(client: 
     assert client.get("/cost?by=tenant&by=size", headers=users["admin"]).json()["by"] == ["tenant", "size"]
 
 
+@pytest.mark.parametrize(
+    ("path", "params", "loc"),
+    [
+        ("/evidence", {"tenant": "team\x00a"}, ["query", "tenant"]),
+        ("/cost", {"tenant": "\x00"}, ["query", "tenant"]),
+        ("/evidence/verify", {"tenant": "a\x00"}, ["query", "tenant"]),
+        ("/evidence/0123456789abcdef0123456789abcde%00", {}, ["path", "record_id"]),
+    ],
+)
+def test_a_nul_character_is_422_not_a_database_error(client: Any, filled: Any, users: Any, path: str, params: Any, loc: Any) -> None:
+    # SQLite answered 200; PostgreSQL's driver refuses the string (ValueError: a 500)
+    response = _get(client, path, users["admin"], **params)
+    assert response.status_code == 422, response.text
+    assert [(error["loc"], error["msg"]) for error in response.json()["detail"]] == [(loc, "contains a NUL character")]
+
+
 def test_the_openapi_document_states_the_bounds(client: Any) -> None:
     from barecount_provider.api.queries import INSTANT_PATTERN, MAX_OFFSET
 
