@@ -244,7 +244,9 @@ def _print_doctor(report: dict[str, Any]) -> None:
     print(f"\nOptions: {f'{len(invalid)} invalid' if invalid else 'every one valid'}")
     for problem in invalid:
         print(f"  INVALID {problem['option']} = {problem['value']!r}: expected {problem['expected']}")
-        print(f"    {problem['message']}")
+        plain = f"[barecount] {problem['option']}: {problem['value']!r} is not {problem['expected']}"
+        if problem["message"] != plain:  # the message says more (a pattern's error, an unknown option)
+            print(f"    {problem['message']}")
     policy = report["policy"]
     print("\nPolicy")
     if policy.get("problem"):
