@@ -46,4 +46,4 @@ $(PY):
 	"$$py" -m venv $(VENV)
 
 clean:
-	rm -rf .airflow-demo .airflow-test .mypy_cache .ruff_cache .pytest_cache build
+	rm -rf .airflow-demo .airflow-test .mypy_cache .ruff_cache .pytest_cache .hypothesis build

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -72,122 +73,256 @@ def _probe_dir(path: str) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from barecount_provider.telemetry import tracing
+    """Every invalid option, the policy, each sink and the evidence store; exit 1 when anything is wrong."""
+    report = doctor_report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_doctor(report)
+    return 0 if report["ok"] else 1
 
-    problems = 0
-    print(f"BareCount {__version__}")
-    print("\n[barecount] (resolved)")
-    for name, value in config.resolved().items():
-        print(f"  {name} = {value}")
-    print("\nPolicy")
+
+def doctor_report() -> dict[str, Any]:
+    """What `barecount doctor` checks, as a document (its --json output). An invalid option is reported with
+    what it should be, and the checks that need it are not run (``status``: ``not checked: ...``)."""
+    invalid = config.validate()
+    bad = {problem.option for problem in invalid}
+    policy = _doctor_policy(bad)
+    price_table = _doctor_price_table(bad)
+    sinks = _doctor_sinks(bad)
+    evidence = _doctor_evidence(bad)
+    emit_failures = _doctor_emit_failures(bad)
+    problems = len(invalid) + bool(policy.get("problem")) + sum(bool(sink["problem"]) for sink in sinks)
+    problems += bool(price_table.get("problem")) + bool(evidence.get("problem"))
+    warnings = []
+    if "secret_key" not in bad and not config.secret_key():
+        warnings.append("no [barecount] secret_key, [core] fernet_key or [api_auth] jwt_secret: run tokens are guessable")
+    return {
+        "version": __version__,
+        "options": config.resolved(),
+        "invalid_options": [problem.as_dict() for problem in invalid],
+        "policy": policy,
+        "price_table": price_table,
+        "sinks": sinks,
+        "evidence": evidence,
+        "emit_failures": emit_failures,
+        "warnings": warnings,
+        "problems": problems,
+        "ok": problems == 0,
+    }
+
+
+def _not_checked(bad: set[str], *options: str) -> str | None:
+    """``not checked: ...`` when one of ``options`` is invalid (reported once, with the options)."""
+    invalid = [name for name in options if name in bad]
+    return f"not checked: invalid [barecount] {', '.join(invalid)}" if invalid else None
+
+
+def _doctor_policy(bad: set[str]) -> dict[str, Any]:
+    skipped = _not_checked(bad, "policy_path", "default_tenant")
+    if skipped:
+        return {"status": skipped, "problem": None}
     try:
         from barecount_provider.policy import load_policy
 
         policy = load_policy(config.policy_path() or None)
-        print(f"  source: {policy.source}")
-        print(f"  tenants: {', '.join(sorted(policy.tenants)) or '(none: defaults apply to every tenant)'}")
         default = policy.for_tenant(config.default_tenant())
-        print(
-            f"  default tenant {default.tenant!r}: runner classes {', '.join(default.allowed_runner_classes)}; "
-            f"max size {default.max_size}; trace sampling {default.trace_sampling_ratio}"
-        )
+        return {
+            "source": str(policy.source),
+            "tenants": sorted(policy.tenants),
+            "default_tenant": {
+                "tenant": default.tenant,
+                "allowed_runner_classes": list(default.allowed_runner_classes),
+                "max_size": default.max_size,
+                "trace_sampling_ratio": default.trace_sampling_ratio,
+            },
+            "problem": None,
+        }
     except Exception as err:
-        problems += 1
-        print(f"  INVALID: {err}")
-    print("\nSinks")
-    if config.statsd_on():
-        status = _probe_udp(config.statsd_host(), config.statsd_port())
-        problems += status.startswith("UNREACHABLE")
-        print(f"  statsd: udp://{config.statsd_host()}:{config.statsd_port()} ({config.statsd_tag_style()}): {status}")
+        return {"problem": str(err)}
+
+
+def _doctor_price_table(bad: set[str]) -> dict[str, Any]:
+    """The price table [barecount] cost_price_table_path names (empty: the shipped one), checked whole."""
+    skipped = _not_checked(bad, "cost_price_table_path")
+    if skipped:
+        return {"status": skipped, "problem": None}
+    path = config.cost_price_table_path()
+    if not path:
+        return {"source": "<shipped>", "problem": None}
+    from barecount_provider.cost.prices import validate_price_file
+
+    mistakes = validate_price_file(path)
+    return {"source": path, "problem": "\n".join(str(mistake) for mistake in mistakes) or None}
+
+
+def _sink(name: str, target: str, status: str, *failures: str) -> dict[str, Any]:
+    return {"sink": name, "target": target, "status": status, "problem": status.startswith(failures) if failures else False}
+
+
+def _doctor_sinks(bad: set[str]) -> list[dict[str, Any]]:
+    from barecount_provider.telemetry import tracing
+
+    sinks = []
+    skipped = _not_checked(bad, "statsd_on", "statsd_host", "statsd_port", "statsd_tag_style")
+    if skipped:
+        sinks.append(_sink("statsd", "", skipped))
+    elif config.statsd_on():
+        target = f"udp://{config.statsd_host()}:{config.statsd_port()} ({config.statsd_tag_style()})"
+        sinks.append(_sink("statsd", target, _probe_udp(config.statsd_host(), config.statsd_port()), "UNREACHABLE"))
     else:
-        print("  statsd: off")
-    if config.otlp_metrics_on():
+        sinks.append(_sink("statsd", "", "off"))
+    skipped = _not_checked(bad, "otlp_metrics_on")
+    if skipped:
+        sinks.append(_sink("otlp metrics", "", skipped))
+    elif config.otlp_metrics_on():
         endpoint = config.otlp_endpoint("metrics")
-        status = _probe_tcp(endpoint)
-        problems += status.startswith("UNREACHABLE")
-        print(f"  otlp metrics: {endpoint}: {status}")
+        sinks.append(_sink("otlp metrics", endpoint, _probe_tcp(endpoint), "UNREACHABLE"))
     else:
-        print("  otlp metrics: off")
-    if not config.traces_on():
-        print("  traces: off")
+        sinks.append(_sink("otlp metrics", "", "off"))
+    skipped = _not_checked(bad, "traces_on", "traces_exporter", "telemetry_dir")
+    if skipped:
+        sinks.append(_sink("traces", "", skipped))
+    elif not config.traces_on():
+        sinks.append(_sink("traces", "", "off"))
     elif tracing.airflow_tracing_on():
-        print("  traces: Airflow's tracer provider ([traces] otel_on); BareCount adds its spans and tenant ratio")
+        sinks.append(
+            _sink("traces", "Airflow's tracer provider ([traces] otel_on)", "BareCount adds its spans and tenant ratio")
+        )
+    elif config.traces_exporter() == "file":
+        path = os.path.join(config.telemetry_dir(), "spans.jsonl")
+        sinks.append(_sink("traces", f"file {path}", _probe_dir(config.telemetry_dir()), "NOT WRITABLE"))
+    elif config.traces_exporter() == "otlp":
+        endpoint = config.otlp_endpoint("traces")
+        sinks.append(_sink("traces", f"otlp {endpoint}", _probe_tcp(endpoint), "UNREACHABLE"))
     else:
-        kind = config.traces_exporter()
-        if kind == "file":
-            path = os.path.join(config.telemetry_dir(), "spans.jsonl")
-            status = _probe_dir(config.telemetry_dir())
-            print(f"  traces: file {path}: {status}")
-        elif kind == "otlp":
-            endpoint = config.otlp_endpoint("traces")
-            status = _probe_tcp(endpoint)
-            print(f"  traces: otlp {endpoint}: {status}")
-        else:
-            status = "ok"
-            print("  traces: spans created, exporter none")
-        problems += status.startswith(("UNREACHABLE", "NOT WRITABLE"))
-    if config.file_sink_on():
-        status = _probe_dir(config.telemetry_dir())
-        problems += status.startswith("NOT WRITABLE")
-        print(f"  file: {os.path.join(config.telemetry_dir(), 'events.jsonl')}: {status}")
+        sinks.append(_sink("traces", "spans created, exporter none", "ok"))
+    skipped = _not_checked(bad, "file_sink_on", "telemetry_dir")
+    if skipped:
+        sinks.append(_sink("file", "", skipped))
+    elif config.file_sink_on():
+        path = os.path.join(config.telemetry_dir(), "events.jsonl")
+        sinks.append(_sink("file", path, _probe_dir(config.telemetry_dir()), "NOT WRITABLE"))
     else:
-        print("  file: off")
-    problems += _doctor_evidence()
-    _doctor_emit_failures()
-    if not config.secret_key():
-        print("\nWARNING: no [barecount] secret_key, [core] fernet_key or [api_auth] jwt_secret: run tokens are guessable")
-    print(f"\n{'OK' if not problems else f'{problems} problem(s) found'}")
-    return 0 if not problems else 1
+        sinks.append(_sink("file", "", "off"))
+    return sinks
 
 
-def _doctor_emit_failures() -> None:
-    """Print BareCount's own failures (``barecount.emit.failed``) that the components noted in the file sink:
-    visible here when every metric sink is down."""
-    print("\nOwn failures (barecount.emit.failed)")
-    if not config.file_sink_on():
-        print("  file sink off: noted only in each component's log (at most one line a minute)")
-        return
-    from barecount_provider.telemetry.filesink import emit_failures_path, read_emit_failures
-
-    path = emit_failures_path()
-    try:
-        summary = read_emit_failures(path)
-    except OSError as err:
-        print(f"  {path}: cannot be read: {err.strerror or err}")
-        return
-    if not summary["total"]:
-        print(f"  {path}: none noted")
-        return
-    by = ", ".join(f"{key} {n}" for key, n in sorted(summary["by"].items(), key=lambda item: (-item[1], item[0])))
-    print(f"  {path}: {summary['total']} failure(s) noted from {summary['first']} to {summary['last']}")
-    print(f"    by sink/stage: {by}")
-
-
-def _doctor_evidence() -> int:
-    """Print the evidence store's state; the number of problems found."""
-    print("\nEvidence")
+def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
+    """The evidence store's state; ``problem`` when it cannot be reached."""
+    skipped = _not_checked(bad, "evidence_on")
+    if skipped:
+        return {"status": skipped, "problem": None}
     if not config.evidence_on():
-        print("  off")
-        return 0
-    problems = 0
+        return {"status": "off", "problem": None}
+    skipped = _not_checked(
+        bad, "evidence_store", "evidence_dir", "evidence_index_url", "evidence_s3_bucket", "evidence_s3_prefix",
+        "evidence_s3_object_lock_days", "evidence_aws_conn_id", "evidence_store_timeout_ms",
+    )  # fmt: skip
+    if skipped:
+        return {"status": skipped, "problem": None}
+    result: dict[str, Any] = {"problem": None}
     try:
         from barecount_provider.evidence import spool
         from barecount_provider.evidence.store import open_store
 
         store = open_store(timeout_ms=config.evidence_store_timeout_ms())
         where = config.evidence_dir() if store.kind == "local" else f"s3://{config.evidence_s3_bucket()}/{config.evidence_s3_prefix()}"
-        print(f"  store: {store.kind} {where}")
-        url = store.index.engine.url.render_as_string(hide_password=True)
-        tenants = store.index.tenants()
-        print(f"  index: {url}: ok ({len(tenants)} tenant chain(s))")
-        waiting = len(spool.spooled())
-        print(f"  spool: {spool.spool_dir()}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")
+        result["store"] = f"{store.kind} {where}"
+        result["index"] = store.index.engine.url.render_as_string(hide_password=True)
+        result["tenant_chains"] = len(store.index.tenants())
+        result["spool"] = spool.spool_dir()
+        result["spooled"] = len(spool.spooled())
+    except Exception as err:
+        result["problem"] = f"UNREACHABLE: {type(err).__name__}: {err}"
+    return result
+
+
+def _doctor_emit_failures(bad: set[str]) -> dict[str, Any]:
+    """BareCount's own failures (``barecount.emit.failed``) that the components noted in the file sink:
+    visible here when every metric sink is down."""
+    skipped = _not_checked(bad, "file_sink_on", "telemetry_dir")
+    if skipped:
+        return {"status": skipped}
+    if not config.file_sink_on():
+        return {"status": "file sink off: noted only in each component's log (at most one line a minute)"}
+    from barecount_provider.telemetry.filesink import emit_failures_path, read_emit_failures
+
+    path = emit_failures_path()
+    try:
+        summary = read_emit_failures(path)
+    except OSError as err:
+        return {"path": path, "status": f"cannot be read: {err.strerror or err}"}
+    return {"path": path, **summary}
+
+
+def _print_emit_failures(noted: dict[str, Any]) -> None:
+    print("\nOwn failures (barecount.emit.failed)")
+    if "total" not in noted:
+        print(f"  {noted['path']}: {noted['status']}" if "path" in noted else f"  {noted['status']}")
+        return
+    if not noted["total"]:
+        print(f"  {noted['path']}: none noted")
+        return
+    by = ", ".join(f"{key} {n}" for key, n in sorted(noted["by"].items(), key=lambda item: (-item[1], item[0])))
+    print(f"  {noted['path']}: {noted['total']} failure(s) noted from {noted['first']} to {noted['last']}")
+    print(f"    by sink/stage: {by}")
+
+
+def _print_doctor(report: dict[str, Any]) -> None:
+    print(f"BareCount {report['version']}")
+    print("\n[barecount] (resolved)")
+    for name, value in report["options"].items():
+        print(f"  {name} = {value}")
+    invalid = report["invalid_options"]
+    print(f"\nOptions: {f'{len(invalid)} invalid' if invalid else 'every one valid'}")
+    for problem in invalid:
+        print(f"  INVALID {problem['option']} = {problem['value']!r}: expected {problem['expected']}")
+        plain = f"[barecount] {problem['option']}: {problem['value']!r} is not {problem['expected']}"
+        if problem["message"] != plain:  # the message says more (a pattern's error, an unknown option)
+            print(f"    {problem['message']}")
+    policy = report["policy"]
+    print("\nPolicy")
+    if policy.get("problem"):
+        print(f"  INVALID: {policy['problem']}")
+    elif "status" in policy:
+        print(f"  {policy['status']}")
+    else:
+        default = policy["default_tenant"]
+        print(f"  source: {policy['source']}")
+        print(f"  tenants: {', '.join(policy['tenants']) or '(none: defaults apply to every tenant)'}")
+        print(
+            f"  default tenant {default['tenant']!r}: runner classes {', '.join(default['allowed_runner_classes'])}; "
+            f"max size {default['max_size']}; trace sampling {default['trace_sampling_ratio']}"
+        )
+    price_table = report["price_table"]
+    if price_table.get("problem"):
+        print(f"\nPrice table {price_table['source']}: INVALID")
+        for line in str(price_table["problem"]).splitlines():
+            print(f"  {line}")
+    elif price_table.get("source", "<shipped>") != "<shipped>":
+        print(f"\nPrice table {price_table['source']}: valid")
+    print("\nSinks")
+    for sink in report["sinks"]:
+        print(f"  {sink['sink']}: {sink['target']}: {sink['status']}" if sink["target"] else f"  {sink['sink']}: {sink['status']}")
+    evidence = report["evidence"]
+    print("\nEvidence")
+    if evidence.get("problem"):
+        print(f"  {evidence['problem']}")
+    elif "status" in evidence:
+        print(f"  {evidence['status']}")
+    else:
+        waiting = evidence["spooled"]
+        print(f"  store: {evidence['store']}")
+        print(f"  index: {evidence['index']}: ok ({evidence['tenant_chains']} tenant chain(s))")
+        print(f"  spool: {evidence['spool']}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")
         if waiting:
             print("    (delivered by the next task that reaches the store, or `barecount evidence flush`)")
-    except Exception as err:
-        print(f"  UNREACHABLE: {type(err).__name__}: {err}")
-        problems += 1
-    return problems
+    _print_emit_failures(report["emit_failures"])
+    for warning in report["warnings"]:
+        print(f"\nWARNING: {warning}")
+    problems = report["problems"]
+    print(f"\n{'OK' if not problems else f'{problems} problem(s) found'}")
 
 
 def cmd_policy_validate(args: argparse.Namespace) -> int:
@@ -320,7 +455,7 @@ def _add_api_arguments(parser: argparse.ArgumentParser) -> None:
         "--password", help="its password (prefer the env var: arguments show in `ps`); env BARECOUNT_API_PASSWORD"
     )
     parser.add_argument("--token", help="a bearer token instead of a user; env BARECOUNT_API_TOKEN")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per API call (default 30)")
+    parser.add_argument("--timeout", type=seconds, default=30.0, help="seconds per API call (default 30)")
 
 
 # ------------------------------------------------------------------------------------- evidence and cost
@@ -343,10 +478,55 @@ def _usd(value: object) -> str:
     return "unknown" if value is None else f"{float(str(value)):.4f}"
 
 
-def _time_arg(value: str | None) -> datetime | None:
+# ------------------------------------------------------------------------------------- argument types
+#
+# Every option value is checked by argparse (``type=``): a bad one exits 2 with the usage and one line
+# ``barecount <command>: error: argument --x: <what is wrong>``, before the command reads anything.
+
+INT64_MAX = 2**63 - 1  # the index's integers (SQLite's INTEGER, PostgreSQL's bigint)
+
+
+def whole_number(low: int, high: int = INT64_MAX) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range (expected a whole number from {low} to {high})")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number > 0 (seconds, or records per second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def time_value(text: str) -> datetime:
+    """An argparse type: an ISO 8601 time (naive: UTC) or a duration back from now (30d, 12h, 90m, 2w)."""
     from barecount_provider.api.queries import parse_time
 
-    return None if value is None else parse_time(value)
+    try:
+        return parse_time(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _time_arg(value: str | datetime | None) -> datetime | None:
+    """A ``--since`` / ``--until`` value: parsed by :func:`time_value` already, or a string to parse."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return time_value(value)
 
 
 def _listed_cost(row: Mapping[str, Any]) -> str:
@@ -817,10 +997,10 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     listing.add_argument("--pipeline", help="only this pipeline")
     listing.add_argument("--dag", help="only this DAG id")
     listing.add_argument("--state", help="only runs in this state (success, failed, ...)")
-    listing.add_argument("--since", help=f"runs that ended at or after: {times}")
-    listing.add_argument("--until", help=f"runs that ended before: {times}")
-    listing.add_argument("--limit", type=int, default=50, help="records per page (default 50)")
-    listing.add_argument("--offset", type=int, default=0, help="records to skip (default 0)")
+    listing.add_argument("--since", type=time_value, help=f"runs that ended at or after: {times}")
+    listing.add_argument("--until", type=time_value, help=f"runs that ended before: {times}")
+    listing.add_argument("--limit", type=whole_number(1), default=50, help="records per page (default 50)")
+    listing.add_argument("--offset", type=whole_number(0), default=0, help="records to skip (default 0)")
     listing.add_argument("--json", action="store_true", help="print JSON ({records, total_entries}) instead of a table")
     listing.set_defaults(func=cmd_evidence_list)
     show = evidence_sub.add_parser("show", help="one record: its summary and a line per task try")
@@ -885,7 +1065,7 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     seal.add_argument("--run", action="append", help="a run id (repeat); default: every finished run of the DAG")
     seal.add_argument(
         "--grace",
-        type=int,
+        type=whole_number(0),
         default=0,
         help="seconds after the run's end to wait for missing entries (default 0: seal now, listing them as absent)",
     )
@@ -901,12 +1081,12 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "Kubernetes workers), run this in a loop, a cron job or a sidecar. Each round is bounded by "
         "[barecount] emit_timeout_ms.",
     )
-    forward.add_argument("--loop", type=float, metavar="SECONDS", help="forward every SECONDS until interrupted")
+    forward.add_argument("--loop", type=seconds, metavar="SECONDS", help="forward every SECONDS until interrupted")
     forward.add_argument("--json", action="store_true", help="print each round's counts as JSON")
     forward.add_argument("--quiet", action="store_true", help="print nothing (failures are counted and sent)")
     forward.add_argument(
         "--parent-pid",
-        type=int,
+        type=whole_number(1),
         metavar="PID",
         help="with --loop: forward a last time and exit when process PID is gone (the scheduler starts its "
         "forwarder so); SIGTERM does the same",
@@ -926,8 +1106,8 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="GROUP",
         help="tenant, pipeline, runner_class, size or dag_id; repeat or comma-separate for several (default tenant)",
     )
-    report.add_argument("--since", default="30d", help=f"from this day on: {times} (default 30d)")
-    report.add_argument("--until", help=f"before this day: {times} (default: no end)")
+    report.add_argument("--since", type=time_value, default="30d", help=f"from this day on: {times} (default 30d)")
+    report.add_argument("--until", type=time_value, help=f"before this day: {times} (default: no end)")
     report.add_argument("--tenant", help="only this tenant")
     report.add_argument("--no-per-day", action="store_true", help="one row per group over the whole range")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -1115,8 +1295,8 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         parser.add_argument("--tenant", help="only this tenant's letters")
         parser.add_argument("--pipeline", help="only this pipeline's letters")
         parser.add_argument("--error-class", action="append", help="only letters with this error class (repeat)")
-        parser.add_argument("--since", help=f"letters enqueued at or after: {times}")
-        parser.add_argument("--until", help=f"letters enqueued before: {times}")
+        parser.add_argument("--since", type=time_value, help=f"letters enqueued at or after: {times}")
+        parser.add_argument("--until", type=time_value, help=f"letters enqueued before: {times}")
         parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     dlq = sub.add_parser("dlq", help="dead-letter queues: depth and oldest entry, the letters")
@@ -1127,7 +1307,7 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     stats.set_defaults(func=cmd_dlq_stats)
     listing = dlq_sub.add_parser("list", help="the letters, oldest first (nothing is removed)")
     queue_arguments(listing)
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--limit", type=whole_number(1), default=50, help="at most this many (default 50)")
     listing.set_defaults(func=cmd_dlq_list)
 
     replay = sub.add_parser(
@@ -1146,20 +1326,20 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         parser.add_argument("--target", required=True, help="where the records go (see `barecount replay --help`)")
         parser.add_argument("--replay-id", help="the ledger scope (default: one per queue and target)")
         parser.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (default [barecount] evidence_index_url)")
-        parser.add_argument("--batch-size", type=int, default=500, help="records claimed and delivered together (default 500)")
-        parser.add_argument("--lease-seconds", type=float, default=300.0, help="a claimed batch's lease (default 300)")
-        parser.add_argument("--visibility-timeout", type=int, default=300, help="sqs: seconds a scanned message stays hidden")
+        parser.add_argument("--batch-size", type=whole_number(1), default=500, help="records claimed and delivered together (default 500)")
+        parser.add_argument("--lease-seconds", type=seconds, default=300.0, help="a claimed batch's lease (default 300)")
+        parser.add_argument("--visibility-timeout", type=whole_number(0, 43200), default=300, help="sqs: seconds a scanned message stays hidden")
         parser.set_defaults(func=func)
         if name == "run":
-            parser.add_argument("--rate", type=float, help="records per second at most (default: unthrottled)")
-            parser.add_argument("--max-records", type=int, help="deliver at most this many (what an approval allowed)")
+            parser.add_argument("--rate", type=seconds, help="records per second at most (default: unthrottled)")
+            parser.add_argument("--max-records", type=whole_number(0), help="deliver at most this many (what an approval allowed)")
             parser.add_argument("--keep", action="store_true", help="leave delivered letters in the queue")
-            parser.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines (default 10)")
+            parser.add_argument("--progress", type=seconds, default=10.0, help="seconds between progress lines (default 10)")
             parser.add_argument("--emit", action="store_true", help="emit barecount.replay.* metrics to the configured sinks")
     status = replay_sub.add_parser("status", help="each replay's ledger counts and its latest runs")
     status.add_argument("--replay-id", help="only this replay scope")
     status.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (default [barecount] evidence_index_url)")
-    status.add_argument("--runs", type=int, default=5, help="latest runs to show per replay (default 5)")
+    status.add_argument("--runs", type=whole_number(1), default=5, help="latest runs to show per replay (default 5)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     status.set_defaults(func=cmd_replay_status)
 
@@ -1169,7 +1349,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"barecount {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    doctor = sub.add_parser("doctor", help="print the resolved config, policy and sinks, and check each sink")
+    doctor = sub.add_parser(
+        "doctor",
+        help="validate every [barecount] option, the policy, each sink and the evidence store",
+        description="Prints the resolved options, every invalid one (its value and what is expected), the "
+        "policy, each sink and the evidence store. Exit 1 when anything is invalid or unreachable.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=cmd_doctor)
 
     policy = sub.add_parser("policy", help="governance policy commands")
@@ -1180,7 +1366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="show what BareCount recorded per task try (the file sink)")
     runs.add_argument("--dag", help="only this DAG id")
-    runs.add_argument("--last", type=int, default=50, help="how many tries to show (default 50)")
+    runs.add_argument("--last", type=whole_number(1), default=50, help="how many tries to show (default 50)")
     runs.add_argument("--json", action="store_true", help="print the raw JSON lines")
     runs.set_defaults(func=cmd_runs)
 

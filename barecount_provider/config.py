@@ -3,14 +3,23 @@
 ``OPTIONS`` is the single source of truth: ``get_provider_info()`` publishes it to Airflow (so
 ``airflow config list --section barecount`` shows every option with its default) and the getters below
 read it. Nothing else in the provider calls ``conf.get`` itself.
+
+``CHECKS`` says, for every option, what a valid value is and how its text is read: each getter reads its
+option through it, and :func:`validate` calls every getter, so ``barecount doctor`` and the check each
+component makes when it starts (:func:`report_problems`) judge an option exactly as the code that uses it.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import logging
+import math
 import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 SECTION = "barecount"
@@ -338,6 +347,205 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------- checks
+
+
+@dataclass(frozen=True)
+class Check:
+    """How an option's text is read: ``parse`` (given the text, stripped) returns the value or raises
+    ValueError, whose text, if any, adds a detail; ``expected`` says what a valid value is."""
+
+    expected: str
+    parse: Callable[[str], Any]
+
+
+_TRUE = ("true", "t", "1", "yes", "on")
+_FALSE = ("false", "f", "0", "no", "off", "")
+
+
+def _parse_boolean(text: str) -> bool:
+    value = text.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError
+
+
+def whole(low: int, high: int | None = None) -> Check:
+    """A whole number from ``low`` (to ``high``)."""
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise ValueError
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            raise ValueError
+        return value
+
+    return Check(f"a whole number from {low} to {high}" if high is not None else f"a whole number >= {low}", parse)
+
+
+def one_of(*choices: str) -> Check:
+    """One of ``choices`` (any case), returned in lower case."""
+
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError
+        return text.lower()
+
+    return Check(f"one of {', '.join(choices)}", parse)
+
+
+def _parse_patterns(text: str) -> tuple[str, ...]:
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON: {err}") from None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError
+    if value:  # each compiled as the redactor compiles it (scoped flags; one matching "" is refused)
+        from barecount_provider.telemetry.redaction import _compile_one
+
+        for index, pattern in enumerate(value):
+            _compile_one(pattern, f"redact_value_patterns[{index}]")
+    return tuple(value)
+
+
+def _parse_rate(text: str) -> str:
+    if text:
+        try:
+            rate = float(text)
+        except ValueError:
+            rate = math.nan
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError
+    return text
+
+
+def _parse_url(text: str) -> str:
+    if text:
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(text)
+        except Exception:
+            raise ValueError from None
+    return text
+
+
+_ENV_NAME_PATTERN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_*?")
+
+
+def _parse_env_name_patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(part.strip().upper() for part in text.split(",") if part.strip())
+    for pattern in patterns:
+        if not set(pattern) <= _ENV_NAME_PATTERN or not pattern.strip("*?"):
+            raise ValueError(f"{pattern!r} is not a name pattern")
+    return patterns
+
+
+def _parse_public_key(text: str) -> str:
+    if text and not text.startswith("-----BEGIN"):
+        import base64
+        import binascii
+
+        try:
+            size = len(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            size = -1
+        if size != 32:
+            raise ValueError
+    return text
+
+
+def _parse_checkpoint_location(text: str) -> str:
+    if text.startswith("s3://") and not text.removeprefix("s3://").partition("/")[0]:
+        raise ValueError("names no bucket")
+    return text
+
+
+def _parse_optional(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text and text.lower() not in choices:
+            raise ValueError
+        return text.lower()
+
+    return parse
+
+
+BOOLEAN = Check("a boolean (True or False)", _parse_boolean)
+TEXT = Check("any text", str)
+PORT = whole(1, 65535)
+PATTERNS = Check('a JSON list of regular expressions (["ACME-[0-9A-F]{24}"]), or empty', _parse_patterns)
+RATE = Check("a rate in USD (a number >= 0), or empty", _parse_rate)
+INDEX_URL = Check("an SQLAlchemy URL (postgresql+psycopg2://user@host/db), or empty", _parse_url)
+ENVIRONMENTS = ("development", "staging", "production")
+TAG_STYLES = ("dogstatsd", "influxdb")
+TASK_OUTPUTS = ("auto", "task", "forwarder")
+TRACE_EXPORTERS = ("otlp", "file", "none")
+EVIDENCE_STORES = ("local", "s3")
+POLICY_INVALID_MODES = ("fail", "warn")
+AWS_SECRET_KEY_MODES = ("context", "anywhere")
+
+# Every option's check, in the order of OPTIONS (a test fails when an option has none).
+CHECKS: dict[str, Check] = {
+    "enabled": BOOLEAN,
+    "environment": one_of(*ENVIRONMENTS),
+    "default_tenant": TEXT,
+    "policy_path": TEXT,  # the file itself: `barecount doctor` and `barecount policy validate`
+    "policy_invalid": Check("one of fail, warn, or empty (fail in production, warn otherwise)", _parse_optional(POLICY_INVALID_MODES)),
+    "secret_key": TEXT,
+    "opt_out_tag": TEXT,
+    "statsd_on": BOOLEAN,
+    "statsd_host": TEXT,
+    "statsd_port": PORT,
+    "statsd_prefix": TEXT,
+    "statsd_tag_style": one_of(*TAG_STYLES),
+    "otlp_metrics_on": BOOLEAN,
+    "traces_on": BOOLEAN,
+    "traces_exporter": one_of(*TRACE_EXPORTERS),
+    "file_sink_on": BOOLEAN,
+    "telemetry_dir": TEXT,
+    "emit_timeout_ms": whole(0),
+    "task_outputs": one_of(*TASK_OUTPUTS),
+    "redact_key_names": TEXT,
+    "redact_value_patterns": PATTERNS,
+    "redact_env_name_patterns": Check(
+        "comma-separated environment variable name patterns (letters, digits and _, with * and ? wildcards, "
+        "e.g. *_TOKEN), or empty",
+        _parse_env_name_patterns,
+    ),
+    "redact_aws_secret_keys": one_of(*AWS_SECRET_KEY_MODES),
+    "json_logs": BOOLEAN,
+    "scheduler_metrics_on": BOOLEAN,
+    "in_flight_interval_seconds": whole(1),
+    "kubernetes_pod_link": TEXT,
+    "cost_price_table_path": TEXT,  # the file itself: read (and refused when invalid) where cost is computed
+    "cost_kubernetes_vcpu_hour_usd": RATE,
+    "cost_kubernetes_gb_hour_usd": RATE,
+    "cost_local_worker_slot_hour_usd": RATE,
+    "dlq_location": TEXT,
+    "dlq_aws_conn_id": TEXT,
+    "evidence_on": BOOLEAN,
+    "evidence_store": one_of(*EVIDENCE_STORES),
+    "evidence_dir": TEXT,
+    "evidence_index_url": INDEX_URL,
+    "evidence_s3_bucket": TEXT,
+    "evidence_s3_prefix": TEXT,
+    "evidence_s3_object_lock_days": whole(0),
+    "evidence_aws_conn_id": TEXT,
+    "evidence_grace_seconds": whole(0),
+    "evidence_store_timeout_ms": whole(1),
+    "evidence_checkpoint_conn_id": TEXT,
+    "evidence_checkpoint_public_key": Check("an Ed25519 public key (the base64 of its raw 32 bytes, or PEM), or empty", _parse_public_key),
+    "evidence_checkpoint_location": Check("a directory, or s3://bucket/prefix, or empty", _parse_checkpoint_location),
+    "evidence_checkpoint_object_lock_days": whole(0),
+}
+
+
 def provider_config_section() -> dict[str, Any]:
     """The ``config`` block of get_provider_info(), built from OPTIONS."""
     return {
@@ -371,25 +579,32 @@ def _raw(name: str) -> str:
     return default if value is None else str(value)
 
 
+def _read(name: str, check: Check) -> Any:
+    """The option's value read through ``check``; ValueError naming the option, its value and what is expected."""
+    text = _raw(name).strip()
+    try:
+        return check.parse(text)
+    except ValueError as err:
+        detail = f" ({err})" if str(err) else ""
+        raise ValueError(f"[{SECTION}] {name}: {_shown(name, text)!r} is not {check.expected}{detail}") from None
+
+
+def _value(name: str) -> Any:
+    return _read(name, CHECKS[name])
+
+
 def _bool(name: str) -> bool:
-    value = _raw(name).strip().lower()
-    if value in ("true", "t", "1", "yes", "on"):
-        return True
-    if value in ("false", "f", "0", "no", "off", ""):
-        return False
-    raise ValueError(f"[{SECTION}] {name}: {value!r} is not a boolean (expected True or False)")
+    return bool(_read(name, CHECKS.get(name, BOOLEAN)))
 
 
 def _int(name: str) -> int:
-    value = _raw(name).strip()
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"[{SECTION}] {name}: {value!r} is not an integer") from None
+    return int(_read(name, CHECKS.get(name) or whole(-(2**63))))
 
 
 def cache_clear() -> None:
     """Forget every cached value (tests and `barecount doctor` after changing the environment)."""
+    global _REPORTED
+    _REPORTED = None
     for getter in _GETTERS:
         getter.cache_clear()
 
@@ -399,15 +614,9 @@ def enabled() -> bool:
     return _bool("enabled")
 
 
-ENVIRONMENTS = ("development", "staging", "production")
-
-
 def _choice(name: str, choices: tuple[str, ...]) -> str:
     """An option that takes one of ``choices`` (any case); anything else is a ValueError naming them."""
-    value = _raw(name).strip().lower()
-    if value not in choices:
-        raise ValueError(f"[{SECTION}] {name}: {value!r} is not one of {', '.join(choices)}")
-    return value
+    return str(_read(name, CHECKS.get(name) or one_of(*choices)))
 
 
 @functools.cache
@@ -417,29 +626,29 @@ def environment() -> str:
 
 @functools.cache
 def default_tenant() -> str:
-    return _raw("default_tenant").strip() or "default"
+    return _value("default_tenant") or "default"
 
 
 @functools.cache
 def policy_path() -> str:
-    return _raw("policy_path").strip()
+    return _value("policy_path")
 
 
-POLICY_INVALID_MODES = ("fail", "warn")
 
 
 @functools.cache
 def policy_invalid() -> str:
     """``fail`` or ``warn``: see OPTIONS; empty follows the environment (production: fail)."""
-    if not _raw("policy_invalid").strip():
+    mode = str(_value("policy_invalid"))
+    if not mode:
         return "fail" if environment() == "production" else "warn"
-    return _choice("policy_invalid", POLICY_INVALID_MODES)
+    return mode
 
 
 @functools.cache
 def secret_key() -> bytes:
     """The key of every keyed hash; shared by all machines of a deployment."""
-    value = _raw("secret_key").strip()
+    value = _value("secret_key")
     if not value:
         try:
             from airflow.configuration import conf
@@ -454,7 +663,7 @@ def secret_key() -> bytes:
 
 @functools.cache
 def opt_out_tag() -> str:
-    return _raw("opt_out_tag").strip()
+    return _value("opt_out_tag")
 
 
 @functools.cache
@@ -464,7 +673,7 @@ def statsd_on() -> bool:
 
 @functools.cache
 def statsd_host() -> str:
-    return _raw("statsd_host").strip()
+    return _value("statsd_host")
 
 
 @functools.cache
@@ -474,10 +683,7 @@ def statsd_port() -> int:
 
 @functools.cache
 def statsd_prefix() -> str:
-    return _raw("statsd_prefix").strip()
-
-
-TAG_STYLES = ("dogstatsd", "influxdb")
+    return _value("statsd_prefix")
 
 
 @functools.cache
@@ -495,15 +701,9 @@ def traces_on() -> bool:
     return _bool("traces_on")
 
 
-TASK_OUTPUTS = ("auto", "task", "forwarder")
-
-
 @functools.cache
 def task_outputs() -> str:
     return _choice("task_outputs", TASK_OUTPUTS)
-
-
-TRACE_EXPORTERS = ("otlp", "file", "none")
 
 
 @functools.cache
@@ -518,7 +718,7 @@ def file_sink_on() -> bool:
 
 @functools.cache
 def telemetry_dir() -> str:
-    value = _raw("telemetry_dir").strip()
+    value = _value("telemetry_dir")
     if value:
         return value
     home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
@@ -527,51 +727,27 @@ def telemetry_dir() -> str:
 
 @functools.cache
 def emit_timeout_ms() -> int:
-    return max(0, _int("emit_timeout_ms"))
+    return _int("emit_timeout_ms")
 
 
 @functools.cache
 def redact_key_names() -> tuple[str, ...]:
-    return tuple(part.strip().lower() for part in _raw("redact_key_names").split(",") if part.strip())
+    return tuple(part.strip().lower() for part in _value("redact_key_names").split(",") if part.strip())
 
 
 @functools.cache
 def redact_value_patterns() -> tuple[str, ...]:
-    raw = _raw("redact_value_patterns").strip()
-    if not raw:
-        return ()
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"[{SECTION}] redact_value_patterns: not a JSON list of strings ({err})") from None
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"[{SECTION}] redact_value_patterns: {raw!r} is not a JSON list of strings")
-    return tuple(value)
-
-
-_ENV_NAME_PATTERN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_*?")
+    return tuple(_value("redact_value_patterns"))
 
 
 @functools.cache
 def redact_env_name_patterns() -> tuple[str, ...]:
-    patterns = tuple(
-        part.strip().upper() for part in _raw("redact_env_name_patterns").split(",") if part.strip()
-    )
-    for pattern in patterns:
-        if not set(pattern) <= _ENV_NAME_PATTERN or not pattern.strip("*?"):
-            raise ValueError(
-                f"[{SECTION}] redact_env_name_patterns: {pattern!r} is not an environment variable name pattern "
-                "(expected comma-separated names of letters, digits and _, with * and ? wildcards, e.g. *_TOKEN)"
-            )
-    return patterns
-
-
-AWS_SECRET_KEY_MODES = ("context", "anywhere")
+    return tuple(_value("redact_env_name_patterns"))
 
 
 @functools.cache
 def redact_aws_secret_keys() -> str:
-    return _choice("redact_aws_secret_keys", AWS_SECRET_KEY_MODES)
+    return str(_value("redact_aws_secret_keys"))
 
 
 @functools.cache
@@ -586,45 +762,42 @@ def scheduler_metrics_on() -> bool:
 
 @functools.cache
 def in_flight_interval_seconds() -> int:
-    return max(1, _int("in_flight_interval_seconds"))
+    return _int("in_flight_interval_seconds")
 
 
 @functools.cache
 def kubernetes_pod_link() -> str:
-    return _raw("kubernetes_pod_link").strip()
+    return _value("kubernetes_pod_link")
 
 
 @functools.cache
 def cost_price_table_path() -> str:
-    return _raw("cost_price_table_path").strip()
+    return _value("cost_price_table_path")
 
 
 @functools.cache
 def cost_kubernetes_vcpu_hour_usd() -> str:
-    return _raw("cost_kubernetes_vcpu_hour_usd").strip()
+    return str(_value("cost_kubernetes_vcpu_hour_usd"))
 
 
 @functools.cache
 def cost_kubernetes_gb_hour_usd() -> str:
-    return _raw("cost_kubernetes_gb_hour_usd").strip()
+    return str(_value("cost_kubernetes_gb_hour_usd"))
 
 
 @functools.cache
 def cost_local_worker_slot_hour_usd() -> str:
-    return _raw("cost_local_worker_slot_hour_usd").strip()
+    return str(_value("cost_local_worker_slot_hour_usd"))
 
 
 @functools.cache
 def dlq_location() -> str:
-    return _raw("dlq_location").strip()
+    return _value("dlq_location")
 
 
 @functools.cache
 def dlq_aws_conn_id() -> str:
-    return _raw("dlq_aws_conn_id").strip() or "aws_default"
-
-
-EVIDENCE_STORES = ("local", "s3")
+    return _value("dlq_aws_conn_id") or "aws_default"
 
 
 @functools.cache
@@ -639,7 +812,7 @@ def evidence_store() -> str:
 
 @functools.cache
 def evidence_dir() -> str:
-    value = _raw("evidence_dir").strip()
+    value = _value("evidence_dir")
     if value:
         return value
     home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
@@ -648,68 +821,52 @@ def evidence_dir() -> str:
 
 @functools.cache
 def evidence_index_url() -> str:
-    return _raw("evidence_index_url").strip() or "sqlite:///" + os.path.join(evidence_dir(), "index.db")
+    return str(_value("evidence_index_url")) or "sqlite:///" + os.path.join(evidence_dir(), "index.db")
 
 
 @functools.cache
 def evidence_s3_bucket() -> str:
-    return _raw("evidence_s3_bucket").strip()
+    return _value("evidence_s3_bucket")
 
 
 @functools.cache
 def evidence_s3_prefix() -> str:
-    return _raw("evidence_s3_prefix").strip().strip("/")
+    return _value("evidence_s3_prefix").strip("/")
 
 
 @functools.cache
 def evidence_s3_object_lock_days() -> int:
-    return max(0, _int("evidence_s3_object_lock_days"))
+    return _int("evidence_s3_object_lock_days")
 
 
 @functools.cache
 def evidence_aws_conn_id() -> str:
-    return _raw("evidence_aws_conn_id").strip() or "aws_default"
+    return _value("evidence_aws_conn_id") or "aws_default"
 
 
 @functools.cache
 def evidence_grace_seconds() -> int:
-    return max(0, _int("evidence_grace_seconds"))
+    return _int("evidence_grace_seconds")
 
 
 @functools.cache
 def evidence_store_timeout_ms() -> int:
-    return max(1, _int("evidence_store_timeout_ms"))
+    return _int("evidence_store_timeout_ms")
 
 
 @functools.cache
 def evidence_checkpoint_conn_id() -> str:
-    return _raw("evidence_checkpoint_conn_id").strip()
+    return str(_value("evidence_checkpoint_conn_id"))
 
 
 @functools.cache
 def evidence_checkpoint_public_key() -> str:
-    value = _raw("evidence_checkpoint_public_key").strip()
-    if value and not value.startswith("-----BEGIN"):
-        import base64
-        import binascii
-
-        try:
-            size = len(base64.b64decode(value, validate=True))
-        except (binascii.Error, ValueError):
-            size = -1
-        if size != 32:
-            raise ValueError(
-                f"[{SECTION}] evidence_checkpoint_public_key: {value!r} is not an Ed25519 public key (expected the "
-                "base64 of its raw 32 bytes, or PEM)"
-            )
-    return value
+    return str(_value("evidence_checkpoint_public_key"))
 
 
 @functools.cache
 def evidence_checkpoint_location() -> str:
-    value = _raw("evidence_checkpoint_location").strip()
-    if value.startswith("s3://") and not value.removeprefix("s3://").partition("/")[0]:
-        raise ValueError(f"[{SECTION}] evidence_checkpoint_location: {value!r} names no bucket (expected s3://bucket/prefix)")
+    value = str(_value("evidence_checkpoint_location"))
     if value:
         return value
     return os.path.join(os.path.dirname(os.path.normpath(evidence_dir())), "evidence-checkpoints")
@@ -717,7 +874,7 @@ def evidence_checkpoint_location() -> str:
 
 @functools.cache
 def evidence_checkpoint_object_lock_days() -> int:
-    return max(0, _int("evidence_checkpoint_object_lock_days"))
+    return int(_value("evidence_checkpoint_object_lock_days"))
 
 
 _GETTERS = [
@@ -769,6 +926,103 @@ _GETTERS = [
     evidence_checkpoint_object_lock_days,
     task_outputs,
 ]
+
+
+GETTERS: dict[str, Callable[[], Any]] = {getter.__name__: getter for getter in _GETTERS}
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """An invalid option: its name, its value as set (a secret's hidden), what is expected, the getter's message."""
+
+    option: str
+    value: str
+    expected: str
+    message: str
+
+    @property
+    def fix(self) -> str:
+        if self.option not in OPTIONS:
+            return f"remove [{SECTION}] {self.option} (airflow.cfg or AIRFLOW__{SECTION.upper()}__{self.option.upper()}), or name {self.expected}"
+        return (
+            f"set [{SECTION}] {self.option} in airflow.cfg, or AIRFLOW__{SECTION.upper()}__{self.option.upper()}, "
+            f"to {self.expected} (default {OPTIONS[self.option][1]!r})"
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {"option": self.option, "value": self.value, "expected": self.expected, "message": self.message, "fix": self.fix}
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _shown(name: str, value: str) -> str:
+    """An option's value as it may be shown: a secret is hidden, a URL's password too."""
+    if name == "secret_key":
+        return "<hidden>" if value else ""
+    return _hide_password(value) if "://" in value else value
+
+
+def validate() -> list[ConfigProblem]:
+    """Every invalid option, each judged by its own getter (the code that uses it reads it the same way)."""
+    problems: list[ConfigProblem] = []
+    for name in OPTIONS:
+        check, getter = CHECKS.get(name), GETTERS.get(name)
+        if check is None or getter is None:  # a programming error (tests/unit/test_doctor.py catches it)
+            missing = "check in config.CHECKS" if check is None else "getter in config._GETTERS"
+            problems.append(ConfigProblem(name, "", "-", f"[{SECTION}] {name}: declared without a {missing}"))
+            continue
+        try:
+            getter()
+        except ValueError as err:
+            problems.append(ConfigProblem(name, _shown(name, _raw(name).strip()), check.expected, str(err)))
+    for name in _set_names():
+        if name not in OPTIONS:  # a typo: the option meant keeps its default, silently
+            close = difflib.get_close_matches(name, OPTIONS, n=1)
+            expected = f"an option of [{SECTION}]" + (f": {close[0]}?" if close else " (docs/configuration.md)")
+            problems.append(ConfigProblem(name, "(set)", expected, f"[{SECTION}] {name}: not an option of BareCount"))
+    return problems
+
+
+def _set_names() -> list[str]:
+    """The option names set in airflow.cfg's [barecount] section or as AIRFLOW__BARECOUNT__* variables."""
+    names: set[str] = set()
+    try:
+        from airflow.configuration import conf
+
+        if conf.has_section(SECTION):
+            names.update(name.lower() for name in conf.options(SECTION))
+    except Exception:  # pragma: no cover - without Airflow, or an unreadable airflow.cfg (Airflow says so)
+        pass
+    prefix = f"AIRFLOW__{SECTION.upper()}__"
+    for variable in os.environ:
+        if variable.startswith(prefix):
+            name = variable[len(prefix) :].lower()
+            for suffix in ("_cmd", "_secret"):  # Airflow's ways to give a value by command or secrets backend
+                if name.endswith(suffix) and name[: -len(suffix)] in OPTIONS:
+                    name = name[: -len(suffix)]
+            names.add(name)
+    return sorted(names)
+
+
+_REPORTED: list[ConfigProblem] | None = None
+
+
+def report_problems(logger: logging.Logger | None = None) -> list[ConfigProblem]:
+    """Validate every option once per process and log each invalid one, with its fix, at ERROR; never
+    raises (it runs where a component loads BareCount: the plugin, in every Airflow process)."""
+    global _REPORTED
+    if _REPORTED is not None:
+        return _REPORTED
+    try:
+        problems = validate()
+    except Exception:  # pragma: no cover - validate() itself catches the getters' ValueError
+        (logger or log).warning("BareCount could not validate its [%s] options", SECTION, exc_info=True)
+        problems = []
+    _REPORTED = problems
+    for problem in problems:
+        (logger or log).error("BareCount configuration: %s. Fix: %s", problem.message, problem.fix)
+    return problems
 
 
 def otlp_endpoint(signal: str) -> str:

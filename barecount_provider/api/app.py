@@ -27,8 +27,9 @@ import sqlalchemy as sa
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from barecount_provider import __version__
 from barecount_provider.api import queries
@@ -49,6 +50,12 @@ DESCRIPTION = (
 
 
 # ------------------------------------------------------------------------------------------------ models
+
+
+class ErrorDetail(BaseModel):
+    """An error answer, as Airflow's API gives them."""
+
+    detail: str
 
 
 class EvidenceRecordSummary(BaseModel):
@@ -176,6 +183,52 @@ def readable_dag_ids(user: GetUserDep) -> frozenset[str]:
 ReadableDagIds = Annotated[frozenset[str], Depends(readable_dag_ids)]
 
 
+def _instant(value: Any) -> Any:
+    """A time parameter: an ISO 8601 string only (a number is not taken as a Unix time), in UTC; a time on
+    the calendar's first or last day, where its UTC equivalent may not exist, is refused (422)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an ISO 8601 time (2026-11-27T10:00:00+00:00)")
+    return queries.parse_instant(value)
+
+
+# An ISO 8601 time (naive: UTC), converted to UTC; anything else is a 422 naming the parameter. The OpenAPI
+# states the same rule: a date-time whose text matches queries.INSTANT_PATTERN.
+Instant = Annotated[
+    datetime | None,
+    BeforeValidator(_instant),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": queries.INSTANT_PATTERN}),
+]
+Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description=f"Page size (1 to {queries.MAX_LIMIT}).")]
+Offset = Annotated[int, Query(ge=0, le=queries.MAX_OFFSET, description="Entries to skip (0 to 2^63 - 1).")]
+
+
+# The query parameters that may be repeated (each a list); any other given twice is a 422, where FastAPI would
+# silently keep the last value.
+REPEATABLE = frozenset({"by"})
+
+
+def parameter_rules(request: Request, _user: GetUserDep) -> None:
+    """422 naming every single-valued query parameter given more than once, and every parameter (query or
+    path) holding a NUL character, which PostgreSQL cannot compare (a 500 otherwise). Runs after
+    authentication: without a token, still 401."""
+    errors: list[dict[str, Any]] = []
+    for name in dict.fromkeys(request.query_params.keys()):
+        values = request.query_params.getlist(name)
+        if name not in REPEATABLE and len(values) > 1:
+            errors.append(
+                {"type": "too_many_values", "loc": ["query", name], "msg": f"given {len(values)} times; expected one value", "input": values}
+            )
+        if any("\x00" in value for value in values):
+            errors.append({"type": "string_nul", "loc": ["query", name], "msg": "contains a NUL character", "input": values})
+    for name, value in request.path_params.items():
+        if "\x00" in str(value):
+            errors.append({"type": "string_nul", "loc": ["path", name], "msg": "contains a NUL character", "input": value})
+    if errors:
+        raise RequestValidationError(errors)
+
+
 def _utc(value: datetime | None) -> datetime | None:
     return None if value is None else queries.as_utc(value)
 
@@ -214,12 +267,14 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         )
 
     responses: dict[int | str, dict[str, Any]] = {
-        401: {"description": "Not authenticated (no or expired token)"},
-        403: {"description": "Invalid token, or not allowed"},
+        401: {"description": "Not authenticated (no or expired token)", "model": ErrorDetail},
+        403: {"description": "Invalid token, or not allowed", "model": ErrorDetail},
+        503: {"description": "The evidence index is unreachable", "model": ErrorDetail},
     }
 
     @app.get(
         "/evidence",
+        dependencies=[Depends(parameter_rules)],
         response_model=EvidenceRecordCollection,
         summary="List evidence records",
         responses=responses,
@@ -232,10 +287,10 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         pipeline: str | None = None,
         dag_id: str | None = None,
         state: str | None = None,
-        since: Annotated[datetime | None, Query(description="Runs that ended at or after (ISO 8601; naive: UTC).")] = None,
-        until: Annotated[datetime | None, Query(description="Runs that ended before (ISO 8601; naive: UTC).")] = None,
-        limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = queries.DEFAULT_LIMIT,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[Instant, Query(description=f"Runs that ended at or after (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
+        until: Annotated[Instant, Query(description=f"Runs that ended before (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
+        limit: Limit = queries.DEFAULT_LIMIT,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Records newest first (by the time their run ended), only those of DAGs the user may read."""
         filters = RecordFilter(
@@ -252,9 +307,10 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/evidence/verify",
+        dependencies=[Depends(parameter_rules)],
         response_model=VerificationResponse,
         summary="Verify hash chains",
-        responses={**responses, 404: {"description": "No record of this tenant the user may read"}},
+        responses={**responses, 404: {"description": "No record of this tenant the user may read", "model": ErrorDetail}},
         tags=["Evidence"],
     )
     def verify_chains(
@@ -278,6 +334,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/evidence/{record_id}",
+        dependencies=[Depends(parameter_rules)],
         summary="Get one evidence record",
         responses={
             **responses,
@@ -292,7 +349,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
                     }
                 },
             },
-            404: {"description": "No such record, or one of a DAG the user may not read"},
+            404: {"description": "No such record, or one of a DAG the user may not read", "model": ErrorDetail},
         },
         tags=["Evidence"],
     )
@@ -309,6 +366,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
 
     @app.get(
         "/cost",
+        dependencies=[Depends(parameter_rules)],
         response_model=CostReport,
         response_model_exclude_unset=True,
         summary="Cost roll-up",
@@ -319,12 +377,12 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         store: StoreDep,
         dag_ids: ReadableDagIds,
         by: Annotated[list[CostGroup] | None, Query(description="Group by (repeat for several); default tenant.")] = None,
-        since: Annotated[datetime | None, Query(description="From this UTC day on (ISO 8601).")] = None,
-        until: Annotated[datetime | None, Query(description="Before this UTC day (ISO 8601).")] = None,
+        since: Annotated[Instant, Query(description=f"From this UTC day on (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
+        until: Annotated[Instant, Query(description=f"Before this UTC day (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
         tenant: str | None = None,
         per_day: Annotated[bool, Query(description="One row per day and group (false: per group).")] = True,
-        limit: Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)] = queries.DEFAULT_LIMIT,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Limit = queries.DEFAULT_LIMIT,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Estimated cost of the runs of DAGs the user may read, summed per day (the UTC day each run ended)
         and group; ``totals`` sums every row."""

@@ -20,6 +20,8 @@ from barecount_provider.evidence.store import COST_GROUPS, EvidenceStore, Record
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+# The largest offset: the index's integers are 64-bit (SQLite's INTEGER, PostgreSQL's bigint).
+MAX_OFFSET = 2**63 - 1
 
 # The index columns a listing shows (``location``, where the body is kept, stays internal).
 SUMMARY_FIELDS = (
@@ -41,23 +43,55 @@ COST_SUMS = ("runtime_hours", "compute_usd", "storage_usd", "transfer_usd", "tot
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# What a time parameter must look like (the Evidence API's OpenAPI states it as the parameter's ``pattern``): an
+# ISO 8601 time starts with a four-digit year and a month, so a bare number (``0.5``, ``1700000000``) is not
+# taken as a Unix time. Its day lies from 0001-01-02 to 9999-12-30: on the first and the last day of the
+# calendar a zone offset can put the UTC time outside it (``0001-01-01T00:00:00+01:00``).
+INSTANT_PATTERN = r"^(?!0001-01-01|9999-12-31)[0-9]{4}-[0-9]{2}"
+TIME_RANGE = "days 0001-01-02 to 9999-12-30, in any zone"
+_INSTANT = re.compile(INSTANT_PATTERN)
+_CALENDAR_ENDS = re.compile(r"^(0001-01-01|9999-12-31)")
+
+
+class TimeOutOfRange(ValueError):
+    """A time too close to either end of the calendar for its UTC equivalent to be sure to exist."""
+
+
+def parse_instant(value: str) -> datetime:
+    """An ISO 8601 instant (naive: UTC) as a UTC datetime; ValueError with a message on anything else
+    (TimeOutOfRange on the calendar's first or last day)."""
+    if _CALENDAR_ENDS.match(value):
+        raise TimeOutOfRange(f"{value!r} is outside the supported range of times ({TIME_RANGE})")
+    try:
+        if not _INSTANT.match(value):
+            raise ValueError
+        parsed = datetime.fromisoformat(value)
+        return as_utc(parsed)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{value!r} is not an ISO 8601 time (2026-11-27T10:00:00+00:00)") from None
 
 
 def parse_time(value: str, *, now: datetime | None = None) -> datetime:
     """An ISO 8601 instant (naive: UTC) or a duration back from now: ``30d``, ``12h``, ``90m``, ``2w``."""
     match = _RELATIVE.match(value)
     if match:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        amount = int(match.group(1))
+        try:
+            return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: amount})
+        except OverflowError:
+            raise TimeOutOfRange(f"{value!r} reaches back before the first supported time ({TIME_RANGE})") from None
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        return parse_instant(value.strip())
+    except TimeOutOfRange:
+        raise
     except ValueError:
         raise ValueError(
             f"{value!r} is neither an ISO 8601 time (2026-11-27T10:00:00+00:00) nor a duration (30d, 12h, 90m, 2w)"
         ) from None
-    return as_utc(parsed)
 
 
 def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC (naive: taken as UTC); OverflowError when that falls outside the calendar."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 

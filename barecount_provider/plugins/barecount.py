@@ -17,11 +17,17 @@ log = logging.getLogger(__name__)
 
 def _listeners() -> list[Any]:
     try:
-        if not config.enabled():
-            return []
-    except ValueError as err:
-        log.error("BareCount is disabled: %s", err)
+        enabled = config.enabled()
+    except ValueError:
+        config.report_problems(log)  # every invalid option, once, with its fix
+        log.error("BareCount is disabled until [barecount] enabled is valid")
         return []
+    if not enabled:
+        return []
+    # Every component loads this plugin when it starts: each invalid option is logged once, with its fix. The
+    # getter of an invalid option raises where BareCount reads it, inside hooks that catch, log and count it
+    # (barecount.emit.failed): the task is not affected.
+    config.report_problems(log)
     from barecount_provider.listeners import lifecycle
 
     _install_side_effects()

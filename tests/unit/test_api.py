@@ -337,6 +337,82 @@ def test_bad_parameters_are_422_in_airflows_style(client: Any, users: Any, param
     assert isinstance(response.json()["detail"], list)
 
 
+# (parameter, value, what the message says): each once a 500 (an overflow) or a silent 200 (a number read as a
+# Unix time, an offset past 64 bits) before the parameters were bounded
+OUT_OF_RANGE = [
+    ("offset", str(2**64), "less than or equal to 9223372036854775807"),
+    ("offset", str(2**63), "less than or equal to 9223372036854775807"),
+    ("since", "0001-01-01T00:00:00+01:00", "outside the supported range of times (days 0001-01-02 to 9999-12-30"),
+    ("until", "9999-12-31T23:59:59-01:00", "outside the supported range of times (days 0001-01-02 to 9999-12-30"),
+    ("until", "0.5", "is not an ISO 8601 time"),
+    ("since", "1700000000", "is not an ISO 8601 time"),
+    ("since", "2026-13-01T00:00:00Z", "is not an ISO 8601 time"),
+]
+
+
+@pytest.mark.parametrize("path", ["/evidence", "/cost"])
+@pytest.mark.parametrize(("name", "value", "message"), OUT_OF_RANGE)
+def test_out_of_range_offsets_and_times_are_422_naming_the_parameter(
+    client: Any, filled: Any, users: Any, path: str, name: str, value: str, message: str
+) -> None:
+    response = _get(client, path, users["admin"], **{name: value})
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", name]
+    assert message in error["msg"]
+
+
+def test_the_ends_of_the_range_are_accepted(client: Any, filled: Any, users: Any) -> None:
+    admin = users["admin"]
+    last_page = _get(client, "/evidence", admin, offset=2**63 - 1).json()
+    assert last_page == {"records": [], "total_entries": 15}
+    assert _get(client, "/cost", admin, offset=2**63 - 1).json()["rows"] == []
+    # the first and last supported days, with the largest offsets a zone can have
+    since, until = "0001-01-02T00:00:00+23:59", "9999-12-30T23:59:59-23:59"
+    everything = _get(client, "/evidence", admin, since=since, until=until, limit=1000)
+    assert everything.json()["total_entries"] == 15
+    assert _get(client, "/cost", admin, since=since, until=until).json()["totals"]["total_usd"] == pytest.approx(11.1)
+
+
+def test_a_single_valued_parameter_given_twice_is_422_and_by_may_repeat(client: Any, filled: Any, users: Any) -> None:
+    # FastAPI kept the last value silently (tenant=team_a&tenant=team_b answered team_b's records)
+    response = client.get("/evidence?tenant=team_a&tenant=team_b&limit=5&limit=6", headers=users["admin"])
+    assert response.status_code == 422
+    assert [(error["loc"], error["msg"]) for error in response.json()["detail"]] == [
+        (["query", "tenant"], "given 2 times; expected one value"),
+        (["query", "limit"], "given 2 times; expected one value"),
+    ]
+    assert client.get("/evidence?tenant=a&tenant=b").status_code == 401  # no token: still 401 first
+    assert client.get("/cost?by=tenant&by=size", headers=users["admin"]).json()["by"] == ["tenant", "size"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "loc"),
+    [
+        ("/evidence", {"tenant": "team\x00a"}, ["query", "tenant"]),
+        ("/cost", {"tenant": "\x00"}, ["query", "tenant"]),
+        ("/evidence/verify", {"tenant": "a\x00"}, ["query", "tenant"]),
+        ("/evidence/0123456789abcdef0123456789abcde%00", {}, ["path", "record_id"]),
+    ],
+)
+def test_a_nul_character_is_422_not_a_database_error(client: Any, filled: Any, users: Any, path: str, params: Any, loc: Any) -> None:
+    # SQLite answered 200; PostgreSQL's driver refuses the string (ValueError: a 500)
+    response = _get(client, path, users["admin"], **params)
+    assert response.status_code == 422, response.text
+    assert [(error["loc"], error["msg"]) for error in response.json()["detail"]] == [(loc, "contains a NUL character")]
+
+
+def test_the_openapi_document_states_the_bounds(client: Any) -> None:
+    from barecount_provider.api.queries import INSTANT_PATTERN, MAX_OFFSET
+
+    parameters = {p["name"]: p["schema"] for p in client.get("/openapi.json").json()["paths"]["/evidence"]["get"]["parameters"]}
+    assert parameters["offset"]["minimum"] == 0 and parameters["offset"]["maximum"] == MAX_OFFSET
+    for name in ("since", "until"):
+        assert {key: parameters[name].get(key) for key in ("type", "format", "pattern")} == {
+            "type": "string", "format": "date-time", "pattern": INSTANT_PATTERN
+        }  # fmt: skip
+
+
 def test_the_default_page_is_50_and_the_largest_1000(client: Any, store: EvidenceStore, users: Any) -> None:
     for n in range(1, 56):
         store.append(build_run("a_orders", n, "team_a", "orders", "serverless", "s", 0.1))

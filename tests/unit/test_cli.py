@@ -82,8 +82,10 @@ def test_a_bad_config_value_is_a_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_ON", "True")
     monkeypatch.setenv("AIRFLOW__BARECOUNT__STATSD_TAG_STYLE", "graphite")
     config.cache_clear()
-    assert cli.main(["doctor"]) == 2
-    assert "statsd_tag_style: 'graphite' is not one of dogstatsd, influxdb" in capsys.readouterr().err
+    assert cli.main(["doctor"]) == 1  # reported with the rest (it used to stop the doctor half-way, exit 2)
+    out = capsys.readouterr().out
+    assert "INVALID statsd_tag_style = 'graphite': expected one of dogstatsd, influxdb" in out
+    assert "statsd: not checked: invalid [barecount] statsd_tag_style" in out
 
 
 def test_doctor_shows_the_evidence_store_and_reports_an_unreachable_index(monkeypatch, tmp_path, capsys):
@@ -106,3 +108,79 @@ def _closed_tcp_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------- bad option values
+
+INT64 = "9223372036854775807"
+# (command, option, value, what the error line says): before the argument types, each of these was a
+# traceback (an overflow, SQLite's "Python int too large"), a silent answer (--limit -1: no limit at all,
+# --last 0: every try, --until 0.5 ... refused only later) or ran with a meaningless value
+BAD_VALUES = [
+    (["evidence", "list"], "--since", "0001-01-01T00:00:00+01:00", "outside the supported range of times"),
+    (["evidence", "list"], "--until", "9999-12-31T23:59:59-01:00", "outside the supported range of times"),
+    (["evidence", "list"], "--until", "0.5", "'0.5' is neither an ISO 8601 time"),
+    (["evidence", "list"], "--since", "1700000000", "'1700000000' is neither an ISO 8601 time"),
+    (["evidence", "list"], "--since", "99999999999d", "reaches back before the first supported time"),
+    (["evidence", "list"], "--offset", str(2**64), f"18446744073709551616 is out of range (expected a whole number from 0 to {INT64})"),
+    (["evidence", "list"], "--offset", "-1", f"-1 is out of range (expected a whole number from 0 to {INT64})"),
+    (["evidence", "list"], "--limit", "-1", f"-1 is out of range (expected a whole number from 1 to {INT64})"),
+    (["evidence", "list"], "--limit", "0", "0 is out of range"),
+    (["evidence", "list"], "--limit", "ten", "'ten' is not a whole number"),
+    (["cost", "report"], "--since", "0001-01-01T00:00:00+01:00", "outside the supported range of times"),
+    (["cost", "report"], "--until", "0.5", "'0.5' is neither an ISO 8601 time"),
+    (["dlq", "list"], "--limit", "-1", "-1 is out of range"),
+    (["dlq", "list"], "--since", "0.5", "'0.5' is neither an ISO 8601 time"),
+    (["dlq", "stats"], "--until", "9999-12-31T23:59:59-01:00", "outside the supported range of times"),
+    (["replay", "plan", "--target", "callable:m:f"], "--since", "0001-01-01T00:00:00+01:00", "outside the supported range"),
+    (["replay", "run", "--target", "callable:m:f"], "--batch-size", "0", "0 is out of range"),
+    (["replay", "run", "--target", "callable:m:f"], "--max-records", "-1", "-1 is out of range"),
+    (["replay", "run", "--target", "callable:m:f"], "--rate", "-1", "'-1' is not a number > 0"),
+    (["replay", "run", "--target", "callable:m:f"], "--lease-seconds", "nan", "'nan' is not a number > 0"),
+    (["replay", "status"], "--runs", "-1", "-1 is out of range"),
+    (["runs"], "--last", "-1", "-1 is out of range"),
+    (["runs"], "--last", "0", "0 is out of range"),
+    (["evidence", "seal", "--dag", "d"], "--grace", "-1", "-1 is out of range"),
+    (["telemetry", "forward"], "--loop", "inf", "'inf' is not a number > 0"),
+    (["telemetry", "forward"], "--parent-pid", "0", "0 is out of range"),
+    (["pools", "check"], "--timeout", "-1", "'-1' is not a number > 0"),
+]
+
+
+@pytest.mark.parametrize(("command", "option", "value", "message"), BAD_VALUES)
+def test_a_bad_option_value_exits_2_with_one_error_line(command, option, value, message, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    config.cache_clear()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, f"{option}={value}"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err
+    (error,) = [line for line in captured.err.splitlines() if not line.startswith(("usage:", " "))]
+    prog = " ".join(["barecount", *(word for word in command[:2] if not word.startswith("-"))])
+    assert error.startswith(f"{prog}: error: argument {option}: ")
+    assert message in error
+
+
+def test_no_traceback_from_the_installed_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AIRFLOW__BARECOUNT__EVIDENCE_DIR": str(tmp_path / "evidence")}
+    for argv in (["evidence", "list", "--offset", str(2**64)], ["dlq", "list", "--until", "9999-12-31T23:59:59-01:00"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "barecount_provider.cli", *argv], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert out.returncode == 2, out.stderr
+        assert "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith(f"barecount {argv[0]} {argv[1]}: error: argument {argv[2]}:")
+
+
+def test_the_largest_values_are_accepted(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    config.cache_clear()
+    argv = ["evidence", "list", f"--offset={INT64}", f"--limit={INT64}", "--since=0001-01-02T00:00:00+23:59", "--json"]
+    assert cli.main(argv) == 0
+    assert '"total_entries": 0' in capsys.readouterr().out

@@ -102,8 +102,10 @@ def test_relative_times_count_back_from_now() -> None:
 
 
 def test_a_bad_time_is_a_usage_error(filled: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["evidence", "list", "--since", "last tuesday"]) == 2
-    assert "neither an ISO 8601 time" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error (the option's type refuses it)
+        cli.main(["evidence", "list", "--since", "last tuesday"])
+    assert exit_info.value.code == 2
+    assert "error: argument --since: 'last tuesday' is neither an ISO 8601 time" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- show
