@@ -60,7 +60,7 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "fail",
         "What an invalid policy file does to task processes: fail (runner tasks are refused before they launch, "
         "with the policy's errors) or warn (tasks that need no policy run). Both put a policy_invalid exception "
-        "in the evidence of every try. Empty: fail when environment = production, warn otherwise.",
+        "in the evidence of every try. Empty: fail when environment = production (or is invalid), warn otherwise.",
     ),
     "secret_key": (
         "string",
@@ -640,9 +640,13 @@ def policy_path() -> str:
 def policy_invalid() -> str:
     """``fail`` or ``warn``: see OPTIONS; empty follows the environment (production: fail)."""
     mode = str(_value("policy_invalid"))
-    if not mode:
-        return "fail" if environment() == "production" else "warn"
-    return mode
+    if mode:
+        return mode
+    try:
+        production = environment() == "production"
+    except ValueError:  # reported as environment's own mistake; meanwhile the safe side
+        production = True
+    return "fail" if production else "warn"
 
 
 @functools.cache

@@ -29,7 +29,7 @@ from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, WithJsonSchema
 
 from barecount_provider import __version__
 from barecount_provider.api import queries
@@ -204,6 +204,10 @@ Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description=f"Page size
 Offset = Annotated[int, Query(ge=0, le=queries.MAX_OFFSET, description="Entries to skip (0 to 2^63 - 1).")]
 
 
+# A name given as a parameter (tenant, pipeline, DAG id, state, record id): any text but NUL, which PostgreSQL
+# cannot compare. Stated in the OpenAPI document (pattern); parameter_rules below answers it with a 422.
+Name = Annotated[str, StringConstraints(pattern="^[^\\x00]*$")]
+
 # The query parameters that may be repeated (each a list); any other given twice is a 422, where FastAPI would
 # silently keep the last value.
 REPEATABLE = frozenset({"by"})
@@ -283,10 +287,10 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
     def list_evidence(
         store: StoreDep,
         dag_ids: ReadableDagIds,
-        tenant: str | None = None,
-        pipeline: str | None = None,
-        dag_id: str | None = None,
-        state: str | None = None,
+        tenant: Name | None = None,
+        pipeline: Name | None = None,
+        dag_id: Name | None = None,
+        state: Name | None = None,
         since: Annotated[Instant, Query(description=f"Runs that ended at or after (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
         until: Annotated[Instant, Query(description=f"Runs that ended before (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
         limit: Limit = queries.DEFAULT_LIMIT,
@@ -316,7 +320,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
     def verify_chains(
         store: StoreDep,
         dag_ids: ReadableDagIds,
-        tenant: Annotated[str | None, Query(description="One tenant's chain (default: every chain).")] = None,
+        tenant: Annotated[Name | None, Query(description="One tenant's chain (default: every chain).")] = None,
     ) -> dict[str, Any]:
         """Verify one tenant's chain, or every chain the user may verify: one whose records all belong to
         DAGs the user may read (403 for a named tenant when some do not)."""
@@ -353,7 +357,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         },
         tags=["Evidence"],
     )
-    def get_evidence(record_id: str, store: StoreDep, dag_ids: ReadableDagIds, response: Response) -> dict[str, Any]:
+    def get_evidence(record_id: Name, store: StoreDep, dag_ids: ReadableDagIds, response: Response) -> dict[str, Any]:
         """The full record, as stored (its schema: docs/evidence.schema.json), plus ``integrity`` (not part of
         the record: drop it before hashing): whether its content still gives its hash and matches the index.
         The header ``X-BareCount-Integrity`` says the same: ``ok``, ``redacted`` or ``mismatch``."""
@@ -379,7 +383,7 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         by: Annotated[list[CostGroup] | None, Query(description="Group by (repeat for several); default tenant.")] = None,
         since: Annotated[Instant, Query(description=f"From this UTC day on (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
         until: Annotated[Instant, Query(description=f"Before this UTC day (ISO 8601; naive: UTC; {queries.TIME_RANGE}).")] = None,
-        tenant: str | None = None,
+        tenant: Name | None = None,
         per_day: Annotated[bool, Query(description="One row per day and group (false: per group).")] = True,
         limit: Limit = queries.DEFAULT_LIMIT,
         offset: Offset = 0,

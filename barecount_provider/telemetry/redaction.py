@@ -35,6 +35,7 @@ import math
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -821,6 +822,9 @@ def redact_text(text: str) -> str:
     return get_redactor().redact_text(text)
 
 
+_WRITING = threading.local()
+
+
 class _RedactingStream:
     """A text stream whose ``write`` redacts (:func:`redact_text`); everything else is the wrapped stream's."""
 
@@ -829,10 +833,14 @@ class _RedactingStream:
 
     def write(self, text: Any) -> Any:
         if isinstance(text, str) and text:
+            inner = getattr(_WRITING, "active", False)  # a line logged while the redactor is built (its own error)
+            _WRITING.active = True
             try:
-                text = redact_text(text)
+                text = Redactor().redact_text(text) if inner else redact_text(text)
             except Exception:  # fail closed
                 text = "<redaction-failed>\n" if text.endswith("\n") else "<redaction-failed>"
+            finally:
+                _WRITING.active = inner
         return self._stream.write(text)
 
     def __getattr__(self, name: str) -> Any:

@@ -840,7 +840,7 @@ def test_invalid_env_name_pattern_names_key_value_and_expected(monkeypatch, valu
         config.redact_env_name_patterns()
     message = str(caught.value)
     assert "[barecount] redact_env_name_patterns" in message
-    assert repr(value.upper()) in message and "expected" in message
+    assert repr(value.upper()) in message and "is not comma-separated environment variable name patterns" in message
 
 
 def test_supervisor_reset_keeps_env_secrets_and_masks_what_the_task_prints(
