@@ -362,7 +362,8 @@ def _active_sinks(sinks: Any) -> str:
     return ",".join(on) if on else "none"
 
 
-def _task_label(event: Mapping[str, Any]) -> str:
+def task_label(event: Mapping[str, Any]) -> str:
+    """``task_id``, with ``[map_index]`` for a mapped task's try."""
     task = str(event.get("task_id", "?"))
     try:
         map_index = int(event.get("map_index", -1))
@@ -379,7 +380,7 @@ def tries_table(tries: Sequence[Mapping[str, Any]]) -> str:
     rows = [
         [
             _cell(e.get("dag_id"), 30),
-            _cell(_task_label(e), 24),
+            _cell(task_label(e), 24),
             _cell(e.get("try_number"), 4),
             _cell(e.get("tenant"), 16),
             _cell(e.get("pipeline"), 16),

@@ -109,12 +109,9 @@ def _text(value: Any, width: int = 28) -> str:
 
 
 def _task_label(event: dict[str, Any]) -> str:
-    task = str(event.get("task_id", "?"))
-    try:
-        map_index = int(event.get("map_index", -1))
-    except (TypeError, ValueError):
-        map_index = -1
-    return f"{task}[{map_index}]" if map_index >= 0 else task
+    from barecount_provider.cli import task_label
+
+    return task_label(event)
 
 
 def format_table(tries: list[dict[str, Any]]) -> str:
