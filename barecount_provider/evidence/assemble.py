@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from barecount_provider import context
-from barecount_provider.evidence.record import ExpectedTry, build_entry, build_record
+from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record
 from barecount_provider.evidence.store import EvidenceStore
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,17 @@ def airflow_entry(run: PendingRun, expected: ExpectedTry, *, absent: bool) -> di
     return entry
 
 
+def with_queued_at(entry: dict[str, Any], expected: ExpectedTry) -> dict[str, Any]:
+    """``entry`` with its ``timings.queued_at`` from Airflow's task instance records when it has none: Airflow
+    3.3's task SDK does not tell a task process when its try was queued (no ``queued_dttm`` on the
+    RuntimeTaskInstance nor in its run context), so an entry written by the task process or built by the
+    forwarder gets it here, from the same record the ``barecount.task.queued_time`` metric is taken from."""
+    timings = entry.get("timings")
+    if expected.queued_at is None or not isinstance(timings, dict) or timings.get("queued_at") is not None:
+        return entry
+    return {**entry, "timings": {**timings, "queued_at": _iso(expected.queued_at)}}
+
+
 def assemble(
     store: EvidenceStore,
     run: PendingRun,
@@ -116,6 +127,8 @@ def assemble(
         key = t.key(run.dag_id, run.run_id)
         if key not in entries:
             entries[key] = airflow_entry(run, t, absent=t.had_process)
+        else:
+            entries[key] = with_queued_at(entries[key], t)
     record = build_record(
         dag_id=run.dag_id,
         run_id=run.run_id,

@@ -102,14 +102,14 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
 
     from barecount_provider.evidence.assemble import assemble, expected_tries
     from barecount_provider.telemetry.filesink import state_name
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
 
     with create_session() as session:
         dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
         if dag_run is None:
             raise LookupError(f"no DAG run {run_id!r} of DAG {dag_id!r}")
         state, start, end = state_name(dag_run.state), dag_run.start_date, dag_run.end_date
-        run_type = str(getattr(dag_run, "run_type", "") or "") or None
+        run_type = _run_type(dag_run)
     if state not in ("success", "failed"):
         raise ValueError(f"DAG run {run_id!r} of {dag_id!r} is {state}: only a finished run is sealed")
     side = get_scheduler_side()

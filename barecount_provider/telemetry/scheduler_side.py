@@ -30,6 +30,13 @@ QUEUE_SIZE = 10_000
 EVIDENCE_TICK_SECONDS = 5.0  # how often runs waiting for late evidence entries are retried
 
 
+def _run_type(dag_run: Any) -> str | None:
+    """A DAG run's type as Airflow names it (``manual``, ``scheduled``, ``backfill``, ``asset_triggered``...)."""
+    value = getattr(dag_run, "run_type", None)
+    value = getattr(value, "value", value)  # DagRunType is a str enum
+    return str(value) if value else None
+
+
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
@@ -246,12 +253,16 @@ class SchedulerSide:
             "start_date": dag_run.start_date,
             "end_date": dag_run.end_date or datetime.now(UTC),
             "queued_at": getattr(dag_run, "queued_at", None),
+            "run_type": _run_type(dag_run),
             "dag": getattr(dag_run, "dag", None),
             "conf_keys": frozenset(getattr(dag_run, "conf", None) or {}),
         }
         self.submit(lambda: self._dag_run_finished(**snapshot))
 
-    def _dag_run_finished(self, dag_id: str, run_id: str, state: str, start_date: Any, end_date: Any, queued_at: Any, dag: Any, conf_keys: frozenset[str]) -> None:
+    def _dag_run_finished(
+        self, dag_id: str, run_id: str, state: str, start_date: Any, end_date: Any, queued_at: Any, dag: Any,
+        conf_keys: frozenset[str], run_type: str | None = None,
+    ) -> None:
         tenant, pipeline = self.tenant_of(dag_id, dag, conf_keys)
         if self.opted_out(dag_id):
             return
@@ -292,6 +303,7 @@ class SchedulerSide:
                 tenant=tenant,
                 pipeline=pipeline,
                 rows=tries,
+                run_type=run_type,
             )
         if config.file_sink_on():
             filesink.append_event(
