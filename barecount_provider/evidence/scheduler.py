@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from barecount_provider import config
@@ -84,6 +84,87 @@ def tick() -> list[dict[str, Any]]:
         return []
     assembler = get_assembler()
     return assembler.tick() if assembler.pending else []
+
+
+RECOVER_DAYS = 7
+"""How far back a starting scheduler looks for finished runs with entries but no record."""
+
+
+def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
+    """Queue for sealing every finished run a scheduler left unsealed (stopped, crashed or killed before the
+    grace period ended, or before its background thread took the run's end); the scheduler side's thread
+    calls it once when the scheduler starts. Such a run is found two ways, both from what is stored:
+
+    * in the pending table (:func:`~barecount_provider.evidence.assemble.remember_pending`): every run not
+      sealed at once is written there and removed when sealed;
+    * from Airflow's records: a DAG run that finished (success or failed) in the last :data:`RECOVER_DAYS`
+      days, has entries in the store and no record in the index.
+
+    Each is sealed with what is stored now (its tries from Airflow's database, its entries from the store),
+    at once when its grace period is over, else at a later tick. Returns the runs queued. Raises on a
+    database error (the caller counts it; the next start tries again)."""
+    if not config.evidence_on():
+        return []
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from barecount_provider.evidence import assemble as assemble_module
+    from barecount_provider.evidence.record import record_id_for
+    from barecount_provider.evidence.store import records_table
+    from barecount_provider.telemetry.filesink import state_name
+    from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
+
+    now = now or datetime.now(UTC)
+    store = _store()
+    remembered = set(assemble_module.stored_pending(store))
+    columns = (DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.end_date, DagRun.run_type)
+    runs: dict[tuple[str, str], Any] = {}
+    with create_session() as session:
+        recent = session.execute(
+            select(*columns).where(DagRun.state.in_(("success", "failed")), DagRun.end_date >= now - timedelta(days=RECOVER_DAYS))
+        ).all()
+        runs.update({(row.dag_id, row.run_id): row for row in recent})
+        missing = [key for key in remembered if key not in runs]
+        for dag_id, run_id in missing:
+            row = session.execute(select(*columns).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
+            if row is not None:
+                runs[(dag_id, run_id)] = row
+    ids = {record_id_for(*key): key for key in runs}
+    sealed: set[str] = set()
+    id_list = sorted(ids)
+    with store.index.engine.connect() as connection:
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            sealed.update(connection.scalars(select(records_table.c.record_id).where(records_table.c.record_id.in_(chunk))))
+    side = get_scheduler_side()
+    assembler = get_assembler()
+    queued: list[tuple[str, str]] = []
+    for record_id, key in sorted(ids.items(), key=lambda item: item[1]):
+        dag_id, run_id = key
+        row = runs[key]
+        state = state_name(row.state)
+        if record_id in sealed or state not in ("success", "failed"):
+            if key in remembered:  # sealed meanwhile, or the run was cleared: its next end brings it back
+                assemble_module.forget_pending(store, dag_id, run_id)
+            continue
+        if key not in remembered and not store.entries_for_run(dag_id, run_id):
+            continue  # no entry, never pending: a run BareCount did not see (evidence off, before install)
+        if key in assembler.pending:
+            continue
+        tenant, pipeline = side.tenant_of(dag_id, force=True)
+        if side.opted_out(dag_id):
+            if key in remembered:
+                assemble_module.forget_pending(store, dag_id, run_id)
+            continue
+        run = PendingRun(
+            dag_id=dag_id, run_id=run_id, tenant=tenant, pipeline=pipeline, state=state, started_at=row.start_date,
+            ended_at=row.end_date or now, run_type=_run_type(row), remembered=key in remembered,
+        )
+        log.info("BareCount seals the evidence of %s %s, left unsealed by a scheduler that stopped", dag_id, run_id)
+        assembler.run_finished(run)
+        queued.append(key)
+    return queued
 
 
 def clear_caches() -> None:

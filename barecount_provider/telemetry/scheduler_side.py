@@ -149,6 +149,30 @@ class SchedulerSide:
             EMIT_FAILURES.record("evidence", "tick")
             log.warning("BareCount could not seal waiting evidence records", exc_info=True)
 
+    def recover_evidence(self) -> None:
+        """When the scheduler starts: seal, in the background thread, the runs a scheduler that stopped or
+        died left unsealed (evidence/scheduler.py ``recover``)."""
+        if config.evidence_on():
+            self.submit(self._recover_evidence)
+
+    def _recover_evidence(self) -> None:
+        try:
+            from barecount_provider.evidence import scheduler as evidence
+
+            evidence.recover()
+        except Exception:
+            EMIT_FAILURES.record("evidence", "recover")
+            log.warning("BareCount could not look for runs left unsealed", exc_info=True)
+
+    def _last_evidence_tick(self) -> None:
+        try:
+            from barecount_provider.evidence import scheduler as evidence
+
+            evidence.tick()
+        except Exception:
+            EMIT_FAILURES.record("evidence", "tick")
+            log.warning("BareCount could not seal waiting evidence records", exc_info=True)
+
     def drain(self, timeout_s: float = 10.0) -> bool:
         """Wait until every submitted job ran (tests, dag.test and shutdown); bounded."""
         deadline = time.monotonic() + timeout_s
@@ -508,11 +532,19 @@ class SchedulerSide:
         return True
 
     def stop(self) -> None:
+        """The scheduler stops: this side's jobs run (bounded), the forwarder makes its last round (the
+        entries the last task processes handed off reach the store), then the runs waiting for entries are
+        tried a last time; those still within their grace period stay in the pending table, and the next
+        scheduler to start seals them (evidence/scheduler.py ``recover``)."""
         self._stop.set()
-        self.drain(timeout_s=config.emit_timeout_ms() / 1000.0 + 1.0)  # this side's points: to the spool
+        bound = config.emit_timeout_ms() / 1000.0 + 1.0
+        self.drain(timeout_s=bound)  # this side's points: to the spool
         if self._forwarder is not None:
             self._forwarder.withdraw()
             self._forwarder.stop()  # a last round: what the last task processes spooled
+        if config.evidence_on() and self._thread is not None and self._thread.is_alive():
+            self.submit(self._last_evidence_tick)
+            self.drain(timeout_s=bound + 5.0)
 
 
 @functools.cache

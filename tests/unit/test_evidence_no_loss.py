@@ -108,3 +108,38 @@ def test_the_scheduler_side_seals_a_finished_run_with_its_run_type(monkeypatch: 
     record = store.get(rec.record_id_for("orders", "r1"))
     assert record is not None and record["run_type"] == "manual"
     assert record["entries"][0]["timings"]["queued_at"] is not None
+
+
+# ------------------------------------------------------------------------------------ pending runs kept
+
+
+def test_a_run_not_sealed_at_once_is_kept_in_the_store_until_sealed(store: EvidenceStore) -> None:
+    """A scheduler that stops (or dies) leaves its waiting runs in the pending table, not only in memory;
+    the run is removed from it once sealed."""
+    now = datetime.now(UTC)
+    loads = lambda dag_id, run_id: _rows("t", "u")  # noqa: E731
+    run = assemble_module.PendingRun(
+        dag_id="orders", run_id="r1", tenant="acme", pipeline="orders", state="success", started_at=now, ended_at=now
+    )
+    store.put_entry(_task_entry("t"))
+    first = assemble_module.Assembler(lambda: store, loads, lambda: 3600)
+    assert first.run_finished(run) is None  # "u" has not written its entry, the grace period runs
+    assert assemble_module.stored_pending(store) == [("orders", "r1")]
+    # the scheduler is gone (its Assembler with it); a new one finds the run in the store
+    store.put_entry(_task_entry("u"))
+    second = assemble_module.Assembler(lambda: store, loads, lambda: 3600)
+    (dag_id, run_id), = assemble_module.stored_pending(store)
+    resumed = assemble_module.PendingRun(
+        dag_id=dag_id, run_id=run_id, tenant="acme", pipeline="orders", state="success", started_at=now, ended_at=now,
+        remembered=True,
+    )
+    record = second.run_finished(resumed)
+    assert record is not None and record["complete"] is True
+    assert assemble_module.stored_pending(store) == []
+
+
+def test_a_run_sealed_at_once_is_never_written_to_the_pending_table(store: EvidenceStore) -> None:
+    store.put_entry(_task_entry("t"))
+    assembler = assemble_module.Assembler(lambda: store, lambda d, r: _rows("t"), lambda: 3600)
+    assert assembler.run_finished(_pending()) is not None
+    assert assemble_module.stored_pending(store) == []
