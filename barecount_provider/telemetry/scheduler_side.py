@@ -101,6 +101,36 @@ class SchedulerSide:
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(target=self._work, name="barecount-scheduler-side", daemon=True)
                     self._thread.start()
+                    self._stop_at_exit()
+
+    _exit_hook = False
+
+    def _stop_at_exit(self) -> None:
+        if not self._exit_hook:
+            from barecount_provider.telemetry import threads
+
+            threads.on_exit(self.stop_threads)
+            self._exit_hook = True
+
+    def stop_threads(self, timeout_s: float | None = None) -> None:
+        """At interpreter exit (telemetry/threads.py): the queued jobs get a bounded time (``emit_timeout_ms``
+        + 1 s), then the worker and the sampler end and are joined, each within that bound; the forwarder
+        (when this process started one and ``stop`` did not end it) is stopped too. Never raises."""
+        bound = config.emit_timeout_ms() / 1000.0 + 1.0 if timeout_s is None else timeout_s
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self.drain(timeout_s=bound)
+            try:
+                self.jobs.put_nowait(None)  # the worker returns at it (or at its next idle wait: _stop is set)
+            except queue.Full:
+                pass
+            thread.join(bound)
+        if self._sampler is not None:
+            self._sampler.join(bound)
+        if self._forwarder is not None:
+            self._forwarder.withdraw()
+            self._forwarder.stop(timeout_s=bound)
 
     def submit(self, job: Callable[[], None]) -> None:
         self._ensure_thread()
@@ -115,6 +145,8 @@ class SchedulerSide:
             try:
                 job = self.jobs.get(timeout=EVIDENCE_TICK_SECONDS)
             except queue.Empty:
+                if self._stop.is_set():
+                    return  # stopped and idle (a later submit starts a new worker)
                 self._evidence_tick()
                 continue
             try:
@@ -456,6 +488,7 @@ class SchedulerSide:
         self.prepare()
         self._sampler = threading.Thread(target=self._sample_loop, name="barecount-in-flight", daemon=True)
         self._sampler.start()
+        self._stop_at_exit()
 
     def _sample_loop(self) -> None:
         interval = config.in_flight_interval_seconds()
@@ -515,6 +548,7 @@ class SchedulerSide:
             return False
         self._forwarder = forwarder
         forwarder.advertise()
+        self._stop_at_exit()
         return True
 
     def check_forwarder(self) -> bool:
@@ -542,7 +576,7 @@ class SchedulerSide:
         if self._forwarder is not None:
             self._forwarder.withdraw()
             self._forwarder.stop()  # a last round: what the last task processes spooled
-        if config.evidence_on() and self._thread is not None and self._thread.is_alive():
+        if config.evidence_on() and self._thread is not None:  # (a worker idle since the stop has returned)
             self.submit(self._last_evidence_tick)
             self.drain(timeout_s=bound + 5.0)
 
