@@ -2,7 +2,7 @@
 
 BareCount's threads are daemon threads whose loops wait on a stop event or a queue with a timeout (none
 spins): the scheduler side's worker and its sampler of tasks in flight (scheduler_side.py), the OTLP metric
-sink's exporting reader (metrics.py), the spool forwarder's round and export threads (spool.py, each joined
+sink's exporting reader (metrics.py; built only in the long-lived process that forwards the spool), the spool forwarder's round and export threads (spool.py, each joined
 with the round's deadline), the StatsD address lookup (joined with the emit timeout) and the thread that
 waits for the scheduler's job type (listeners/lifecycle.py, ten seconds at most). The long-lived ones
 register a stop hook here (:func:`on_exit`); :func:`run_exit_hooks` runs them once, at interpreter exit
@@ -53,9 +53,12 @@ def run_exit_hooks() -> None:
 
 def _forget_in_child() -> None:
     """A forked child has none of its parent's threads, and must not stop what they served (the parent's
-    forwarder process): it starts with no hook (and a lock no thread of the parent holds)."""
-    global _LOCK
+    forwarder process): it starts with no hook (and a lock no thread of the parent holds). Airflow's task
+    processes clear the atexit handlers they inherit: the next hook registers :func:`run_exit_hooks` again
+    (run twice where the registration was inherited: the second run finds no hook)."""
+    global _LOCK, _REGISTERED
     _LOCK = threading.Lock()
+    _REGISTERED = False
     _HOOKS.clear()
 
 

@@ -1,9 +1,10 @@
 """`airflow dags test` exits once its run is over, every time: no thread BareCount started keeps the process
 alive (telemetry/threads.py). Run five times in a row, each in its own process with a project-local
 AIRFLOW_HOME under pytest's temporary directory; a process that does not exit within the timeout fails
-the test. The DAG's tasks are local (no AWS emulator): they start the same BareCount threads as runner
-operators do in `dags test` — the scheduler side's worker (the DAG run's start and end), the OTLP metric
-reader (a sink pointed at a port that refuses connections) and the StatsD sink's address lookup."""
+the test. The DAG's tasks are local (no AWS emulator): in `dags test` they start the same BareCount threads
+as runner operators do — the scheduler side's worker (the DAG run's start and end, its evidence) and the
+StatsD sink's address lookup — with the OTLP sinks on (through the spool) and pointed at a port that
+refuses connections."""
 
 from __future__ import annotations
 
