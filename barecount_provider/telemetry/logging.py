@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 import structlog.contextvars
@@ -367,6 +367,27 @@ class JsonLogFormatter(logging.Formatter):
         return json_log_line(record.getMessage(), record.levelname, fields)
 
 
+class _Stderr:
+    """Standard error as it is when a line is written (``sys.stderr`` may be replaced later: a test's
+    capture, a redirection), never a stream that was closed since."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stderr, "encoding", "utf-8") or "utf-8"
+
+
+STDERR = _Stderr()
+
+
 def logs_to_stderr() -> None:
     """Send every log line of this process to standard error, leaving standard output to the caller's own
     output (the ``barecount`` command: ``--json`` prints one JSON document on stdout, nothing else).
@@ -377,7 +398,7 @@ def logs_to_stderr() -> None:
     error, so both take standard error, and so do the lines Airflow and its secrets masker log while it
     initialises; handlers bound to standard output before (or by anyone else) are moved to standard error.
     Never raises: logging stays as it was if any of it fails."""
-    out, err = sys.stdout, sys.stderr
+    out, err = sys.stdout, cast(TextIO, STDERR)
     sys.stdout = err
     try:
         import airflow  # noqa: F401  (configures Airflow's logging, now onto standard error)
@@ -400,7 +421,5 @@ def logs_to_stderr() -> None:
         factory: Any = structlog.get_config().get("logger_factory")
         if getattr(factory, "io", False) is None:  # Airflow's LoggerFactory: None means sys.stdout
             factory.io = err
-        elif isinstance(factory, structlog.PrintLoggerFactory) and getattr(factory, "_file", None) in (None, out):
-            structlog.configure(logger_factory=structlog.PrintLoggerFactory(err))
     except Exception:
         pass
