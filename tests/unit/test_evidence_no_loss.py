@@ -143,3 +143,39 @@ def test_a_run_sealed_at_once_is_never_written_to_the_pending_table(store: Evide
     assembler = assemble_module.Assembler(lambda: store, lambda d, r: _rows("t"), lambda: 3600)
     assert assembler.run_finished(_pending()) is not None
     assert assemble_module.stored_pending(store) == []
+
+
+def test_a_stopping_scheduler_seals_the_runs_whose_entries_came_in_time(monkeypatch: pytest.MonkeyPatch, store: EvidenceStore) -> None:
+    """The last handed-off entries reach the store during the stop (the forwarder's last round): the stop
+    seals the run then, instead of leaving it for the next start."""
+    from barecount_provider.evidence import scheduler as evidence
+    from barecount_provider.telemetry import scheduler_side
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_ON", "True")
+    side = scheduler_side.SchedulerSide()
+    side._prepared = True
+    now = datetime.now(UTC)
+    assembler = assemble_module.Assembler(lambda: store, lambda dag_id, run_id: _rows("t", "u"), lambda: 3600)
+    monkeypatch.setattr(evidence, "get_assembler", lambda: assembler)
+    monkeypatch.setattr(scheduler_side, "get_scheduler_side", lambda: side)
+    store.put_entry(_task_entry("t"))
+    run = assemble_module.PendingRun(
+        dag_id="orders", run_id="r1", tenant="acme", pipeline="orders", state="success", started_at=now, ended_at=now
+    )
+    side.submit(lambda: assembler.run_finished(run))  # the run's end, taken by the worker: "u" is missing
+    assert side.drain(timeout_s=10) and list(assembler.pending) == [("orders", "r1")]
+
+    class LastRound:  # the forwarder's last round delivers "u"'s handed-off entry
+        def withdraw(self) -> None:
+            pass
+
+        def stop(self, timeout_s: float | None = None) -> int:
+            store.put_entry(_task_entry("u"))
+            return 0
+
+    side._forwarder = LastRound()
+    side.stop()
+    assert assembler.pending == {}
+    record = store.get(rec.record_id_for("orders", "r1"))
+    assert record is not None and record["complete"] is True
+    assert assemble_module.stored_pending(store) == []
