@@ -67,7 +67,7 @@ _PENDING_READY: set[int] = set()
 _PENDING_LOCK = threading.Lock()
 
 
-def _pending_engine(store: EvidenceStore) -> sa.Engine:
+def pending_engine(store: EvidenceStore) -> sa.Engine:
     engine = store.index.engine
     if id(engine) not in _PENDING_READY:
         with _PENDING_LOCK:
@@ -79,7 +79,7 @@ def _pending_engine(store: EvidenceStore) -> sa.Engine:
 
 def remember_pending(store: EvidenceStore, dag_id: str, run_id: str) -> None:
     """Keep a run waiting to be sealed in the store's index database (idempotent)."""
-    engine = _pending_engine(store)
+    engine = pending_engine(store)
     with engine.begin() as connection:
         exists = connection.execute(
             sa.select(pending_table.c.dag_id).where(pending_table.c.dag_id == dag_id, pending_table.c.run_id == run_id)
@@ -92,14 +92,14 @@ def remember_pending(store: EvidenceStore, dag_id: str, run_id: str) -> None:
 
 
 def forget_pending(store: EvidenceStore, dag_id: str, run_id: str) -> None:
-    engine = _pending_engine(store)
+    engine = pending_engine(store)
     with engine.begin() as connection:
         connection.execute(sa.delete(pending_table).where(pending_table.c.dag_id == dag_id, pending_table.c.run_id == run_id))
 
 
 def stored_pending(store: EvidenceStore) -> list[tuple[str, str]]:
     """The runs a scheduler left waiting to be sealed (dag_id, run_id), oldest first."""
-    engine = _pending_engine(store)
+    engine = pending_engine(store)
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(pending_table.c.dag_id, pending_table.c.run_id).order_by(pending_table.c.added_epoch)

@@ -118,13 +118,16 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
     now = now or datetime.now(UTC)
     store = _store()
     remembered = set(assemble_module.stored_pending(store))
+    since = _seen_since(store)
     columns = (DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.end_date, DagRun.run_type)
     runs: dict[tuple[str, str], Any] = {}
     with create_session() as session:
-        recent = session.execute(
-            select(*columns).where(DagRun.state.in_(("success", "failed")), DagRun.end_date >= now - timedelta(days=RECOVER_DAYS))
-        ).all()
-        runs.update({(row.dag_id, row.run_id): row for row in recent})
+        if since is not None:  # nothing in the index yet: no run to derive (before BareCount's first record)
+            cutoff = max(now - timedelta(days=RECOVER_DAYS), since)
+            recent = session.execute(
+                select(*columns).where(DagRun.state.in_(("success", "failed")), DagRun.end_date >= cutoff)
+            ).all()
+            runs.update({(row.dag_id, row.run_id): row for row in recent})
         missing = [key for key in remembered if key not in runs]
         for dag_id, run_id in missing:
             row = session.execute(select(*columns).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
@@ -139,6 +142,7 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
             sealed.update(connection.scalars(select(records_table.c.record_id).where(records_table.c.record_id.in_(chunk))))
     side = get_scheduler_side()
     assembler = get_assembler()
+    tenants: dict[str, tuple[str, str]] = {}
     queued: list[tuple[str, str]] = []
     for record_id, key in sorted(ids.items(), key=lambda item: item[1]):
         dag_id, run_id = key
@@ -148,15 +152,17 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
             if key in remembered:  # sealed meanwhile, or the run was cleared: its next end brings it back
                 assemble_module.forget_pending(store, dag_id, run_id)
             continue
-        if key not in remembered and not store.entries_for_run(dag_id, run_id):
-            continue  # no entry, never pending: a run BareCount did not see (evidence off, before install)
         if key in assembler.pending:
             continue
-        tenant, pipeline = side.tenant_of(dag_id, force=True)
+        if dag_id not in tenants:
+            tenants[dag_id] = side.tenant_of(dag_id, force=True)  # once per DAG: its tags, read now
+        tenant, pipeline = tenants[dag_id]
         if side.opted_out(dag_id):
             if key in remembered:
                 assemble_module.forget_pending(store, dag_id, run_id)
             continue
+        if key not in remembered and not store.entries_for_run(dag_id, run_id):
+            continue  # no entry, never pending: a run BareCount did not see (evidence off at the time)
         run = PendingRun(
             dag_id=dag_id, run_id=run_id, tenant=tenant, pipeline=pipeline, state=state, started_at=row.start_date,
             ended_at=row.end_date or now, run_type=_run_type(row), remembered=key in remembered,
@@ -165,6 +171,24 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
         assembler.run_finished(run)
         queued.append(key)
     return queued
+
+
+def _seen_since(store: EvidenceStore) -> datetime | None:
+    """Since when BareCount has been sealing runs here: a day before the earliest run end of the index's
+    records or the pending table's rows (a margin for runs sealed out of order); None when both are empty."""
+    import sqlalchemy as sa
+
+    from barecount_provider.evidence import assemble as assemble_module
+    from barecount_provider.evidence.store import records_table
+
+    with store.index.engine.connect() as connection:
+        ended = connection.scalar(sa.select(sa.func.min(records_table.c.ended_epoch)))
+    with assemble_module.pending_engine(store).connect() as connection:
+        added = connection.scalar(sa.select(sa.func.min(assemble_module.pending_table.c.added_epoch)))
+    epochs = [float(value) for value in (ended, added) if value]
+    if not epochs:
+        return None
+    return datetime.fromtimestamp(min(epochs), UTC) - timedelta(days=1)
 
 
 def clear_caches() -> None:
