@@ -1259,7 +1259,7 @@ def cmd_replay_status(args: argparse.Namespace) -> int:
     scopes = [args.replay_id] if args.replay_id else ledger.scopes()
     document: list[dict[str, Any]] = []
     for scope_id in scopes:
-        runs = ledger.runs(scope_id, limit=args.runs)
+        runs = ledger.runs(scope_id, limit=args.runs, lease_seconds=args.lease_seconds)
         document.append({"scope_id": scope_id, "ledger": ledger.counts(scope_id), "runs": runs})
     if args.json:
         print(json.dumps({"scopes": document, "total_entries": len(document)}, indent=2, default=str))
@@ -1276,8 +1276,13 @@ def cmd_replay_status(args: argparse.Namespace) -> int:
         for run in item["runs"]:
             summary = run["summary"]
             started = datetime.fromtimestamp(run["started_at"]).astimezone().isoformat(timespec="seconds")
+            state = run["state"]
+            if state == "interrupted":
+                state = "interrupted (its process is gone; resumable: run the replay again)"
+            elif state == "stale":
+                state = "stale (on another host, no heartbeat within the lease; resumable: run the replay again)"
             print(
-                f"  run {run['run_id']} on {run['host']} pid {run['pid']}, started {started}: {run['state']} "
+                f"  run {run['run_id']} on {run['host']} pid {run['pid']}, started {started}: {state} "
                 f"({summary.get('status', '?')}), delivered {summary.get('delivered', 0)}, failed {summary.get('failed', 0)}"
             )
     return 0
@@ -1341,6 +1346,10 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     status.add_argument("--replay-id", help="only this replay scope")
     status.add_argument("--ledger-url", help="SQLAlchemy URL of the ledger (default [barecount] evidence_index_url)")
     status.add_argument("--runs", type=whole_number(1), default=5, help="latest runs to show per replay (default 5)")
+    status.add_argument(
+        "--lease-seconds", type=seconds, default=300.0,
+        help="a running replay on another host without a heartbeat for this long is shown stale (default 300)",
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     status.set_defaults(func=cmd_replay_status)
 
@@ -1400,6 +1409,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Standard output is the command's own (one JSON document with --json); every log line, Airflow's and
+    # its secrets masker's included, goes to standard error.
+    from barecount_provider.telemetry.logging import logs_to_stderr
+
+    logs_to_stderr()
     try:
         return int(args.func(args))
     except ValueError as err:  # configuration mistakes

@@ -9,19 +9,27 @@ rule, upstream failed, removed) always get such an entry: there is nobody else t
 
 Entries may come from several machines: they meet in the store (files of one machine for ``local``; S3 for
 ``s3``), never in the assembler's memory.
+
+A run that cannot be sealed at once is also written to ``barecount_evidence_pending`` in the evidence index's
+database (:func:`remember_pending`), and removed from it when sealed: a scheduler that stops, crashes or is
+killed before the run is sealed leaves it there, and the next scheduler to start seals it
+(:func:`barecount_provider.evidence.scheduler.recover`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from barecount_provider import context
-from barecount_provider.evidence.record import ExpectedTry, build_entry, build_record
+import sqlalchemy as sa
+
+from barecount_provider import context, db
+from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record
 from barecount_provider.evidence.store import EvidenceStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,60 @@ class PendingRun:
     run_type: str | None = None
     attempts: int = 0
     first_seen: datetime = field(default_factory=lambda: datetime.now(UTC))
+    remembered: bool = False  # in the pending table (remember_pending): removed from it when sealed
+
+
+# Runs waiting to be sealed, kept where a restarted scheduler finds them: the evidence index's database.
+pending_metadata = sa.MetaData()
+pending_table = sa.Table(
+    "barecount_evidence_pending",
+    pending_metadata,
+    sa.Column("dag_id", sa.String(250), primary_key=True),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("added_epoch", sa.Float, nullable=False),
+)
+_PENDING_READY: set[int] = set()
+_PENDING_LOCK = threading.Lock()
+
+
+def pending_engine(store: EvidenceStore) -> sa.Engine:
+    engine = store.index.engine
+    if id(engine) not in _PENDING_READY:
+        with _PENDING_LOCK:
+            if id(engine) not in _PENDING_READY:
+                db.create_tables(pending_metadata, engine)
+                _PENDING_READY.add(id(engine))
+    return engine
+
+
+def remember_pending(store: EvidenceStore, dag_id: str, run_id: str) -> None:
+    """Keep a run waiting to be sealed in the store's index database (idempotent)."""
+    engine = pending_engine(store)
+    with engine.begin() as connection:
+        exists = connection.execute(
+            sa.select(pending_table.c.dag_id).where(pending_table.c.dag_id == dag_id, pending_table.c.run_id == run_id)
+        ).first()
+        if exists is None:
+            try:
+                connection.execute(sa.insert(pending_table).values(dag_id=dag_id, run_id=run_id, added_epoch=time.time()))
+            except sa.exc.IntegrityError:  # another scheduler remembered it meanwhile
+                pass
+
+
+def forget_pending(store: EvidenceStore, dag_id: str, run_id: str) -> None:
+    engine = pending_engine(store)
+    with engine.begin() as connection:
+        connection.execute(sa.delete(pending_table).where(pending_table.c.dag_id == dag_id, pending_table.c.run_id == run_id))
+
+
+def stored_pending(store: EvidenceStore) -> list[tuple[str, str]]:
+    """The runs a scheduler left waiting to be sealed (dag_id, run_id), oldest first."""
+    engine = pending_engine(store)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(pending_table.c.dag_id, pending_table.c.run_id).order_by(pending_table.c.added_epoch)
+        ).all()
+    return [(str(dag_id), str(run_id)) for dag_id, run_id in rows]
 
 
 def expected_tries(rows: Iterable[Mapping[str, Any]]) -> list[ExpectedTry]:
@@ -98,6 +160,17 @@ def airflow_entry(run: PendingRun, expected: ExpectedTry, *, absent: bool) -> di
     return entry
 
 
+def with_queued_at(entry: dict[str, Any], expected: ExpectedTry) -> dict[str, Any]:
+    """``entry`` with its ``timings.queued_at`` from Airflow's task instance records when it has none: Airflow
+    3.3's task SDK does not tell a task process when its try was queued (no ``queued_dttm`` on the
+    RuntimeTaskInstance nor in its run context), so an entry written by the task process or built by the
+    forwarder gets it here, from the same record the ``barecount.task.queued_time`` metric is taken from."""
+    timings = entry.get("timings")
+    if expected.queued_at is None or not isinstance(timings, dict) or timings.get("queued_at") is not None:
+        return entry
+    return {**entry, "timings": {**timings, "queued_at": _iso(expected.queued_at)}}
+
+
 def assemble(
     store: EvidenceStore,
     run: PendingRun,
@@ -116,6 +189,8 @@ def assemble(
         key = t.key(run.dag_id, run.run_id)
         if key not in entries:
             entries[key] = airflow_entry(run, t, absent=t.had_process)
+        else:
+            entries[key] = with_queued_at(entries[key], t)
     record = build_record(
         dag_id=run.dag_id,
         run_id=run.run_id,
@@ -173,10 +248,12 @@ class Assembler:
 
     def _try(self, run: PendingRun, rows: list[dict[str, Any]] | None, now: datetime) -> dict[str, Any] | None:
         run.attempts += 1
+        store: EvidenceStore | None = None
         try:
+            store = self._open_store()
             expected = expected_tries(rows if rows is not None else self._load_tries(run.dag_id, run.run_id))
             record = assemble(
-                self._open_store(),
+                store,
                 run,
                 expected,
                 now=now,
@@ -186,9 +263,28 @@ class Assembler:
         except Exception:
             log.warning("BareCount could not assemble the evidence of %s %s", run.dag_id, run.run_id, exc_info=True)
             self._on_error("assemble")
+            record = None
+        if record is None:
+            self._remember(store, run)
             return None
-        if record is not None:
-            with self._lock:
-                self.pending.pop((run.dag_id, run.run_id), None)
-                self.sealed = [*self.sealed[-99:], record]
+        with self._lock:
+            self.pending.pop((run.dag_id, run.run_id), None)
+            self.sealed = [*self.sealed[-99:], record]
+        if run.remembered and store is not None:
+            try:
+                forget_pending(store, run.dag_id, run.run_id)
+                run.remembered = False
+            except Exception:  # left in the table: the next start finds the record sealed and drops it
+                self._on_error("pending")
         return record
+
+    def _remember(self, store: EvidenceStore | None, run: PendingRun) -> None:
+        """A run not sealed now is written to the pending table, for a scheduler that starts after this one."""
+        if run.remembered:
+            return
+        try:
+            remember_pending(store if store is not None else self._open_store(), run.dag_id, run.run_id)
+            run.remembered = True
+        except Exception:  # retried at the next attempt; meanwhile a restart finds the run by its entries
+            log.warning("BareCount could not keep %s %s waiting to be sealed", run.dag_id, run.run_id, exc_info=True)
+            self._on_error("pending")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from barecount_provider import config
@@ -86,6 +86,111 @@ def tick() -> list[dict[str, Any]]:
     return assembler.tick() if assembler.pending else []
 
 
+RECOVER_DAYS = 7
+"""How far back a starting scheduler looks for finished runs with entries but no record."""
+
+
+def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
+    """Queue for sealing every finished run a scheduler left unsealed (stopped, crashed or killed before the
+    grace period ended, or before its background thread took the run's end); the scheduler side's thread
+    calls it once when the scheduler starts. Such a run is found two ways, both from what is stored:
+
+    * in the pending table (:func:`~barecount_provider.evidence.assemble.remember_pending`): every run not
+      sealed at once is written there and removed when sealed;
+    * from Airflow's records: a DAG run that finished (success or failed) in the last :data:`RECOVER_DAYS`
+      days, has entries in the store and no record in the index.
+
+    Each is sealed with what is stored now (its tries from Airflow's database, its entries from the store),
+    at once when its grace period is over, else at a later tick. Returns the runs queued. Raises on a
+    database error (the caller counts it; the next start tries again)."""
+    if not config.evidence_on():
+        return []
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from barecount_provider.evidence import assemble as assemble_module
+    from barecount_provider.evidence.record import record_id_for
+    from barecount_provider.evidence.store import records_table
+    from barecount_provider.telemetry.filesink import state_name
+    from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
+
+    now = now or datetime.now(UTC)
+    store = _store()
+    remembered = set(assemble_module.stored_pending(store))
+    since = _seen_since(store)
+    columns = (DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.end_date, DagRun.run_type)
+    runs: dict[tuple[str, str], Any] = {}
+    with create_session() as session:
+        if since is not None:  # nothing in the index yet: no run to derive (before BareCount's first record)
+            cutoff = max(now - timedelta(days=RECOVER_DAYS), since)
+            recent = session.execute(
+                select(*columns).where(DagRun.state.in_(("success", "failed")), DagRun.end_date >= cutoff)
+            ).all()
+            runs.update({(row.dag_id, row.run_id): row for row in recent})
+        missing = [key for key in remembered if key not in runs]
+        for dag_id, run_id in missing:
+            row = session.execute(select(*columns).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
+            if row is not None:
+                runs[(dag_id, run_id)] = row
+    ids = {record_id_for(*key): key for key in runs}
+    sealed: set[str] = set()
+    id_list = sorted(ids)
+    with store.index.engine.connect() as connection:
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            sealed.update(connection.scalars(select(records_table.c.record_id).where(records_table.c.record_id.in_(chunk))))
+    side = get_scheduler_side()
+    assembler = get_assembler()
+    tenants: dict[str, tuple[str, str]] = {}
+    queued: list[tuple[str, str]] = []
+    for record_id, key in sorted(ids.items(), key=lambda item: item[1]):
+        dag_id, run_id = key
+        row = runs[key]
+        state = state_name(row.state)
+        if record_id in sealed or state not in ("success", "failed"):
+            if key in remembered:  # sealed meanwhile, or the run was cleared: its next end brings it back
+                assemble_module.forget_pending(store, dag_id, run_id)
+            continue
+        if key in assembler.pending:
+            continue
+        if dag_id not in tenants:
+            tenants[dag_id] = side.tenant_of(dag_id, force=True)  # once per DAG: its tags, read now
+        tenant, pipeline = tenants[dag_id]
+        if side.opted_out(dag_id):
+            if key in remembered:
+                assemble_module.forget_pending(store, dag_id, run_id)
+            continue
+        if key not in remembered and not store.entries_for_run(dag_id, run_id):
+            continue  # no entry, never pending: a run BareCount did not see (evidence off at the time)
+        run = PendingRun(
+            dag_id=dag_id, run_id=run_id, tenant=tenant, pipeline=pipeline, state=state, started_at=row.start_date,
+            ended_at=row.end_date or now, run_type=_run_type(row), remembered=key in remembered,
+        )
+        log.info("BareCount seals the evidence of %s %s, left unsealed by a scheduler that stopped", dag_id, run_id)
+        assembler.run_finished(run)
+        queued.append(key)
+    return queued
+
+
+def _seen_since(store: EvidenceStore) -> datetime | None:
+    """Since when BareCount has been sealing runs here: a day before the earliest run end of the index's
+    records or the pending table's rows (a margin for runs sealed out of order); None when both are empty."""
+    import sqlalchemy as sa
+
+    from barecount_provider.evidence import assemble as assemble_module
+    from barecount_provider.evidence.store import records_table
+
+    with store.index.engine.connect() as connection:
+        ended = connection.scalar(sa.select(sa.func.min(records_table.c.ended_epoch)))
+    with assemble_module.pending_engine(store).connect() as connection:
+        added = connection.scalar(sa.select(sa.func.min(assemble_module.pending_table.c.added_epoch)))
+    epochs = [float(value) for value in (ended, added) if value]
+    if not epochs:
+        return None
+    return datetime.fromtimestamp(min(epochs), UTC) - timedelta(days=1)
+
+
 def clear_caches() -> None:
     _store.cache_clear()
     get_assembler.cache_clear()
@@ -102,14 +207,14 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
 
     from barecount_provider.evidence.assemble import assemble, expected_tries
     from barecount_provider.telemetry.filesink import state_name
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
 
     with create_session() as session:
         dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
         if dag_run is None:
             raise LookupError(f"no DAG run {run_id!r} of DAG {dag_id!r}")
         state, start, end = state_name(dag_run.state), dag_run.start_date, dag_run.end_date
-        run_type = str(getattr(dag_run, "run_type", "") or "") or None
+        run_type = _run_type(dag_run)
     if state not in ("success", "failed"):
         raise ValueError(f"DAG run {run_id!r} of {dag_id!r} is {state}: only a finished run is sealed")
     side = get_scheduler_side()

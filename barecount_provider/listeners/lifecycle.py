@@ -86,6 +86,7 @@ def on_starting(component: Any) -> None:
                     if sample:
                         side.start_in_flight_sampler()
                     side.start_forwarder()  # the task processes' OTLP spool (spool.py)
+                    side.recover_evidence()  # runs a stopped scheduler left unsealed, in the background
                 return
             time.sleep(0.1)
 

@@ -105,6 +105,31 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+INTERRUPTED, STALE = "interrupted", "stale"
+DEFAULT_LEASE_SECONDS = 300.0  # `barecount replay run`'s and the Replayer's default lease
+
+
+def run_liveness(row: Any, lease_seconds: float = DEFAULT_LEASE_SECONDS, now: float | None = None) -> str:
+    """What a run row's state means now. A row that says ``running`` is:
+
+    * ``interrupted`` when it ran on this host and its process is gone (killed with SIGKILL, a crash, a
+      reboot): it will never end its row itself; a new run of the same replay resumes it;
+    * ``stale`` when it ran on another host (whose processes this one cannot see) and its heartbeat is older
+      than the lease: most likely gone too, but not known;
+    * ``running`` otherwise. A row in any other state is returned as it is."""
+    state = str(_field(row, "state"))
+    if state != RUNNING:
+        return state
+    if _field(row, "host") == HOST:
+        return RUNNING if pid_alive(int(_field(row, "pid"))) else INTERRUPTED
+    now = time.time() if now is None else now
+    return STALE if float(_field(row, "updated_at")) < now - lease_seconds else RUNNING
+
+
+def _field(row: Any, name: str) -> Any:
+    return row[name] if isinstance(row, dict) else getattr(row, name)
+
+
 @dataclass
 class Claim:
     """The outcome of claiming one batch of keys (stored form, see :func:`ledger_key`)."""
@@ -212,14 +237,23 @@ class ReplayLedger:
                 .values(state=state, updated_at=time.time(), summary=json.dumps(summary, default=str))
             )
 
-    def runs(self, scope_id: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    def runs(
+        self, scope_id: str | None = None, limit: int = 20, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> list[dict[str, Any]]:
+        """The latest runs, newest first. ``state`` is what the run is now (:func:`run_liveness`: a run
+        recorded as running whose process is gone is ``interrupted``), ``recorded_state`` what its row says,
+        ``resumable`` whether a new run of the replay would take over its work."""
         query = sa.select(runs_table).order_by(runs_table.c.started_at.desc()).limit(limit)
         if scope_id is not None:
             query = query.where(runs_table.c.scope_id == scope_id)
         with self.engine.connect() as connection:
             rows = [dict(row._mapping) for row in connection.execute(query)]
+        now = time.time()
         for row in rows:
             row["summary"] = json.loads(row["summary"] or "{}")
+            row["recorded_state"] = row["state"]
+            row["state"] = run_liveness(row, lease_seconds, now)
+            row["resumable"] = row["state"] in (INTERRUPTED, STALE, ABORTED)
         return rows
 
     def dead_owners(self, scope_id: str, lease_seconds: float, owners: Iterable[str] | None = None) -> set[str]:
@@ -244,12 +278,7 @@ class ReplayLedger:
         now, dead = time.time(), set()
         for owner in owners:
             row = found.get(owner)
-            if (
-                row is None
-                or row.state != RUNNING
-                or row.updated_at < now - lease_seconds
-                or (row.host == HOST and not pid_alive(int(row.pid)))
-            ):
+            if row is None or row.state != RUNNING or row.updated_at < now - lease_seconds or run_liveness(row) != RUNNING:
                 dead.add(owner)
         return dead
 

@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 import structlog.contextvars
@@ -365,3 +365,61 @@ class JsonLogFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             fields["exception"] = get_redactor().redact_exception_text(record.exc_info[1])
         return json_log_line(record.getMessage(), record.levelname, fields)
+
+
+class _Stderr:
+    """Standard error as it is when a line is written (``sys.stderr`` may be replaced later: a test's
+    capture, a redirection), never a stream that was closed since."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stderr, "encoding", "utf-8") or "utf-8"
+
+
+STDERR = _Stderr()
+
+
+def logs_to_stderr() -> None:
+    """Send every log line of this process to standard error, leaving standard output to the caller's own
+    output (the ``barecount`` command: ``--json`` prints one JSON document on stdout, nothing else).
+
+    Airflow configures its logging when it is first imported (``settings.initialize()``): a stdlib
+    ``StreamHandler`` on ``sys.stdout`` for the root logger and a structlog logger factory that writes to
+    ``sys.stdout`` when given no stream. Airflow is imported here with ``sys.stdout`` pointing at standard
+    error, so both take standard error, and so do the lines Airflow and its secrets masker log while it
+    initialises; handlers bound to standard output before (or by anyone else) are moved to standard error.
+    Never raises: logging stays as it was if any of it fails."""
+    out, err = sys.stdout, cast(TextIO, STDERR)
+    sys.stdout = err
+    try:
+        import airflow  # noqa: F401  (configures Airflow's logging, now onto standard error)
+    except Exception:
+        pass
+    finally:
+        sys.stdout = out
+    stdouts = {id(stream) for stream in (out, sys.__stdout__) if stream is not None}
+    loggers = [logging.getLogger()] + [
+        logger for logger in list(logging.Logger.manager.loggerDict.values()) if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and id(getattr(handler, "stream", None)) in stdouts:
+                try:
+                    handler.setStream(err)
+                except Exception:
+                    pass
+    try:
+        factory: Any = structlog.get_config().get("logger_factory")
+        if getattr(factory, "io", False) is None:  # Airflow's LoggerFactory: None means sys.stdout
+            factory.io = err
+    except Exception:
+        pass

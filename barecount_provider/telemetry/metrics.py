@@ -382,6 +382,16 @@ class OtelMetricSink:
         self.meter = self.provider.get_meter("barecount_provider")
         self._instruments: dict[str, Any] = {}
         self.timeout_ms = timeout_ms
+        from barecount_provider.telemetry import threads
+
+        threads.on_exit(self.close)  # the reader's exporting thread ends at exit (task processes never get there)
+
+    def close(self) -> None:
+        """End the reader's exporting thread (one last export, bounded by ``timeout_ms``). Never raises."""
+        try:
+            self.provider.shutdown(timeout_millis=max(self.timeout_ms, 1))
+        except Exception:
+            EMIT_FAILURES.record(self.name, "shutdown")
 
     def describe(self) -> str:
         return f"otlp {config.otlp_endpoint('metrics')}"

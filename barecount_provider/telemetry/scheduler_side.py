@@ -30,6 +30,13 @@ QUEUE_SIZE = 10_000
 EVIDENCE_TICK_SECONDS = 5.0  # how often runs waiting for late evidence entries are retried
 
 
+def _run_type(dag_run: Any) -> str | None:
+    """A DAG run's type as Airflow names it (``manual``, ``scheduled``, ``backfill``, ``asset_triggered``...)."""
+    value = getattr(dag_run, "run_type", None)
+    value = getattr(value, "value", value)  # DagRunType is a str enum
+    return str(value) if value else None
+
+
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
@@ -94,6 +101,36 @@ class SchedulerSide:
                 if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(target=self._work, name="barecount-scheduler-side", daemon=True)
                     self._thread.start()
+                    self._stop_at_exit()
+
+    _exit_hook = False
+
+    def _stop_at_exit(self) -> None:
+        if not self._exit_hook:
+            from barecount_provider.telemetry import threads
+
+            threads.on_exit(self.stop_threads)
+            self._exit_hook = True
+
+    def stop_threads(self, timeout_s: float | None = None) -> None:
+        """At interpreter exit (telemetry/threads.py): the queued jobs get a bounded time (``emit_timeout_ms``
+        + 1 s), then the worker and the sampler end and are joined, each within that bound; the forwarder
+        (when this process started one and ``stop`` did not end it) is stopped too. Never raises."""
+        bound = config.emit_timeout_ms() / 1000.0 + 1.0 if timeout_s is None else timeout_s
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self.drain(timeout_s=bound)
+            try:
+                self.jobs.put_nowait(None)  # the worker returns at it (or at its next idle wait: _stop is set)
+            except queue.Full:
+                pass
+            thread.join(bound)
+        if self._sampler is not None:
+            self._sampler.join(bound)
+        if self._forwarder is not None:
+            self._forwarder.withdraw()
+            self._forwarder.stop(timeout_s=bound)
 
     def submit(self, job: Callable[[], None]) -> None:
         self._ensure_thread()
@@ -108,6 +145,8 @@ class SchedulerSide:
             try:
                 job = self.jobs.get(timeout=EVIDENCE_TICK_SECONDS)
             except queue.Empty:
+                if self._stop.is_set():
+                    return  # stopped and idle (a later submit starts a new worker)
                 self._evidence_tick()
                 continue
             try:
@@ -134,6 +173,30 @@ class SchedulerSide:
             self.check_forwarder()
         except Exception:
             EMIT_FAILURES.record("spool", "forwarder_start")
+        try:
+            from barecount_provider.evidence import scheduler as evidence
+
+            evidence.tick()
+        except Exception:
+            EMIT_FAILURES.record("evidence", "tick")
+            log.warning("BareCount could not seal waiting evidence records", exc_info=True)
+
+    def recover_evidence(self) -> None:
+        """When the scheduler starts: seal, in the background thread, the runs a scheduler that stopped or
+        died left unsealed (evidence/scheduler.py ``recover``)."""
+        if config.evidence_on():
+            self.submit(self._recover_evidence)
+
+    def _recover_evidence(self) -> None:
+        try:
+            from barecount_provider.evidence import scheduler as evidence
+
+            evidence.recover()
+        except Exception:
+            EMIT_FAILURES.record("evidence", "recover")
+            log.warning("BareCount could not look for runs left unsealed", exc_info=True)
+
+    def _last_evidence_tick(self) -> None:
         try:
             from barecount_provider.evidence import scheduler as evidence
 
@@ -257,12 +320,16 @@ class SchedulerSide:
             "start_date": dag_run.start_date,
             "end_date": dag_run.end_date or datetime.now(UTC),
             "queued_at": getattr(dag_run, "queued_at", None),
+            "run_type": _run_type(dag_run),
             "dag": getattr(dag_run, "dag", None),
             "conf_keys": frozenset(getattr(dag_run, "conf", None) or {}),
         }
         self.submit(lambda: self._dag_run_finished(**snapshot))
 
-    def _dag_run_finished(self, dag_id: str, run_id: str, state: str, start_date: Any, end_date: Any, queued_at: Any, dag: Any, conf_keys: frozenset[str]) -> None:
+    def _dag_run_finished(
+        self, dag_id: str, run_id: str, state: str, start_date: Any, end_date: Any, queued_at: Any, dag: Any,
+        conf_keys: frozenset[str], run_type: str | None = None,
+    ) -> None:
         tenant, pipeline = self.tenant_of(dag_id, dag, conf_keys)
         if self.opted_out(dag_id):
             return
@@ -303,6 +370,7 @@ class SchedulerSide:
                 tenant=tenant,
                 pipeline=pipeline,
                 rows=tries,
+                run_type=run_type,
             )
         if config.file_sink_on():
             filesink.append_event(
@@ -431,6 +499,7 @@ class SchedulerSide:
         self.prepare()
         self._sampler = threading.Thread(target=self._sample_loop, name="barecount-in-flight", daemon=True)
         self._sampler.start()
+        self._stop_at_exit()
 
     def _sample_loop(self) -> None:
         interval = config.in_flight_interval_seconds()
@@ -490,6 +559,7 @@ class SchedulerSide:
             return False
         self._forwarder = forwarder
         forwarder.advertise()
+        self._stop_at_exit()
         return True
 
     def check_forwarder(self) -> bool:
@@ -507,11 +577,19 @@ class SchedulerSide:
         return True
 
     def stop(self) -> None:
+        """The scheduler stops: this side's jobs run (bounded), the forwarder makes its last round (the
+        entries the last task processes handed off reach the store), then the runs waiting for entries are
+        tried a last time; those still within their grace period stay in the pending table, and the next
+        scheduler to start seals them (evidence/scheduler.py ``recover``)."""
         self._stop.set()
-        self.drain(timeout_s=config.emit_timeout_ms() / 1000.0 + 1.0)  # this side's points: to the spool
+        bound = config.emit_timeout_ms() / 1000.0 + 1.0
+        self.drain(timeout_s=bound)  # this side's points: to the spool
         if self._forwarder is not None:
             self._forwarder.withdraw()
             self._forwarder.stop()  # a last round: what the last task processes spooled
+        if config.evidence_on() and self._thread is not None:  # (a worker idle since the stop has returned)
+            self.submit(self._last_evidence_tick)
+            self.drain(timeout_s=bound + 5.0)
 
 
 @functools.cache
