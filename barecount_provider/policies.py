@@ -26,6 +26,10 @@ runner sets its parsing context (``airflow.sdk.get_parsing_context()``) to the r
 processor, the scheduler, the CLI, ``dag.test()``, a test) no task is set and every task is handled. The
 policies cost a task process about 6 µs for each other task in its file instead of about 19 µs
 (``benchmarks/bench_policy.py``).
+
+Importing this module also extends Airflow's secrets masker (:func:`extend_masker_at_settings_load`): Airflow
+imports it in every process when it loads its settings, plugins loaded or not, so task log files are masked
+on every executor with Airflow's defaults (docs/logging.md).
 """
 
 from __future__ import annotations
