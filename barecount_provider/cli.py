@@ -106,10 +106,31 @@ def doctor_report() -> dict[str, Any]:
         "sinks": sinks,
         "evidence": evidence,
         "emit_failures": emit_failures,
+        "masking": _doctor_masking(),
         "warnings": warnings,
         "problems": problems,
         "ok": problems == 0,
     }
+
+
+def _doctor_masking() -> dict[str, Any]:
+    """Where Airflow's secrets masker is extended: at settings load, by the ``airflow.policy`` entry point (every
+    Airflow process, whatever ``[core] lazy_load_plugins`` says), and by the plugin where Airflow loads it."""
+    from importlib.metadata import entry_points
+
+    from barecount_provider import policies
+    from barecount_provider.telemetry.redaction import is_installed_in_airflow_masker
+
+    entry_point = any(point.value.startswith("barecount_provider.policies") for point in entry_points(group="airflow.policy"))
+    at_settings_load = entry_point and policies.MASKER_EXTENDED_AT_SETTINGS_LOAD
+    active = is_installed_in_airflow_masker()
+    if at_settings_load:
+        where = "extended at settings load in every Airflow process (airflow.policy entry point), and at plugin load"
+    elif active:
+        where = "extended at plugin load only: processes that do not load plugins (a Celery worker) do not mask BareCount's patterns"
+    else:
+        where = "NOT extended: the task log files carry only Airflow's own masking"
+    return {"entry_point": entry_point, "at_settings_load": at_settings_load, "active_here": active, "status": where}
 
 
 def _not_checked(bad: set[str], *options: str) -> str | None:
@@ -319,6 +340,7 @@ def _print_doctor(report: dict[str, Any]) -> None:
         if waiting:
             print("    (delivered by the next task that reaches the store, or `barecount evidence flush`)")
     _print_emit_failures(report["emit_failures"])
+    print(f"\nMasking: {report['masking']['status']}")
     for warning in report["warnings"]:
         print(f"\nWARNING: {warning}")
     problems = report["problems"]
@@ -592,6 +614,10 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
 
     from barecount_provider.telemetry import spool
 
+    if args.check:
+        healthy, line = spool.check_heartbeat(args.max_age)
+        print(line, flush=True)
+        return 0 if healthy else 1
     stop = threading.Event()
     if args.loop:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a last round, then exit 0
@@ -611,6 +637,14 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
             pass
         return True
 
+    # A loop is quiet by default (one line at start, then only problems); --verbose or --json: every round.
+    every_round = not args.loop or args.verbose or args.json
+    if args.loop and not args.quiet and not every_round:
+        print(
+            f"BareCount forwarder: pid {os.getpid()}, spool {spool.spool_dir()}, a round every {args.loop:g} s, "
+            f"heartbeat {spool.heartbeat_path()} (check: barecount telemetry forward --check)",
+            flush=True,
+        )
     while True:
         # Decided before the round: a stop that comes during a round may follow files that round did not
         # see (its claim was made already), so the round after the stop is the last one.
@@ -618,11 +652,20 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
         # In the loop the OTLP exports are batched (OTEL_BSP_SCHEDULE_DELAY, OTEL_METRIC_EXPORT_INTERVAL);
         # a single round, and the last one, export everything.
         result = spool.flush_spool(batch=bool(args.loop) and not stopping)
+        if args.loop:
+            spool.write_heartbeat(result, args.loop)
         if not args.quiet:
             if args.json:
                 print(json.dumps(result), flush=True)
-            else:
+            elif every_round:
                 print(", ".join(f"{key} {value}" for key, value in result.items()), flush=True)
+            elif spool.LAST_ROUND_FAILURES or result.get("busy"):
+                problems = ", ".join(f"{key} {n}" for key, n in spool.LAST_ROUND_FAILURES.items())
+                print(
+                    f"BareCount forwarder: round with problems: {problems or 'previous round still running (busy)'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if not args.loop or stopping:
             return 0
         try:
@@ -1085,6 +1128,21 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     forward.add_argument("--loop", type=seconds, metavar="SECONDS", help="forward every SECONDS until interrupted")
     forward.add_argument("--json", action="store_true", help="print each round's counts as JSON")
     forward.add_argument("--quiet", action="store_true", help="print nothing (failures are counted and sent)")
+    forward.add_argument(
+        "--verbose", action="store_true", help="with --loop: print each round's counts (default: one line at start, then only problems)"
+    )
+    forward.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 when the forwarder's last round (its heartbeat, telemetry_dir/forwarder.heartbeat) is recent, "
+        "1 otherwise; one line",
+    )
+    forward.add_argument(
+        "--max-age",
+        type=seconds,
+        metavar="SECONDS",
+        help="with --check: how recent the last round must be (default: 3 x the loop's interval)",
+    )
     forward.add_argument(
         "--parent-pid",
         type=whole_number(1),

@@ -26,6 +26,10 @@ runner sets its parsing context (``airflow.sdk.get_parsing_context()``) to the r
 processor, the scheduler, the CLI, ``dag.test()``, a test) no task is set and every task is handled. The
 policies cost a task process about 6 µs for each other task in its file instead of about 19 µs
 (``benchmarks/bench_policy.py``).
+
+Importing this module also extends Airflow's secrets masker (:func:`extend_masker_at_settings_load`): Airflow
+imports it in every process when it loads its settings, plugins loaded or not, so task log files are masked
+on every executor with Airflow's defaults (docs/logging.md).
 """
 
 from __future__ import annotations
@@ -43,6 +47,39 @@ from barecount_provider import config, context, pools
 log = logging.getLogger(__name__)
 
 hookimpl = pluggy.HookimplMarker("airflow.policy")
+
+
+# ------------------------------------------------------------------------------ the masker, in every process
+
+MASKER_EXTENDED_AT_SETTINGS_LOAD = False
+"""Whether :func:`extend_masker_at_settings_load` extended Airflow's secrets masker in this process."""
+
+
+def extend_masker_at_settings_load() -> bool:
+    """Extend Airflow's secrets masker with BareCount's patterns and key names, and register this process's
+    sensitively named environment variables (:func:`~barecount_provider.telemetry.redaction.install_in_airflow_masker`).
+
+    Called when Airflow imports this module: ``airflow.settings.initialize()`` loads the ``airflow.policy``
+    entry points (``load_policy_plugins``) in every process that imports Airflow, before it configures logging,
+    whatever ``[core] lazy_load_plugins`` says. So the extension is active in every process that supervises
+    tasks (a LocalExecutor worker, a Celery worker and the pool processes it forks, ``airflow tasks run`` in a
+    Kubernetes pod, the triggerer, the DAG processor) with Airflow's defaults, while plugins are loaded in
+    some of them only. The plugin installs it again when it is loaded (idempotent), adding the component-log
+    processor, which needs the logging Airflow configures after this point. Never raises; with
+    ``[barecount] enabled = False`` it does nothing."""
+    global MASKER_EXTENDED_AT_SETTINGS_LOAD
+    try:
+        if not config.enabled():
+            return False
+        from barecount_provider.telemetry.redaction import install_in_airflow_masker
+
+        MASKER_EXTENDED_AT_SETTINGS_LOAD = install_in_airflow_masker(component_logs=False)
+    except Exception:  # an invalid option is reported where the plugin loads; never fail Airflow's start
+        log.debug("BareCount could not extend Airflow's secrets masker at settings load", exc_info=True)
+    return MASKER_EXTENDED_AT_SETTINGS_LOAD
+
+
+extend_masker_at_settings_load()
 
 
 # (id of the DAG whose tasks the policy handles now, the running try's (dag_id, task_id) or None): set by

@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -795,8 +796,13 @@ def flush_spool(timeout_ms: int | None = None, batch: bool = False) -> dict[str,
     job or a sidecar loop."""
     if not (enabled() or handoff_configured()):
         return {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
+    global LAST_ROUND_FAILURES
     write_pending()  # what this process spooled itself
     result = get_forwarder().forward(timeout_ms, batch=batch)
+    try:
+        LAST_ROUND_FAILURES = {f"{sink}/{stage}": n for (sink, stage), n in sorted(EMIT_FAILURES.counts.items())}
+    except Exception:
+        LAST_ROUND_FAILURES = {}
     try:
         from barecount_provider.telemetry.metrics import get_direct_emitter
 
@@ -806,6 +812,72 @@ def flush_spool(timeout_ms: int | None = None, batch: bool = False) -> dict[str,
         pass
     return result
 
+
+LAST_ROUND_FAILURES: dict[str, int] = {}
+"""This process's own failures (``sink/stage``: count) counted until the end of its last :func:`flush_spool`."""
+
+HEARTBEAT_FILE = "forwarder.heartbeat"
+
+
+def heartbeat_path() -> str:
+    """The forwarder's heartbeat: ``telemetry_dir/forwarder.heartbeat``."""
+    return os.path.join(config.telemetry_dir(), HEARTBEAT_FILE)
+
+
+def write_heartbeat(result: dict[str, int], interval_s: float | None, failures: dict[str, int] | None = None) -> bool:
+    """Replace the heartbeat with this round's: its time, this process's pid and host, the loop's interval,
+    the round's counts and its failures (``last_error``: the round's failures, None when it had none). Written
+    to a temporary file and renamed, so a reader never sees half of it. Returns whether it was written; never
+    raises (a failure is counted, ``spool/heartbeat``)."""
+    failures = LAST_ROUND_FAILURES if failures is None else failures
+    beat = {
+        "time": time.time(),
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "interval_s": interval_s,
+        "counts": result,
+        "failures": failures,
+        "last_error": ", ".join(f"{key} {n}" for key, n in failures.items()) or None,
+    }
+    path = heartbeat_path()
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(beat, file)
+        os.replace(temporary, path)
+        return True
+    except Exception:
+        EMIT_FAILURES.record("spool", "heartbeat")
+        log.debug("BareCount could not write the forwarder's heartbeat %s", path, exc_info=True)
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        return False
+
+
+def check_heartbeat(max_age_s: float | None = None, now: float | None = None) -> tuple[bool, str]:
+    """Whether the forwarder's last round is recent: younger than ``max_age_s`` (default: three times the
+    interval its heartbeat records, or 60 s when it records none), and one line saying why."""
+    path = heartbeat_path()
+    try:
+        with open(path, encoding="utf-8") as file:
+            beat = json.load(file)
+        when = float(beat["time"])
+    except FileNotFoundError:
+        return False, f"no forwarder heartbeat at {path}: no `barecount telemetry forward --loop` has run a round"
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        return False, f"unreadable forwarder heartbeat {path}: {err}"
+    interval = beat.get("interval_s")
+    if max_age_s is None:
+        max_age_s = 3 * float(interval) if isinstance(interval, (int, float)) and interval > 0 else 60.0
+    age = (time.time() if now is None else now) - when
+    where = f"pid {beat.get('pid')} on {beat.get('host')}"
+    error = f"; last round's failures: {beat['last_error']}" if beat.get("last_error") else ""
+    if age > max_age_s:
+        return False, f"forwarder STALE: last round {age:.0f} s ago (more than {max_age_s:g} s), {where}{error}"
+    return True, f"forwarder ok: last round {max(age, 0.0):.0f} s ago (at most {max_age_s:g} s), {where}{error}"
 
 
 class ForwarderProcess:
