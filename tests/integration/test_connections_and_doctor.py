@@ -247,6 +247,14 @@ def test_json_output_is_alone_on_stdout_with_the_s3_store_and_a_connection_from_
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert json.loads(shown.stdout)["record_id"] == record["record_id"]
 
+    verified = _barecount("evidence", "verify", "--json")
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    assert json.loads(verified.stdout)["intact"] is True  # every body read back from the bucket
+
+    costs = _barecount("cost", "report", "--since", "2026-11-01", "--json")
+    assert costs.returncode == 0, costs.stderr[-2000:]
+    json.loads(costs.stdout)
+
     doctor = _barecount("doctor", "--json")
     assert doctor.returncode == 0, doctor.stdout[-2000:] + doctor.stderr[-2000:]
     assert json.loads(doctor.stdout)["evidence"]["probe"].startswith("ok (")
