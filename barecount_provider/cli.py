@@ -246,7 +246,7 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
     except Exception as err:
         result["problem"] = f"UNREACHABLE: {type(err).__name__}: {err}"
         return result
-    result["checkpoints"] = _doctor_checkpoints()
+    result["checkpoints"] = _doctor_checkpoints(bad)
     if result["checkpoints"].get("problem"):
         result["problem"] = f"checkpoints: {result['checkpoints']['problem']}"
     return result
@@ -277,9 +277,12 @@ def _probe_bodies(bodies: Any) -> str:
     return f"ok (wrote, read back and deleted {location})"
 
 
-def _doctor_checkpoints() -> dict[str, Any]:
+def _doctor_checkpoints(bad: set[str]) -> dict[str, Any]:
     """Signed checkpoints (``[barecount] evidence_checkpoint_*``): the key's connection and the location,
     probed as the store is; ``off`` when no connection is set."""
+    skipped = _not_checked(bad, "evidence_checkpoint_conn_id", "evidence_checkpoint_location")
+    if skipped:
+        return {"status": skipped, "problem": None}
     conn_id = config.evidence_checkpoint_conn_id()
     if not conn_id:
         return {"status": "off (no [barecount] evidence_checkpoint_conn_id)", "problem": None}
