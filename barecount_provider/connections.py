@@ -9,6 +9,8 @@
   for processes that run outside a task, ``airflow.models.connection.Connection.get_connection_from_secrets``
   (``[secrets] backend``, then ``AIRFLOW_CONN_*`` environment variables, then the metadata database).
 
+On both paths Airflow registers the connection's password and extra with its secrets masker.
+
 Why: since Airflow 3, ``BaseHook.get_connection`` always goes through the Task SDK; outside a task the SDK
 falls back to the environment and external backends only (no metadata database), so a connection created with
 ``airflow connections add`` or in the UI was "not found", and the amazon hooks went on with no credentials
