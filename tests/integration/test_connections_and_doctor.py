@@ -274,3 +274,29 @@ def test_doctor_says_the_probe_is_left_where_its_delete_is_refused(tmp_path: Pat
     assert status.startswith("ok (wrote and read back doctor-probe-")
     assert status.endswith("left there, delete refused: PermissionError: delete refused)")
     assert len([name for name in os.listdir(tmp_path) if name.startswith("doctor-probe-")]) == 1
+
+
+def test_a_task_and_the_sealing_reach_the_bucket_with_a_connection_from_the_metadata_database(
+    moto_server: MotoServer, s3_from_db: dict[str, str]
+) -> None:
+    """In a task (dag.test(): the Task SDK's in-process supervisor) the connection comes through the Task SDK;
+    the sealing, outside a task, through Airflow's own lookup: both reach the bucket."""
+    import importlib.util
+
+    from barecount_provider.evidence import scheduler as evidence
+
+    path = Path(__file__).resolve().parents[2] / "dags" / "example_zero_code.py"
+    spec = importlib.util.spec_from_file_location("barecount_example_zero_code_s3", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    evidence.clear_caches()
+    run = module.dag.test()
+    record = evidence.seal_run(module.dag.dag_id, run.run_id, grace_seconds=0)
+    assert record is not None and record["complete"] is True and record["absent"] == []
+    entries = moto_server.client("s3").list_objects_v2(
+        Bucket=BUCKET, Prefix=f"{s3_from_db['prefix']}/entries/{module.dag.dag_id}/"
+    )
+    written_by_tasks = [entry for entry in record["entries"] if entry["source"] == "task"]
+    assert entries["KeyCount"] == len(written_by_tasks) > 0, [entry["source"] for entry in record["entries"]]
+    evidence.clear_caches()
