@@ -242,18 +242,86 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
     )  # fmt: skip
     if skipped:
         return {"status": skipped, "problem": None}
-    result: dict[str, Any] = {"problem": None}
+    kind = config.evidence_store()
+    where = config.evidence_dir() if kind == "local" else f"s3://{config.evidence_s3_bucket()}/{config.evidence_s3_prefix()}"
+    result: dict[str, Any] = {"store": f"{kind} {where}", "problem": None}
+    if kind == "s3":
+        result["bucket"] = config.evidence_s3_bucket()
+        result["aws_conn_id"] = config.evidence_aws_conn_id()
+    try:
+        from sqlalchemy.engine import make_url
+
+        result["index"] = make_url(config.evidence_index_url()).render_as_string(hide_password=True)
+    except Exception:
+        result["index"] = "(not a database URL)"
     try:
         from barecount_provider.evidence import spool
         from barecount_provider.evidence.store import open_store
 
         store = open_store(timeout_ms=config.evidence_store_timeout_ms())
-        where = config.evidence_dir() if store.kind == "local" else f"s3://{config.evidence_s3_bucket()}/{config.evidence_s3_prefix()}"
-        result["store"] = f"{store.kind} {where}"
         result["index"] = store.index.engine.url.render_as_string(hide_password=True)
+        result["probe"] = _probe_bodies(store.bodies)
         result["tenant_chains"] = len(store.index.tenants())
         result["spool"] = spool.spool_dir()
         result["spooled"] = len(spool.spooled())
+    except Exception as err:
+        result["problem"] = f"UNREACHABLE: {type(err).__name__}: {err}"
+        return result
+    result["checkpoints"] = _doctor_checkpoints(bad)
+    if result["checkpoints"].get("problem"):
+        result["problem"] = f"checkpoints: {result['checkpoints']['problem']}"
+    return result
+
+
+_PROBE_PREFIX = "doctor-probe"
+"""Where `barecount doctor` writes its probe objects (never read as an entry, a record or a checkpoint)."""
+
+
+def _probe_bodies(bodies: Any) -> str:
+    """Write a probe object through ``bodies`` (an evidence store's ``LocalBodies`` / ``S3Bodies``), read it
+    back, delete it; the probe is left (and said so) where the delete is refused (e.g. Object Lock)."""
+    import uuid
+
+    name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}.json"
+    # S3: under a prefix of its own (a lifecycle rule or Object Lock exemption can name it); a local store:
+    # a file in its root, so that nothing (not even an empty directory) is left
+    key = f"{_PROBE_PREFIX}-{name}" if hasattr(bodies, "root") else f"{_PROBE_PREFIX}/{name}"
+    token = uuid.uuid4().hex
+    location = bodies.put(key, {"barecount_doctor_probe": token})
+    read = bodies.get(location)
+    if not read or read.get("barecount_doctor_probe") != token:
+        raise RuntimeError(f"probe {location} written but not read back")
+    try:
+        bodies.delete(location)
+    except Exception as err:
+        return f"ok (wrote and read back {location}; left there, delete refused: {type(err).__name__}: {err})"
+    return f"ok (wrote, read back and deleted {location})"
+
+
+def _doctor_checkpoints(bad: set[str]) -> dict[str, Any]:
+    """Signed checkpoints (``[barecount] evidence_checkpoint_*``): the key's connection and the location,
+    probed as the store is; ``off`` when no connection is set."""
+    skipped = _not_checked(bad, "evidence_checkpoint_conn_id", "evidence_checkpoint_location")
+    if skipped:
+        return {"status": skipped, "problem": None}
+    conn_id = config.evidence_checkpoint_conn_id()
+    if not conn_id:
+        return {"status": "off (no [barecount] evidence_checkpoint_conn_id)", "problem": None}
+    location = config.evidence_checkpoint_location()
+    result: dict[str, Any] = {"conn_id": conn_id, "location": location, "problem": None}
+    try:
+        from barecount_provider.connections import s3_client
+        from barecount_provider.evidence.checkpoint import private_key_from_connection
+        from barecount_provider.evidence.store import LocalBodies, S3Bodies
+
+        private_key_from_connection(conn_id)
+        result["key"] = f"ok (Airflow connection {conn_id!r})"
+        if location.startswith("s3://"):
+            bucket, _, prefix = location.removeprefix("s3://").partition("/")
+            bodies: Any = S3Bodies(s3_client(config.evidence_aws_conn_id()), bucket, prefix)
+        else:
+            bodies = LocalBodies(location)
+        result["probe"] = _probe_bodies(bodies)
     except Exception as err:
         result["problem"] = f"UNREACHABLE: {type(err).__name__}: {err}"
     return result
@@ -328,17 +396,28 @@ def _print_doctor(report: dict[str, Any]) -> None:
         print(f"  {sink['sink']}: {sink['target']}: {sink['status']}" if sink["target"] else f"  {sink['sink']}: {sink['status']}")
     evidence = report["evidence"]
     print("\nEvidence")
-    if evidence.get("problem"):
-        print(f"  {evidence['problem']}")
-    elif "status" in evidence:
+    if "status" in evidence:
         print(f"  {evidence['status']}")
     else:
-        waiting = evidence["spooled"]
-        print(f"  store: {evidence['store']}")
-        print(f"  index: {evidence['index']}: ok ({evidence['tenant_chains']} tenant chain(s))")
-        print(f"  spool: {evidence['spool']}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")
-        if waiting:
-            print("    (delivered by the next task that reaches the store, or `barecount evidence flush`)")
+        print(f"  store: {evidence['store']}" + (f" (bucket {evidence['bucket']}, connection {evidence['aws_conn_id']!r})" if "bucket" in evidence else ""))
+        if "probe" in evidence:
+            print(f"    probe: {evidence['probe']}")
+        chains = f": ok ({evidence['tenant_chains']} tenant chain(s))" if "tenant_chains" in evidence else ""
+        print(f"  index: {evidence['index']}{chains}")
+        if "spooled" in evidence:
+            waiting = evidence["spooled"]
+            print(f"  spool: {evidence['spool']}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")
+            if waiting:
+                print("    (delivered by the next task that reaches the store, or `barecount evidence flush`)")
+        checkpoints = evidence.get("checkpoints")
+        if checkpoints and "status" in checkpoints:
+            print(f"  checkpoints: {checkpoints['status']}")
+        elif checkpoints:
+            print(f"  checkpoints: {checkpoints['location']} (key: Airflow connection {checkpoints['conn_id']!r})")
+            if "probe" in checkpoints:
+                print(f"    probe: {checkpoints['probe']}")
+        if evidence.get("problem"):
+            print(f"  {evidence['problem']}")
     _print_emit_failures(report["emit_failures"])
     print(f"\nMasking: {report['masking']['status']}")
     for warning in report["warnings"]:

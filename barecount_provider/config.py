@@ -297,7 +297,8 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "string",
         "aws_default",
         "aws_evidence",
-        "The Airflow AWS connection of the s3 store.",
+        "The Airflow AWS connection of the s3 store (and of an s3:// checkpoint location): [secrets] backend, "
+        "AIRFLOW_CONN_* variables, then the metadata database.",
     ),
     "evidence_grace_seconds": (
         "integer",

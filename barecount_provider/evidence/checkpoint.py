@@ -104,9 +104,9 @@ def key_id(key: Ed25519PublicKey) -> str:
 def private_key_from_connection(conn_id: str) -> Ed25519PrivateKey:
     """The private key held by Airflow connection ``conn_id`` (any secrets backend): its password, or its
     extra's ``private_key``, as PEM or the base64 of the raw 32 bytes."""
-    from airflow.sdk import BaseHook
+    from barecount_provider.connections import get_connection
 
-    connection = BaseHook.get_connection(conn_id)
+    connection = get_connection(conn_id)
     extra = connection.extra_dejson or {}
     text = connection.password or extra.get("private_key") or ""
     if not text:
@@ -247,12 +247,12 @@ class S3Checkpoints:
 def open_location(location: str, *, aws_conn_id: str, lock_days: int) -> CheckpointStore:
     """A checkpoint store: ``s3://bucket/prefix`` (through the amazon provider's S3Hook) or a directory."""
     if location.startswith("s3://"):
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+        from barecount_provider.connections import s3_client
 
         bucket, _, prefix = location.removeprefix("s3://").partition("/")
         if not bucket:
             raise ValueError(f"[barecount] evidence_checkpoint_location: {location!r} names no bucket (expected s3://bucket/prefix)")
-        return S3Checkpoints(S3Hook(aws_conn_id=aws_conn_id).get_conn(), bucket, prefix, lock_days)
+        return S3Checkpoints(s3_client(aws_conn_id), bucket, prefix, lock_days)
     return LocalCheckpoints(location)
 
 

@@ -814,8 +814,9 @@ def _cost_lines(record: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _s3_client(timeout_ms: int | None = None) -> Any:
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from botocore.config import Config
+
+    from barecount_provider.connections import s3_client
 
     kwargs: dict[str, Any] = {}
     if timeout_ms is not None:
@@ -823,7 +824,7 @@ def _s3_client(timeout_ms: int | None = None) -> Any:
         # a third each keeps one call within timeout_ms (measured: benchmarks/bench_evidence_store_down.py).
         seconds = max(0.05, timeout_ms / 1000.0 / 3)
         kwargs["config"] = Config(connect_timeout=seconds, read_timeout=seconds, retries={"total_max_attempts": 1})
-    return S3Hook(aws_conn_id=config.evidence_aws_conn_id(), **kwargs).get_conn()
+    return s3_client(config.evidence_aws_conn_id(), **kwargs)
 
 
 def open_store(*, kind: str | None = None, index_url: str | None = None, timeout_ms: int | None = None) -> EvidenceStore:
