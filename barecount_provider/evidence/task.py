@@ -93,7 +93,8 @@ def try_facts(
         "started_at": started_at,
         "ended_at": ended_at,
         "queued_at": getattr(ti, "queued_dttm", None),
-        "host": this_host(),  # the worker running this try (once per process)
+        # the worker running this try: the task SDK sets ti.hostname (Airflow's get_hostname) as the try starts
+        "host": getattr(ti, "hostname", None) or this_host(),
         "duration_s": duration_s,
         "metrics": metrics,
         "trace": trace,

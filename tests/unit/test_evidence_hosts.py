@@ -132,10 +132,10 @@ def cli_reason() -> str:
 # ----------------------------------------------------------------------- the host of each try
 
 
-def _facts(monkeypatch: pytest.MonkeyPatch, host: str | None) -> dict[str, Any]:
+def _facts(monkeypatch: pytest.MonkeyPatch, host: str | None, ti_hostname: str | None = None) -> dict[str, Any]:
     monkeypatch.setattr(task_module, "this_host", lambda: host)
     ctx = SimpleNamespace(**_ctx("t"), metric_tags=lambda: {})
-    ti = SimpleNamespace(task=None, queued_dttm=None)
+    ti = SimpleNamespace(task=None, queued_dttm=None, hostname=ti_hostname)
     facts = task_module.try_facts(
         ctx, ti, state="success", started_at=T0, ended_at=T0 + timedelta(seconds=2), duration_s=2.0,
         metrics={}, trace=None, error=None,
@@ -147,6 +147,11 @@ def test_the_task_process_names_its_host_in_the_entry(monkeypatch: pytest.Monkey
     facts = _facts(monkeypatch, "worker-1")
     entry = task_module.entry_from_facts(facts, costed=True)
     assert entry["host"] == "worker-1"
+
+
+def test_the_task_process_takes_the_host_the_task_sdk_set_on_its_task_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = _facts(monkeypatch, "not-asked", ti_hostname="worker-3")  # RuntimeTaskInstance.hostname
+    assert task_module.entry_from_facts(facts, costed=True)["host"] == "worker-3"
 
 
 def test_an_entry_the_forwarder_builds_names_the_host_of_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
