@@ -212,15 +212,16 @@ LOCAL_STORE_FIX = (
 
 
 def local_store_exception(
-    store_kind: str, tenant: str, entries: Iterable[Mapping[str, Any]], scheduler_host: str | None
+    store_kind: str, tenant: str, run_hosts: Iterable[str | None], scheduler_host: str | None
 ) -> dict[str, Any] | None:
     """The record's policy exception when the ``local`` store seals a run whose tries ran elsewhere: on more
-    than one host, or on a host other than the scheduler's (``scheduler_host``). The local store only sees
-    the entries written on its own machine: the others' are stranded on their disks, and their tries are
-    absent. None when the store is not ``local`` or every try ran here (or names no host)."""
+    than one host, or on a host other than the scheduler's (``scheduler_host``). ``run_hosts``: the hosts
+    the run's entries name and those Airflow's task instances name. The local store only sees the entries
+    written on its own machine: the others' are stranded on their disks, and their tries are absent. None
+    when the store is not ``local`` or every try ran here (or names no host)."""
     if store_kind != "local":
         return None
-    hosts = sorted({str(entry["host"]) for entry in entries if entry.get("host")})
+    hosts = sorted({str(host) for host in run_hosts if host})
     if not hosts or (len(hosts) == 1 and (scheduler_host is None or hosts[0] == scheduler_host)):
         return None
     return {
@@ -292,7 +293,8 @@ def assemble(
             entries[key] = airflow_entry(run, t, absent=t.had_process)
         else:
             entries[key] = with_host(with_queued_at(entries[key], t), t)
-    exception = local_store_exception(store.kind, run.tenant, entries.values(), this_host())
+    run_hosts = [entry.get("host") for entry in entries.values()] + [t.hostname for t in expected]
+    exception = local_store_exception(store.kind, run.tenant, run_hosts, this_host())
     record = build_record(
         dag_id=run.dag_id,
         run_id=run.run_id,

@@ -221,9 +221,16 @@ def test_no_exception_when_every_try_ran_on_the_schedulers_machine(store: Eviden
 
 
 def test_a_shared_store_is_never_flagged() -> None:
-    entries = [{"host": "worker-1"}, {"host": "worker-2"}]
-    assert assemble_module.local_store_exception("s3", "acme", entries, "sched") is None
-    assert assemble_module.local_store_exception("local", "acme", entries, "sched") is not None
+    hosts = ["worker-1", "worker-2", None]
+    assert assemble_module.local_store_exception("s3", "acme", hosts, "sched") is None
+    assert assemble_module.local_store_exception("local", "acme", hosts, "sched") is not None
+
+
+def test_airflows_hostname_counts_even_where_the_entry_names_its_own(store: EvidenceStore) -> None:
+    store.put_entry(_entry("t", host="sched"))
+    record = _seal(store, _rows(("t", "worker-1")))
+    assert record["entries"][0]["host"] == "sched"  # the task's own word is kept in the entry
+    assert record["policy"]["exceptions"][0]["hosts"] == ["sched", "worker-1"]
 
 
 def test_the_start_warning_names_the_hosts_other_than_this_one() -> None:
