@@ -26,6 +26,7 @@ def prepare() -> None:
     import barecount_provider.cost  # noqa: F401
     from barecount_provider.evidence import record, spool  # noqa: F401
 
+    record.this_host()  # Airflow's hostname_callable, imported and asked here, once
     store = _store()
     with store.index.engine.connect():
         pass
