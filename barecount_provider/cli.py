@@ -264,6 +264,17 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
         result["tenant_chains"] = len(store.index.tenants())
         result["spool"] = spool.spool_dir()
         result["spooled"] = len(spool.spooled())
+        if store.kind == "local":  # a local store used by several machines: their entries never reach it
+            from barecount_provider.evidence.assemble import LOCAL_STORE_FIX, runs_on_several_hosts
+
+            count, latest = runs_on_several_hosts(store)
+            result["hosts"] = (
+                f"WARNING: {count} run(s) sealed with tries from other machines (latest: {latest['dag_id']} "
+                f"{latest['run_id']} on {latest['hosts']}; this store is on {latest['scheduler_host']}): their entries "
+                f"are absent; fix: {LOCAL_STORE_FIX}"
+                if count and latest is not None
+                else "every sealed run's tries ran on this machine"
+            )
     except Exception as err:
         result["problem"] = f"UNREACHABLE: {type(err).__name__}: {err}"
         return result
@@ -409,6 +420,8 @@ def _print_doctor(report: dict[str, Any]) -> None:
             print(f"  spool: {evidence['spool']}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")
             if waiting:
                 print("    (delivered by the next task that reaches the store, or `barecount evidence flush`)")
+        if evidence.get("hosts"):
+            print(f"  hosts: {evidence['hosts']}")
         checkpoints = evidence.get("checkpoints")
         if checkpoints and "status" in checkpoints:
             print(f"  checkpoints: {checkpoints['status']}")

@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from barecount_provider import context, db
-from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record
+from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record, this_host
 from barecount_provider.evidence.store import EvidenceStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,18 @@ pending_table = sa.Table(
 )
 _PENDING_READY: set[int] = set()
 _PENDING_LOCK = threading.Lock()
+
+# Runs of the local store whose tries ran on another machine than the scheduler's, or on several: the
+# evidence index's database keeps them for `barecount doctor` (see local_store_exception).
+hosts_table = sa.Table(
+    "barecount_evidence_hosts",
+    pending_metadata,
+    sa.Column("dag_id", sa.String(250), primary_key=True),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("hosts", sa.Text, nullable=False),  # the hosts named by the run's tries, comma-separated
+    sa.Column("scheduler_host", sa.String(250)),
+    sa.Column("seen_epoch", sa.Float, nullable=False),
+)
 
 
 def pending_engine(store: EvidenceStore) -> sa.Engine:
@@ -127,8 +139,18 @@ def expected_tries(rows: Iterable[Mapping[str, Any]]) -> list[ExpectedTry]:
             started_at=row.get("start_date"),
             ended_at=row.get("end_date"),
             queued_at=row.get("queued_dttm"),
+            hostname=row.get("hostname") or None,  # Airflow keeps "" until a worker took the try
         )
     return [tries[key] for key in sorted(tries)]
+
+
+def with_hosts(rows: list[dict[str, Any]], hosts: Mapping[tuple[str, int, int], str]) -> list[dict[str, Any]]:
+    """``rows`` (see :func:`expected_tries`) with each try's ``hostname`` from ``hosts`` ((task_id, map_index,
+    try_number) -> hostname, from Airflow's task instance records) where the row has none."""
+    return [
+        row if row.get("hostname") else {**row, "hostname": hosts.get((str(row["task_id"]), int(row.get("map_index", -1)), int(row.get("try_number") or 0)))}
+        for row in rows
+    ]
 
 
 def airflow_entry(run: PendingRun, expected: ExpectedTry, *, absent: bool) -> dict[str, Any]:
@@ -155,6 +177,7 @@ def airflow_entry(run: PendingRun, expected: ExpectedTry, *, absent: bool) -> di
         started_at=expected.started_at,
         ended_at=expected.ended_at,
         queued_at=expected.queued_at,
+        host=expected.hostname,
     )
     entry["absent"] = absent  # True: the try had a task process, but its own entry never arrived
     return entry
@@ -169,6 +192,85 @@ def with_queued_at(entry: dict[str, Any], expected: ExpectedTry) -> dict[str, An
     if expected.queued_at is None or not isinstance(timings, dict) or timings.get("queued_at") is not None:
         return entry
     return {**entry, "timings": {**timings, "queued_at": _iso(expected.queued_at)}}
+
+
+def with_host(entry: dict[str, Any], expected: ExpectedTry) -> dict[str, Any]:
+    """``entry`` with its ``host`` from Airflow's task instance record (its ``hostname``: the worker that ran
+    the try) when it names none: an entry written before hosts were recorded, or a task process that could
+    not name its machine."""
+    if entry.get("host") or not expected.hostname:
+        return entry
+    return {**entry, "host": expected.hostname}
+
+
+LOCAL_STORE_RULE = "evidence_store_one_host"
+LOCAL_STORE_FIX = (
+    "use the s3 store with a shared index ([barecount] evidence_store = s3, the same evidence_s3_bucket and "
+    "evidence_index_url on every machine), and task_outputs = forwarder with barecount telemetry forward beside "
+    "each worker (docs/evidence.md, Stores)"
+)
+
+
+def local_store_exception(
+    store_kind: str, tenant: str, run_hosts: Iterable[str | None], scheduler_host: str | None
+) -> dict[str, Any] | None:
+    """The record's policy exception when the ``local`` store seals a run whose tries ran elsewhere: on more
+    than one host, or on a host other than the scheduler's (``scheduler_host``). ``run_hosts``: the hosts
+    the run's entries name and those Airflow's task instances name. The local store only sees the entries
+    written on its own machine: the others' are stranded on their disks, and their tries are absent. None
+    when the store is not ``local`` or every try ran here (or names no host)."""
+    if store_kind != "local":
+        return None
+    hosts = sorted({str(host) for host in run_hosts if host})
+    if not hosts or (len(hosts) == 1 and (scheduler_host is None or hosts[0] == scheduler_host)):
+        return None
+    return {
+        "rule": LOCAL_STORE_RULE,
+        "tenant": tenant,
+        "limit": f"one host: the local store reads only the entries written on {scheduler_host or 'its own machine'}",
+        "requested": hosts,
+        "hosts": hosts,
+        "scheduler_host": scheduler_host,
+        "fix": LOCAL_STORE_FIX,
+    }
+
+
+_WARNED: dict[tuple[str, str], None] = {}  # runs already named in the log (once per run; the last 1000)
+
+
+def _warn_hosts(store: EvidenceStore, run: PendingRun, exception: Mapping[str, Any]) -> None:
+    """Say it once per run in the component log, and keep it for `barecount doctor`; never raises."""
+    key = (run.dag_id, run.run_id)
+    if key not in _WARNED:
+        _WARNED[key] = None
+        while len(_WARNED) > 1000:
+            _WARNED.pop(next(iter(_WARNED)))
+        log.warning(
+            "BareCount's local evidence store sealed %s %s with tries from %s (this scheduler: %s): entries "
+            "written on other machines never reach it and their tries are absent; fix: %s",
+            run.dag_id, run.run_id, ", ".join(exception["hosts"]), exception["scheduler_host"], LOCAL_STORE_FIX,
+        )  # fmt: skip
+    try:
+        engine = pending_engine(store)
+        values = {"hosts": ",".join(exception["hosts"]), "scheduler_host": exception["scheduler_host"], "seen_epoch": time.time()}
+        with engine.begin() as connection:
+            done = connection.execute(
+                sa.update(hosts_table).where(hosts_table.c.dag_id == run.dag_id, hosts_table.c.run_id == run.run_id).values(**values)
+            ).rowcount
+            if not done:
+                connection.execute(sa.insert(hosts_table).values(dag_id=run.dag_id, run_id=run.run_id, **values))
+    except Exception:
+        log.debug("BareCount could not note the hosts of %s %s", run.dag_id, run.run_id, exc_info=True)
+
+
+def runs_on_several_hosts(store: EvidenceStore) -> tuple[int, dict[str, Any] | None]:
+    """How many runs the local store sealed with tries from other machines, and the latest of them
+    (dag_id, run_id, hosts, scheduler_host) for `barecount doctor`."""
+    engine = pending_engine(store)
+    with engine.connect() as connection:
+        count = int(connection.scalar(sa.select(sa.func.count()).select_from(hosts_table)) or 0)
+        latest = connection.execute(sa.select(hosts_table).order_by(hosts_table.c.seen_epoch.desc()).limit(1)).first()
+    return count, (dict(latest._mapping) if latest is not None else None)
 
 
 def assemble(
@@ -190,7 +292,9 @@ def assemble(
         if key not in entries:
             entries[key] = airflow_entry(run, t, absent=t.had_process)
         else:
-            entries[key] = with_queued_at(entries[key], t)
+            entries[key] = with_host(with_queued_at(entries[key], t), t)
+    run_hosts = [entry.get("host") for entry in entries.values()] + [t.hostname for t in expected]
+    exception = local_store_exception(store.kind, run.tenant, run_hosts, this_host())
     record = build_record(
         dag_id=run.dag_id,
         run_id=run.run_id,
@@ -204,15 +308,19 @@ def assemble(
         absent=[t.key(run.dag_id, run.run_id) for t in missing],
         run_type=run.run_type,
         trace_id=trace_id,
+        exceptions=[exception] if exception is not None else [],
     )
-    return store.append(record)
+    stored = store.append(record)
+    if exception is not None:
+        _warn_hosts(store, run, exception)
+    return stored
 
 
 class Assembler:
     """Finished runs wait here until :func:`assemble` seals them; :meth:`tick` retries the waiting ones.
 
-    ``load_tries(dag_id, run_id)`` reads Airflow's task instances (scheduler side's reader); ``open_store``
-    gives the store. Nothing here raises into its caller: a failure is logged, counted by the caller's
+    ``load_tries(dag_id, run_id)`` reads Airflow's task instances (scheduler side's reader); ``load_hosts``
+    the hostname of each of the run's tries (see :func:`with_hosts`); ``open_store`` gives the store. Nothing here raises into its caller: a failure is logged, counted by the caller's
     ``on_error`` and retried at the next tick.
     """
 
@@ -222,9 +330,10 @@ class Assembler:
         load_tries: Callable[[str, str], list[dict[str, Any]]],
         grace_seconds: Callable[[], int],
         on_error: Callable[[str], None] = lambda what: None,
+        load_hosts: Callable[[str, str], Mapping[tuple[str, int, int], str]] | None = None,
     ) -> None:
         self._open_store, self._load_tries, self._grace = open_store, load_tries, grace_seconds
-        self._on_error = on_error
+        self._on_error, self._load_hosts = on_error, load_hosts
         self.pending: dict[tuple[str, str], PendingRun] = {}
         self.sealed: list[dict[str, Any]] = []  # the last few sealed records (for `barecount` and the tests)
         self._lock = threading.Lock()
@@ -251,7 +360,10 @@ class Assembler:
         store: EvidenceStore | None = None
         try:
             store = self._open_store()
-            expected = expected_tries(rows if rows is not None else self._load_tries(run.dag_id, run.run_id))
+            tries = rows if rows is not None else self._load_tries(run.dag_id, run.run_id)
+            if self._load_hosts is not None and any(not row.get("hostname") for row in tries):
+                tries = with_hosts(tries, self._load_hosts(run.dag_id, run.run_id))
+            expected = expected_tries(tries)
             record = assemble(
                 store,
                 run,

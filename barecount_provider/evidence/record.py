@@ -14,6 +14,7 @@ of a tenant breaks the chain at that point, which :func:`verify_chain` names.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -67,6 +68,18 @@ def try_key(dag_id: str, run_id: str, task_id: str, map_index: int, try_number: 
     return f"{task_id}{suffix}#{try_number}"
 
 
+@functools.cache
+def this_host() -> str | None:
+    """This machine's name as Airflow names it (``[core] hostname_callable``, the name a task instance's
+    ``hostname`` carries); None when it cannot be had. Once per process."""
+    try:
+        from airflow.utils.net import get_hostname
+
+        return str(get_hostname()) or None
+    except Exception:
+        return None
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -96,9 +109,11 @@ def build_entry(
     approvals: Sequence[Mapping[str, Any]] = (),
     error: Mapping[str, Any] | None = None,
     written_at: str | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """One task try's entry. ``context`` is a RunContext's fields (see CONTEXT_FIELDS); ``source`` is
-    ``task`` (written by the task process) or ``airflow`` (built from Airflow's records)."""
+    ``task`` (written by the task process) or ``airflow`` (built from Airflow's records); ``host``: the
+    machine that ran the try (Airflow's ``hostname_callable``), None when unknown."""
     ctx = {name: context.get(name) for name in CONTEXT_FIELDS}
     start, end = _iso(started_at), _iso(ended_at)
     duration = None
@@ -124,6 +139,7 @@ def build_entry(
         "entry_id": str(ctx.get("run_token") or f"{ctx['dag_id']}/{ctx['run_id']}/{key}"),
         "key": key,
         "source": source,
+        "host": host,
         "context": ctx,
         "state": state,
         "timings": {"queued_at": _iso(queued_at), "started_at": start, "ended_at": end, "duration_s": duration},
@@ -159,6 +175,7 @@ class ExpectedTry:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     queued_at: datetime | None = None
+    hostname: str | None = None  # the task instance's hostname (the worker that ran it), when Airflow has it
 
     def key(self, dag_id: str, run_id: str) -> str:
         return try_key(dag_id, run_id, self.task_id, self.map_index, self.try_number)
@@ -178,8 +195,14 @@ def build_record(
     absent: Sequence[str] = (),
     run_type: str | None = None,
     trace_id: str | None = None,
+    exceptions: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The run's record, without its chain (``append`` of a store sets ``chain``)."""
+    """The run's record, without its chain (``append`` of a store sets ``chain``). ``exceptions``: the
+    record's own policy exceptions (found at sealing), after those of its entries.
+
+    The cost is complete only when every try's cost is known: a try whose entry is ``absent`` has an
+    unknown cost (listed in ``cost.absent``; ``cost.unknown`` lists the entries whose cost is unknown, so a
+    try is in one list only), and ``total_usd`` stays the sum of the costs that are known."""
     entry_list = sorted((dict(entry) for entry in entries), key=lambda entry: entry["key"])
     by_state: dict[str, int] = {}
     for entry in entry_list:
@@ -206,7 +229,8 @@ def build_record(
             if isinstance(value, int | float):
                 line[name] += float(value)
     validations = [v for entry in entry_list for v in entry.get("policy", {}).get("validations", [])]
-    exceptions = [v for entry in entry_list for v in entry.get("policy", {}).get("exceptions", [])]
+    policy_exceptions = [v for entry in entry_list for v in entry.get("policy", {}).get("exceptions", [])]
+    policy_exceptions += [dict(exception) for exception in exceptions]
     approvals = [a for entry in entry_list for a in entry.get("approvals", [])]
     digests: dict[tuple[str, str], str] = {}
     for entry in entry_list:
@@ -234,8 +258,9 @@ def build_record(
         "metrics": {"tries": len(entry_list), "by_state": dict(sorted(by_state.items()))},
         "cost": {
             "total_usd": round(cost_total, 10),
-            "complete": not unknown,
+            "complete": not unknown and not absent,
             "unknown": unknown,
+            "absent": sorted(absent),
             "currency": "USD",
             "basis": sorted(basis),
             "price_tables": [json.loads(table) for table in sorted(tables)],
@@ -244,7 +269,7 @@ def build_record(
                 for k, line in sorted(lines.items())
             ],
         },
-        "policy": {"validations": validations, "exceptions": exceptions},
+        "policy": {"validations": validations, "exceptions": policy_exceptions},
         "approvals": approvals,
         "digests": [{"kind": k[0], "value": k[1], "first_seen": seen} for k, seen in sorted(digests.items())],
         "entries": entry_list,

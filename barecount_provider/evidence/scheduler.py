@@ -26,6 +26,7 @@ def prepare() -> None:
     import barecount_provider.cost  # noqa: F401
     from barecount_provider.evidence import record, spool  # noqa: F401
 
+    record.this_host()  # Airflow's hostname_callable, imported and asked here, once
     store = _store()
     with store.index.engine.connect():
         pass
@@ -47,7 +48,70 @@ def get_assembler() -> Assembler:
     from barecount_provider.telemetry.scheduler_side import get_scheduler_side
 
     side = get_scheduler_side()
-    return Assembler(_store, side._load_tries, config.evidence_grace_seconds, on_error=_error)
+    return Assembler(_store, side._load_tries, config.evidence_grace_seconds, on_error=_error, load_hosts=load_hosts)
+
+
+def load_hosts(dag_id: str, run_id: str) -> dict[tuple[str, int, int], str]:
+    """(task_id, map_index, try_number) -> the hostname Airflow recorded for each try of the run (its task
+    instances and their history): the worker that ran it, for the entries that name none and to tell a
+    ``local`` store used by several machines."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    hosts: dict[tuple[str, int, int], str] = {}
+    with create_session() as session:
+        for model in (TaskInstanceHistory, TaskInstance):
+            query = select(model.task_id, model.map_index, model.try_number, model.hostname).where(
+                model.dag_id == dag_id, model.run_id == run_id
+            )
+            for row in session.execute(query):
+                if row.hostname:
+                    hosts[(str(row.task_id), int(row.map_index), int(row.try_number or 0))] = str(row.hostname)
+    return hosts
+
+
+def other_hosts(seen: set[str], own: str | None) -> list[str]:
+    """The hosts of ``seen`` other than ``own`` (this machine); without a name for this machine, all of
+    them when there are several."""
+    if own:
+        return sorted(seen - {own})
+    return sorted(seen) if len(seen) > 1 else []
+
+
+def warn_hosts_at_start(*, now: datetime | None = None) -> list[str]:
+    """With the ``local`` store: the hosts other than this scheduler's that ran tries in the last
+    :data:`RECOVER_DAYS` days (Airflow's task instances), said in the component log when the scheduler
+    starts. Their entries are written to their own disks, which this store never reads. Raises on a
+    database error (the caller counts it)."""
+    if not config.evidence_on() or config.evidence_store() != "local":
+        return []
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from barecount_provider.evidence.assemble import LOCAL_STORE_FIX
+    from barecount_provider.evidence.record import this_host
+
+    since = (now or datetime.now(UTC)) - timedelta(days=RECOVER_DAYS)
+    with create_session() as session:
+        seen = {
+            str(host)
+            for host in session.scalars(
+                select(TaskInstance.hostname).where(TaskInstance.end_date >= since, TaskInstance.hostname != "").distinct()
+            )
+            if host
+        }
+    own = this_host()
+    others = other_hosts(seen, own)
+    if others:
+        log.warning(
+            "BareCount's evidence store is local (on %s) but tries ran on %s in the last %d days: their entries "
+            "stay on those machines and their runs are sealed incomplete; fix: %s",
+            own or "this machine", ", ".join(others), RECOVER_DAYS, LOCAL_STORE_FIX,
+        )  # fmt: skip
+    return others
 
 
 def run_finished(
@@ -116,6 +180,11 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
     from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
 
     now = now or datetime.now(UTC)
+    try:
+        warn_hosts_at_start(now=now)
+    except Exception:  # a warning only: recovery goes on
+        log.debug("BareCount could not read the hosts of the recent tries", exc_info=True)
+        _error("hosts")
     store = _store()
     remembered = set(assemble_module.stored_pending(store))
     since = _seen_since(store)
@@ -205,7 +274,7 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from barecount_provider.evidence.assemble import assemble, expected_tries
+    from barecount_provider.evidence.assemble import assemble, expected_tries, with_hosts
     from barecount_provider.telemetry.filesink import state_name
     from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
 
@@ -240,7 +309,7 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
     return assemble(
         _store(),
         run,
-        expected_tries(side._load_tries(dag_id, run_id)),
+        expected_tries(with_hosts(side._load_tries(dag_id, run_id), load_hosts(dag_id, run_id))),
         now=datetime.now(UTC),
         grace=timedelta(seconds=grace),
         trace_id=f"{context.trace_id_for(dag_id, run_id):032x}",

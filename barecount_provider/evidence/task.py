@@ -14,7 +14,7 @@ import barecount_provider.telemetry.spool as telemetry_spool
 from barecount_provider import config
 from barecount_provider.cost import cost_metric_points, estimate
 from barecount_provider.evidence import spool as evidence_spool
-from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
+from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry, this_host
 from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def try_facts(
     emitter: Any = None,
 ) -> dict[str, Any]:
     """What only the task process knows of this try, under :data:`PENDING_ENTRY`: its RunContext's fields,
-    state, times, resource usage, trace ids, error, the metric tags (when ``emitter`` has a sink) and what
+    state, times, host, resource usage, trace ids, error, the metric tags (when ``emitter`` has a sink) and what
     BareCount's operators left on the task. :func:`entry_from_facts` makes the entry of them, in the task
     process (:func:`build_try_entry`) or, for a try handed off, in the forwarder (:func:`deliver_entry`),
     where the task process pays for the facts only. The times stay datetimes: the spool's encoder writes
@@ -93,6 +93,8 @@ def try_facts(
         "started_at": started_at,
         "ended_at": ended_at,
         "queued_at": getattr(ti, "queued_dttm", None),
+        # the worker running this try: the task SDK sets ti.hostname (Airflow's get_hostname) as the try starts
+        "host": getattr(ti, "hostname", None) or this_host(),
         "duration_s": duration_s,
         "metrics": metrics,
         "trace": trace,
@@ -142,6 +144,7 @@ def entry_from_facts(facts: dict[str, Any], *, emitter: Any = None, costed: bool
         },
         approvals=list(facts.get("barecount_approvals") or []),
         error=facts.get("error"),
+        host=facts.get("host"),
     )
     for name, field in (("barecount_replay_outcome", "replay"), ("barecount_dead_letters", "dead_letters")):
         value = facts.get(name)

@@ -71,6 +71,10 @@ def test_the_run_is_sealed_complete_and_valid(sealed: tuple[str, dict[str, Any]]
     # written by the task processes themselves; the skipped try never had one: built from Airflow's records
     assert {key for key, entry in by_key.items() if entry["source"] == "task"} == set(by_key) - {"notify_on_failure#0"}
     assert by_key["notify_on_failure#0"]["source"] == "airflow"
+    # each try that reached the worker names its host; one machine, so no local-store exception
+    hosts = {by_key[key]["host"] for key in by_key if key != "notify_on_failure#0"}
+    assert len(hosts) == 1 and None not in hosts
+    assert not [e for e in record["policy"]["exceptions"] if e["rule"] == "evidence_store_one_host"]
     retried = by_key["transform#1"]
     assert retried["error"]["error_class"] and retried["trace"]["trace_id"] == record["trace_id"]
     assert retried["log"]["location"].endswith("task_id=transform/attempt=1.log")

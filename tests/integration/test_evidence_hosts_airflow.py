@@ -1,0 +1,97 @@
+"""Hosts from Airflow's own records: a dag.test() run's entries name this machine, and when Airflow's task
+instances say another machine ran a try, the ``local`` store's record, the start warning and the hosts
+loaded at sealing all name it."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from barecount_provider import config
+from barecount_provider.evidence import assemble as assemble_module
+from barecount_provider.evidence import scheduler as evidence
+from barecount_provider.evidence.record import this_host
+from barecount_provider.evidence.store import EvidenceStore, LocalBodies
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _dag(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"barecount_{name}", REPO / "dags" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+@pytest.fixture
+def evidence_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    config.cache_clear()
+    evidence.clear_caches()
+    yield tmp_path / "evidence"
+    evidence.clear_caches()
+
+
+def test_hosts_come_from_the_task_and_from_airflows_task_instances(
+    airflow_db: None, evidence_dir: Path, tmp_path: Path
+) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    dag = _dag("example_zero_code")
+    run = dag.test()
+    record = evidence.seal_run(dag.dag_id, run.run_id, grace_seconds=0)
+    assert record is not None and this_host()
+    ran = [entry for entry in record["entries"] if entry["state"] not in ("skipped", "upstream_failed")]
+    assert ran and {entry["host"] for entry in ran} == {this_host()}
+    assert all(
+        entry["host"] is None for entry in record["entries"] if entry not in ran
+    )  # never reached a worker
+    assert record["policy"]["exceptions"] == []
+
+    run = dag.test()  # a second run, whose first task Airflow says ran on another machine
+    task_id = sorted(ti.task_id for ti in run.get_task_instances())[0]
+    with create_session() as session:
+        session.execute(
+            update(TaskInstance)
+            .where(
+                TaskInstance.dag_id == dag.dag_id,
+                TaskInstance.run_id == run.run_id,
+                TaskInstance.task_id == task_id,
+            )
+            .values(hostname="worker-elsewhere")
+        )
+    assert evidence.load_hosts(dag.dag_id, run.run_id)[(task_id, -1, 1)] == "worker-elsewhere"
+    # the run was sealed as it ended (dag.test's listener): seal it again into a fresh store with its entries
+    fresh = EvidenceStore(
+        LocalBodies(str(tmp_path / "fresh")), f"sqlite:///{tmp_path / 'fresh' / 'index.db'}", "local"
+    )
+    for entry in evidence._store().entries_for_run(dag.dag_id, run.run_id):
+        fresh.put_entry(entry)
+    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+
+    rows = assemble_module.with_hosts(
+        get_scheduler_side()._load_tries(dag.dag_id, run.run_id), evidence.load_hosts(dag.dag_id, run.run_id)
+    )
+    pending = assemble_module.PendingRun(
+        dag_id=dag.dag_id, run_id=run.run_id, tenant="acme", pipeline="orders", state="success",
+        started_at=run.start_date, ended_at=run.end_date,
+    )  # fmt: skip
+    record = assemble_module.assemble(
+        fresh, pending, assemble_module.expected_tries(rows), now=run.end_date, grace=timedelta(0)
+    )
+    assert record is not None
+    (exception,) = record["policy"]["exceptions"]
+    assert exception["rule"] == assemble_module.LOCAL_STORE_RULE
+    assert exception["hosts"] == sorted({this_host(), "worker-elsewhere"})
+    assert "worker-elsewhere" in evidence.warn_hosts_at_start()  # the start warning, from Airflow's records
+    assert this_host() not in evidence.warn_hosts_at_start()
