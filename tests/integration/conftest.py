@@ -7,8 +7,10 @@ which echoes the event). moto's request recorder (``/moto-api/recorder/``) shows
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,8 +19,11 @@ from typing import Any
 
 import pytest
 
-# Before moto is imported: its request recorder reads the file path once.
-os.environ.setdefault("MOTO_RECORDER_FILEPATH", os.path.join(tempfile.mkdtemp(prefix="barecount-moto-"), "requests.jsonl"))
+# Before moto is imported: its request recorder reads the file path once. The directory is removed at exit.
+if "MOTO_RECORDER_FILEPATH" not in os.environ:
+    _recorder_dir = tempfile.mkdtemp(prefix="barecount-moto-")
+    atexit.register(shutil.rmtree, _recorder_dir, True)
+    os.environ["MOTO_RECORDER_FILEPATH"] = os.path.join(_recorder_dir, "requests.jsonl")
 
 REGION = "us-east-1"
 MOTO_CONN_ID = "aws_moto"
