@@ -28,9 +28,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from barecount_provider import context, db
+from barecount_provider import context
 from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record, this_host
-from barecount_provider.evidence.store import EvidenceStore
+from barecount_provider.evidence.store import EvidenceStore, hosts_table, pending_table
 
 log = logging.getLogger(__name__)
 
@@ -54,44 +54,9 @@ class PendingRun:
     remembered: bool = False  # in the pending table (remember_pending): removed from it when sealed
 
 
-# Runs waiting to be sealed, kept where a restarted scheduler finds them: the evidence index's database.
-pending_metadata = sa.MetaData()
-pending_table = sa.Table(
-    "barecount_evidence_pending",
-    pending_metadata,
-    sa.Column("dag_id", sa.String(250), primary_key=True),
-    sa.Column("run_id", sa.String(250), primary_key=True),
-    sa.Column("added_epoch", sa.Float, nullable=False),
-)
-_PENDING_READY: set[int] = set()
-_PENDING_LOCK = threading.Lock()
-
-# Runs of the local store whose tries ran on another machine than the scheduler's, or on several: the
-# evidence index's database keeps them for `barecount doctor` (see local_store_exception).
-hosts_table = sa.Table(
-    "barecount_evidence_hosts",
-    pending_metadata,
-    sa.Column("dag_id", sa.String(250), primary_key=True),
-    sa.Column("run_id", sa.String(250), primary_key=True),
-    sa.Column("hosts", sa.Text, nullable=False),  # the hosts named by the run's tries, comma-separated
-    sa.Column("scheduler_host", sa.String(250)),
-    sa.Column("seen_epoch", sa.Float, nullable=False),
-)
-
-
-def pending_engine(store: EvidenceStore) -> sa.Engine:
-    engine = store.index.engine
-    if id(engine) not in _PENDING_READY:
-        with _PENDING_LOCK:
-            if id(engine) not in _PENDING_READY:
-                db.create_tables(pending_metadata, engine)
-                _PENDING_READY.add(id(engine))
-    return engine
-
-
 def remember_pending(store: EvidenceStore, dag_id: str, run_id: str) -> None:
     """Keep a run waiting to be sealed in the store's index database (idempotent)."""
-    engine = pending_engine(store)
+    engine = store.index.engine
     with engine.begin() as connection:
         exists = connection.execute(
             sa.select(pending_table.c.dag_id).where(pending_table.c.dag_id == dag_id, pending_table.c.run_id == run_id)
@@ -104,14 +69,14 @@ def remember_pending(store: EvidenceStore, dag_id: str, run_id: str) -> None:
 
 
 def forget_pending(store: EvidenceStore, dag_id: str, run_id: str) -> None:
-    engine = pending_engine(store)
+    engine = store.index.engine
     with engine.begin() as connection:
         connection.execute(sa.delete(pending_table).where(pending_table.c.dag_id == dag_id, pending_table.c.run_id == run_id))
 
 
 def stored_pending(store: EvidenceStore) -> list[tuple[str, str]]:
     """The runs a scheduler left waiting to be sealed (dag_id, run_id), oldest first."""
-    engine = pending_engine(store)
+    engine = store.index.engine
     with engine.connect() as connection:
         rows = connection.execute(
             sa.select(pending_table.c.dag_id, pending_table.c.run_id).order_by(pending_table.c.added_epoch)
@@ -251,7 +216,7 @@ def _warn_hosts(store: EvidenceStore, run: PendingRun, exception: Mapping[str, A
             run.dag_id, run.run_id, ", ".join(exception["hosts"]), exception["scheduler_host"], LOCAL_STORE_FIX,
         )  # fmt: skip
     try:
-        engine = pending_engine(store)
+        engine = store.index.engine
         values = {"hosts": ",".join(exception["hosts"]), "scheduler_host": exception["scheduler_host"], "seen_epoch": time.time()}
         with engine.begin() as connection:
             done = connection.execute(
@@ -266,7 +231,7 @@ def _warn_hosts(store: EvidenceStore, run: PendingRun, exception: Mapping[str, A
 def runs_on_several_hosts(store: EvidenceStore) -> tuple[int, dict[str, Any] | None]:
     """How many runs the local store sealed with tries from other machines, and the latest of them
     (dag_id, run_id, hosts, scheduler_host) for `barecount doctor`."""
-    engine = pending_engine(store)
+    engine = store.index.engine
     with engine.connect() as connection:
         count = int(connection.scalar(sa.select(sa.func.count()).select_from(hosts_table)) or 0)
         latest = connection.execute(sa.select(hosts_table).order_by(hosts_table.c.seen_epoch.desc()).limit(1)).first()

@@ -247,13 +247,11 @@ def _seen_since(store: EvidenceStore) -> datetime | None:
     records or the pending table's rows (a margin for runs sealed out of order); None when both are empty."""
     import sqlalchemy as sa
 
-    from barecount_provider.evidence import assemble as assemble_module
-    from barecount_provider.evidence.store import records_table
+    from barecount_provider.evidence.store import pending_table, records_table
 
     with store.index.engine.connect() as connection:
         ended = connection.scalar(sa.select(sa.func.min(records_table.c.ended_epoch)))
-    with assemble_module.pending_engine(store).connect() as connection:
-        added = connection.scalar(sa.select(sa.func.min(assemble_module.pending_table.c.added_epoch)))
+        added = connection.scalar(sa.select(sa.func.min(pending_table.c.added_epoch)))
     epochs = [float(value) for value in (ended, added) if value]
     if not epochs:
         return None

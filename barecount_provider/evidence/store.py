@@ -115,6 +115,27 @@ digests_table = sa.Table(
     sa.Column("first_record_id", sa.String(64), nullable=False),
 )
 
+# Runs waiting to be sealed, kept where a restarted scheduler finds them (evidence/assemble.py).
+pending_table = sa.Table(
+    "barecount_evidence_pending",
+    metadata,
+    sa.Column("dag_id", sa.String(250), primary_key=True),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("added_epoch", sa.Float, nullable=False),
+)
+
+# Runs of the local store whose tries ran on another machine than the scheduler's, or on several: kept for
+# `barecount doctor` (see evidence/assemble.py local_store_exception).
+hosts_table = sa.Table(
+    "barecount_evidence_hosts",
+    metadata,
+    sa.Column("dag_id", sa.String(250), primary_key=True),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("hosts", sa.Text, nullable=False),  # the hosts named by the run's tries, comma-separated
+    sa.Column("scheduler_host", sa.String(250)),
+    sa.Column("seen_epoch", sa.Float, nullable=False),
+)
+
 COST_GROUPS = ("tenant", "pipeline", "runner_class", "size", "dag_id")
 
 
