@@ -1167,7 +1167,7 @@ def _add_evidence_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "algorithm in docs/evidence.md). With --since: from the first record that ended then to the head.",
     )
     export.add_argument("--tenant", required=True, help="the tenant")
-    export.add_argument("--since", help=f"from the first record that ended at or after: {times}")
+    export.add_argument("--since", type=time_value, help=f"from the first record that ended at or after: {times}")
     export.add_argument("--out", required=True, metavar="FILE", help="the bundle's file (JSON)")
     export.set_defaults(func=cmd_evidence_export)
     redact = evidence_sub.add_parser(

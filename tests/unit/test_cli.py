@@ -144,6 +144,9 @@ BAD_VALUES = [
     (["telemetry", "forward"], "--loop", "inf", "'inf' is not a number > 0"),
     (["telemetry", "forward"], "--parent-pid", "0", "0 is out of range"),
     (["pools", "check"], "--timeout", "-1", "'-1' is not a number > 0"),
+    (["evidence", "export", "--tenant", "acme", "--out", "bundle.json"], "--since", "abc", "'abc' is neither an ISO 8601 time"),
+    (["telemetry", "forward", "--check"], "--max-age", "-1", "'-1' is not a number > 0"),
+    (["replay", "status"], "--lease-seconds", "0", "'0' is not a number > 0"),
 ]
 
 
