@@ -142,31 +142,45 @@ def run_finished(
     return get_assembler().run_finished(run, rows)
 
 
-def tick() -> list[dict[str, Any]]:
-    """Retry the waiting runs (sealed ones are returned)."""
+def tick(now: datetime | None = None) -> list[dict[str, Any]]:
+    """Retry the waiting runs (sealed ones are returned), after looking again at the runs :func:`recover`
+    left to be looked at again whose time has come."""
     if not config.evidence_on():
         return []
+    now = now or datetime.now(UTC)
+    due = [key for key, at in _LOOK_AGAIN.items() if at <= now]
+    if due:
+        recover(now=now, only=due)  # raises like recover: the caller counts it, the runs stay due
+        for key in due:
+            _LOOK_AGAIN.pop(key, None)
     assembler = get_assembler()
-    return assembler.tick() if assembler.pending else []
+    return assembler.tick(now) if assembler.pending else []
 
 
 RECOVER_DAYS = 7
 """How far back a starting scheduler looks for finished runs with entries but no record."""
 
+_LOOK_AGAIN: dict[tuple[str, str], datetime] = {}
+"""Runs :func:`recover` found with no entry yet that ended less than a grace period before: (dag_id, run_id)
+-> when :func:`tick` looks at them again (their end + the grace period)."""
 
-def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
+
+def recover(*, now: datetime | None = None, only: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """Queue for sealing every finished run a scheduler left unsealed (stopped, crashed or killed before the
     grace period ended, or before its background thread took the run's end); the scheduler side's thread
-    calls it once when the scheduler starts. Such a run is found two ways, both from what is stored:
+    calls it when the scheduler starts. Such a run is found two ways, both from what is stored:
 
     * in the pending table (:func:`~barecount_provider.evidence.assemble.remember_pending`): every run not
       sealed at once is written there and removed when sealed;
     * from Airflow's records: a DAG run that finished (success or failed) in the last :data:`RECOVER_DAYS`
-      days, has entries in the store and no record in the index.
+      days, has entries in the store and no record in the index. A run that ended less than a grace period
+      ago may have entries still on their way (spooled by a task whose forwarder was killed with the
+      scheduler, forwarded by the next one): with none yet, it is looked at again when its grace period
+      ends (:func:`tick`), and left alone if it has none then either.
 
-    Each is sealed with what is stored now (its tries from Airflow's database, its entries from the store),
-    at once when its grace period is over, else at a later tick. Returns the runs queued. Raises on a
-    database error (the caller counts it; the next start tries again)."""
+    ``only``: look at these runs alone (the ones due again). Each is sealed with what is stored now (its tries
+    from Airflow's database, its entries from the store), at once when its grace period is over, else at a
+    later tick. Returns the runs queued. Raises on a database error (the caller counts it and tries again)."""
     if not config.evidence_on():
         return []
     from airflow.models.dagrun import DagRun
@@ -186,8 +200,8 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
         log.debug("BareCount could not read the hosts of the recent tries", exc_info=True)
         _error("hosts")
     store = _store()
-    remembered = set(assemble_module.stored_pending(store))
-    since = _seen_since(store)
+    remembered = set(assemble_module.stored_pending(store)) if only is None else set()
+    since = _seen_since(store) if only is None else None
     columns = (DagRun.dag_id, DagRun.run_id, DagRun.state, DagRun.start_date, DagRun.end_date, DagRun.run_type)
     runs: dict[tuple[str, str], Any] = {}
     with create_session() as session:
@@ -197,7 +211,7 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
                 select(*columns).where(DagRun.state.in_(("success", "failed")), DagRun.end_date >= cutoff)
             ).all()
             runs.update({(row.dag_id, row.run_id): row for row in recent})
-        missing = [key for key in remembered if key not in runs]
+        missing = [key for key in (remembered if only is None else only) if key not in runs]
         for dag_id, run_id in missing:
             row = session.execute(select(*columns).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
             if row is not None:
@@ -211,6 +225,7 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
             sealed.update(connection.scalars(select(records_table.c.record_id).where(records_table.c.record_id.in_(chunk))))
     side = get_scheduler_side()
     assembler = get_assembler()
+    grace = timedelta(seconds=config.evidence_grace_seconds())
     tenants: dict[str, tuple[str, str]] = {}
     queued: list[tuple[str, str]] = []
     for record_id, key in sorted(ids.items(), key=lambda item: item[1]):
@@ -231,6 +246,9 @@ def recover(*, now: datetime | None = None) -> list[tuple[str, str]]:
                 assemble_module.forget_pending(store, dag_id, run_id)
             continue
         if key not in remembered and not store.entries_for_run(dag_id, run_id):
+            ended = row.end_date or now
+            if only is None and now < ended + grace:
+                _LOOK_AGAIN[key] = ended + grace  # its entries may be on their way
             continue  # no entry, never pending: a run BareCount did not see (evidence off at the time)
         run = PendingRun(
             dag_id=dag_id, run_id=run_id, tenant=tenant, pipeline=pipeline, state=state, started_at=row.start_date,
@@ -261,6 +279,7 @@ def _seen_since(store: EvidenceStore) -> datetime | None:
 def clear_caches() -> None:
     _store.cache_clear()
     get_assembler.cache_clear()
+    _LOOK_AGAIN.clear()
 
 
 def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> dict[str, Any] | None:

@@ -167,12 +167,14 @@ class SchedulerSide:
                 self.jobs.task_done()
 
     def _evidence_tick(self) -> None:
-        """Retry sealing the finished runs still waiting for late entries (evidence/assemble.py), and start
-        the spool's forwarder again if it died."""
+        """Retry sealing the finished runs still waiting for late entries (evidence/assemble.py), the look for
+        runs left unsealed if it failed at start, and start the spool's forwarder again if it died."""
         try:
             self.check_forwarder()
         except Exception:
             EMIT_FAILURES.record("spool", "forwarder_start")
+        if self._recover_failures:
+            self._recover_evidence()
         try:
             from barecount_provider.evidence import scheduler as evidence
 
@@ -187,14 +189,19 @@ class SchedulerSide:
         if config.evidence_on():
             self.submit(self._recover_evidence)
 
+    _recover_failures = 0  # since the last look for runs left unsealed that worked: retried at each tick
+
     def _recover_evidence(self) -> None:
         try:
             from barecount_provider.evidence import scheduler as evidence
 
             evidence.recover()
+            self._recover_failures = 0
         except Exception:
             EMIT_FAILURES.record("evidence", "recover")
-            log.warning("BareCount could not look for runs left unsealed", exc_info=True)
+            self._recover_failures += 1
+            if self._recover_failures == 1:  # said once; retried at every tick until it works
+                log.warning("BareCount could not look for runs left unsealed; tried again at every tick", exc_info=True)
 
     def _last_evidence_tick(self) -> None:
         try:

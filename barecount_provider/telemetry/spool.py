@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 SPOOL_DIR = "spool"
 SUFFIX = ".jsonl"
 FORWARD_INTERVAL_SECONDS = 2.0
-STALE_CLAIM_SECONDS = 600.0  # a claimed file whose forwarder died is taken over after this long
+STALE_CLAIM_SECONDS = 600.0  # a claim whose forwarder may still run (not seen gone) is taken over after this long
 MAX_FILES_PER_ROUND = 5000
 JOURNAL = "journal.open"
 """The file every process appends its records to, one line each, holding :data:`JOURNAL_LOCK` while it opens
@@ -479,13 +479,14 @@ def _claim(directory: str, limit: int) -> list[str]:
     claims = os.path.join(directory, f".forwarding-{os.getpid()}")
     claimed: list[str] = []
     now = time.time()
-    # Files claimed by a forwarder that died (stale) are taken over.
+    # Files claimed by a forwarder that died are taken over: at once when its process is gone (the spool is
+    # this machine's own), else once the claim is stale.
     try:
         for entry in os.listdir(directory):
             if entry.startswith(".forwarding-") and entry != os.path.basename(claims):
                 other = os.path.join(directory, entry)
                 try:
-                    if now - os.stat(other).st_mtime > STALE_CLAIM_SECONDS:
+                    if _claimer_gone(entry) or now - os.stat(other).st_mtime > STALE_CLAIM_SECONDS:
                         names.extend(os.path.join(entry, name) for name in sorted(os.listdir(other)))
                 except OSError:
                     continue
@@ -503,6 +504,22 @@ def _claim(directory: str, limit: int) -> list[str]:
             continue  # another forwarder was quicker
         claimed.append(target)
     return claimed
+
+
+def _claimer_gone(claim: str) -> bool:
+    """Whether the forwarder that named a claim directory ``.forwarding-<pid>`` no longer runs on this
+    machine (killed with SIGKILL, say, with files claimed and not yet forwarded)."""
+    try:
+        pid = int(claim.removeprefix(".forwarding-"))
+    except ValueError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by another user
+        return False
+    return False
 
 
 @dataclasses.dataclass

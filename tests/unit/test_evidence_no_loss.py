@@ -179,3 +179,32 @@ def test_a_stopping_scheduler_seals_the_runs_whose_entries_came_in_time(monkeypa
     record = store.get(rec.record_id_for("orders", "r1"))
     assert record is not None and record["complete"] is True
     assert assemble_module.stored_pending(store) == []
+
+
+def test_a_failed_look_for_runs_left_unsealed_is_tried_again_at_every_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look for runs left unsealed runs once at start; when it fails (the metadata database locked, say)
+    it is tried again at the next tick instead of waiting for the next start, and only until it works."""
+    from barecount_provider.evidence import scheduler as evidence
+    from barecount_provider.telemetry import scheduler_side
+
+    calls: list[str] = []
+
+    def recover() -> list[tuple[str, str]]:
+        calls.append("recover")
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+        return []
+
+    side = scheduler_side.SchedulerSide()
+    monkeypatch.setattr(evidence, "recover", recover)
+    monkeypatch.setattr(evidence, "tick", lambda: [])
+    monkeypatch.setattr(side, "check_forwarder", lambda: False)
+    from barecount_provider.telemetry.metrics import EmitFailures
+
+    failures = EmitFailures()  # this test's own: no other test's thread reports these
+    monkeypatch.setattr(scheduler_side, "EMIT_FAILURES", failures)
+    side._recover_evidence()
+    assert failures.counts[("evidence", "recover")] == 1  # counted, never raised
+    side._evidence_tick()
+    side._evidence_tick()
+    assert calls == ["recover", "recover"]

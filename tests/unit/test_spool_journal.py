@@ -10,6 +10,8 @@ import fcntl
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -140,3 +142,28 @@ def test_a_line_that_is_not_utf8_costs_only_itself_and_is_counted(spool_home):
     _spool_one("after")
     assert _forward_once(str(spool_home)) == ["before", "after"]
     assert metrics.EMIT_FAILURES.counts == {("spool", "read"): 1}
+
+
+def test_files_claimed_by_a_forwarder_killed_with_sigkill_are_taken_over_at_once(spool_home):
+    """A forwarder killed (SIGKILL) between claiming its files and forwarding them leaves them in its
+    ``.forwarding-<pid>`` directory: the next forwarder takes them over in its first round, not after
+    ``STALE_CLAIM_SECONDS`` (the claim is seconds old). A live forwarder's fresh claim is left alone."""
+    _spool_one("left-behind")
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead_claim = spool_home / f".forwarding-{victim.pid}"
+        dead_claim.mkdir()
+        (pending,) = [p for p in spool_home.iterdir() if p.name.endswith(spool.SUFFIX)] or [None]
+        if pending is None:  # still in the journal: seal it the way a forwarder does, then move it
+            spool._seal_journal(str(spool_home))
+            (pending,) = [p for p in spool_home.iterdir() if p.name.endswith(spool.SUFFIX)]
+        os.rename(pending, dead_claim / pending.name)
+        live_claim = spool_home / f".forwarding-{os.getppid()}"  # a process that runs (this one's parent)
+        live_claim.mkdir()
+        (live_claim / "other.jsonl").write_text("")
+        assert _forward_once(str(spool_home)) == []  # its forwarder still runs: nothing taken over yet
+    finally:
+        victim.kill()
+        victim.wait()
+    assert _forward_once(str(spool_home)) == ["left-behind"]
+    assert (live_claim / "other.jsonl").exists()
