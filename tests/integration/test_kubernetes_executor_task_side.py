@@ -230,7 +230,8 @@ def test_a_subprocess_standing_in_for_a_kubernetes_pod_writes_its_tries_to_s3_an
     assert row is not None and row["location"].startswith(f"s3://{BUCKET}/{PREFIX}/records/acme/")
     reports = store.verify_report("acme")
     assert reports["acme"].intact, reports["acme"].problems
-    assert not (scheduler_home / "evidence" / "spool").exists()  # nothing of the pod's read from this disk
+    sealed = {e["entry_id"] for e in record["entries"] if e["source"] == "task"}
+    assert sealed == {e["entry_id"] for e in from_tasks.values()}  # the bucket's, read over the network
 
     # Spans and StatsD: sent by the task process (no forwarder ran), one span and one point per try.
     spans = [s for s in _json_lines(telemetry / "spans.jsonl") if s["name"].startswith("task_try ")]
