@@ -448,17 +448,29 @@ def _parse_env_name_patterns(text: str) -> tuple[str, ...]:
     return patterns
 
 
-def _parse_public_key(text: str) -> str:
-    if text and not text.startswith("-----BEGIN"):
-        import base64
-        import binascii
+def decode_key_text(text: str) -> bytes | str:
+    """An Ed25519 key written as text: a PEM block (returned as is) or the base64 of the key's raw 32 bytes
+    (returned decoded); otherwise a ValueError saying which it is not. The one reading of key text, for
+    ``evidence_checkpoint_public_key`` here and for the keys evidence/checkpoint.py loads with
+    ``cryptography`` (not imported here: reading the configuration must not load it)."""
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        return text
+    import base64
+    import binascii
 
-        try:
-            size = len(base64.b64decode(text, validate=True))
-        except (binascii.Error, ValueError):
-            size = -1
-        if size != 32:
-            raise ValueError
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not PEM and not base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"base64 of {len(raw)} bytes")
+    return raw
+
+
+def _parse_public_key(text: str) -> str:
+    if text:
+        decode_key_text(text)
     return text
 
 

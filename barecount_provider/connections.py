@@ -1,7 +1,9 @@
 """Airflow connections as every BareCount process resolves them, in a task or not.
 
-:func:`get_connection` is the one lookup for the evidence store, the checkpoint writer, the forwarder and
-``barecount doctor``; :func:`s3_client` the one S3 client built on it.
+:func:`get_connection` is the one lookup for the evidence store, the checkpoint writer, the forwarder,
+``barecount doctor``, the dead-letter queues and the replay targets; :func:`hook` makes any of the amazon
+provider's hooks (``S3Hook``, ``SqsHook``, ``LambdaHook``) look its connection up there, and :func:`s3_client`
+is the one S3 client built on it.
 
 - In a task (the Task SDK's supervisor link is up): the Task SDK's lookup, as any hook in a task does
   (``[secrets] backend``, then the environment, then the metadata database through the supervisor).
@@ -41,21 +43,29 @@ def get_connection(conn_id: str) -> Any:
     return Connection.get_connection_from_secrets(conn_id)
 
 
+def hook(hook_class: Any, **hook_kwargs: Any) -> Any:
+    """An instance of ``hook_class`` (an Airflow hook: ``S3Hook``, ``SqsHook``, ``LambdaHook``...) built with
+    ``hook_kwargs`` (e.g. ``aws_conn_id``), whose connection comes from :func:`get_connection`."""
+    return _connected(hook_class)(**hook_kwargs)
+
+
 def s3_client(conn_id: str, **hook_kwargs: Any) -> Any:
     """A boto3 S3 client from the amazon provider's ``S3Hook`` with connection ``conn_id`` resolved by
     :func:`get_connection` (``hook_kwargs``: e.g. ``config``, a botocore ``Config``)."""
-    return _s3_hook_class()(aws_conn_id=conn_id, **hook_kwargs).get_conn()
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return hook(S3Hook, aws_conn_id=conn_id, **hook_kwargs).get_conn()
 
 
 @functools.cache
-def _s3_hook_class() -> Any:
-    """``S3Hook`` with its connection from :func:`get_connection` (``BaseHook.get_connection`` is the hooks'
-    documented point to override)."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+def _connected(hook_class: Any) -> Any:
+    """``hook_class`` with its connection from :func:`get_connection` (``BaseHook.get_connection`` is the
+    hooks' documented point to override); one subclass per hook class."""
 
-    class BareCountS3Hook(S3Hook):
+    class Connected(hook_class):
         @classmethod
         def get_connection(cls, conn_id: str) -> Any:
             return get_connection(conn_id)
 
-    return BareCountS3Hook
+    Connected.__name__ = Connected.__qualname__ = f"BareCount{hook_class.__name__}"
+    return Connected

@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from barecount_provider import config
 from barecount_provider.evidence.record import SignedCheckpoint, canonical
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,13 @@ CHECKPOINT_VERSION = 1
 
 
 def _decode_key_text(text: str, what: str) -> bytes | str:
-    """PEM text (returned as is) or base64 of the raw 32 bytes (returned decoded)."""
-    text = text.strip()
-    if text.startswith("-----BEGIN"):
-        return text
+    """PEM text (returned as is) or base64 of the raw 32 bytes (returned decoded): :func:`config.decode_key_text`,
+    its error naming ``what``."""
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{what}: not PEM and not base64 (expected the base64 of a raw 32-byte Ed25519 key or a PEM block)") from None
-    if len(raw) != 32:
-        raise ValueError(f"{what}: base64 of {len(raw)} bytes (expected the raw 32-byte Ed25519 key, or PEM)")
-    return raw
+        return config.decode_key_text(text)
+    except ValueError as err:
+        expected = "expected the base64 of a raw 32-byte Ed25519 key, or a PEM block"
+        raise ValueError(f"{what}: {err} ({expected})") from None
 
 
 def load_private_key(text: str, what: str = "the checkpoint private key") -> Ed25519PrivateKey:
@@ -343,8 +340,6 @@ def configured_setup() -> CheckpointSetup:
 
 def configured_checkpointer() -> Checkpointer:
     """The checkpointer of ``[barecount] evidence_checkpoint_*`` (signing off when no connection is set)."""
-    from barecount_provider import config
-
     def key() -> Ed25519PrivateKey | None:
         conn_id = config.evidence_checkpoint_conn_id()
         return private_key_from_connection(conn_id) if conn_id else None
@@ -361,8 +356,6 @@ def configured_checkpointer() -> Checkpointer:
 
 
 def configured_location() -> CheckpointStore:
-    from barecount_provider import config
-
     return open_location(
         config.evidence_checkpoint_location(),
         aws_conn_id=config.evidence_aws_conn_id(),
@@ -371,7 +364,5 @@ def configured_location() -> CheckpointStore:
 
 
 def configured_public_key() -> Ed25519PublicKey | None:
-    from barecount_provider import config
-
     text = config.evidence_checkpoint_public_key()
     return load_public_key(text) if text else None

@@ -3,7 +3,8 @@
 One hook over three backends (:mod:`barecount_provider.recovery.dlq`): ``sqs`` (production; an SQS queue,
 with SQS's redrive semantics), ``s3`` (JSON-lines batches under ``s3://bucket/prefix``) and ``local`` (the
 embedded default: segment files under ``[barecount] evidence_dir``/dlq, or ``location``). The AWS clients
-come from the upstream ``SqsHook`` / ``S3Hook`` (``aws_conn_id``).
+come from the upstream ``SqsHook`` / ``S3Hook`` (``aws_conn_id``), whose connection is looked up as every
+BareCount process does, in a task or not (:mod:`barecount_provider.connections`).
 
 From task code, one call::
 
@@ -108,15 +109,18 @@ class DeadLetterQueueHook(BaseHook):
     def backend(self) -> DeadLetterBackend:
         if self.backend_kind == "local":
             return SegmentBackend(LocalSegments(self.location or default_local_dir(), segment_bytes=self.segment_bytes), "local")
+        from barecount_provider import connections
+
         if self.backend_kind == "s3":
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
             bucket, _, prefix = (self.location or "").removeprefix("s3://").partition("/")
-            return SegmentBackend(S3Segments(S3Hook(aws_conn_id=self.aws_conn_id).get_conn(), bucket, prefix), "s3")
+            client = connections.hook(S3Hook, aws_conn_id=self.aws_conn_id).get_conn()
+            return SegmentBackend(S3Segments(client, bucket, prefix), "s3")
         from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 
         return SqsBackend(
-            SqsHook(aws_conn_id=self.aws_conn_id).get_conn(),
+            connections.hook(SqsHook, aws_conn_id=self.aws_conn_id).get_conn(),
             str(self.location),
             tenant=self.tenant or "",
             pipeline=self.pipeline or "",

@@ -135,7 +135,9 @@ class LambdaTarget:
         if self._hook is None:
             from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
 
-            self._hook = LambdaHook(aws_conn_id=self.aws_conn_id)
+            from barecount_provider import connections
+
+            self._hook = connections.hook(LambdaHook, aws_conn_id=self.aws_conn_id)
         return self._hook
 
     def identity(self) -> str:
@@ -205,7 +207,9 @@ class SqsTarget:
             if self._hook is None:
                 from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 
-                self._hook = SqsHook(aws_conn_id=self.aws_conn_id)
+                from barecount_provider import connections
+
+                self._hook = connections.hook(SqsHook, aws_conn_id=self.aws_conn_id)
             self._client = self._hook.get_conn()
         return self._client
 

@@ -300,3 +300,84 @@ def test_a_task_and_the_sealing_reach_the_bucket_with_a_connection_from_the_meta
     written_by_tasks = [entry for entry in record["entries"] if entry["source"] == "task"]
     assert entries["KeyCount"] == len(written_by_tasks) > 0, [entry["source"] for entry in record["entries"]]
     evidence.clear_caches()
+
+
+def _lambda_function(moto_server: MotoServer, name: str) -> None:
+    """A Lambda function on moto that echoes its event (moto's simple backend: no Docker)."""
+    import io
+    import zipfile
+
+    trust = json.dumps({"Version": "2012-10-17", "Statement": []})
+    role = moto_server.client("iam").create_role(RoleName=f"{name}-role", AssumeRolePolicyDocument=trust)
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("app.py", "def handler(event, context):\n    return event\n")
+    code = {"ZipFile": archive.getvalue()}
+    moto_server.client("lambda").create_function(
+        FunctionName=name, Runtime="python3.11", Role=role["Role"]["Arn"], Handler="app.handler", Code=code
+    )
+
+
+def test_dead_letter_queues_and_replay_targets_reach_aws_with_a_connection_from_the_metadata_database(
+    moto_server: MotoServer, bucket: str, db_connections: dict[str, str], no_aws_env: None, tmp_path: Path
+) -> None:
+    """The DLQ hook (SQS and S3 backends) and the SQS and Lambda replay targets outside a task, as the
+    ``barecount dlq`` / ``replay`` commands use them: the AWS connection only in the metadata database."""
+    from barecount_provider.hooks.dlq import DeadLetterQueueHook
+    from barecount_provider.recovery.ledger import ReplayLedger
+    from barecount_provider.recovery.replay import LambdaTarget, Replayer, SqsTarget
+
+    aws, suffix = db_connections["aws"], uuid.uuid4().hex[:8]
+    sqs = moto_server.client("sqs")
+    dlq_url = sqs.create_queue(QueueName=f"orders-dlq-{suffix}")["QueueUrl"]
+    target_url = sqs.create_queue(QueueName=f"orders-in-{suffix}")["QueueUrl"]
+    function = f"orders-reload-{suffix}"
+    _lambda_function(moto_server, function)
+
+    identity: dict[str, Any] = {"aws_conn_id": aws, "tenant": "acme", "pipeline": "orders"}
+    queue = DeadLetterQueueHook("sqs", dlq_url, emit_metrics=False, **identity)
+    keys = queue.send([{"order": i} for i in range(3)], error=ValueError("amount missing"))
+    attributes = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "3"
+    segments = DeadLetterQueueHook("s3", f"s3://{bucket}/dlq-{suffix}", emit_metrics=False, **identity)
+    segments.send([{"order": 9}], error="bad")
+    assert [s.depth for s in segments.stats()] == [1]
+
+    ledger = ReplayLedger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    try:
+        moto_server.start_recording()
+        for target in (LambdaTarget(function, aws_conn_id=aws), SqsTarget(target_url, aws_conn_id=aws)):
+            outcome = Replayer(queue.backend, target, ledger, remove_delivered=False).run()
+            assert (outcome.status, outcome.delivered) == ("complete", 3), target.identity()
+    finally:
+        ledger.dispose()
+    invoked = [r for r in moto_server.recorded_requests() if f"/functions/{function}/invocations" in r["url"]]
+    assert len(invoked) == 3
+    received = sqs.receive_message(QueueUrl=target_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
+    delivered = [m["MessageAttributes"]["idempotency_key"]["StringValue"] for m in received["Messages"]]
+    assert sorted(delivered) == sorted(keys)
+
+
+def test_the_barecount_command_reads_and_replays_a_dead_letter_queue_with_a_connection_from_the_metadata_database(
+    moto_server: MotoServer,
+    db_connections: dict[str, str],
+    no_aws_env: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    aws, suffix = db_connections["aws"], uuid.uuid4().hex[:8]
+    sqs = moto_server.client("sqs")
+    dlq_url = sqs.create_queue(QueueName=f"payments-dlq-{suffix}")["QueueUrl"]
+    target_url = sqs.create_queue(QueueName=f"payments-in-{suffix}")["QueueUrl"]
+    # a message as SQS's redrive dead-letters it: no BareCount envelope
+    sqs.send_message(QueueUrl=dlq_url, MessageBody=json.dumps({"payment": 1}))
+    queue = ["--dlq", dlq_url, "--aws-conn-id", aws, "--tenant", "acme", "--pipeline", "payments"]
+
+    assert cli.main(["dlq", "stats", *queue, "--json"]) == 0
+    assert [row["depth"] for row in json.loads(capsys.readouterr().out)["queues"]] == [1]
+    ledger_url = ["--ledger-url", f"sqlite:///{tmp_path / 'ledger.db'}"]
+    assert cli.main(["replay", "run", *queue, "--target", f"sqs:{target_url}", *ledger_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["delivered"] == 1
+    (message,) = sqs.receive_message(QueueUrl=target_url)["Messages"]
+    assert json.loads(message["Body"])["payload"] == {"payment": 1}
