@@ -146,6 +146,14 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "(the scheduler sets BARECOUNT_FORWARDER_PID for the processes it forks after starting it), task "
         "elsewhere.",
     ),
+    "forward_spool_at_exit": (
+        "boolean",
+        "False",
+        "True",
+        "Whether the task process forwards the OTLP spool itself at its end (one round, bounded by "
+        "emit_timeout_ms) instead of leaving it for a forwarder: for KubernetesExecutor pods, where no forwarder "
+        "runs beside the task. Adds up to emit_timeout_ms to each task process's end.",
+    ),
     "redact_key_names": (
         "string",
         "",
@@ -524,6 +532,7 @@ CHECKS: dict[str, Check] = {
     "telemetry_dir": TEXT,
     "emit_timeout_ms": whole(0),
     "task_outputs": one_of(*TASK_OUTPUTS),
+    "forward_spool_at_exit": BOOLEAN,
     "redact_key_names": TEXT,
     "redact_value_patterns": PATTERNS,
     "redact_env_name_patterns": Check(
@@ -721,6 +730,11 @@ def traces_on() -> bool:
 @functools.cache
 def task_outputs() -> str:
     return _choice("task_outputs", TASK_OUTPUTS)
+
+
+@functools.cache
+def forward_spool_at_exit() -> bool:
+    return _bool("forward_spool_at_exit")
 
 
 @functools.cache
@@ -942,6 +956,7 @@ _GETTERS = [
     evidence_checkpoint_location,
     evidence_checkpoint_object_lock_days,
     task_outputs,
+    forward_spool_at_exit,
 ]
 
 

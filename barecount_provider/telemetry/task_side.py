@@ -823,9 +823,13 @@ def flush() -> None:
 
     Nothing here waits for the network: StatsD is fire-and-forget UDP, spans and points for OTLP go to the
     spool (one record, appended to its journal), which a long-lived process forwards (spool.py).
-    ``emit_timeout_ms`` bounds that forwarder's exports, never a task.
+    ``emit_timeout_ms`` bounds that forwarder's exports, never a task. Except with ``forward_spool_at_exit``
+    (a KubernetesExecutor pod, where no forwarder runs): this process forwards the spool itself, one round
+    bounded by ``emit_timeout_ms``, its failures counted.
     """
     end_suspended_tries()
     get_emitter().report_failures()
     spool.write_pending()
+    if config.forward_spool_at_exit() and spool.enabled():
+        spool.flush_spool()
 

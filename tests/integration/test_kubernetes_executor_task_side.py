@@ -249,3 +249,74 @@ def _tags(statsd_line: str) -> dict[str, str]:
     """The tags of a DogStatsD line (``name:1|c|#k:v,k:v``)."""
     _, _, tags = statsd_line.partition("|#")
     return dict(tag.split(":", 1) for tag in tags.split(",") if tag)
+
+
+class _OtlpReceiver:
+    """An OTLP/HTTP traces endpoint on loopback that keeps the names of the spans it receives."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        names: list[str] = []
+        self.span_names = names
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        names.extend(span.name for span in scope_spans.spans)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_a_pod_with_forward_spool_at_exit_exports_its_otlp_spans_itself(
+    moto_server: MotoServer,
+    postgres: Any,
+    airflow_db: None,
+    statsd_socket: socket.socket,
+    tmp_path: Path,
+) -> None:
+    """With OTLP traces, a task process spools its spans for a forwarder; a pod has none beside it. With
+    ``forward_spool_at_exit`` the task process forwards its spool at its end: the spans reach the collector
+    and nothing is left in the pod's spool."""
+    moto_server.client("s3").create_bucket(Bucket=BUCKET + "-otlp", ObjectLockEnabledForBucket=True)
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(POLICY)
+    receiver = _OtlpReceiver()
+    try:
+        settings = {
+            **_settings(BUCKET + "-otlp", postgres.create_database("pod_index_otlp"), policy_path),
+            "AIRFLOW__BARECOUNT__TRACES_ON": "True",
+            "AIRFLOW__BARECOUNT__TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+            "AIRFLOW__BARECOUNT__FORWARD_SPOOL_AT_EXIT": "True",
+        }
+        pod_home = tmp_path / "pod"
+        pod_home.mkdir()
+        pod = _run_pod(pod_home, settings, statsd_socket.getsockname()[1], tmp_path / "pod-result.json")
+        assert pod.returncode == 0, pod.stdout[-3000:] + pod.stderr[-3000:]
+    finally:
+        receiver.close()
+    spool_dir = pod_home / "barecount" / "telemetry" / "spool"
+    assert telemetry_spool.records_waiting(str(spool_dir)) == []
+    tries = sorted(name for name in receiver.span_names if name.startswith("task_try "))
+    assert len(tries) == len(TASK_TRIES), receiver.span_names
