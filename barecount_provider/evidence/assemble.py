@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from barecount_provider import context
 from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record, this_host
 from barecount_provider.evidence.store import EvidenceStore, hosts_table, pending_table
+from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,6 @@ TryEvents = Mapping[tuple[str, int, int], Sequence[AirflowEvent]]
 def _detail(text: str) -> str:
     """Airflow's text, redacted like every other field BareCount writes (an executor's message may quote a
     command line or an exception) and bounded."""
-    from barecount_provider.telemetry import redaction
-
     redacted = str(redaction.redact_text(text))
     return redacted if len(redacted) <= REASON_DETAIL_MAX else redacted[: REASON_DETAIL_MAX - 1] + "…"
 
