@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from barecount_provider import config
-from barecount_provider.evidence.assemble import AirflowEvent, Assembler, PendingRun
+from barecount_provider.evidence.assemble import REASON_EVENTS, AirflowEvent, Assembler, PendingRun
 from barecount_provider.evidence.store import EvidenceStore, open_store
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,6 @@ def load_try_events(dag_id: str, run_id: str) -> dict[tuple[str, int, int], list
     from airflow.models.log import Log
     from airflow.utils.session import create_session
     from sqlalchemy import select
-
-    from barecount_provider.evidence.assemble import REASON_EVENTS
 
     query = (
         select(Log.task_id, Log.map_index, Log.try_number, Log.event, Log.dttm, Log.extra)

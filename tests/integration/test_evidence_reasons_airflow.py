@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ def _lose_the_worker_of(run_id: str, task_id: str) -> None:
     from airflow.models.dagbag import DBDagBag
     from airflow.models.db_callback_request import DbCallbackRequest
     from airflow.models.taskinstance import TaskInstance
-    from airflow.utils import timezone
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import delete, update
@@ -78,7 +77,7 @@ def _lose_the_worker_of(run_id: str, task_id: str) -> None:
                 state=TaskInstanceState.RUNNING,
                 end_date=None,
                 queued_by_job_id=job.id,
-                last_heartbeat_at=timezone.utcnow() - timedelta(hours=1),
+                last_heartbeat_at=datetime.now(UTC) - timedelta(hours=1),
             )
         )
     runner._find_and_purge_task_instances_without_heartbeats()
