@@ -824,9 +824,9 @@ def _unknown_costs(record: Mapping[str, Any]) -> list[tuple[str, str]]:
         for entry in record.get("entries") or ()
         if entry.get("key") in unknown
     ]
-    from barecount_provider.api.queries import ABSENT_REASON
+    from barecount_provider.api.queries import absent_reasons
 
-    return found + [(str(key), ABSENT_REASON) for key in record.get("absent") or ()]
+    return found + absent_reasons(record)
 
 
 def _record_cost(record: Mapping[str, Any]) -> str:

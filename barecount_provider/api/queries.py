@@ -291,6 +291,13 @@ def cost_report(
 ABSENT_REASON = "the try's evidence entry is absent (the record was sealed without it)"
 
 
+def absent_reasons(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(try key, why its cost is unknown) of each absent try of ``record``: :data:`ABSENT_REASON`, with the
+    code of the entry's ``reason`` (heartbeat_timeout, killed_externally, ended_without_entry) when it has one."""
+    codes = {entry.get("key"): (entry.get("reason") or {}).get("code") for entry in record.get("entries") or () if entry.get("absent")}
+    return [(str(key), f"{ABSENT_REASON}: {codes[key]}" if codes.get(key) else ABSENT_REASON) for key in record.get("absent") or ()]
+
+
 def _unknown_tries(
     store: EvidenceStore,
     *,
@@ -331,5 +338,5 @@ def _unknown_tries(
             missing = (entry.get("cost") or {}).get("missing") or ["no reason recorded"]
             facts = {**base, "runner_class": context.get("runner_class") or "unknown", "size": context.get("size") or "unknown"}
             yield {name: str(value) for name, value in facts.items()}, "; ".join(str(m) for m in missing)
-        for _key in record.get("absent") or ():
-            yield {name: str(value) for name, value in {**base, "runner_class": "unknown", "size": "unknown"}.items()}, ABSENT_REASON
+        for _key, why in absent_reasons(record):
+            yield {name: str(value) for name, value in {**base, "runner_class": "unknown", "size": "unknown"}.items()}, why

@@ -14,6 +14,11 @@ A run that cannot be sealed at once is also written to ``barecount_evidence_pend
 database (:func:`remember_pending`), and removed from it when sealed: a scheduler that stops, crashes or is
 killed before the run is sealed leaves it there, and the next scheduler to start seals it
 (:func:`barecount_provider.evidence.scheduler.recover`).
+
+A try whose own entry never came, or that Airflow ended itself, gets a ``reason`` (:func:`try_reason`) from
+Airflow's audit log (its ``log`` table): ``heartbeat_timeout`` when the scheduler failed it because its
+heartbeat stopped (a worker lost), ``killed_externally`` when the executor reported it ended while Airflow
+still had it running, ``ended_without_entry`` when Airflow recorded its end without a reason.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +36,7 @@ import sqlalchemy as sa
 from barecount_provider import context
 from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record, this_host
 from barecount_provider.evidence.store import EvidenceStore, hosts_table, pending_table
+from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,82 @@ def with_hosts(rows: list[dict[str, Any]], hosts: Mapping[tuple[str, int, int], 
         row if row.get("hostname") else {**row, "hostname": hosts.get((str(row["task_id"]), int(row.get("map_index", -1)), int(row.get("try_number") or 0)))}
         for row in rows
     ]
+
+
+# What Airflow 3.3 writes in its audit log (the ``log`` table, one row per event, keyed by the try) when it
+# ends a try whose task process did not report its own end. Read at sealing (scheduler.load_try_events);
+# a test checks Airflow's source still writes them.
+HEARTBEAT_TIMEOUT_EVENT = "heartbeat timeout"
+"""SchedulerJobRunner._purge_task_instances_without_heartbeats: no heartbeat for ``[scheduler]
+task_instance_heartbeat_timeout`` seconds; its ``extra`` is Airflow's message naming the limit."""
+STATE_MISMATCH_EVENT = "state mismatch"
+"""SchedulerJobRunner.process_executor_events: the executor reported the try finished while Airflow still
+had it queued or running (Airflow counts it as ``scheduler.tasks.killed_externally``); its ``extra`` is
+Airflow's message with the executor's states."""
+REASON_EVENTS = {HEARTBEAT_TIMEOUT_EVENT: "heartbeat_timeout", STATE_MISMATCH_EVENT: "killed_externally"}
+"""Airflow audit log event -> reason code, in order of precedence: a heartbeat timeout makes the executor
+report the try failed too, which Airflow then logs as a state mismatch."""
+ENDED_WITHOUT_ENTRY = "ended_without_entry"
+REASON_CODES = (*REASON_EVENTS.values(), ENDED_WITHOUT_ENTRY)
+"""Every ``reason.code`` an entry can carry (docs/evidence.md, "Why a try ended without its entry")."""
+REASON_DETAIL_MAX = 1000
+FAILED_STATES = ("failed", "up_for_retry")
+
+
+@dataclass(frozen=True)
+class AirflowEvent:
+    """One row of Airflow's audit log about a try: its ``event``, when (``dttm``) and its ``extra`` text."""
+
+    event: str
+    at: datetime | None = None
+    extra: str | None = None
+
+
+TryEvents = Mapping[tuple[str, int, int], Sequence[AirflowEvent]]
+"""(task_id, map_index, try_number) -> Airflow's audit log events about that try."""
+
+
+def _detail(text: str) -> str:
+    """Airflow's text, redacted like every other field BareCount writes (an executor's message may quote a
+    command line or an exception) and bounded."""
+    redacted = str(redaction.redact_text(text))
+    return redacted if len(redacted) <= REASON_DETAIL_MAX else redacted[: REASON_DETAIL_MAX - 1] + "…"
+
+
+def try_reason(expected: ExpectedTry, events: Sequence[AirflowEvent], *, absent: bool) -> dict[str, Any] | None:
+    """Why Airflow ended the try without its task process reporting it, from Airflow's audit log ``events``
+    about the try: ``{"code", "detail", "airflow_event", "at"}`` (``code`` one of :data:`REASON_CODES`).
+
+    * ``heartbeat_timeout``: the scheduler failed the try because its heartbeat stopped (the worker, or the
+      process supervising the task, died or lost the API server);
+    * ``killed_externally``: the executor reported the try ended while Airflow still had it queued or running;
+    * ``ended_without_entry`` (only for an ``absent`` entry, when Airflow recorded neither): Airflow has the
+      try's end as the process supervising it reported it, with no reason; its task process wrote no entry
+      (killed by a signal while its supervisor lived on, out of memory, or its entry lost on the way).
+
+    None for a try with its own entry and no such event."""
+    for name, code in REASON_EVENTS.items():
+        found = [event for event in events if event.event == name]
+        if found:
+            first = min(found, key=lambda event: _iso(event.at) or "")
+            detail = _detail(first.extra) if first.extra else f"Airflow's audit log: {name}"
+            return {"code": code, "detail": detail, "airflow_event": name, "at": _iso(first.at)}
+    if not absent:
+        return None
+    detail = (
+        f"Airflow recorded this try {expected.state or 'ended'} with no reason (no heartbeat timeout, no executor "
+        "report): its task process ended without writing its entry, e.g. killed by a signal (kill -9, the "
+        "out-of-memory killer) while the process supervising it lived on, or its entry was lost on the way; "
+        "the try's log says which"
+    )
+    return {"code": ENDED_WITHOUT_ENTRY, "detail": detail, "airflow_event": None, "at": _iso(expected.ended_at)}
+
+
+def may_have_reason(expected: ExpectedTry, has_entry: bool) -> bool:
+    """Whether Airflow's audit log is worth reading for this try: it had a task process and either its entry
+    is missing or Airflow ended it failed (a heartbeat timeout can fail a try whose orphaned task process
+    later wrote its entry)."""
+    return expected.had_process and (not has_entry or expected.state in FAILED_STATES)
 
 
 def airflow_entry(run: PendingRun, expected: ExpectedTry, *, absent: bool) -> dict[str, Any]:
@@ -246,18 +328,28 @@ def assemble(
     now: datetime,
     grace: timedelta,
     trace_id: str | None = None,
+    load_events: Callable[[], TryEvents] | None = None,
 ) -> dict[str, Any] | None:
-    """The sealed, stored record; None while entries are missing and the grace period has not passed."""
+    """The sealed, stored record; None while entries are missing and the grace period has not passed.
+    ``load_events``: Airflow's audit log events about the run's tries (:data:`TryEvents`), asked only when
+    the record is sealed and some try may have a reason (:func:`may_have_reason`)."""
     entries = {entry["key"]: entry for entry in store.entries_for_run(run.dag_id, run.run_id)}
     missing = [t for t in expected if t.had_process and t.key(run.dag_id, run.run_id) not in entries]
     if missing and now < run.ended_at + grace:
         return None
+    wanted = any(may_have_reason(t, t.key(run.dag_id, run.run_id) in entries) for t in expected)
+    events: TryEvents = load_events() if load_events is not None and wanted else {}
     for t in expected:
         key = t.key(run.dag_id, run.run_id)
         if key not in entries:
             entries[key] = airflow_entry(run, t, absent=t.had_process)
         else:
             entries[key] = with_host(with_queued_at(entries[key], t), t)
+        absent = bool(entries[key].get("absent"))
+        if may_have_reason(t, not absent):
+            reason = try_reason(t, events.get((t.task_id, t.map_index, t.try_number), ()), absent=absent)
+            if reason is not None:
+                entries[key] = {**entries[key], "reason": reason}
     run_hosts = [entry.get("host") for entry in entries.values()] + [t.hostname for t in expected]
     exception = local_store_exception(store.kind, run.tenant, run_hosts, this_host())
     record = build_record(
@@ -285,8 +377,9 @@ class Assembler:
     """Finished runs wait here until :func:`assemble` seals them; :meth:`tick` retries the waiting ones.
 
     ``load_tries(dag_id, run_id)`` reads Airflow's task instances (scheduler side's reader); ``load_hosts``
-    the hostname of each of the run's tries (see :func:`with_hosts`); ``open_store`` gives the store. Nothing here raises into its caller: a failure is logged, counted by the caller's
-    ``on_error`` and retried at the next tick.
+    the hostname of each of the run's tries (see :func:`with_hosts`); ``load_events`` Airflow's audit log
+    events about them (see :func:`try_reason`); ``open_store`` gives the store. Nothing here raises into its
+    caller: a failure is logged, counted by the caller's ``on_error`` and retried at the next tick.
     """
 
     def __init__(
@@ -296,9 +389,10 @@ class Assembler:
         grace_seconds: Callable[[], int],
         on_error: Callable[[str], None] = lambda what: None,
         load_hosts: Callable[[str, str], Mapping[tuple[str, int, int], str]] | None = None,
+        load_events: Callable[[str, str], TryEvents] | None = None,
     ) -> None:
         self._open_store, self._load_tries, self._grace = open_store, load_tries, grace_seconds
-        self._on_error, self._load_hosts = on_error, load_hosts
+        self._on_error, self._load_hosts, self._load_events = on_error, load_hosts, load_events
         self.pending: dict[tuple[str, str], PendingRun] = {}
         self.sealed: list[dict[str, Any]] = []  # the last few sealed records (for `barecount` and the tests)
         self._lock = threading.Lock()
@@ -336,6 +430,7 @@ class Assembler:
                 now=now,
                 grace=timedelta(seconds=self._grace()),
                 trace_id=f"{context.trace_id_for(run.dag_id, run.run_id):032x}",
+                load_events=self._events_of(run),
             )
         except Exception:
             log.warning("BareCount could not assemble the evidence of %s %s", run.dag_id, run.run_id, exc_info=True)
@@ -354,6 +449,10 @@ class Assembler:
             except Exception:  # left in the table: the next start finds the record sealed and drops it
                 self._on_error("pending")
         return record
+
+    def _events_of(self, run: PendingRun) -> Callable[[], TryEvents] | None:
+        load = self._load_events
+        return None if load is None else lambda: load(run.dag_id, run.run_id)
 
     def _remember(self, store: EvidenceStore | None, run: PendingRun) -> None:
         """A run not sealed now is written to the pending table, for a scheduler that starts after this one."""

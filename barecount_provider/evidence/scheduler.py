@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from barecount_provider import config
-from barecount_provider.evidence.assemble import Assembler, PendingRun
+from barecount_provider.evidence.assemble import REASON_EVENTS, AirflowEvent, Assembler, PendingRun
 from barecount_provider.evidence.store import EvidenceStore, open_store
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,10 @@ def get_assembler() -> Assembler:
     from barecount_provider.telemetry.scheduler_side import get_scheduler_side
 
     side = get_scheduler_side()
-    return Assembler(_store, side._load_tries, config.evidence_grace_seconds, on_error=_error, load_hosts=load_hosts)
+    return Assembler(
+        _store, side._load_tries, config.evidence_grace_seconds, on_error=_error, load_hosts=load_hosts,
+        load_events=load_try_events,
+    )  # fmt: skip
 
 
 def load_hosts(dag_id: str, run_id: str) -> dict[tuple[str, int, int], str]:
@@ -70,6 +73,29 @@ def load_hosts(dag_id: str, run_id: str) -> dict[tuple[str, int, int], str]:
                 if row.hostname:
                     hosts[(str(row.task_id), int(row.map_index), int(row.try_number or 0))] = str(row.hostname)
     return hosts
+
+
+def load_try_events(dag_id: str, run_id: str) -> dict[tuple[str, int, int], list[AirflowEvent]]:
+    """(task_id, map_index, try_number) -> what Airflow's audit log (its ``log`` table) says ended each try of
+    the run without its task process: the events of :data:`~barecount_provider.evidence.assemble.REASON_EVENTS`
+    (a heartbeat timeout, an executor's report of a try Airflow still had running), oldest first."""
+    from airflow.models.log import Log
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    query = (
+        select(Log.task_id, Log.map_index, Log.try_number, Log.event, Log.dttm, Log.extra)
+        .where(Log.dag_id == dag_id, Log.run_id == run_id, Log.event.in_(tuple(REASON_EVENTS)))
+        .order_by(Log.dttm, Log.id)
+    )
+    events: dict[tuple[str, int, int], list[AirflowEvent]] = {}
+    with create_session() as session:
+        for row in session.execute(query):
+            if row.task_id is None or row.try_number is None:
+                continue
+            key = (str(row.task_id), -1 if row.map_index is None else int(row.map_index), int(row.try_number))
+            events.setdefault(key, []).append(AirflowEvent(str(row.event), row.dttm, row.extra))
+    return events
 
 
 def other_hosts(seen: set[str], own: str | None) -> list[str]:
@@ -330,4 +356,5 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
         now=datetime.now(UTC),
         grace=timedelta(seconds=grace),
         trace_id=f"{context.trace_id_for(dag_id, run_id):032x}",
+        load_events=lambda: load_try_events(dag_id, run_id),
     )

@@ -110,6 +110,9 @@ def _check(record: dict[str, Any], run_id: str) -> None:
     by_key = {entry["key"]: entry for entry in record["entries"]}
     assert by_key["ok#1"]["source"] == "task" and by_key["ok#1"]["timings"]["queued_at"] is not None
     assert by_key["vanish#1"]["source"] == "airflow" and by_key["vanish#1"]["absent"] is True
+    # its supervisor lived on and reported it failed: Airflow recorded no reason (the signal is in its log only)
+    assert by_key["vanish#1"]["reason"]["code"] == "ended_without_entry"
+    assert by_key["vanish#1"]["reason"]["airflow_event"] is None
 
 
 def test_runs_left_unsealed_by_a_stopped_or_killed_scheduler_are_sealed_at_the_next_start(stack: AirflowStack) -> None:
