@@ -115,15 +115,6 @@ def expected_tries(rows: Iterable[Mapping[str, Any]]) -> list[ExpectedTry]:
     return [tries[key] for key in sorted(tries)]
 
 
-def with_hosts(rows: list[dict[str, Any]], hosts: Mapping[tuple[str, int, int], str]) -> list[dict[str, Any]]:
-    """``rows`` (see :func:`expected_tries`) with each try's ``hostname`` from ``hosts`` ((task_id, map_index,
-    try_number) -> hostname, from Airflow's task instance records) where the row has none."""
-    return [
-        row if row.get("hostname") else {**row, "hostname": hosts.get((str(row["task_id"]), int(row.get("map_index", -1)), int(row.get("try_number") or 0)))}
-        for row in rows
-    ]
-
-
 # What Airflow 3.3 writes in its audit log (the ``log`` table, one row per event, keyed by the try) when it
 # ends a try whose task process did not report its own end. Read at sealing (scheduler.load_try_events);
 # a test checks Airflow's source still writes them.
@@ -376,8 +367,8 @@ def assemble(
 class Assembler:
     """Finished runs wait here until :func:`assemble` seals them; :meth:`tick` retries the waiting ones.
 
-    ``load_tries(dag_id, run_id)`` reads Airflow's task instances (scheduler side's reader); ``load_hosts``
-    the hostname of each of the run's tries (see :func:`with_hosts`); ``load_events`` Airflow's audit log
+    ``load_tries(dag_id, run_id)`` reads Airflow's task instances, each try with its host (scheduler side's
+    reader); ``load_events`` Airflow's audit log
     events about them (see :func:`try_reason`); ``open_store`` gives the store. Nothing here raises into its
     caller: a failure is logged, counted by the caller's ``on_error`` and retried at the next tick.
     """
@@ -388,11 +379,10 @@ class Assembler:
         load_tries: Callable[[str, str], list[dict[str, Any]]],
         grace_seconds: Callable[[], int],
         on_error: Callable[[str], None] = lambda what: None,
-        load_hosts: Callable[[str, str], Mapping[tuple[str, int, int], str]] | None = None,
         load_events: Callable[[str, str], TryEvents] | None = None,
     ) -> None:
         self._open_store, self._load_tries, self._grace = open_store, load_tries, grace_seconds
-        self._on_error, self._load_hosts, self._load_events = on_error, load_hosts, load_events
+        self._on_error, self._load_events = on_error, load_events
         self.pending: dict[tuple[str, str], PendingRun] = {}
         self.sealed: list[dict[str, Any]] = []  # the last few sealed records (for `barecount` and the tests)
         self._lock = threading.Lock()
@@ -420,8 +410,6 @@ class Assembler:
         try:
             store = self._open_store()
             tries = rows if rows is not None else self._load_tries(run.dag_id, run.run_id)
-            if self._load_hosts is not None and any(not row.get("hostname") for row in tries):
-                tries = with_hosts(tries, self._load_hosts(run.dag_id, run.run_id))
             expected = expected_tries(tries)
             record = assemble(
                 store,

@@ -49,30 +49,8 @@ def get_assembler() -> Assembler:
 
     side = get_scheduler_side()
     return Assembler(
-        _store, side._load_tries, config.evidence_grace_seconds, on_error=_error, load_hosts=load_hosts,
-        load_events=load_try_events,
+        _store, side._load_tries, config.evidence_grace_seconds, on_error=_error, load_events=load_try_events,
     )  # fmt: skip
-
-
-def load_hosts(dag_id: str, run_id: str) -> dict[tuple[str, int, int], str]:
-    """(task_id, map_index, try_number) -> the hostname Airflow recorded for each try of the run (its task
-    instances and their history): the worker that ran it, for the entries that name none and to tell a
-    ``local`` store used by several machines."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.taskinstancehistory import TaskInstanceHistory
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    hosts: dict[tuple[str, int, int], str] = {}
-    with create_session() as session:
-        for model in (TaskInstanceHistory, TaskInstance):
-            query = select(model.task_id, model.map_index, model.try_number, model.hostname).where(
-                model.dag_id == dag_id, model.run_id == run_id
-            )
-            for row in session.execute(query):
-                if row.hostname:
-                    hosts[(str(row.task_id), int(row.map_index), int(row.try_number or 0))] = str(row.hostname)
-    return hosts
 
 
 def load_try_events(dag_id: str, run_id: str) -> dict[tuple[str, int, int], list[AirflowEvent]]:
@@ -317,7 +295,7 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from barecount_provider.evidence.assemble import assemble, expected_tries, with_hosts
+    from barecount_provider.evidence.assemble import assemble, expected_tries
     from barecount_provider.telemetry.filesink import state_name
     from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
 
@@ -352,7 +330,7 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
     return assemble(
         _store(),
         run,
-        expected_tries(with_hosts(side._load_tries(dag_id, run_id), load_hosts(dag_id, run_id))),
+        expected_tries(side._load_tries(dag_id, run_id)),
         now=datetime.now(UTC),
         grace=timedelta(seconds=grace),
         trace_id=f"{context.trace_id_for(dag_id, run_id):032x}",

@@ -397,7 +397,8 @@ class SchedulerSide:
             )
 
     def _load_tries(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        """Every try of the run: the latest from task_instance, earlier ones from task_instance_history."""
+        """Every try of the run: the latest from task_instance, earlier ones from task_instance_history, each
+        with the host that ran it (``hostname``: Airflow's, "" until a worker took the try)."""
         from airflow.models.taskinstance import TaskInstance
         from airflow.models.taskinstancehistory import TaskInstanceHistory
         from airflow.utils.session import create_session
@@ -408,7 +409,7 @@ class SchedulerSide:
             for model, latest in ((TaskInstance, True), (TaskInstanceHistory, False)):
                 query = select(
                     model.task_id, model.map_index, model.try_number, model.state,
-                    model.queued_dttm, model.start_date, model.end_date, model.pid,
+                    model.queued_dttm, model.start_date, model.end_date, model.pid, model.hostname,
                 ).where(model.dag_id == dag_id, model.run_id == run_id)
                 for r in session.execute(query):
                     rows.append(
@@ -416,6 +417,7 @@ class SchedulerSide:
                             "dag_id": dag_id, "run_id": run_id, "task_id": r.task_id, "map_index": r.map_index,
                             "try_number": r.try_number, "state": _state(r.state), "queued_dttm": r.queued_dttm,
                             "start_date": r.start_date, "end_date": r.end_date, "pid": r.pid, "latest": latest,
+                            "hostname": r.hostname or None,
                         }
                     )
         return rows

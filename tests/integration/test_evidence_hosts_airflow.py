@@ -70,18 +70,16 @@ def test_hosts_come_from_the_task_and_from_airflows_task_instances(
             )
             .values(hostname="worker-elsewhere")
         )
-    assert evidence.load_hosts(dag.dag_id, run.run_id)[(task_id, -1, 1)] == "worker-elsewhere"
+    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+
+    rows = get_scheduler_side()._load_tries(dag.dag_id, run.run_id)  # each try with Airflow's host
+    assert {(row["task_id"], row["try_number"]): row["hostname"] for row in rows}[(task_id, 1)] == "worker-elsewhere"
     # the run was sealed as it ended (dag.test's listener): seal it again into a fresh store with its entries
     fresh = EvidenceStore(
         LocalBodies(str(tmp_path / "fresh")), f"sqlite:///{tmp_path / 'fresh' / 'index.db'}", "local"
     )
     for entry in evidence._store().entries_for_run(dag.dag_id, run.run_id):
         fresh.put_entry(entry)
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
-
-    rows = assemble_module.with_hosts(
-        get_scheduler_side()._load_tries(dag.dag_id, run.run_id), evidence.load_hosts(dag.dag_id, run.run_id)
-    )
     pending = assemble_module.PendingRun(
         dag_id=dag.dag_id, run_id=run.run_id, tenant="acme", pipeline="orders", state="success",
         started_at=run.start_date, ended_at=run.end_date,

@@ -180,12 +180,10 @@ def test_sealing_fills_the_host_from_airflows_task_instance(store: EvidenceStore
     assert hosts == {"t#1": "sched", "u#1": "sched", "v#1": "sched"}  # the task's own name is kept
 
 
-def test_the_assembler_loads_the_hosts_when_its_rows_have_none(store: EvidenceStore) -> None:
-    rows = _rows(("t", None))
-    assembler = assemble_module.Assembler(
-        lambda: store, lambda d, r: rows, lambda: 0, load_hosts=lambda d, r: {("t", -1, 1): "sched"}
-    )
-    record = assembler.run_finished(_run(), rows)
+def test_the_assembler_takes_the_hosts_from_the_rows_it_loads(store: EvidenceStore) -> None:
+    rows = _rows(("t", "sched"))
+    assembler = assemble_module.Assembler(lambda: store, lambda d, r: rows, lambda: 0)
+    record = assembler.run_finished(_run())  # no rows given: loaded (the scheduler side's reader)
     assert record is not None and record["entries"][0]["host"] == "sched"
 
 
