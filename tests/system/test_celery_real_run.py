@@ -32,6 +32,7 @@ task. Checks:
   line of a run, in whichever worker's telemetry directory, has the run's trace id;
 * no secret in any worker's or component's files (task logs, telemetry, spool), the bucket's objects, the
   evidence index's database dump, the StatsD lines or what ``barecount`` prints;
+* ``barecount doctor`` and ``barecount telemetry forward --check`` pass on each worker machine;
 * the killed worker's try: the scheduler fails it after ``[scheduler] task_instance_heartbeat_timeout``
   (30 s here), the record seals with that try failed, its entry absent (built from Airflow's records) and its
   cost unknown (``cost.complete: false``); the run's other task, and the records of the tries the killed
@@ -471,6 +472,20 @@ def test_the_retry_budget_holds_across_both_workers(
     assert granted == STORM_WINDOW_BUDGET, {ti["task_id"]: ti["try_number"] for ti in tis}
     hosts = {entry["host"] for entry in records[RETRY_BUDGET]["entries"]}
     assert hosts == HOSTS, hosts
+
+
+def test_doctor_and_the_forwarder_check_pass_on_each_worker(ran: Deployment) -> None:
+    """docs/deployment.md's checklist, on each worker machine: masking extended at settings load (Celery
+    workers load no plugin), the shared store answers a probe, the forwarder's heartbeat is recent."""
+    for worker in ran.stack.workers.values():
+        doctor = _cli(ran.stack, "doctor", "--json", env=worker.env)
+        assert doctor.returncode == 0, doctor.stdout[-3000:] + doctor.stderr[-3000:]
+        report = json.loads(doctor.stdout)
+        assert report["masking"]["at_settings_load"] is True, report["masking"]
+        assert report["evidence"]["probe"].startswith("ok ("), report["evidence"]
+        assert BUCKET in json.dumps(report["evidence"]), report["evidence"]
+        check = _cli(ran.stack, "telemetry", "forward", "--check", env=worker.env)
+        assert check.returncode == 0, check.stdout + check.stderr
 
 
 def _wait_for_running(
