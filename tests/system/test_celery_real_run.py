@@ -28,6 +28,7 @@ task. Checks:
 * the hash chains verify (``barecount evidence verify``) and ``barecount cost report`` sums what the records
   cost, per tenant;
 * the tenant's retry budget holds across both workers: 3 retries granted in all, no more;
+* the recovery example's replay delivers every dead letter its ingest sent, whichever worker ran each task;
 * StatsD datagrams from both forwarders (told apart by their UDP source port), tagged by tenant; every span
   line of a run, in whichever worker's telemetry directory, has the run's trace id;
 * no secret in any worker's or component's files (task logs, telemetry, spool), the bucket's objects, the
@@ -259,6 +260,23 @@ def test_the_runs_end_as_the_examples_do(ran: Deployment) -> None:
         if (state == "failed") != (dag_id in expected_failures)
     }
     assert not failed, failed
+
+
+def _xcom(stack: CeleryStack, dag_id: str, run_id: str, task_id: str, key: str) -> Any:
+    path = f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/xcomEntries/{key}"
+    value = stack.api("GET", path, params={"deserialize": True, "stringify": False}).json()["value"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def test_the_recovery_example_replays_what_was_sent_on_any_worker(ran: Deployment) -> None:
+    """The dead letters go to the shared ``[barecount] dlq_location`` (S3), wherever the sending task and the
+    replay run: the replay delivers every letter the plan counted (a per-machine local queue delivered none
+    when the replay ran on the other worker)."""
+    run_id = ran.runs["example_recovery"]
+    plan = _xcom(ran.stack, "example_recovery", run_id, "plan", "replay_plan")
+    outcome = _xcom(ran.stack, "example_recovery", run_id, "replay", "replay_outcome")
+    assert (plan["records"], plan["dlq"]) == (4, f"s3://{BUCKET}/dlq"), plan
+    assert (outcome["status"], outcome["delivered"], outcome["failed"]) == ("complete", 4, 0), outcome
 
 
 def _without_hand_made_runner_results(record: dict[str, Any]) -> dict[str, Any]:
