@@ -21,7 +21,7 @@ test: install lint system-deps
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
 
-# PostgreSQL for the evidence index tests: apt-get when missing and root (scripts/system-deps.sh)
+# PostgreSQL (evidence index tests) and Redis (the Celery system test): apt-get when missing and root (scripts/system-deps.sh)
 system-deps:
 	@sh scripts/system-deps.sh
 

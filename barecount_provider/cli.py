@@ -1444,10 +1444,16 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     def queue_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--dlq",
-            help="the queue: an SQS queue URL, s3://bucket/prefix, or a directory (default [barecount] evidence_dir/dlq)",
+            help="the queue: an SQS queue URL, s3://bucket/prefix, or a directory (default [barecount] dlq_location, "
+            "then [barecount] evidence_dir/dlq)",
         )
         parser.add_argument("--dlq-backend", choices=("local", "s3", "sqs"), help="default: what --dlq implies")
-        parser.add_argument("--aws-conn-id", default="aws_default", help="AWS connection of the SQS/S3/Lambda hooks")
+        parser.add_argument(
+            "--aws-conn-id",
+            default="aws_default",
+            help="AWS connection of the SQS/S3/Lambda hooks (default: aws_default; [barecount] dlq_aws_conn_id "
+            "for the configured queue)",
+        )
         parser.add_argument("--tenant", help="only this tenant's letters")
         parser.add_argument("--pipeline", help="only this pipeline's letters")
         parser.add_argument("--error-class", action="append", help="only letters with this error class (repeat)")

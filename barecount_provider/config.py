@@ -244,9 +244,10 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "string",
         "",
         "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq",
-        "Where runner operators send the failed events they know about (a Lambda function error, a failed "
-        "batch): an SQS queue URL, s3://bucket/prefix, or a local directory. Empty: the embedded local queue "
-        "under evidence_dir/dlq. See docs/recovery.md.",
+        "The deployment's dead-letter queue: where runner operators send the failed events they know about (a "
+        "Lambda function error, a failed batch), and the queue of DeadLetterQueueHook, ReplayOperator and "
+        "barecount dlq / replay when they are given none: an SQS queue URL, s3://bucket/prefix, or a local "
+        "directory. Empty: the embedded local queue under evidence_dir/dlq (per machine). See docs/recovery.md.",
     ),
     "dlq_aws_conn_id": (
         "string",

@@ -1,11 +1,13 @@
 #!/bin/sh
-# What pip cannot install and the tests need: PostgreSQL (the evidence index's production database, started
-# by the tests on 127.0.0.1). Installed with apt-get when missing and run as root; otherwise a notice.
+# What pip cannot install and the tests need: PostgreSQL (the evidence index's production database) and Redis
+# (the Celery broker of tests/system/test_celery_real_run.py), both started by the tests on 127.0.0.1.
+# Installed with apt-get when missing and run as root; otherwise a notice.
 # Used by `make test` and .ci/run. POSIX sh.
 set -eu
 
 missing=""
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 
 if [ -z "$missing" ]; then
     exit 0

@@ -62,10 +62,12 @@ def default_local_dir() -> str:
 class DeadLetterQueueHook(BaseHook):
     """A dead-letter queue (see the module docstring).
 
-    :param backend: ``local``, ``s3`` or ``sqs``; None: what ``location`` implies (no location: local).
-    :param location: local: a directory (default ``[barecount] evidence_dir``/dlq); s3: ``s3://bucket/prefix``;
-        sqs: the queue URL.
-    :param aws_conn_id: the AWS connection of the upstream SqsHook / S3Hook.
+    :param backend: ``local``, ``s3`` or ``sqs``; None: what ``location`` implies.
+    :param location: local: a directory; s3: ``s3://bucket/prefix``; sqs: the queue URL. With neither
+        ``backend`` nor ``location``: the deployment's queue, ``[barecount] dlq_location`` (empty: the local
+        directory ``[barecount] evidence_dir``/dlq, which is per machine).
+    :param aws_conn_id: the AWS connection of the upstream SqsHook / S3Hook; left at ``aws_default`` for the
+        configured queue: ``[barecount] dlq_aws_conn_id``.
     :param tenant: / pipeline: defaults for records sent outside a task (inside one, the task's context).
     :param visibility_timeout: sqs: seconds a message a replay scanned stays invisible to others.
     :param message_group_id: sqs FIFO queues: the group of the dead letters sent (default: the pipeline).
@@ -90,6 +92,12 @@ class DeadLetterQueueHook(BaseHook):
         emit_metrics: bool = True,
     ) -> None:
         super().__init__()
+        if backend is None and location is None:
+            from barecount_provider import config
+
+            location = config.dlq_location() or None
+            if location is not None and aws_conn_id == self.default_conn_name:
+                aws_conn_id = config.dlq_aws_conn_id()
         kind = backend or backend_kind(location)
         if kind not in BACKENDS:
             raise ValueError(f"dead-letter queue backend {kind!r}: expected one of {', '.join(BACKENDS)}")

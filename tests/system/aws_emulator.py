@@ -34,6 +34,7 @@ cluster ``pipelines``) so that other moto servers of the same process (tests/int
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
@@ -238,7 +239,6 @@ class AwsEmulator:
         self.glue_steps_per_poll = glue_steps_per_poll
         self.endpoint = ""
         self._server: Any = None
-        self._recording_dir: str | None = None
         self._patched_ssm = False
         self._reservations_before: set[str] = set()
 
@@ -255,10 +255,12 @@ class AwsEmulator:
 
         if self._server is not None:
             raise RuntimeError("emulator already started")
-        # moto's request recorder reads its file path once, when moto is first imported.
+        # moto's request recorder reads its file path once, when moto is first imported: the directory serves
+        # every later emulator of this process too, so it is removed at exit, not when this one stops.
         if "moto" not in sys.modules and not os.environ.get("MOTO_RECORDER_FILEPATH"):
-            self._recording_dir = tempfile.mkdtemp(prefix="barecount-aws-emulator-")
-            os.environ["MOTO_RECORDER_FILEPATH"] = os.path.join(self._recording_dir, "requests.jsonl")
+            recording_dir = tempfile.mkdtemp(prefix="barecount-aws-emulator-")
+            atexit.register(shutil.rmtree, recording_dir, True)
+            os.environ["MOTO_RECORDER_FILEPATH"] = os.path.join(recording_dir, "requests.jsonl")
         from moto.server import ThreadedMotoServer
 
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -295,11 +297,6 @@ class AwsEmulator:
             self._server = None
             self._forget_reservations()
         self._unpatch_ssm()
-        if self._recording_dir is not None:
-            if os.environ.get("MOTO_RECORDER_FILEPATH", "").startswith(self._recording_dir):
-                del os.environ["MOTO_RECORDER_FILEPATH"]
-            shutil.rmtree(self._recording_dir, ignore_errors=True)
-            self._recording_dir = None
 
     @property
     def port(self) -> int:

@@ -32,6 +32,7 @@ class UdpCollector:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.lines: list[str] = []
+        self._senders: list[tuple[tuple[str, int], str]] = []  # (sender's address, line)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -39,12 +40,18 @@ class UdpCollector:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                data, _ = self.sock.recvfrom(65535)
+                data, sender = self.sock.recvfrom(65535)
             except TimeoutError:
                 continue
             except OSError:
                 return
-            self.lines.extend(data.decode(errors="replace").splitlines())
+            lines = data.decode(errors="replace").splitlines()
+            self._senders.extend((sender, line) for line in lines)
+            self.lines.extend(lines)
+
+    def datagrams(self) -> list[tuple[tuple[str, int], str]]:
+        """Every line received so far with the address (host, port) of the socket that sent it."""
+        return list(self._senders)
 
     def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 15.0) -> list[str]:
         """The lines received so far once ``predicate`` holds for them (a handed-off try's points are sent

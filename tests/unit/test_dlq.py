@@ -222,3 +222,28 @@ def test_the_backend_follows_the_location():
     assert backend_kind("https://sqs.us-east-1.amazonaws.com/1/dlq") == "sqs"
     with pytest.raises(ValueError, match="queue URL"):
         DeadLetterQueueHook("sqs")
+
+
+def test_a_hook_given_no_queue_uses_the_configured_dlq_location_and_its_connection(tmp_path, monkeypatch):
+    """``[barecount] dlq_location`` is the deployment's queue: task code (``DeadLetterQueueHook().send``), the
+    ReplayOperator and ``barecount dlq`` given no queue use it, not the local queue of the machine they run on
+    (on Celery, each worker's own disk: the replay on one worker found none of what a task had sent on another)."""
+    from barecount_provider import config
+
+    shared = tmp_path / "shared-dlq"
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__DLQ_LOCATION", str(shared))
+    config.cache_clear()
+    DeadLetterQueueHook(tenant="acme", pipeline="orders", emit_metrics=False).send([{"id": 1}], error="x")
+    assert [letter.payload for letter in DeadLetterQueueHook("local", str(shared)).scan()] == [{"id": 1}]
+    assert not (tmp_path / "evidence" / "dlq").exists()
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__DLQ_LOCATION", "s3://acme-dlq/orders")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__DLQ_AWS_CONN_ID", "aws_dlq")
+    config.cache_clear()
+    hook = DeadLetterQueueHook()
+    assert (hook.backend_kind, hook.location, hook.aws_conn_id) == ("s3", "s3://acme-dlq/orders", "aws_dlq")
+    # a queue or a connection given by the caller wins
+    assert DeadLetterQueueHook(aws_conn_id="aws_other").aws_conn_id == "aws_other"
+    assert DeadLetterQueueHook("local").location is None
+    assert DeadLetterQueueHook(location=str(shared)).location == str(shared)

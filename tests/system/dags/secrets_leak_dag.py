@@ -20,6 +20,10 @@ from airflow.sdk import DAG
 
 log = logging.getLogger("leaky")
 
+# On a stack of Celery workers (tests/system/test_celery_real_run.py) LEAKY_QUEUES names each worker's own
+# queue: both tasks are then made once per queue, so that every worker supervises every channel.
+QUEUES = [queue for queue in os.environ.get("LEAKY_QUEUES", "").split(",") if queue]
+
 
 def _cases() -> list[dict[str, Any]]:
     path = os.environ.get("LEAKY_CASES_FILE")
@@ -60,5 +64,9 @@ with DAG(
     tags=["system-test"],
     default_args={"retries": 0},
 ):
-    leak_output = PythonOperator(task_id="leak_output", python_callable=_leak_output)
-    leak_exception = PythonOperator(task_id="leak_exception", python_callable=_leak_exception)
+    if not QUEUES:
+        leak_output = PythonOperator(task_id="leak_output", python_callable=_leak_output)
+        leak_exception = PythonOperator(task_id="leak_exception", python_callable=_leak_exception)
+    for queue in QUEUES:
+        PythonOperator(task_id=f"leak_output_{queue}", python_callable=_leak_output, queue=queue)
+        PythonOperator(task_id=f"leak_exception_{queue}", python_callable=_leak_exception, queue=queue)
