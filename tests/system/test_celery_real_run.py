@@ -543,6 +543,7 @@ def test_a_worker_killed_mid_task_loses_only_its_try(
         True,
         WORKER_B.hostname,
     ), lost
+    assert lost["reason"]["code"] == "heartbeat_timeout", lost  # from Airflow's audit log (docs/evidence.md)
     assert record["absent"] == ["long_sleep#1"] and record["complete"] is False
     assert lost["cost"] is None and record["cost"]["complete"] is False
     assert record["cost"]["absent"] == ["long_sleep#1"] and record["cost"]["unknown"] == []
