@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -525,6 +525,3 @@ def verify_chain(tenant: str, records: Iterable[Mapping[str, Any] | Gone]) -> li
     """
     return check_chain(tenant, list(records)).problems
 
-
-def iter_entries(record: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
-    yield from record.get("entries") or ()

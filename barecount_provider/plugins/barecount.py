@@ -1,4 +1,4 @@
-"""The BareCount AirflowPlugin: registers the lifecycle listener (REST app and UI page come later).
+"""The BareCount AirflowPlugin: registers the lifecycle listener and the REST app under ``/barecount``.
 
 With ``[barecount] enabled = False`` nothing is registered: no listener, no masker extension, no sampler.
 """

@@ -517,7 +517,7 @@ class _Tally:
 class SegmentBackend:
     """A dead-letter queue of JSON-lines segments (:class:`LocalSegments` or :class:`S3Segments`)."""
 
-    def __init__(self, store: LocalSegments | S3Segments, kind: str) -> None:
+    def __init__(self, store: SegmentStore, kind: str) -> None:
         self.store, self.kind = store, kind
         self._tallies: dict[str, _Tally] = {}
         self.unreadable = 0

@@ -105,11 +105,6 @@ def unbind_run_context() -> None:
         structlog.contextvars.unbind_contextvars(*(key for key in tokens if key not in AIRFLOW_BOUND_FIELDS))
 
 
-def bound_fields() -> dict[str, Any]:
-    """The context fields bound in this context (Airflow's and BareCount's)."""
-    return structlog.contextvars.get_contextvars()
-
-
 # ------------------------------------------------------------------------------------------------- levels
 
 
