@@ -24,7 +24,7 @@ from botocore.stub import Stubber
 
 from barecount_provider import config, policy
 from barecount_provider.operators.base import RUNNER_RESULT_XCOM_KEY, PolicyViolation
-from barecount_provider.operators.dedicated import (
+from barecount_provider.operators.ec2 import (
     MANAGED_TAG,
     DedicatedComputeFailed,
     DedicatedComputeOperator,
@@ -351,7 +351,7 @@ def test_ssm_agent_online_waits_for_every_host_then_gives_up_with_the_missing_on
     no_sleep: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = iter(range(0, 10_000, 400))  # each reading of the clock is 400 s later
-    monkeypatch.setattr("barecount_provider.operators.dedicated.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("barecount_provider.operators.ec2.time.monotonic", lambda: next(clock))
     op = _op(readiness_timeout_s=600)
     with Stubs(op) as stubs:
         online = [{"InstanceId": i, "PingStatus": "Online"} for i in IDS]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from barecount_provider.operators.base import RunnerResult
-from barecount_provider.operators.container import (
+from barecount_provider.operators.ecs import (
     EcsRunnerOperator,
     overrides_with_size_and_identity,
     parse_describe_tasks,
@@ -176,7 +176,7 @@ def test_execute_on_fixture_failed_exit_1_publishes_then_fails_naming_the_contai
     from airflow.sdk import DAG
     from airflow.sdk.exceptions import AirflowException
 
-    from barecount_provider.operators.container import EcsTaskFailed
+    from barecount_provider.operators.ecs import EcsTaskFailed
 
     describe = _fixture("describe_tasks_fargate_failed_exit_1.json")
     sent: dict[str, Any] = {}

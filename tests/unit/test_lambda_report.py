@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from barecount_provider.operators.serverless import (
+from barecount_provider.operators.lambda_function import (
     LambdaFunctionError,
     LambdaReport,
     LambdaRunnerOperator,

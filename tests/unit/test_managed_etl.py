@@ -22,19 +22,21 @@ from airflow.sdk.exceptions import AirflowException
 
 from barecount_provider import config, policy
 from barecount_provider.operators.base import PolicyViolation, RunnerResult
-from barecount_provider.operators.managed_etl import (
+from barecount_provider.operators.emr_serverless import (
     EmrServerlessJobRunFailed,
     EmrServerlessRunnerOperator,
+    emr_serverless_max_workers,
+    job_driver_with_identity,
+    record_emr_serverless_job_run,
+    spark_submit_parameters_with_identity,
+)
+from barecount_provider.operators.glue import (
     GlueJobRunFailed,
     GlueRunnerOperator,
-    emr_serverless_max_workers,
     glue_dpu_seconds,
     glue_run_kwargs_for_size,
     glue_script_args_with_identity,
-    job_driver_with_identity,
-    record_emr_serverless_job_run,
     record_glue_job_run,
-    spark_submit_parameters_with_identity,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
