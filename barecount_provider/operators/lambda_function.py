@@ -23,6 +23,7 @@ from typing import Any
 from airflow.providers.amazon.aws.operators.lambda_function import LambdaInvokeFunctionOperator
 from airflow.sdk.exceptions import AirflowException
 
+from barecount_provider.hooks.lambda_function import BareCountLambdaHook
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
@@ -202,6 +203,7 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
     """
 
     runner_class = "serverless"
+    aws_hook_class = BareCountLambdaHook
     operator_extra_links = (*LambdaInvokeFunctionOperator.operator_extra_links, RunnerConsoleLink())
     template_fields: Sequence[str] = (*LambdaInvokeFunctionOperator.template_fields, *BARECOUNT_TEMPLATE_FIELDS)
 
@@ -226,7 +228,17 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
             **kwargs,
         )
 
+    @property
+    def lambda_hook(self) -> BareCountLambdaHook:
+        """``self.hook``, typed: the upstream operator builds it from ``aws_hook_class``."""
+        hook = self.hook
+        if not isinstance(hook, BareCountLambdaHook):
+            raise TypeError(f"{type(self).__name__}.hook is a {type(hook).__name__}, not a BareCountLambdaHook")
+        return hook
+
     def execute(self, context: Any) -> str:
+        """Check the policy, add the identity, let :meth:`LambdaInvokeFunctionOperator.execute` invoke the
+        function, then record the runner_result from the Invoke response the hook kept."""
         ctx = self.barecount_context(context)
         requested = self.governed_resources(ctx)  # raises PolicyViolation before anything is invoked
         qualifier, qualifier_source = self.policy_target(ctx, "lambda", self.function_name, self.qualifier)
@@ -245,22 +257,28 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
         started = time.monotonic()
         self.log.info("Invoking Lambda function %s (qualifier %s)", self.function_name, self.qualifier)
         event = payload_with_identity(self.payload, identity)
-        response = self.hook.invoke_lambda(
-            function_name=self.function_name,
-            invocation_type=self.invocation_type,
-            log_type="Tail",
-            client_context=client_context_with_identity(self.client_context, identity),
-            payload=event,
-            qualifier=self.qualifier,
-        )
+        self.payload = event
+        self.client_context = client_context_with_identity(self.client_context, identity)
+        self.lambda_hook.forget_last_invocation()
+        upstream_error: ValueError | None = None
+        try:
+            super().execute(context)  # the upstream operator invokes; the hook keeps the response
+        except ValueError as err:  # the upstream operator's error for a bad status code or a FunctionError
+            if self.lambda_hook.last_invoke_response is None:
+                raise
+            upstream_error = err
+        response = self.lambda_hook.last_invoke_response
+        if response is None:
+            raise AirflowException(f"Lambda function {self.function_name!r}: the upstream operator did not invoke it")
         wall_s = time.monotonic() - started
         result.record("timings.started_at", started_at.isoformat(), "clock of the Airflow worker, before Invoke")
         result.record("timings.finished_at", datetime.now(UTC).isoformat(), "clock of the Airflow worker, after Invoke")
         result.record("timings.wall_duration_s", round(wall_s, 3), "clock of the Airflow worker around Invoke")
 
-        payload_stream = response.get("Payload")
-        payload = payload_stream.read().decode() if payload_stream is not None else ""
+        payload = self.lambda_hook.last_invoke_payload.decode()
         self._record_response(result, response, payload, configuration)
+        if upstream_error is not None and result.error is None:
+            result.fail("LambdaInvokeFailed", str(upstream_error))
         if result.error is not None:
             self.log.error("Lambda function %s failed: %s", self.function_name, result.error["message"])
         self.publish_runner_result(context, result)
