@@ -29,6 +29,8 @@ from airflow.providers.amazon.aws.operators.ssm import SsmRunCommandOperator
 from airflow.sdk.exceptions import AirflowException
 from botocore.exceptions import ClientError, WaiterError
 
+from barecount_provider.hooks.ec2 import BareCountEC2Hook
+from barecount_provider.hooks.ssm import BareCountSsmHook
 from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
@@ -96,17 +98,9 @@ def host_tags(ctx: Any) -> list[dict[str, str]]:
 def ssm_agent_online(operator: DedicatedComputeOperator, instance_ids: list[str]) -> None:
     """The default readiness check: every host's SSM agent reports PingStatus ``Online`` in
     DescribeInstanceInformation. botocore has no waiter for it, hence the bounded poll."""
-    client = operator.hook.conn
     deadline = time.monotonic() + operator.readiness_timeout_s
     while True:
-        response = client.describe_instance_information(
-            Filters=[{"Key": "InstanceIds", "Values": list(instance_ids)}]
-        )
-        online = {
-            info["InstanceId"]
-            for info in response.get("InstanceInformationList", [])
-            if info.get("PingStatus") == "Online"
-        }
+        online = operator.ssm_hook.online_instance_ids(instance_ids)
         missing = sorted(set(instance_ids) - online)
         if not missing:
             return
@@ -287,6 +281,7 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
     """
 
     runner_class = "dedicated"
+    aws_hook_class = BareCountSsmHook
     operator_extra_links = (*SsmRunCommandOperator.operator_extra_links, RunnerConsoleLink())
     template_fields: Sequence[str] = (
         *SsmRunCommandOperator.template_fields,
@@ -363,9 +358,17 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
         self._command_id: str | None = None
 
     @cached_property
-    def ec2_hook(self) -> EC2Hook:
+    def ec2_hook(self) -> BareCountEC2Hook:
         """The EC2 hook, on the same connection, region and botocore settings as the SSM hook."""
-        return EC2Hook(api_type="client_type", **self._hook_parameters)
+        return BareCountEC2Hook(**self._hook_parameters)
+
+    @property
+    def ssm_hook(self) -> BareCountSsmHook:
+        """``self.hook``, typed: the upstream operator builds it from ``aws_hook_class``."""
+        hook = self.hook
+        if not isinstance(hook, BareCountSsmHook):
+            raise TypeError(f"{type(self).__name__}.hook is a {type(hook).__name__}, not a BareCountSsmHook")
+        return hook
 
     # ---------------------------------------------------------------------------------------- lifecycle
 
@@ -459,7 +462,7 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
         """Cancel the command and terminate every launched host (idempotent with execute's finally)."""
         if self._command_id:
             try:
-                self.hook.conn.cancel_command(CommandId=self._command_id)
+                self.ssm_hook.cancel_command(self._command_id)
             except Exception:
                 self.log.warning("Could not cancel SSM command %s", self._command_id, exc_info=True)
         self._terminate_hosts()
@@ -489,35 +492,33 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
             key = "Arn" if self.iam_instance_profile.startswith("arn:") else "Name"
             request["IamInstanceProfile"] = {key: self.iam_instance_profile}
         self.log.info("Launching %d x %s from %s", host_count, instance_type, self.image_id)
-        response = self.ec2_hook.conn.run_instances(**request)
-        for instance in response.get("Instances", []):
+        for instance in self.ec2_hook.run_instances(**request):
             self._launched[instance["InstanceId"]] = instance.get("LaunchTime") or datetime.now(UTC)
         self.log.info("Launched %s", ", ".join(self._launched))
 
-    def _waiter_config(self) -> dict[str, int]:
-        return {"Delay": self.host_waiter_delay, "MaxAttempts": self.host_waiter_max_attempts}
+    def _wait_for_hosts(self, waiter_name: str, instance_ids: list[str]) -> None:
+        self.ec2_hook.wait_for_instances(
+            waiter_name, instance_ids, self.host_waiter_delay, self.host_waiter_max_attempts
+        )
 
     def _wait_until_ready(self) -> None:
         ids = list(self._launched)
-        self.ec2_hook.conn.get_waiter("instance_running").wait(
-            InstanceIds=ids, WaiterConfig=self._waiter_config()
-        )
+        self._wait_for_hosts("instance_running", ids)
         self.readiness_check(self, ids)
 
     def _run_command(self, identity: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         """SendCommand to every host, wait with the upstream ``command_executed`` waiter, return each host's
         GetCommandInvocation (a failed command is read, not raised: it is recorded)."""
         ids = list(self._launched)
-        response = self.hook.conn.send_command(
-            **self.run_command_kwargs,
-            DocumentName=RUN_SHELL_SCRIPT,
-            InstanceIds=ids,
-            Parameters={
+        self._command_id = self.ssm_hook.send_command(
+            RUN_SHELL_SCRIPT,
+            ids,
+            {
                 "commands": commands_with_identity(self.commands, identity),
                 "executionTimeout": [str(int(self.command_timeout_s))],
             },
+            **self.run_command_kwargs,
         )
-        self._command_id = response["Command"]["CommandId"]
         self.log.info("Sent SSM command %s to %s", self._command_id, ", ".join(ids))
         waiter = self.hook.get_waiter("command_executed")
         for instance_id in ids:
@@ -545,9 +546,7 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
             return
         try:
             self.ec2_hook.terminate_instances(instance_ids=remaining)
-            self.ec2_hook.conn.get_waiter("instance_terminated").wait(
-                InstanceIds=remaining, WaiterConfig=self._waiter_config()
-            )
+            self._wait_for_hosts("instance_terminated", remaining)
         except Exception:
             self.log.error(
                 "Could not confirm termination of %s: the orphan sweep will terminate them",

@@ -20,6 +20,7 @@ from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
 from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOperator
 from airflow.sdk.exceptions import AirflowException
 
+from barecount_provider.hooks.emr_serverless import BareCountEmrServerlessHook
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
     BareCountRunnerMixin,
@@ -201,6 +202,7 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
     """
 
     runner_class = "managed_etl"
+    aws_hook_class = BareCountEmrServerlessHook
     operator_extra_links = (  # type: ignore[assignment]
         *EmrServerlessStartJobOperator.operator_extra_links,
         RunnerConsoleLink(),
@@ -284,10 +286,20 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
             ) from failure
         return self.job_id
 
+    @property
+    def emr_hook(self) -> BareCountEmrServerlessHook:
+        """``self.hook``, typed: the upstream operator builds it from ``aws_hook_class``."""
+        hook = self.hook
+        if not isinstance(hook, BareCountEmrServerlessHook):
+            raise TypeError(
+                f"{type(self).__name__}.hook is a {type(hook).__name__}, not a BareCountEmrServerlessHook"
+            )
+        return hook
+
     def _record_application(self, result: RunnerResult, emr_size: Mapping[str, Any]) -> None:
         """The application's own capacity (its parallelism bounds): GetApplication, never changed here."""
         try:
-            application = dict(self.hook.conn.get_application(applicationId=self.application_id)["application"])
+            application = self.emr_hook.get_application(self.application_id)
         except Exception as err:
             reason = f"GetApplication failed ({type(err).__name__})"
             for path in ("resources_used.initial_capacity", "resources_used.maximum_capacity"):
@@ -316,9 +328,7 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
 
     def _get_job_run(self, result: RunnerResult) -> dict[str, Any]:
         try:
-            return dict(
-                self.hook.conn.get_job_run(applicationId=self.application_id, jobRunId=self.job_id)["jobRun"]
-            )
+            return self.emr_hook.get_job_run(self.application_id, str(self.job_id or ""))
         except Exception as err:
             self.log.warning("BareCount could not read EMR Serverless job run %s: %s", self.job_id, err)
             result.record("details.get_job_run_error", str(err), f"GetJobRun failed ({type(err).__name__})")

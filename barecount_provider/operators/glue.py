@@ -21,6 +21,7 @@ from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk.exceptions import AirflowException
 
 from barecount_provider.cost.models import GLUE_DPU_PER_WORKER
+from barecount_provider.hooks.glue import BareCountGlueJobHook
 from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
@@ -191,6 +192,7 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
     """
 
     runner_class = "managed_etl"
+    aws_hook_class = BareCountGlueJobHook
     # the upstream links, then BareCount's (mypy: the upstream tuple's exact type is not a contract)
     operator_extra_links = (*GlueJobOperator.operator_extra_links, RunnerConsoleLink())  # type: ignore[assignment]
     template_fields: Sequence[str] = (*GlueJobOperator.template_fields, *BARECOUNT_TEMPLATE_FIELDS)
@@ -280,10 +282,18 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
             ) from failure
         return run_id
 
+    @property
+    def glue_hook(self) -> BareCountGlueJobHook:
+        """``self.hook``, typed: the upstream operator builds it from ``aws_hook_class``."""
+        hook = self.hook
+        if not isinstance(hook, BareCountGlueJobHook):
+            raise TypeError(f"{type(self).__name__}.hook is a {type(hook).__name__}, not a BareCountGlueJobHook")
+        return hook
+
     def _get_job_run(self, result: RunnerResult, run_id: str) -> dict[str, Any]:
         """GetJobRun of the finished run; on failure, recorded as missing, never fatal."""
         try:
-            return dict(self.hook.conn.get_job_run(JobName=self.job_name, RunId=run_id)["JobRun"])
+            return self.glue_hook.get_job_run(self.job_name, run_id)
         except Exception as err:
             self.log.warning("BareCount could not read Glue job run %s: %s", run_id, err)
             result.record("details.get_job_run_error", str(err), f"GetJobRun failed ({type(err).__name__})")

@@ -300,11 +300,8 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
 
     def _function_configuration(self, result: RunnerResult) -> dict[str, Any]:
         """GetFunctionConfiguration of the qualifier; on failure, recorded as missing, never fatal."""
-        args = {"FunctionName": self.function_name}
-        if self.qualifier:
-            args["Qualifier"] = self.qualifier
         try:
-            return dict(self.hook.conn.get_function_configuration(**args))
+            return self.lambda_hook.get_function_configuration(self.function_name, self.qualifier)
         except Exception as err:
             reason = f"GetFunctionConfiguration failed ({type(err).__name__})"
             self.log.warning("BareCount could not read the function configuration: %s", err)
@@ -313,11 +310,8 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
 
     def _record_concurrency(self, result: RunnerResult) -> None:
         """Reserved (function) and provisioned (qualifier) concurrency: how the function scales per event."""
-        conn = self.hook.conn
         try:
-            reserved = conn.get_function_concurrency(FunctionName=self.function_name).get(
-                "ReservedConcurrentExecutions"
-            )
+            reserved = self.lambda_hook.get_reserved_concurrency(self.function_name)
         except Exception as err:
             result.absent("details.reserved_concurrency", f"GetFunctionConcurrency failed ({type(err).__name__})")
         else:
@@ -330,9 +324,7 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
             result.record("details.provisioned_concurrency", None, "no qualifier: $LATEST cannot have any")
             return
         try:
-            config = conn.get_provisioned_concurrency_config(
-                FunctionName=self.function_name, Qualifier=self.qualifier
-            )
+            config = self.lambda_hook.get_provisioned_concurrency_config(self.function_name, self.qualifier)
         except Exception as err:
             code = (getattr(err, "response", None) or {}).get("Error", {}).get("Code")
             if code == "ProvisionedConcurrencyConfigNotFoundException":

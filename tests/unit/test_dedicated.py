@@ -18,11 +18,12 @@ from typing import Any
 import boto3
 import pytest
 from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
-from airflow.providers.amazon.aws.hooks.ssm import SsmHook
 from airflow.sdk import DAG
 from botocore.stub import Stubber
 
 from barecount_provider import config, policy
+from barecount_provider.hooks.ec2 import BareCountEC2Hook
+from barecount_provider.hooks.ssm import BareCountSsmHook
 from barecount_provider.operators.base import RUNNER_RESULT_XCOM_KEY, PolicyViolation
 from barecount_provider.operators.ec2 import (
     MANAGED_TAG,
@@ -66,9 +67,9 @@ class Stubs:
         self.ssm_client = boto3.client("ssm", region_name=REGION, **creds)
         self.ec2 = Stubber(self.ec2_client)
         self.ssm = Stubber(self.ssm_client)
-        ec2_hook = EC2Hook(api_type="client_type", aws_conn_id=None, region_name=REGION)
+        ec2_hook = BareCountEC2Hook(aws_conn_id=None, region_name=REGION)
         ec2_hook.__dict__["conn"] = self.ec2_client
-        ssm_hook = SsmHook(aws_conn_id=None, region_name=REGION)
+        ssm_hook = BareCountSsmHook(aws_conn_id=None, region_name=REGION)
         ssm_hook.__dict__["conn"] = self.ssm_client
         op.__dict__["ec2_hook"] = ec2_hook
         op.__dict__["hook"] = ssm_hook
