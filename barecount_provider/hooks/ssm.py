@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.ssm import SsmHook
 
 
 class BareCountSsmHook(SsmHook):
-    """``SsmHook`` with Run Command's send and cancel, and the SSM agents' registration."""
+    """``SsmHook`` with Run Command's send and cancel, and a waiter for the SSM agents' registration."""
 
     def send_command(
         self, document_name: str, instance_ids: Sequence[str], parameters: Mapping[str, Any], **kwargs: Any
@@ -25,13 +27,17 @@ class BareCountSsmHook(SsmHook):
         """CancelCommand of ``command_id`` on every host it was sent to."""
         self.conn.cancel_command(CommandId=command_id)
 
-    def online_instance_ids(self, instance_ids: Sequence[str]) -> set[str]:
-        """Those of ``instance_ids`` whose SSM agent reports PingStatus ``Online`` (DescribeInstanceInformation)."""
-        response = self.conn.describe_instance_information(
-            Filters=[{"Key": "InstanceIds", "Values": list(instance_ids)}]
+    @property
+    def waiter_path(self) -> os.PathLike[str] | None:
+        """BareCount's custom waiters (``waiters/ssm.json``); botocore's own SSM waiters stay available."""
+        return Path(__file__).resolve().parents[1] / "waiters" / "ssm.json"
+
+    def wait_for_agents_online(self, instance_ids: Sequence[str], delay: float, max_attempts: int) -> None:
+        """Wait with the custom ``ssm_agent_online`` waiter until every host of ``instance_ids`` reports
+        PingStatus ``Online`` in DescribeInstanceInformation, polling every ``delay`` seconds at most
+        ``max_attempts`` times; botocore's ``WaiterError`` (with ``last_response``) when they do not."""
+        ids = list(instance_ids)
+        self.get_waiter("ssm_agent_online", parameters={"host_count": str(len(ids))}).wait(
+            Filters=[{"Key": "InstanceIds", "Values": ids}],
+            WaiterConfig={"Delay": delay, "MaxAttempts": max_attempts},
         )
-        return {
-            info["InstanceId"]
-            for info in response.get("InstanceInformationList", [])
-            if info.get("PingStatus") == "Online"
-        }

@@ -97,19 +97,26 @@ def host_tags(ctx: Any) -> list[dict[str, str]]:
 
 def ssm_agent_online(operator: DedicatedComputeOperator, instance_ids: list[str]) -> None:
     """The default readiness check: every host's SSM agent reports PingStatus ``Online`` in
-    DescribeInstanceInformation. botocore has no waiter for it, hence the bounded poll."""
-    deadline = time.monotonic() + operator.readiness_timeout_s
-    while True:
-        online = operator.ssm_hook.online_instance_ids(instance_ids)
+    DescribeInstanceInformation, waited for with BareCount's custom ``ssm_agent_online`` waiter (polls every
+    ``host_waiter_delay`` seconds for ``readiness_timeout_s``)."""
+    delay = operator.host_waiter_delay
+    attempts = int(operator.readiness_timeout_s // delay) + 1 if delay > 0 else 1
+    try:
+        operator.ssm_hook.wait_for_agents_online(instance_ids, delay, attempts)
+    except WaiterError as err:
+        last = err.last_response or {}
+        if "Error" in last:  # the service refused the call: its own error, as before the waiter
+            raise ClientError(last, "DescribeInstanceInformation") from err
+        online = {
+            info["InstanceId"]
+            for info in last.get("InstanceInformationList", [])
+            if info.get("PingStatus") == "Online"
+        }
         missing = sorted(set(instance_ids) - online)
-        if not missing:
-            return
-        if time.monotonic() >= deadline:
-            raise HostsNotReady(
-                f"SSM agent of {', '.join(missing)} not Online after {operator.readiness_timeout_s} s "
-                "(is the AMI running the SSM agent, with an instance profile that allows it?)"
-            )
-        time.sleep(operator.host_waiter_delay)
+        raise HostsNotReady(
+            f"SSM agent of {', '.join(missing)} not Online after {operator.readiness_timeout_s} s "
+            "(is the AMI running the SSM agent, with an instance profile that allows it?)"
+        ) from None
 
 
 def instance_state_only(operator: DedicatedComputeOperator, instance_ids: list[str]) -> None:
