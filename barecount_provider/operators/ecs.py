@@ -21,6 +21,7 @@ from airflow.providers.amazon.aws.operators.ecs import EcsRunTaskOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from barecount_provider import context as bc_context
+from barecount_provider.hooks.ecs import BareCountEcsHook
 from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
@@ -322,6 +323,7 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
     """
 
     runner_class = "container"
+    aws_hook_class = BareCountEcsHook
     operator_extra_links = (*EcsRunTaskOperator.operator_extra_links, RunnerConsoleLink())
     template_fields: Sequence[str] = (*EcsRunTaskOperator.template_fields, *BARECOUNT_TEMPLATE_FIELDS)
 
@@ -417,9 +419,17 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
         else:
             result.record("details.awsvpc_configuration", None, "none: not an awsvpc task (bridge or host network)")
 
+    @property
+    def ecs_hook(self) -> BareCountEcsHook:
+        """``self.hook``, typed: the upstream operator builds it from ``aws_hook_class``."""
+        hook = self.hook
+        if not isinstance(hook, BareCountEcsHook):
+            raise TypeError(f"{type(self).__name__}.hook is a {type(hook).__name__}, not a BareCountEcsHook")
+        return hook
+
     def _prepare_run(self, ctx: bc_context.RunContext, fargate_size: Mapping[str, Any]) -> None:
         """Size, identity and tags, set on this run's RunTask arguments before the upstream operator runs."""
-        definition = self.client.describe_task_definition(taskDefinition=self.task_definition)["taskDefinition"]
+        definition = self.ecs_hook.describe_task_definition(self.task_definition)
         names = [str(container["name"]) for container in definition.get("containerDefinitions") or ()]
         self.overrides = overrides_with_size_and_identity(self.overrides, fargate_size, self.identity_env(ctx), names)
         self.tags = {
@@ -436,7 +446,7 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
         if not self.arn:
             return None
         try:
-            response = self.client.describe_tasks(cluster=self.cluster, tasks=[self.arn])
+            response = self.ecs_hook.describe_task(self.cluster, self.arn)
         except Exception as err:
             self.log.warning("BareCount could not describe ECS task %s: %s", self.arn, err)
             result.record("details.describe_error", str(err), f"DescribeTasks failed ({type(err).__name__})")
