@@ -22,10 +22,10 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from barecount_provider.operators.container import EcsRunnerOperator
-from barecount_provider.operators.dedicated import DedicatedComputeOperator, ReadinessCheck
-from barecount_provider.operators.managed_etl import GlueRunnerOperator
-from barecount_provider.operators.serverless import LambdaRunnerOperator
+from barecount_provider.operators.ec2 import DedicatedComputeOperator, ReadinessCheck
+from barecount_provider.operators.ecs import EcsRunnerOperator
+from barecount_provider.operators.glue import GlueRunnerOperator
+from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
 DAG_ID = "example_all_runners"
 NEEDS_AWS_TAG = "needs-aws"

@@ -13,7 +13,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from barecount_provider.operators.container import KubernetesRunnerOperator
+from barecount_provider.operators.kubernetes import KubernetesRunnerOperator
 
 DAG_ID = "example_container"
 NEEDS_K8S_TAG = "needs-k8s"

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from barecount_provider.operators.dedicated import DedicatedComputeOperator, ReadinessCheck
+from barecount_provider.operators.ec2 import DedicatedComputeOperator, ReadinessCheck
 
 DAG_ID = "example_dedicated"
 NEEDS_AWS_TAG = "needs-aws"

@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from barecount_provider.operators.container import EcsRunnerOperator
+from barecount_provider.operators.ecs import EcsRunnerOperator
 
 DAG_ID = "example_ecs"
 NEEDS_AWS_TAG = "needs-aws"

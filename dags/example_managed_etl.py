@@ -15,7 +15,8 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from barecount_provider.operators.managed_etl import EmrServerlessRunnerOperator, GlueRunnerOperator
+from barecount_provider.operators.emr_serverless import EmrServerlessRunnerOperator
+from barecount_provider.operators.glue import GlueRunnerOperator
 
 DAG_ID = "example_managed_etl"
 NEEDS_AWS_TAG = "needs-aws"

@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from barecount_provider.operators.serverless import LambdaRunnerOperator
+from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
 DAG_ID = "example_serverless"
 NEEDS_AWS_TAG = "needs-aws"

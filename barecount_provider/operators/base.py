@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperatorLink
@@ -456,3 +458,56 @@ def runner_metric_points(result: RunnerResult, tags: Mapping[str, str]) -> list[
     if result.error is not None:
         points.append(("barecount.runner.errors", COUNTER, 1, {**tags, "error_class": result.error["error_class"]}))
     return points
+
+
+# ---------------------------------------------------------------------- shared by the runner modules
+
+LABEL_PREFIX = "barecount.io/"  # labels and tags of Kubernetes pods and ECS tasks
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds from one ISO 8601 timestamp to another, to the millisecond; None when either is missing or bad."""
+    if not start or not end:
+        return None
+    try:
+        started = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((ended - started).total_seconds(), 3)
+
+
+def iso_or_none(value: Any) -> str | None:
+    """An AWS timestamp (a datetime, naive taken as UTC, or a string) as ISO 8601; None when empty."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return str(value) if value else None
+
+
+def record_or_absent(result: RunnerResult, path: str, value: Any, source: str, gap: str) -> None:
+    """Record ``value`` at ``path`` from ``source``, or mark it absent with ``gap`` when empty."""
+    if value is None or value == "":
+        result.absent(path, gap)
+    else:
+        result.record(path, value, source)
+
+
+def record_requested_from_size_table(result: RunnerResult, settings: Mapping[str, Any], table_path: str) -> None:
+    """Record a size-table entry as ``resources_requested`` (it selects the application; never applied)."""
+    source = f"policy size_tables.{table_path} (selects the application; never applied at run time)"
+    if not settings:
+        result.absent("resources_requested", f"no entry in the policy's size table ({table_path})")
+    for key, value in settings.items():
+        result.record(f"resources_requested.{key}", value, source)
+
+
+def record_wall_clock(result: RunnerResult, started_at: datetime, started: float, what: str) -> None:
+    """Record when the service call started and how long it took, by the Airflow worker's clock."""
+    result.record(
+        "timings.submitted_at", started_at.isoformat(), f"clock of the Airflow worker, before {what}"
+    )
+    result.record(
+        "timings.wall_duration_s",
+        round(time.monotonic() - started, 3),
+        f"clock of the Airflow worker around {what}",
+    )

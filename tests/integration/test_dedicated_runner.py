@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from barecount_provider import config, context, policy
-from barecount_provider.operators.dedicated import MANAGED_TAG, TAG_RUN, instance_state_only
+from barecount_provider.operators.ec2 import MANAGED_TAG, TAG_RUN, instance_state_only
 
 from .conftest import MOTO_CONN_ID, MotoServer
 

@@ -296,7 +296,7 @@ def test_network_profile_places_the_task_in_the_policys_subnets(
 
     from airflow.sdk import DAG
 
-    from barecount_provider.operators.container import EcsRunnerOperator
+    from barecount_provider.operators.ecs import EcsRunnerOperator
 
     class TI(SimpleNamespace):
         def xcom_push(self, key: str, value: Any) -> None:

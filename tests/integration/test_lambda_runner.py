@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from barecount_provider import config, context, policy
-from barecount_provider.operators.serverless import LambdaRunnerOperator
+from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
 from .conftest import MOTO_CONN_ID, MotoServer
 

@@ -246,7 +246,8 @@ def test_policy_runner_targets_select_the_glue_job_and_emr_application(
     from airflow.sdk import DAG
 
     from barecount_provider.operators.base import PolicyViolation
-    from barecount_provider.operators.managed_etl import EmrServerlessRunnerOperator, GlueRunnerOperator
+    from barecount_provider.operators.emr_serverless import EmrServerlessRunnerOperator
+    from barecount_provider.operators.glue import GlueRunnerOperator
 
     application_id = managed_etl_resources["application_id"]
     path = tmp_path / "policy.yaml"
@@ -327,7 +328,7 @@ def test_glue_job_metrics_emitted_by_the_test_are_read_from_moto_cloudwatch(
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.glue.models import FakeJob
 
-    from barecount_provider.operators.managed_etl import GlueRunnerOperator
+    from barecount_provider.operators.glue import GlueRunnerOperator
 
     original = FakeJob.start_job_run
 

@@ -40,8 +40,8 @@ from datetime import datetime
 
 from airflow.sdk import DAG, task
 
-from barecount_provider.operators.container import KubernetesRunnerOperator
-from barecount_provider.operators.serverless import LambdaRunnerOperator
+from barecount_provider.operators.kubernetes import KubernetesRunnerOperator
+from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
 with DAG(dag_id="pools_{tenant}", start_date=datetime(2026, 1, 1), schedule=None, tags=["tenant:{tenant}"]):
     ingest = LambdaRunnerOperator(task_id="ingest", function_name="nowhere", retries=0)

@@ -142,7 +142,7 @@ def test_shipped_table_is_dated_with_source_and_caveat_and_holds_the_reference_p
 
 
 def test_glue_dpu_table_is_the_operator_s():
-    from barecount_provider.operators.managed_etl import GLUE_DPU_PER_WORKER as OPERATOR_TABLE
+    from barecount_provider.operators.glue import GLUE_DPU_PER_WORKER as OPERATOR_TABLE
 
     assert OPERATOR_TABLE is GLUE_DPU_PER_WORKER  # one table: the operator's derivation and the cost agree
     assert GLUE_DPU_PER_WORKER["G.1X"] == 1.0 and GLUE_DPU_PER_WORKER["G.025X"] == 0.25

@@ -18,13 +18,15 @@ from typing import Any
 import boto3
 import pytest
 from airflow.providers.amazon.aws.hooks.ec2 import EC2Hook
-from airflow.providers.amazon.aws.hooks.ssm import SsmHook
 from airflow.sdk import DAG
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from barecount_provider import config, policy
+from barecount_provider.hooks.ec2 import BareCountEC2Hook
+from barecount_provider.hooks.ssm import BareCountSsmHook
 from barecount_provider.operators.base import RUNNER_RESULT_XCOM_KEY, PolicyViolation
-from barecount_provider.operators.dedicated import (
+from barecount_provider.operators.ec2 import (
     MANAGED_TAG,
     DedicatedComputeFailed,
     DedicatedComputeOperator,
@@ -66,9 +68,9 @@ class Stubs:
         self.ssm_client = boto3.client("ssm", region_name=REGION, **creds)
         self.ec2 = Stubber(self.ec2_client)
         self.ssm = Stubber(self.ssm_client)
-        ec2_hook = EC2Hook(api_type="client_type", aws_conn_id=None, region_name=REGION)
+        ec2_hook = BareCountEC2Hook(aws_conn_id=None, region_name=REGION)
         ec2_hook.__dict__["conn"] = self.ec2_client
-        ssm_hook = SsmHook(aws_conn_id=None, region_name=REGION)
+        ssm_hook = BareCountSsmHook(aws_conn_id=None, region_name=REGION)
         ssm_hook.__dict__["conn"] = self.ssm_client
         op.__dict__["ec2_hook"] = ec2_hook
         op.__dict__["hook"] = ssm_hook
@@ -347,22 +349,40 @@ def test_on_kill_cancels_the_command_and_terminates_the_launched_hosts() -> None
 # ----------------------------------------------------------------------------------------- readiness
 
 
-def test_ssm_agent_online_waits_for_every_host_then_gives_up_with_the_missing_ones(
-    no_sleep: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = iter(range(0, 10_000, 400))  # each reading of the clock is 400 s later
-    monkeypatch.setattr("barecount_provider.operators.dedicated.time.monotonic", lambda: next(clock))
-    op = _op(readiness_timeout_s=600)
+def test_ssm_agent_online_waits_for_every_host_then_gives_up_with_the_missing_ones(no_sleep: None) -> None:
+    op = _op(readiness_timeout_s=600, host_waiter_delay=300)  # the waiter polls 600 // 300 + 1 = 3 times
+    request = {"Filters": [{"Key": "InstanceIds", "Values": IDS}]}
     with Stubs(op) as stubs:
         online = [{"InstanceId": i, "PingStatus": "Online"} for i in IDS]
-        stubs.ssm.add_response("describe_instance_information", {"InstanceInformationList": online}, None)
-        ssm_agent_online(op, IDS)
         lost = [online[0], {"InstanceId": IDS[1], "PingStatus": "ConnectionLost"}]
-        for _ in range(2):  # polled once more after 400 s, then past the 600 s timeout
-            stubs.ssm.add_response("describe_instance_information", {"InstanceInformationList": lost}, None)
+        stubs.ssm.add_response("describe_instance_information", {"InstanceInformationList": lost}, request)
+        stubs.ssm.add_response("describe_instance_information", {"InstanceInformationList": online}, request)
+        ssm_agent_online(op, IDS)  # one host not yet Online, then both: waited for
+        stubs.ssm.assert_no_pending_responses()
+        for _ in range(3):
+            stubs.ssm.add_response("describe_instance_information", {"InstanceInformationList": lost}, request)
         with pytest.raises(HostsNotReady, match=rf"SSM agent of {IDS[1]} not Online after 600 s"):
             ssm_agent_online(op, IDS)
         stubs.ssm.assert_no_pending_responses()
+
+
+def test_ssm_agent_online_keeps_the_service_error_when_ssm_refuses(no_sleep: None) -> None:
+    op = _op(readiness_timeout_s=600, host_waiter_delay=300)
+    with Stubs(op) as stubs:
+        stubs.ssm.add_client_error("describe_instance_information", "AccessDeniedException", "not allowed")
+        with pytest.raises(ClientError, match="AccessDeniedException"):
+            ssm_agent_online(op, IDS)
+
+
+def test_the_ssm_agent_online_waiter_is_loaded_from_barecounts_waiter_json() -> None:
+    """The amazon provider's custom-waiter loading (``waiter_path`` + ``get_waiter(parameters=...)``) finds
+    BareCount's JSON; fails clearly if that upstream shape changes."""
+    hook = BareCountSsmHook(aws_conn_id=None, region_name=REGION)
+    assert "ssm_agent_online" in hook.list_waiters()
+    assert "command_executed" in hook.list_waiters()  # botocore's own SSM waiters are still there
+    waiter = hook.get_waiter("ssm_agent_online", parameters={"host_count": "2"})
+    assert waiter.config.operation == "DescribeInstanceInformation"
+    assert "== `2`" in waiter.config.acceptors[0].argument
 
 
 # --------------------------------------------------------------------------------------------- sweep

@@ -38,10 +38,12 @@ RUNNER_FIELD = re.compile(
     r'"((?:resources_requested|resources_used|timings|digests|billing_inputs|details)\.[a-z0-9_]+)"'
 )
 RUNNER_PAGES = {
-    "serverless": ["docs/runners.md"],
-    "managed_etl": ["docs/runners/managed_etl.md"],
-    "container": ["docs/runners/container.md"],
-    "dedicated": ["docs/runners/dedicated.md"],
+    "lambda_function": ["docs/runners.md"],
+    "glue": ["docs/runners/managed_etl.md"],
+    "emr_serverless": ["docs/runners/managed_etl.md"],
+    "kubernetes": ["docs/runners/container.md"],
+    "ecs": ["docs/runners/container.md"],
+    "ec2": ["docs/runners/dedicated.md"],
     "cloudwatch": ["docs/runners/managed_etl.md", "docs/runners/container.md", "docs/runners/dedicated.md"],
 }
 

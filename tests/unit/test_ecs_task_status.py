@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from barecount_provider.hooks.ecs import BareCountEcsHook
 from barecount_provider.operators.base import RunnerResult
-from barecount_provider.operators.container import (
+from barecount_provider.operators.ecs import (
     EcsRunnerOperator,
     overrides_with_size_and_identity,
     parse_describe_tasks,
@@ -176,7 +177,7 @@ def test_execute_on_fixture_failed_exit_1_publishes_then_fails_naming_the_contai
     from airflow.sdk import DAG
     from airflow.sdk.exceptions import AirflowException
 
-    from barecount_provider.operators.container import EcsTaskFailed
+    from barecount_provider.operators.ecs import EcsTaskFailed
 
     describe = _fixture("describe_tasks_fargate_failed_exit_1.json")
     sent: dict[str, Any] = {}
@@ -190,7 +191,9 @@ def test_execute_on_fixture_failed_exit_1_publishes_then_fails_naming_the_contai
     monkeypatch.setattr("barecount_provider.operators.base.get_emitter", lambda: type("E", (), {"emit": lambda self, points: None})())
     with DAG("ecs_fixture", schedule=None):
         op = EcsRunnerOperator(task_id="transform", cluster="pipelines", task_definition="orders", tenant="acme", pipeline="orders", size="s")
-    op.__dict__["client"] = _FakeEcsClient(describe)
+    hook = BareCountEcsHook(aws_conn_id=None, region_name="us-east-1")
+    hook.__dict__["conn"] = _FakeEcsClient(describe)  # the boto3 client, stubbed under the real hook
+    op.__dict__["hook"] = hook
     failed: list[Any] = []
     monkeypatch.setattr(op, "on_runner_failed", lambda context, result, event: failed.append(event))
     ti = _TI(op)

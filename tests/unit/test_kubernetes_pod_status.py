@@ -16,7 +16,7 @@ import pytest
 from kubernetes.client import V1EnvVar, V1ResourceRequirements
 
 from barecount_provider.operators.base import PolicyViolation, RunnerResult
-from barecount_provider.operators.container import (
+from barecount_provider.operators.kubernetes import (
     KubernetesPodFailed,
     KubernetesRunnerOperator,
     ObservePodCallback,

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from barecount_provider.operators.serverless import (
+from barecount_provider.hooks.lambda_function import BareCountLambdaHook
+from barecount_provider.operators.lambda_function import (
     LambdaFunctionError,
     LambdaReport,
     LambdaRunnerOperator,
@@ -83,16 +84,16 @@ def test_identity_goes_into_client_context_and_json_object_payloads() -> None:
 # ----------------------------------------------------------------------------- execute() on a stub hook
 
 
-class _StubHook:
-    """The LambdaHook surface the operator uses, answering with a fixture response."""
+class _StubHook(BareCountLambdaHook):
+    """The real BareCountLambdaHook over a stub boto3 client answering with a fixture response."""
 
     def __init__(self, response: dict[str, Any], configuration: dict[str, Any]) -> None:
+        super().__init__(aws_conn_id=None, region_name="eu-west-1")
         self.response, self.configuration = dict(response), configuration
         self.calls: list[dict[str, Any]] = []
-        self.region_name = "eu-west-1"
-        self.conn = SimpleNamespace(get_function_configuration=lambda **kwargs: self.configuration)
+        self.conn = SimpleNamespace(invoke=self._invoke, get_function_configuration=lambda **kwargs: self.configuration)
 
-    def invoke_lambda(self, **kwargs: Any) -> dict[str, Any]:
+    def _invoke(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(kwargs)
         response = dict(self.response)
         response["Payload"] = io.BytesIO(response["Payload"].encode())
@@ -124,7 +125,7 @@ def _run(monkeypatch: pytest.MonkeyPatch, response_fixture: str) -> tuple[Lambda
 def test_runner_result_on_fixture_text_report(monkeypatch: pytest.MonkeyPatch) -> None:
     op, hook, ti = _run(monkeypatch, "invoke_response_text_report.json")
     assert json.loads(op.execute({"ti": ti})) == {"records": 120}
-    assert hook.calls[0]["log_type"] == "Tail" and hook.calls[0]["qualifier"] == "3"
+    assert hook.calls[0]["LogType"] == "Tail" and hook.calls[0]["Qualifier"] == "3"
     result = ti.pushed["runner_result"]
     assert result["timings"]["duration_s"] == pytest.approx(0.01234)
     assert result["timings"]["billed_duration_s"] == pytest.approx(0.013)
@@ -200,3 +201,21 @@ def test_a_function_error_on_fixture_goes_to_the_dead_letter_queue_once_per_even
     assert letter.error_class == "FunctionError.Unhandled"
     assert letter.source["kind"] == "runner:serverless"
     assert op.barecount_dead_letters == [letter.idempotency_key]
+
+
+def test_the_runner_lets_the_upstream_execute_invoke_the_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upstream LambdaInvokeFunctionOperator.execute runs (wrapped, not copied): its fixes reach the runner."""
+    from airflow.providers.amazon.aws.operators.lambda_function import LambdaInvokeFunctionOperator
+
+    upstream = LambdaInvokeFunctionOperator.execute
+    calls: list[Any] = []
+
+    def spy(self: Any, context: Any) -> Any:
+        calls.append(self.payload)
+        return upstream(self, context)
+
+    monkeypatch.setattr(LambdaInvokeFunctionOperator, "execute", spy)
+    op, hook, ti = _run(monkeypatch, "invoke_response_text_report.json")
+    assert json.loads(op.execute({"ti": ti})) == {"records": 120}
+    assert len(calls) == 1 and json.loads(calls[0])["barecount"]["BARECOUNT_RUN_TOKEN"]  # with the identity
+    assert len(hook.calls) == 1

@@ -16,25 +16,30 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOperator
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk.exceptions import AirflowException
 
 from barecount_provider import config, policy
+from barecount_provider.hooks.emr_serverless import BareCountEmrServerlessHook
+from barecount_provider.hooks.glue import BareCountGlueJobHook
 from barecount_provider.operators.base import PolicyViolation, RunnerResult
-from barecount_provider.operators.managed_etl import (
+from barecount_provider.operators.emr_serverless import (
     EmrServerlessJobRunFailed,
     EmrServerlessRunnerOperator,
+    emr_serverless_max_workers,
+    job_driver_with_identity,
+    record_emr_serverless_job_run,
+    spark_submit_parameters_with_identity,
+)
+from barecount_provider.operators.glue import (
     GlueJobRunFailed,
     GlueRunnerOperator,
-    emr_serverless_max_workers,
     glue_dpu_seconds,
     glue_run_kwargs_for_size,
     glue_script_args_with_identity,
-    job_driver_with_identity,
-    record_emr_serverless_job_run,
     record_glue_job_run,
-    spark_submit_parameters_with_identity,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -225,8 +230,12 @@ def capped_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     policy.get_policy.cache_clear()
 
 
-def _stub_hook(conn: Any) -> SimpleNamespace:
-    return SimpleNamespace(conn=conn, conn_region_name="eu-west-1", conn_partition="aws")
+def _stub_hook(conn: Any, hook_class: type[AwsBaseHook]) -> AwsBaseHook:
+    """The operator's own hook class over a stub boto3 client."""
+    hook = hook_class(aws_conn_id=None, region_name="eu-west-1")
+    hook.__dict__["conn"] = conn
+    hook.__dict__["_client"] = SimpleNamespace(meta=SimpleNamespace(region_name="eu-west-1", partition="aws"))
+    return hook
 
 
 def _ti(op: Any, monkeypatch: pytest.MonkeyPatch) -> _TI:
@@ -280,7 +289,7 @@ def test_glue_execute_on_fixture_failed_run_fails_after_the_result_is_published(
     monkeypatch.setattr(GlueJobOperator, "execute", _fake_glue_execute(job_run, upstream_error, seen))
     op = _glue_op("m")
     conn = SimpleNamespace(get_job_run=lambda **kwargs: {"JobRun": job_run})
-    monkeypatch.setattr(GlueRunnerOperator, "hook", _stub_hook(conn))
+    monkeypatch.setattr(GlueRunnerOperator, "hook", _stub_hook(conn, BareCountGlueJobHook))
     ti = _ti(op, monkeypatch)
     failed: list[Any] = []
     monkeypatch.setattr(op, "on_runner_failed", lambda context, result, event: failed.append(event))
@@ -351,7 +360,7 @@ def test_emr_serverless_execute_on_fixture_failed_job_fails_after_the_result_is_
     monkeypatch.setattr(
         EmrServerlessRunnerOperator,
         "hook",
-        _stub_hook(SimpleNamespace(get_job_run=lambda **kwargs: {"jobRun": job_run})),
+        _stub_hook(SimpleNamespace(get_job_run=lambda **kwargs: {"jobRun": job_run}), BareCountEmrServerlessHook),
     )
     ti = _ti(op, monkeypatch)
     with pytest.raises(EmrServerlessJobRunFailed, match="job 00fk8f9e8d7c6b0b: Job failed, please check"):

@@ -61,7 +61,7 @@ def _ctx(tenant: str = "acme") -> context.RunContext:
 def test_fail_refuses_a_runner_task_before_launch_with_the_policy_errors(invalid_policy, monkeypatch) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     _mode(monkeypatch, environment="production")
     op = LambdaRunnerOperator(task_id="t", function_name="f")
@@ -81,7 +81,7 @@ def test_fail_refuses_a_runner_task_before_launch_with_the_policy_errors(invalid
 def test_warn_lets_the_policy_check_fail_as_before_and_records_the_exception(invalid_policy, monkeypatch) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     _mode(monkeypatch, policy_invalid="warn")
     op = LambdaRunnerOperator(task_id="t", function_name="f")
@@ -92,7 +92,7 @@ def test_warn_lets_the_policy_check_fail_as_before_and_records_the_exception(inv
 
 
 def test_a_valid_policy_records_no_exception(tmp_path, monkeypatch) -> None:
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", "")
     config.cache_clear()

@@ -430,9 +430,9 @@ def _dag(**kwargs: Any):
 def test_runner_tasks_plain_and_mapped_get_their_tenant_pool(registry):
     from airflow.providers.standard.operators.python import PythonOperator
 
-    from barecount_provider.operators.container import KubernetesRunnerOperator
-    from barecount_provider.operators.managed_etl import GlueRunnerOperator
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.glue import GlueRunnerOperator
+    from barecount_provider.operators.kubernetes import KubernetesRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     registry("barecount_acme_serverless", "barecount_acme_container", "barecount_globex_managed_etl")
     with _dag(tags=["tenant:acme"]):
@@ -453,7 +453,7 @@ def test_runner_tasks_plain_and_mapped_get_their_tenant_pool(registry):
 
 
 def test_the_tenant_comes_from_the_dag_declaration_then_the_default_tenant(registry, monkeypatch):
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     registry("barecount_initech_serverless", "barecount_house_serverless", "barecount_umbrella_serverless")
     with _dag(dag_id="by_params", params={"tenant": "initech"}, tags=["tenant:acme"]):
@@ -474,7 +474,7 @@ def test_the_tenant_comes_from_the_dag_declaration_then_the_default_tenant(regis
 
 
 def test_without_a_registry_pools_are_off(registry):
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     with _dag(tags=["tenant:acme"]):
         task = LambdaRunnerOperator(task_id="t", function_name="f")
@@ -485,9 +485,9 @@ def test_without_a_registry_pools_are_off(registry):
 def test_a_missing_pool_fails_the_import_in_the_dag_processor_only(registry, monkeypatch, caplog, policy_file):
     from airflow.exceptions import AirflowClusterPolicyViolation
 
-    from barecount_provider.operators.dedicated import DedicatedComputeOperator
-    from barecount_provider.operators.managed_etl import GlueRunnerOperator
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.ec2 import DedicatedComputeOperator
+    from barecount_provider.operators.glue import GlueRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     registry("barecount_acme_serverless")
     with _dag(tags=["tenant:acme"]):
@@ -519,7 +519,7 @@ def test_a_dagbag_reports_the_missing_pool_as_an_import_error(registry, monkeypa
     (tmp_path / "beta_dag.py").write_text(
         "from datetime import datetime\n"
         "from airflow.sdk import DAG\n"
-        "from barecount_provider.operators.serverless import LambdaRunnerOperator\n"
+        "from barecount_provider.operators.lambda_function import LambdaRunnerOperator\n"
         "with DAG('beta_dag', schedule=None, start_date=datetime(2026, 1, 1), tags=['tenant:beta']):\n"
         "    LambdaRunnerOperator(task_id='ingest', function_name='f')\n"
         "with DAG('acme_dag', schedule=None, start_date=datetime(2026, 1, 1), tags=['tenant:acme']):\n"
@@ -559,7 +559,7 @@ def test_the_policy_never_crashes_on_unexpected_objects(registry, caplog):
 
 
 def test_a_corrupt_registry_turns_pools_off_with_a_warning(monkeypatch, caplog):
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     monkeypatch.setenv("AIRFLOW_VAR_BARECOUNT_POOLS", "not json")
     pools.registry_cache_clear()
@@ -572,7 +572,7 @@ def test_a_corrupt_registry_turns_pools_off_with_a_warning(monkeypatch, caplog):
 
 
 def test_the_master_switch_turns_pools_off(registry, monkeypatch):
-    from barecount_provider.operators.serverless import LambdaRunnerOperator
+    from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
     registry()  # an empty registry: every runner pool is missing
     monkeypatch.setenv("AIRFLOW__BARECOUNT__ENABLED", "False")

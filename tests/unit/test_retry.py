@@ -170,7 +170,7 @@ def test_runner_class_defaults_read_the_runner_error(runner_class: str, error_cl
 
 
 def test_a_lambda_timeout_is_transient_and_an_import_error_permanent() -> None:
-    from barecount_provider.operators.serverless import LambdaFunctionError
+    from barecount_provider.operators.lambda_function import LambdaFunctionError
 
     timeout = LambdaFunctionError("Lambda function 'f': Task timed out after 3.00 seconds")
     broken = LambdaFunctionError("Lambda function 'f': Runtime.ImportModuleError: No module named 'x'")

@@ -18,7 +18,7 @@ from barecount_provider.operators.base import (
     not_reported,
     runner_metric_points,
 )
-from barecount_provider.operators.serverless import LambdaRunnerOperator
+from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 from barecount_provider.telemetry import metrics
 
 POLICY = """
@@ -315,9 +315,11 @@ def test_every_runner_operator_keeps_its_upstream_links_and_adds_the_console_lin
     from airflow.serialization.serialized_objects import DagSerialization
 
     from barecount_provider.operators.base import RunnerConsoleLink
-    from barecount_provider.operators.container import EcsRunnerOperator, KubernetesRunnerOperator
-    from barecount_provider.operators.dedicated import DedicatedComputeOperator
-    from barecount_provider.operators.managed_etl import EmrServerlessRunnerOperator, GlueRunnerOperator
+    from barecount_provider.operators.ec2 import DedicatedComputeOperator
+    from barecount_provider.operators.ecs import EcsRunnerOperator
+    from barecount_provider.operators.emr_serverless import EmrServerlessRunnerOperator
+    from barecount_provider.operators.glue import GlueRunnerOperator
+    from barecount_provider.operators.kubernetes import KubernetesRunnerOperator
 
     classes = (
         LambdaRunnerOperator,
