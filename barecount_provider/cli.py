@@ -255,6 +255,8 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
         result["index"] = make_url(config.evidence_index_url()).render_as_string(hide_password=True)
     except Exception:
         result["index"] = "(not a database URL)"
+    from barecount_provider.db import SchemaOutOfDate, schema
+
     try:
         from barecount_provider.evidence import spool
         from barecount_provider.evidence.store import open_store
@@ -263,6 +265,7 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
         result["index"] = store.index.engine.url.render_as_string(hide_password=True)
         result["probe"] = _probe_bodies(store.bodies)
         result["tenant_chains"] = len(store.index.tenants())
+        result["schema"] = f"current (revision {schema.HEAD_REVISION}; docs/database.md)"
         result["spool"] = spool.spool_dir()
         result["spooled"] = len(spool.spooled())
         if store.kind == "local":  # a local store used by several machines: their entries never reach it
@@ -276,6 +279,9 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
                 if count and latest is not None
                 else "every sealed run's tries ran on this machine"
             )
+    except SchemaOutOfDate as err:
+        result["problem"] = f"schema: {err}"
+        return result
     except Exception as err:
         result["problem"] = f"UNREACHABLE: {type(err).__name__}: {err}"
         return result
@@ -416,6 +422,8 @@ def _print_doctor(report: dict[str, Any]) -> None:
             print(f"    probe: {evidence['probe']}")
         chains = f": ok ({evidence['tenant_chains']} tenant chain(s))" if "tenant_chains" in evidence else ""
         print(f"  index: {evidence['index']}{chains}")
+        if "schema" in evidence:
+            print(f"  schema: {evidence['schema']}")
         if "spooled" in evidence:
             waiting = evidence["spooled"]
             print(f"  spool: {evidence['spool']}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")

@@ -140,3 +140,30 @@ def test_the_scheduler_side_refuses_to_start_on_an_out_of_date_schema(
         assert side._thread is None and not started
     finally:
         evidence._store.cache_clear()
+
+
+@pytest.mark.parametrize("out_of_date", [False, True])
+def test_doctor_says_whether_the_schema_is_current(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out_of_date: bool
+) -> None:
+    import json
+
+    from barecount_provider import config
+    from barecount_provider.evidence import store
+
+    for variable, value in (("EVIDENCE_DIR", tmp_path / "evidence"), ("TELEMETRY_DIR", tmp_path / "telemetry"), ("EVIDENCE_INDEX_URL", url)):
+        monkeypatch.setenv(f"AIRFLOW__BARECOUNT__{variable}", str(value))
+    config.cache_clear()
+    store.clear_caches()
+    if out_of_date:
+        _legacy(url)
+    try:
+        assert cli.main(["doctor", "--json"]) == (1 if out_of_date else 0)
+        evidence = json.loads(capsys.readouterr().out)["evidence"]
+    finally:
+        config.cache_clear()
+        store.clear_caches()
+    if out_of_date:
+        assert evidence["problem"].startswith("schema: BareCount's database") and "run `barecount db migrate`" in evidence["problem"]
+    else:
+        assert evidence["schema"] == "current (revision 0001; docs/database.md)" and evidence["problem"] is None
