@@ -1653,6 +1653,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # configuration mistakes
         print(f"barecount: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from barecount_provider.db import SchemaOutOfDate
+
+        if not isinstance(err, SchemaOutOfDate):
+            raise
+        print(f"barecount: {err}", file=sys.stderr)  # names `barecount db migrate`
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,12 +9,15 @@ processes upgrading at once queue and the second finds the work done.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from barecount_provider import db
 from barecount_provider.db import schema
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 SCRIPT_LOCATION = "barecount_provider.db:migrations"
 ADVISORY_LOCK_KEY = 0x6261726563  # "barec": PostgreSQL's lock of BareCount's migrations
@@ -35,7 +38,7 @@ def schema_state(connection: sa.Connection) -> tuple[str | None, list[str]]:
     return (str(revision) if revision is not None else None), tables
 
 
-def alembic_config(connection: sa.Connection | None = None) -> object:
+def alembic_config(connection: sa.Connection | None = None) -> Config:
     """Alembic's configuration of BareCount's migrations (no alembic.ini: everything is here)."""
     from alembic.config import Config
 
@@ -58,7 +61,7 @@ def upgrade(url: str) -> tuple[str | None, str | None]:
             if connection.dialect.name == "postgresql":
                 connection.execute(sa.select(sa.func.pg_advisory_xact_lock(ADVISORY_LOCK_KEY)))
             before, _ = schema_state(connection)
-            command.upgrade(alembic_config(connection), "head")  # type: ignore[arg-type]
+            command.upgrade(alembic_config(connection), "head")
             after, _ = schema_state(connection)
         return before, after
     finally:

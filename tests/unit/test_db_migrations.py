@@ -40,7 +40,7 @@ def _read(url: str, tables: set[str] | None = None) -> tuple[dict[str, list[dict
 def test_head_revision_in_code_is_the_migrations_head() -> None:
     from alembic.script import ScriptDirectory
 
-    assert ScriptDirectory.from_config(migrate.alembic_config()).get_heads() == [schema.HEAD_REVISION]  # type: ignore[arg-type]
+    assert ScriptDirectory.from_config(migrate.alembic_config()).get_heads() == [schema.HEAD_REVISION]
 
 
 def test_the_migrations_make_exactly_the_tables_of_the_schema(url: str) -> None:
@@ -87,6 +87,9 @@ def test_a_database_from_before_migrations_is_refused_at_first_use_with_the_comm
         RetryLedger(url)
     assert cli.main(["db", "check", "--url", url]) == 1
     assert "run `barecount db migrate`" in capsys.readouterr().out
+    assert cli.main(["replay", "status", "--ledger-url", url]) == 1  # a command reading the tables: one line
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("barecount: BareCount's database") and err.endswith("(see docs/database.md)") and "\n" not in err
     assert cli.main(["db", "migrate", "--url", url]) == 0
     RetryLedger(url)  # now current
 
