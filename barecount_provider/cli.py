@@ -10,6 +10,7 @@
     barecount cost report --by tenant [--since 30d]   cost roll-up per day from the evidence index
     barecount dlq stats|list         a dead-letter queue's depth and oldest entry per tenant/pipeline; its letters
     barecount replay plan|run|status   replay a dead-letter queue into a target, idempotently (the replay ledger)
+    barecount db migrate|check [--url URL]   create or upgrade BareCount's tables; say whether they are current
 """
 
 from __future__ import annotations
@@ -254,6 +255,8 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
         result["index"] = make_url(config.evidence_index_url()).render_as_string(hide_password=True)
     except Exception:
         result["index"] = "(not a database URL)"
+    from barecount_provider.db import SchemaOutOfDate, schema
+
     try:
         from barecount_provider.evidence import spool
         from barecount_provider.evidence.store import open_store
@@ -262,6 +265,7 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
         result["index"] = store.index.engine.url.render_as_string(hide_password=True)
         result["probe"] = _probe_bodies(store.bodies)
         result["tenant_chains"] = len(store.index.tenants())
+        result["schema"] = f"current (revision {schema.HEAD_REVISION}; docs/database.md)"
         result["spool"] = spool.spool_dir()
         result["spooled"] = len(spool.spooled())
         if store.kind == "local":  # a local store used by several machines: their entries never reach it
@@ -275,6 +279,9 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
                 if count and latest is not None
                 else "every sealed run's tries ran on this machine"
             )
+    except SchemaOutOfDate as err:
+        result["problem"] = f"schema: {err}"
+        return result
     except Exception as err:
         result["problem"] = f"UNREACHABLE: {type(err).__name__}: {err}"
         return result
@@ -415,6 +422,8 @@ def _print_doctor(report: dict[str, Any]) -> None:
             print(f"    probe: {evidence['probe']}")
         chains = f": ok ({evidence['tenant_chains']} tenant chain(s))" if "tenant_chains" in evidence else ""
         print(f"  index: {evidence['index']}{chains}")
+        if "schema" in evidence:
+            print(f"  schema: {evidence['schema']}")
         if "spooled" in evidence:
             waiting = evidence["spooled"]
             print(f"  spool: {evidence['spool']}: {waiting} entr{'y' if waiting == 1 else 'ies'} waiting")
@@ -1510,6 +1519,74 @@ def _add_recovery_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParse
     status.set_defaults(func=cmd_replay_status)
 
 
+def _db_url(args: argparse.Namespace) -> str:
+    """``--url``, else ``[barecount] evidence_index_url`` (the local default); exit 2 when not a database URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = args.url or config.evidence_index_url()
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ValueError(f"db {args.db_command}: --url {url!r} is not an SQLAlchemy database URL (e.g. sqlite:///index.db)") from None
+    return str(url)
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade BareCount's tables to the head revision; idempotent."""
+    import logging
+
+    from barecount_provider.db import migrate
+
+    url = _db_url(args)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the one line below says what was done
+    before, after = migrate.upgrade(url)
+    if before == after:
+        print(f"BareCount's database {_shown(url)}: already at revision {after}")
+    else:
+        print(f"BareCount's database {_shown(url)}: upgraded from {before or 'no revision'} to revision {after}")
+    return 0
+
+
+def cmd_db_check(args: argparse.Namespace) -> int:
+    """Exit 0 when BareCount's tables are at the head revision, 1 when not (nothing is changed)."""
+    from barecount_provider.db import SchemaOutOfDate, migrate, schema
+
+    url = _db_url(args)
+    revision, tables = migrate.status(url)
+    if revision == schema.HEAD_REVISION:
+        print(f"BareCount's database {_shown(url)}: current (revision {revision})")
+        return 0
+    if revision is None and not tables:
+        print(f"BareCount's database {_shown(url)}: empty (created at first use, or by `barecount db migrate`)")
+        return 0
+    print(str(SchemaOutOfDate(_shown(url), revision)))
+    return 1
+
+
+def _add_db_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    database = sub.add_parser(
+        "db",
+        help="BareCount's own tables (evidence index, retry budgets, replay ledger) and their migrations",
+        description="BareCount's tables live in [barecount] evidence_index_url (or --url) under Alembic "
+        "migrations, with their own version table (barecount_alembic_version).",
+    )
+    database_sub = database.add_subparsers(dest="db_command", metavar="SUBCOMMAND", required=True)
+    for name, text, func in (
+        ("migrate", "create BareCount's tables or upgrade them to this version's schema (idempotent)", cmd_db_migrate),
+        ("check", "exit 0 when the schema is current (or the database empty), 1 when it needs `db migrate`", cmd_db_check),
+    ):
+        parser = database_sub.add_parser(name, help=text, description=text)
+        parser.add_argument("--url", help="SQLAlchemy URL of the database (default [barecount] evidence_index_url)")
+        parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="barecount", description="Operate and observe BareCount.")
     parser.add_argument("--version", action="version", version=f"barecount {__version__}")
@@ -1558,6 +1635,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_pools)
     _add_evidence_parsers(sub)
     _add_recovery_parsers(sub)
+    _add_db_parsers(sub)
     return parser
 
 
@@ -1575,6 +1653,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # configuration mistakes
         print(f"barecount: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from barecount_provider.db import SchemaOutOfDate
+
+        if not isinstance(err, SchemaOutOfDate):
+            raise
+        print(f"barecount: {err}", file=sys.stderr)  # names `barecount db migrate`
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

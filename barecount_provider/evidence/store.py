@@ -37,6 +37,13 @@ import msgspec
 import sqlalchemy as sa
 
 from barecount_provider import config, db
+from barecount_provider.db.schema import (  # noqa: F401 (the index's tables, imported from here too)
+    cost_lines_table,
+    digests_table,
+    hosts_table,
+    pending_table,
+    records_table,
+)
 from barecount_provider.evidence.record import (
     GENESIS_HASH,
     ChainProblem,
@@ -57,84 +64,6 @@ log = logging.getLogger(__name__)
 APPEND_ATTEMPTS = 200  # a lost race retries after a short random pause: writers never starve each other
 
 # ------------------------------------------------------------------------------------------------- index
-
-metadata = sa.MetaData()
-
-records_table = sa.Table(
-    "barecount_evidence_records",
-    metadata,
-    sa.Column("record_id", sa.String(64), primary_key=True),
-    sa.Column("tenant", sa.String(128), nullable=False),
-    sa.Column("sequence", sa.Integer, nullable=False),
-    sa.Column("previous_hash", sa.String(64), nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False),
-    sa.Column("pipeline", sa.String(250), nullable=False),
-    sa.Column("dag_id", sa.String(250), nullable=False),
-    sa.Column("run_id", sa.String(250), nullable=False),
-    sa.Column("state", sa.String(32), nullable=False),
-    sa.Column("complete", sa.Boolean, nullable=False),
-    sa.Column("started_at", sa.String(40)),
-    sa.Column("ended_at", sa.String(40)),
-    sa.Column("ended_epoch", sa.Float, nullable=False),  # for ranges and ordering (SQLite has no timestamptz)
-    sa.Column("total_cost_usd", sa.Float),
-    sa.Column("cost_complete", sa.Boolean, nullable=False, server_default=sa.true()),
-    sa.Column("location", sa.Text, nullable=False),
-    sa.UniqueConstraint("tenant", "sequence", name="uq_barecount_evidence_chain"),
-)
-sa.Index("ix_barecount_evidence_tenant_time", records_table.c.tenant, records_table.c.ended_epoch)
-sa.Index("ix_barecount_evidence_dag_time", records_table.c.dag_id, records_table.c.ended_epoch)
-sa.Index("ix_barecount_evidence_pipeline_time", records_table.c.pipeline, records_table.c.ended_epoch)
-sa.Index("ix_barecount_evidence_time", records_table.c.ended_epoch)
-
-cost_lines_table = sa.Table(
-    "barecount_evidence_cost_lines",
-    metadata,
-    sa.Column("record_id", sa.String(64), nullable=False),
-    sa.Column("day", sa.String(10), nullable=False),
-    sa.Column("tenant", sa.String(128), nullable=False),
-    sa.Column("pipeline", sa.String(250), nullable=False),
-    sa.Column("runner_class", sa.String(32), nullable=False),
-    sa.Column("size", sa.String(8), nullable=False),
-    sa.Column("dag_id", sa.String(250), nullable=False),
-    sa.Column("runtime_hours", sa.Float, nullable=False),
-    sa.Column("compute_usd", sa.Float, nullable=False),
-    sa.Column("storage_usd", sa.Float, nullable=False),
-    sa.Column("transfer_usd", sa.Float, nullable=False),
-    sa.Column("total_usd", sa.Float, nullable=False),
-)
-sa.Index("ix_barecount_cost_day_tenant", cost_lines_table.c.day, cost_lines_table.c.tenant)
-sa.Index("ix_barecount_cost_record", cost_lines_table.c.record_id)
-
-digests_table = sa.Table(
-    "barecount_evidence_digests",
-    metadata,
-    sa.Column("tenant", sa.String(128), primary_key=True),
-    sa.Column("kind", sa.String(128), primary_key=True),
-    sa.Column("value", sa.String(512), primary_key=True),
-    sa.Column("first_seen", sa.String(40), nullable=False),
-    sa.Column("first_record_id", sa.String(64), nullable=False),
-)
-
-# Runs waiting to be sealed, kept where a restarted scheduler finds them (evidence/assemble.py).
-pending_table = sa.Table(
-    "barecount_evidence_pending",
-    metadata,
-    sa.Column("dag_id", sa.String(250), primary_key=True),
-    sa.Column("run_id", sa.String(250), primary_key=True),
-    sa.Column("added_epoch", sa.Float, nullable=False),
-)
-
-# Runs of the local store whose tries ran on another machine than the scheduler's, or on several: kept for
-# `barecount doctor` (see evidence/assemble.py local_store_exception).
-hosts_table = sa.Table(
-    "barecount_evidence_hosts",
-    metadata,
-    sa.Column("dag_id", sa.String(250), primary_key=True),
-    sa.Column("run_id", sa.String(250), primary_key=True),
-    sa.Column("hosts", sa.Text, nullable=False),  # the hosts named by the run's tries, comma-separated
-    sa.Column("scheduler_host", sa.String(250)),
-    sa.Column("seen_epoch", sa.Float, nullable=False),
-)
 
 COST_GROUPS = ("tenant", "pipeline", "runner_class", "size", "dag_id")
 
@@ -167,7 +96,7 @@ class Index:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = db.create_engine(url)
-        db.create_tables(metadata, self.engine)
+        db.ensure_schema(self.engine)
 
     def head(self, connection: sa.Connection, tenant: str) -> tuple[int, str]:
         row = connection.execute(

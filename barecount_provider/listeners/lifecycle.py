@@ -75,6 +75,8 @@ def on_starting(component: Any) -> None:
 
     side = get_scheduler_side()
     side.prepare()  # imports on this (main) thread: see SchedulerSide.prepare
+    if side.refused:  # BareCount's tables need `barecount db migrate` (logged by prepare)
+        return
     sample = config.scheduler_metrics_on()
 
     def start_when_known() -> None:

@@ -28,28 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from barecount_provider import db
-
-metadata = sa.MetaData()
-
-approvals_table = sa.Table(
-    "barecount_replay_approvals",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("plan_id", sa.String(64), nullable=False),
-    sa.Column("tenant", sa.String(255), nullable=False),
-    sa.Column("scope_id", sa.String(64), nullable=False),
-    sa.Column("scope", sa.Text, nullable=False),
-    sa.Column("records", sa.BigInteger, nullable=False),
-    sa.Column("estimated_cost_usd", sa.Float, nullable=False),
-    sa.Column("decision", sa.String(64), nullable=False),
-    sa.Column("approver", sa.String(255)),
-    sa.Column("decided_at", sa.String(64), nullable=False),
-    sa.Column("dag_id", sa.String(255)),
-    sa.Column("run_id", sa.String(255)),
-    sa.Column("task_id", sa.String(255)),
-    sa.Column("recorded_at", sa.Float, nullable=False),
-)
-sa.Index("ix_barecount_replay_approvals_plan", approvals_table.c.plan_id)
+from barecount_provider.db.schema import approvals_table
 
 APPROVED = "approved"
 
@@ -73,7 +52,7 @@ class ApprovalStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = db.create_engine(url, immediate=True, busy_timeout_s=60)
-        db.create_tables(metadata, self.engine)
+        db.ensure_schema(self.engine)
 
     def record(
         self,

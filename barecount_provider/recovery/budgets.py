@@ -30,6 +30,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from barecount_provider import config, db
+from barecount_provider.db.schema import retry_ledger_table as ledger_table
+from barecount_provider.db.schema import retry_locks_table as locks_table
 from barecount_provider.policy import RetryBudget
 
 GRANTED = "granted"
@@ -39,43 +41,6 @@ PER_TASK = "max_retries_per_task"
 PER_RUN = "max_retries_per_run"
 PER_WINDOW = "max_retries_per_window"
 
-metadata = sa.MetaData()
-
-ledger_table = sa.Table(
-    "barecount_retry_ledger",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("tenant", sa.String(128), nullable=False),
-    sa.Column("pipeline", sa.String(250), nullable=False),
-    sa.Column("runner_class", sa.String(32), nullable=False),
-    sa.Column("dag_id", sa.String(250), nullable=False),
-    sa.Column("run_id", sa.String(250), nullable=False),
-    sa.Column("task_id", sa.String(250), nullable=False),
-    sa.Column("map_index", sa.Integer, nullable=False),
-    sa.Column("try_number", sa.Integer, nullable=False),
-    sa.Column("outcome", sa.String(16), nullable=False),  # granted | refused
-    sa.Column("budget", sa.String(32)),  # refused: the budget that was spent
-    sa.Column("failure", sa.Text),  # the classification that asked for the retry
-    sa.Column("decided_epoch", sa.Float, nullable=False),
-    sa.UniqueConstraint("dag_id", "run_id", "task_id", "map_index", "try_number", name="uq_barecount_retry_try"),
-)
-sa.Index("ix_barecount_retry_tenant_time", ledger_table.c.tenant, ledger_table.c.outcome, ledger_table.c.decided_epoch)
-sa.Index(
-    "ix_barecount_retry_pipeline_time",
-    ledger_table.c.tenant,
-    ledger_table.c.pipeline,
-    ledger_table.c.outcome,
-    ledger_table.c.decided_epoch,
-)
-sa.Index("ix_barecount_retry_run", ledger_table.c.dag_id, ledger_table.c.run_id)
-
-locks_table = sa.Table(
-    "barecount_retry_locks",
-    metadata,
-    sa.Column("lock_key", sa.String(64), primary_key=True),
-    sa.Column("scope", sa.String(16), nullable=False),
-    sa.Column("touched_epoch", sa.Float, nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -131,7 +96,7 @@ class RetryLedger:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = db.create_engine(url, immediate=True)
-        db.create_tables(metadata, self.engine)
+        db.ensure_schema(self.engine)
 
     # -------------------------------------------------------------------------------------------- locking
 

@@ -47,43 +47,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from barecount_provider import db
+from barecount_provider.db.schema import MAX_REPLAY_KEY as MAX_KEY
+from barecount_provider.db.schema import replay_ledger_table as ledger_table
+from barecount_provider.db.schema import replay_runs_table as runs_table
 
 IN_FLIGHT, DELIVERED, FAILED = "in_flight", "delivered", "failed"
 RUNNING, FINISHED, STOPPED, ABORTED = "running", "finished", "stopped", "failed"
-MAX_KEY = 255
-
-metadata = sa.MetaData()
-
-ledger_table = sa.Table(
-    "barecount_replay_ledger",
-    metadata,
-    sa.Column("scope_id", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(MAX_KEY), primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("owner", sa.String(64), nullable=False),
-    sa.Column("lease_until", sa.Float, nullable=False),
-    sa.Column("claims", sa.Integer, nullable=False),
-    sa.Column("redeliveries", sa.Integer, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("delivered_at", sa.Float),
-    sa.Column("error", sa.Text),
-)
-sa.Index("ix_barecount_replay_ledger_state", ledger_table.c.scope_id, ledger_table.c.state)
-
-runs_table = sa.Table(
-    "barecount_replay_runs",
-    metadata,
-    sa.Column("run_id", sa.String(64), primary_key=True),
-    sa.Column("scope_id", sa.String(64), nullable=False),
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("dry_run", sa.Boolean, nullable=False),
-    sa.Column("started_at", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("summary", sa.Text, nullable=False),
-)
-sa.Index("ix_barecount_replay_runs_scope", runs_table.c.scope_id, runs_table.c.started_at)
 
 HOST = socket.gethostname()
 
@@ -149,7 +118,7 @@ class ReplayLedger:
         self.url = url
         self.engine = db.create_engine(url, immediate=True, busy_timeout_s=60)
         self.dialect = self.engine.dialect.name
-        db.create_tables(metadata, self.engine)
+        db.ensure_schema(self.engine)
         keys: Any = sa.bindparam("keys", expanding=True)
         c = ledger_table.c
         insert = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(ledger_table)

@@ -60,6 +60,7 @@ class SchedulerSide:
     # ------------------------------------------------------------------------------------------ plumbing
 
     _prepared = False
+    refused: str | None = None  # why this side does not start (an out-of-date schema), logged once
 
     def prepare(self) -> None:
         """Import, on the calling (main) thread, everything the background threads will use.
@@ -85,10 +86,17 @@ class SchedulerSide:
         # forwarder process exports): nothing here builds an OTLP exporter or an SDK provider, whose at-fork
         # handlers would run in every process forked from the scheduler (spool.py).
         task_side.preload()
+        from barecount_provider.db import SchemaOutOfDate
+
         try:
             from barecount_provider.evidence import scheduler as evidence
 
             evidence.prepare()  # the evidence store's index (SQLAlchemy, sqlite3 / boto3), first used here
+        except SchemaOutOfDate as err:
+            # BareCount's tables need `barecount db migrate`: this side does not start (the scheduler does)
+            self.refused = str(err)
+            EMIT_FAILURES.record("evidence", "schema")
+            log.error("BareCount's scheduler side is not started: %s", err)
         except Exception:
             EMIT_FAILURES.record("evidence", "prepare")
             log.warning("BareCount could not prepare the evidence store", exc_info=True)
@@ -133,6 +141,8 @@ class SchedulerSide:
             self._forwarder.stop(timeout_s=bound)
 
     def submit(self, job: Callable[[], None]) -> None:
+        if self.refused:
+            return
         self._ensure_thread()
         try:
             self.jobs.put_nowait(job)

@@ -262,6 +262,8 @@ class AirflowStack:
         atexit.register(self.stop)
         try:
             self.cli("db", "migrate", timeout=300, log_name="migrate")
+            # BareCount's own tables, as a deployment sets them up (docs/database.md)
+            self.barecount("db", "migrate", timeout=120, log_name="barecount-migrate")
             for component in _AIRFLOW_COMPONENTS:
                 if component == "triggerer" and not self.with_triggerer:
                     continue
@@ -300,7 +302,18 @@ class AirflowStack:
         self, *args: str, timeout: float = 120.0, log_name: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run ``airflow <args>`` against this stack's home; raise StackError on failure."""
-        cmd = [sys.executable, "-m", "airflow", *args]
+        return self._run([sys.executable, "-m", "airflow", *args], f"airflow {' '.join(args)}", timeout, log_name)
+
+    def barecount(
+        self, *args: str, timeout: float = 120.0, log_name: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``barecount <args>`` against this stack's home; raise StackError on failure."""
+        command = [sys.executable, "-m", "barecount_provider.cli", *args]
+        return self._run(command, f"barecount {' '.join(args)}", timeout, log_name)
+
+    def _run(
+        self, cmd: list[str], name: str, timeout: float, log_name: str | None
+    ) -> subprocess.CompletedProcess[str]:
         try:
             proc = subprocess.run(
                 cmd,
@@ -313,12 +326,12 @@ class AirflowStack:
                 start_new_session=True,
             )
         except subprocess.TimeoutExpired as exc:
-            raise StackError(f"`airflow {' '.join(args)}` timed out after {timeout}s") from exc
+            raise StackError(f"`{name}` timed out after {timeout}s") from exc
         if log_name:
             self.component_log(log_name).write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise StackError(
-                f"`airflow {' '.join(args)}` exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
+                f"`{name}` exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-4000:]}"
             )
         return proc
 
