@@ -34,6 +34,7 @@ from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, WithJ
 from barecount_provider import __version__
 from barecount_provider.api import queries
 from barecount_provider.api.responses import RedactedJSONResponse
+from barecount_provider.db import SchemaOutOfDate
 from barecount_provider.evidence.store import EvidenceStore, RecordFilter, open_store
 
 log = logging.getLogger(__name__)
@@ -270,10 +271,21 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
             {"detail": "The evidence index is unreachable"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
         )
 
+    @app.exception_handler(SchemaOutOfDate)
+    async def _schema_out_of_date(_request: Request, err: SchemaOutOfDate) -> JSONResponse:
+        log.error("BareCount Evidence API: %s", err)
+        return JSONResponse(
+            {"detail": "BareCount's database schema is out of date: run `barecount db migrate`"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
     responses: dict[int | str, dict[str, Any]] = {
         401: {"description": "Not authenticated (no or expired token)", "model": ErrorDetail},
         403: {"description": "Invalid token, or not allowed", "model": ErrorDetail},
-        503: {"description": "The evidence index is unreachable", "model": ErrorDetail},
+        503: {
+            "description": "The evidence index is unreachable, or its schema is out of date (`barecount db migrate`)",
+            "model": ErrorDetail,
+        },
     }
 
     @app.get(

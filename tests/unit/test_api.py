@@ -608,3 +608,21 @@ def test_no_fastapi_import_when_only_the_plugin_is_loaded() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_schema_out_of_date_is_a_503_naming_the_command_never_a_500(auth: Any, users: Any) -> None:
+    """After an upgrade whose `barecount db migrate` was not run, the store refuses to open the old schema:
+    every endpoint answers 503 with what to run (the same one line the command prints), not a 500."""
+    from fastapi.testclient import TestClient
+
+    from barecount_provider.api.app import create_app
+    from barecount_provider.db import SchemaOutOfDate
+
+    def out_of_date() -> EvidenceStore:
+        raise SchemaOutOfDate("sqlite:///index.db", None)
+
+    with TestClient(create_app(out_of_date), raise_server_exceptions=False) as client:
+        for path in ENDPOINTS:
+            response = _get(client, path, users["admin"])
+            assert response.status_code == 503, (path, response.text)
+            assert "barecount db migrate" in response.json()["detail"]
