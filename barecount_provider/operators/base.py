@@ -465,6 +465,17 @@ def runner_metric_points(result: RunnerResult, tags: Mapping[str, str]) -> list[
 LABEL_PREFIX = "barecount.io/"  # labels and tags of Kubernetes pods and ECS tasks
 
 
+def identity_labels(ctx: bc_context.RunContext) -> dict[str, str]:
+    """The run's identity as the labels of a Kubernetes pod or the tags of an ECS task."""
+    return {
+        f"{LABEL_PREFIX}tenant": ctx.tenant,
+        f"{LABEL_PREFIX}pipeline": ctx.pipeline,
+        f"{LABEL_PREFIX}run": ctx.correlation_id,
+        f"{LABEL_PREFIX}size": ctx.size,
+        f"{LABEL_PREFIX}network-profile": ctx.network_profile,
+    }
+
+
 def seconds_between(start: str | None, end: str | None) -> float | None:
     """Seconds from one ISO 8601 timestamp to another, to the millisecond; None when either is missing or bad."""
     if not start or not end:

@@ -25,10 +25,10 @@ from barecount_provider.hooks.ecs import BareCountEcsHook
 from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
-    LABEL_PREFIX,
     BareCountRunnerMixin,
     RunnerConsoleLink,
     RunnerResult,
+    identity_labels,
     not_reported,
     require_synchronous,
     seconds_between,
@@ -432,14 +432,7 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
         definition = self.ecs_hook.describe_task_definition(self.task_definition)
         names = [str(container["name"]) for container in definition.get("containerDefinitions") or ()]
         self.overrides = overrides_with_size_and_identity(self.overrides, fargate_size, self.identity_env(ctx), names)
-        self.tags = {
-            **(self.tags or {}),
-            f"{LABEL_PREFIX}tenant": ctx.tenant,
-            f"{LABEL_PREFIX}pipeline": ctx.pipeline,
-            f"{LABEL_PREFIX}run": ctx.correlation_id,
-            f"{LABEL_PREFIX}size": ctx.size,
-            f"{LABEL_PREFIX}network-profile": ctx.network_profile,
-        }
+        self.tags = {**(self.tags or {}), **identity_labels(ctx)}
 
     def _describe_stopped_task(self, result: RunnerResult) -> dict[str, Any] | None:
         """One DescribeTasks after the upstream waiter returned (no polling); None when it cannot be read."""

@@ -29,10 +29,10 @@ from barecount_provider import config
 from barecount_provider import context as bc_context
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
-    LABEL_PREFIX,
     BareCountRunnerMixin,
     RunnerConsoleLink,
     RunnerResult,
+    identity_labels,
     not_reported,
     seconds_between,
 )
@@ -394,14 +394,7 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         env = [var for var in env if var.name not in identity]
         self.env_vars = [*env, *(V1EnvVar(name=name, value=value) for name, value in identity.items())]
 
-        self.labels = {
-            **(self.labels or {}),
-            f"{LABEL_PREFIX}tenant": ctx.tenant,
-            f"{LABEL_PREFIX}pipeline": ctx.pipeline,
-            f"{LABEL_PREFIX}run": ctx.correlation_id,
-            f"{LABEL_PREFIX}size": ctx.size,
-            f"{LABEL_PREFIX}network-profile": ctx.network_profile,
-        }
+        self.labels = {**(self.labels or {}), **identity_labels(ctx)}
 
     def _run_and_record(
         self, context: Any, ctx: bc_context.RunContext, pod_size: Mapping[str, Any], run: Callable[[], Any]
