@@ -8,6 +8,7 @@ which echoes the event). moto's request recorder (``/moto-api/recorder/``) shows
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,3 +114,13 @@ def postgres() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+def example_dag(name: str) -> Any:
+    """The ``dag`` of the example file dags/<name>.py, loaded afresh (a module of its own, not in sys.modules)."""
+    path = Path(__file__).resolve().parents[2] / "dags" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"barecount_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag

@@ -3,10 +3,8 @@ is valid and complete; a DAG that opted out of BareCount leaves no evidence at a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
@@ -15,18 +13,13 @@ from barecount_provider import config
 from barecount_provider.evidence import scheduler as evidence
 from barecount_provider.evidence import store as evidence_store
 
+from .conftest import example_dag
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "docs" / "evidence.schema.json").read_text())
 
-
-def _dag(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"barecount_{name}", REPO / "dags" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
 
 
 @pytest.fixture
@@ -40,7 +33,7 @@ def evidence_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_example_dag_produces_a_valid_complete_record(
     airflow_db: None, evidence_dir: Path, name: str, tenant: str | None
 ) -> None:
-    dag = _dag(name)
+    dag = example_dag(name)
     run = dag.test()
     record = evidence.seal_run(dag.dag_id, run.run_id, grace_seconds=0)
     assert record is not None
@@ -57,6 +50,6 @@ def test_example_dag_produces_a_valid_complete_record(
 
 
 def test_an_opted_out_dag_leaves_no_evidence(airflow_db: None, evidence_dir: Path) -> None:
-    dag = _dag("example_opt_out")
+    dag = example_dag("example_opt_out")
     run = dag.test()
     assert evidence_store.open_store().entries_for_run(dag.dag_id, run.run_id) == []

@@ -4,11 +4,9 @@ loaded at sealing all name it."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,17 +16,11 @@ from barecount_provider.evidence import scheduler as evidence
 from barecount_provider.evidence.record import this_host
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
 
+from .conftest import example_dag
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _dag(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"barecount_{name}", REPO / "dags" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
 
 
 @pytest.fixture
@@ -47,7 +39,7 @@ def test_hosts_come_from_the_task_and_from_airflows_task_instances(
     from airflow.utils.session import create_session
     from sqlalchemy import update
 
-    dag = _dag("example_zero_code")
+    dag = example_dag("example_zero_code")
     run = dag.test()
     record = evidence.seal_run(dag.dag_id, run.run_id, grace_seconds=0)
     assert record is not None and this_host()

@@ -4,11 +4,9 @@ record sealed from that database gives the try's reason, its state and an unknow
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,21 +15,12 @@ from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence import scheduler as evidence
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
 
+from .conftest import example_dag
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "example_zero_code"
 LOST = "extract"  # a try that ran and succeeded under dag.test(): it is made the one whose worker was lost
-
-
-def _dag() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "barecount_example_zero_code_reasons", REPO / "dags" / f"{DAG_ID}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
 
 
 @pytest.fixture
@@ -94,7 +83,7 @@ def test_a_try_airflow_failed_for_its_heartbeat_is_sealed_with_that_reason(
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    run = _dag().test()
+    run = example_dag(DAG_ID).test()
     _lose_the_worker_of(run.run_id, LOST)
     with create_session() as session:
         state = session.scalar(

@@ -5,10 +5,8 @@ forwarder brought meanwhile; a run with no entry by then is left alone (BareCoun
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,17 +15,11 @@ from barecount_provider.evidence import scheduler as evidence
 from barecount_provider.evidence import spool as evidence_spool
 from barecount_provider.evidence.store import RecordFilter
 
+from .conftest import example_dag
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _dag(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"barecount_{name}", REPO / "dags" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
 
 
 def _use_store(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
@@ -43,7 +35,7 @@ def _use_store(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
 def test_a_run_whose_entries_come_after_the_start_is_sealed_when_its_grace_period_ends(
     airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dag = _dag("example_zero_code")
+    dag = example_dag("example_zero_code")
     _use_store(monkeypatch, tmp_path / "here")
     first = dag.test()  # sealed here as it ended: the index knows since when BareCount seals runs
     _use_store(monkeypatch, tmp_path / "spool")  # the next runs' entries are elsewhere for now
