@@ -198,11 +198,12 @@ def recover(*, now: datetime | None = None, only: list[tuple[str, str]] | None =
     from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
 
     now = now or datetime.now(UTC)
-    try:
-        warn_hosts_at_start(now=now)
-    except Exception:  # a warning only: recovery goes on
-        log.debug("BareCount could not read the hosts of the recent tries", exc_info=True)
-        _error("hosts")
+    if only is None:  # the start's look, not a run looked at again
+        try:
+            warn_hosts_at_start(now=now)
+        except Exception:  # a warning only: recovery goes on
+            log.debug("BareCount could not read the hosts of the recent tries", exc_info=True)
+            _error("hosts")
     store = _store()
     remembered = set(assemble_module.stored_pending(store)) if only is None else set()
     since = _seen_since(store) if only is None else None
