@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -261,9 +262,19 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
         from barecount_provider.evidence import spool
         from barecount_provider.evidence.store import open_store
 
-        store = open_store(timeout_ms=config.evidence_store_timeout_ms())
+        # A diagnosis waits longer than a task does: a store slower than the task's budget still works (a
+        # task's entry past the budget is spooled and delivered later); the probe says how slow it was.
+        budget_ms = config.evidence_store_timeout_ms()
+        store = open_store(timeout_ms=max(budget_ms, _DOCTOR_STORE_TIMEOUT_MS))
         result["index"] = store.index.engine.url.render_as_string(hide_password=True)
+        started = time.monotonic()
         result["probe"] = _probe_bodies(store.bodies)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        if elapsed_ms > budget_ms:
+            result["probe"] += (
+                f"; WARNING: took {elapsed_ms:.0f} ms, above [barecount] evidence_store_timeout_ms = {budget_ms}: "
+                "tasks will spool their entries for the forwarder to deliver"
+            )
         result["tenant_chains"] = len(store.index.tenants())
         result["schema"] = f"current (revision {schema.HEAD_REVISION}; docs/database.md)"
         result["spool"] = spool.spool_dir()
@@ -290,6 +301,10 @@ def _doctor_evidence(bad: set[str]) -> dict[str, Any]:
         result["problem"] = f"checkpoints: {result['checkpoints']['problem']}"
     return result
 
+
+_DOCTOR_STORE_TIMEOUT_MS = 10_000
+"""Each store call of `barecount doctor`'s probe waits at least this long (a task waits
+``[barecount] evidence_store_timeout_ms``)."""
 
 _PROBE_PREFIX = "doctor-probe"
 """Where `barecount doctor` writes its probe objects (never read as an entry, a record or a checkpoint)."""

@@ -182,6 +182,20 @@ def test_doctor_fails_when_the_bucket_cannot_be_written(
     assert evidence["problem"].startswith("UNREACHABLE: NoSuchBucket")
 
 
+def test_doctor_waits_for_a_store_slower_than_the_task_budget_and_says_so(
+    s3_from_db: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 1 ms is shorter than any round trip to the emulated S3: a task would spool; doctor still probes it
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_STORE_TIMEOUT_MS", "1")
+    config.cache_clear()
+    assert cli.main(["doctor", "--json"]) == 0, capsys.readouterr().out
+    evidence = json.loads(capsys.readouterr().out)["evidence"]
+    assert evidence["problem"] is None
+    assert evidence["probe"].startswith(f"ok (wrote, read back and deleted s3://{BUCKET}/")
+    assert "WARNING: took " in evidence["probe"]
+    assert "above [barecount] evidence_store_timeout_ms = 1: tasks will spool their entries" in evidence["probe"]
+
+
 def test_doctor_fails_when_the_connection_is_nowhere(
     s3_from_db: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
