@@ -26,7 +26,7 @@ from barecount_provider.cost.prices import (
 )
 from barecount_provider.cost.prices import is_mapping as _is_mapping
 from barecount_provider.policy import RUNNER_CLASSES, parse_cpu_quantity, parse_memory_quantity
-from barecount_provider.telemetry.metrics import COUNTER
+from barecount_provider.selfmetrics import COUNTER
 
 LAMBDA, ECS, KUBERNETES, GLUE, EMR_SERVERLESS, EC2, LOCAL = (
     "lambda",

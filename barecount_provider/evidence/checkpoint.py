@@ -35,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from barecount_provider import config
+from barecount_provider import config, selfmetrics
 from barecount_provider.evidence.record import SignedCheckpoint, canonical
 
 log = logging.getLogger(__name__)
@@ -348,9 +348,7 @@ def configured_checkpointer() -> Checkpointer:
         return configured_location()
 
     def count(_what: str) -> None:
-        from barecount_provider.telemetry.metrics import EMIT_FAILURES
-
-        EMIT_FAILURES.record("evidence", "checkpoint")
+        selfmetrics.failure("evidence", "checkpoint")
 
     return Checkpointer(key, location, count)
 

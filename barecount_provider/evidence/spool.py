@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from barecount_provider import config
+from barecount_provider import config, selfmetrics
 from barecount_provider.evidence.store import EvidenceStore, atomic_write_json, open_store
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def write_entry(entry: Mapping[str, Any]) -> str:
         store.put_entry(entry)
     except Exception as err:
         log.warning("BareCount could not store the evidence entry (spooled for later delivery): %s", err)
-        _count_failure()
+        selfmetrics.failure("evidence", "store")
         try:
             spool(entry)
         except Exception:
@@ -151,12 +151,3 @@ def _task_store(kind: str, timeout_ms: int) -> EvidenceStore:
 
 def clear_caches() -> None:
     _TASK_STORES.clear()
-
-
-def _count_failure() -> None:
-    try:
-        from barecount_provider.telemetry.metrics import EMIT_FAILURES
-
-        EMIT_FAILURES.record("evidence", "store")
-    except Exception:
-        pass

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.definitions.retry_policy import RetryAction, RetryDecision, RetryPolicy
 
-from barecount_provider import config
+from barecount_provider import config, selfmetrics
 from barecount_provider import context as bc_context
 from barecount_provider.policy import RetryBudget, TenantPolicy, get_policy
 from barecount_provider.recovery import budgets, classify
@@ -101,7 +101,7 @@ class BareCountRetryPolicy(RetryPolicy):
             return self._evaluate(exception, try_number, max_tries, context)
         except Exception:
             log.warning("BareCount could not decide the retry of this try; Airflow's retries apply", exc_info=True)
-            _count_own_failure("evaluate")
+            selfmetrics.failure("retry", "evaluate")
             return RetryDecision.default()
 
     def _evaluate(
@@ -224,37 +224,18 @@ def _record(task: Any, *, validation: dict[str, Any] | None = None, exception: d
             exceptions.append(exception)
     except Exception:
         log.debug("BareCount could not note the retry decision for the evidence", exc_info=True)
-        _count_own_failure("evidence")
+        selfmetrics.failure("retry", "evidence")
 
 
 def _emit_refused(ctx: bc_context.RunContext, budget: str) -> None:
-    try:
-        from barecount_provider.telemetry.metrics import COUNTER, get_emitter
-
-        tags = {"tenant": ctx.tenant, "pipeline": ctx.pipeline, "runner_class": ctx.runner_class, "budget": budget}
-        get_emitter().emit([("barecount.retry.refused", COUNTER, 1, tags)])
-    except Exception:
-        _count_own_failure("metrics")
+    tags = {"tenant": ctx.tenant, "pipeline": ctx.pipeline, "runner_class": ctx.runner_class, "budget": budget}
+    selfmetrics.emit([("barecount.retry.refused", selfmetrics.COUNTER, 1, tags)], sink="retry")
 
 
 def _emit_spent(ctx: bc_context.RunContext, budget: RetryBudget, window_spent: int) -> None:
-    try:
-        from barecount_provider.telemetry.metrics import GAUGE, get_emitter
-
-        fraction = window_spent / budget.max_retries_per_window if budget.max_retries_per_window else 1.0
-        tags = {"tenant": ctx.tenant, "pipeline": ctx.pipeline, "runner_class": ctx.runner_class}
-        get_emitter().emit([("barecount.retry.budget_spent", GAUGE, round(fraction, 4), tags)])
-    except Exception:
-        _count_own_failure("metrics")
-
-
-def _count_own_failure(stage: str) -> None:
-    try:
-        from barecount_provider.telemetry.metrics import EMIT_FAILURES
-
-        EMIT_FAILURES.record("retry", stage)
-    except Exception:
-        pass
+    fraction = window_spent / budget.max_retries_per_window if budget.max_retries_per_window else 1.0
+    tags = {"tenant": ctx.tenant, "pipeline": ctx.pipeline, "runner_class": ctx.runner_class}
+    selfmetrics.emit([("barecount.retry.budget_spent", selfmetrics.GAUGE, round(fraction, 4), tags)], sink="retry")
 
 
 # ------------------------------------------------------------------------------------------- attaching

@@ -14,19 +14,18 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from barecount_provider import config
+from barecount_provider import config, selfmetrics
+
+# The metric kinds and the count of own failures are the foundation's: evidence, cost and recovery use them
+# without importing telemetry
+from barecount_provider.selfmetrics import COUNTER, EMIT_FAILURES, GAUGE, HISTOGRAM, TIMER
 from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 
-COUNTER = "counter"
-TIMER = "timer"  # milliseconds; a histogram in OpenTelemetry
-GAUGE = "gauge"
-HISTOGRAM = "histogram"
 
 TASK_TAGS = ("tenant", "pipeline", "runner_class", "size", "dag_id", "task_id")
 UNBOUNDED_TAGS = frozenset({"run_id", "try_number", "correlation_id", "run_token", "trace_id", "span_id"})
@@ -108,44 +107,6 @@ CATALOG: dict[str, MetricSpec] = {
 }
 
 
-class EmitFailures:
-    """In-process count of BareCount's own failures, by (sink, stage).
-
-    ``counts`` are reported as ``barecount.emit.failed`` through the sinks that still work (and reset);
-    ``unnoted`` are the same failures, kept until they are noted where no metric sink is needed: the
-    component's log and the file sink (:func:`note_failures`, at most once per ``NOTE_INTERVAL_S``)."""
-
-    NOTE_INTERVAL_S = 60.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counts: Counter[tuple[str, str]] = Counter()
-        self.unnoted: Counter[tuple[str, str]] = Counter()
-        self.noted_at: float | None = None
-
-    def record(self, sink: str, stage: str) -> None:
-        with self._lock:
-            self.counts[(sink, stage)] += 1
-            self.unnoted[(sink, stage)] += 1
-
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def take_unnoted(self, now: float) -> dict[tuple[str, str], int]:
-        """The failures not noted yet, when a note is due (the first at once, then at most one per
-        ``NOTE_INTERVAL_S``); empty otherwise."""
-        with self._lock:
-            if not self.unnoted:
-                return {}
-            if self.noted_at is not None and now - self.noted_at < self.NOTE_INTERVAL_S:
-                return {}
-            taken = dict(self.unnoted)
-            self.unnoted.clear()
-            self.noted_at = now
-        return taken
-
-
-EMIT_FAILURES = EmitFailures()
 
 
 def _reset_after_fork() -> None:
@@ -157,10 +118,7 @@ def _reset_after_fork() -> None:
     SDK restarts in the child and which would export the parent's points a second time) is stopped and
     dropped: a child that forwards builds its own.
     """
-    EMIT_FAILURES._lock = threading.Lock()
-    EMIT_FAILURES.counts.clear()
-    EMIT_FAILURES.unnoted.clear()
-    EMIT_FAILURES.noted_at = None
+    # (EMIT_FAILURES resets itself in the child: barecount_provider.selfmetrics)
     if get_emitter.cache_info().currsize:
         emitter = get_emitter()
         direct, emitter.direct, emitter.forwarder = emitter.direct, None, None
@@ -614,3 +572,4 @@ def get_direct_emitter() -> Emitter:
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
+selfmetrics.install(lambda points: get_emitter().emit(points))

@@ -199,7 +199,7 @@ def test_a_failed_look_for_runs_left_unsealed_is_tried_again_at_every_tick(monke
     monkeypatch.setattr(evidence, "recover", recover)
     monkeypatch.setattr(evidence, "tick", lambda: [])
     monkeypatch.setattr(side, "check_forwarder", lambda: False)
-    from barecount_provider.telemetry.metrics import EmitFailures
+    from barecount_provider.selfmetrics import EmitFailures
 
     failures = EmitFailures()  # this test's own: no other test's thread reports these
     monkeypatch.setattr(scheduler_side, "EMIT_FAILURES", failures)
