@@ -27,8 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from barecount_provider import __version__, config
-from barecount_provider.telemetry import redaction
+from barecount_provider import __version__, config, redaction
 
 if TYPE_CHECKING:
     from barecount_provider.pools import AirflowApi
@@ -121,7 +120,7 @@ def _doctor_masking() -> dict[str, Any]:
     from importlib.metadata import entry_points
 
     from barecount_provider import policies
-    from barecount_provider.telemetry.redaction import is_installed_in_airflow_masker
+    from barecount_provider.redaction import is_installed_in_airflow_masker
 
     entry_point = any(point.value.startswith("barecount_provider.policies") for point in entry_points(group="airflow.policy"))
     at_settings_load = entry_point and policies.MASKER_EXTENDED_AT_SETTINGS_LOAD
@@ -728,7 +727,7 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from barecount_provider.telemetry import spool
+    from barecount_provider.runtime import outbox as spool
 
     if args.check:
         healthy, line = spool.check_heartbeat(args.max_age)
@@ -791,7 +790,7 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
 
 
 def cmd_evidence_seal(args: argparse.Namespace) -> int:
-    from barecount_provider.evidence import scheduler as evidence
+    from barecount_provider.runtime import sealing as evidence
 
     run_ids = args.run or _finished_runs(args.dag)
     results, status = [], 0

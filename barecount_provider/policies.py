@@ -57,7 +57,7 @@ MASKER_EXTENDED_AT_SETTINGS_LOAD = False
 
 def extend_masker_at_settings_load() -> bool:
     """Extend Airflow's secrets masker with BareCount's patterns and key names, and register this process's
-    sensitively named environment variables (:func:`~barecount_provider.telemetry.redaction.install_in_airflow_masker`).
+    sensitively named environment variables (:func:`~barecount_provider.redaction.install_in_airflow_masker`).
 
     Called when Airflow imports this module: ``airflow.settings.initialize()`` loads the ``airflow.policy``
     entry points (``load_policy_plugins``) in every process that imports Airflow, before it configures logging,
@@ -71,7 +71,7 @@ def extend_masker_at_settings_load() -> bool:
     try:
         if not config.enabled():
             return False
-        from barecount_provider.telemetry.redaction import install_in_airflow_masker
+        from barecount_provider.redaction import install_in_airflow_masker
 
         MASKER_EXTENDED_AT_SETTINGS_LOAD = install_in_airflow_masker(component_logs=False)
     except Exception:  # an invalid option is reported where the plugin loads; never fail Airflow's start

@@ -15,8 +15,7 @@ from typing import Any
 
 import msgspec
 
-from barecount_provider import config
-from barecount_provider.telemetry import redaction
+from barecount_provider import config, redaction
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 EVENTS_FILE = "events.jsonl"

@@ -17,12 +17,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from barecount_provider import config, selfmetrics
+from barecount_provider import config, redaction, selfmetrics
 
 # The metric kinds and the count of own failures are the foundation's: evidence, cost and recovery use them
 # without importing telemetry
 from barecount_provider.selfmetrics import COUNTER, EMIT_FAILURES, GAUGE, HISTOGRAM, TIMER
-from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ class StatsdSink:
         """Keep ``points`` (cleaned) for the spool's forwarder to send (see :meth:`Emitter.emit`)."""
         # A plain dotted import (the spool imports this module): C only, where ``from package import
         # module`` runs importlib's Python code, cold in a task process, on every call.
-        import barecount_provider.telemetry.spool as spool
+        import barecount_provider.runtime.outbox as spool
 
         spool.add_statsd_points(points)
 
@@ -522,7 +521,7 @@ def note_failures(now: float | None = None) -> int:
 
 
 def build_sinks(direct: bool = False) -> list[Any]:
-    """The configured sinks. OTLP metrics go to the spool (see :mod:`barecount_provider.telemetry.spool`)
+    """The configured sinks. OTLP metrics go to the spool (see :mod:`barecount_provider.runtime.outbox`)
     unless ``direct``: the long-lived process that forwards the spool exports them itself."""
     sinks: list[Any] = []
     timeout = config.emit_timeout_ms()
@@ -538,7 +537,7 @@ def build_sinks(direct: bool = False) -> list[Any]:
         )
     if config.otlp_metrics_on():
         if not direct:
-            from barecount_provider.telemetry.spool import SpoolMetricSink
+            from barecount_provider.runtime.outbox import SpoolMetricSink
 
             sinks.append(SpoolMetricSink())
             return sinks

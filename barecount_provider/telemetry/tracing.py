@@ -37,8 +37,9 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
-from barecount_provider import config, context
-from barecount_provider.telemetry import filesink, redaction, spool
+from barecount_provider import config, context, redaction
+from barecount_provider.runtime import outbox as spool
+from barecount_provider.telemetry import filesink
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 log = logging.getLogger(__name__)
@@ -547,7 +548,7 @@ def _build_exporter() -> tuple[SpanExporter | None, str]:
     if kind == "file":
         path = os.path.join(config.telemetry_dir(), "spans.jsonl")
         return JsonLinesSpanExporter(path), f"file:{path}"
-    from barecount_provider.telemetry.spool import span_exporter  # OTLP: through the spool (spool.py)
+    from barecount_provider.runtime.outbox import span_exporter  # OTLP: through the spool (spool.py)
 
     return span_exporter(), f"otlp {config.otlp_endpoint('traces')} (spooled)"
 
@@ -561,7 +562,7 @@ def _build_tracing() -> Tracing:
 @functools.cache
 def get_tracing() -> Tracing | None:
     """The tracer of task processes: spans go to a file or, for OTLP, to the spool (see
-    :mod:`barecount_provider.telemetry.spool`). Stateless: built once where the plugin is loaded and shared
+    :mod:`barecount_provider.runtime.outbox`). Stateless: built once where the plugin is loaded and shared
     by the forked task processes."""
     if not config.traces_on():
         return None

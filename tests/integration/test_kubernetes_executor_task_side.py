@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 
 from barecount_provider import config
-from barecount_provider.evidence import scheduler as evidence_scheduler
 from barecount_provider.evidence import store as store_module
 from barecount_provider.recovery.budgets import RetryLedger
-from barecount_provider.telemetry import spool as telemetry_spool
+from barecount_provider.runtime import outbox as telemetry_spool
+from barecount_provider.runtime import sealing as evidence_scheduler
 
 from .conftest import MOTO_CONN_ID, MotoServer
 

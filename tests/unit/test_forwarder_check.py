@@ -10,7 +10,7 @@ import time
 import pytest
 
 from barecount_provider import cli
-from barecount_provider.telemetry import spool
+from barecount_provider.runtime import outbox as spool
 
 
 @pytest.fixture

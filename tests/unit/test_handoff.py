@@ -15,9 +15,11 @@ from types import SimpleNamespace
 import pytest
 
 from barecount_provider.evidence import spool as evidence_spool
-from barecount_provider.evidence import task as evidence_task
 from barecount_provider.evidence.store import open_store
-from barecount_provider.telemetry import metrics, spool, task_side
+from barecount_provider.runtime import entries as evidence_task
+from barecount_provider.runtime import outbox as spool
+from barecount_provider.runtime import task_side
+from barecount_provider.telemetry import metrics
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 SECRET = "hunter2-Zq8Lx93mPw"
@@ -98,7 +100,7 @@ def test_who_writes_a_tries_outputs_follows_task_outputs_and_a_live_forwarder(mo
 
 
 def test_the_scheduler_names_its_forwarder_to_the_processes_it_forks(home, monkeypatch):
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 600.0)
     side = scheduler_side.SchedulerSide()
@@ -119,7 +121,7 @@ def test_the_scheduler_names_its_forwarder_to_the_processes_it_forks(home, monke
 
 
 def test_a_dead_forwarder_is_started_again_and_named_anew(home, monkeypatch):
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 600.0)
     side = scheduler_side.SchedulerSide()
@@ -385,7 +387,7 @@ def _with_notes() -> None:
     ids=["recursion", "cause", "context", "notes", "builtin"],
 )
 def test_the_stack_trace_rendered_from_the_failures_facts_is_pythons(make):
-    from barecount_provider.telemetry import task_side
+    from barecount_provider.runtime import task_side
 
     error = _raised(make)
     facts = task_side.exception_facts(error)
@@ -395,7 +397,7 @@ def test_the_stack_trace_rendered_from_the_failures_facts_is_pythons(make):
 
 
 def test_an_exception_without_a_traceback_and_the_cases_left_to_traceback():
-    from barecount_provider.telemetry import task_side
+    from barecount_provider.runtime import task_side
 
     bare = ValueError("never raised")
     assert task_side.render_exception_facts(task_side.exception_facts(bare)) == "ValueError: never raised\n"
@@ -408,7 +410,7 @@ def test_an_exception_without_a_traceback_and_the_cases_left_to_traceback():
 def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, monkeypatch, tmp_path):
     """The message carries the try's data (redacted in the task, where the registered secrets are known);
     a source line is code, redacted by the forwarder with the value patterns."""
-    from barecount_provider.telemetry import task_side
+    from barecount_provider.runtime import task_side
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
     module = tmp_path / "leaky_dag.py"

@@ -16,7 +16,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from barecount_provider.telemetry import metrics, spool, task_side, tracing
+from barecount_provider.runtime import outbox as spool
+from barecount_provider.runtime import task_side
+from barecount_provider.telemetry import metrics, tracing
 from barecount_provider.telemetry.metrics import OtelMetricSink
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -414,7 +416,7 @@ def _wait_for(condition, timeout_s=60.0):
 def test_the_scheduler_forwards_the_spool_from_a_child_process(otlp_config, collector, monkeypatch):
     """The scheduler side starts `barecount telemetry forward --loop` as a child process: it exports the
     spool to a real collector; stopping it makes a last round and the process exits 0."""
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
     # One round at start, then none before the stop: the second try can only leave through the last round
@@ -500,7 +502,7 @@ def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider
     """The scheduler is the process every task process is forked from: its run and task spans and its points
     are spooled like the task processes', and nothing in it builds an SDK tracer provider."""
     from barecount_provider import context
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     side = scheduler_side.SchedulerSide()
     end = START.replace(minute=5)
@@ -520,7 +522,7 @@ def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider
 
 
 def test_no_forwarder_without_otlp_when_task_processes_write_their_outputs(monkeypatch, tmp_path):
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "task")

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from barecount_provider.telemetry import metrics, spool
+from barecount_provider.runtime import outbox as spool
+from barecount_provider.telemetry import metrics
 
 WRITERS = 4
 RECORDS_PER_WRITER = 150

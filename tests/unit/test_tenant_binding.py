@@ -125,7 +125,7 @@ def test_the_scheduler_side_records_nothing_of_a_dag_whose_bundle_may_not_declar
     """Defence in depth: a DAG serialized before the policy bound its tenant still has runs."""
     from types import SimpleNamespace
 
-    from barecount_provider.telemetry.scheduler_side import SchedulerSide
+    from barecount_provider.runtime.scheduler_side import SchedulerSide
 
     monkeypatch.setattr(policies, "bundle_of_dag", {"stale": "team_a_dags", "own": "team_b_dags"}.get, raising=False)
     side = SchedulerSide()
@@ -157,8 +157,8 @@ def test_sealing_a_run_by_hand_refuses_a_dag_whose_bundle_may_not_declare_its_te
 
     import airflow.utils.session as airflow_session
 
-    from barecount_provider.evidence import scheduler as evidence_scheduler
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
+    from barecount_provider.runtime import sealing as evidence_scheduler
 
     dag_run = SimpleNamespace(state="success", start_date=datetime(2026, 12, 7, tzinfo=UTC),
                               end_date=datetime(2026, 12, 7, 0, 1, tzinfo=UTC), run_type="manual")

@@ -10,12 +10,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import barecount_provider.telemetry.spool as telemetry_spool
-from barecount_provider import config
+import barecount_provider.runtime.outbox as telemetry_spool
+from barecount_provider import config, redaction
 from barecount_provider.cost import cost_metric_points, estimate
 from barecount_provider.evidence import spool as evidence_spool
 from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry, this_host
-from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 

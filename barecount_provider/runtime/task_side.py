@@ -18,9 +18,10 @@ from typing import Any
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
 
-from barecount_provider import config, context
+from barecount_provider import config, context, redaction
 from barecount_provider import policy as _policy
-from barecount_provider.telemetry import filesink, redaction, resources, spool, tracing
+from barecount_provider.runtime import outbox as spool
+from barecount_provider.telemetry import filesink, resources, tracing
 from barecount_provider.telemetry import logging as _logging
 from barecount_provider.telemetry.metrics import (
     COUNTER,
@@ -512,7 +513,7 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
         else:
             filesink.append_event(event, events)
     if config.evidence_on():  # the try's evidence entry: written to the store, or spooled; never raises
-        from barecount_provider.evidence.task import record_try
+        from barecount_provider.runtime.entries import record_try
 
         record_try(
             ctx,
@@ -661,7 +662,7 @@ def preload() -> None:
         try:
             from barecount_provider.cost import configured_price_table
             from barecount_provider.evidence import spool as _evidence_spool
-            from barecount_provider.evidence import task as _evidence_task
+            from barecount_provider.runtime import entries as _evidence_task
 
             configured_price_table()
             _evidence_task.log_settings()
@@ -791,7 +792,7 @@ def _warm_try_path() -> None:
     filesink.encode_line(redact(event))
     if config.evidence_on():
         from barecount_provider.evidence.store import encode_document
-        from barecount_provider.evidence.task import build_try_entry, try_facts
+        from barecount_provider.runtime.entries import build_try_entry, try_facts
 
         entry = build_try_entry(
             ctx, ti, state="up_for_retry", started_at=started, ended_at=now, duration_s=0.5,

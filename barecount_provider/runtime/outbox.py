@@ -557,7 +557,8 @@ def _read(paths: list[str]) -> _Round:
 def _render_stacktraces(spans: list[Any]) -> None:
     """Replace the failure facts a task process left in its spans' exception events with the text of
     ``exception.stacktrace`` (task_side.exception_facts), redacted; a failure is counted, the span kept."""
-    from barecount_provider.telemetry import redaction, task_side
+    from barecount_provider import redaction
+    from barecount_provider.runtime import task_side
 
     for span in spans:
         if not isinstance(span, dict):
@@ -592,7 +593,7 @@ def _deliver_entries(entries: list[dict[str, Any]]) -> None:
     """Cost and store the handed-off evidence entries (spooled where the store fails); never raises."""
     if not entries:
         return
-    from barecount_provider.evidence.task import deliver_entry
+    from barecount_provider.runtime.entries import deliver_entry
 
     store = True
     for entry in entries:
