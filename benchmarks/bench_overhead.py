@@ -744,7 +744,7 @@ def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
     processes of its configuration wrote (one directory per mode), as the scheduler's forwarder process
     (``barecount telemetry forward --loop``) does every few seconds; timed, with its own failures counted."""
     from barecount_provider import config
-    from barecount_provider.runtime import outbox as spool
+    from barecount_provider.runtime import forwarding
     from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
     failures: collections.Counter[str] = collections.Counter()
@@ -766,14 +766,14 @@ def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
             t = time.perf_counter_ns()
             direct = get_direct_emitter()
             direct.flush(config.emit_timeout_ms())
-            spool.get_forwarder().warm_up()
+            forwarding.get_forwarder().warm_up()
             prepare_ns = time.perf_counter_ns() - t
             _FORWARDER_READY.append(True)
         for directory in telemetry_dirs:
             os.environ["AIRFLOW__BARECOUNT__TELEMETRY_DIR"] = directory
             config.telemetry_dir.cache_clear()
             t = time.perf_counter_ns()
-            got = spool.flush_spool()
+            got = forwarding.flush_spool()
             rounds.append({"dir": directory, "ns": time.perf_counter_ns() - t, **got})
     finally:
         EMIT_FAILURES.record = record  # type: ignore[method-assign]

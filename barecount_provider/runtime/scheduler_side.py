@@ -281,8 +281,8 @@ class SchedulerSide:
 
     def _refuse_unbound_tenant(self, dag_id: str, tenant: str) -> None:
         """A DAG whose bundle may not declare its tenant (policy ``declared_by``) is recorded nowhere: never in
-        that tenant's chain (:func:`barecount_provider.policies.tenant_refused_at_run_time`)."""
-        from barecount_provider.policies import tenant_refused_at_run_time
+        that tenant's chain (:func:`barecount_provider.tenancy.tenant_refused_at_run_time`)."""
+        from barecount_provider.tenancy import tenant_refused_at_run_time
 
         refusal = tenant_refused_at_run_time(dag_id, tenant)
         if refusal is not None:
@@ -569,11 +569,13 @@ class SchedulerSide:
         workers, and through them the task processes), which then hand their outputs off
         (``[barecount] task_outputs = auto``). False when nothing goes through the spool, or when it runs
         already."""
-        from barecount_provider.runtime import outbox as spool
+        from barecount_provider import outbox
+        from barecount_provider.runtime import forwarding
+        from barecount_provider.telemetry import outbox_sinks
 
-        if self._forwarder is not None or not (spool.enabled() or spool.handoff_configured()):
+        if self._forwarder is not None or not (outbox_sinks.enabled() or outbox.handoff_configured()):
             return False
-        forwarder = spool.ForwarderProcess()
+        forwarder = forwarding.ForwarderProcess()
         if not forwarder.start():
             return False
         self._forwarder = forwarder

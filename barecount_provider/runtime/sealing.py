@@ -310,7 +310,7 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
         raise ValueError(f"DAG run {run_id!r} of {dag_id!r} is {state}: only a finished run is sealed")
     side = get_scheduler_side()
     tenant, pipeline = side.tenant_of(dag_id, force=True)
-    from barecount_provider.policies import tenant_refused_at_run_time
+    from barecount_provider.tenancy import tenant_refused_at_run_time
 
     refusal = tenant_refused_at_run_time(dag_id, tenant)
     if refusal is not None:  # never into the chain of a tenant the DAG may not declare (policy declared_by)

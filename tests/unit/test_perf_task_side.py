@@ -193,7 +193,7 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
 
     import structlog
 
-    from barecount_provider.runtime import outbox as spool
+    from barecount_provider import outbox
     from barecount_provider.telemetry import metrics
 
     telemetry, evidence = tmp_path / "telemetry", tmp_path / "evidence"
@@ -221,7 +221,7 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
         statsd_server.close()
     assert not metrics.EMIT_FAILURES.counts
     assert not telemetry.exists() and not evidence.exists()
-    assert not spool._PENDING_POINTS and not spool._PENDING_SPANS and not task_side._TRIES
+    assert not outbox._PENDING_POINTS and not outbox._PENDING_SPANS and not task_side._TRIES
     assert not [name for name in ("BARECOUNT_CORRELATION_ID", "BARECOUNT_RUN_TOKEN", "TRACEPARENT") if name in os.environ]
     assert structlog.contextvars.get_contextvars() == before
     from barecount_provider import context
