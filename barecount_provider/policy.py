@@ -17,17 +17,39 @@ every key is docs/policy.md.
 from __future__ import annotations
 
 import functools
-import math
 import re
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from typing import Any, TypeGuard
-
-import yaml
+from typing import Any
 
 from barecount_provider import config
+from barecount_provider.schema import (
+    MISSING,
+    Check,
+    Copy,
+    Problem,
+    ProblemsError,
+    Report,
+    Section,
+    Unreadable,
+    boolean,
+    check_value,
+    frozen,
+    integer,
+    is_number,
+    join_dotted,
+    list_of,
+    matching,
+    merge,
+    named,
+    number,
+    one_of,
+    parse_yaml,
+    read_text_file,
+    string_map,
+)
 
 RUNNER_CLASSES = ("serverless", "container", "managed_etl", "dedicated", "local")
 SIZES = ("xs", "s", "m", "l", "xl")  # ordered small -> large
@@ -61,54 +83,8 @@ DEFAULTS_TENANT = "<defaults>"  # the `tenant` of Policy.defaults
 # --------------------------------------------------------------------------------------------------- problems
 
 
-class _Missing:
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-MISSING: Any = _Missing()
-"""The ``value`` of a Problem about a required key that is absent."""
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """The ``value`` of a Problem about a file that could not be read or parsed as YAML."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One mistake in a policy: where it is, what was found and what was expected.
-
-    ``key_path`` is dotted, with ``[i]`` for list items (``tenants.acme.allowed_sizes[2]``); it is empty for
-    mistakes about the file as a whole (unreadable, not YAML, empty).
-    """
-
-    file: str
-    key_path: str
-    value: object
-    expected: str
-    line: int | None = None
-    """For a mistake inside a key given more than once: the line of the copy it is in (each copy is checked)."""
-
-    def __str__(self) -> str:
-        where = f"{self.file}: {self.key_path}" if self.key_path else self.file
-        if self.line is not None:
-            where += f" (copy at line {self.line})"
-        if self.value is MISSING:
-            return f"{where}: missing; expected {self.expected}"
-        if isinstance(self.value, Unreadable):
-            return f"{where}: {self.value.reason}; expected {self.expected}"
-        return f"{where}: {self.value!r} is not {self.expected}"
-
-
-class PolicyError(ValueError):
+class PolicyError(ProblemsError):
     """An invalid policy. ``problems`` holds every mistake found; the message lists them, one per line."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(problem) for problem in self.problems))
 
 
 # ------------------------------------------------------------------------------------------ the typed policy
@@ -325,119 +301,6 @@ class Policy:
 
 
 # -------------------------------------------------------------------------------------------------- schema
-#
-# A schema is a tree of _Section (a mapping with known keys) whose leaves are checks. A check takes a value
-# and yields (path suffix, bad value, expected) for each mistake; the suffix is "" or "[i]" for list items.
-
-Check = Callable[[object], Iterator[tuple[str, object, str]]]
-
-
-@dataclass(frozen=True)
-class _Section:
-    fields: Mapping[str, _Section | Check]
-    keys_expected: str = ""  # how to describe the allowed keys; default: "a known key (allowed: ...)"
-    optional: bool = False  # the built-in defaults need not set its keys (network placements, targets)
-
-    def key_expectation(self) -> str:
-        return self.keys_expected or f"a known key (allowed: {', '.join(self.fields)})"
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    # bool is an int in Python, never a number in a policy
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _integer(minimum: int, maximum: int | None = None, *, nullable: bool = False) -> Check:
-    expected = (
-        f"an integer >= {minimum}" if maximum is None else f"an integer between {minimum} and {maximum}"
-    )
-    expected += ", or null" if nullable else ""
-
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        if value is None and nullable:
-            return
-        if not (isinstance(value, int) and not isinstance(value, bool)):
-            yield "", value, expected
-        elif value < minimum or (maximum is not None and value > maximum):
-            yield "", value, expected
-
-    return check
-
-
-def _number(minimum: float, maximum: float | None = None, *, nullable: bool = False) -> Check:
-    expected = f"a number >= {minimum}" if maximum is None else f"a number between {minimum} and {maximum}"
-    expected += ", or null" if nullable else ""
-
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        if value is None and nullable:
-            return
-        if not _is_number(value):
-            yield "", value, expected
-        elif value < minimum or (maximum is not None and value > maximum):
-            yield "", value, expected
-
-    return check
-
-
-def _boolean() -> Check:
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        if not isinstance(value, bool):
-            yield "", value, "true or false"
-
-    return check
-
-
-def _one_of(options: tuple[Any, ...]) -> Check:
-    expected = f"one of {', '.join(str(option) for option in options)}"
-
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        # `value in options` would take True for 1: compare types too
-        if not any(type(value) is type(option) and value == option for option in options):
-            yield "", value, expected
-
-    return check
-
-
-def _list_of(item: Check, what: str) -> Check:
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        if not isinstance(value, list):
-            yield "", value, f"a list of {what}"
-            return
-        for index, element in enumerate(value):
-            for suffix, bad, expected in item(element):
-                yield f"[{index}]{suffix}", bad, expected
-
-    return check
-
-
-def _matching(pattern: str, what: str) -> Check:
-    compiled = re.compile(pattern)
-
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        if not (isinstance(value, str) and compiled.fullmatch(value)):
-            yield "", value, what
-
-    return check
-
-
-def _name(what: str) -> Check:
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        if not (isinstance(value, str) and value.strip()):
-            yield "", value, f"{what} (a non-empty string)"
-
-    return check
-
-
-def _string_map(what: str) -> Check:
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        if not isinstance(value, dict):
-            yield "", value, f"a mapping of {what}"
-            return
-        for key, item in value.items():
-            if not (isinstance(key, str) and key and isinstance(item, str)):
-                yield f".{key}", item, f"a string value under a non-empty string key ({what})"
-
-    return check
 
 
 TARGET_SELECTORS = (
@@ -479,14 +342,6 @@ def _target_map(what: str) -> Check:
     return check
 
 
-def _user_name() -> Check:
-    def check(value: object) -> Iterator[tuple[str, object, str]]:
-        if not (isinstance(value, str) and value.strip()):
-            yield "", value, "a user name (a non-empty string)"
-
-    return check
-
-
 # Kubernetes resource quantities, as pods write them: "250m" or "2" CPUs, "512Mi" or "4Gi" of memory.
 _CPU_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
 _MEMORY_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?$")
@@ -500,7 +355,7 @@ _MEMORY_UNITS = {
 
 def parse_cpu_quantity(value: object) -> float | None:
     """CPUs in a Kubernetes CPU quantity (``"250m"`` -> 0.25, ``"2"`` or 2 -> 2.0); None if it is not one."""
-    if _is_number(value):
+    if is_number(value):
         return float(value) if value >= 0 else None
     match = _CPU_QUANTITY.fullmatch(value) if isinstance(value, str) else None
     if match is None:
@@ -528,59 +383,59 @@ _CPU = _quantity(parse_cpu_quantity, "a Kubernetes CPU quantity such as '250m' o
 _MEMORY = _quantity(parse_memory_quantity, "a Kubernetes memory quantity such as '512Mi' or '4Gi'")
 
 # One entry of a size table, per runner class: backend -> resource setting -> check.
-_SIZE_ENTRIES: dict[str, _Section] = {
-    "serverless": _Section(
+_SIZE_ENTRIES: dict[str, Section] = {
+    "serverless": Section(
         {
-            "lambda": _Section(
-                {"memory_mb": _integer(128, 10240), "ephemeral_storage_mb": _integer(512, 10240)}
+            "lambda": Section(
+                {"memory_mb": integer(128, 10240), "ephemeral_storage_mb": integer(512, 10240)}
             ),
         }
     ),
-    "container": _Section(
+    "container": Section(
         {
-            "pod": _Section(
+            "pod": Section(
                 {"cpu_request": _CPU, "cpu_limit": _CPU, "memory_request": _MEMORY, "memory_limit": _MEMORY}
             ),
-            "fargate": _Section({"cpu": _one_of(FARGATE_CPU_UNITS), "memory_mb": _integer(512, 122880)}),
+            "fargate": Section({"cpu": one_of(FARGATE_CPU_UNITS), "memory_mb": integer(512, 122880)}),
         }
     ),
-    "managed_etl": _Section(
+    "managed_etl": Section(
         {
-            "glue": _Section(
+            "glue": Section(
                 {
-                    "worker_type": _one_of(GLUE_WORKER_TYPES),
-                    "number_of_workers": _integer(1),
-                    "auto_scaling": _boolean(),
+                    "worker_type": one_of(GLUE_WORKER_TYPES),
+                    "number_of_workers": integer(1),
+                    "auto_scaling": boolean(),
                 }
             ),
-            "emr": _Section(
+            "emr": Section(
                 {
-                    "initial_workers": _integer(0),
-                    "worker_cpu": _matching(r"\d+ ?vCPU", "an EMR Serverless CPU such as '4 vCPU'"),
-                    "worker_memory": _matching(r"\d+ ?GB", "an EMR Serverless memory such as '16 GB'"),
-                    "max_cpu": _matching(r"\d+ ?vCPU", "an EMR Serverless CPU such as '400 vCPU'"),
-                    "max_memory": _matching(r"\d+ ?GB", "an EMR Serverless memory such as '1600 GB'"),
+                    "initial_workers": integer(0),
+                    "worker_cpu": matching(r"\d+ ?vCPU", "an EMR Serverless CPU such as '4 vCPU'"),
+                    "worker_memory": matching(r"\d+ ?GB", "an EMR Serverless memory such as '16 GB'"),
+                    "max_cpu": matching(r"\d+ ?vCPU", "an EMR Serverless CPU such as '400 vCPU'"),
+                    "max_memory": matching(r"\d+ ?GB", "an EMR Serverless memory such as '1600 GB'"),
                 }
             ),
         }
     ),
-    "dedicated": _Section(
+    "dedicated": Section(
         {
-            "ec2": _Section(
+            "ec2": Section(
                 {
-                    "instance_type": _matching(
+                    "instance_type": matching(
                         r"[a-z][a-z0-9-]*\.[a-z0-9]+", "an EC2 instance type such as 'm5.large'"
                     ),
-                    "host_count": _integer(1),
+                    "host_count": integer(1),
                 }
             ),
         }
     ),
 }
 
-_SIZE_TABLES = _Section(
+_SIZE_TABLES = Section(
     {
-        runner_class: _Section(
+        runner_class: Section(
             dict.fromkeys(SIZES, entry), keys_expected=f"a size: one of {', '.join(SIZES)}"
         )
         for runner_class, entry in _SIZE_ENTRIES.items()
@@ -590,38 +445,38 @@ _SIZE_TABLES = _Section(
 
 # Where each network profile runs, for the services that take networking per run. Optional: the built-in
 # policy names no subnet, and an operator whose profile has no placement uses its own arguments.
-_NETWORK_PLACEMENT = _Section(
+_NETWORK_PLACEMENT = Section(
     {
-        "ecs": _Section(
+        "ecs": Section(
             {
-                "subnets": _list_of(_name("a subnet id"), "subnet ids"),
-                "security_groups": _list_of(_name("a security group id"), "security group ids"),
-                "assign_public_ip": _one_of(("ENABLED", "DISABLED")),
+                "subnets": list_of(named("a subnet id"), "subnet ids"),
+                "security_groups": list_of(named("a security group id"), "security group ids"),
+                "assign_public_ip": one_of(("ENABLED", "DISABLED")),
             }
         ),
-        "ec2": _Section(
+        "ec2": Section(
             {
-                "subnet_id": _name("a subnet id"),
-                "security_group_ids": _list_of(_name("a security group id"), "security group ids"),
+                "subnet_id": named("a subnet id"),
+                "security_group_ids": list_of(named("a security group id"), "security group ids"),
             }
         ),
-        "pod": _Section(
+        "pod": Section(
             {
-                "namespace": _name("a Kubernetes namespace"),
-                "node_selector": _string_map("node label -> value"),
-                "service_account_name": _name("a Kubernetes service account"),
+                "namespace": named("a Kubernetes namespace"),
+                "node_selector": string_map("node label -> value"),
+                "service_account_name": named("a Kubernetes service account"),
             }
         ),
     },
     optional=True,
 )
-_NETWORK_PROFILES = _Section(
+_NETWORK_PROFILES = Section(
     dict.fromkeys(NETWORK_PROFILES, _NETWORK_PLACEMENT),
     keys_expected=f"a network profile: one of {', '.join(NETWORK_PROFILES)}",
     optional=True,
 )
 # What the size and network profile select where the service does not take them per run.
-_RUNNER_TARGETS = _Section(
+_RUNNER_TARGETS = Section(
     {
         "lambda": _target_map("a Lambda qualifier (alias or version)"),
         "glue": _target_map("a Glue job name"),
@@ -631,10 +486,10 @@ _RUNNER_TARGETS = _Section(
 )
 
 # Which DAGs may declare a tenant: DAG bundles, and teams owning bundles. Optional: empty, any DAG may.
-_DECLARED_BY = _Section(
+_DECLARED_BY = Section(
     {
-        "teams": _list_of(_name("an Airflow team name"), "Airflow team names"),
-        "bundles": _list_of(_name("a DAG bundle name"), "DAG bundle names"),
+        "teams": list_of(named("an Airflow team name"), "Airflow team names"),
+        "bundles": list_of(named("a DAG bundle name"), "DAG bundle names"),
     },
     optional=True,
 )
@@ -667,25 +522,25 @@ def _status_code() -> Check:
     return check
 
 
-_FAILURE_RULES = _Section(
+_FAILURE_RULES = Section(
     {
-        "exceptions": _list_of(
-            _matching(_EXCEPTION_NAME.pattern, "an exception class name, dotted (builtins.TimeoutError) or bare (ClientError)"),
+        "exceptions": list_of(
+            matching(_EXCEPTION_NAME.pattern, "an exception class name, dotted (builtins.TimeoutError) or bare (ClientError)"),
             "exception class names",
         ),
-        "error_codes": _list_of(_name("a service error code"), "service error codes"),
-        "status_codes": _list_of(_status_code(), "HTTP statuses"),
-        "messages": _list_of(_regex(), "regular expressions"),
+        "error_codes": list_of(named("a service error code"), "service error codes"),
+        "status_codes": list_of(_status_code(), "HTTP statuses"),
+        "messages": list_of(_regex(), "regular expressions"),
     },
     optional=True,
 )
-_FAILURE_CLASSES = _Section(
+_FAILURE_CLASSES = Section(
     {
-        "unmatched": _one_of(FAILURE_CLASS_NAMES),
+        "unmatched": one_of(FAILURE_CLASS_NAMES),
         "transient": _FAILURE_RULES,
         "permanent": _FAILURE_RULES,
-        "runner_classes": _Section(
-            dict.fromkeys(RUNNER_CLASSES, _Section({"transient": _FAILURE_RULES, "permanent": _FAILURE_RULES}, optional=True)),
+        "runner_classes": Section(
+            dict.fromkeys(RUNNER_CLASSES, Section({"transient": _FAILURE_RULES, "permanent": _FAILURE_RULES}, optional=True)),
             keys_expected=f"a runner class: one of {', '.join(RUNNER_CLASSES)}",
             optional=True,
         ),
@@ -693,40 +548,40 @@ _FAILURE_CLASSES = _Section(
 )
 
 # The settings of `defaults` and of each `tenants.<name>`.
-_SETTINGS = _Section(
+_SETTINGS = Section(
     {
-        "allowed_runner_classes": _list_of(_one_of(RUNNER_CLASSES), "runner classes"),
-        "max_size": _one_of(SIZES),
-        "allowed_network_profiles": _list_of(_one_of(NETWORK_PROFILES), "network profiles"),
-        "trace_sampling_ratio": _number(0.0, 1.0),
-        "debug_logs_in_production": _boolean(),
-        "limits": _Section(
-            {"max_workers": _integer(1), "max_hosts": _integer(0), "max_parallel_tasks": _integer(1)}
+        "allowed_runner_classes": list_of(one_of(RUNNER_CLASSES), "runner classes"),
+        "max_size": one_of(SIZES),
+        "allowed_network_profiles": list_of(one_of(NETWORK_PROFILES), "network profiles"),
+        "trace_sampling_ratio": number(0.0, 1.0),
+        "debug_logs_in_production": boolean(),
+        "limits": Section(
+            {"max_workers": integer(1), "max_hosts": integer(0), "max_parallel_tasks": integer(1)}
         ),
-        "retry_budget": _Section(
+        "retry_budget": Section(
             {
-                "max_retries_per_task": _integer(0),
-                "max_retries_per_run": _integer(0),
-                "max_retries_per_window": _integer(0),
-                "window_seconds": _integer(1),
-                "backoff_base_seconds": _number(0),
-                "backoff_max_seconds": _number(0),
-                "jitter": _boolean(),
-                "window_scope": _one_of(RETRY_WINDOW_SCOPES),
+                "max_retries_per_task": integer(0),
+                "max_retries_per_run": integer(0),
+                "max_retries_per_window": integer(0),
+                "window_seconds": integer(1),
+                "backoff_base_seconds": number(0),
+                "backoff_max_seconds": number(0),
+                "jitter": boolean(),
+                "window_scope": one_of(RETRY_WINDOW_SCOPES),
             }
         ),
         "failure_classes": _FAILURE_CLASSES,
-        "replay_approval": _Section(
+        "replay_approval": Section(
             {
-                "threshold_records": _integer(0, nullable=True),
-                "threshold_cost_usd": _number(0, nullable=True),
-                "approvers": _list_of(_user_name(), "user names"),
-                "timeout_seconds": _integer(1),
-                "default": _one_of(REPLAY_DEFAULTS),
+                "threshold_records": integer(0, nullable=True),
+                "threshold_cost_usd": number(0, nullable=True),
+                "approvers": list_of(named("a user name"), "user names"),
+                "timeout_seconds": integer(1),
+                "default": one_of(REPLAY_DEFAULTS),
             }
         ),
-        "cost_budget": _Section(
-            {"monthly_usd": _number(0, nullable=True), "alert_at_fraction": _number(0.0, 1.0)}
+        "cost_budget": Section(
+            {"monthly_usd": number(0, nullable=True), "alert_at_fraction": number(0.0, 1.0)}
         ),
         "size_tables": _SIZE_TABLES,
         "network_profiles": _NETWORK_PROFILES,
@@ -741,9 +596,9 @@ _TOP_LEVEL_KEYS = ("version", "defaults", "tenants")
 def settings_key_paths() -> list[str]:
     """Every key a tenant's settings can hold, dotted (the reference that docs/policy.md documents)."""
 
-    def walk(section: _Section, prefix: str) -> Iterator[str]:
+    def walk(section: Section, prefix: str) -> Iterator[str]:
         for key, spec in section.fields.items():
-            if isinstance(spec, _Section):
+            if isinstance(spec, Section):
                 # every size (network profile) shares one entry: documented once, as <size> (<profile>)
                 name = "<size>" if key in SIZES else "<profile>" if key in NETWORK_PROFILES else key
                 if prefix == "failure_classes.runner_classes." and key in RUNNER_CLASSES:
@@ -756,49 +611,6 @@ def settings_key_paths() -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- validation
-
-
-class _Report:
-    """Collects the problems of one file."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[Problem] = []
-
-    def add(self, key_path: str, value: object, expected: str) -> None:
-        self.problems.append(Problem(self.file, key_path, value, expected))
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _check_section(section: _Section, value: object, path: str, report: _Report) -> None:
-    if value is None:  # an empty key in place of a mapping overrides nothing
-        return
-    if not isinstance(value, dict):
-        report.add(path, value, f"a mapping (keys: {', '.join(section.fields)})")
-        return
-    for key, item in value.items():
-        spec = section.fields.get(key) if isinstance(key, str) else None
-        if spec is None:
-            report.add(_join(path, key), key, section.key_expectation())
-        elif isinstance(spec, _Section):
-            _check_section(spec, item, _join(path, key), report)
-        else:
-            for suffix, bad, expected in spec(item):
-                report.add(_join(path, key) + suffix, bad, expected)
-
-
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``override`` over ``base``: mappings merge key by key, anything else replaces. Inputs are not changed."""
-    merged = dict(base)
-    for key, value in (override or {}).items():
-        if isinstance(merged.get(key), dict) and (value is None or isinstance(value, dict)):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _get(mapping: object, *keys: str) -> object:
@@ -820,7 +632,7 @@ def _check_order(
     merged: dict[str, Any],
     own: object,
     path: str,
-    report: _Report,
+    report: Report,
     keys: tuple[str, ...],
     low: str,
     high: str,
@@ -843,10 +655,10 @@ def _check_order(
 
 
 def _number_or_none(value: object) -> float | None:
-    return float(value) if _is_number(value) else None
+    return float(value) if is_number(value) else None
 
 
-def _check_consistency(merged: dict[str, Any], own: object, path: str, report: _Report) -> None:
+def _check_consistency(merged: dict[str, Any], own: object, path: str, report: Report) -> None:
     """Rules across keys, checked on the effective settings of ``defaults`` or of one tenant."""
     _check_order(
         merged,
@@ -864,7 +676,7 @@ def _check_consistency(merged: dict[str, Any], own: object, path: str, report: _
         _check_order(merged, own, path, report, pod, "memory_request", "memory_limit", parse_memory_quantity)
 
 
-def _check_document(document: object, report: _Report, base: Mapping[str, Any]) -> None:
+def _check_document(document: object, report: Report, base: Mapping[str, Any]) -> None:
     """Every mistake of a parsed policy document, checked against the base defaults it will merge over."""
     if not isinstance(document, dict):
         report.add("", document, f"a mapping with the keys {', '.join(_TOP_LEVEL_KEYS)}")
@@ -884,8 +696,8 @@ def _check_document(document: object, report: _Report, base: Mapping[str, Any]) 
             report.add("version", version, f"a supported policy version (supported: {supported})")
 
     defaults = document.get("defaults")
-    _check_section(_SETTINGS, defaults, "defaults", report)
-    merged_defaults = _merge(base, defaults if isinstance(defaults, dict) else None)
+    check_value(_SETTINGS, defaults, "defaults", report, null_sets_nothing=True)
+    merged_defaults = merge(base, defaults if isinstance(defaults, dict) else None)
     # Rules are reported where the file sets one of their keys; the built-in (no base) sets them all.
     _check_consistency(merged_defaults, defaults if base else merged_defaults, "defaults", report)
 
@@ -896,101 +708,15 @@ def _check_document(document: object, report: _Report, base: Mapping[str, Any]) 
         report.add("tenants", tenants, "a mapping of tenant name -> settings")
         return
     for name, overrides in tenants.items():
-        path = _join("tenants", name)
+        path = join_dotted("tenants", name)
         if not (isinstance(name, str) and TENANT_NAME.fullmatch(name)):
             report.add(path, name, f"a tenant name matching {TENANT_NAME.pattern}")
-        _check_section(_SETTINGS, overrides, path, report)
+        check_value(_SETTINGS, overrides, path, report, null_sets_nothing=True)
         if isinstance(overrides, dict):
-            _check_consistency(_merge(merged_defaults, overrides), overrides, path, report)
+            _check_consistency(merge(merged_defaults, overrides), overrides, path, report)
 
 
 # ------------------------------------------------------------------------------------------------- parsing
-
-
-@dataclass(frozen=True)
-class _Copy:
-    """One copy of a key given more than once in a mapping: where it is and its value node."""
-
-    path: str  # dotted key path, as Problem.key_path writes it
-    keys: tuple[Any, ...]  # the same path as keys of the loaded document (str keys, int list indexes)
-    line: int  # 1-based line of the key
-    mark: yaml.Mark
-    value_node: yaml.Node
-    last: bool  # the copy YAML keeps (the one the loaded document holds)
-
-
-def _duplicate_keys(node: yaml.Node, path: str, keys: tuple[Any, ...], seen_nodes: set[int]) -> Iterator[list[_Copy]]:
-    """Every copy of each key given more than once in one mapping, which YAML loading silently resolves to
-    the last one. Merge keys (``<<``) are YAML's way to override on purpose and are left alone."""
-    if id(node) in seen_nodes:  # an alias of a node already walked
-        return
-    seen_nodes.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        copies: dict[tuple[str, str], list[tuple[yaml.Node, yaml.Node]]] = {}
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                copies.setdefault((key_node.tag, key_node.value), []).append((key_node, value_node))
-        for key_node, value_node in node.value:
-            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-            found = copies.get((key_node.tag, key_node.value)) if isinstance(key_node, yaml.ScalarNode) else None
-            if found is not None and len(found) > 1 and found[0][0] is key_node:
-                yield [
-                    _Copy(_join(path, name), (*keys, name), copy_key.start_mark.line + 1, copy_key.start_mark,
-                          copy_value, index == len(found) - 1)
-                    for index, (copy_key, copy_value) in enumerate(found)
-                ]
-            yield from _duplicate_keys(value_node, _join(path, name), (*keys, name), seen_nodes)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            yield from _duplicate_keys(item, f"{path}[{index}]", (*keys, index), seen_nodes)
-
-
-def _parse_yaml(text: str, report: _Report) -> tuple[bool, object, list[tuple[_Copy, object]]]:
-    """(parsed, document, copies). Syntax errors and duplicate keys go to ``report`` with their line and
-    column; ``copies`` holds, for each key given more than once, each copy with its loaded value.
-
-    libyaml's loader when present (about 8x faster: the policy is read by every task process); a file it
-    rejects is read again by the pure-Python loader, whose error messages are the documented ones."""
-    fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None:
-        scratch = _Report(report.file)
-        parsed, document, copies = _parse_yaml_with(fast, text, scratch)
-        if parsed and not scratch.problems:
-            return parsed, document, copies
-    return _parse_yaml_with(yaml.SafeLoader, text, report)
-
-
-def _parse_yaml_with(loader_class: Any, text: str, report: _Report) -> tuple[bool, object, list[tuple[_Copy, object]]]:
-    loader = loader_class(text)
-    copies: list[tuple[_Copy, object]] = []
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            report.add("", Unreadable("the file is empty"), "a policy with at least `version: 1`")
-            return False, None, []
-        groups = list(_duplicate_keys(node, "", (), set()))
-        for group in groups:
-            for copy in group[1:]:
-                where = f"line {copy.mark.line + 1}, column {copy.mark.column + 1}"
-                report.add(copy.path, Unreadable(f"given again at {where}"), "each key once in a mapping")
-        document = loader.construct_document(node)
-        for group in groups:
-            for copy in group:
-                value = None if copy.last else loader.construct_object(copy.value_node, deep=True)
-                copies.append((copy, value))
-    except yaml.MarkedYAMLError as err:
-        error_mark = err.problem_mark or err.context_mark
-        where = f" at line {error_mark.line + 1}, column {error_mark.column + 1}" if error_mark else ""
-        detail = err.problem or "unreadable"
-        detail += f" ({err.context})" if err.context else ""
-        report.add("", Unreadable(f"YAML syntax error{where}: {detail}"), "valid YAML")
-        return False, None, []
-    except yaml.YAMLError as err:
-        report.add("", Unreadable(f"YAML syntax error: {err}"), "valid YAML")
-        return False, None, []
-    finally:
-        loader.dispose()
-    return True, document, copies
 
 
 def _under(key_path: str, path: str) -> bool:
@@ -1010,7 +736,7 @@ def _with_value(document: object, keys: tuple[Any, ...], value: object) -> objec
 
 
 def _check_copies(
-    document: object, copies: list[tuple[_Copy, object]], report: _Report, base: Mapping[str, Any]
+    document: object, copies: list[tuple[Copy, object]], report: Report, base: Mapping[str, Any]
 ) -> None:
     """Check every copy of each key given more than once, not only the one YAML keeps: a mistake inside a
     copy is reported with that copy's line (the kept copy's mistakes, found by the normal check, get its
@@ -1023,7 +749,7 @@ def _check_copies(
     for copy, value in copies:
         if copy.last:
             continue
-        scratch = _Report(report.file)
+        scratch = Report(report.file)
         _check_document(_with_value(document, copy.keys, value), scratch, base)
         for problem in scratch.problems:
             if _under(problem.key_path, copy.path) and not isinstance(problem.value, Unreadable):
@@ -1039,11 +765,6 @@ def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
 
     def optional_float(value: Any) -> float | None:
         return None if value is None else float(value)
-
-    def frozen(value: Any) -> Any:
-        if isinstance(value, dict):
-            return types.MappingProxyType({key: frozen(item) for key, item in value.items()})
-        return value
 
     return TenantPolicy(
         tenant=tenant,
@@ -1115,20 +836,9 @@ def _failure_classes(settings: Mapping[str, Any]) -> FailureClasses:
     )
 
 
-def _incomplete_keys(section: _Section, value: Mapping[str, Any], path: str) -> Iterator[str]:
-    """Key paths the schema declares but ``value`` lacks (the built-in defaults must set every key)."""
-    for key, spec in section.fields.items():
-        if isinstance(spec, _Section) and spec.optional:
-            continue
-        if key not in value:
-            yield _join(path, key)
-        elif isinstance(spec, _Section) and isinstance(value[key], dict):
-            yield from _incomplete_keys(spec, value[key], _join(path, key))
-
-
 def _validated(text: str, source: str, base: Mapping[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
-    report = _Report(source)
-    parsed, document, copies = _parse_yaml(text, report)
+    report = Report(source)
+    parsed, document, copies = parse_yaml(text, report, "a policy with at least `version: 1`")
     if parsed:
         _check_document(document, report, base)
         if copies:
@@ -1139,6 +849,14 @@ def _validated(text: str, source: str, base: Mapping[str, Any]) -> tuple[dict[st
     return document, []
 
 
+def incomplete_problems(defaults: Mapping[str, Any]) -> list[Problem]:
+    """The keys the built-in ``defaults`` lack (they must set every key but the optional sections')."""
+    report = Report(BUILT_IN_SOURCE)
+    check_value(_SETTINGS, defaults, "defaults", report, null_sets_nothing=True,
+                missing="every key set in the built-in defaults")
+    return report.problems
+
+
 @functools.cache
 def _built_in_document() -> dict[str, Any]:
     """The built-in policy, parsed and checked to be valid and complete (a packaging mistake otherwise)."""
@@ -1146,19 +864,16 @@ def _built_in_document() -> dict[str, Any]:
     document, problems = _validated(text, BUILT_IN_SOURCE, base={})
     if not problems:
         defaults = document.get("defaults") or {}
-        problems = [
-            Problem(BUILT_IN_SOURCE, key_path, MISSING, "every key set in the built-in defaults")
-            for key_path in _incomplete_keys(_SETTINGS, defaults, "defaults")
-        ]
+        problems = incomplete_problems(defaults)
     if problems:
         raise PolicyError(problems)
     return document
 
 
 def _build(document: Mapping[str, Any], source: str, base: Mapping[str, Any]) -> Policy:
-    defaults = _merge(base, document.get("defaults"))
+    defaults = merge(base, document.get("defaults"))
     tenants = {
-        name: _tenant_policy(name, _merge(defaults, overrides))
+        name: _tenant_policy(name, merge(defaults, overrides))
         for name, overrides in (document.get("tenants") or {}).items()
     }
     return Policy(
@@ -1179,20 +894,6 @@ def parse_policy(text: str, source: str = "<string>") -> Policy:
     if problems:
         raise PolicyError(problems)
     return _build(document, source, base)
-
-
-def read_text_file(path: str, what: str, error: Callable[[list[Problem]], Exception]) -> str:
-    """The UTF-8 text at ``path``; a file that cannot be read, or is not UTF-8, raises ``error`` with the
-    Problem that says so (``what`` names the file in the expectation: "a readable <what>")."""
-    try:
-        with open(path, encoding="utf-8") as file:
-            return file.read()
-    except OSError as err:
-        reason = f"cannot be read: {err.strerror or err}"
-        raise error([Problem(path, "", Unreadable(reason), f"a readable {what}")]) from None
-    except UnicodeDecodeError as err:
-        reason = f"is not UTF-8 text (byte {err.start})"
-        raise error([Problem(path, "", Unreadable(reason), f"a UTF-8 {what}")]) from None
 
 
 def load_policy(path: str | None = None) -> Policy:

@@ -10,7 +10,6 @@ cost 0, and ``missing`` records that they were not reported. The formulas are in
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -22,10 +21,9 @@ from barecount_provider.cost.prices import (
     LIST_PRICE_BASIS,
     PriceTable,
     configured_price_table,
-    join_path,
 )
-from barecount_provider.cost.prices import is_mapping as _is_mapping
 from barecount_provider.policy import RUNNER_CLASSES, parse_cpu_quantity, parse_memory_quantity
+from barecount_provider.schema import is_mapping, is_number, join_quoted
 from barecount_provider.selfmetrics import COUNTER
 
 LAMBDA, ECS, KUBERNETES, GLUE, EMR_SERVERLESS, EC2, LOCAL = (
@@ -149,29 +147,25 @@ def _money(value: float) -> float:
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class _Run:
     """Read access to a runner_result (a mapping, or an object with ``as_dict()``), with the reasons."""
 
     def __init__(self, result: Mapping[str, Any] | None) -> None:
         self.result: Mapping[str, Any] = result or {}
         sources = self.result.get("field_sources")
-        self.sources: Mapping[str, Any] = sources if _is_mapping(sources) else {}
+        self.sources: Mapping[str, Any] = sources if is_mapping(sources) else {}
 
     def has(self, path: str) -> bool:
         section, _, key = path.partition(".")
         values = self.result.get(section)
-        return _is_mapping(values) and key in values
+        return is_mapping(values) and key in values
 
     def get(self, path: str) -> Any:
         section, _, key = path.partition(".")
         if not key:
             return self.result.get(section)
         values = self.result.get(section)
-        return values.get(key) if _is_mapping(values) else None
+        return values.get(key) if is_mapping(values) else None
 
     def why_absent(self, path: str) -> str:
         source = self.sources.get(path)
@@ -184,7 +178,7 @@ class _Run:
         value = self.get(path)
         if value is None:
             return None, self.why_absent(path)
-        if not _is_number(value) or value < 0:
+        if not is_number(value) or value < 0:
             return None, f"{path}: {value!r} is not a number >= 0"
         return float(value), ""
 
@@ -224,7 +218,7 @@ class _Estimate:
     def no_price(self, what: str, *keys: str) -> str:
         path = "prices"
         for key in keys:
-            path = join_path(path, key)
+            path = join_quoted(path, key)
         return f"no price for {what} in price table {self.table.label} ({path})"
 
     def add(self, part: str, usd: float, term: str) -> None:
@@ -607,7 +601,7 @@ def _ec2(est: _Estimate, run: _Run) -> None:
     else:
         items = []
     for host, value in items:
-        if _is_number(value) and value >= 0:
+        if is_number(value) and value >= 0:
             per_host.append((host, float(value)))
         else:
             unknown_hosts.append(host)
@@ -768,7 +762,7 @@ def _storage_and_transfer(est: _Estimate, run: _Run, has_result: bool) -> None:
 
 
 def _as_mapping(result: Any) -> Mapping[str, Any] | None:
-    if result is None or _is_mapping(result):
+    if result is None or is_mapping(result):
         return result
     as_dict = getattr(result, "as_dict", None)
     if callable(as_dict):
@@ -830,7 +824,7 @@ def estimate(
     ``runtime_hours``), ``price_table`` (default: :func:`configured_price_table`)."""
     if runner_class not in RUNNER_CLASSES:
         raise ValueError(f"runner class {runner_class!r} is not one of {', '.join(RUNNER_CLASSES)}")
-    if runtime_s is not None and not (_is_number(runtime_s) and runtime_s >= 0):
+    if runtime_s is not None and not (is_number(runtime_s) and runtime_s >= 0):
         raise ValueError(f"runtime_s: {runtime_s!r} is not a number of seconds >= 0")
     result = _as_mapping(runner_result)
     recorded_class = result.get("runner_class") if result else None
