@@ -25,7 +25,7 @@ from barecount_provider.policy import (
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
-BUILT_IN = Path(policy.__file__).with_name("default_policy.yaml")
+BUILT_IN = Path(policy.__file__).parents[1] / "default_policy.yaml"
 SETTINGS_KEYS = (
     "allowed_runner_classes, max_size, allowed_network_profiles, trace_sampling_ratio, "
     "debug_logs_in_production, limits, retry_budget, failure_classes, replay_approval, cost_budget, size_tables, network_profiles, runner_targets, declared_by"
