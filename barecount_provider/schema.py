@@ -1,4 +1,5 @@
 """The schema layer of BareCount's YAML files: the governance policy and the cost price table read alike.
+(The database's tables are another schema: ``db/schema.py``.)
 
 What both validators need lives here once: the :class:`Problem` record (file, key path, bad value, what was
 expected) and the error that lists them, the :class:`Report` that collects them, key-path joining, YAML
@@ -75,6 +76,15 @@ class ProblemsError(ValueError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+def problems_of(load: Callable[[], object], error: type[ProblemsError]) -> list[Problem]:
+    """The problems ``load()`` raises ``error`` with, instead of raising; empty when it loads."""
+    try:
+        load()
+    except error as err:
+        return err.problems
+    return []
 
 
 # --------------------------------------------------------------------------------------------------- key paths

@@ -45,6 +45,7 @@ from barecount_provider.schema import (
     merge,
     number,
     parse_yaml,
+    problems_of,
     read_text_file,
 )
 
@@ -352,11 +353,7 @@ def load_price_table(path: str | None = None) -> PriceTable:
 
 def validate_price_file(path: str) -> list[Problem]:
     """Every mistake of the override file at ``path``, instead of raising; empty when it is valid."""
-    try:
-        load_price_table(path)
-    except PriceTableError as err:
-        return err.problems
-    return []
+    return problems_of(lambda: load_price_table(path), PriceTableError)
 
 
 # ------------------------------------------------------------------------------------------ configuration

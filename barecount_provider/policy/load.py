@@ -24,7 +24,7 @@ from barecount_provider.policy.model import (
     TenantPolicy,
 )
 from barecount_provider.policy.validate import PolicyError, incomplete_problems, validated
-from barecount_provider.schema import Problem, frozen, merge, read_text_file
+from barecount_provider.schema import Problem, frozen, merge, problems_of, read_text_file
 
 
 def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
@@ -149,11 +149,7 @@ def load_policy(path: str | None = None) -> Policy:
 
 def validate_file(path: str) -> list[Problem]:
     """Every mistake of the policy at ``path``, instead of raising; empty when it is valid."""
-    try:
-        load_policy(path)
-    except PolicyError as err:
-        return err.problems
-    return []
+    return problems_of(lambda: load_policy(path), PolicyError)
 
 
 @functools.cache
@@ -164,8 +160,4 @@ def get_policy() -> Policy:
 
 def configured_problems() -> list[Problem]:
     """The mistakes of the configured policy; empty when it is valid (then loaded once, as get_policy)."""
-    try:
-        get_policy()
-    except PolicyError as err:
-        return err.problems
-    return []
+    return problems_of(get_policy, PolicyError)
