@@ -28,6 +28,7 @@ system-deps:
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 # Reinstalled every time (quick when nothing changed) so the venv always matches pyproject.toml and,
 # when present, constraints.txt.

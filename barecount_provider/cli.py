@@ -27,8 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from barecount_provider import __version__, config
-from barecount_provider.telemetry import redaction
+from barecount_provider import __version__, config, redaction
 
 if TYPE_CHECKING:
     from barecount_provider.pools import AirflowApi
@@ -121,7 +120,7 @@ def _doctor_masking() -> dict[str, Any]:
     from importlib.metadata import entry_points
 
     from barecount_provider import policies
-    from barecount_provider.telemetry.redaction import is_installed_in_airflow_masker
+    from barecount_provider.redaction import is_installed_in_airflow_masker
 
     entry_point = any(point.value.startswith("barecount_provider.policies") for point in entry_points(group="airflow.policy"))
     at_settings_load = entry_point and policies.MASKER_EXTENDED_AT_SETTINGS_LOAD
@@ -728,10 +727,11 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from barecount_provider.telemetry import spool
+    from barecount_provider import outbox
+    from barecount_provider.runtime import forwarding
 
     if args.check:
-        healthy, line = spool.check_heartbeat(args.max_age)
+        healthy, line = forwarding.check_heartbeat(args.max_age)
         print(line, flush=True)
         return 0 if healthy else 1
     stop = threading.Event()
@@ -757,8 +757,8 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
     every_round = not args.loop or args.verbose or args.json
     if args.loop and not args.quiet and not every_round:
         print(
-            f"BareCount forwarder: pid {os.getpid()}, spool {spool.spool_dir()}, a round every {args.loop:g} s, "
-            f"heartbeat {spool.heartbeat_path()} (check: barecount telemetry forward --check)",
+            f"BareCount forwarder: pid {os.getpid()}, spool {outbox.spool_dir()}, a round every {args.loop:g} s, "
+            f"heartbeat {forwarding.heartbeat_path()} (check: barecount telemetry forward --check)",
             flush=True,
         )
     while True:
@@ -767,16 +767,16 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
         stopping = stop.is_set() or not parent_alive()
         # In the loop the OTLP exports are batched (OTEL_BSP_SCHEDULE_DELAY, OTEL_METRIC_EXPORT_INTERVAL);
         # a single round, and the last one, export everything.
-        result = spool.flush_spool(batch=bool(args.loop) and not stopping)
+        result = forwarding.flush_spool(batch=bool(args.loop) and not stopping)
         if args.loop:
-            spool.write_heartbeat(result, args.loop)
+            forwarding.write_heartbeat(result, args.loop)
         if not args.quiet:
             if args.json:
                 print(json.dumps(result), flush=True)
             elif every_round:
                 print(", ".join(f"{key} {value}" for key, value in result.items()), flush=True)
-            elif spool.LAST_ROUND_FAILURES or result.get("busy"):
-                problems = ", ".join(f"{key} {n}" for key, n in spool.LAST_ROUND_FAILURES.items())
+            elif forwarding.LAST_ROUND_FAILURES or result.get("busy"):
+                problems = ", ".join(f"{key} {n}" for key, n in forwarding.LAST_ROUND_FAILURES.items())
                 print(
                     f"BareCount forwarder: round with problems: {problems or 'previous round still running (busy)'}",
                     file=sys.stderr,
@@ -791,7 +791,7 @@ def cmd_telemetry_forward(args: argparse.Namespace) -> int:
 
 
 def cmd_evidence_seal(args: argparse.Namespace) -> int:
-    from barecount_provider.evidence import scheduler as evidence
+    from barecount_provider.runtime import sealing as evidence
 
     run_ids = args.run or _finished_runs(args.dag)
     results, status = [], 0
@@ -1360,6 +1360,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def _replayer(args: argparse.Namespace) -> Any:
+    from barecount_provider import cost
     from barecount_provider.recovery.ledger import open_ledger
     from barecount_provider.recovery.replay import Replayer, target_from_spec
 
@@ -1371,7 +1372,7 @@ def _replayer(args: argparse.Namespace) -> Any:
         emit = get_emitter().emit
     return Replayer(
         hook.backend,
-        target_from_spec(args.target, aws_conn_id=args.aws_conn_id),
+        target_from_spec(args.target, aws_conn_id=args.aws_conn_id, prices=cost.configured_price_table()),
         open_ledger(args.ledger_url),
         scope=_scope(args),
         scope_id=args.replay_id,

@@ -417,7 +417,7 @@ def _parse_patterns(text: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError
     if value:  # each compiled as the redactor compiles it (scoped flags; one matching "" is refused)
-        from barecount_provider.telemetry.redaction import _compile_one
+        from barecount_provider.redaction import _compile_one
 
         for index, pattern in enumerate(value):
             _compile_one(pattern, f"redact_value_patterns[{index}]")

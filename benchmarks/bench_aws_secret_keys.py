@@ -149,7 +149,7 @@ def negative_corpus() -> list[tuple[str, str]]:
 
 
 def measure(anywhere: bool) -> dict[str, object]:
-    from barecount_provider.telemetry.redaction import Redactor
+    from barecount_provider.redaction import Redactor
 
     redactor = Redactor(maskers=[], aws_secret_keys="anywhere" if anywhere else "context")
     negatives = negative_corpus()

@@ -432,8 +432,9 @@ class FloorListener:
 
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
         from barecount_provider import config, context
+        from barecount_provider.runtime import task_side
         from barecount_provider.telemetry import logging as bc_logging
-        from barecount_provider.telemetry import resources, task_side
+        from barecount_provider.telemetry import resources
 
         ti = task_instance
         if context.is_opted_out(ti.task.dag):
@@ -453,7 +454,8 @@ class FloorListener:
 
     def _end(self, ti: Any, state: str, error: BaseException | None = None) -> None:
         from barecount_provider import config
-        from barecount_provider.telemetry import resources, task_side
+        from barecount_provider.runtime import task_side
+        from barecount_provider.telemetry import resources
 
         tried = self._tries.pop(ti.try_number, None)
         if tried is None:
@@ -695,6 +697,7 @@ def _supervisor_main(mode: str, env: dict[str, str], cmd_fd: int, res_fd: int) -
                 "barecount_provider.plugins",
                 "barecount_provider.listeners",
                 "barecount_provider.telemetry",
+                "barecount_provider.runtime",
             )
             loaded = [m for m in sys.modules if m.startswith(task_side_modules)]
             assert not loaded, f"cold supervisor has task-side modules: {loaded}"
@@ -741,7 +744,7 @@ def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
     processes of its configuration wrote (one directory per mode), as the scheduler's forwarder process
     (``barecount telemetry forward --loop``) does every few seconds; timed, with its own failures counted."""
     from barecount_provider import config
-    from barecount_provider.telemetry import spool
+    from barecount_provider.runtime import forwarding
     from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
     failures: collections.Counter[str] = collections.Counter()
@@ -763,14 +766,14 @@ def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
             t = time.perf_counter_ns()
             direct = get_direct_emitter()
             direct.flush(config.emit_timeout_ms())
-            spool.get_forwarder().warm_up()
+            forwarding.get_forwarder().warm_up()
             prepare_ns = time.perf_counter_ns() - t
             _FORWARDER_READY.append(True)
         for directory in telemetry_dirs:
             os.environ["AIRFLOW__BARECOUNT__TELEMETRY_DIR"] = directory
             config.telemetry_dir.cache_clear()
             t = time.perf_counter_ns()
-            got = spool.flush_spool()
+            got = forwarding.flush_spool()
             rounds.append({"dir": directory, "ns": time.perf_counter_ns() - t, **got})
     finally:
         EMIT_FAILURES.record = record  # type: ignore[method-assign]

@@ -77,14 +77,13 @@ def _clear_caches() -> None:
     config.cache_clear()
     metrics.get_emitter.cache_clear()
     tracing.get_tracing.cache_clear()
-    from barecount_provider import policy
-    from barecount_provider.telemetry import redaction
+    from barecount_provider import policy, redaction
 
     redaction.get_redactor.cache_clear()
     policy.get_policy.cache_clear()
-    from barecount_provider.evidence import scheduler as evidence_scheduler
     from barecount_provider.evidence import spool as evidence_spool
     from barecount_provider.evidence import store as evidence_store
+    from barecount_provider.runtime import sealing as evidence_scheduler
 
     evidence_store.clear_caches()
     evidence_spool.clear_caches()
@@ -92,14 +91,14 @@ def _clear_caches() -> None:
     from barecount_provider.recovery import budgets
 
     budgets.clear_caches()
-    from barecount_provider.telemetry import spool
+    from barecount_provider import outbox
 
-    spool._handoff = None  # decided once per process: again for each test
-    for name in (spool.FORWARDER_PID_ENV, spool.FORWARDER_OWNER_ENV):
+    outbox._handoff = None  # decided once per process: again for each test
+    for name in (outbox.FORWARDER_PID_ENV, outbox.FORWARDER_OWNER_ENV):
         os.environ.pop(name, None)
-    spool._PENDING_LINES.clear()
-    spool._PENDING_ENTRIES.clear()
-    spool._PENDING_STATSD.clear()
+    outbox._PENDING_LINES.clear()
+    outbox._PENDING_ENTRIES.clear()
+    outbox._PENDING_STATSD.clear()
     # Airflow's task runner sets the parsing context for its parse and never unsets it: a test that runs a task
     # in-process would otherwise tell the next test's cluster policies that they run in its task process.
     for name in ("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "_AIRFLOW_PARSING_CONTEXT_TASK_ID"):

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from barecount_provider.telemetry.redaction import get_redactor
+from barecount_provider.redaction import get_redactor
 
 
 class RedactedJSONResponse(JSONResponse):

@@ -13,7 +13,7 @@ Entries may come from several machines: they meet in the store (files of one mac
 A run that cannot be sealed at once is also written to ``barecount_evidence_pending`` in the evidence index's
 database (:func:`remember_pending`), and removed from it when sealed: a scheduler that stops, crashes or is
 killed before the run is sealed leaves it there, and the next scheduler to start seals it
-(:func:`barecount_provider.evidence.scheduler.recover`).
+(:func:`barecount_provider.runtime.sealing.recover`).
 
 A try whose own entry never came, or that Airflow ended itself, gets a ``reason`` (:func:`try_reason`) from
 Airflow's audit log (its ``log`` table): ``heartbeat_timeout`` when the scheduler failed it because its
@@ -33,10 +33,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from barecount_provider import context
+from barecount_provider import context, redaction
 from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record, this_host
 from barecount_provider.evidence.store import EvidenceStore, hosts_table, pending_table
-from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ def _task_side() -> Any:
     Python code on every call, in a task process where that code is cold (about 15 µs)."""
     global _TASK_SIDE
     if _TASK_SIDE is None:
-        from barecount_provider.telemetry import task_side
+        from barecount_provider.runtime import task_side
 
         _TASK_SIDE = task_side
     return _TASK_SIDE
@@ -71,7 +71,7 @@ def on_starting(component: Any) -> None:
     if type(component).__name__ == "TaskRunnerMarker":
         return
     from barecount_provider import config
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
     side = get_scheduler_side()
     side.prepare()  # imports on this (main) thread: see SchedulerSide.prepare
@@ -102,7 +102,7 @@ def before_stopping(component: Any) -> None:
         task_side = _task_side()
         task_side.flush()
     elif getattr(component, "job_type", None) == "SchedulerJob":
-        from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+        from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
         get_scheduler_side().stop()
 
@@ -140,7 +140,7 @@ def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any)
         task_side.on_try_finished(task_instance, "up_for_retry" if state == "up_for_retry" else "failed", error)
     else:
         from barecount_provider import config
-        from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+        from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
         if config.scheduler_metrics_on():
             get_scheduler_side().task_failed_by_server(task_instance, error)
@@ -150,7 +150,7 @@ def on_task_instance_failed(previous_state: Any, task_instance: Any, error: Any)
 @guarded("on_dag_run_running")
 def on_dag_run_running(dag_run: Any, msg: str) -> None:
     from barecount_provider import config
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
     if config.scheduler_metrics_on():
         get_scheduler_side().dag_run_running(dag_run)
@@ -160,7 +160,7 @@ def on_dag_run_running(dag_run: Any, msg: str) -> None:
 @guarded("on_dag_run_success")
 def on_dag_run_success(dag_run: Any, msg: str) -> None:
     from barecount_provider import config
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
     if config.scheduler_metrics_on():
         get_scheduler_side().dag_run_finished(dag_run)
@@ -170,7 +170,7 @@ def on_dag_run_success(dag_run: Any, msg: str) -> None:
 @guarded("on_dag_run_failed")
 def on_dag_run_failed(dag_run: Any, msg: str) -> None:
     from barecount_provider import config
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
     if config.scheduler_metrics_on():
         get_scheduler_side().dag_run_finished(dag_run)

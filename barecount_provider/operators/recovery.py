@@ -125,11 +125,12 @@ class ReplayOperator(BaseOperator):
             since=self.since or None,
             until=self.until or None,
         )
+        from barecount_provider.cost import configured_price_table
         from barecount_provider.telemetry.metrics import get_emitter
 
         return Replayer(
             hook.backend,
-            target_from_spec(self.target, aws_conn_id=self.aws_conn_id),
+            target_from_spec(self.target, aws_conn_id=self.aws_conn_id, prices=configured_price_table()),
             open_ledger(self.ledger_url),
             scope=scope,
             scope_id=self.replay_id or None,

@@ -52,14 +52,14 @@ def _install_side_effects() -> None:
     idempotent, none raises."""
     try:
         from barecount_provider.listeners import lifecycle
-        from barecount_provider.telemetry.task_side import preload
+        from barecount_provider.runtime.task_side import preload
 
         preload()
         lifecycle._task_side()  # the listener's reference to the task side, bound before the fork
     except Exception:
         log.warning("BareCount could not preload its telemetry modules", exc_info=True)
     try:
-        from barecount_provider.telemetry.redaction import install_in_airflow_masker
+        from barecount_provider.redaction import install_in_airflow_masker
 
         install_in_airflow_masker()
     except Exception:
@@ -68,8 +68,8 @@ def _install_side_effects() -> None:
         from barecount_provider.telemetry import tracing
 
         if config.traces_on() and tracing.airflow_tracing_on():
-            from barecount_provider.telemetry.scheduler_side import get_scheduler_side
-            from barecount_provider.telemetry.task_side import policy_values
+            from barecount_provider.runtime.scheduler_side import get_scheduler_side
+            from barecount_provider.runtime.task_side import policy_values
 
             tracing.install_tenant_sampler(
                 get_scheduler_side().cached_tenant, lambda tenant: policy_values(tenant)[0]

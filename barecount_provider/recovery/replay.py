@@ -47,6 +47,15 @@ SQS_REQUEST_USD_PER_MILLION = {"standard": 0.40, "fifo": 0.50}  # AWS list price
 # ---------------------------------------------------------------------------------------------- targets
 
 
+class PriceSource(Protocol):
+    """What a target's estimate reads of a price table (``barecount_provider.cost.PriceTable`` is one)."""
+
+    @property
+    def label(self) -> str: ...
+
+    def price(self, *keys: str) -> float | None: ...
+
+
 class ReplayTarget(Protocol):
     """Where replayed records go. ``deliver`` returns ``{idempotency_key: error}`` for the records it could
     not deliver (an empty dict: all delivered); raising means the whole batch's fate is unknown."""
@@ -107,8 +116,9 @@ class CallableTarget:
 class LambdaTarget:
     """Invokes a Lambda function per record with :func:`envelope` as the event (upstream ``LambdaHook``).
 
-    A ``FunctionError`` fails the record. The estimate uses the price table's Lambda request and GB-second
-    prices with ``memory_mb`` and ``estimated_duration_ms`` per invocation.
+    A ``FunctionError`` fails the record. The estimate uses ``prices`` (a price table: ``price(service, item,
+    variant)`` and ``label``, e.g. ``barecount_provider.cost.configured_price_table()``), its Lambda request
+    and GB-second prices with ``memory_mb`` and ``estimated_duration_ms`` per invocation; unknown without it.
     """
 
     kind = "lambda"
@@ -124,8 +134,10 @@ class LambdaTarget:
         estimated_duration_ms: float = 100.0,
         architecture: str = "x86_64",
         hook: Any = None,
+        prices: PriceSource | None = None,
     ) -> None:
         self.function_name, self.qualifier, self.invocation_type = function_name, qualifier, invocation_type
+        self.prices = prices
         self.aws_conn_id = aws_conn_id
         self.memory_mb, self.estimated_duration_ms, self.architecture = memory_mb, estimated_duration_ms, architecture
         self._hook = hook
@@ -162,9 +174,9 @@ class LambdaTarget:
         return errors
 
     def estimate_cost_usd(self, records: int, payload_bytes: int) -> tuple[float, str]:
-        from barecount_provider.cost import configured_price_table
-
-        table = configured_price_table()
+        table = self.prices
+        if table is None:
+            return 0.0, "unknown: no price table given to the Lambda target"
         request = table.price("lambda", "request_per_million") or 0.0
         gb_second = table.price("lambda", "gb_second", self.architecture) or 0.0
         per_record = request / 1e6 + gb_second * (self.memory_mb / 1024.0) * (self.estimated_duration_ms / 1000.0)
@@ -327,11 +339,14 @@ class SqlTableTarget:
         return 0.0, "a SQL table: no per-record price"
 
 
-def target_from_spec(spec: Any, *, aws_conn_id: str | None = "aws_default") -> ReplayTarget:
+def target_from_spec(
+    spec: Any, *, aws_conn_id: str | None = "aws_default", prices: PriceSource | None = None
+) -> ReplayTarget:
     """A target from an object, a callable, or a spec string:
 
     ``lambda:FUNCTION[:QUALIFIER]``, ``sqs:QUEUE_URL``, ``sql:SQLALCHEMY_URL#TABLE`` (or ``sql:conn_id#TABLE``
-    with an Airflow connection), ``callable:module:function``."""
+    with an Airflow connection), ``callable:module:function``. ``prices``: the price table a Lambda target's
+    estimate uses."""
     if hasattr(spec, "deliver") and hasattr(spec, "identity"):
         return spec
     if callable(spec):
@@ -341,7 +356,7 @@ def target_from_spec(spec: Any, *, aws_conn_id: str | None = "aws_default") -> R
     kind, _, rest = spec.partition(":")
     if kind == "lambda":
         name, _, qualifier = rest.partition(":")
-        return LambdaTarget(name, qualifier=qualifier or None, aws_conn_id=aws_conn_id)
+        return LambdaTarget(name, qualifier=qualifier or None, aws_conn_id=aws_conn_id, prices=prices)
     if kind == "sqs":
         return SqsTarget(rest, aws_conn_id=aws_conn_id)
     if kind == "sql":

@@ -206,7 +206,7 @@ def _airflow_would_retry(ti: Any, try_number: int, max_tries: int) -> bool:
 
 
 def _record(task: Any, *, validation: dict[str, Any] | None = None, exception: dict[str, Any] | None = None) -> None:
-    """Put the decision where the try's evidence entry reads it (barecount_provider.evidence.task)."""
+    """Put the decision where the try's evidence entry reads it (barecount_provider.runtime.entries)."""
     if task is None:
         return
     try:

@@ -6,7 +6,7 @@ context variables into every event (``structlog.contextvars.merge_contextvars``)
 :func:`bind_run_context` binds BareCount's fields next to them, so every line the task writes through Airflow's
 logging (Airflow's own, the operator's ``self.log``, the task's ``logging`` and structlog calls) carries them.
 Lines the task writes with ``print()`` or from subprocesses are plain text: the supervisor writes them into
-the log file without context (and masks them, see :mod:`barecount_provider.telemetry.redaction`).
+the log file without context (and masks them, see :mod:`barecount_provider.redaction`).
 
 Outside the task process (scheduler side) :func:`json_log_line` renders one BareCount line as JSON with the
 same fields, redacted.
@@ -27,7 +27,7 @@ from typing import Any, TextIO, cast
 import structlog
 import structlog.contextvars
 
-from barecount_provider.telemetry.redaction import get_redactor
+from barecount_provider.redaction import get_redactor
 
 CONTEXT_FIELDS: tuple[str, ...] = (
     "correlation_id",
@@ -337,7 +337,7 @@ def json_log_line(event: str, level: str, fields: Mapping[str, Any]) -> str:
 
 def json_processors() -> list[Any]:
     """A structlog processor chain rendering BareCount's lines as JSON with the bound fields, redacted."""
-    from barecount_provider.telemetry.redaction import redact_event_dict
+    from barecount_provider.redaction import redact_event_dict
 
     return [
         structlog.contextvars.merge_contextvars,

@@ -17,12 +17,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from barecount_provider import config, selfmetrics
+from barecount_provider import config, outbox, redaction, selfmetrics
 
 # The metric kinds and the count of own failures are the foundation's: evidence, cost and recovery use them
 # without importing telemetry
 from barecount_provider.selfmetrics import COUNTER, EMIT_FAILURES, GAUGE, HISTOGRAM, TIMER
-from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +288,8 @@ class StatsdSink:
                 EMIT_FAILURES.record(self.name, "send")
 
     def hand_off(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
-        """Keep ``points`` (cleaned) for the spool's forwarder to send (see :meth:`Emitter.emit`)."""
-        # A plain dotted import (the spool imports this module): C only, where ``from package import
-        # module`` runs importlib's Python code, cold in a task process, on every call.
-        import barecount_provider.telemetry.spool as spool
-
-        spool.add_statsd_points(points)
+        """Keep ``points`` (cleaned) for the forwarder to send (see :meth:`Emitter.emit`)."""
+        outbox.add_statsd_points(points)
 
     def flush(self, timeout_ms: int) -> None:  # UDP: nothing is buffered
         return None
@@ -522,7 +517,7 @@ def note_failures(now: float | None = None) -> int:
 
 
 def build_sinks(direct: bool = False) -> list[Any]:
-    """The configured sinks. OTLP metrics go to the spool (see :mod:`barecount_provider.telemetry.spool`)
+    """The configured sinks. OTLP metrics go to the spool (see :mod:`barecount_provider.outbox`)
     unless ``direct``: the long-lived process that forwards the spool exports them itself."""
     sinks: list[Any] = []
     timeout = config.emit_timeout_ms()
@@ -538,7 +533,7 @@ def build_sinks(direct: bool = False) -> list[Any]:
         )
     if config.otlp_metrics_on():
         if not direct:
-            from barecount_provider.telemetry.spool import SpoolMetricSink
+            from barecount_provider.telemetry.outbox_sinks import SpoolMetricSink
 
             sinks.append(SpoolMetricSink())
             return sinks

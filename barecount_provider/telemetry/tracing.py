@@ -37,8 +37,9 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
-from barecount_provider import config, context
-from barecount_provider.telemetry import filesink, redaction, spool
+from barecount_provider import config, context, outbox, redaction
+from barecount_provider.jsonlines import append_lines
+from barecount_provider.telemetry import outbox_sinks
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class JsonLinesSpanExporter(SpanExporter):
     def write_lines(self, records: list[dict[str, Any]]) -> SpanExportResult:
         """Append the spans' JSON lines with one ``write``; a failure is counted, never raised."""
         try:
-            filesink.append_lines(self.path, records)
+            append_lines(self.path, records)
             return SpanExportResult.SUCCESS
         except Exception:
             EMIT_FAILURES.record("traces", "export")
@@ -190,7 +191,7 @@ class TrySpan:
                 EMIT_FAILURES.record("traces", "export")
 
     def record(self) -> dict[str, Any]:
-        """The span as the OTLP spool keeps it (see spool.span_record)."""
+        """The span as the OTLP spool keeps it (see outbox_sinks.span_record)."""
         status = self.status
         code = status.status_code.name if status is not None else "UNSET"
         return {
@@ -394,8 +395,8 @@ class Tracing:
             return False
         exporter = self._sole_exporter()
         if isinstance(exporter, JsonLinesSpanExporter):
-            return spool.handoff()
-        return isinstance(exporter, spool.span_exporter_class())
+            return outbox.handoff()
+        return isinstance(exporter, outbox_sinks.span_exporter_class())
 
     def export_try_span(self, span: TrySpan) -> None:
         """Hand a finished try span to the exporter: directly to the span file or the OTLP spool, as an SDK
@@ -404,15 +405,15 @@ class Tracing:
         if exporter == ():
             return  # no processor: nothing is exported
         if isinstance(exporter, JsonLinesSpanExporter):
-            if spool.handoff():  # the forwarder appends it, with the try's other outputs
-                spool.add_lines(exporter.path, [span.file_line()])
+            if outbox.handoff():  # the forwarder appends it, with the try's other outputs
+                outbox.add_lines(exporter.path, [span.file_line()])
             else:
                 exporter.write_lines([span.file_line()])
             return
-        if isinstance(exporter, spool.span_exporter_class()):
-            spool.add_span_records([span.record()])
+        if isinstance(exporter, outbox_sinks.span_exporter_class()):
+            outbox.add_span_records([span.record()])
             return
-        readable = spool.rebuild_span(span.record(), resource=getattr(self.provider, "resource", None))
+        readable = outbox_sinks.rebuild_span(span.record(), resource=getattr(self.provider, "resource", None))
         self.provider._active_span_processor.on_end(readable)
 
     def flush(self, timeout_ms: int) -> None:
@@ -547,7 +548,7 @@ def _build_exporter() -> tuple[SpanExporter | None, str]:
     if kind == "file":
         path = os.path.join(config.telemetry_dir(), "spans.jsonl")
         return JsonLinesSpanExporter(path), f"file:{path}"
-    from barecount_provider.telemetry.spool import span_exporter  # OTLP: through the spool (spool.py)
+    from barecount_provider.telemetry.outbox_sinks import span_exporter  # OTLP: through the spool (spool.py)
 
     return span_exporter(), f"otlp {config.otlp_endpoint('traces')} (spooled)"
 
@@ -561,7 +562,7 @@ def _build_tracing() -> Tracing:
 @functools.cache
 def get_tracing() -> Tracing | None:
     """The tracer of task processes: spans go to a file or, for OTLP, to the spool (see
-    :mod:`barecount_provider.telemetry.spool`). Stateless: built once where the plugin is loaded and shared
+    :mod:`barecount_provider.outbox`). Stateless: built once where the plugin is loaded and shared
     by the forked task processes."""
     if not config.traces_on():
         return None

@@ -180,8 +180,8 @@ def test_the_run_writes_a_valid_complete_evidence_record_with_cost(
     import jsonschema
 
     from barecount_provider import config
-    from barecount_provider.evidence import scheduler as evidence
     from barecount_provider.evidence import store as evidence_store
+    from barecount_provider.runtime import sealing as evidence
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
     config.cache_clear()

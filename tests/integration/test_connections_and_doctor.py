@@ -136,7 +136,7 @@ def test_the_store_reaches_the_bucket_with_a_connection_from_the_metadata_databa
 def test_the_forwarder_stores_a_handed_off_entry_with_a_connection_from_the_metadata_database(
     moto_server: MotoServer, s3_from_db: dict[str, str]
 ) -> None:
-    from barecount_provider.evidence.task import deliver_entry
+    from barecount_provider.runtime.entries import deliver_entry
 
     assert deliver_entry(_entry("b", "forwarded")) == "stored"  # "spooled" when the bucket is out of reach
     listed = moto_server.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{s3_from_db['prefix']}/entries/orders/forwarded/")
@@ -297,7 +297,7 @@ def test_a_task_and_the_sealing_reach_the_bucket_with_a_connection_from_the_meta
     the sealing, outside a task, through Airflow's own lookup: both reach the bucket."""
     import importlib.util
 
-    from barecount_provider.evidence import scheduler as evidence
+    from barecount_provider.runtime import sealing as evidence
 
     path = Path(__file__).resolve().parents[2] / "dags" / "example_zero_code.py"
     spec = importlib.util.spec_from_file_location("barecount_example_zero_code_s3", path)

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 
 from barecount_provider import config
-from barecount_provider.evidence import scheduler as evidence
 from barecount_provider.evidence import store as evidence_store
+from barecount_provider.runtime import sealing as evidence
 
 from .conftest import example_dag
 

@@ -12,9 +12,9 @@ import pytest
 
 from barecount_provider import config
 from barecount_provider.evidence import assemble as assemble_module
-from barecount_provider.evidence import scheduler as evidence
 from barecount_provider.evidence.record import this_host
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
+from barecount_provider.runtime import sealing as evidence
 
 from .conftest import example_dag
 
@@ -62,7 +62,7 @@ def test_hosts_come_from_the_task_and_from_airflows_task_instances(
             )
             .values(hostname="worker-elsewhere")
         )
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
     rows = get_scheduler_side()._load_tries(dag.dag_id, run.run_id)  # each try with Airflow's host
     assert {(row["task_id"], row["try_number"]): row["hostname"] for row in rows}[(task_id, 1)] == "worker-elsewhere"

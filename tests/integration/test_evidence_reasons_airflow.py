@@ -12,8 +12,8 @@ import pytest
 
 from barecount_provider import config
 from barecount_provider.evidence import assemble as assemble_module
-from barecount_provider.evidence import scheduler as evidence
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
+from barecount_provider.runtime import sealing as evidence
 
 from .conftest import example_dag
 
@@ -105,7 +105,7 @@ def test_a_try_airflow_failed_for_its_heartbeat_is_sealed_with_that_reason(
     for entry in evidence._store().entries_for_run(DAG_ID, run.run_id):
         if entry["key"] != f"{LOST}#1":
             fresh.put_entry(entry)
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
     assembler = assemble_module.Assembler(
         lambda: fresh, get_scheduler_side()._load_tries, lambda: 0, load_events=evidence.load_try_events

@@ -1,4 +1,4 @@
-"""A starting scheduler looks for runs left unsealed (evidence/scheduler.py ``recover``): a run that ended just
+"""A starting scheduler looks for runs left unsealed (runtime/sealing.py ``recover``): a run that ended just
 before, whose entries were still in the spool of a forwarder killed with the old scheduler, has no entry when
 the new scheduler starts. It is looked at again when its grace period ends and sealed from the entries the new
 forwarder brought meanwhile; a run with no entry by then is left alone (BareCount did not see it)."""
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from barecount_provider import config
-from barecount_provider.evidence import scheduler as evidence
 from barecount_provider.evidence import spool as evidence_spool
 from barecount_provider.evidence.store import RecordFilter
+from barecount_provider.runtime import sealing as evidence
 
 from .conftest import example_dag
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def _use_store(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
     assert get_scheduler_side().drain()  # the runs that ended are sealed into the store they ran with
     monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(directory))

@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
-from barecount_provider import config
-from barecount_provider.evidence import scheduler as evidence_scheduler
+from barecount_provider import config, outbox
 from barecount_provider.evidence import store as store_module
 from barecount_provider.recovery.budgets import RetryLedger
-from barecount_provider.telemetry import spool as telemetry_spool
+from barecount_provider.runtime import forwarding
+from barecount_provider.runtime import sealing as evidence_scheduler
 
 from .conftest import MOTO_CONN_ID, MotoServer
 
@@ -170,9 +170,9 @@ def test_a_subprocess_standing_in_for_a_kubernetes_pod_writes_its_tries_to_s3_an
 
     # The pod's own disk: telemetry and evidence under its AIRFLOW_HOME, nothing waiting for a forwarder.
     telemetry, evidence = pod_home / "barecount" / "telemetry", pod_home / "barecount" / "evidence"
-    assert telemetry_spool.records_waiting(str(telemetry / "spool")) == []
+    assert outbox.records_waiting(str(telemetry / "spool")) == []
     assert _files_under(telemetry / "spool") == []
-    assert not (telemetry / telemetry_spool.HEARTBEAT_FILE).exists()  # no forwarder round ran
+    assert not (telemetry / forwarding.HEARTBEAT_FILE).exists()  # no forwarder round ran
     assert _files_under(evidence / "spool") == []  # every entry reached the bucket at once
     events = [e for e in _json_lines(telemetry / "events.jsonl") if e.get("run_id") == run_id]
     task_events = {
@@ -317,6 +317,6 @@ def test_a_pod_with_forward_spool_at_exit_exports_its_otlp_spans_itself(
     finally:
         receiver.close()
     spool_dir = pod_home / "barecount" / "telemetry" / "spool"
-    assert telemetry_spool.records_waiting(str(spool_dir)) == []
+    assert outbox.records_waiting(str(spool_dir)) == []
     tries = sorted(name for name in receiver.span_names if name.startswith("task_try "))
     assert len(tries) == len(TASK_TRIES), receiver.span_names

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from barecount_provider import config
-from barecount_provider.evidence import scheduler as evidence
+from barecount_provider.runtime import sealing as evidence
 
 pytestmark = pytest.mark.integration
 

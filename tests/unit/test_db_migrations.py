@@ -122,16 +122,16 @@ def test_the_scheduler_side_refuses_to_start_on_an_out_of_date_schema(
     url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from barecount_provider import config
-    from barecount_provider.evidence import scheduler as evidence
     from barecount_provider.listeners import lifecycle
-    from barecount_provider.telemetry.scheduler_side import SchedulerSide
+    from barecount_provider.runtime import sealing as evidence
+    from barecount_provider.runtime.scheduler_side import SchedulerSide
 
     _legacy(url)
     monkeypatch.setattr(config, "evidence_on", lambda: True)
     monkeypatch.setattr(config, "evidence_index_url", lambda: url)
     evidence._store.cache_clear()
     side = SchedulerSide()
-    monkeypatch.setattr("barecount_provider.telemetry.scheduler_side.get_scheduler_side", lambda: side)
+    monkeypatch.setattr("barecount_provider.runtime.scheduler_side.get_scheduler_side", lambda: side)
     started = []
     monkeypatch.setattr(lifecycle.threading, "Thread", lambda *a, **k: started.append(k) or pytest.fail("started"))
     try:

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from barecount_provider import cli, config
 from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence import record as rec
-from barecount_provider.evidence import scheduler as scheduler_module
 from barecount_provider.evidence import store as store_module
-from barecount_provider.evidence import task as task_module
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies, records_table
+from barecount_provider.runtime import entries as task_module
+from barecount_provider.runtime import sealing as scheduler_module
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "evidence.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())

@@ -82,8 +82,8 @@ def test_entries_written_without_a_queued_time_get_it_from_airflows_records(stor
 def test_the_scheduler_side_seals_a_finished_run_with_its_run_type(monkeypatch: pytest.MonkeyPatch, store: EvidenceStore) -> None:
     from airflow.utils.types import DagRunType
 
-    from barecount_provider.evidence import scheduler as evidence
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
+    from barecount_provider.runtime import sealing as evidence
 
     side = scheduler_side.SchedulerSide()
     monkeypatch.setattr(scheduler_side, "get_scheduler_side", lambda: side)
@@ -148,8 +148,8 @@ def test_a_run_sealed_at_once_is_never_written_to_the_pending_table(store: Evide
 def test_a_stopping_scheduler_seals_the_runs_whose_entries_came_in_time(monkeypatch: pytest.MonkeyPatch, store: EvidenceStore) -> None:
     """The last handed-off entries reach the store during the stop (the forwarder's last round): the stop
     seals the run then, instead of leaving it for the next start."""
-    from barecount_provider.evidence import scheduler as evidence
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
+    from barecount_provider.runtime import sealing as evidence
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_ON", "True")
     side = scheduler_side.SchedulerSide()
@@ -184,8 +184,8 @@ def test_a_stopping_scheduler_seals_the_runs_whose_entries_came_in_time(monkeypa
 def test_a_failed_look_for_runs_left_unsealed_is_tried_again_at_every_tick(monkeypatch: pytest.MonkeyPatch) -> None:
     """The look for runs left unsealed runs once at start; when it fails (the metadata database locked, say)
     it is tried again at the next tick instead of waiting for the next start, and only until it works."""
-    from barecount_provider.evidence import scheduler as evidence
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
+    from barecount_provider.runtime import sealing as evidence
 
     calls: list[str] = []
 

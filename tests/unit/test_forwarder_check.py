@@ -10,7 +10,7 @@ import time
 import pytest
 
 from barecount_provider import cli
-from barecount_provider.telemetry import spool
+from barecount_provider.runtime import forwarding
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_loop_writes_heartbeat_and_check_passes(telemetry_dir, monkeypatch, caps
 
 
 def test_check_fails_on_a_stale_heartbeat(telemetry_dir, capsys):
-    spool.write_heartbeat({"files": 0}, 2.0, failures={})
+    forwarding.write_heartbeat({"files": 0}, 2.0, failures={})
     beat_file = telemetry_dir / "forwarder.heartbeat"
     beat = json.loads(beat_file.read_text())
     beat["time"] = time.time() - 7  # older than 3 x 2 s
@@ -63,7 +63,7 @@ def test_check_fails_on_a_stale_heartbeat(telemetry_dir, capsys):
 
 
 def test_check_names_the_last_round_failures(telemetry_dir, capsys):
-    spool.write_heartbeat({"files": 1}, 2.0, failures={"otlp_metrics/export": 2})
+    forwarding.write_heartbeat({"files": 1}, 2.0, failures={"otlp_metrics/export": 2})
     assert cli.main(["telemetry", "forward", "--check"]) == 0
     assert "otlp_metrics/export 2" in capsys.readouterr().out
 
@@ -87,11 +87,11 @@ def test_loop_reports_a_round_with_problems(telemetry_dir, monkeypatch, capsys):
     stop = _one_round_then_stop()
 
     def failing_round(timeout_ms=None, batch=False):
-        spool.LAST_ROUND_FAILURES = {"otlp_metrics/export": 1}
+        forwarding.LAST_ROUND_FAILURES = {"otlp_metrics/export": 1}
         return {"files": 1, "records": 1, "points": 1, "spans": 0, "lines": 0, "entries": 0}
 
-    monkeypatch.setattr(spool, "flush_spool", failing_round)
-    monkeypatch.setattr(spool, "LAST_ROUND_FAILURES", {})
+    monkeypatch.setattr(forwarding, "flush_spool", failing_round)
+    monkeypatch.setattr(forwarding, "LAST_ROUND_FAILURES", {})
     assert cli.main(["telemetry", "forward", "--loop", "5", *stop]) == 0
     captured = capsys.readouterr()
     assert "round with problems: otlp_metrics/export 1" in captured.err
@@ -112,5 +112,5 @@ def test_heartbeat_write_failure_is_counted_never_raised(tmp_path, monkeypatch):
     from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
     before = EMIT_FAILURES.counts[("spool", "heartbeat")]
-    assert spool.write_heartbeat({"files": 0}, 2.0, failures={}) is False
+    assert forwarding.write_heartbeat({"files": 0}, 2.0, failures={}) is False
     assert EMIT_FAILURES.counts[("spool", "heartbeat")] == before + 1

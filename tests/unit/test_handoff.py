@@ -14,10 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from barecount_provider import outbox
 from barecount_provider.evidence import spool as evidence_spool
-from barecount_provider.evidence import task as evidence_task
 from barecount_provider.evidence.store import open_store
-from barecount_provider.telemetry import metrics, spool, task_side
+from barecount_provider.runtime import entries as evidence_task
+from barecount_provider.runtime import forwarding, task_side
+from barecount_provider.telemetry import metrics
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 SECRET = "hunter2-Zq8Lx93mPw"
@@ -53,8 +55,8 @@ def _entries(home):
 def _spooled(home):
     """The raw text of what waits in the spool (its journal and files), and the records in it."""
     directory = home / "telemetry" / "spool"
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".jsonl") or n == spool.JOURNAL) if directory.exists() else []
-    return "".join((directory / name).read_text() for name in names), spool.records_waiting(str(directory))
+    names = sorted(n for n in os.listdir(directory) if n.endswith(".jsonl") or n == outbox.JOURNAL) if directory.exists() else []
+    return "".join((directory / name).read_text() for name in names), outbox.records_waiting(str(directory))
 
 
 def _run_try(task_id: str, error: BaseException | None = None) -> None:
@@ -68,7 +70,7 @@ def _run_try(task_id: str, error: BaseException | None = None) -> None:
 
 def _handoff_with(monkeypatch, mode: str, pid: str | None = None, owner: str | None = None) -> bool:
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", mode)
-    for name, value in ((spool.FORWARDER_PID_ENV, pid), (spool.FORWARDER_OWNER_ENV, owner)):
+    for name, value in ((outbox.FORWARDER_PID_ENV, pid), (outbox.FORWARDER_OWNER_ENV, owner)):
         if value is None:
             monkeypatch.delenv(name, raising=False)
         else:
@@ -76,8 +78,8 @@ def _handoff_with(monkeypatch, mode: str, pid: str | None = None, owner: str | N
     from barecount_provider import config
 
     config.cache_clear()
-    monkeypatch.setattr(spool, "_handoff", None)
-    return spool.handoff()
+    monkeypatch.setattr(outbox, "_handoff", None)
+    return outbox.handoff()
 
 
 def test_who_writes_a_tries_outputs_follows_task_outputs_and_a_live_forwarder(monkeypatch):
@@ -98,30 +100,30 @@ def test_who_writes_a_tries_outputs_follows_task_outputs_and_a_live_forwarder(mo
 
 
 def test_the_scheduler_names_its_forwarder_to_the_processes_it_forks(home, monkeypatch):
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
-    monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 600.0)
+    monkeypatch.setattr(forwarding, "FORWARD_INTERVAL_SECONDS", 600.0)
     side = scheduler_side.SchedulerSide()
     assert side.start_forwarder()  # no OTLP: started for the handed-off outputs (task_outputs = auto)
     try:
-        assert os.environ[spool.FORWARDER_PID_ENV] == str(side._forwarder.process.pid)
-        assert spool.handoff() is False  # the scheduler writes its own outputs
+        assert os.environ[outbox.FORWARDER_PID_ENV] == str(side._forwarder.process.pid)
+        assert outbox.handoff() is False  # the scheduler writes its own outputs
         read, write = os.pipe()
         child = os.fork()
         if child == 0:  # pragma: no cover - the forked child reports through the pipe
-            os.write(write, b"1" if spool.handoff() else b"0")
+            os.write(write, b"1" if outbox.handoff() else b"0")
             os._exit(0)
         os.waitpid(child, 0)
         assert os.read(read, 1) == b"1"  # a process forked from now on hands off
     finally:
         side.stop()
-    assert spool.FORWARDER_PID_ENV not in os.environ
+    assert outbox.FORWARDER_PID_ENV not in os.environ
 
 
 def test_a_dead_forwarder_is_started_again_and_named_anew(home, monkeypatch):
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
-    monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 600.0)
+    monkeypatch.setattr(forwarding, "FORWARD_INTERVAL_SECONDS", 600.0)
     side = scheduler_side.SchedulerSide()
     assert side.start_forwarder()
     try:
@@ -130,13 +132,13 @@ def test_a_dead_forwarder_is_started_again_and_named_anew(home, monkeypatch):
         first.wait()
         assert side.check_forwarder()
         assert side._forwarder.process.pid != first.pid
-        assert os.environ[spool.FORWARDER_PID_ENV] == str(side._forwarder.process.pid)
+        assert os.environ[outbox.FORWARDER_PID_ENV] == str(side._forwarder.process.pid)
         assert metrics.EMIT_FAILURES.counts[("spool", "forwarder_died")] == 1
         assert not side.check_forwarder()  # running: nothing to do
     finally:
         side.stop()
     assert not side.check_forwarder()  # stopped with its scheduler side: never started again
-    assert spool.FORWARDER_PID_ENV not in os.environ
+    assert outbox.FORWARDER_PID_ENV not in os.environ
 
 
 # ------------------------------------------------------------------------------------------- the outputs
@@ -151,7 +153,7 @@ def test_a_handed_off_try_writes_one_spool_record_and_the_forwarder_writes_its_o
     assert not events.exists() and not spans.exists() and _entries(home) == []
     assert SECRET not in spooled  # redacted in the task process, before anything is written
 
-    result = spool.flush_spool()
+    result = forwarding.flush_spool()
     assert result["records"] == 1 and result["lines"] == 2 and result["entries"] == 1
     assert _spooled(home) == ("", [])
     [event] = _lines(events)
@@ -207,7 +209,7 @@ def test_a_handed_off_try_s_statsd_points_are_sent_by_the_forwarder(home, monkey
     try:
         _run_try("load", ValueError(f"login failed: password={SECRET}"))
         from_task = _datagram_lines(server)
-        spool.flush_spool()
+        forwarding.flush_spool()
         from_forwarder = _datagram_lines(server)
     finally:
         server.close()
@@ -271,7 +273,7 @@ def test_the_forwarder_builds_from_a_try_s_facts_the_entry_the_task_would_have_b
     (``written_at`` aside: when the entry was built). With what BareCount's operators leave on the task, a
     mapped try, a queued time, times with microseconds and an error."""
     from barecount_provider import context
-    from barecount_provider.telemetry.filesink import encode_line
+    from barecount_provider.jsonlines import encode_line
 
     ti = _ti("load")
     ti.map_index, ti.try_number, ti.queued_dttm = 3, 2, START.replace(second=7, microsecond=250)
@@ -329,7 +331,7 @@ def test_a_store_that_is_down_costs_the_forwarder_one_attempt_per_round(home, mo
     )
     for task_id in ("a", "b", "c"):
         _run_try(task_id)
-    result = spool.flush_spool()
+    result = forwarding.flush_spool()
     assert result["entries"] == 3
     assert len(attempts) == 1  # the first fails; the round's others go straight to the evidence spool
     assert len(evidence_spool.spooled()) == 3  # nothing lost: delivered by a later flush
@@ -385,7 +387,7 @@ def _with_notes() -> None:
     ids=["recursion", "cause", "context", "notes", "builtin"],
 )
 def test_the_stack_trace_rendered_from_the_failures_facts_is_pythons(make):
-    from barecount_provider.telemetry import task_side
+    from barecount_provider.runtime import task_side
 
     error = _raised(make)
     facts = task_side.exception_facts(error)
@@ -395,7 +397,7 @@ def test_the_stack_trace_rendered_from_the_failures_facts_is_pythons(make):
 
 
 def test_an_exception_without_a_traceback_and_the_cases_left_to_traceback():
-    from barecount_provider.telemetry import task_side
+    from barecount_provider.runtime import task_side
 
     bare = ValueError("never raised")
     assert task_side.render_exception_facts(task_side.exception_facts(bare)) == "ValueError: never raised\n"
@@ -408,7 +410,7 @@ def test_an_exception_without_a_traceback_and_the_cases_left_to_traceback():
 def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, monkeypatch, tmp_path):
     """The message carries the try's data (redacted in the task, where the registered secrets are known);
     a source line is code, redacted by the forwarder with the value patterns."""
-    from barecount_provider.telemetry import task_side
+    from barecount_provider.runtime import task_side
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
     module = tmp_path / "leaky_dag.py"
@@ -425,7 +427,7 @@ def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, 
     task_side.on_try_finished(ti, "failed", error)
     spooled, _ = _spooled(home)
     assert secret not in spooled and task_side.PENDING_STACKTRACE in spooled and "exception.stacktrace" not in spooled
-    spool.flush_spool()
+    forwarding.flush_spool()
     [span] = _lines(home / "telemetry" / "spans.jsonl")
     [exception] = [e for e in span["events"] if e["name"] == "exception"]
     text = exception["attributes"]["exception.stacktrace"]
@@ -435,7 +437,7 @@ def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, 
 
 
 def test_a_line_the_forwarder_cannot_write_is_counted_as_the_tasks_would_be(home, monkeypatch):
-    from barecount_provider.telemetry import filesink
+    from barecount_provider import jsonlines
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
     _run_try("load")
@@ -443,13 +445,13 @@ def test_a_line_the_forwarder_cannot_write_is_counted_as_the_tasks_would_be(home
     def refuse(path, records):
         raise OSError("disk full")
 
-    monkeypatch.setattr(filesink, "append_lines", refuse)
+    monkeypatch.setattr(jsonlines, "append_lines", refuse)
     failures: list[tuple[str, str]] = []
     record = metrics.EMIT_FAILURES.record
     monkeypatch.setattr(
         metrics.EMIT_FAILURES, "record", lambda sink, stage: (failures.append((sink, stage)), record(sink, stage))
     )
-    assert spool.flush_spool()["lines"] == 2
+    assert forwarding.flush_spool()["lines"] == 2
     assert sorted(failures) == [("file", "write"), ("traces", "export")]  # the event's, the span line's
 
 
@@ -485,4 +487,4 @@ def test_a_try_s_hooks_run_no_import_machinery_of_importlib(home, monkeypatch):
     finally:
         server.close()
     assert calls == []
-    assert len(spool.records_waiting()) == 4  # the tries did run, handed off
+    assert len(outbox.records_waiting()) == 4  # the tries did run, handed off

@@ -9,7 +9,8 @@ from airflow._shared.listeners.listener import ListenerManager
 from airflow._shared.listeners.spec import taskinstance
 
 from barecount_provider.listeners import lifecycle
-from barecount_provider.telemetry import metrics, task_side
+from barecount_provider.runtime import task_side
+from barecount_provider.telemetry import metrics
 
 
 class RuntimeTaskInstance(SimpleNamespace):
@@ -111,7 +112,7 @@ def test_a_try_failed_by_the_scheduler_is_counted_off_the_calling_thread(monkeyp
     """Heartbeat timeouts and kills reach the listener with an ORM TaskInstance, outside any task process."""
     import threading
 
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     side = scheduler_side.SchedulerSide()
     monkeypatch.setattr(scheduler_side, "get_scheduler_side", lambda: side)

@@ -111,8 +111,7 @@ def test_invalid_enabled_option_never_breaks_airflow_start(tmp_path, value):
 def test_doctor_says_where_masking_is_active(monkeypatch):
     import airflow  # noqa: F401  (settings load: the policy entry point extends the masker)
 
-    from barecount_provider import cli, policies
-    from barecount_provider.telemetry import redaction
+    from barecount_provider import cli, policies, redaction
 
     masking = cli._doctor_masking()
     assert masking["entry_point"] is True

@@ -16,7 +16,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from barecount_provider.telemetry import metrics, spool, task_side, tracing
+from barecount_provider import outbox
+from barecount_provider.runtime import forwarding, task_side
+from barecount_provider.telemetry import metrics, outbox_sinks, tracing
 from barecount_provider.telemetry.metrics import OtelMetricSink
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -28,12 +30,12 @@ def otlp_config(monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", "otlp")
     monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
-    spool._PENDING_POINTS.clear()
-    spool._PENDING_SPANS.clear()
+    outbox._PENDING_POINTS.clear()
+    outbox._PENDING_SPANS.clear()
     metrics.EMIT_FAILURES.counts.clear()
     yield tmp_path / "spool"
-    spool._PENDING_POINTS.clear()
-    spool._PENDING_SPANS.clear()
+    outbox._PENDING_POINTS.clear()
+    outbox._PENDING_SPANS.clear()
 
 
 def _ti(task_id, run_id="run1", try_number=1, upstream=()):
@@ -47,13 +49,13 @@ def _ti(task_id, run_id="run1", try_number=1, upstream=()):
 
 def _records(directory):
     """The records waiting in the spool (journal and files), one per try that spooled."""
-    return spool.records_waiting(str(directory))
+    return outbox.records_waiting(str(directory))
 
 
 def test_a_task_process_builds_no_exporter_and_writes_one_record_per_try(otlp_config):
     threads_before = threading.active_count()
     assert [sink.name for sink in metrics.get_emitter().sinks] == ["otlp_metrics"]
-    assert isinstance(metrics.get_emitter().sinks[0], spool.SpoolMetricSink)
+    assert isinstance(metrics.get_emitter().sinks[0], outbox_sinks.SpoolMetricSink)
     tracer = tracing.get_tracing()
     assert tracer is not None and tracer.exporter_desc.endswith("(spooled)")
     ti = _ti("load", upstream=("extract",))
@@ -88,7 +90,7 @@ def test_forwarded_spans_are_the_spans_the_task_process_made(otlp_config):
     task_side.on_try_finished(second, "success")
 
     forwarded = InMemorySpanExporter()
-    result = spool.Forwarder(span_exporter=forwarded).forward(2000)
+    result = forwarding.Forwarder(span_exporter=forwarded).forward(2000)
     assert result["spans"] == 2 and result["records"] == 2 and result["files"] == 1  # the sealed journal
     expected = sorted(direct.get_finished_spans(), key=lambda s: s.context.span_id)
     got = sorted(forwarded.get_finished_spans(), key=lambda s: s.context.span_id)
@@ -112,7 +114,7 @@ def test_forwarded_spans_are_the_spans_the_task_process_made(otlp_config):
         assert have.resource.attributes["service.name"] == "barecount"
         assert have.instrumentation_scope.name == tracing.TRACER_NAME
     assert _records(otlp_config) == []  # forwarded: gone
-    assert not [name for _, _, names in os.walk(otlp_config) for name in names if name != spool.JOURNAL_LOCK]
+    assert not [name for _, _, names in os.walk(otlp_config) for name in names if name != outbox.JOURNAL_LOCK]
 
 
 def _metric_points(reader):
@@ -139,7 +141,7 @@ def test_forwarded_metric_points_are_the_points_the_task_process_sent(otlp_confi
     finally:
         metrics.get_emitter().sinks.remove(direct_sink)
     forward_reader = InMemoryMetricReader()
-    spool.Forwarder(metric_sink=OtelMetricSink(reader=forward_reader)).forward(2000)
+    forwarding.Forwarder(metric_sink=OtelMetricSink(reader=forward_reader)).forward(2000)
     direct_points, forwarded_points = _metric_points(direct_reader), _metric_points(forward_reader)
     assert {"barecount.task.started", "barecount.task.finished", "barecount.task.retries"} <= {
         name for name, _, _ in forwarded_points
@@ -158,8 +160,8 @@ def test_each_spool_file_is_forwarded_once(otlp_config):
         task_side.on_try_running(ti)
         task_side.on_try_finished(ti, "success")
     first, second = InMemorySpanExporter(), InMemorySpanExporter()
-    spool.Forwarder(span_exporter=first).forward(2000)
-    spool.Forwarder(span_exporter=second).forward(2000)
+    forwarding.Forwarder(span_exporter=first).forward(2000)
+    forwarding.Forwarder(span_exporter=second).forward(2000)
     assert len(first.get_finished_spans()) == 3
     assert second.get_finished_spans() == ()
 
@@ -188,7 +190,7 @@ def test_the_forwarder_s_loop_batches_its_otlp_exports_and_its_last_round_export
     flushes: list[int] = []
     flush = sink.flush
     sink.flush = lambda timeout_ms: (flushes.append(timeout_ms), flush(timeout_ms))  # type: ignore[method-assign]
-    forwarder = spool.Forwarder(metric_sink=sink, span_exporter=spans)
+    forwarder = forwarding.Forwarder(metric_sink=sink, span_exporter=spans)
 
     def tries(*task_ids):
         for task_id in task_ids:
@@ -222,10 +224,10 @@ def test_the_forwarder_s_own_failure_counts_wait_for_the_next_metric_export(otlp
     """A batched round reports the forwarder's own failures into its meter provider: they are marked as
     waiting, so the next metric export carries them even when no spooled point comes."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # never reached: nothing is due
-    forwarder = spool.get_forwarder()
+    forwarder = forwarding.get_forwarder()
     assert not forwarder.waiting()
     metrics.EMIT_FAILURES.record("statsd", "send")
-    spool.flush_spool(batch=True)
+    forwarding.flush_spool(batch=True)
     assert forwarder.waiting() and forwarder._metrics_waiting
     assert not metrics.EMIT_FAILURES.counts  # reported, into the forwarder's meter provider
 
@@ -255,7 +257,7 @@ def test_a_hung_collector_costs_the_forwarder_one_deadline_and_is_counted(otlp_c
     task_side.on_try_running(ti)
     task_side.on_try_finished(ti, "success")
     hung = _Hung()
-    forwarder = spool.Forwarder(span_exporter=hung)
+    forwarder = forwarding.Forwarder(span_exporter=hung)
     started = time.monotonic()
     forwarder.forward(100)
     assert time.monotonic() - started < 1.0
@@ -275,21 +277,21 @@ def test_a_refusing_collector_is_counted_by_the_forwarder_never_in_the_task(otlp
     task_side.on_try_finished(ti, "success")
     task_side.flush()
     assert metrics.EMIT_FAILURES.total() == 0  # the task process saw no network at all
-    spool.flush_spool(2000)
+    forwarding.flush_spool(2000)
     # the forwarder's failures were reported (and reset) through its direct emitter
     assert metrics.EMIT_FAILURES.total() == 0
     failures = []
     monkeypatch.setattr(metrics.EMIT_FAILURES, "record", lambda sink, stage: failures.append((sink, stage)))
     task_side.on_try_running(_ti("again"))
     task_side.on_try_finished(_ti("again"), "success")
-    spool.flush_spool(2000)
+    forwarding.flush_spool(2000)
     assert ("otlp_metrics", "export") in failures and ("traces", "export") in failures
 
 
 def test_spooling_is_off_without_otlp(monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
-    assert not spool.enabled()
-    assert spool.flush_spool() == {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
+    assert not outbox_sinks.enabled()
+    assert forwarding.flush_spool() == {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
     assert metrics.get_direct_emitter() is metrics.get_emitter()
 
 
@@ -304,7 +306,7 @@ def test_a_try_span_is_the_span_the_sdk_would_make(exporter, monkeypatch, tmp_pa
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", exporter)
     monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
-    spool._PENDING_SPANS.clear()
+    outbox._PENDING_SPANS.clear()
     tracing.get_tracing()
     ti = _ti("load", try_number=2, upstream=("stage", "extract"))
     state = task_side.on_try_running(ti)
@@ -330,11 +332,11 @@ def test_a_try_span_is_the_span_the_sdk_would_make(exporter, monkeypatch, tmp_pa
         if key in light.attributes:
             sdk.set_attribute(key, light.attributes[key])
     # An OTLP try span reaches the forwarder with the failure's facts, which it renders as the stack trace
-    # before it exports the span (spool._render_stacktraces); the span file's line is written in the task.
+    # before it exports the span (forwarding._render_stacktraces); the span file's line is written in the task.
     record, line = light.record(), light.file_line()
     pending = [e for e in record["events"] if task_side.PENDING_STACKTRACE in e["attributes"]]
     assert len(pending) == (1 if exporter == "otlp" else 0)
-    spool._render_stacktraces([record, line])
+    forwarding._render_stacktraces([record, line])
     for event in record["events"]:
         sdk.add_event(event["name"], event["attributes"], timestamp=event["time"])
     sdk.set_status(light.status)
@@ -345,10 +347,10 @@ def test_a_try_span_is_the_span_the_sdk_would_make(exporter, monkeypatch, tmp_pa
     assert [name for name, _, _ in light.events] == ["retry", "exception", "retry_scheduled"]
     (exception,) = [e for e in record["events"] if e["name"] == "exception"]
     assert exception["attributes"]["exception.stacktrace"].splitlines()[-1] == "ValueError: boom"
-    assert record == spool.span_record(sdk)
+    assert record == outbox_sinks.span_record(sdk)
     assert line == tracing._span_as_dict(sdk)
     if exporter == "otlp":
-        assert spool._PENDING_SPANS == [] or spool._PENDING_SPANS[-1] == light.record()
+        assert outbox._PENDING_SPANS == [] or outbox._PENDING_SPANS[-1] == light.record()
         (record,) = _records(tmp_path / "spool")
         assert record["spans"] and all(span["span_id"] for span in record["spans"])
     else:
@@ -414,12 +416,12 @@ def _wait_for(condition, timeout_s=60.0):
 def test_the_scheduler_forwards_the_spool_from_a_child_process(otlp_config, collector, monkeypatch):
     """The scheduler side starts `barecount telemetry forward --loop` as a child process: it exports the
     spool to a real collector; stopping it makes a last round and the process exits 0."""
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
     # One round at start, then none before the stop: the second try can only leave through the last round
     # (with the usual 2 s, a periodic round could take it first, and the count below would race it).
-    monkeypatch.setattr(spool, "FORWARD_INTERVAL_SECONDS", 600.0)
+    monkeypatch.setattr(forwarding, "FORWARD_INTERVAL_SECONDS", 600.0)
     side = scheduler_side.SchedulerSide()
     monkeypatch.setattr(side, "prepare", lambda: None)
     ti = _ti("load")
@@ -486,7 +488,7 @@ def test_a_stop_during_a_round_is_followed_by_one_more_round(monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)  # the scheduler stops it while this round runs
         return {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
 
-    monkeypatch.setattr(spool, "flush_spool", one_round)
+    monkeypatch.setattr(forwarding, "flush_spool", one_round)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         assert cli.main(["telemetry", "forward", "--quiet", "--loop", "600"]) == 0
@@ -500,7 +502,7 @@ def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider
     """The scheduler is the process every task process is forked from: its run and task spans and its points
     are spooled like the task processes', and nothing in it builds an SDK tracer provider."""
     from barecount_provider import context
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     side = scheduler_side.SchedulerSide()
     end = START.replace(minute=5)
@@ -520,12 +522,12 @@ def test_scheduler_side_spans_and_points_go_to_the_spool_without_an_sdk_provider
 
 
 def test_no_forwarder_without_otlp_when_task_processes_write_their_outputs(monkeypatch, tmp_path):
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "task")
     assert not scheduler_side.SchedulerSide().start_forwarder()
-    assert spool.FORWARDER_PID_ENV not in os.environ
+    assert outbox.FORWARDER_PID_ENV not in os.environ
 
 
 def test_barecount_telemetry_forward_exports_the_spool_to_a_real_collector(otlp_config, collector, monkeypatch, capsys):

@@ -10,7 +10,8 @@ import traceback
 
 import pytest
 
-from barecount_provider.telemetry import task_side, tracing
+from barecount_provider.runtime import task_side
+from barecount_provider.telemetry import tracing
 
 SOURCE = (
     "# -*- coding: latin-1 -*-\r\n"
@@ -163,7 +164,7 @@ def test_the_lean_traceback_is_what_python_prints_without_debug_ranges(tmp_path)
     script = tmp_path / "script.py"
     script.write_text(
         "import sys, traceback\n"
-        "from barecount_provider.telemetry.task_side import format_exception_text\n"
+        "from barecount_provider.runtime.task_side import format_exception_text\n"
         "def inner(values):\n"
         "    return values['a'] + values['b'] * 2\n"
         "def outer():\n"
@@ -192,7 +193,8 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
 
     import structlog
 
-    from barecount_provider.telemetry import metrics, spool
+    from barecount_provider import outbox
+    from barecount_provider.telemetry import metrics
 
     telemetry, evidence = tmp_path / "telemetry", tmp_path / "evidence"
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(telemetry))
@@ -219,7 +221,7 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
         statsd_server.close()
     assert not metrics.EMIT_FAILURES.counts
     assert not telemetry.exists() and not evidence.exists()
-    assert not spool._PENDING_POINTS and not spool._PENDING_SPANS and not task_side._TRIES
+    assert not outbox._PENDING_POINTS and not outbox._PENDING_SPANS and not task_side._TRIES
     assert not [name for name in ("BARECOUNT_CORRELATION_ID", "BARECOUNT_RUN_TOKEN", "TRACEPARENT") if name in os.environ]
     assert structlog.contextvars.get_contextvars() == before
     from barecount_provider import context
@@ -352,7 +354,8 @@ def test_an_exception_never_raised_has_no_traceback_lines():
 
 FALLBACK_SCRIPT = """
 import sys, traceback
-from barecount_provider.telemetry import task_side, tracing
+from barecount_provider.telemetry import tracing
+from barecount_provider.runtime import task_side
 
 def throw(error):
     raise error

@@ -108,7 +108,7 @@ def test_every_try_entry_made_while_the_policy_is_invalid_carries_the_exception(
     parsed (in the task process too), and the try's evidence entry carries it."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from barecount_provider.evidence import task as evidence_task
+    from barecount_provider.runtime import entries as evidence_task
 
     _mode(monkeypatch, policy_invalid=mode)
     folder = tmp_path / "dags"

@@ -28,9 +28,8 @@ from typing import Any, cast
 import pytest
 import structlog
 
-from barecount_provider import config
-from barecount_provider.telemetry import redaction
-from barecount_provider.telemetry.redaction import (
+from barecount_provider import config, redaction
+from barecount_provider.redaction import (
     BUILTIN_PATTERNS,
     REPLACEMENT,
     Redactor,
@@ -897,8 +896,9 @@ def test_a_task_process_tells_its_supervisor_what_it_lacks(monkeypatch):
 def test_the_start_of_a_try_registers_the_environment(monkeypatch, tmp_path):
     """A failed try whose exception text carries an environment variable's value: the span line, the file-sink
     event and the evidence entry (written by the task process) never hold it."""
-    from barecount_provider.evidence import task as evidence_task
-    from barecount_provider.telemetry import metrics, task_side
+    from barecount_provider.runtime import entries as evidence_task
+    from barecount_provider.runtime import task_side
+    from barecount_provider.telemetry import metrics
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
     monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
@@ -1045,7 +1045,7 @@ def _leaked_record(secret: str) -> dict[str, Any]:
 
 def test_the_evidence_entry_redacts_what_operators_leave_on_the_task(monkeypatch, tmp_path):
     """A runner's result (a log tail, overrides) goes into the entry: redacted in the task process."""
-    from barecount_provider.evidence import task as evidence_task
+    from barecount_provider.runtime import entries as evidence_task
 
     aws_key = rand(B64, 39) + "q"
     password = "Pw-" + rand(ALNUM, 16)

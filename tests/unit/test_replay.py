@@ -262,7 +262,11 @@ def test_the_replay_is_throttled_scoped_and_capped(setup):
 def test_the_plan_counts_what_a_run_would_deliver_and_estimates_cost(setup):
     queue, ledger = setup
     fill(queue, 10)
-    target = LambdaTarget("fn", memory_mb=1024, estimated_duration_ms=1000, hook=object())
+    from barecount_provider.cost import configured_price_table
+
+    unpriced = LambdaTarget("fn", hook=object())
+    assert unpriced.estimate_cost_usd(10, 100) == (0.0, "unknown: no price table given to the Lambda target")
+    target = LambdaTarget("fn", memory_mb=1024, estimated_duration_ms=1000, hook=object(), prices=configured_price_table())
     plan = Replayer(queue, target, ledger).plan()
     assert plan.records == 10 and plan.bytes > 0 and plan.by_error_class == {"ValueError": 10}
     assert plan.estimated_cost_usd == pytest.approx(10 * (0.20 / 1e6 + 0.0000166667), rel=1e-3)

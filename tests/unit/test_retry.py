@@ -426,7 +426,7 @@ def test_refusal_lands_in_the_evidence_entry(index_url: str, tmp_path: Path, mon
     ti = fake_ti(task)
     assert retry.BareCountRetryPolicy().evaluate(ConnectionResetError(), 1, 3, {"ti": ti}).action == RetryAction.FAIL  # type: ignore[arg-type]
     ctx = bc_context.resolve_for_ti(ti)
-    # what barecount_provider.evidence.task.record_try reads from the task
+    # what barecount_provider.runtime.entries.record_try reads from the task
     entry = build_entry(
         {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
         state="failed",

@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from barecount_provider.telemetry import metrics, spool
+from barecount_provider import outbox
+from barecount_provider.runtime import forwarding
+from barecount_provider.telemetry import metrics, outbox_sinks
 
 WRITERS = 4
 RECORDS_PER_WRITER = 150
@@ -29,12 +31,12 @@ def spool_home(monkeypatch, tmp_path):
     monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
     metrics.EMIT_FAILURES.counts.clear()
     yield tmp_path / "spool"
-    spool._PENDING_POINTS.clear()
+    outbox._PENDING_POINTS.clear()
 
 
 def _spool_one(tag: str) -> None:
-    spool.SpoolMetricSink().send([("barecount.test.point", "counter", 1.0, {"id": tag})])
-    spool.write_pending()
+    outbox_sinks.SpoolMetricSink().send([("barecount.test.point", "counter", 1.0, {"id": tag})])
+    outbox.write_pending()
 
 
 def _writer(index: int) -> None:
@@ -53,8 +55,8 @@ def _writer(index: int) -> None:
 
 def _forward_once(directory: str) -> list[str]:
     """One forwarder round without exporting: claim (sealing the journal first), read, remove."""
-    paths = spool._claim(directory, spool.MAX_FILES_PER_ROUND)
-    found = spool._read(paths)
+    paths = forwarding._claim(directory, forwarding.MAX_FILES_PER_ROUND)
+    found = forwarding._read(paths)
     for path in paths:
         os.unlink(path)
     return [tags["id"] for _, _, _, tags in found.points]
@@ -81,13 +83,13 @@ def test_racing_writers_and_a_sealing_forwarder_lose_nothing_and_read_nothing_tw
     assert rounds > 1
     # the spool's own failures (a background thread left by an earlier test may count its sinks meanwhile)
     assert {key: n for key, n in metrics.EMIT_FAILURES.counts.items() if key[0] == "spool"} == {}
-    assert spool.records_waiting(str(spool_home)) == []
+    assert outbox.records_waiting(str(spool_home)) == []
 
 
 def test_a_torn_tail_costs_only_its_own_record_and_is_counted(spool_home):
     """A writer killed mid-write leaves a tail without its newline; the next record starts on a new line."""
     _spool_one("before")
-    with open(spool_home / spool.JOURNAL, "ab") as journal:
+    with open(spool_home / outbox.JOURNAL, "ab") as journal:
         journal.write(b'\n{"points": [["barecount.test.point", "counter", 1.0, {"id": "to')  # killed here
     _spool_one("after")
     assert _forward_once(str(spool_home)) == ["before", "after"]
@@ -95,7 +97,7 @@ def test_a_torn_tail_costs_only_its_own_record_and_is_counted(spool_home):
 
 
 def _hold_lock(directory: str, ready, release) -> None:
-    fd = os.open(os.path.join(directory, spool.JOURNAL_LOCK), os.O_RDWR | os.O_CREAT)
+    fd = os.open(os.path.join(directory, outbox.JOURNAL_LOCK), os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     ready.set()
     release.wait(30)
@@ -113,24 +115,24 @@ def test_a_journal_whose_lock_is_held_waits_for_the_next_round(spool_home):
     try:
         assert ready.wait(30)
         started = time.monotonic()
-        spool._seal_journal(str(spool_home), wait_s=0.05)
+        outbox.seal_journal(str(spool_home), wait_s=0.05)
         waited = time.monotonic() - started
-        assert (spool_home / spool.JOURNAL).exists()  # not sealed: its writer may still be writing
+        assert (spool_home / outbox.JOURNAL).exists()  # not sealed: its writer may still be writing
         assert waited >= 0.05
     finally:
         release.set()
         holder.join(30)
     assert _forward_once(str(spool_home)) == ["waiting"]
-    assert not (spool_home / spool.JOURNAL).exists()
+    assert not (spool_home / outbox.JOURNAL).exists()
 
 
 def test_a_journal_that_cannot_be_used_gives_way_to_a_file_of_the_record_s_own(spool_home):
     """A lock file that cannot be opened (here a directory in its place; in life, another user's): the
     record is written to a spool file of its own, and forwarded like the journal's."""
-    os.makedirs(spool_home / spool.JOURNAL_LOCK)
+    os.makedirs(spool_home / outbox.JOURNAL_LOCK)
     _spool_one("alone")
-    names = [name for name in os.listdir(spool_home) if name.endswith(spool.SUFFIX)]
-    assert len(names) == 1 and not (spool_home / spool.JOURNAL).exists()
+    names = [name for name in os.listdir(spool_home) if name.endswith(outbox.SUFFIX)]
+    assert len(names) == 1 and not (spool_home / outbox.JOURNAL).exists()
     assert json.loads((spool_home / names[0]).read_text().strip())["points"][0][3] == {"id": "alone"}
     assert metrics.EMIT_FAILURES.counts == {}
     assert _forward_once(str(spool_home)) == ["alone"]
@@ -138,7 +140,7 @@ def test_a_journal_that_cannot_be_used_gives_way_to_a_file_of_the_record_s_own(s
 
 def test_a_line_that_is_not_utf8_costs_only_itself_and_is_counted(spool_home):
     _spool_one("before")
-    with open(spool_home / spool.JOURNAL, "ab") as journal:
+    with open(spool_home / outbox.JOURNAL, "ab") as journal:
         journal.write(b"\n\xff\xfe not a record\n")
     _spool_one("after")
     assert _forward_once(str(spool_home)) == ["before", "after"]
@@ -154,10 +156,10 @@ def test_files_claimed_by_a_forwarder_killed_with_sigkill_are_taken_over_at_once
     try:
         dead_claim = spool_home / f".forwarding-{victim.pid}"
         dead_claim.mkdir()
-        (pending,) = [p for p in spool_home.iterdir() if p.name.endswith(spool.SUFFIX)] or [None]
+        (pending,) = [p for p in spool_home.iterdir() if p.name.endswith(outbox.SUFFIX)] or [None]
         if pending is None:  # still in the journal: seal it the way a forwarder does, then move it
-            spool._seal_journal(str(spool_home))
-            (pending,) = [p for p in spool_home.iterdir() if p.name.endswith(spool.SUFFIX)]
+            outbox.seal_journal(str(spool_home))
+            (pending,) = [p for p in spool_home.iterdir() if p.name.endswith(outbox.SUFFIX)]
         os.rename(pending, dead_claim / pending.name)
         live_claim = spool_home / f".forwarding-{os.getppid()}"  # a process that runs (this one's parent)
         live_claim.mkdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from barecount_provider import config, policies, policy
+from barecount_provider import config, policy, tenancy
 
 POLICY = """
 version: 1
@@ -40,13 +40,12 @@ def bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "policy.yaml").write_text(POLICY, encoding="utf-8")
     monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(tmp_path / "policy.yaml"))
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps(BUNDLES))
-    monkeypatch.setattr(policies, "_BUNDLE_OF_DAG", {}, raising=False)
+    monkeypatch.setattr(tenancy, "_BUNDLE_OF_DAG", {})
 
     def clear() -> None:
         config.cache_clear()
         policy.get_policy.cache_clear()
-        if hasattr(policies, "bundle_teams"):
-            policies.bundle_teams.cache_clear()
+        tenancy.bundle_teams.cache_clear()
 
     clear()
     yield
@@ -125,9 +124,9 @@ def test_the_scheduler_side_records_nothing_of_a_dag_whose_bundle_may_not_declar
     """Defence in depth: a DAG serialized before the policy bound its tenant still has runs."""
     from types import SimpleNamespace
 
-    from barecount_provider.telemetry.scheduler_side import SchedulerSide
+    from barecount_provider.runtime.scheduler_side import SchedulerSide
 
-    monkeypatch.setattr(policies, "bundle_of_dag", {"stale": "team_a_dags", "own": "team_b_dags"}.get, raising=False)
+    monkeypatch.setattr(tenancy, "bundle_of_dag", {"stale": "team_a_dags", "own": "team_b_dags"}.get)
     side = SchedulerSide()
     stale = SimpleNamespace(dag_id="stale", tags=["tenant:team_b"], params={}, default_args={})
     own = SimpleNamespace(dag_id="own", tags=["tenant:team_b"], params={}, default_args={})
@@ -157,8 +156,8 @@ def test_sealing_a_run_by_hand_refuses_a_dag_whose_bundle_may_not_declare_its_te
 
     import airflow.utils.session as airflow_session
 
-    from barecount_provider.evidence import scheduler as evidence_scheduler
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
+    from barecount_provider.runtime import sealing as evidence_scheduler
 
     dag_run = SimpleNamespace(state="success", start_date=datetime(2026, 12, 7, tzinfo=UTC),
                               end_date=datetime(2026, 12, 7, 0, 1, tzinfo=UTC), run_type="manual")
@@ -172,7 +171,7 @@ def test_sealing_a_run_by_hand_refuses_a_dag_whose_bundle_may_not_declare_its_te
         yield SimpleNamespace(scalars=lambda statement: Rows(["tenant:team_b"]))  # the run, then the DAG's tags
 
     monkeypatch.setattr(airflow_session, "create_session", session)
-    monkeypatch.setattr(policies, "bundle_of_dag", {"stale": "team_a_dags"}.get, raising=False)
+    monkeypatch.setattr(tenancy, "bundle_of_dag", {"stale": "team_a_dags"}.get)
     monkeypatch.setattr(scheduler_side, "get_scheduler_side", lambda: scheduler_side.SchedulerSide())
     sealed: list = []
     monkeypatch.setattr(evidence_scheduler, "_store", lambda: sealed.append("store") or pytest.fail("store opened"))

@@ -19,7 +19,7 @@ def _refused_endpoint() -> str:
 
 
 def test_the_exit_hook_stops_every_thread_barecount_started(monkeypatch: pytest.MonkeyPatch) -> None:
-    from barecount_provider.telemetry import scheduler_side
+    from barecount_provider.runtime import scheduler_side
     from barecount_provider.telemetry.metrics import OtelMetricSink
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", _refused_endpoint())

@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from barecount_provider import context
-from barecount_provider.telemetry import task_side, tracing
+from barecount_provider.runtime import task_side
+from barecount_provider.telemetry import tracing
 from barecount_provider.telemetry.tracing import Tracing
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

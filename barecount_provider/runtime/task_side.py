@@ -18,9 +18,11 @@ from typing import Any
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Status, StatusCode
 
-from barecount_provider import config, context
+from barecount_provider import config, context, outbox, redaction
 from barecount_provider import policy as _policy
-from barecount_provider.telemetry import filesink, redaction, resources, spool, tracing
+from barecount_provider.jsonlines import encode_line
+from barecount_provider.runtime import forwarding
+from barecount_provider.telemetry import filesink, outbox_sinks, resources, tracing
 from barecount_provider.telemetry import logging as _logging
 from barecount_provider.telemetry.metrics import (
     COUNTER,
@@ -462,7 +464,7 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     start = tried.start_date or getattr(ti, "start_date", None)
     duration_s = (now - start).total_seconds() if start else time.monotonic() - tried.started_monotonic
     error_class = error_class_of(error) if state in ("failed", "up_for_retry") else None
-    handoff = spool.handoff()  # the event, span line and evidence entry: one spool record, written below
+    handoff = outbox.handoff()  # the event, span line and evidence entry: one spool record, written below
     emitter = get_emitter()
     if emitter.sinks:  # no metric sink (the embedded default): no points to build
         # Handed off: StatsD's points go with the try's spool record, sent by the forwarder (Emitter.emit).
@@ -508,11 +510,11 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
             sinks={**sinks, "written_by": "forwarder"} if handoff else sinks,
         )
         if handoff:
-            spool.add_lines(events, [redact(event)])
+            outbox.add_lines(events, [redact(event)])
         else:
             filesink.append_event(event, events)
     if config.evidence_on():  # the try's evidence entry: written to the store, or spooled; never raises
-        from barecount_provider.evidence.task import record_try
+        from barecount_provider.runtime.entries import record_try
 
         record_try(
             ctx,
@@ -527,7 +529,7 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
             emitter=emitter,
             handoff=handoff,
         )
-    spool.write_pending()  # what the try spooled (OTLP spans and points; handed-off outputs): one record
+    outbox.write_pending()  # what the try spooled (OTLP spans and points; handed-off outputs): one record
 
 
 _SINKS_DESCRIPTIONS: dict[tuple[int, int, str], tuple[Any, Any, dict[str, str]]] = {}
@@ -661,7 +663,7 @@ def preload() -> None:
         try:
             from barecount_provider.cost import configured_price_table
             from barecount_provider.evidence import spool as _evidence_spool
-            from barecount_provider.evidence import task as _evidence_task
+            from barecount_provider.runtime import entries as _evidence_task
 
             configured_price_table()
             _evidence_task.log_settings()
@@ -743,13 +745,6 @@ def _warm_try_path() -> None:
         dag_id=dag.dag_id, run_id="warm", task_id=task.task_id, map_index=-1, try_number=2, max_tries=2,
         task=task, start_date=started, _ti_context_from_server=None,
     )
-    # The cluster policies, as Airflow applies them when the task process parses the DAG file (on the
-    # stand-in; the parse-time snapshot of its params is dropped afterwards).
-    from barecount_provider import policies
-
-    policies.task_policy(task)
-    policies.dag_policy(dag)
-    context._DECLARED.pop(dag.dag_id, None)
     tags = context.tags_of(dag)
     context.is_opted_out(dag, tags=tags)
     ctx = context.resolve_for_ti(ti, tags=tags)
@@ -778,20 +773,20 @@ def _warm_try_path() -> None:
     span.set_attribute("barecount.state", "up_for_retry")
     span.set_attribute("barecount.cpu_time_ms", round(usage.cpu_seconds * 1000.0, 3))
     span.add_event("exception", {"exception.message": redact(str(error)), "exception.stacktrace": redact(format_exception_text(error))})
-    filesink.encode_line(exception_facts(error))  # what a task process that hands off records instead
+    encode_line(exception_facts(error))  # what a task process that hands off records instead
     span.set_status(Status(StatusCode.ERROR, description=error_class))
     span.end()
-    filesink.encode_line(span.file_line())
-    filesink.encode_line(span.record())  # the spool's record
+    encode_line(span.file_line())
+    encode_line(span.record())  # the spool's record
     now = datetime.now(UTC)
     event = _try_event(
         ctx, now=now, state="up_for_retry", duration_s=0.5, trace_id="0" * 32, span_id="0" * 16, sampled=True,
         error_class=error_class, usage=usage, sinks=sinks_description(filesink.events_path()),
     )
-    filesink.encode_line(redact(event))
+    encode_line(redact(event))
     if config.evidence_on():
         from barecount_provider.evidence.store import encode_document
-        from barecount_provider.evidence.task import build_try_entry, try_facts
+        from barecount_provider.runtime.entries import build_try_entry, try_facts
 
         entry = build_try_entry(
             ctx, ti, state="up_for_retry", started_at=started, ended_at=now, duration_s=0.5,
@@ -799,7 +794,7 @@ def _warm_try_path() -> None:
             error={"error_class": error_class, "message": redact(str(error))}, emitter=None,
         )
         encode_document(entry)
-        filesink.encode_line(try_facts(  # handed off: the facts only, as the spool's record holds them
+        encode_line(try_facts(  # handed off: the facts only, as the spool's record holds them
             ctx, ti, state="success", started_at=started, ended_at=now, duration_s=0.5,
             metrics=usage.as_dict(), trace=None, error=None, emitter=None,
         ))
@@ -829,7 +824,7 @@ def flush() -> None:
     """
     end_suspended_tries()
     get_emitter().report_failures()
-    spool.write_pending()
-    if config.forward_spool_at_exit() and spool.enabled():
-        spool.flush_spool()
+    outbox.write_pending()
+    if config.forward_spool_at_exit() and outbox_sinks.enabled():
+        forwarding.flush_spool()
 

@@ -1,15 +1,7 @@
-"""The OTLP spool: task processes write their spans and metric points to local files, a long-lived process
-exports them over OTLP.
+"""The forwarder: a long-lived process that empties the outbox (:mod:`barecount_provider.outbox`) that
+task processes write, exporting over OTLP with exporters it built once.
 
-A task process lives for one try: building OTLP exporters, a ``requests`` session and exporter threads in
-it, then waiting for two HTTP requests at its exit, cost more than the try's own telemetry (and a collector
-that hangs cost every task ``emit_timeout_ms``). So, as an agent / collector pair does, a task process only
-appends what it would have exported to the spool (one record per try, one JSON line appended with one
-``write`` to the journal under ``telemetry_dir/spool``, holding the journal's lock: no directory entry is
-created per try), and a long-lived process forwards the spool over OTLP with exporters it built once. A
-forwarder seals the journal (renames it to a spool file of its own, under the same lock, so that no write
-lands in it afterwards) and claims it as any other spool file; a process that cannot use the journal (its
-lock file another user's) writes its record to a file of its own, written once and renamed into place:
+Who forwards:
 
 * the scheduler, through a child process it starts with its scheduler job and stops with it
   (:class:`ForwarderProcess`: ``barecount telemetry forward --loop`` every :data:`FORWARD_INTERVAL_SECONDS`,
@@ -42,8 +34,6 @@ spooled data is dropped, as a task process would have dropped it.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import functools
 import json
 import logging
 import os
@@ -53,427 +43,29 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
 from typing import Any
 
-from barecount_provider import config
-from barecount_provider.telemetry.filesink import encode_line
+from barecount_provider import config, outbox
+from barecount_provider.telemetry import outbox_sinks
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
 log = logging.getLogger(__name__)
 
-SPOOL_DIR = "spool"
-SUFFIX = ".jsonl"
 FORWARD_INTERVAL_SECONDS = 2.0
 STALE_CLAIM_SECONDS = 600.0  # a claim whose forwarder may still run (not seen gone) is taken over after this long
 MAX_FILES_PER_ROUND = 5000
-JOURNAL = "journal.open"
-"""The file every process appends its records to, one line each, holding :data:`JOURNAL_LOCK` while it opens
-and writes it; a forwarder renames it to a spool file of its own (``<ns>-<pid>-journal.jsonl``) under the
-same lock, so no write lands in it after that, and claims it as any other spool file."""
-JOURNAL_LOCK = ".journal.lock"
-
-# What this process has to spool, written by write_pending(): metric points and finished spans; in a task
-# process that hands its tries' outputs to the forwarder (handoff()), also JSON lines for local files (the
-# file-sink event, the span line) and evidence entries to cost and store.
-_PENDING_POINTS: list[list[Any]] = []
-_PENDING_STATSD: list[list[Any]] = []  # a handed-off try's points for StatsD, sent by the forwarder
-_PENDING_SPANS: list[dict[str, Any]] = []
-_PENDING_LINES: dict[str, list[Any]] = {}
-_PENDING_ENTRIES: list[dict[str, Any]] = []
-_lock = threading.Lock()
-_sequence = 0
-
-FORWARDER_PID_ENV = "BARECOUNT_FORWARDER_PID"
-"""Set by the scheduler for the processes it forks once its forwarder runs: the forwarder's process id."""
-FORWARDER_OWNER_ENV = "BARECOUNT_FORWARDER_OWNER"
-"""The process id of the scheduler that started that forwarder (it writes its own outputs itself)."""
-_handoff: bool | None = None  # this process's answer, reset in a forked child
-
-
-def metrics_spooled() -> bool:
-    return config.otlp_metrics_on()
-
-
-def traces_spooled() -> bool:
-    """BareCount's own provider exporting over OTLP (under Airflow's tracing, Airflow exports the spans)."""
-    if not (config.traces_on() and config.traces_exporter() == "otlp"):
-        return False
-    from barecount_provider.telemetry.tracing import airflow_tracing_on
-
-    return not airflow_tracing_on()
-
-
-def enabled() -> bool:
-    """Whether anything goes through the spool (OTLP metrics or OTLP traces of BareCount's own provider)."""
-    return metrics_spooled() or traces_spooled()
-
-
-def spool_dir() -> str:
-    return os.path.join(config.telemetry_dir(), SPOOL_DIR)
-
-
-def handoff_configured() -> bool:
-    """Whether task processes may hand their tries' outputs to a forwarder (``[barecount] task_outputs``
-    other than ``task``): the scheduler then runs its forwarder even without OTLP."""
-    try:
-        return config.task_outputs() != "task"
-    except ValueError:
-        return False
-
-
-def handoff() -> bool:
-    """Whether this process hands its tries' outputs (file-sink event, span line, evidence entry) to a
-    forwarder, through the spool, instead of writing them itself. ``task_outputs = forwarder``: always;
-    ``auto``: when a forwarder started by the scheduler is alive (its process id, inherited in
-    ``BARECOUNT_FORWARDER_PID``), and this is not that scheduler. Decided once per process."""
-    global _handoff
-    if _handoff is None:
-        _handoff = _handoff_now()
-    return _handoff
-
-
-def _handoff_now() -> bool:
-    try:
-        mode = config.task_outputs()
-    except ValueError:
-        return False  # reported where the option is checked (doctor); the task writes its outputs itself
-    if mode != "auto":
-        return mode == "forwarder"
-    raw = os.environ.get(FORWARDER_PID_ENV)
-    if not raw or os.environ.get(FORWARDER_OWNER_ENV) == str(os.getpid()):
-        return False
-    try:
-        os.kill(int(raw), 0)  # alive? (a forwarder that died: the task writes its outputs itself)
-    except PermissionError:
-        return True
-    except (ValueError, OSError):
-        return False
-    return True
-
-
-def add_lines(path: str, records: list[Any]) -> None:
-    """Keep JSON lines for the forwarder to append to ``path`` (records already redacted)."""
-    with _lock:
-        _PENDING_LINES.setdefault(path, []).extend(records)
-
-
-def add_statsd_points(points: list[tuple[str, str, float, dict[str, str]]]) -> None:
-    """Keep a handed-off try's metric points (cleaned and redacted) for the forwarder to send to StatsD."""
-    with _lock:
-        _PENDING_STATSD.extend([name, kind, value, tags] for name, kind, value, tags in points)
-
-
-def add_entry(entry: dict[str, Any]) -> None:
-    """Keep an evidence entry for the forwarder to cost and store (see evidence.task.deliver_entry)."""
-    with _lock:
-        _PENDING_ENTRIES.append(entry)
-
-
-# ------------------------------------------------------------------------------------------- task process
-
-
-class SpoolMetricSink:
-    """The task process's OTLP metric sink: keeps the points for the spool (no exporter, no thread)."""
-
-    name = "otlp_metrics"
-
-    def describe(self) -> str:
-        return f"otlp {config.otlp_endpoint('metrics')} (spooled)"
-
-    def send(self, points: list[tuple[str, str, float, dict[str, str]]]) -> None:
-        with _lock:
-            _PENDING_POINTS.extend([name, kind, value, tags] for name, kind, value, tags in points)
-
-    def flush(self, timeout_ms: int) -> None:
-        write_pending()
-
-
-def span_record(span: Any) -> dict[str, Any]:
-    """A finished SDK span as a JSON-able record, complete enough to rebuild it for OTLP."""
-    ctx = span.get_span_context()
-    parent = span.parent
-    status = span.status
-    return {
-        "name": span.name,
-        "kind": span.kind.name,
-        "trace_id": f"{ctx.trace_id:032x}",
-        "span_id": f"{ctx.span_id:016x}",
-        "trace_flags": int(ctx.trace_flags),
-        "parent_span_id": f"{parent.span_id:016x}" if parent else None,
-        "parent_remote": bool(parent.is_remote) if parent else None,
-        "start": span.start_time,
-        "end": span.end_time,
-        "status": status.status_code.name,
-        "status_description": status.description,
-        "attributes": dict(span.attributes or {}),
-        "events": [
-            {"name": e.name, "time": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events
-        ],
-        "links": [
-            {
-                "trace_id": f"{link.context.trace_id:032x}",
-                "span_id": f"{link.context.span_id:016x}",
-                "trace_flags": int(link.context.trace_flags),
-                "attributes": dict(link.attributes or {}),
-            }
-            for link in span.links
-        ],
-    }
-
-
-def add_span_records(records: list[dict[str, Any]]) -> None:
-    with _lock:
-        _PENDING_SPANS.extend(records)
-
-
-@functools.cache
-def span_exporter_class() -> Any:
-    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-    class SpoolSpanExporter(SpanExporter):
-        """Keeps finished spans for the spool (used with a SimpleSpanProcessor: no thread, no queue)."""
-
-        def export(self, spans: Sequence[Any]) -> Any:
-            try:
-                records = [span_record(span) for span in spans]
-            except Exception:
-                EMIT_FAILURES.record("traces", "spool")
-                return SpanExportResult.FAILURE
-            with _lock:
-                _PENDING_SPANS.extend(records)
-            return SpanExportResult.SUCCESS
-
-        def shutdown(self) -> None:
-            return None
-
-    return SpoolSpanExporter
-
-
-def span_exporter() -> Any:
-    return span_exporter_class()()
-
-
-def pending() -> bool:
-    return bool(_PENDING_POINTS or _PENDING_SPANS or _PENDING_LINES or _PENDING_ENTRIES or _PENDING_STATSD)
-
-
-def write_pending() -> None:
-    """Write what this process has to spool as one record (one line, appended to the journal under its
-    lock; a file of its own where the journal cannot be used); never raises."""
-    global _sequence
-    if not pending():
-        return
-    with _lock:
-        record: dict[str, Any] = {"points": list(_PENDING_POINTS), "spans": list(_PENDING_SPANS)}
-        if _PENDING_LINES:
-            record["lines"] = dict(_PENDING_LINES)
-        if _PENDING_ENTRIES:
-            record["entries"] = list(_PENDING_ENTRIES)
-        if _PENDING_STATSD:
-            record["statsd"] = list(_PENDING_STATSD)
-        _PENDING_POINTS.clear()
-        _PENDING_STATSD.clear()
-        _PENDING_SPANS.clear()
-        _PENDING_LINES.clear()
-        _PENDING_ENTRIES.clear()
-        _sequence += 1
-        sequence = _sequence
-    try:
-        # A newline before the record too: a tail torn by a writer killed mid-write ends there, as a line
-        # the reader counts as unreadable, instead of joining the next record.
-        data = b"\n" + encode_line(record) + b"\n"
-        directory = spool_dir()  # made when missing (below), not checked before every write
-        if _append_journal(directory, data):
-            return
-        name = f"{time.time_ns()}-{os.getpid()}-{sequence}"
-        temporary = os.path.join(directory, f".{name}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(temporary, os.path.join(directory, name + SUFFIX))
-    except Exception:
-        EMIT_FAILURES.record("spool", "write")
-
-
-def _open_journal_lock(directory: str) -> int:
-    return os.open(os.path.join(directory, JOURNAL_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-
-
-def _append_journal(directory: str, data: bytes) -> bool:
-    """Append ``data`` to the spool's journal under its lock (see :data:`JOURNAL`). False when nothing was
-    written (no journal to use: the caller writes a file of its own); raises when a part was written."""
-    try:
-        lock = _open_journal_lock(directory)
-    except FileNotFoundError:  # no spool directory yet (or removed since)
-        try:
-            os.makedirs(directory, exist_ok=True)
-            lock = _open_journal_lock(directory)
-        except OSError:
-            return False
-    except OSError:  # e.g. a lock file of another user's
-        return False
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            fd = os.open(os.path.join(directory, JOURNAL), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError:
-            return False
-        try:
-            view = memoryview(data)
-            while view:  # one write, unless the kernel took a part of it
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-    finally:
-        os.close(lock)  # releases the lock
-    return True
-
-
-def _seal_journal(directory: str, wait_s: float = 0.1) -> None:
-    """Rename the journal to a spool file of its own, under the journal's lock, so that no writer is still
-    appending to it when it is read (writers open it under the lock). A lock held longer than ``wait_s``
-    leaves it for the next round. Never raises."""
-    journal = os.path.join(directory, JOURNAL)
-    if not os.path.exists(journal):
-        return
-    try:
-        lock = _open_journal_lock(directory)
-    except OSError:
-        EMIT_FAILURES.record("spool", "seal")
-        return
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return  # a writer holds it (stopped?): the next round seals the journal
-                time.sleep(0.001)
-        os.rename(journal, os.path.join(directory, f"{time.time_ns()}-{os.getpid()}-journal{SUFFIX}"))
-    except FileNotFoundError:
-        pass  # sealed by another forwarder meanwhile
-    except OSError:
-        EMIT_FAILURES.record("spool", "seal")
-    finally:
-        os.close(lock)
-
-
-def _records_of(path: str) -> Iterator[dict[str, Any] | None]:
-    """The records of one spool file, in order; None for a line that is not one (a torn tail). The newline
-    written before each record leaves blank lines: skipped. Raises OSError."""
-    with open(path, "rb") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except ValueError:  # not JSON, or not UTF-8
-                yield None
-
-
-def records_waiting(directory: str | None = None) -> list[dict[str, Any]]:
-    """The records waiting in the spool (the journal's and the files' not claimed by a forwarder), read
-    without claiming them (unreadable lines left out): for inspection and tests."""
-    directory = spool_dir() if directory is None else directory
-    try:
-        names = sorted(name for name in os.listdir(directory) if name.endswith(SUFFIX) or name == JOURNAL)
-    except FileNotFoundError:
-        return []
-    found: list[dict[str, Any]] = []
-    for name in names:
-        try:
-            found.extend(record for record in _records_of(os.path.join(directory, name)) if record is not None)
-        except FileNotFoundError:
-            continue  # claimed meanwhile
-    return found
-
-
-def _reset_after_fork() -> None:
-    """A forked child starts with nothing to spool (what the parent kept is the parent's to write)."""
-    global _lock, _handoff
-    _lock = threading.Lock()
-    _handoff = None
-    _PENDING_POINTS.clear()
-    _PENDING_SPANS.clear()
-    _PENDING_LINES.clear()
-    _PENDING_ENTRIES.clear()
-    _PENDING_STATSD.clear()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 # ----------------------------------------------------------------------------------------------- forwarder
 
 
-def rebuild_span(record: dict[str, Any], resource: Any = None) -> Any:
-    """The SDK span a record was taken from, as an exporter sees it (same ids, times, attributes...)."""
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import Event, ReadableSpan
-    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-
-    from barecount_provider.telemetry.tracing import TRACER_NAME
-
-    trace_id = int(record["trace_id"], 16)
-    parent = None
-    if record.get("parent_span_id"):
-        parent = SpanContext(
-            trace_id,
-            int(record["parent_span_id"], 16),
-            is_remote=bool(record.get("parent_remote", True)),
-            trace_flags=TraceFlags(record.get("trace_flags", 1)),
-        )
-    status_code = StatusCode[record.get("status", "UNSET")]
-    return ReadableSpan(
-        name=record["name"],
-        context=SpanContext(
-            trace_id, int(record["span_id"], 16), is_remote=False, trace_flags=TraceFlags(record.get("trace_flags", 1))
-        ),
-        parent=parent,
-        resource=resource or Resource({"service.name": "barecount"}),
-        attributes=_attributes(record.get("attributes")),
-        events=[
-            Event(e["name"], _attributes(e.get("attributes")), timestamp=e.get("time"))
-            for e in record.get("events", ())
-        ],
-        links=[
-            Link(
-                SpanContext(
-                    int(link["trace_id"], 16),
-                    int(link["span_id"], 16),
-                    is_remote=True,
-                    trace_flags=TraceFlags(link.get("trace_flags", 1)),
-                ),
-                _attributes(link.get("attributes")),
-            )
-            for link in record.get("links", ())
-        ],
-        kind=SpanKind[record.get("kind", "INTERNAL")],
-        status=Status(status_code, record.get("status_description") if status_code == StatusCode.ERROR else None),
-        start_time=record.get("start"),
-        end_time=record.get("end"),
-        instrumentation_scope=InstrumentationScope(TRACER_NAME),
-    )
-
-
-def _attributes(values: dict[str, Any] | None) -> dict[str, Any]:
-    # JSON turned the SDK's tuples into lists; OTLP encodes both as arrays, the SDK keeps tuples.
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in (values or {}).items()}
-
-
 def _claim(directory: str, limit: int) -> list[str]:
     """Move finished spool files into a directory of this forwarder's own, so that two forwarders never
     export one file twice; returns the claimed paths (oldest first). The journal is sealed into a spool
-    file first (:func:`_seal_journal`)."""
-    _seal_journal(directory)
+    file first (:func:`outbox.seal_journal`)."""
+    outbox.seal_journal(directory)
     try:
-        names = sorted(name for name in os.listdir(directory) if name.endswith(SUFFIX))
+        names = sorted(name for name in os.listdir(directory) if name.endswith(outbox.SUFFIX))
     except FileNotFoundError:
         names = []
     claims = os.path.join(directory, f".forwarding-{os.getpid()}")
@@ -538,7 +130,7 @@ def _read(paths: list[str]) -> _Round:
     found = _Round()
     for path in paths:
         try:
-            for record in _records_of(path):
+            for record in outbox.records_of(path):
                 found.records += 1
                 if record is None:
                     EMIT_FAILURES.record("spool", "read")
@@ -557,7 +149,8 @@ def _read(paths: list[str]) -> _Round:
 def _render_stacktraces(spans: list[Any]) -> None:
     """Replace the failure facts a task process left in its spans' exception events with the text of
     ``exception.stacktrace`` (task_side.exception_facts), redacted; a failure is counted, the span kept."""
-    from barecount_provider.telemetry import redaction, task_side
+    from barecount_provider import redaction
+    from barecount_provider.runtime import task_side
 
     for span in spans:
         if not isinstance(span, dict):
@@ -578,7 +171,8 @@ def _render_stacktraces(spans: list[Any]) -> None:
 def _write_lines(lines: dict[str, list[Any]]) -> None:
     """Append the handed-off lines, one write per file; a failure is counted as the task's would be (the
     file sink's ``file/write``, the span file's ``traces/export``)."""
-    from barecount_provider.telemetry.filesink import EVENTS_FILE, append_lines
+    from barecount_provider.jsonlines import append_lines
+    from barecount_provider.telemetry.filesink import EVENTS_FILE
 
     for path, records in lines.items():
         try:
@@ -592,7 +186,7 @@ def _deliver_entries(entries: list[dict[str, Any]]) -> None:
     """Cost and store the handed-off evidence entries (spooled where the store fails); never raises."""
     if not entries:
         return
-    from barecount_provider.evidence.task import deliver_entry
+    from barecount_provider.runtime.entries import deliver_entry
 
     store = True
     for entry in entries:
@@ -621,13 +215,13 @@ class Forwarder:
         from barecount_provider.telemetry.metrics import OtelMetricSink, StatsdSink, get_direct_emitter
 
         metric_sink = span_exporter_ = statsd_sink = None
-        if metrics_spooled():
+        if outbox_sinks.metrics_spooled():
             metric_sink = next(
                 (sink for sink in get_direct_emitter().sinks if isinstance(sink, OtelMetricSink)), None
             )
         if config.statsd_on():
             statsd_sink = next((sink for sink in get_direct_emitter().sinks if isinstance(sink, StatsdSink)), None)
-        if traces_spooled():
+        if outbox_sinks.traces_spooled():
             from barecount_provider.telemetry.tracing import build_otlp_span_exporter
 
             span_exporter_ = build_otlp_span_exporter()
@@ -665,7 +259,7 @@ class Forwarder:
         spans = []
         for record in records:
             try:
-                spans.append(rebuild_span(record))
+                spans.append(outbox_sinks.rebuild_span(record))
             except Exception:
                 EMIT_FAILURES.record("traces", "spool")
         if spans:
@@ -730,7 +324,7 @@ class Forwarder:
             return {**result, "busy": 1}  # a round is still running (a hung collector): do not pile up
         handed_off = False
         try:
-            paths = _claim(spool_dir(), MAX_FILES_PER_ROUND)
+            paths = _claim(outbox.spool_dir(), MAX_FILES_PER_ROUND)
             if not paths and not any(self._due(batch, time.monotonic())):
                 return result  # nothing new, and nothing kept is due for export yet
             found = _read(paths)
@@ -811,10 +405,10 @@ def flush_spool(timeout_ms: int | None = None, batch: bool = False) -> dict[str,
     round): the OTLP exports are batched (:meth:`Forwarder.forward`); otherwise everything is exported now.
     For deployments where no scheduler runs on the machine of the task processes: call it from a CLI, a cron
     job or a sidecar loop."""
-    if not (enabled() or handoff_configured()):
+    if not (outbox_sinks.enabled() or outbox.handoff_configured()):
         return {"files": 0, "records": 0, "points": 0, "spans": 0, "lines": 0, "entries": 0}
     global LAST_ROUND_FAILURES
-    write_pending()  # what this process spooled itself
+    outbox.write_pending()  # what this process spooled itself
     result = get_forwarder().forward(timeout_ms, batch=batch)
     try:
         LAST_ROUND_FAILURES = {f"{sink}/{stage}": n for (sink, stage), n in sorted(EMIT_FAILURES.counts.items())}
@@ -927,13 +521,13 @@ class ForwarderProcess:
     def advertise(self) -> None:
         """Name this forwarder to the processes the caller forks from now on (``task_outputs = auto``)."""
         if self.process is not None:
-            os.environ[FORWARDER_PID_ENV] = str(self.process.pid)
-            os.environ[FORWARDER_OWNER_ENV] = str(os.getpid())
+            os.environ[outbox.FORWARDER_PID_ENV] = str(self.process.pid)
+            os.environ[outbox.FORWARDER_OWNER_ENV] = str(os.getpid())
 
     def withdraw(self) -> None:
-        if os.environ.get(FORWARDER_OWNER_ENV) == str(os.getpid()):
-            os.environ.pop(FORWARDER_PID_ENV, None)
-            os.environ.pop(FORWARDER_OWNER_ENV, None)
+        if os.environ.get(outbox.FORWARDER_OWNER_ENV) == str(os.getpid()):
+            os.environ.pop(outbox.FORWARDER_PID_ENV, None)
+            os.environ.pop(outbox.FORWARDER_OWNER_ENV, None)
 
     def stop(self, timeout_s: float | None = None) -> int | None:
         """Ask for a last round (SIGTERM) and wait for it, bounded (``emit_timeout_ms`` + 10 s: the process

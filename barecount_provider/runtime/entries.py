@@ -10,12 +10,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import barecount_provider.telemetry.spool as telemetry_spool
-from barecount_provider import config
+from barecount_provider import config, outbox, redaction
 from barecount_provider.cost import cost_metric_points, estimate
 from barecount_provider.evidence import spool as evidence_spool
 from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry, this_host
-from barecount_provider.telemetry import redaction
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +168,7 @@ def record_try(ctx: Any, ti: Any, *, handoff: bool = False, **fields: Any) -> st
         return "off"
     try:
         if handoff:
-            telemetry_spool.add_entry(try_facts(ctx, ti, **fields))
+            outbox.add_entry(try_facts(ctx, ti, **fields))
             return "handed_off"
         return evidence_spool.write_entry(build_try_entry(ctx, ti, **fields))
     except Exception:

@@ -80,7 +80,7 @@ class SchedulerSide:
         from airflow.utils.state import TaskInstanceState  # noqa: F401
         from sqlalchemy import func, select  # noqa: F401
 
-        from barecount_provider.telemetry import task_side
+        from barecount_provider.runtime import task_side
 
         # The sinks of this side are those of the task processes (StatsD; OTLP through the spool, which the
         # forwarder process exports): nothing here builds an OTLP exporter or an SDK provider, whose at-fork
@@ -89,7 +89,7 @@ class SchedulerSide:
         from barecount_provider.db import SchemaOutOfDate
 
         try:
-            from barecount_provider.evidence import scheduler as evidence
+            from barecount_provider.runtime import sealing as evidence
 
             evidence.prepare()  # the evidence store's index (SQLAlchemy, sqlite3 / boto3), first used here
         except SchemaOutOfDate as err:
@@ -186,7 +186,7 @@ class SchedulerSide:
         if self._recover_failures:
             self._recover_evidence()
         try:
-            from barecount_provider.evidence import scheduler as evidence
+            from barecount_provider.runtime import sealing as evidence
 
             evidence.tick()
         except Exception:
@@ -195,7 +195,7 @@ class SchedulerSide:
 
     def recover_evidence(self) -> None:
         """When the scheduler starts: seal, in the background thread, the runs a scheduler that stopped or
-        died left unsealed (evidence/scheduler.py ``recover``)."""
+        died left unsealed (runtime/sealing.py ``recover``)."""
         if config.evidence_on():
             self.submit(self._recover_evidence)
 
@@ -203,7 +203,7 @@ class SchedulerSide:
 
     def _recover_evidence(self) -> None:
         try:
-            from barecount_provider.evidence import scheduler as evidence
+            from barecount_provider.runtime import sealing as evidence
 
             evidence.recover()
             self._recover_failures = 0
@@ -215,7 +215,7 @@ class SchedulerSide:
 
     def _last_evidence_tick(self) -> None:
         try:
-            from barecount_provider.evidence import scheduler as evidence
+            from barecount_provider.runtime import sealing as evidence
 
             evidence.tick()
         except Exception:
@@ -281,8 +281,8 @@ class SchedulerSide:
 
     def _refuse_unbound_tenant(self, dag_id: str, tenant: str) -> None:
         """A DAG whose bundle may not declare its tenant (policy ``declared_by``) is recorded nowhere: never in
-        that tenant's chain (:func:`barecount_provider.policies.tenant_refused_at_run_time`)."""
-        from barecount_provider.policies import tenant_refused_at_run_time
+        that tenant's chain (:func:`barecount_provider.tenancy.tenant_refused_at_run_time`)."""
+        from barecount_provider.tenancy import tenant_refused_at_run_time
 
         refusal = tenant_refused_at_run_time(dag_id, tenant)
         if refusal is not None:
@@ -376,7 +376,7 @@ class SchedulerSide:
         get_emitter().emit(points)
         self._emit_spans(dag_id, run_id, tenant, state, start_date, end_date, tasks)
         if config.evidence_on():  # seal the run's evidence now, or when its late entries arrive
-            from barecount_provider.evidence import scheduler as evidence
+            from barecount_provider.runtime import sealing as evidence
 
             evidence.run_finished(
                 dag_id=dag_id,
@@ -453,8 +453,8 @@ class SchedulerSide:
         )
 
     def _emit_spans(self, dag_id: str, run_id: str, tenant: str, state: str, start: Any, end: Any, tasks: dict) -> None:
+        from barecount_provider.runtime.task_side import policy_values
         from barecount_provider.telemetry import tracing
-        from barecount_provider.telemetry.task_side import policy_values
 
         tracer = tracing.get_tracing()
         if tracer is None or tracer.airflow_mode or start is None:
@@ -569,11 +569,13 @@ class SchedulerSide:
         workers, and through them the task processes), which then hand their outputs off
         (``[barecount] task_outputs = auto``). False when nothing goes through the spool, or when it runs
         already."""
-        from barecount_provider.telemetry import spool
+        from barecount_provider import outbox
+        from barecount_provider.runtime import forwarding
+        from barecount_provider.telemetry import outbox_sinks
 
-        if self._forwarder is not None or not (spool.enabled() or spool.handoff_configured()):
+        if self._forwarder is not None or not (outbox_sinks.enabled() or outbox.handoff_configured()):
             return False
-        forwarder = spool.ForwarderProcess()
+        forwarder = forwarding.ForwarderProcess()
         if not forwarder.start():
             return False
         self._forwarder = forwarder
@@ -599,7 +601,7 @@ class SchedulerSide:
         """The scheduler stops: this side's jobs run (bounded), the forwarder makes its last round (the
         entries the last task processes handed off reach the store), then the runs waiting for entries are
         tried a last time; those still within their grace period stay in the pending table, and the next
-        scheduler to start seals them (evidence/scheduler.py ``recover``)."""
+        scheduler to start seals them (runtime/sealing.py ``recover``)."""
         self._stop.set()
         bound = config.emit_timeout_ms() / 1000.0 + 1.0
         self.drain(timeout_s=bound)  # this side's points: to the spool

@@ -45,7 +45,7 @@ def _error(what: str) -> None:
 
 @functools.cache
 def get_assembler() -> Assembler:
-    from barecount_provider.telemetry.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.scheduler_side import get_scheduler_side
 
     side = get_scheduler_side()
     return Assembler(
@@ -194,8 +194,8 @@ def recover(*, now: datetime | None = None, only: list[tuple[str, str]] | None =
     from barecount_provider.evidence import assemble as assemble_module
     from barecount_provider.evidence.record import record_id_for
     from barecount_provider.evidence.store import records_table
+    from barecount_provider.runtime.scheduler_side import _run_type, get_scheduler_side
     from barecount_provider.telemetry.filesink import state_name
-    from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
 
     now = now or datetime.now(UTC)
     if only is None:  # the start's look, not a run looked at again
@@ -297,8 +297,8 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
     from sqlalchemy import select
 
     from barecount_provider.evidence.assemble import assemble, expected_tries
+    from barecount_provider.runtime.scheduler_side import _run_type, get_scheduler_side
     from barecount_provider.telemetry.filesink import state_name
-    from barecount_provider.telemetry.scheduler_side import _run_type, get_scheduler_side
 
     with create_session() as session:
         dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
@@ -310,7 +310,7 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
         raise ValueError(f"DAG run {run_id!r} of {dag_id!r} is {state}: only a finished run is sealed")
     side = get_scheduler_side()
     tenant, pipeline = side.tenant_of(dag_id, force=True)
-    from barecount_provider.policies import tenant_refused_at_run_time
+    from barecount_provider.tenancy import tenant_refused_at_run_time
 
     refusal = tenant_refused_at_run_time(dag_id, tenant)
     if refusal is not None:  # never into the chain of a tenant the DAG may not declare (policy declared_by)
