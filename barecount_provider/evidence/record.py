@@ -96,17 +96,11 @@ def build_entry(
     for kind, value in sorted(((runner_result or {}).get("digests") or {}).items()):
         if value:
             digests.append({"kind": kind, "value": value if isinstance(value, str) else json.dumps(value), "first_seen": first_seen})
-    key = try_key(
-        str(facts.dag_id),
-        str(facts.run_id),
-        str(facts.task_id),
-        int(str(facts.map_index)) if facts.map_index is not None else -1,
-        int(str(facts.try_number or 0)),
-    )
+    key = try_key(facts.dag_id, facts.run_id, facts.task_id, facts.map_index, facts.try_number)
     entry = {
         "entry_version": ENTRY_VERSION,
         # the run token is unique per try and the same across deferral resumes: one entry per try
-        "entry_id": str(facts.run_token or f"{facts.dag_id}/{facts.run_id}/{key}"),
+        "entry_id": facts.run_token or f"{facts.dag_id}/{facts.run_id}/{key}",
         "key": key,
         "source": facts.source,
         "host": facts.host,
