@@ -12,8 +12,8 @@ to a file of its own, written once and renamed into place.
 
 A record holds the try's OTLP metric points and spans (:mod:`barecount_provider.telemetry.outbox_sinks`) and, in a
 task process that hands its try's outputs to the forwarder (:func:`handoff`), its StatsD points, its JSON
-lines (file-sink event, span line) and its evidence entry (:mod:`barecount_provider.runtime.entries`). The
-outbox knows none of them: it keeps, writes and reads records.
+lines (file-sink event, span line) and its evidence entry's facts (:mod:`barecount_provider.runtime.entries`).
+The outbox knows none of them: it keeps, writes and reads records.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ JOURNAL_LOCK = ".journal.lock"
 
 # What this process has to spool, written by write_pending(): metric points and finished spans; in a task
 # process that hands its tries' outputs to the forwarder (handoff()), also JSON lines for local files (the
-# file-sink event, the span line) and evidence entries to cost and store.
+# file-sink event, the span line) and the facts of evidence entries to make, cost and store.
 _PENDING_POINTS: list[list[Any]] = []
 _PENDING_STATSD: list[list[Any]] = []  # a handed-off try's points for StatsD, sent by the forwarder
 _PENDING_SPANS: list[dict[str, Any]] = []
 _PENDING_LINES: dict[str, list[Any]] = {}
-_PENDING_ENTRIES: list[dict[str, Any]] = []
+_PENDING_ENTRIES: list[Any] = []
 _lock = threading.Lock()
 _sequence = 0
 
@@ -110,10 +110,11 @@ def add_statsd_points(points: list[tuple[str, str, float, dict[str, str]]]) -> N
         _PENDING_STATSD.extend([name, kind, value, tags] for name, kind, value, tags in points)
 
 
-def add_entry(entry: dict[str, Any]) -> None:
-    """Keep an evidence entry for the forwarder to cost and store (see evidence.task.deliver_entry)."""
+def add_entry(facts: Any) -> None:
+    """Keep a try's evidence facts (a msgspec Struct, encoded with the record) for the forwarder to make into
+    its entry, cost and store (see :func:`barecount_provider.runtime.entries.deliver_entry`)."""
     with _lock:
-        _PENDING_ENTRIES.append(entry)
+        _PENDING_ENTRIES.append(facts)
 
 
 def add_span_records(records: list[dict[str, Any]]) -> None:

@@ -92,6 +92,7 @@ class Plan:
 
 def _record(plan: Plan, n: int) -> dict[str, Any]:
     from barecount_provider.evidence import record as rec
+    from barecount_provider.evidence.facts import TryFacts
 
     tenant, dag_id, pipeline, state, ended = plan.run(n)
     run_id = f"scheduled__{n:09d}"
@@ -121,7 +122,7 @@ def _record(plan: Plan, n: int) -> dict[str, Any]:
         "price_table": {"name": "aws-us-east-1-list", "version": "2026-11"},
     }
     entry = rec.build_entry(
-        context, state=state, source="task", started_at=ended - dt.timedelta(minutes=1), ended_at=ended, cost=cost
+        TryFacts(**context, state=state, started_at=ended - dt.timedelta(minutes=1), ended_at=ended), cost=cost
     )
     return rec.build_record(
         dag_id=dag_id,

@@ -25,6 +25,7 @@ START, END = "<!-- bench-evidence-store-down:start -->", "<!-- bench-evidence-st
 
 
 def _entry(n: int) -> dict:
+    from barecount_provider.evidence.facts import TryFacts
     from barecount_provider.evidence.record import build_entry
 
     ctx = {
@@ -33,7 +34,7 @@ def _entry(n: int) -> dict:
         "map_index": -1, "correlation_id": "c" * 32, "run_token": f"tok-{n}-{time.monotonic_ns()}",
     }
     now = datetime.now(UTC)
-    return build_entry(ctx, state="success", source="task", started_at=now, ended_at=now)
+    return build_entry(TryFacts(**ctx, state="success", started_at=now, ended_at=now))
 
 
 class Hung:

@@ -34,6 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from barecount_provider import context, redaction
+from barecount_provider.evidence.facts import TryFacts
 from barecount_provider.evidence.record import ExpectedTry, _iso, build_entry, build_record, this_host
 from barecount_provider.evidence.store import EvidenceStore, hosts_table, pending_table
 
@@ -192,23 +193,20 @@ def may_have_reason(expected: ExpectedTry, has_entry: bool) -> bool:
 
 def airflow_entry(run: PendingRun, expected: ExpectedTry, *, absent: bool) -> dict[str, Any]:
     """An entry built from Airflow's records for a try without a task-side entry."""
-    ctx = {
-        "tenant": run.tenant,
-        "pipeline": run.pipeline,
-        "runner_class": "local",
-        "size": context.DEFAULT_SIZE,
-        "network_profile": None,
-        "image_or_driver_digest": None,
-        "dag_id": run.dag_id,
-        "run_id": run.run_id,
-        "task_id": expected.task_id,
-        "try_number": expected.try_number,
-        "map_index": expected.map_index,
-        "correlation_id": context.correlation_id_for(run.dag_id, run.run_id),
-        "run_token": None,
-    }
-    entry = build_entry(
-        ctx,
+    facts = TryFacts(
+        tenant=run.tenant,
+        pipeline=run.pipeline,
+        runner_class="local",
+        size=context.DEFAULT_SIZE,
+        network_profile=None,
+        image_or_driver_digest=None,
+        dag_id=run.dag_id,
+        run_id=run.run_id,
+        task_id=expected.task_id,
+        try_number=expected.try_number,
+        map_index=expected.map_index,
+        correlation_id=context.correlation_id_for(run.dag_id, run.run_id),
+        run_token=None,
         state=expected.state or "unknown",
         source="airflow",
         started_at=expected.started_at,
@@ -216,6 +214,7 @@ def airflow_entry(run: PendingRun, expected: ExpectedTry, *, absent: bool) -> di
         queued_at=expected.queued_at,
         host=expected.hostname,
     )
+    entry = build_entry(facts)
     entry["absent"] = absent  # True: the try had a task process, but its own entry never arrived
     return entry
 

@@ -1,7 +1,8 @@
 """The Evidence record: one per DAG run, one entry per task try, hash-chained per tenant.
 
 An **entry** is what one task try leaves: its RunContext, state, timings, metrics snapshot, runner_result,
-cost, log and trace references, policy validations and exceptions, approvals and digests. The task
+cost, log and trace references, policy validations and exceptions, approvals and digests, made by
+:func:`build_entry` of the try's facts (:class:`~barecount_provider.evidence.facts.TryFacts`). The task
 process writes it itself (it may not touch Airflow's database); tries that never had a task process
 (skipped by a trigger rule, upstream failed, killed by the scheduler) get an entry built from Airflow's
 own records by the assembler.
@@ -22,28 +23,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from barecount_provider.evidence.facts import TryFacts
+
 SCHEMA_VERSION = 1
 ENTRY_VERSION = 1
 GENESIS_HASH = "0" * 64  # the previous_hash of a tenant's first record
 SCHEMA_ID = "https://barecount.dev/schemas/evidence/v1.json"
-
-# Fields of a RunContext an entry carries (never the run's conf).
-CONTEXT_FIELDS = (
-    "tenant",
-    "pipeline",
-    "runner_class",
-    "size",
-    "network_profile",
-    "image_or_driver_digest",
-    "dag_id",
-    "run_id",
-    "task_id",
-    "try_number",
-    "map_index",
-    "correlation_id",
-    "run_token",
-)
-
 
 def canonical(document: Any) -> bytes:
     """The canonical form hashed by the chain: JSON, sorted keys, no whitespace, UTF-8."""
@@ -93,74 +78,54 @@ def _iso(value: Any) -> str | None:
 
 
 def build_entry(
-    context: Mapping[str, Any],
-    *,
-    state: str,
-    source: str,
-    started_at: Any = None,
-    ended_at: Any = None,
-    queued_at: Any = None,
-    metrics: Mapping[str, Any] | None = None,
-    runner_result: Mapping[str, Any] | None = None,
-    cost: Mapping[str, Any] | None = None,
-    log_location: str | None = None,
-    trace: Mapping[str, Any] | None = None,
-    policy: Mapping[str, Any] | None = None,
-    approvals: Sequence[Mapping[str, Any]] = (),
-    error: Mapping[str, Any] | None = None,
-    written_at: str | None = None,
-    host: str | None = None,
+    facts: TryFacts, *, cost: Mapping[str, Any] | None = None, log_location: str | None = None
 ) -> dict[str, Any]:
-    """One task try's entry. ``context`` is a RunContext's fields (see CONTEXT_FIELDS); ``source`` is
-    ``task`` (written by the task process) or ``airflow`` (built from Airflow's records); ``host``: the
-    machine that ran the try (Airflow's ``hostname_callable``), None when unknown."""
-    ctx = {name: context.get(name) for name in CONTEXT_FIELDS}
-    start, end = _iso(started_at), _iso(ended_at)
+    """One task try's entry, made of its ``facts``, with its ``cost`` and ``log_location`` (derived by
+    whoever builds it: None for a try built from Airflow's records, whose ``facts.source`` is ``airflow``)."""
+    ctx = facts.context()
+    start, end = _iso(facts.started_at), _iso(facts.ended_at)
     duration = None
-    if isinstance(started_at, datetime) and isinstance(ended_at, datetime):
-        duration = round((ended_at - started_at).total_seconds(), 6)
+    if isinstance(facts.started_at, datetime) and isinstance(facts.ended_at, datetime):
+        duration = round((facts.ended_at - facts.started_at).total_seconds(), 6)
+    written_at = now_iso()
     digests = []
-    first_seen = start or written_at or now_iso()
-    if ctx.get("image_or_driver_digest"):
-        digests.append({"kind": "context", "value": ctx["image_or_driver_digest"], "first_seen": first_seen})
+    first_seen = start or written_at
+    if facts.image_or_driver_digest:
+        digests.append({"kind": "context", "value": facts.image_or_driver_digest, "first_seen": first_seen})
+    runner_result = facts.runner_result
     for kind, value in sorted(((runner_result or {}).get("digests") or {}).items()):
         if value:
             digests.append({"kind": kind, "value": value if isinstance(value, str) else json.dumps(value), "first_seen": first_seen})
-    key = try_key(
-        str(ctx["dag_id"]),
-        str(ctx["run_id"]),
-        str(ctx["task_id"]),
-        int(str(ctx["map_index"])) if ctx.get("map_index") is not None else -1,
-        int(str(ctx.get("try_number") or 0)),
-    )
-    return {
+    key = try_key(facts.dag_id, facts.run_id, facts.task_id, facts.map_index, facts.try_number)
+    entry = {
         "entry_version": ENTRY_VERSION,
         # the run token is unique per try and the same across deferral resumes: one entry per try
-        "entry_id": str(ctx.get("run_token") or f"{ctx['dag_id']}/{ctx['run_id']}/{key}"),
+        "entry_id": facts.run_token or f"{facts.dag_id}/{facts.run_id}/{key}",
         "key": key,
-        "source": source,
-        "host": host,
+        "source": facts.source,
+        "host": facts.host,
         "context": ctx,
-        "state": state,
-        "timings": {"queued_at": _iso(queued_at), "started_at": start, "ended_at": end, "duration_s": duration},
-        "metrics": dict(metrics or {}),
+        "state": facts.state,
+        "timings": {"queued_at": _iso(facts.queued_at), "started_at": start, "ended_at": end, "duration_s": duration},
+        "metrics": dict(facts.metrics or {}),
         "runner_result": dict(runner_result) if runner_result is not None else None,
         "cost": dict(cost) if cost is not None else None,
-        "log": {
-            "correlation_id": ctx.get("correlation_id"),
-            "run_token": ctx.get("run_token"),
-            "location": log_location,
-        },
-        "trace": dict(trace) if trace else None,
+        "log": {"correlation_id": facts.correlation_id, "run_token": facts.run_token, "location": log_location},
+        "trace": dict(facts.trace) if facts.trace else None,
         "policy": {
-            "validations": list((policy or {}).get("validations") or []),
-            "exceptions": list((policy or {}).get("exceptions") or []),
+            "validations": list(facts.policy_validations or []),
+            "exceptions": list(facts.policy_exceptions or []),
         },
-        "approvals": [dict(approval) for approval in approvals],
+        "approvals": [dict(approval) for approval in facts.approvals or ()],
         "digests": digests,
-        "error": dict(error) if error else None,
-        "written_at": written_at or now_iso(),
+        "error": dict(facts.error) if facts.error else None,
+        "written_at": written_at,
     }
+    if facts.replay:
+        entry["replay"] = facts.replay
+    if facts.dead_letters:
+        entry["dead_letters"] = facts.dead_letters
+    return entry
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ class _Round:
     points: list[list[Any]] = dataclasses.field(default_factory=list)
     spans: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     lines: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
-    entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    entries: list[Any] = dataclasses.field(default_factory=list)  # the facts of handed-off tries' entries
     statsd: list[list[Any]] = dataclasses.field(default_factory=list)
     records: int = 0  # lines read (one per spooling process's write: a try's, a forwarder's own...)
 
@@ -182,17 +182,18 @@ def _write_lines(lines: dict[str, list[Any]]) -> None:
             EMIT_FAILURES.record(sink, stage)
 
 
-def _deliver_entries(entries: list[dict[str, Any]]) -> None:
-    """Cost and store the handed-off evidence entries (spooled where the store fails); never raises."""
+def _deliver_entries(entries: list[Any]) -> None:
+    """Make, cost and store the entries of the handed-off tries' evidence facts (spooled where the store
+    fails); never raises."""
     if not entries:
         return
     from barecount_provider.runtime.entries import deliver_entry
 
     store = True
-    for entry in entries:
+    for facts in entries:
         # After one failure of the store, the round's other entries go straight to the evidence spool: a
         # store that is down costs one timeout per round, not one per entry.
-        if deliver_entry(entry, store=store) != "stored":
+        if deliver_entry(facts, store=store) != "stored":
             store = False
 
 

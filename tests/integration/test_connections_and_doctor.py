@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from barecount_provider import cli, config
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import store as store_module
+from barecount_provider.evidence.facts import TryFacts
 
 from .conftest import FAKE_KEYS, REGION, MotoServer
 
@@ -113,13 +115,17 @@ def s3_from_db(
     store_module.clear_caches()
 
 
-def _entry(task_id: str, run_id: str) -> dict[str, Any]:
+def _facts(task_id: str, run_id: str) -> TryFacts:
     ctx = {
         "tenant": "acme", "pipeline": "orders", "runner_class": "local", "size": "m", "network_profile": "public",
         "image_or_driver_digest": None, "dag_id": "orders", "run_id": run_id, "task_id": task_id, "try_number": 1,
         "map_index": -1, "correlation_id": "c" * 32, "run_token": f"tok-{run_id}-{task_id}",
     }  # fmt: skip
-    return rec.build_entry(ctx, state="success", source="task", started_at=T0, ended_at=T0 + timedelta(seconds=2))
+    return TryFacts(**ctx, state="success", started_at=T0, ended_at=T0 + timedelta(seconds=2))
+
+
+def _entry(task_id: str, run_id: str) -> dict[str, Any]:
+    return rec.build_entry(_facts(task_id, run_id))
 
 
 def test_the_store_reaches_the_bucket_with_a_connection_from_the_metadata_database(
@@ -138,7 +144,8 @@ def test_the_forwarder_stores_a_handed_off_entry_with_a_connection_from_the_meta
 ) -> None:
     from barecount_provider.runtime.entries import deliver_entry
 
-    assert deliver_entry(_entry("b", "forwarded")) == "stored"  # "spooled" when the bucket is out of reach
+    # a try's facts as the forwarder reads them from a task process's outbox record
+    assert deliver_entry(msgspec.to_builtins(_facts("b", "forwarded"))) == "stored"  # "spooled" when the bucket is out of reach
     listed = moto_server.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{s3_from_db['prefix']}/entries/orders/forwarded/")
     assert listed["KeyCount"] == 1
 

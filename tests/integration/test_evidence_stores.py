@@ -17,6 +17,7 @@ from barecount_provider import config
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import spool as spool_module
 from barecount_provider.evidence import store as store_module
+from barecount_provider.evidence.facts import TryFacts
 from barecount_provider.evidence.store import EvidenceStore, RecordFilter, S3Bodies
 from tests import pg_server
 
@@ -63,7 +64,7 @@ def _entry(task_id: str, run_id: str = "r1") -> dict[str, Any]:
         "image_or_driver_digest": None, "dag_id": "orders", "run_id": run_id, "task_id": task_id, "try_number": 1,
         "map_index": -1, "correlation_id": "c" * 32, "run_token": f"tok-{run_id}-{task_id}",
     }
-    return rec.build_entry(ctx, state="success", source="task", started_at=T0, ended_at=T0 + timedelta(seconds=2))
+    return rec.build_entry(TryFacts(**ctx, state="success", started_at=T0, ended_at=T0 + timedelta(seconds=2)))
 
 
 def _record(run_id: str, entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import pytest
 
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import store as store_module
+from barecount_provider.evidence.facts import TryFacts
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
 
 T0 = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
@@ -67,11 +68,7 @@ def build_run(dag_id: str, n: int, tenant: str, pipeline: str, runner_class: str
         "run_token": f"tok-{dag_id}-{n}",
     }
     entry = rec.build_entry(
-        context,
-        state=state,
-        source="task",
-        started_at=ended - timedelta(minutes=30),
-        ended_at=ended,
+        TryFacts(**context, state=state, started_at=ended - timedelta(minutes=30), ended_at=ended),
         cost={
             "runtime_hours": 0.5,
             "compute_usd": cost,

@@ -23,6 +23,7 @@ from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import spool as spool_module
 from barecount_provider.evidence import store as store_module
+from barecount_provider.evidence.facts import TryFacts
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies, RecordFilter
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "evidence.schema.json").read_text())
@@ -63,16 +64,15 @@ def _cost(total: float | None) -> dict[str, Any]:
 
 
 def _entry(task_id: str = "t", state: str = "success", run_id: str = "r1", cost: float | None = 0.5, **kw: Any) -> dict[str, Any]:
-    return rec.build_entry(
-        _ctx(task_id=task_id, run_id=run_id, **kw),
+    facts = TryFacts(
+        **_ctx(task_id=task_id, run_id=run_id, **kw),
         state=state,
-        source="task",
         started_at=T0,
         ended_at=T0 + timedelta(seconds=3),
-        cost=_cost(cost),
         trace={"trace_id": "a" * 32, "span_id": "b" * 16, "sampled": True},
-        policy={"validations": [{"rule": "max_size", "outcome": "passed", "limit": "l", "requested": "m"}]},
+        policy_validations=[{"rule": "max_size", "outcome": "passed", "limit": "l", "requested": "m"}],
     )
+    return rec.build_entry(facts, cost=_cost(cost))
 
 
 def _record(run_id: str = "r1", tenant: str = "acme", entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -405,12 +405,13 @@ def test_assembler_never_raises_and_keeps_the_run_pending(store: EvidenceStore) 
 def test_a_digest_keeps_when_it_was_first_seen_across_the_tenants_records(store: EvidenceStore) -> None:
     def with_digest(run_id: str, started: datetime) -> dict[str, Any]:
         entry = rec.build_entry(
-            _ctx(run_id=run_id),
-            state="success",
-            source="task",
-            started_at=started,
-            ended_at=started + timedelta(seconds=1),
-            runner_result={"digests": {"image_digest": "sha256:" + "ab" * 32}},
+            TryFacts(
+                **_ctx(run_id=run_id),
+                state="success",
+                started_at=started,
+                ended_at=started + timedelta(seconds=1),
+                runner_result={"digests": {"image_digest": "sha256:" + "ab" * 32}},
+            )
         )
         return _record(run_id=run_id, entries=[entry])
 

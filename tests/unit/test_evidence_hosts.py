@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
+import msgspec
 import pytest
 import sqlalchemy as sa
 
@@ -19,6 +20,7 @@ from barecount_provider import cli, config
 from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import store as store_module
+from barecount_provider.evidence.facts import TryFacts
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies, records_table
 from barecount_provider.runtime import entries as task_module
 from barecount_provider.runtime import sealing as scheduler_module
@@ -51,14 +53,9 @@ def _ctx(task_id: str, try_number: int = 1) -> dict[str, Any]:
 
 def _entry(task_id: str, cost: float = 0.5, host: str | None = None) -> dict[str, Any]:
     return rec.build_entry(
-        _ctx(task_id),
-        state="success",
-        source="task",
-        started_at=T0,
-        ended_at=T0 + timedelta(seconds=3),
+        TryFacts(**_ctx(task_id), state="success", started_at=T0, ended_at=T0 + timedelta(seconds=3), host=host),
         cost={"runtime_hours": 0.001, "compute_usd": cost, "storage_usd": 0.0, "transfer_usd": 0.0, "total_usd": cost,
               "currency": "USD", "basis": "list-price estimate", "price_table": {"name": "aws-us-east-1-list", "version": "2026-11"}},
-        host=host,
     )  # fmt: skip
 
 
@@ -132,32 +129,33 @@ def cli_reason() -> str:
 # ----------------------------------------------------------------------- the host of each try
 
 
-def _facts(monkeypatch: pytest.MonkeyPatch, host: str | None, ti_hostname: str | None = None) -> dict[str, Any]:
+def _facts(monkeypatch: pytest.MonkeyPatch, host: str | None, ti_hostname: str | None = None) -> TryFacts:
     monkeypatch.setattr(task_module, "this_host", lambda: host)
     ctx = SimpleNamespace(**_ctx("t"), metric_tags=lambda: {})
     ti = SimpleNamespace(task=None, queued_dttm=None, hostname=ti_hostname)
-    facts = task_module.try_facts(
+    return task_module.try_facts(
         ctx, ti, state="success", started_at=T0, ended_at=T0 + timedelta(seconds=2), duration_s=2.0,
         metrics={}, trace=None, error=None,
     )  # fmt: skip
-    return facts[task_module.PENDING_ENTRY]
 
 
 def test_the_task_process_names_its_host_in_the_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     facts = _facts(monkeypatch, "worker-1")
-    entry = task_module.entry_from_facts(facts, costed=True)
+    entry = task_module.entry_of(facts)
     assert entry["host"] == "worker-1"
 
 
 def test_the_task_process_takes_the_host_the_task_sdk_set_on_its_task_instance(monkeypatch: pytest.MonkeyPatch) -> None:
     facts = _facts(monkeypatch, "not-asked", ti_hostname="worker-3")  # RuntimeTaskInstance.hostname
-    assert task_module.entry_from_facts(facts, costed=True)["host"] == "worker-3"
+    assert task_module.entry_of(facts)["host"] == "worker-3"
 
 
 def test_an_entry_the_forwarder_builds_names_the_host_of_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    facts = json.loads(json.dumps(_facts(monkeypatch, "worker-2"), default=str))  # as read back from the spool
-    entry = task_module.entry_from_facts(facts)
-    assert entry["host"] == "worker-2"
+    facts = json.loads(msgspec.json.encode(_facts(monkeypatch, "worker-2")))  # as read back from the spool
+    written: list[dict[str, Any]] = []
+    monkeypatch.setattr(task_module.evidence_spool, "write_entry", lambda entry: (written.append(entry), "stored")[1])
+    assert task_module.deliver_entry(facts) == "stored"
+    assert written[0]["host"] == "worker-2"
 
 
 def test_this_host_asks_airflow_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:

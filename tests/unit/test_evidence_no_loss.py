@@ -15,6 +15,7 @@ import pytest
 from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import store as store_module
+from barecount_provider.evidence.facts import TryFacts
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "evidence.schema.json").read_text())
@@ -39,8 +40,7 @@ def _ctx(task_id: str, run_id: str = "r1", try_number: int = 1) -> dict[str, Any
 def _task_entry(task_id: str, run_id: str = "r1") -> dict[str, Any]:
     """An entry as a task process (or the forwarder, from its facts) writes it on Airflow 3.3: no queued time."""
     return rec.build_entry(
-        _ctx(task_id, run_id), state="success", source="task", started_at=T0 + timedelta(seconds=2),
-        ended_at=T0 + timedelta(seconds=5),
+        TryFacts(**_ctx(task_id, run_id), state="success", started_at=T0 + timedelta(seconds=2), ended_at=T0 + timedelta(seconds=5))
     )
 
 

@@ -18,6 +18,7 @@ from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import store as store_module
 from barecount_provider.evidence.assemble import AirflowEvent
+from barecount_provider.evidence.facts import TryFacts
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "evidence.schema.json").read_text())
@@ -54,14 +55,7 @@ def _ctx(task_id: str, try_number: int = 1) -> dict[str, Any]:
 def _task_entry(task_id: str, state: str = "success") -> dict[str, Any]:
     cost = {"runtime_hours": 0.001, "compute_usd": 0.5, "storage_usd": 0.0, "transfer_usd": 0.0, "total_usd": 0.5,
             "currency": "USD", "basis": "list-price estimate", "price_table": {"name": "t", "version": "1"}}  # fmt: skip
-    return rec.build_entry(
-        _ctx(task_id),
-        state=state,
-        source="task",
-        started_at=T0,
-        ended_at=T0 + timedelta(seconds=3),
-        cost=cost,
-    )
+    return rec.build_entry(TryFacts(**_ctx(task_id), state=state, started_at=T0, ended_at=T0 + timedelta(seconds=3)), cost=cost)
 
 
 def _row(task_id: str, state: str, try_number: int = 1) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from barecount_provider.evidence import bundle as bundles
 from barecount_provider.evidence import checkpoint as cp
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import store as store_module
+from barecount_provider.evidence.facts import TryFacts
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "evidence.schema.json").read_text())
@@ -42,8 +43,10 @@ def _record(run_id: str, tenant: str = "acme", n: int = 0, error: str | None = N
     }
     ended = T0 + timedelta(hours=n)
     entry = rec.build_entry(
-        ctx, state="failed" if error else "success", source="task", started_at=ended - timedelta(minutes=1),
-        ended_at=ended, error={"type": "RuntimeError", "message": error} if error else None,
+        TryFacts(
+            **ctx, state="failed" if error else "success", started_at=ended - timedelta(minutes=1), ended_at=ended,
+            error={"type": "RuntimeError", "message": error} if error else None,
+        )
     )
     return rec.build_record(
         dag_id="orders", run_id=run_id, tenant=tenant, pipeline="orders", state=entry["state"],

@@ -17,6 +17,7 @@ import pytest
 from barecount_provider import outbox
 from barecount_provider.evidence import spool as evidence_spool
 from barecount_provider.evidence.store import open_store
+from barecount_provider.jsonlines import encode_line
 from barecount_provider.runtime import entries as evidence_task
 from barecount_provider.runtime import forwarding, task_side
 from barecount_provider.telemetry import metrics
@@ -166,7 +167,7 @@ def test_a_handed_off_try_writes_one_spool_record_and_the_forwarder_writes_its_o
     entry = json.loads(path.read_text())
     assert entry["state"] == "failed" and entry["trace"]["span_id"] == event["span_id"]
     assert entry["cost"] is not None and entry["cost"]["runner_class"] == "local"
-    assert evidence_task.PENDING_COST not in entry
+    assert "_pending_cost" not in entry and "metric_tags" not in entry
     everything = events.read_text() + spans.read_text() + path.read_text()
     assert SECRET not in everything and "***" in everything
 
@@ -251,12 +252,11 @@ def test_the_forwarder_costs_a_handed_off_entry_as_the_task_would_have(home, mon
     sent: list = []
     emitter = SimpleNamespace(sinks=[object()], emit=sent.extend)
     costed = evidence_task.build_try_entry(ctx, ti, emitter=emitter, **_entry_fields())
-    uncosted = evidence_task.build_try_entry(ctx, ti, emitter=emitter, costed=False, **_entry_fields())
-    assert uncosted["cost"] is None and uncosted[evidence_task.PENDING_COST]["tags"] == ctx.metric_tags()
+    facts = evidence_task.try_facts(ctx, ti, emitter=emitter, **_entry_fields())
+    assert facts.metric_tags == ctx.metric_tags()
     forwarded: list = []
     monkeypatch.setattr(metrics, "get_direct_emitter", lambda: SimpleNamespace(sinks=[object()], emit=forwarded.extend))
-    uncosted = json.loads(json.dumps(uncosted, default=str))  # as it comes back from the spool file
-    assert evidence_task.deliver_entry(uncosted) == "stored"
+    assert evidence_task.deliver_entry(json.loads(encode_line(facts))) == "stored"  # as it comes back from the spool file
     stored = open_store().entries_for_run("etl", ti.run_id)
     assert len(stored) == 1
     expected = json.loads(json.dumps(costed, default=str))
@@ -273,7 +273,6 @@ def test_the_forwarder_builds_from_a_try_s_facts_the_entry_the_task_would_have_b
     (``written_at`` aside: when the entry was built). With what BareCount's operators leave on the task, a
     mapped try, a queued time, times with microseconds and an error."""
     from barecount_provider import context
-    from barecount_provider.jsonlines import encode_line
 
     ti = _ti("load")
     ti.map_index, ti.try_number, ti.queued_dttm = 3, 2, START.replace(second=7, microsecond=250)
@@ -296,11 +295,11 @@ def test_the_forwarder_builds_from_a_try_s_facts_the_entry_the_task_would_have_b
     expected = json.loads(json.dumps(evidence_task.build_try_entry(ctx, ti, emitter=emitter, **fields), default=str))
 
     facts = evidence_task.try_facts(ctx, ti, emitter=emitter, **fields)
-    assert set(facts) == {evidence_task.PENDING_ENTRY}
-    assert "log" not in facts[evidence_task.PENDING_ENTRY] and "cost" not in facts[evidence_task.PENDING_ENTRY]
+    spooled = json.loads(encode_line(facts))
+    assert "log_location" not in spooled and "cost" not in spooled and "written_at" not in spooled
     forwarded: list = []
     monkeypatch.setattr(metrics, "get_direct_emitter", lambda: SimpleNamespace(sinks=[object()], emit=forwarded.extend))
-    assert evidence_task.deliver_entry(json.loads(encode_line(facts))) == "stored"  # as the spool holds it
+    assert evidence_task.deliver_entry(spooled) == "stored"  # as the spool holds it
     [stored] = open_store().entries_for_run("etl", ti.run_id)
     for entry in (stored, expected):
         entry.pop("written_at")
@@ -310,7 +309,7 @@ def test_the_forwarder_builds_from_a_try_s_facts_the_entry_the_task_would_have_b
 
 
 def test_facts_the_forwarder_cannot_build_an_entry_from_are_counted_never_raised(home):
-    assert evidence_task.deliver_entry({evidence_task.PENDING_ENTRY: {"context": {}}}) == "lost"
+    assert evidence_task.deliver_entry({"context": {}}) == "lost"
     assert metrics.EMIT_FAILURES.counts[("evidence", "entry")] == 1
 
 

@@ -1045,11 +1045,13 @@ def _leaked_record(secret: str) -> dict[str, Any]:
 
 def test_the_evidence_entry_redacts_what_operators_leave_on_the_task(monkeypatch, tmp_path):
     """A runner's result (a log tail, overrides) goes into the entry: redacted in the task process."""
+    from barecount_provider.evidence.facts import CONTEXT_FIELDS
+    from barecount_provider.jsonlines import encode_line
     from barecount_provider.runtime import entries as evidence_task
 
     aws_key = rand(B64, 39) + "q"
     password = "Pw-" + rand(ALNUM, 16)
-    ctx = SimpleNamespace(**dict.fromkeys(evidence_task.CONTEXT_FIELDS, "x"))
+    ctx = SimpleNamespace(**dict.fromkeys(CONTEXT_FIELDS, "x"))
     task = SimpleNamespace(
         barecount_runner_result={
             "log_tail": f"boto3: using aws secret {aws_key}",
@@ -1069,9 +1071,10 @@ def test_the_evidence_entry_redacts_what_operators_leave_on_the_task(monkeypatch
         trace=None,
         error=None,
     )
-    text = json.dumps(facts, default=str)
+    text = encode_line(facts).decode()  # as the outbox holds them
     assert aws_key not in text and password not in text
-    result = facts[evidence_task.PENDING_ENTRY]["barecount_runner_result"]
+    result = facts.runner_result
+    assert result is not None
     assert (
         result["billed_duration_ms"] == 1200
         and result["overrides"]["environment"]["DB_PASSWORD"] == REPLACEMENT

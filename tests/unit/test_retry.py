@@ -420,7 +420,8 @@ def test_spent_budget_fails_fast_with_metric_and_evidence(
 def test_refusal_lands_in_the_evidence_entry(index_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_policy(tmp_path, monkeypatch, TIGHT.replace("max_retries_per_run: 3", "max_retries_per_run: 0"))
     from barecount_provider import context as bc_context
-    from barecount_provider.evidence.record import CONTEXT_FIELDS, build_entry
+    from barecount_provider.evidence.facts import CONTEXT_FIELDS, TryFacts
+    from barecount_provider.evidence.record import build_entry
 
     task = FakeTask()
     ti = fake_ti(task)
@@ -428,10 +429,12 @@ def test_refusal_lands_in_the_evidence_entry(index_url: str, tmp_path: Path, mon
     ctx = bc_context.resolve_for_ti(ti)
     # what barecount_provider.runtime.entries.record_try reads from the task
     entry = build_entry(
-        {name: getattr(ctx, name, None) for name in CONTEXT_FIELDS},
-        state="failed",
-        source="task",
-        policy={"validations": task.barecount_policy_validations, "exceptions": task.barecount_policy_exceptions},
+        TryFacts(
+            **{name: getattr(ctx, name) for name in CONTEXT_FIELDS},
+            state="failed",
+            policy_validations=task.barecount_policy_validations,
+            policy_exceptions=task.barecount_policy_exceptions,
+        )
     )
     assert entry["policy"]["exceptions"][0]["rule"] == "retry_budget"
     assert entry["policy"]["exceptions"][0]["limit"]["budget"] == "max_retries_per_run"
