@@ -1302,7 +1302,7 @@ def _dlq_hook(args: argparse.Namespace) -> Any:
 
 
 def _scope(args: argparse.Namespace) -> Any:
-    from barecount_provider.recovery.dlq import Scope
+    from barecount_provider.recovery.letters import Scope
 
     since, until = _time_arg(args.since), _time_arg(args.until)
     return Scope.of(

@@ -1,6 +1,6 @@
 """Idempotent replay: re-ingest dead letters into a target, once, throttled, scoped, resumable.
 
-:class:`Replayer` streams a dead-letter queue (:mod:`barecount_provider.recovery.dlq`) in batches; each
+:class:`Replayer` streams a dead-letter queue (:mod:`barecount_provider.recovery.letters`) in batches; each
 batch is claimed in the replay ledger (:mod:`barecount_provider.recovery.ledger`), delivered to the target
 with every record's idempotency key, and recorded as delivered. So a replay that is re-run, crashes midway or
 runs twice at once loses nothing and re-delivers only the batch a crashed run had in flight (counted as
@@ -27,16 +27,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from barecount_provider.recovery.dlq import (
+from barecount_provider.recovery.ledger import ReplayLedger, ledger_key
+from barecount_provider.recovery.letters import (
     DeadLetter,
     DeadLetterBackend,
     QueueStats,
     Scope,
-    SqsBackend,
     canonical_json,
     now_iso,
 )
-from barecount_provider.recovery.ledger import ReplayLedger, ledger_key
+from barecount_provider.recovery.sqs import SqsBackend
 
 log = logging.getLogger(__name__)
 
