@@ -284,8 +284,6 @@ class DeadLetterQueueHook(BaseHook):
         count = 0
         try:
             for letter in backend.scan(scope or Scope()):
-                if isinstance(backend, SqsBackend):
-                    backend.hold([letter])
                 yield letter
                 count += 1
                 if limit is not None and count >= limit:

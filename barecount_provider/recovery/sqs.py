@@ -166,10 +166,6 @@ class SqsBackend:
         for handle in items:
             self._held.pop(by_handle.get(handle, ""), None)
 
-    def hold(self, letters: Sequence[DeadLetter]) -> None:
-        """Scanned letters that stay in the queue (every received message is held already)."""
-        return None
-
     def finish(self, delivered: DeliveredKeys | None) -> int:
         held, self._held = list(self._held.values()), {}
         for start in range(0, len(held), 10):
