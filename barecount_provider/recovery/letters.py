@@ -44,12 +44,16 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def hash_key(text: str) -> str:
+    """An idempotency key made from ``text``: ``sha256:`` and the first 40 hex digits of its hash."""
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:40]}"
+
+
 def derive_key(tenant: str, pipeline: str, payload: Any) -> str:
     """The idempotency key of a record that has none: the hash of its tenant, pipeline and payload.
 
     The same record failing twice gets the same key, so a replay delivers it once."""
-    digest = hashlib.sha256(f"{tenant}\x1f{pipeline}\x1f{canonical_json(payload)}".encode()).hexdigest()
-    return f"sha256:{digest[:40]}"
+    return hash_key(f"{tenant}\x1f{pipeline}\x1f{canonical_json(payload)}")
 
 
 @dataclasses.dataclass(slots=True)

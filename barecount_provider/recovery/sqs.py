@@ -8,12 +8,11 @@ replay deletes a message once the ledger records it delivered (SQS's own redrive
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from barecount_provider.recovery.letters import (
     LETTER_VERSION,
@@ -21,6 +20,7 @@ from barecount_provider.recovery.letters import (
     DeliveredKeys,
     QueueStats,
     Scope,
+    hash_key,
     iso,
     now_iso,
 )
@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 
 SQS_REDRIVE_ERROR = "sqs.MaxReceiveCountExceeded"
 _SQS_ATTRIBUTES = ("tenant", "pipeline", "error_class", "idempotency_key")  # message attributes, from the letter's fields
+
+_Item = TypeVar("_Item")
+
+
+def _batches(items: Sequence[_Item]) -> Iterator[Sequence[_Item]]:
+    """``items`` in slices of 10, the most one SQS batch call takes."""
+    for start in range(0, len(items), 10):
+        yield items[start : start + 10]
 
 
 class SqsBackend:
@@ -64,9 +72,9 @@ class SqsBackend:
         return f"sqs:{self.queue_url}"
 
     def put(self, letters: Sequence[DeadLetter]) -> None:
-        for start in range(0, len(letters), 10):
+        for batch in _batches(letters):
             entries = []
-            for index, letter in enumerate(letters[start : start + 10]):
+            for index, letter in enumerate(batch):
                 entry: dict[str, Any] = {
                     "Id": str(index),
                     "MessageBody": letter.line().decode().rstrip("\n"),
@@ -103,7 +111,7 @@ class SqsBackend:
         sent_iso = (iso(datetime.fromtimestamp(int(sent) / 1000.0, UTC)) if sent else None) or now_iso()
         key = message_attributes.get("idempotency_key") or attributes.get("MessageDeduplicationId")
         if not key:
-            key = "sha256:" + hashlib.sha256(body.encode()).hexdigest()[:40]
+            key = hash_key(body)
         source_arn = attributes.get("DeadLetterQueueSourceArn", "")
         return DeadLetter(
             payload=data if data is not None else body,
@@ -159,8 +167,8 @@ class SqsBackend:
         handles = {letter.handle: letter.letter_id for letter in letters if letter.handle}
         by_handle = {handle: message_id for message_id, handle in self._held.items()}
         items = list(handles)
-        for start in range(0, len(items), 10):
-            entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(items[start : start + 10])]
+        for batch in _batches(items):
+            entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(batch)]
             response = self.client.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
             self.removed += len(response.get("Successful") or ())
         for handle in items:
@@ -168,10 +176,8 @@ class SqsBackend:
 
     def finish(self, delivered: DeliveredKeys | None) -> int:
         held, self._held = list(self._held.values()), {}
-        for start in range(0, len(held), 10):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(held[start : start + 10])
-            ]
+        for batch in _batches(held):
+            entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(batch)]
             try:
                 self.client.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
             except Exception:  # they become visible at the end of their timeout anyway
