@@ -6,7 +6,8 @@
     barecount pools sync [--dry-run] [--prune]   create/update the tenants' Airflow pools through the REST API
     barecount pools check            exit 1 when the pools or their registry differ from the policy
     barecount telemetry forward [--loop S]   export the OTLP spool (the scheduler runs it as its forwarder process)
-    barecount evidence list|show|verify|flush   the evidence store: records, one record, the hash chains, the spool
+    barecount evidence list|show|verify|export|redact|flush|seal   the evidence store: records, one record, the hash
+                                     chains, an auditor's bundle, redacting a leaked secret, the spool, sealing by hand
     barecount cost report --by tenant [--since 30d]   cost roll-up per day from the evidence index
     barecount dlq stats|list         a dead-letter queue's depth and oldest entry per tenant/pipeline; its letters
     barecount replay plan|run|status   replay a dead-letter queue into a target, idempotently (the replay ledger)
@@ -30,6 +31,7 @@ COMMANDS = (doctor, policy, runs, pools, evidence, telemetry, cost, recovery, db
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``barecount`` parser with every command's subparser."""
     parser = argparse.ArgumentParser(prog="barecount", description="Operate and observe BareCount.")
     parser.add_argument("--version", action="version", version=f"barecount {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @redaction.redacting_stdio  # every line a command prints, redacted
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` names; its exit status (2: a configuration mistake, said in one line)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     # Standard output is the command's own (one JSON document with --json); every log line, Airflow's and

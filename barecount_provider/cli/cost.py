@@ -10,6 +10,7 @@ from barecount_provider.cli.common import TIMES, print_json, print_table, time_a
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount cost report``."""
     cost = sub.add_parser("cost", help="cost attribution from the evidence index")
     cost_sub = cost.add_subparsers(dest="cost_command", metavar="SUBCOMMAND", required=True)
     report = cost_sub.add_parser(

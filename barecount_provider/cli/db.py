@@ -9,6 +9,7 @@ from barecount_provider import config
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount db migrate|check``."""
     database = sub.add_parser(
         "db",
         help="BareCount's own tables (evidence index, retry budgets, replay ledger) and their migrations",

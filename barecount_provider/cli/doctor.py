@@ -15,6 +15,7 @@ from barecount_provider.cli.common import print_json
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount doctor``."""
     doctor = sub.add_parser(
         "doctor",
         help="validate every [barecount] option, the policy, each sink and the evidence store",

@@ -23,6 +23,7 @@ from barecount_provider.cli.common import (
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount evidence`` and its subcommands."""
     evidence = sub.add_parser(
         "evidence",
         help="the evidence store: list records, show one, verify the hash chains, deliver the spool",

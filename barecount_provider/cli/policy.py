@@ -7,6 +7,7 @@ import sys
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount policy validate``."""
     policy = sub.add_parser("policy", help="governance policy commands")
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND", required=True)
     validate = policy_sub.add_parser("validate", help="validate a policy file and report every mistake")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount pools sync|check``."""
     pools_parser = sub.add_parser(
         "pools",
         help="the tenants' Airflow pools (barecount_<tenant>_<runner_class>) through Airflow's REST API",

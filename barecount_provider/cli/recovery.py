@@ -21,6 +21,7 @@ from barecount_provider.cli.common import (
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount dlq stats|list`` and ``barecount replay plan|run|status``."""
     def queue_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--dlq",

@@ -10,6 +10,7 @@ from barecount_provider.cli.common import print_json, table_lines, whole_number
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount runs``."""
     runs = sub.add_parser("runs", help="show what BareCount recorded per task try (the file sink)")
     runs.add_argument("--dag", help="only this DAG id")
     runs.add_argument("--last", type=whole_number(1), default=50, help="how many tries to show (default 50)")

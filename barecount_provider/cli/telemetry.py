@@ -11,6 +11,7 @@ from barecount_provider.cli.common import print_json, seconds, whole_number
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``barecount telemetry forward``."""
     telemetry = sub.add_parser("telemetry", help="the task processes' OTLP spool")
     telemetry_sub = telemetry.add_subparsers(dest="telemetry_command", metavar="SUBCOMMAND", required=True)
     forward = telemetry_sub.add_parser(
