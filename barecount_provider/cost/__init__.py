@@ -4,19 +4,19 @@ from barecount_provider.cost import estimate
 
 cost = estimate("serverless", runner_result, runtime_s=1.4)
 cost.total_usd, cost.formula, cost.missing
+
+Modules: ``estimates`` (the public API), ``base`` (CostEstimate and what every model shares),
+``backends/`` (one model per backend: ``aws_lambda``, ``ecs``, ``kubernetes``, ``glue``, ``emr_serverless``,
+``ec2``, ``local``, and ``storage_and_transfer``), ``format`` (numbers and money in formulas), ``metrics``
+(the ``barecount.cost.*`` points) and ``prices`` (the price table). The package imports only the foundation
+(config, policy, schema, selfmetrics).
 """
 
 from __future__ import annotations
 
-from barecount_provider.cost.models import (
-    BACKENDS,
-    METRIC_NAMES,
-    CostEstimate,
-    attribution_key,
-    backend_of,
-    cost_metric_points,
-    estimate,
-)
+from barecount_provider.cost.base import BACKENDS, CostEstimate
+from barecount_provider.cost.estimates import attribution_key, backend_of, estimate
+from barecount_provider.cost.metrics import METRIC_NAMES, cost_metric_points
 from barecount_provider.cost.prices import (
     LIST_PRICE_BASIS,
     PriceTable,

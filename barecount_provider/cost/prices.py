@@ -21,17 +21,33 @@ import datetime
 import functools
 import json
 import math
-import re
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, TypeGuard
+from typing import Any
 
-import yaml
-
-# The governance policy's problem records (file, key path, value, expected): both files read alike.
-from barecount_provider.policy import MISSING, Problem, Unreadable, read_text_file
+# The schema layer the governance policy uses too: both files read alike.
+from barecount_provider.schema import (
+    MISSING,
+    MapOf,
+    Problem,
+    ProblemsError,
+    Report,
+    Section,
+    Unreadable,
+    check_value,
+    frozen,
+    integer,
+    is_mapping,
+    is_number,
+    join_quoted,
+    merge,
+    number,
+    parse_yaml,
+    problems_of,
+    read_text_file,
+)
 
 SHIPPED_FILE = "prices_us_east_1.yaml"
 SHIPPED_SOURCE = "<shipped price table>"
@@ -49,110 +65,66 @@ RATE_OPTIONS = {
     "cost_local_worker_slot_hour_usd": ("local", "worker_slot_hour"),
 }
 
-
-
-def is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
-    """``isinstance(value, Mapping)``, with plain values answered first: an ABC check of a type the ABC has
-    not seen (``None`` in a task process) walks every registered subclass of ``Mapping``, and any ABC check
-    touches the ABC's caches: copy-on-write page faults in a forked task process."""
-    if isinstance(value, dict):
-        return True
-    if value is None or isinstance(value, (str, int, float, list, tuple)):
-        return False
-    return isinstance(value, Mapping)
-
-
 # --------------------------------------------------------------------------------------------------- problems
 
 
-class PriceTableError(ValueError):
+class PriceTableError(ProblemsError):
     """An invalid price table. ``problems`` holds every mistake; the message lists them, one per line."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(problem) for problem in self.problems))
-
-
-_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def join_path(path: str, key: object) -> str:
-    """``prices.glue.dpu_hour`` + ``FLEX``; a key that is not a plain name is quoted: ``instance_hour['m5.large']``."""
-    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{key!r}]"
 
 
 # ----------------------------------------------------------------------------------------------------- schema
-#
-# A schema is a tree of dicts (known keys) and _MapOf (free keys matching a pattern) whose leaves are kinds.
 
-PRICE = "price"  # a number >= 0, or null: no price (what needs it is not costed, with the reason)
-AMOUNT = "amount"  # a number >= 0
-SECONDS = "seconds"  # an integer >= 0
+PRICE_EXPECTED = "a price in USD (a number >= 0), or null for no price"
+PRICE = number(0, nullable=True, expected=PRICE_EXPECTED)  # null: no price (what needs it is not costed)
+AMOUNT = number(0)
+SECONDS = integer(0, expected="a whole number of seconds >= 0")
 
-_EXPECTED = {
-    PRICE: "a price in USD (a number >= 0), or null for no price",
-    AMOUNT: "a number >= 0",
-    SECONDS: "a whole number of seconds >= 0",
-}
+_PER_ARCHITECTURE = Section(dict.fromkeys(ARCHITECTURES, PRICE))
 
-
-@dataclass(frozen=True)
-class _MapOf:
-    key_pattern: str
-    key_expected: str
-    value: str
-
-
-_PER_ARCHITECTURE = {architecture: PRICE for architecture in ARCHITECTURES}
-
-SCHEMA: dict[str, Any] = {
-    "lambda": {
-        "request_per_million": PRICE,
-        "gb_second": _PER_ARCHITECTURE,
-        "ephemeral_storage_gb_second": PRICE,
-        "included_ephemeral_storage_mb": AMOUNT,
-    },
-    "fargate": {
-        "vcpu_hour": _PER_ARCHITECTURE,
-        "gb_hour": _PER_ARCHITECTURE,
-        "ephemeral_storage_gb_hour": PRICE,
-        "included_ephemeral_storage_gb": AMOUNT,
-        "minimum_s": SECONDS,
-    },
-    "glue": {
-        "dpu_hour": {execution_class: PRICE for execution_class in EXECUTION_CLASSES},
-        "minimum_s": SECONDS,
-        "minimum_s_by_version": _MapOf(r"\d+\.\d+", "a Glue version such as '1.0' (quoted)", SECONDS),
-    },
-    "emr_serverless": {"vcpu_hour": PRICE, "gb_hour": PRICE, "storage_gb_hour": PRICE},
-    "ec2": {
-        "minimum_s": SECONDS,
-        "instance_hour": _MapOf(
-            r"[a-z][a-z0-9-]*\.[a-z0-9]+", "an EC2 instance type such as 'm5.large'", PRICE
+SCHEMA = Section(
+    {
+        "lambda": Section(
+            {
+                "request_per_million": PRICE,
+                "gb_second": _PER_ARCHITECTURE,
+                "ephemeral_storage_gb_second": PRICE,
+                "included_ephemeral_storage_mb": AMOUNT,
+            }
         ),
-    },
-    "kubernetes": {"vcpu_hour": PRICE, "gb_hour": PRICE},
-    "local": {"worker_slot_hour": PRICE},
-    "s3": {"standard_gb_month": PRICE},
-    "transfer": {"internet_out_gb": PRICE},
-}
+        "fargate": Section(
+            {
+                "vcpu_hour": _PER_ARCHITECTURE,
+                "gb_hour": _PER_ARCHITECTURE,
+                "ephemeral_storage_gb_hour": PRICE,
+                "included_ephemeral_storage_gb": AMOUNT,
+                "minimum_s": SECONDS,
+            }
+        ),
+        "glue": Section(
+            {
+                "dpu_hour": Section(dict.fromkeys(EXECUTION_CLASSES, PRICE)),
+                "minimum_s": SECONDS,
+                "minimum_s_by_version": MapOf(r"\d+\.\d+", "a Glue version such as '1.0' (quoted)", SECONDS),
+            }
+        ),
+        "emr_serverless": Section({"vcpu_hour": PRICE, "gb_hour": PRICE, "storage_gb_hour": PRICE}),
+        "ec2": Section(
+            {
+                "minimum_s": SECONDS,
+                "instance_hour": MapOf(
+                    r"[a-z][a-z0-9-]*\.[a-z0-9]+", "an EC2 instance type such as 'm5.large'", PRICE
+                ),
+            }
+        ),
+        "kubernetes": Section({"vcpu_hour": PRICE, "gb_hour": PRICE}),
+        "local": Section({"worker_slot_hour": PRICE}),
+        "s3": Section({"standard_gb_month": PRICE}),
+        "transfer": Section({"internet_out_gb": PRICE}),
+    }
+)
 
 _TEXT_KEYS = ("date", "region", "basis", "source", "caveat")
 TOP_LEVEL_KEYS = ("name", "version", *_TEXT_KEYS, "currency", "prices")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_leaf(kind: str, value: object) -> bool:
-    if kind == PRICE and value is None:
-        return True
-    if kind == SECONDS:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return _is_number(value) and value >= 0  # type: ignore[operator]
 
 
 def _as_version(value: object) -> str | None:
@@ -163,49 +135,12 @@ def _as_version(value: object) -> str | None:
         return value.isoformat()
     if isinstance(value, str):
         return value.strip() or None
-    if _is_number(value):
+    if is_number(value):
         return str(value)
     return None
 
 
-class _Report:
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[Problem] = []
-
-    def add(self, key_path: str, value: object, expected: str) -> None:
-        self.problems.append(Problem(self.file, key_path, value, expected))
-
-
-def _check_section(spec: Any, value: object, path: str, report: _Report, *, complete: bool) -> None:
-    if isinstance(spec, str):
-        if not _check_leaf(spec, value):
-            report.add(path, value, _EXPECTED[spec])
-        return
-    if not isinstance(value, dict):
-        what = f"keys matching {spec.key_pattern}" if isinstance(spec, _MapOf) else ", ".join(spec)
-        report.add(path, value, f"a mapping (keys: {what})")
-        return
-    if isinstance(spec, _MapOf):
-        pattern = re.compile(spec.key_pattern)
-        for key, item in value.items():
-            if not (isinstance(key, str) and pattern.fullmatch(key)):
-                report.add(join_path(path, key), key, spec.key_expected)
-            else:
-                _check_section(spec.value, item, join_path(path, key), report, complete=complete)
-        return
-    for key, item in value.items():
-        if key not in spec:
-            report.add(join_path(path, key), key, f"a known key (allowed: {', '.join(spec)})")
-        else:
-            _check_section(spec[key], item, join_path(path, key), report, complete=complete)
-    if complete:
-        for key in spec:
-            if key not in value:
-                report.add(join_path(path, key), MISSING, "every key set in the shipped price table")
-
-
-def _check_document(document: object, report: _Report, *, complete: bool) -> None:
+def _check_document(document: object, report: Report, *, complete: bool) -> None:
     if not isinstance(document, dict):
         report.add(
             "",
@@ -215,7 +150,7 @@ def _check_document(document: object, report: _Report, *, complete: bool) -> Non
         return
     for key in document:
         if key not in TOP_LEVEL_KEYS:
-            report.add(join_path("", key), key, f"a known key (allowed: {', '.join(TOP_LEVEL_KEYS)})")
+            report.add(report.join("", key), key, f"a known key (allowed: {', '.join(TOP_LEVEL_KEYS)})")
     for key in ("name", "version"):
         if key not in document:
             whose = "the table's" if complete else "the override's own"
@@ -235,7 +170,8 @@ def _check_document(document: object, report: _Report, *, complete: bool) -> Non
     if "currency" in document and document["currency"] != CURRENCY:
         report.add("currency", document["currency"], f"{CURRENCY!r} (the only currency of the cost models)")
     if "prices" in document:
-        _check_section(SCHEMA, document["prices"], "prices", report, complete=complete)
+        missing = "every key set in the shipped price table" if complete else ""
+        check_value(SCHEMA, document["prices"], "prices", report, missing=missing)
     elif complete:
         report.add("prices", MISSING, "the prices")
 
@@ -243,23 +179,7 @@ def _check_document(document: object, report: _Report, *, complete: bool) -> Non
 # -------------------------------------------------------------------------------------------------- parsing
 
 
-def _duplicate_keys(node: yaml.Node, path: str) -> Iterator[tuple[str, yaml.Mark]]:
-    """(key path, position) of every key given twice in one mapping (YAML silently keeps the last one)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[tuple[str, str]] = set()
-        for key_node, value_node in node.value:
-            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
-            if isinstance(key_node, yaml.ScalarNode):
-                if (key_node.tag, key_node.value) in seen:
-                    yield join_path(path, name), key_node.start_mark
-                seen.add((key_node.tag, key_node.value))
-            yield from _duplicate_keys(value_node, join_path(path, name))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            yield from _duplicate_keys(item, f"{path}[{index}]")
-
-
-def _parse(text: str, source: str, report: _Report) -> tuple[bool, object]:
+def _parse(text: str, source: str, report: Report) -> tuple[bool, object]:
     """(parsed, document): JSON for a ``.json`` source, else YAML; errors with their line and column."""
     if source.lower().endswith(".json"):
         try:
@@ -268,47 +188,17 @@ def _parse(text: str, source: str, report: _Report) -> tuple[bool, object]:
             reason = f"JSON syntax error at line {err.lineno}, column {err.colno}: {err.msg}"
             report.add("", Unreadable(reason), "valid JSON")
             return False, None
-    fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None:  # libyaml: ~8x faster; a file it rejects is read again for the documented messages
-        scratch = _Report(report.file)
-        parsed, document = _parse_yaml(fast, text, scratch)
-        if parsed and not scratch.problems:
-            return parsed, document
-    return _parse_yaml(yaml.SafeLoader, text, report)
+    expected = "a price table with at least `name` and `version`"
+    parsed, document, _ = parse_yaml(text, report, expected, syntax_context=False)
+    return parsed, document
 
 
-def _parse_yaml(loader_class: Any, text: str, report: _Report) -> tuple[bool, object]:
-    loader = loader_class(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            report.add(
-                "", Unreadable("the file is empty"), "a price table with at least `name` and `version`"
-            )
-            return False, None
-        for key_path, mark in _duplicate_keys(node, ""):
-            where = f"line {mark.line + 1}, column {mark.column + 1}"
-            report.add(key_path, Unreadable(f"given again at {where}"), "each key once in a mapping")
-        document = loader.construct_document(node)
-    except yaml.MarkedYAMLError as err:
-        error_mark = err.problem_mark or err.context_mark
-        where = f" at line {error_mark.line + 1}, column {error_mark.column + 1}" if error_mark else ""
-        report.add("", Unreadable(f"YAML syntax error{where}: {err.problem or 'unreadable'}"), "valid YAML")
-        return False, None
-    except yaml.YAMLError as err:
-        report.add("", Unreadable(f"YAML syntax error: {err}"), "valid YAML")
-        return False, None
-    finally:
-        loader.dispose()
-    return True, document
-
-
-def _json_object(report: _Report) -> Any:
+def _json_object(report: Report) -> Any:
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         result: dict[str, Any] = {}
         for key, value in pairs:
             if key in result:
-                report.add(join_path("", key), Unreadable("given again"), "each key once in an object")
+                report.add(report.join("", key), Unreadable("given again"), "each key once in an object")
             result[key] = value
         return result
 
@@ -318,30 +208,12 @@ def _json_object(report: _Report) -> Any:
 # ----------------------------------------------------------------------------------------------- the table
 
 
-def _frozen(value: Any) -> Any:
-    if isinstance(value, dict):
-        return types.MappingProxyType({key: _frozen(item) for key, item in value.items()})
-    return value
-
-
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = {
-        key: (_merge(value, {}) if isinstance(value, Mapping) else value) for key, value in base.items()
-    }
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = _merge(value, {}) if isinstance(value, Mapping) else value
-    return merged
-
-
 def _leaf_paths(value: Mapping[str, Any], path: str) -> Iterator[str]:
     for key, item in value.items():
         if isinstance(item, Mapping):
-            yield from _leaf_paths(item, join_path(path, key))
+            yield from _leaf_paths(item, join_quoted(path, key))
         else:
-            yield join_path(path, key)
+            yield join_quoted(path, key)
 
 
 @dataclass(frozen=True)
@@ -377,12 +249,12 @@ class PriceTable:
             if not is_mapping(value) or key not in value:
                 return None
             value = value[key]
-        return float(value) if _is_number(value) else None
+        return float(value) if is_number(value) else None
 
     def basis_of(self, *keys: str) -> str:
         path = "prices"
         for key in keys:
-            path = join_path(path, key)
+            path = join_quoted(path, key)
         return self.price_basis.get(path, LIST_PRICE_BASIS)
 
     def with_rates(self, rates: Mapping[tuple[str, str], float], basis: str) -> PriceTable:
@@ -390,8 +262,9 @@ class PriceTable:
         if not rates:
             return self
         for (section, key), rate in rates.items():
-            if SCHEMA.get(section, {}).get(key) != PRICE or not _check_leaf(PRICE, rate):
-                raise ValueError(f"rate prices.{section}.{key}: {rate!r} is not {_EXPECTED[PRICE]}")
+            entry = SCHEMA.fields.get(section)
+            if not (isinstance(entry, Section) and entry.fields.get(key) is PRICE) or any(PRICE(rate)):
+                raise ValueError(f"rate prices.{section}.{key}: {rate!r} is not {PRICE_EXPECTED}")
         override: dict[str, Any] = {}
         for (section, key), rate in rates.items():
             override.setdefault(section, {})[key] = float(rate)
@@ -406,7 +279,7 @@ class PriceTable:
             basis=self.basis,
             source=self.source,
             caveat=self.caveat,
-            prices=_frozen(_merge(self.prices, override)),
+            prices=frozen(merge(self.prices, override)),
             origin=self.origin,
             price_basis=types.MappingProxyType(price_basis),
         )
@@ -423,7 +296,7 @@ def _table(document: Mapping[str, Any], origin: str, price_basis: Mapping[str, s
         basis=str(document["basis"]),
         source=str(document.get("source", "")),
         caveat=str(document.get("caveat", "")),
-        prices=_frozen(dict(document["prices"])),
+        prices=frozen(dict(document["prices"])),
         origin=origin,
         price_basis=types.MappingProxyType(dict(price_basis)),
     )
@@ -433,7 +306,7 @@ def _table(document: Mapping[str, Any], origin: str, price_basis: Mapping[str, s
 def shipped_price_table() -> PriceTable:
     """The price table shipped with the provider (read and validated once per process)."""
     text = resources.files("barecount_provider.cost").joinpath(SHIPPED_FILE).read_text(encoding="utf-8")
-    report = _Report(SHIPPED_SOURCE)
+    report = Report(SHIPPED_SOURCE, join_quoted)
     parsed, document = _parse(text, SHIPPED_SOURCE, report)
     if parsed:
         _check_document(document, report, complete=True)
@@ -447,7 +320,7 @@ def parse_price_table(text: str, source: str = "<string>", base: PriceTable | No
     """An override (YAML, or JSON when ``source`` ends in ``.json``) merged over ``base`` (default: the
     shipped table). Raises :class:`PriceTableError` listing every mistake."""
     base = base if base is not None else shipped_price_table()
-    report = _Report(source)
+    report = Report(source, join_quoted)
     parsed, document = _parse(text, source, report)
     if parsed:
         _check_document(document, report, complete=False)
@@ -466,7 +339,7 @@ def parse_price_table(text: str, source: str = "<string>", base: PriceTable | No
         "basis": basis,
         "source": document.get("source") or f"{source}, over {base.label} ({base.source})",
         "caveat": document.get("caveat", base.caveat),
-        "prices": _merge(base.prices, document.get("prices") or {}),
+        "prices": merge(base.prices, document.get("prices") or {}),
     }
     return _table(merged, source, overridden)
 
@@ -480,11 +353,7 @@ def load_price_table(path: str | None = None) -> PriceTable:
 
 def validate_price_file(path: str) -> list[Problem]:
     """Every mistake of the override file at ``path``, instead of raising; empty when it is valid."""
-    try:
-        load_price_table(path)
-    except PriceTableError as err:
-        return err.problems
-    return []
+    return problems_of(lambda: load_price_table(path), PriceTableError)
 
 
 # ------------------------------------------------------------------------------------------ configuration

@@ -147,7 +147,8 @@ class RunnerConsoleLink(BaseOperatorLink):
 class PolicyViolation(AirflowFailException):
     """A request beyond the tenant's policy, refused before anything is launched (never retried).
 
-    ``policy_exception`` (rule, tenant, limit, requested) is the entry a later issue puts in the evidence.
+    ``policy_exception`` (rule, tenant, limit, requested) goes into the try's evidence entry (its policy
+    exceptions) and the failed validation into its validations.
     """
 
     def __init__(self, *, rule: str, tenant: str, limit: Any, requested: Any, message: str) -> None:

@@ -9,8 +9,8 @@ CloudWatch publishes with a delay (typically one to a few minutes after the data
 when the service emits them (Glue: the job argument ``--enable-metrics``; ECS: Container Insights with
 enhanced observability for per-task figures; EC2: basic monitoring at five-minute periods). A metric
 without datapoints is therefore recorded as *not reported*, with that reason, never as 0. The read is one
-request with short timeouts and no retries: a slow or unreachable CloudWatch costs at most
-``CONNECT_TIMEOUT_S + READ_TIMEOUT_S`` seconds and is recorded, never raised into the task.
+request with short timeouts and no retries (:class:`~barecount_provider.hooks.cloudwatch.CloudWatchMetricsHook`):
+a slow or unreachable CloudWatch costs a bounded time and is recorded, never raised into the task.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from barecount_provider.hooks.cloudwatch import CloudWatchMetricsHook
 from barecount_provider.operators.base import RunnerResult, not_reported
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 2
-READ_TIMEOUT_S = 5
 PERIOD_S = 60
 STATISTICS = ("Sum", "Maximum", "Average")
 
@@ -56,36 +55,25 @@ class MetricQuery:
         return f"CloudWatch {self.namespace} {self.metric} ({self.statistic}; {dims})"
 
 
-def cloudwatch_client(aws_conn_id: str | None, region_name: str | None, verify: Any = None) -> Any:
-    """A CloudWatch client from the operator's own AWS connection, with short timeouts and no retries."""
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-    from botocore.config import Config
-
-    config = Config(
-        connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, retries={"total_max_attempts": 1, "mode": "standard"}
-    )
-    hook = AwsBaseHook(
-        aws_conn_id=aws_conn_id, region_name=region_name, verify=verify, client_type="cloudwatch", config=config
-    )
-    return hook.conn
-
-
 def read_into(
     result: RunnerResult, operator: Any, queries: Sequence[MetricQuery], started_at: datetime, finished_at: datetime
 ) -> None:
-    """:func:`record_cloudwatch_metrics` with a client from ``operator``'s AWS connection; never raises."""
+    """:func:`record_cloudwatch_metrics` through a :class:`CloudWatchMetricsHook` on ``operator``'s AWS
+    connection; never raises."""
     if not queries:
         return
     try:
-        client = cloudwatch_client(
-            getattr(operator, "aws_conn_id", None), getattr(operator, "region_name", None), getattr(operator, "verify", None)
+        hook = CloudWatchMetricsHook(
+            aws_conn_id=getattr(operator, "aws_conn_id", None),
+            region_name=getattr(operator, "region_name", None),
+            verify=getattr(operator, "verify", None),
         )
     except Exception as err:
         log.warning("BareCount could not build a CloudWatch client: %s", err)
         for query in queries:
             result.absent(query.path, f"no CloudWatch client ({type(err).__name__}): {query.metric} not read")
         return
-    record_cloudwatch_metrics(result, client, queries, started_at, finished_at)
+    record_cloudwatch_metrics(result, hook, queries, started_at, finished_at)
 
 
 def _metric_data_queries(queries: Sequence[MetricQuery]) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -131,7 +119,8 @@ def record_cloudwatch_metrics(
     started_at: datetime,
     finished_at: datetime,
 ) -> None:
-    """Read every query with one GetMetricData (paged) and record each figure, or why it is absent."""
+    """Read every query with one GetMetricData (paged; ``client``: a :class:`CloudWatchMetricsHook` or
+    anything with its ``get_metric_data``) and record each figure, or why it is absent."""
     if not queries:
         return
     requests, owner = _metric_data_queries(queries)

@@ -20,7 +20,7 @@ from airflow.providers.amazon.aws.links.glue import GlueJobRunDetailsLink
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk.exceptions import AirflowException
 
-from barecount_provider.cost.models import GLUE_DPU_PER_WORKER
+from barecount_provider.cost.backends.glue import GLUE_DPU_PER_WORKER
 from barecount_provider.hooks.glue import BareCountGlueJobHook
 from barecount_provider.operators import cloudwatch
 from barecount_provider.operators.base import (

@@ -7,7 +7,7 @@ the new module.
 
 from __future__ import annotations
 
-from barecount_provider.cost.models import (
+from barecount_provider.cost.backends.glue import (
     GLUE_DPU_PER_WORKER,
 )
 from barecount_provider.operators.emr_serverless import (

@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 from barecount_provider import config, context
+from barecount_provider.runtime.dag_runs import DagTenants, get_dag_tenants, load_tries, run_type_of
 from barecount_provider.telemetry import filesink
 from barecount_provider.telemetry.filesink import state_name as _state
 from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER, get_emitter
@@ -30,13 +30,6 @@ QUEUE_SIZE = 10_000
 EVIDENCE_TICK_SECONDS = 5.0  # how often runs waiting for late evidence entries are retried
 
 
-def _run_type(dag_run: Any) -> str | None:
-    """A DAG run's type as Airflow names it (``manual``, ``scheduled``, ``backfill``, ``asset_triggered``...)."""
-    value = getattr(dag_run, "run_type", None)
-    value = getattr(value, "value", value)  # DagRunType is a str enum
-    return str(value) if value else None
-
-
 def _ms(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
@@ -46,15 +39,13 @@ def _ms(start: datetime | None, end: datetime | None) -> float | None:
 class SchedulerSide:
     """A single background worker fed by the listener; never blocks the caller."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenants: DagTenants | None = None) -> None:
         self.jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._thread: threading.Thread | None = None
         self._sampler: threading.Thread | None = None
         self._forwarder: Any = None  # spool.ForwarderProcess
         self._stop = threading.Event()
-        self._tenants: dict[str, tuple[str, str]] = {}
-        self._tenant_read_at: dict[str, float] = {}
-        self._opted_out: dict[str, bool] = {}
+        self.tenants = tenants if tenants is not None else DagTenants()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -235,66 +226,12 @@ class SchedulerSide:
     def tenant_of(
         self, dag_id: str, dag: Any = None, conf_keys: frozenset[str] = frozenset(), force: bool = False
     ) -> tuple[str, str]:
-        """(tenant, pipeline) of a DAG, from the DAG object when at hand, else its tags in the database.
-
-        ``conf_keys``: the run's conf keys, whose live param values are not trusted (a run's conf must never
-        choose the tenant)."""
-        if dag is not None and conf_keys & set(context.IDENTITY_KEYS):
-            # The run's conf names an identity key: read the declared params from a fresh copy of the
-            # serialized DAG, which no run's conf has touched.
-            try:
-                from airflow.models.serialized_dag import SerializedDagModel
-
-                fresh = SerializedDagModel.get_dag(dag_id)
-                if fresh is not None:
-                    dag, conf_keys = fresh, frozenset()
-            except Exception:
-                EMIT_FAILURES.record("scheduler_side", "serialized_dag")
-        if dag is not None:
-            self._opted_out[dag_id] = context.is_opted_out(dag, conf_keys)
-            tenant = context.declared(None, dag, "tenant", conf_keys) or config.default_tenant()
-            pipeline = context.declared(None, dag, "pipeline", conf_keys) or dag_id
-            self._tenants[dag_id] = (tenant, pipeline)
-            self._refuse_unbound_tenant(dag_id, tenant)
-            return tenant, pipeline
-        cached = self._tenants.get(dag_id)
-        if cached and not force:
-            return cached
-        tags: set[str] = set()
-        try:
-            from airflow.models.dag import DagTag
-            from airflow.utils.session import create_session
-            from sqlalchemy import select
-
-            with create_session() as session:
-                tags = set(session.scalars(select(DagTag.name).where(DagTag.dag_id == dag_id)))
-        except Exception:
-            EMIT_FAILURES.record("scheduler_side", "tags")
-        holder = SimpleNamespace(tags=tags)  # a DAG as far as context.declared() looks
-        self._opted_out[dag_id] = context.is_opted_out(holder)
-        tenant = context.declared(None, holder, "tenant") or config.default_tenant()
-        pipeline = context.declared(None, holder, "pipeline") or dag_id
-        self._tenants[dag_id] = (tenant, pipeline)
-        self._tenant_read_at[dag_id] = time.monotonic()
-        self._refuse_unbound_tenant(dag_id, tenant)
-        return tenant, pipeline
-
-    def _refuse_unbound_tenant(self, dag_id: str, tenant: str) -> None:
-        """A DAG whose bundle may not declare its tenant (policy ``declared_by``) is recorded nowhere: never in
-        that tenant's chain (:func:`barecount_provider.tenancy.tenant_refused_at_run_time`)."""
-        from barecount_provider.tenancy import tenant_refused_at_run_time
-
-        refusal = tenant_refused_at_run_time(dag_id, tenant)
-        if refusal is not None:
-            self._opted_out[dag_id] = True
+        """(tenant, pipeline) of a DAG (:meth:`barecount_provider.runtime.dag_runs.DagTenants.tenant_of`)."""
+        return self.tenants.tenant_of(dag_id, dag, conf_keys, force)
 
     def opted_out(self, dag_id: str) -> bool:
-        """Whether the DAG opted out (tag or declared param); resolves the DAG first when needed."""
-        if dag_id not in self._opted_out:
-            self.tenant_of(dag_id)
-        return self._opted_out.get(dag_id, False)
+        return self.tenants.opted_out(dag_id)
 
-    TENANT_TTL_SECONDS = 60.0
     in_scheduler = False  # set when the scheduler's job starts (lifecycle.on_starting)
 
     def _warm_tenant(self, dag_id: str) -> None:
@@ -307,8 +244,8 @@ class SchedulerSide:
         refreshed in the background (that run is sampled at the default tenant's ratio). Elsewhere (the API
         server creating a triggered run) a miss is looked up at once: one indexed read of the DAG's tags.
         """
-        cached = self._tenants.get(dag_id)
-        stale = time.monotonic() - self._tenant_read_at.get(dag_id, 0.0) > self.TENANT_TTL_SECONDS
+        cached = self.tenants.cached(dag_id)
+        stale = self.tenants.stale(dag_id)
         if cached is not None and not stale:
             return cached[0]
         if self.in_scheduler or cached is not None:
@@ -337,7 +274,7 @@ class SchedulerSide:
             "start_date": dag_run.start_date,
             "end_date": dag_run.end_date or datetime.now(UTC),
             "queued_at": getattr(dag_run, "queued_at", None),
-            "run_type": _run_type(dag_run),
+            "run_type": run_type_of(dag_run),
             "dag": getattr(dag_run, "dag", None),
             "conf_keys": frozenset(getattr(dag_run, "conf", None) or {}),
         }
@@ -361,7 +298,7 @@ class SchedulerSide:
         if queued is not None:
             points.append(("barecount.dag_run.queued_time", TIMER, queued, run_tags))
 
-        tries = self._load_tries(dag_id, run_id)
+        tries = load_tries(dag_id, run_id)
         tasks: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for row in tries:
             tasks.setdefault((row["task_id"], row["map_index"]), []).append(row)
@@ -405,32 +342,6 @@ class SchedulerSide:
                     "trace_id": f"{context.trace_id_for(dag_id, run_id):032x}",
                 }
             )
-
-    def _load_tries(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        """Every try of the run: the latest from task_instance, earlier ones from task_instance_history, each
-        with the host that ran it (``hostname``: Airflow's, "" until a worker took the try)."""
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.models.taskinstancehistory import TaskInstanceHistory
-        from airflow.utils.session import create_session
-        from sqlalchemy import select
-
-        rows: list[dict[str, Any]] = []
-        with create_session() as session:
-            for model, latest in ((TaskInstance, True), (TaskInstanceHistory, False)):
-                query = select(
-                    model.task_id, model.map_index, model.try_number, model.state,
-                    model.queued_dttm, model.start_date, model.end_date, model.pid, model.hostname,
-                ).where(model.dag_id == dag_id, model.run_id == run_id)
-                for r in session.execute(query):
-                    rows.append(
-                        {
-                            "dag_id": dag_id, "run_id": run_id, "task_id": r.task_id, "map_index": r.map_index,
-                            "try_number": r.try_number, "state": _state(r.state), "queued_dttm": r.queued_dttm,
-                            "start_date": r.start_date, "end_date": r.end_date, "pid": r.pid, "latest": latest,
-                            "hostname": r.hostname or None,
-                        }
-                    )
-        return rows
 
     def _file_event(self, row: dict[str, Any], tenant: str, pipeline: str, source: str) -> None:
         if not config.file_sink_on():
@@ -615,4 +526,4 @@ class SchedulerSide:
 
 @functools.cache
 def get_scheduler_side() -> SchedulerSide:
-    return SchedulerSide()
+    return SchedulerSide(get_dag_tenants())

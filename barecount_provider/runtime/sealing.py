@@ -11,6 +11,7 @@ from typing import Any
 from barecount_provider import config
 from barecount_provider.evidence.assemble import REASON_EVENTS, AirflowEvent, Assembler, PendingRun
 from barecount_provider.evidence.store import EvidenceStore, open_store
+from barecount_provider.runtime.dag_runs import get_dag_tenants, load_tries, run_type_of
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,8 @@ def _error(what: str) -> None:
 
 @functools.cache
 def get_assembler() -> Assembler:
-    from barecount_provider.runtime.scheduler_side import get_scheduler_side
-
-    side = get_scheduler_side()
     return Assembler(
-        _store, side._load_tries, config.evidence_grace_seconds, on_error=_error, load_events=load_try_events,
+        _store, load_tries, config.evidence_grace_seconds, on_error=_error, load_events=load_try_events,
     )  # fmt: skip
 
 
@@ -194,7 +192,6 @@ def recover(*, now: datetime | None = None, only: list[tuple[str, str]] | None =
     from barecount_provider.evidence import assemble as assemble_module
     from barecount_provider.evidence.record import record_id_for
     from barecount_provider.evidence.store import records_table
-    from barecount_provider.runtime.scheduler_side import _run_type, get_scheduler_side
     from barecount_provider.telemetry.filesink import state_name
 
     now = now or datetime.now(UTC)
@@ -228,7 +225,7 @@ def recover(*, now: datetime | None = None, only: list[tuple[str, str]] | None =
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             sealed.update(connection.scalars(select(records_table.c.record_id).where(records_table.c.record_id.in_(chunk))))
-    side = get_scheduler_side()
+    tenants_of_dags = get_dag_tenants()
     assembler = get_assembler()
     grace = timedelta(seconds=config.evidence_grace_seconds())
     tenants: dict[str, tuple[str, str]] = {}
@@ -244,9 +241,9 @@ def recover(*, now: datetime | None = None, only: list[tuple[str, str]] | None =
         if key in assembler.pending:
             continue
         if dag_id not in tenants:
-            tenants[dag_id] = side.tenant_of(dag_id, force=True)  # once per DAG: its tags, read now
+            tenants[dag_id] = tenants_of_dags.tenant_of(dag_id, force=True)  # once per DAG: its tags, read now
         tenant, pipeline = tenants[dag_id]
-        if side.opted_out(dag_id):
+        if tenants_of_dags.opted_out(dag_id):
             if key in remembered:
                 assemble_module.forget_pending(store, dag_id, run_id)
             continue
@@ -257,7 +254,7 @@ def recover(*, now: datetime | None = None, only: list[tuple[str, str]] | None =
             continue  # no entry, never pending: a run BareCount did not see (evidence off at the time)
         run = PendingRun(
             dag_id=dag_id, run_id=run_id, tenant=tenant, pipeline=pipeline, state=state, started_at=row.start_date,
-            ended_at=row.end_date or now, run_type=_run_type(row), remembered=key in remembered,
+            ended_at=row.end_date or now, run_type=run_type_of(row), remembered=key in remembered,
         )
         log.info("BareCount seals the evidence of %s %s, left unsealed by a scheduler that stopped", dag_id, run_id)
         assembler.run_finished(run)
@@ -297,7 +294,6 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
     from sqlalchemy import select
 
     from barecount_provider.evidence.assemble import assemble, expected_tries
-    from barecount_provider.runtime.scheduler_side import _run_type, get_scheduler_side
     from barecount_provider.telemetry.filesink import state_name
 
     with create_session() as session:
@@ -305,11 +301,11 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
         if dag_run is None:
             raise LookupError(f"no DAG run {run_id!r} of DAG {dag_id!r}")
         state, start, end = state_name(dag_run.state), dag_run.start_date, dag_run.end_date
-        run_type = _run_type(dag_run)
+        run_type = run_type_of(dag_run)
     if state not in ("success", "failed"):
         raise ValueError(f"DAG run {run_id!r} of {dag_id!r} is {state}: only a finished run is sealed")
-    side = get_scheduler_side()
-    tenant, pipeline = side.tenant_of(dag_id, force=True)
+    tenants_of_dags = get_dag_tenants()
+    tenant, pipeline = tenants_of_dags.tenant_of(dag_id, force=True)
     from barecount_provider.tenancy import tenant_refused_at_run_time
 
     refusal = tenant_refused_at_run_time(dag_id, tenant)
@@ -331,7 +327,7 @@ def seal_run(dag_id: str, run_id: str, *, grace_seconds: int | None = None) -> d
     return assemble(
         _store(),
         run,
-        expected_tries(side._load_tries(dag_id, run_id)),
+        expected_tries(load_tries(dag_id, run_id)),
         now=datetime.now(UTC),
         grace=timedelta(seconds=grace),
         trace_id=f"{context.trace_id_for(dag_id, run_id):032x}",

@@ -62,9 +62,9 @@ def test_hosts_come_from_the_task_and_from_airflows_task_instances(
             )
             .values(hostname="worker-elsewhere")
         )
-    from barecount_provider.runtime.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.dag_runs import load_tries
 
-    rows = get_scheduler_side()._load_tries(dag.dag_id, run.run_id)  # each try with Airflow's host
+    rows = load_tries(dag.dag_id, run.run_id)  # each try with Airflow's host
     assert {(row["task_id"], row["try_number"]): row["hostname"] for row in rows}[(task_id, 1)] == "worker-elsewhere"
     # the run was sealed as it ended (dag.test's listener): seal it again into a fresh store with its entries
     fresh = EvidenceStore(

@@ -105,10 +105,10 @@ def test_a_try_airflow_failed_for_its_heartbeat_is_sealed_with_that_reason(
     for entry in evidence._store().entries_for_run(DAG_ID, run.run_id):
         if entry["key"] != f"{LOST}#1":
             fresh.put_entry(entry)
-    from barecount_provider.runtime.scheduler_side import get_scheduler_side
+    from barecount_provider.runtime.dag_runs import load_tries
 
     assembler = assemble_module.Assembler(
-        lambda: fresh, get_scheduler_side()._load_tries, lambda: 0, load_events=evidence.load_try_events
+        lambda: fresh, load_tries, lambda: 0, load_events=evidence.load_try_events
     )
     pending = assemble_module.PendingRun(
         dag_id=DAG_ID, run_id=run.run_id, tenant="acme", pipeline="orders", state="failed",

@@ -110,8 +110,9 @@ def test_a_failed_read_is_recorded_never_raised(error: Exception) -> None:
     assert "AccessDenied" in source or "ConnectTimeoutError" in source
 
 
-def test_client_uses_short_timeouts_and_no_retries() -> None:
-    client = cloudwatch.cloudwatch_client(None, "us-east-1")
-    config = client.meta.config
-    assert (config.connect_timeout, config.read_timeout) == (cloudwatch.CONNECT_TIMEOUT_S, cloudwatch.READ_TIMEOUT_S)
+def test_the_hook_uses_short_timeouts_and_no_retries() -> None:
+    from barecount_provider.hooks.cloudwatch import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, CloudWatchMetricsHook
+
+    config = CloudWatchMetricsHook(aws_conn_id=None, region_name="us-east-1").conn.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
     assert config.retries["total_max_attempts"] == 1  # one attempt: no retry

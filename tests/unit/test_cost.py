@@ -26,7 +26,8 @@ from barecount_provider.cost import (
     shipped_price_table,
     validate_price_file,
 )
-from barecount_provider.cost.models import GLUE_DPU_PER_WORKER, fmt_number, fmt_usd
+from barecount_provider.cost.backends.glue import GLUE_DPU_PER_WORKER
+from barecount_provider.cost.format import fmt_number, fmt_usd
 from barecount_provider.telemetry.metrics import COUNTER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -788,7 +789,7 @@ def test_a_local_try_without_runner_result_is_costed_as_the_general_path_does(tm
     """estimate() takes a shortcut for a local try without a runner_result (every task not run by a runner
     operator): its result is the general path's, field for field, with and without a slot rate, for a
     configured rate and a negotiated one, and it follows a change of price table."""
-    from barecount_provider.cost import models
+    from barecount_provider.cost import estimates
 
     path = tmp_path / "prices.json"
     path.write_text(json.dumps({"name": "acme", "version": "3", "prices": {"local": {"worker_slot_hour": 0.2}}}))
@@ -798,7 +799,7 @@ def test_a_local_try_without_runner_result_is_costed_as_the_general_path_does(tm
     for price_table in tables:
         for runtime in runtimes:
             quick = estimate("local", None, runtime_s=runtime, price_table=price_table)
-            general = models._estimate("local", None, float(runtime), price_table)
+            general = estimates._estimate("local", None, float(runtime), price_table)
             assert quick.as_dict() == general.as_dict(), (price_table.label, runtime)
             assert quick == general
     assert estimate("local", None, runtime_s=90, price_table=tables[1]).total_usd == pytest.approx(0.0025)

@@ -89,7 +89,7 @@ def test_the_scheduler_side_seals_a_finished_run_with_its_run_type(monkeypatch: 
     monkeypatch.setattr(scheduler_side, "get_scheduler_side", lambda: side)
     monkeypatch.setattr(side, "tenant_of", lambda dag_id, dag=None, conf_keys=frozenset(), force=False: ("acme", "orders"))
     monkeypatch.setattr(side, "opted_out", lambda dag_id: False)
-    monkeypatch.setattr(side, "_load_tries", lambda dag_id, run_id: _rows("t"))
+    monkeypatch.setattr(scheduler_side, "load_tries", lambda dag_id, run_id: _rows("t"))
     monkeypatch.setattr(side, "_emit_spans", lambda *args: None)
     emitter = SimpleNamespace(emit=lambda points: None, report_failures=lambda: None, flush=lambda *a: None, describe=dict)
     monkeypatch.setattr(scheduler_side, "get_emitter", lambda: emitter)
@@ -97,7 +97,7 @@ def test_the_scheduler_side_seals_a_finished_run_with_its_run_type(monkeypatch: 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_ON", "True")
     evidence.clear_caches()
     monkeypatch.setattr(evidence, "_store", lambda: store)
-    monkeypatch.setattr(evidence, "get_assembler", lambda: assemble_module.Assembler(lambda: store, side._load_tries, lambda: 60))
+    monkeypatch.setattr(evidence, "get_assembler", lambda: assemble_module.Assembler(lambda: store, scheduler_side.load_tries, lambda: 60))
     store.put_entry(_task_entry("t"))
     dag_run = SimpleNamespace(
         dag_id="orders", run_id="r1", state="success", start_date=T0, end_date=T0 + timedelta(seconds=6),

@@ -112,10 +112,10 @@ def test_cost_mapping_check_answers_as_isinstance_mapping():
     from collections.abc import Mapping
     from types import MappingProxyType
 
-    from barecount_provider.cost import models
+    from barecount_provider.schema import is_mapping
 
     for candidate in ({}, {"a": 1}, None, "x", 1, 1.5, [], (), MappingProxyType({"a": 1}), object()):
-        assert models._is_mapping(candidate) == isinstance(candidate, Mapping), candidate
+        assert is_mapping(candidate) == isinstance(candidate, Mapping), candidate
 
 
 def test_task_side_tracing_builds_no_sdk_tracer_provider(monkeypatch, tmp_path):

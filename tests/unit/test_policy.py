@@ -25,7 +25,7 @@ from barecount_provider.policy import (
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
-BUILT_IN = Path(policy.__file__).with_name("default_policy.yaml")
+BUILT_IN = Path(policy.__file__).parents[1] / "default_policy.yaml"
 SETTINGS_KEYS = (
     "allowed_runner_classes, max_size, allowed_network_profiles, trace_sampling_ratio, "
     "debug_logs_in_production, limits, retry_budget, failure_classes, replay_approval, cost_budget, size_tables, network_profiles, runner_targets, declared_by"
@@ -68,7 +68,11 @@ def test_built_in_policy_loads_and_validates() -> None:
 
 def test_built_in_policy_sets_every_key_and_sizes_every_runner_class() -> None:
     defaults = yaml.safe_load(BUILT_IN.read_text())["defaults"]
-    assert list(policy._incomplete_keys(policy._SETTINGS, defaults, "defaults")) == []
+    assert policy.incomplete_problems(defaults) == []
+    del defaults["limits"]["max_hosts"]
+    assert [str(p) for p in policy.incomplete_problems(defaults)] == [
+        "<built-in>: defaults.limits.max_hosts: missing; expected every key set in the built-in defaults"
+    ]
     built_in = load_policy().defaults
     assert built_in.resources("serverless", "m") == {
         "lambda": {"memory_mb": 1024, "ephemeral_storage_mb": 1024}
