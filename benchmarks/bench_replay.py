@@ -30,7 +30,8 @@ def _rss_mb() -> float:
 
 
 def fill(directory: str, n: int) -> None:
-    from barecount_provider.recovery.dlq import LocalSegments, SegmentBackend, make_letter
+    from barecount_provider.recovery.letters import make_letter
+    from barecount_provider.recovery.segments import LocalSegments, SegmentBackend
 
     queue = SegmentBackend(LocalSegments(directory, durable=False), "local")
     for first in range(0, n, 10_000):
@@ -42,9 +43,9 @@ def fill(directory: str, n: int) -> None:
 
 
 def replay(directory: str, ledger_url: str, batch_size: int) -> dict:
-    from barecount_provider.recovery.dlq import LocalSegments, SegmentBackend
     from barecount_provider.recovery.ledger import ReplayLedger
     from barecount_provider.recovery.replay import CallableTarget, Replayer
+    from barecount_provider.recovery.segments import LocalSegments, SegmentBackend
 
     applied = [0]
 

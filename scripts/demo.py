@@ -109,14 +109,14 @@ def _text(value: Any, width: int = 28) -> str:
 
 
 def _task_label(event: dict[str, Any]) -> str:
-    from barecount_provider.cli import task_label
+    from barecount_provider.cli.runs import task_label
 
     return task_label(event)
 
 
 def format_table(tries: list[dict[str, Any]]) -> str:
     """The same table as ``barecount runs`` (one layout for both)."""
-    from barecount_provider.cli import tries_table
+    from barecount_provider.cli.runs import tries_table
 
     return tries_table(tries)
 

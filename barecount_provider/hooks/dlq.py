@@ -1,6 +1,6 @@
 """``DeadLetterQueueHook``: send failed records and events to a dead-letter queue, read it, measure it.
 
-One hook over three backends (:mod:`barecount_provider.recovery.dlq`): ``sqs`` (production; an SQS queue,
+One hook over three backends (:mod:`barecount_provider.recovery.segments`, :mod:`~barecount_provider.recovery.sqs`): ``sqs`` (production; an SQS queue,
 with SQS's redrive semantics), ``s3`` (JSON-lines batches under ``s3://bucket/prefix``) and ``local`` (the
 embedded default: segment files under ``[barecount] evidence_dir``/dlq, or ``location``). The AWS clients
 come from the upstream ``SqsHook`` / ``S3Hook`` (``aws_conn_id``), whose connection is looked up as every
@@ -25,19 +25,22 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from barecount_provider.recovery.dlq import (
-    DEFAULT_SEGMENT_BYTES,
+from barecount_provider.recovery.letters import (
     DeadLetter,
     DeadLetterBackend,
-    LocalSegments,
     QueueStats,
-    S3Segments,
     Scope,
-    SegmentBackend,
-    SqsBackend,
+    derive_key,
     error_parts,
     make_letter,
 )
+from barecount_provider.recovery.segments import (
+    DEFAULT_SEGMENT_BYTES,
+    LocalSegments,
+    S3Segments,
+    SegmentBackend,
+)
+from barecount_provider.recovery.sqs import SqsBackend
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +284,6 @@ class DeadLetterQueueHook(BaseHook):
         count = 0
         try:
             for letter in backend.scan(scope or Scope()):
-                if isinstance(backend, SqsBackend):
-                    backend.hold([letter])
                 yield letter
                 count += 1
                 if limit is not None and count >= limit:
@@ -308,8 +309,6 @@ class DeadLetterQueueHook(BaseHook):
 def _event_key(source: Mapping[str, Any], failed_event: Any) -> str:
     """The key of a runner's failed event: its task (dag, task, run, map index) and the event itself, so
     the same event failing on every retry is one record to replay."""
-    from barecount_provider.recovery.dlq import derive_key
-
     identity = [source.get(name) for name in ("dag_id", "task_id", "run_id", "map_index")]
     return derive_key("event", "\x1f".join(str(part) for part in identity), failed_event)
 

@@ -26,8 +26,8 @@ from airflow.sdk.exceptions import AirflowException
 
 from barecount_provider.hooks.dlq import DeadLetterQueueHook
 from barecount_provider.recovery.approvals import canonical_scope, open_approvals, plan_id_for
-from barecount_provider.recovery.dlq import Scope
 from barecount_provider.recovery.ledger import open_ledger
+from barecount_provider.recovery.letters import Scope
 from barecount_provider.recovery.replay import Replayer, ReplayTarget, target_from_spec
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Idempotent replay: re-ingest dead letters into a target, once, throttled, scoped, resumable.
 
-:class:`Replayer` streams a dead-letter queue (:mod:`barecount_provider.recovery.dlq`) in batches; each
+:class:`Replayer` streams a dead-letter queue (:mod:`barecount_provider.recovery.letters`) in batches; each
 batch is claimed in the replay ledger (:mod:`barecount_provider.recovery.ledger`), delivered to the target
 with every record's idempotency key, and recorded as delivered. So a replay that is re-run, crashes midway or
 runs twice at once loses nothing and re-delivers only the batch a crashed run had in flight (counted as
@@ -27,16 +27,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from barecount_provider.recovery.dlq import (
+from barecount_provider.recovery.ledger import ReplayLedger, ledger_key
+from barecount_provider.recovery.letters import (
     DeadLetter,
     DeadLetterBackend,
     QueueStats,
     Scope,
-    SqsBackend,
     canonical_json,
     now_iso,
 )
-from barecount_provider.recovery.ledger import ReplayLedger, ledger_key
 
 log = logging.getLogger(__name__)
 
@@ -523,8 +522,6 @@ class Replayer:
                         oldest = letter.enqueued_at
                     if newest is None or letter.enqueued_at > newest:
                         newest = letter.enqueued_at
-                if isinstance(self.dlq, SqsBackend):
-                    self.dlq.hold(batch)
         finally:
             self.dlq.finish(None)
         cost, basis = self.target.estimate_cost_usd(records, size)
@@ -571,7 +568,6 @@ class Replayer:
             for batch in _batches(self.dlq.scan(self.scope), self.batch_size):
                 if self.max_records is not None and outcome.delivered >= self.max_records:
                     outcome.status = "stopped"
-                    self._hold(batch)
                     break
                 self._one_batch(batch, owner, outcome, dead, known_live)
                 self._throttle(started, outcome)
@@ -605,10 +601,6 @@ class Replayer:
             except Exception:
                 self.log.warning("Replay %s: could not record the run's end in the ledger", self.scope_id, exc_info=True)
         return outcome
-
-    def _hold(self, letters: Sequence[DeadLetter]) -> None:
-        if isinstance(self.dlq, SqsBackend):
-            self.dlq.hold(letters)
 
     def _one_batch(
         self, batch: list[DeadLetter], owner: str, outcome: ReplayOutcome, dead: set[str], known_live: set[str]
@@ -654,7 +646,6 @@ class Replayer:
                 outcome.failed += len(to_deliver)
                 outcome.last_error = message
                 outcome.errors_by_class[type(err).__name__] = outcome.errors_by_class.get(type(err).__name__, 0) + len(to_deliver)
-                self._hold(batch)
                 raise
         failed = {ledger_key(key): error for key, error in errors.items()}
         ok = [key for key in claim.ours if key not in failed]
@@ -677,12 +668,8 @@ class Replayer:
         else:  # another run took some over: only what the ledger has as delivered leaves the queue
             done_keys = {ledger_key(k) for k in self.ledger.delivered_keys(self.scope_id, ok)} | claim.delivered
         done = [letter for key in done_keys for letter in by_key[key]]
-        kept = [letter for key, letters in by_key.items() if key not in done_keys for letter in letters]
-        self._hold(kept)
-        if self.remove_delivered and done:
+        if self.remove_delivered and done:  # the other letters stay queued (SQS: released by the scan's finish)
             self.dlq.settle(done)
-        elif done:
-            self._hold(done)
 
     def _throttle(self, started: float, outcome: ReplayOutcome) -> None:
         if not self.rate:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from barecount_provider import cli, config
+from barecount_provider.cli import doctor as cli_doctor
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import store as store_module
 from barecount_provider.evidence.facts import TryFacts
@@ -291,7 +292,7 @@ def test_doctor_says_the_probe_is_left_where_its_delete_is_refused(tmp_path: Pat
         def delete(self, location: str) -> None:
             raise PermissionError("delete refused")
 
-    status = cli._probe_bodies(Undeletable(str(tmp_path)))
+    status = cli_doctor._probe_bodies(Undeletable(str(tmp_path)))
     assert status.startswith("ok (wrote and read back doctor-probe-")
     assert status.endswith("left there, delete refused: PermissionError: delete refused)")
     assert len([name for name in os.listdir(tmp_path) if name.startswith("doctor-probe-")]) == 1

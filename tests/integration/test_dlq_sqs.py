@@ -8,8 +8,8 @@ import json
 import pytest
 
 from barecount_provider.hooks.dlq import DeadLetterQueueHook
-from barecount_provider.recovery.dlq import Scope
 from barecount_provider.recovery.ledger import ReplayLedger
+from barecount_provider.recovery.letters import Scope
 from barecount_provider.recovery.replay import Replayer, SqsTarget
 from tests.integration.conftest import MOTO_CONN_ID
 

@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 import pytest
 
-from barecount_provider.recovery.dlq import LocalSegments, Scope, SegmentBackend, make_letter
+from barecount_provider.recovery.letters import Scope, make_letter
+from barecount_provider.recovery.segments import LocalSegments, SegmentBackend
 
 from .stack import AirflowStack
 

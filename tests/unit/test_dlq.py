@@ -10,15 +10,8 @@ from typing import Any
 import pytest
 
 from barecount_provider.hooks.dlq import DeadLetterQueueHook, backend_kind
-from barecount_provider.recovery.dlq import (
-    CURRENT,
-    DeadLetter,
-    LocalSegments,
-    Scope,
-    SegmentBackend,
-    derive_key,
-    make_letter,
-)
+from barecount_provider.recovery.letters import DeadLetter, Scope, derive_key, make_letter
+from barecount_provider.recovery.segments import CURRENT, LocalSegments, SegmentBackend
 
 
 def _letters(n: int, *, pipeline: str = "orders", error: Any = None, start: int = 0) -> list[DeadLetter]:
@@ -183,7 +176,7 @@ def test_a_runner_failed_event_goes_to_the_queue_with_one_key_across_retries(tmp
 
 
 def test_a_runner_failed_event_is_kept_locally_when_the_queue_refuses(tmp_path, emitted, monkeypatch):
-    from barecount_provider.recovery.dlq import SqsBackend
+    from barecount_provider.recovery.sqs import SqsBackend
     from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))

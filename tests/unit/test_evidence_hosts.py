@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from barecount_provider import cli, config
+from barecount_provider.cli import evidence as cli_evidence
 from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence import record as rec
 from barecount_provider.evidence import store as store_module
@@ -113,7 +114,7 @@ def test_a_record_whose_every_entry_is_absent_never_claims_a_complete_zero() -> 
 def test_an_absent_try_is_counted_once_as_unknown(store: EvidenceStore) -> None:
     store.put_entry(_entry("t", host="sched"))
     record = _seal(store, _rows(("t", "sched"), ("u", "sched")))
-    assert cli._unknown_costs(record) == [("u#1", cli_reason())]
+    assert cli_evidence._unknown_costs(record) == [("u#1", cli_reason())]
     from barecount_provider.api.queries import _unknown_tries
 
     unknown = list(_unknown_tries(store, since=None, until=None, tenant=None, dag_ids=None))

@@ -221,13 +221,13 @@ def test_a_reason_detail_can_be_redacted_after_sealing_like_any_field(store: Evi
 def test_the_cost_left_unknown_by_an_absent_try_says_why_in_the_cli_and_the_cost_report(
     store: EvidenceStore,
 ) -> None:
-    from barecount_provider import cli
     from barecount_provider.api.queries import ABSENT_REASON, _unknown_tries
+    from barecount_provider.cli import evidence as cli_evidence
 
     heartbeat = AirflowEvent("heartbeat timeout", T0, HEARTBEAT_EXTRA)
     record = _seal(store, [_row("sleep", "failed")], {("sleep", -1, 1): [heartbeat]})
     why = f"{ABSENT_REASON}: heartbeat_timeout"
-    assert cli._unknown_costs(record) == [("sleep#1", why)]
+    assert cli_evidence._unknown_costs(record) == [("sleep#1", why)]
     assert [
         reason for _facts, reason in _unknown_tries(store, since=None, until=None, tenant=None, dag_ids=None)
     ] == [why]
@@ -236,7 +236,7 @@ def test_the_cost_left_unknown_by_an_absent_try_says_why_in_the_cli_and_the_cost
         **record,
         "entries": [{k: v for k, v in entry.items() if k != "reason"} for entry in record["entries"]],
     }
-    assert cli._unknown_costs(old) == [("sleep#1", ABSENT_REASON)]
+    assert cli_evidence._unknown_costs(old) == [("sleep#1", ABSENT_REASON)]
 
 
 def test_the_assembler_reads_the_events_of_the_run_it_seals(store: EvidenceStore) -> None:

@@ -111,19 +111,20 @@ def test_invalid_enabled_option_never_breaks_airflow_start(tmp_path, value):
 def test_doctor_says_where_masking_is_active(monkeypatch):
     import airflow  # noqa: F401  (settings load: the policy entry point extends the masker)
 
-    from barecount_provider import cli, policies, redaction
+    from barecount_provider import policies, redaction
+    from barecount_provider.cli import doctor
 
-    masking = cli._doctor_masking()
+    masking = doctor._doctor_masking()
     assert masking["entry_point"] is True
     assert masking["at_settings_load"] is True
     assert "settings load" in masking["status"] and "airflow.policy" in masking["status"]
 
     monkeypatch.setattr(policies, "MASKER_EXTENDED_AT_SETTINGS_LOAD", False)
-    assert "plugin load only" in cli._doctor_masking()["status"]
+    assert "plugin load only" in doctor._doctor_masking()["status"]
     already = redaction.is_installed_in_airflow_masker()
     redaction.uninstall_from_airflow_masker()
     try:
-        assert cli._doctor_masking()["status"].startswith("NOT extended")
+        assert doctor._doctor_masking()["status"].startswith("NOT extended")
     finally:
         if already:
             redaction.install_in_airflow_masker()

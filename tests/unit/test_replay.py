@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from barecount_provider.recovery.dlq import LocalSegments, Scope, SegmentBackend, make_letter
 from barecount_provider.recovery.ledger import ReplayLedger
+from barecount_provider.recovery.letters import Scope, make_letter
 from barecount_provider.recovery.replay import (
     CallableTarget,
     LambdaTarget,
@@ -22,6 +22,7 @@ from barecount_provider.recovery.replay import (
     SqlTableTarget,
     SqsTarget,
 )
+from barecount_provider.recovery.segments import LocalSegments, SegmentBackend
 
 
 class IdempotentTarget:

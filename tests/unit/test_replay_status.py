@@ -13,8 +13,9 @@ from pathlib import Path
 
 from barecount_provider.cli import main
 from barecount_provider.recovery import ledger as ledger_module
-from barecount_provider.recovery.dlq import LocalSegments, SegmentBackend, make_letter
 from barecount_provider.recovery.ledger import ReplayLedger
+from barecount_provider.recovery.letters import make_letter
+from barecount_provider.recovery.segments import LocalSegments, SegmentBackend
 
 ROOT = Path(__file__).resolve().parents[2]
 DELIVERED: list[str] = []
