@@ -29,7 +29,12 @@ def preload() -> None:
     of task processes hold no thread and no buffer of the SDK (StatsD's socket, a JSON-lines file, the OTLP
     spool, see spool.py), so one built here is shared by every forked task process; the exporters that do
     (OTLP) live in the long-lived process that forwards the spool (scheduler_side.py).
+
+    Nothing is preloaded with ``[barecount] fast_paths = False``: each task process then imports and builds
+    what it needs itself (docs/benchmarks.md has what that costs).
     """
+    if not config.fast_paths():
+        return
     import opentelemetry.sdk.trace
     import opentelemetry.sdk.trace.export  # noqa: F401
 
@@ -76,8 +81,7 @@ def preload() -> None:
         except Exception:
             EMIT_FAILURES.record("evidence", "preload")
     try:
-        for _ in range(WARM_ROUNDS):
-            _warm_try_path()
+        _warm_try_path()
     except Exception:
         EMIT_FAILURES.record("preload", "warm")
         log.debug("BareCount could not warm the task path", exc_info=True)
@@ -114,18 +118,10 @@ def warm_task_frame_sources() -> list[str]:
     return read
 
 
-WARM_ROUNDS = 10
-"""Times :func:`preload` runs the try's path. CPython 3.11 quickens a function's code after its 8th call
-(before that, every call writes the code object's warm-up counter, a copy-on-write page fault in a forked
-task process for each function it calls the first time); run ten times in the process that forks the task
-processes, the path's code is quickened and specialised there, once. Side by side, in both orders
-(``bench_overhead.py --baseline``): about 0.03–0.07 ms less in the ``running`` hook."""
-
-
 def _warm_try_path() -> None:
     """Run the part of a try's path that has no output once, on a stand-in task, in the process that forks
-    the task processes: what a task process's first try would otherwise do first (specialising the code it
-    runs, filling the ABC, regex and redaction caches, building lazily made objects) is done once, here,
+    the task processes: what a task process's first try would otherwise do first (importing what the path
+    imports lazily, filling the ABC, regex and redaction caches, building lazily made objects) is done once, here,
     and inherited. Nothing is written, sent, exported or left bound: the span goes to no exporter, the
     metric points (and their StatsD lines and datagrams), the span line, the file-sink event and the
     evidence entry are built and encoded, not written or sent; the log context is bound and unbound at

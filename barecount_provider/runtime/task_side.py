@@ -7,6 +7,7 @@ and never raises: the listener wraps every call and counts failures.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from datetime import UTC, datetime
@@ -217,25 +218,20 @@ def on_try_finished(ti: Any, state: str, error: Any = None) -> None:
     outbox.write_pending()  # what the try spooled (OTLP spans and points; handed-off outputs): one record
 
 
-_SINKS_DESCRIPTIONS: dict[tuple[int, int, str], tuple[Any, Any, dict[str, str]]] = {}
-
-
 def sinks_description(events_path: str) -> dict[str, str]:
     """Where this process's telemetry goes (the file-sink event's ``sinks``): the metric sinks, the traces'
     exporter and the events file. Fixed for a process's emitter and tracer, so described once for them
     (before the fork, by the warm-up); callers must not change the dict."""
-    emitter, tracer = get_emitter(), tracing.get_tracing()
-    key = (id(emitter), id(tracer), events_path)
-    cached = _SINKS_DESCRIPTIONS.get(key)
-    if cached is None or cached[0] is not emitter or cached[1] is not tracer:
-        sinks = emitter.describe()
-        sinks["traces"] = tracer.exporter_desc if tracer is not None else "off"
-        sinks["file"] = events_path
-        sinks["written_by"] = "task"  # "forwarder" in the events of a task process that hands off
-        if len(_SINKS_DESCRIPTIONS) >= 8:
-            _SINKS_DESCRIPTIONS.clear()
-        cached = _SINKS_DESCRIPTIONS[key] = (emitter, tracer, sinks)
-    return cached[2]
+    return _described(get_emitter(), tracing.get_tracing(), events_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _described(emitter: Any, tracer: Any, events_path: str) -> dict[str, str]:
+    sinks = emitter.describe()
+    sinks["traces"] = tracer.exporter_desc if tracer is not None else "off"
+    sinks["file"] = events_path
+    sinks["written_by"] = "task"  # "forwarder" in the events of a task process that hands off
+    return sinks
 
 
 def _try_points(

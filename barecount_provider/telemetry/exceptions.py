@@ -8,7 +8,7 @@ import os
 import traceback
 from typing import Any
 
-from barecount_provider import redaction
+from barecount_provider import config, redaction
 
 
 def _frame_lines(error: BaseException) -> dict[str, set[int]]:
@@ -201,7 +201,8 @@ def format_exception_text(error: BaseException) -> str:
     as the Airflow modules preload() reads, are taken from it). The common case (a chain of ordinary
     exceptions) is formatted here from the frames, as ``traceback`` formats it, without its per-frame
     objects (0.6 ms and 120 page faults for a short traceback in a forked task process); exception groups,
-    syntax errors and a set ``sys.tracebacklimit`` go through ``traceback`` itself.
+    syntax errors and a set ``sys.tracebacklimit`` go through ``traceback`` itself, as does every case with
+    ``[barecount] fast_paths = False`` (the same text).
     """
     import linecache
 
@@ -227,7 +228,7 @@ def format_exception_text(error: BaseException) -> str:
             return linecache.getline(path, lineno)
         return lines[lineno]
 
-    text = _lean_format(error, source)
+    text = _lean_format(error, source) if config.fast_paths() else None
     if text is not None:
         return text
     exception = traceback.TracebackException(type(error), error, error.__traceback__, compact=True)
@@ -249,10 +250,10 @@ def exception_facts(error: BaseException) -> list[list[Any]] | None:
     registered secrets are known. The forwarder renders the text from them (:func:`render_exception_facts`),
     reading the source lines itself: code, which Airflow shows in its UI, not the try's data; it redacts them
     with the value patterns. None where only ``traceback`` gives the right text (exception groups, syntax
-    errors, a set ``sys.tracebacklimit``)."""
+    errors, a set ``sys.tracebacklimit``, ``[barecount] fast_paths = False``: the task formats the text)."""
     import sys
 
-    if getattr(sys, "tracebacklimit", None) is not None:
+    if getattr(sys, "tracebacklimit", None) is not None or not config.fast_paths():
         return None
     chain = _chain(error)
     if chain is None:

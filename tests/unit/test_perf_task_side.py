@@ -212,8 +212,7 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
         monkeypatch.delenv(name, raising=False)
     metrics.EMIT_FAILURES.counts.clear()
     before = dict(structlog.contextvars.get_contextvars())
-    for _ in range(preload.WARM_ROUNDS):
-        preload._warm_try_path()
+    preload._warm_try_path()
     try:
         with pytest.raises(BlockingIOError):
             statsd_server.recv(65535, socket.MSG_DONTWAIT)
@@ -496,3 +495,27 @@ def test_the_file_sink_events_sinks_are_described_once_per_emitter_and_tracer(mo
     metrics.get_emitter.cache_clear()
     second = task_side.sinks_description(events)
     assert second is not first and second["statsd"].startswith("udp://") and ":8126" in second["statsd"]
+
+
+@pytest.mark.parametrize("name", ["cause", "context", "notes", "recursion, many"])
+def test_without_fast_paths_the_traceback_is_pythons_and_no_facts_are_handed_off(monkeypatch, name):
+    """``[barecount] fast_paths = False``: the text comes from ``traceback`` itself (the same text), and a
+    failure is never handed off as facts (the task formats it)."""
+    from barecount_provider import config
+
+    error = _caught(LEAN_CASES[name])
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FAST_PATHS", "False")
+    config.cache_clear()
+    assert exceptions.format_exception_text(error) == _python_text(error)
+    assert exceptions.exception_facts(error) is None
+
+
+def test_without_fast_paths_nothing_is_preloaded(monkeypatch):
+    from barecount_provider import config
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FAST_PATHS", "False")
+    config.cache_clear()
+    monkeypatch.setattr(preload, "_warm_try_path", lambda: pytest.fail("warmed with fast_paths = False"))
+    monkeypatch.setattr(preload, "warm_task_frame_sources", lambda: pytest.fail("read sources with fast_paths = False"))
+    monkeypatch.setattr(config, "warm", lambda: pytest.fail("read options with fast_paths = False"))
+    preload.preload()
