@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from barecount_provider import config
+from barecount_provider.adapters import airflow as airflow_adapter
 
 RUNNER_CLASSES = ("serverless", "container", "managed_etl", "dedicated", "local")
 NETWORK_PROFILES = ("public", "vpn", "privatelink", "private_vpc", "on_prem")
@@ -321,7 +322,7 @@ def resolve(
 def run_conf_keys(task_instance: Any) -> frozenset[str]:
     """Keys of the run's conf (in the task process, from the context the API server sent)."""
     try:
-        server_context = getattr(task_instance, "_ti_context_from_server", None)
+        server_context = airflow_adapter.ti_context_from_server(task_instance)
         conf = getattr(getattr(server_context, "dag_run", None), "conf", None) or {}
         return frozenset(conf)
     except Exception:

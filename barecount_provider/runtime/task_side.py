@@ -18,6 +18,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from barecount_provider import config, context, outbox, redaction
 from barecount_provider import policy as _policy
+from barecount_provider.adapters import airflow as airflow_adapter
 from barecount_provider.runtime import forwarding
 from barecount_provider.telemetry import filesink, outbox_sinks, resources, tracing
 from barecount_provider.telemetry import logging as _logging
@@ -70,8 +71,7 @@ def policy_values(tenant: str) -> tuple[float, bool]:
 
 
 def is_resume(ti: Any) -> bool:
-    server_context = getattr(ti, "_ti_context_from_server", None)
-    return bool(getattr(server_context, "next_method", None))
+    return bool(getattr(airflow_adapter.ti_context_from_server(ti), "next_method", None))
 
 
 def on_try_running(ti: Any) -> TryState | None:
