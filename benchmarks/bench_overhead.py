@@ -762,14 +762,14 @@ def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
     prepare_ns = None
     try:
         if not _FORWARDER_READY:
-            # What the forwarder process does once, on its first round: build its direct sinks and its span
-            # exporter and use them once. Timed apart (once).
+            # What the forwarder process does once, on its first round: build its direct sinks and use them
+            # once. Timed apart (once).
             from barecount_provider.telemetry.metrics import get_direct_emitter
 
             t = time.perf_counter_ns()
             direct = get_direct_emitter()
             direct.flush(config.emit_timeout_ms())
-            forwarding.get_forwarder().warm_up()
+            forwarding.get_forwarder()
             prepare_ns = time.perf_counter_ns() - t
             _FORWARDER_READY.append(True)
         for directory in telemetry_dirs:

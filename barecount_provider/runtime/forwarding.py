@@ -239,15 +239,6 @@ class Forwarder:
         except Exception:
             EMIT_FAILURES.record(getattr(sink, "name", "sink"), "spool")
 
-    def warm_up(self) -> None:
-        """Use the span exporter once (an empty export) on the calling thread: its HTTP stack imports
-        modules on first use, which must not happen in a background thread of a process that forks."""
-        if self.span_exporter is not None:
-            try:
-                self.span_exporter.export([])
-            except Exception:
-                pass
-
     def _export_points(self, budget_ms: int) -> None:
         """Export what the meter provider holds (the spooled points and this process's own)."""
         if self.metric_sink is not None:
