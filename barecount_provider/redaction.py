@@ -940,8 +940,7 @@ def register_env_secrets(
 
 
 def _in_task_process() -> bool:
-    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
-    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+    return airflow_adapter.in_supervised_task_process()
 
 
 # -------------------------------------------------------------------------- extending Airflow's masker
@@ -1006,8 +1005,7 @@ def _install_component_log_processor() -> None:
 
     if mask_logs in processors:
         return  # Airflow's mask_logs already runs the extended masker (dag.test(), a trigger's runner)
-    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
-    if getattr(task_runner, "SUPERVISOR_COMMS", None) is not None:
+    if airflow_adapter.in_supervised_task_process():
         return  # a task process: its events are masked by its supervisor, once is enough
     processors.insert(len(processors) - 1, mask_component_event)
 

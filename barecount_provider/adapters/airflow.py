@@ -1,5 +1,5 @@
 """Airflow's private internals BareCount relies on: the secrets maskers' singletons and their class, a task
-instance's context from the API server, and the frames of the DagBag and the DAG processor that call the
+process's link to its supervisor, a task instance's context from the API server, and the frames of the DagBag and the DAG processor that call the
 cluster policies."""
 
 from __future__ import annotations
@@ -65,6 +65,16 @@ def original_masker_class(masker: Any) -> Any:
 def restore_masker(masker: Any) -> None:
     """Undo :func:`extend_masker` (a masker that is not extended is left as it is)."""
     masker.__class__ = original_masker_class(masker)
+
+
+TASK_RUNNER_MODULE = "airflow.sdk.execution_time.task_runner"
+SUPERVISOR_COMMS = "SUPERVISOR_COMMS"
+"""The task runner's module global that holds a task process's link to its supervisor (unset elsewhere)."""
+
+
+def in_supervised_task_process() -> bool:
+    """Whether this process is a task run by the Task SDK under a supervisor (its supervisor link is set)."""
+    return getattr(sys.modules.get(TASK_RUNNER_MODULE), SUPERVISOR_COMMS, None) is not None
 
 
 def ti_context_from_server(ti: Any) -> Any:

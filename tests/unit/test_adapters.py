@@ -130,6 +130,18 @@ def test_airflows_tracing_can_fix_the_next_spans_ids():
     )
 
 
+def test_a_task_process_has_its_supervisor_link_in_the_task_runner(monkeypatch):
+    import airflow.sdk.execution_time.task_runner as task_runner
+
+    assert task_runner.__name__ == airflow_adapter.TASK_RUNNER_MODULE
+    assert airflow_adapter.SUPERVISOR_COMMS in task_runner.__annotations__, (
+        "airflow.sdk.execution_time.task_runner.SUPERVISOR_COMMS is gone: update adapters/airflow.in_supervised_task_process"
+    )
+    assert airflow_adapter.in_supervised_task_process() is False  # no supervisor here
+    monkeypatch.setattr(task_runner, airflow_adapter.SUPERVISOR_COMMS, object(), raising=False)
+    assert airflow_adapter.in_supervised_task_process() is True
+
+
 # ------------------------------------------------------------------------------------------------- statsd
 
 
@@ -192,3 +204,4 @@ def test_a_metric_exporters_preferences():
     )
     assert preferences["preferred_temporality"][Counter] == AggregationTemporality.DELTA
     assert isinstance(preferences["preferred_aggregation"][Counter], SumAggregation)
+
