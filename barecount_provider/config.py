@@ -154,6 +154,16 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "emit_timeout_ms) instead of leaving it for a forwarder: for KubernetesExecutor pods, where no forwarder "
         "runs beside the task. Adds up to emit_timeout_ms to each task process's end.",
     ),
+    "fast_paths": (
+        "boolean",
+        "True",
+        "False",
+        "The task side's measured shortcuts (docs/benchmarks.md): the pre-fork preload (what every try needs, "
+        "imported, built and warmed in the scheduler before it forks the task processes, which inherit it) and "
+        "the lean traceback formatter of a failed try's exception.stacktrace (or its facts, handed off to the "
+        "forwarder). False: nothing is preloaded and the traceback is formatted by Python's traceback module; "
+        "the output is the same.",
+    ),
     "redact_key_names": (
         "string",
         "",
@@ -534,6 +544,7 @@ CHECKS: dict[str, Check] = {
     "emit_timeout_ms": whole(0),
     "task_outputs": one_of(*TASK_OUTPUTS),
     "forward_spool_at_exit": BOOLEAN,
+    "fast_paths": BOOLEAN,
     "redact_key_names": TEXT,
     "redact_value_patterns": PATTERNS,
     "redact_env_name_patterns": Check(
@@ -736,6 +747,11 @@ def task_outputs() -> str:
 @functools.cache
 def forward_spool_at_exit() -> bool:
     return _bool("forward_spool_at_exit")
+
+
+@functools.cache
+def fast_paths() -> bool:
+    return _bool("fast_paths")
 
 
 @functools.cache
@@ -958,6 +974,7 @@ _GETTERS = [
     evidence_checkpoint_object_lock_days,
     task_outputs,
     forward_spool_at_exit,
+    fast_paths,
 ]
 
 

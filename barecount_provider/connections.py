@@ -22,14 +22,14 @@ falls back to the environment and external backends only (no metadata database),
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Any
+
+from barecount_provider.adapters import airflow as airflow_adapter
 
 
 def in_task_process() -> bool:
     """Whether this process is a task run by the Task SDK (its supervisor link is set)."""
-    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
-    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+    return airflow_adapter.in_supervised_task_process()
 
 
 def get_connection(conn_id: str) -> Any:

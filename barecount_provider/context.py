@@ -17,12 +17,14 @@ the same correlation ID and trace ID with no shared state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from barecount_provider import config
+from barecount_provider.adapters import airflow as airflow_adapter
 
 RUNNER_CLASSES = ("serverless", "container", "managed_etl", "dedicated", "local")
 NETWORK_PROFILES = ("public", "vpn", "privatelink", "private_vpc", "on_prem")
@@ -40,23 +42,14 @@ def _key() -> bytes:
     return config.secret_key() or _INSECURE_KEY
 
 
-_KEYED: dict[bytes, Any] = {}  # key -> its keyed BLAKE2b, ready to copy
-
-
+@functools.lru_cache(maxsize=4)
 def _keyed_blake2b(key: bytes) -> Any:
     """BLAKE2b in its keyed mode (a MAC by design, RFC 7693), keyed once per key; each use copies it. A key
-    longer than BLAKE2b's 64 bytes is first hashed to 64 bytes, as HMAC does with a long key. Kept in a plain
-    dict (a read, where ``lru_cache`` relinks its entries on every hit: writes to the parent's pages in a
-    forked task process); a handful of keys at most (tests change it)."""
-    mac = _KEYED.get(key)
-    if mac is None:
-        keyed = key
-        if len(keyed) > hashlib.blake2b.MAX_KEY_SIZE:
-            keyed = hashlib.blake2b(keyed, digest_size=hashlib.blake2b.MAX_KEY_SIZE, person=b"barecount-key").digest()
-        if len(_KEYED) >= 4:
-            _KEYED.clear()
-        mac = _KEYED[key] = hashlib.blake2b(key=keyed, digest_size=32, person=b"barecount")
-    return mac
+    longer than BLAKE2b's 64 bytes is first hashed to 64 bytes, as HMAC does with a long key."""
+    keyed = key
+    if len(keyed) > hashlib.blake2b.MAX_KEY_SIZE:
+        keyed = hashlib.blake2b(keyed, digest_size=hashlib.blake2b.MAX_KEY_SIZE, person=b"barecount-key").digest()
+    return hashlib.blake2b(key=keyed, digest_size=32, person=b"barecount")
 
 
 def keyed_hex(purpose: str, *parts: object, length: int = 32) -> str:
@@ -329,7 +322,7 @@ def resolve(
 def run_conf_keys(task_instance: Any) -> frozenset[str]:
     """Keys of the run's conf (in the task process, from the context the API server sent)."""
     try:
-        server_context = getattr(task_instance, "_ti_context_from_server", None)
+        server_context = airflow_adapter.ti_context_from_server(task_instance)
         conf = getattr(getattr(server_context, "dag_run", None), "conf", None) or {}
         return frozenset(conf)
     except Exception:

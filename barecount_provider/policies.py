@@ -35,12 +35,12 @@ on every executor with Airflow's defaults (docs/logging.md).
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import pluggy
 
 from barecount_provider import config, context, pools
+from barecount_provider.adapters import airflow as airflow_adapter
 from barecount_provider.tenancy import bundle_teams
 
 log = logging.getLogger(__name__)
@@ -137,13 +137,7 @@ def parsing_bundle() -> str | None:
     """The DAG bundle whose file Airflow's DagBag is bagging now (the DAG processor, a task process); None
     elsewhere. Airflow gives a cluster policy the DAG alone: the bundle is read from the DagBag that calls it
     (``DagBag.bag_dag``), the one place BareCount reads it."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "bag_dag":
-            bundle = getattr(frame.f_locals.get("self"), "bundle_name", None)
-            return bundle if isinstance(bundle, str) and bundle else None
-        frame = frame.f_back  # type: ignore[assignment]
-    return None
+    return airflow_adapter.bagging_bundle_name()
 
 
 def declared_tenants(dag: Any) -> set[str]:

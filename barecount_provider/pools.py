@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+from barecount_provider.adapters import airflow as airflow_adapter
+
 if TYPE_CHECKING:
     from barecount_provider.policy import Policy
 
@@ -623,12 +625,7 @@ def tenant_of(task: Any) -> str:
 
 def in_dag_processor() -> bool:
     """Whether this is the parse process of Airflow's DAG processor (there a missing pool is reported)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "_parse_file" and frame.f_globals.get("__name__") == "airflow.dag_processing.processor":
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
+    return airflow_adapter.in_dag_processor_parse()
 
 
 def missing_pool_reason(tenant: str, runner_class: str, name: str) -> str:

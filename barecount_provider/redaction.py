@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from barecount_provider import config
+from barecount_provider.adapters import airflow as airflow_adapter
 
 if TYPE_CHECKING:
     from airflow.sdk._shared.secrets_masker import SecretsMasker
@@ -364,32 +365,9 @@ def looks_like_aws_secret_key(token: str) -> bool:
 # ----------------------------------------------------------------------------------------- Airflow masker
 
 
-def _sdk_secrets_masker_module() -> Any:
-    import airflow.sdk._shared.secrets_masker as module
-
-    return module
-
-
-def _core_secrets_masker_module() -> Any:
-    import airflow._shared.secrets_masker as module
-
-    return module
-
-
 def _airflow_maskers(include_core: bool = True) -> list[Any]:
     """The masker singletons of this process: the task SDK's first, then airflow-core's (when installed)."""
-    maskers: list[Any] = []
-    loaders: list[Callable[[], Any]] = [_sdk_secrets_masker_module]
-    if include_core:
-        loaders.append(_core_secrets_masker_module)
-    for load in loaders:
-        try:
-            masker = load()._secrets_masker()
-        except Exception:
-            continue
-        if all(masker is not seen for seen in maskers):
-            maskers.append(masker)
-    return maskers
+    return airflow_adapter.masker_singletons(include_core=include_core)
 
 
 # ----------------------------------------------------------------------------------------------- Redactor
@@ -435,7 +413,7 @@ class Redactor:
         self._maskers = list(maskers) if maskers is not None else _airflow_maskers()
         airflow_names: set[str] = set()
         try:
-            airflow_names |= set(_sdk_secrets_masker_module().DEFAULT_SENSITIVE_FIELDS)
+            airflow_names |= set(airflow_adapter.masker_module(airflow_adapter.SDK_MASKER_MODULE).DEFAULT_SENSITIVE_FIELDS)
         except Exception:  # pragma: no cover - the task SDK is a dependency of Airflow 3
             pass
         for masker in self._maskers:
@@ -884,7 +862,7 @@ def _airflow_hides_key(masker: Any, name: str) -> bool:
     """Airflow's own decision (its built-in names and ``[core] sensitive_var_conn_names``), without
     BareCount's extension, whose extra names (``pwd``, ``cookie``) are meant for keys in text, not for the
     environment (``PWD``)."""
-    original = getattr(masker, "_barecount_original_class", type(masker))
+    original = airflow_adapter.original_masker_class(masker)
     return bool(original.should_hide_value_for_key(masker, name))
 
 
@@ -962,8 +940,7 @@ def register_env_secrets(
 
 
 def _in_task_process() -> bool:
-    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
-    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+    return airflow_adapter.in_supervised_task_process()
 
 
 # -------------------------------------------------------------------------- extending Airflow's masker
@@ -1007,21 +984,6 @@ class BareCountMaskerExtension(_MaskerBase):
             return bool(super().should_hide_value_for_key(name))
 
 
-_EXTENDED_CLASSES: dict[type, type] = {}
-
-
-def _extended_class(original: type) -> type:
-    extended = _EXTENDED_CLASSES.get(original)
-    if extended is None:
-        extended = type(
-            f"BareCount{original.__name__}",
-            (BareCountMaskerExtension, original),
-            {"__module__": __name__, "_barecount_original_class": original},
-        )
-        _EXTENDED_CLASSES[original] = extended
-    return extended
-
-
 def mask_component_event(logger: Any, method_name: str, event_dict: Any) -> Any:
     """A structlog processor for a component's own logging (scheduler, LocalExecutor worker, triggerer, ...),
     whose chain, unlike a task log file's, has no masking: with ``subprocess_logs_to_stdout`` (LocalExecutor)
@@ -1043,8 +1005,7 @@ def _install_component_log_processor() -> None:
 
     if mask_logs in processors:
         return  # Airflow's mask_logs already runs the extended masker (dag.test(), a trigger's runner)
-    task_runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
-    if getattr(task_runner, "SUPERVISOR_COMMS", None) is not None:
+    if airflow_adapter.in_supervised_task_process():
         return  # a task process: its events are masked by its supervisor, once is enough
     processors.insert(len(processors) - 1, mask_component_event)
 
@@ -1090,7 +1051,7 @@ def install_in_airflow_masker(*, include_core: bool = False, component_logs: boo
         get_redactor()  # compile once here, not on the supervisor's first log line
         for masker in maskers:
             if not isinstance(masker, BareCountMaskerExtension):
-                masker.__class__ = _extended_class(type(masker))
+                airflow_adapter.extend_masker(masker, BareCountMaskerExtension)
     except Exception:
         log.warning("BareCount could not extend Airflow's secrets masker", exc_info=True)
         return False
@@ -1107,7 +1068,7 @@ def uninstall_from_airflow_masker() -> None:
     """Undo :func:`install_in_airflow_masker` (tests, ``barecount doctor``)."""
     for masker in _airflow_maskers(include_core=True):
         if isinstance(masker, BareCountMaskerExtension):
-            masker.__class__ = masker._barecount_original_class
+            airflow_adapter.restore_masker(masker)
     _uninstall_component_log_processor()
 
 

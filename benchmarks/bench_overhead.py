@@ -3,7 +3,7 @@
 Airflow 3.3 runs every task try in a process forked from a supervisor; with LocalExecutor that supervisor is
 a worker process forked from the scheduler, which has loaded the plugins, BareCount's among them, before
 it starts the executor (and frozen its heap with ``gc.freeze()``). Importing BareCount's plugin module runs
-``_install_side_effects()`` → ``task_side.preload()``, once, in the scheduler; every task process inherits
+``_install_side_effects()`` → ``preload.preload()``, once, in the scheduler; every task process inherits
 what it imported and built. This script emulates that chain, cheaply, in two modes run side by side:
 
 * ``preloaded`` (the headline: LocalExecutor's deployment shape): one supervisor per configuration, forked
@@ -466,7 +466,10 @@ class FloorListener:
             "context": dict(ctx.__dict__), "span_id": span_id, "state": state, "start": started,
             "end": time.time(), "usage": usage.as_dict(),
         }
-        exception_facts = getattr(task_side, "exception_facts", None)  # DIR's BareCount may predate it
+        try:
+            from barecount_provider.telemetry.exceptions import exception_facts
+        except ImportError:  # DIR's BareCount may predate the module (or the function)
+            exception_facts = getattr(task_side, "exception_facts", None)
         if error is not None and exception_facts is not None:
             facts["error"] = exception_facts(error)
         directory = os.path.join(config.telemetry_dir(), "floor-facts")
@@ -759,14 +762,14 @@ def forward_spool(telemetry_dirs: list[str]) -> dict[str, Any]:
     prepare_ns = None
     try:
         if not _FORWARDER_READY:
-            # What the forwarder process does once, on its first round: build its direct sinks and its span
-            # exporter and use them once. Timed apart (once).
+            # What the forwarder process does once, on its first round: build its direct sinks and use them
+            # once. Timed apart (once).
             from barecount_provider.telemetry.metrics import get_direct_emitter
 
             t = time.perf_counter_ns()
             direct = get_direct_emitter()
             direct.flush(config.emit_timeout_ms())
-            forwarding.get_forwarder().warm_up()
+            forwarding.get_forwarder()
             prepare_ns = time.perf_counter_ns() - t
             _FORWARDER_READY.append(True)
         for directory in telemetry_dirs:

@@ -14,6 +14,7 @@ rewrites the same entry; a spooled file is deleted only after the store accepted
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -135,19 +136,11 @@ def write_entry(entry: Mapping[str, Any]) -> str:
     return "stored"
 
 
-_TASK_STORES: dict[tuple[str, int], EvidenceStore] = {}
-
-
+@functools.lru_cache(maxsize=2)
 def _task_store(kind: str, timeout_ms: int) -> EvidenceStore:
-    """This process's store for entries, built once (an S3 client costs ~100 ms to build). A plain dict: an
-    ``lru_cache`` hit rewrites its links, a page fault in each task process."""
-    store = _TASK_STORES.get((kind, timeout_ms))
-    if store is None:
-        if len(_TASK_STORES) >= 2:
-            _TASK_STORES.clear()
-        store = _TASK_STORES[(kind, timeout_ms)] = open_store(kind=kind, timeout_ms=timeout_ms)
-    return store
+    """This process's store for entries, built once (an S3 client costs ~100 ms to build)."""
+    return open_store(kind=kind, timeout_ms=timeout_ms)
 
 
 def clear_caches() -> None:
-    _TASK_STORES.clear()
+    _task_store.cache_clear()

@@ -52,7 +52,7 @@ def _install_side_effects() -> None:
     idempotent, none raises."""
     try:
         from barecount_provider.listeners import lifecycle
-        from barecount_provider.runtime.task_side import preload
+        from barecount_provider.runtime.preload import preload
 
         preload()
         lifecycle._task_side()  # the listener's reference to the task side, bound before the fork

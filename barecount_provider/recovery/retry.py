@@ -43,6 +43,7 @@ from airflow.sdk.definitions.retry_policy import RetryAction, RetryDecision, Ret
 
 from barecount_provider import config, selfmetrics
 from barecount_provider import context as bc_context
+from barecount_provider.adapters.airflow import ti_context_from_server
 from barecount_provider.policy import RetryBudget, TenantPolicy, get_policy
 from barecount_provider.recovery import budgets, classify
 
@@ -195,7 +196,7 @@ class BareCountRetryPolicy(RetryPolicy):
 
 
 def _airflow_would_retry(ti: Any, try_number: int, max_tries: int) -> bool:
-    server = getattr(ti, "_ti_context_from_server", None)
+    server = ti_context_from_server(ti)
     should_retry = getattr(server, "should_retry", None)
     if isinstance(should_retry, bool):
         return should_retry

@@ -1,4 +1,5 @@
-"""What runs in Airflow's processes: the task try's orchestration (task_side, entries), the outbox the task
+"""What runs in Airflow's processes: the task try's orchestration (task_side, entries), the pre-fork
+preload (preload), the outbox the task
 process writes and the forwarder that empties it, and the scheduler's side (scheduler_side, sealing).
 
 The runtime wires the domain packages (telemetry, evidence, cost, recovery), which never import each other

@@ -148,9 +148,9 @@ def _read(paths: list[str]) -> _Round:
 
 def _render_stacktraces(spans: list[Any]) -> None:
     """Replace the failure facts a task process left in its spans' exception events with the text of
-    ``exception.stacktrace`` (task_side.exception_facts), redacted; a failure is counted, the span kept."""
+    ``exception.stacktrace`` (telemetry.exceptions.exception_facts), redacted; a failure is counted, the span kept."""
     from barecount_provider import redaction
-    from barecount_provider.runtime import task_side
+    from barecount_provider.telemetry import exceptions
 
     for span in spans:
         if not isinstance(span, dict):
@@ -159,11 +159,11 @@ def _render_stacktraces(spans: list[Any]) -> None:
             attributes = event.get("attributes") if isinstance(event, dict) else None
             if not isinstance(attributes, dict):
                 continue
-            facts = attributes.pop(task_side.PENDING_STACKTRACE, None)
+            facts = attributes.pop(exceptions.PENDING_STACKTRACE, None)
             if facts is None:
                 continue
             try:
-                attributes["exception.stacktrace"] = redaction.redact_text(task_side.render_exception_facts(facts))
+                attributes["exception.stacktrace"] = redaction.redact_text(exceptions.render_exception_facts(facts))
             except Exception:
                 EMIT_FAILURES.record("traces", "stacktrace")
 
@@ -239,15 +239,6 @@ class Forwarder:
             sink.send([(name, kind, value, tags) for name, kind, value, tags in points])
         except Exception:
             EMIT_FAILURES.record(getattr(sink, "name", "sink"), "spool")
-
-    def warm_up(self) -> None:
-        """Use the span exporter once (an empty export) on the calling thread: its HTTP stack imports
-        modules on first use, which must not happen in a background thread of a process that forks."""
-        if self.span_exporter is not None:
-            try:
-                self.span_exporter.export([])
-            except Exception:
-                pass
 
     def _export_points(self, budget_ms: int) -> None:
         """Export what the meter provider holds (the spooled points and this process's own)."""

@@ -71,12 +71,12 @@ class SchedulerSide:
         from airflow.utils.state import TaskInstanceState  # noqa: F401
         from sqlalchemy import func, select  # noqa: F401
 
-        from barecount_provider.runtime import task_side
+        from barecount_provider.runtime import preload
 
         # The sinks of this side are those of the task processes (StatsD; OTLP through the spool, which the
         # forwarder process exports): nothing here builds an OTLP exporter or an SDK provider, whose at-fork
         # handlers would run in every process forked from the scheduler (spool.py).
-        task_side.preload()
+        preload.preload()
         from barecount_provider.db import SchemaOutOfDate
 
         try:

@@ -27,6 +27,7 @@ from typing import Any, TextIO, cast
 import structlog
 import structlog.contextvars
 
+from barecount_provider.adapters import airflow as airflow_adapter
 from barecount_provider.redaction import get_redactor
 
 CONTEXT_FIELDS: tuple[str, ...] = (
@@ -169,13 +170,7 @@ _REFUSAL = _DebugRefusal()
 
 def _airflow_level_tries() -> list[Any]:
     """Airflow's per-logger structlog levels (task SDK and core), which pick the filtering logger class."""
-    tries: list[Any] = []
-    for module_name in ("airflow.sdk._shared.logging.structlog", "airflow._shared.logging.structlog"):
-        module = sys.modules.get(module_name)
-        levels = getattr(module, "PER_LOGGER_LEVELS", None)
-        if levels is not None and all(levels is not seen for seen in tries):
-            tries.append(levels)
-    return tries
+    return airflow_adapter.per_logger_levels()
 
 
 def _requested_level(target: Any) -> int:

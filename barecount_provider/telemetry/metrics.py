@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from barecount_provider import config, outbox, redaction, selfmetrics
+from barecount_provider.adapters import opentelemetry as otel_adapter
+from barecount_provider.adapters import statsd as statsd_adapter
 
 # The metric kinds and the count of own failures are the foundation's: evidence, cost and recovery use them
 # without importing telemetry
@@ -204,8 +206,9 @@ class StatsdSink:
             # The client resolves the literal address into the socket's family and address; send() uses both.
             client = statsd.StatsClient(address, self.port, ipv6=":" in address)
             try:
-                client._sock.connect(client._addr)
-                self._fd = client._sock.fileno()
+                sock, address = statsd_adapter.client_socket(client)
+                sock.connect(address)
+                self._fd = sock.fileno()
             except OSError:  # not connectable (a broadcast address without SO_BROADCAST...): sendto, counted there
                 self._fd = None
             self._client = client
@@ -283,7 +286,8 @@ class StatsdSink:
                 if fd is not None:
                     os.write(fd, datagram)  # the client's socket, connected to its address
                 else:
-                    client._sock.sendto(datagram, client._addr)
+                    sock, address = statsd_adapter.client_socket(client)
+                    sock.sendto(datagram, address)
             except OSError:  # refused (no route, a filter, a StatsD that is down): counted, the rest still sent
                 EMIT_FAILURES.record(self.name, "send")
 
@@ -388,10 +392,7 @@ def _counting_exporter(inner: Any) -> Any:
 
     class _CountingExporter(MetricExporter):
         def __init__(self) -> None:
-            super().__init__(
-                preferred_temporality=getattr(inner, "_preferred_temporality", None),
-                preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
-            )
+            super().__init__(**otel_adapter.exporter_preferences(inner))
             self._inner = inner
 
         def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:

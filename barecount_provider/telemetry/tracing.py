@@ -38,6 +38,8 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from barecount_provider import config, context, outbox, redaction
+from barecount_provider.adapters import airflow as airflow_adapter
+from barecount_provider.adapters import opentelemetry as otel_adapter
 from barecount_provider.jsonlines import append_lines
 from barecount_provider.telemetry import outbox_sinks
 from barecount_provider.telemetry.metrics import EMIT_FAILURES
@@ -378,8 +380,7 @@ class Tracing:
         ``()`` when nothing is exported."""
         if self._provider is None:
             return () if self._exporter is None else self._exporter  # no SDK provider: the exporter itself
-        active = getattr(self._provider, "_active_span_processor", None)
-        processors = getattr(active, "_span_processors", None)
+        processors = otel_adapter.span_processors(self._provider)
         if processors is None:
             return None
         if len(processors) == 0:
@@ -414,7 +415,7 @@ class Tracing:
             outbox.add_span_records([span.record()])
             return
         readable = outbox_sinks.rebuild_span(span.record(), resource=getattr(self.provider, "resource", None))
-        self.provider._active_span_processor.on_end(readable)
+        otel_adapter.end_span(self.provider, readable)
 
     def flush(self, timeout_ms: int) -> None:
         if self.airflow_mode or self._provider is None:
@@ -446,9 +447,8 @@ class Tracing:
         span: Any
         if self.airflow_mode:
             # Airflow's provider fixes ids through its own context keys (OverrideableRandomIdGenerator).
-            try:
-                from airflow._shared.observability.traces import override_ids
-            except ImportError:
+            override_ids = airflow_adapter.override_ids()
+            if override_ids is None:
                 return
             if parent_span_id is not None:
                 parent_ctx = SpanContext(

@@ -386,30 +386,30 @@ def _with_notes() -> None:
     ids=["recursion", "cause", "context", "notes", "builtin"],
 )
 def test_the_stack_trace_rendered_from_the_failures_facts_is_pythons(make):
-    from barecount_provider.runtime import task_side
+    from barecount_provider.telemetry import exceptions
 
     error = _raised(make)
-    facts = task_side.exception_facts(error)
+    facts = exceptions.exception_facts(error)
     assert facts is not None
     facts = json.loads(json.dumps(facts))  # as it comes back from the spool file
-    assert task_side.render_exception_facts(facts) == task_side.format_exception_text(error)
+    assert exceptions.render_exception_facts(facts) == exceptions.format_exception_text(error)
 
 
 def test_an_exception_without_a_traceback_and_the_cases_left_to_traceback():
-    from barecount_provider.runtime import task_side
+    from barecount_provider.telemetry import exceptions
 
     bare = ValueError("never raised")
-    assert task_side.render_exception_facts(task_side.exception_facts(bare)) == "ValueError: never raised\n"
+    assert exceptions.render_exception_facts(exceptions.exception_facts(bare)) == "ValueError: never raised\n"
     group = _raised(lambda: (_ for _ in ()).throw(ExceptionGroup("many", [ValueError("a")])))
-    assert task_side.exception_facts(group) is None  # a group: traceback's own text, in the task
+    assert exceptions.exception_facts(group) is None  # a group: traceback's own text, in the task
     syntax = _raised(lambda: compile("def (", "<dag>", "exec"))
-    assert task_side.exception_facts(syntax) is None
+    assert exceptions.exception_facts(syntax) is None
 
 
 def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, monkeypatch, tmp_path):
     """The message carries the try's data (redacted in the task, where the registered secrets are known);
     a source line is code, redacted by the forwarder with the value patterns."""
-    from barecount_provider.runtime import task_side
+    from barecount_provider.telemetry import exceptions
 
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TASK_OUTPUTS", "forwarder")
     module = tmp_path / "leaky_dag.py"
@@ -425,12 +425,12 @@ def test_the_task_redacts_the_messages_and_the_forwarder_the_source_lines(home, 
     task_side.on_try_running(ti)
     task_side.on_try_finished(ti, "failed", error)
     spooled, _ = _spooled(home)
-    assert secret not in spooled and task_side.PENDING_STACKTRACE in spooled and "exception.stacktrace" not in spooled
+    assert secret not in spooled and exceptions.PENDING_STACKTRACE in spooled and "exception.stacktrace" not in spooled
     forwarding.flush_spool()
     [span] = _lines(home / "telemetry" / "spans.jsonl")
     [exception] = [e for e in span["events"] if e["name"] == "exception"]
     text = exception["attributes"]["exception.stacktrace"]
-    assert task_side.PENDING_STACKTRACE not in exception["attributes"]
+    assert exceptions.PENDING_STACKTRACE not in exception["attributes"]
     assert f'File "{module}", line 2, in load' in text and "raise ValueError" in text  # the source line
     assert secret not in text and "ghp_" + "A" * 36 not in text and text.endswith("ValueError: login refused for ***\n")
 

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from barecount_provider import outbox
 from barecount_provider.runtime import forwarding, task_side
-from barecount_provider.telemetry import metrics, outbox_sinks, tracing
+from barecount_provider.telemetry import exceptions, metrics, outbox_sinks, tracing
 from barecount_provider.telemetry.metrics import OtelMetricSink
 
 START = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -334,7 +334,7 @@ def test_a_try_span_is_the_span_the_sdk_would_make(exporter, monkeypatch, tmp_pa
     # An OTLP try span reaches the forwarder with the failure's facts, which it renders as the stack trace
     # before it exports the span (forwarding._render_stacktraces); the span file's line is written in the task.
     record, line = light.record(), light.file_line()
-    pending = [e for e in record["events"] if task_side.PENDING_STACKTRACE in e["attributes"]]
+    pending = [e for e in record["events"] if exceptions.PENDING_STACKTRACE in e["attributes"]]
     assert len(pending) == (1 if exporter == "otlp" else 0)
     forwarding._render_stacktraces([record, line])
     for event in record["events"]:

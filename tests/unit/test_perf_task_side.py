@@ -10,8 +10,8 @@ import traceback
 
 import pytest
 
-from barecount_provider.runtime import task_side
-from barecount_provider.telemetry import tracing
+from barecount_provider.runtime import preload, task_side
+from barecount_provider.telemetry import exceptions, tracing
 
 SOURCE = (
     "# -*- coding: latin-1 -*-\r\n"
@@ -59,7 +59,7 @@ def test_the_lean_traceback_is_pythons_own_and_leaves_linecache_as_it_was(failin
     error = _raise(module)
     linecache.cache.pop(path, None)
     linecache.cache.pop(__file__, None)
-    lean = task_side.format_exception_text(error)
+    lean = exceptions.format_exception_text(error)
     # No partial entry left behind (where the lean path falls back, linecache has read the file, as usual).
     entry = linecache.cache.get(path)
     if entry is not None and len(entry) == 4:  # a lazy entry (1-tuple) is linecache's own
@@ -78,7 +78,7 @@ def test_the_lean_traceback_falls_back_where_the_file_is_gone(failing_module, tm
 
     os.unlink(path)
     linecache.cache.pop(path, None)
-    assert task_side.format_exception_text(error) == _python_text(error)
+    assert exceptions.format_exception_text(error) == _python_text(error)
 
 
 # -------------------------------------------------- the shortcuts of the task path give what they replace
@@ -164,7 +164,7 @@ def test_the_lean_traceback_is_what_python_prints_without_debug_ranges(tmp_path)
     script = tmp_path / "script.py"
     script.write_text(
         "import sys, traceback\n"
-        "from barecount_provider.runtime.task_side import format_exception_text\n"
+        "from barecount_provider.telemetry.exceptions import format_exception_text\n"
         "def inner(values):\n"
         "    return values['a'] + values['b'] * 2\n"
         "def outer():\n"
@@ -212,8 +212,7 @@ def test_warming_the_try_path_before_the_fork_leaves_no_trace(monkeypatch, tmp_p
         monkeypatch.delenv(name, raising=False)
     metrics.EMIT_FAILURES.counts.clear()
     before = dict(structlog.contextvars.get_contextvars())
-    for _ in range(task_side.WARM_ROUNDS):
-        task_side._warm_try_path()
+    preload._warm_try_path()
     try:
         with pytest.raises(BlockingIOError):
             statsd_server.recv(65535, socket.MSG_DONTWAIT)
@@ -343,19 +342,18 @@ LEAN_CASES = {
 @pytest.mark.parametrize("name", list(LEAN_CASES))
 def test_the_lean_formatter_gives_pythons_text(name):
     error = _caught(LEAN_CASES[name])
-    assert task_side._lean_format(error, lambda path, lineno, g: linecache.getline(path, lineno)) is not None
-    assert task_side.format_exception_text(error) == _python_text(error)
+    assert exceptions._lean_format(error, lambda path, lineno, g: linecache.getline(path, lineno)) is not None
+    assert exceptions.format_exception_text(error) == _python_text(error)
 
 
 def test_an_exception_never_raised_has_no_traceback_lines():
     error = ValueError("made, not raised")
-    assert task_side.format_exception_text(error) == _python_text(error) == "ValueError: made, not raised\n"
+    assert exceptions.format_exception_text(error) == _python_text(error) == "ValueError: made, not raised\n"
 
 
 FALLBACK_SCRIPT = """
 import sys, traceback
-from barecount_provider.telemetry import tracing
-from barecount_provider.runtime import task_side
+from barecount_provider.telemetry import exceptions
 
 def throw(error):
     raise error
@@ -391,8 +389,8 @@ for index, make in enumerate(makers):
     limit = index == len(makers) - 1
     if limit:
         sys.tracebacklimit = 2
-    lean = task_side._lean_format(error, lambda path, lineno, g: "")
-    text = "".join(traceback.format_exception(error)) if sys.argv[1] == "python" else task_side.format_exception_text(error)
+    lean = exceptions._lean_format(error, lambda path, lineno, g: "")
+    text = "".join(traceback.format_exception(error)) if sys.argv[1] == "python" else exceptions.format_exception_text(error)
     if limit:
         del sys.tracebacklimit
     sys.stdout.write(f"=== case {index}: lean formatter {'declines' if lean is None else 'formats'}\\n{text}")
@@ -451,7 +449,7 @@ def test_source_lines_deep_in_a_file_are_linecaches(tmp_path):
     linecache.checkcache(str(path))
     wanted_sets = [{1}, {2999, 3000}, {3001, 5000}, {24, 25, 26}, {7, 1500, 2999}, set(range(1, 3001, 97)), {0, 12}]
     for wanted in wanted_sets:
-        lines = task_side._source_lines(str(path), wanted)
+        lines = exceptions._source_lines(str(path), wanted)
         assert lines == {n: linecache.getline(str(path), n).rstrip("\n") if n >= 1 else "" for n in wanted}, wanted
 
 
@@ -461,20 +459,20 @@ def test_the_task_runners_source_read_before_the_fork_gives_the_same_traceback(f
     taken from the inherited lines."""
     import importlib.util
 
-    read = task_side.warm_task_frame_sources()
-    expected = {importlib.util.find_spec(name).origin for name in task_side.TASK_FRAME_MODULES}
+    read = preload.warm_task_frame_sources()
+    expected = {importlib.util.find_spec(name).origin for name in preload.TASK_FRAME_MODULES}
     assert set(read) == expected and all(path in linecache.cache for path in read)
     module, path, newline = failing_module
     error = _raise(module)
     linecache.getlines(path)  # the failing module's file is in the cache now, as the task runner's would be
     if newline != "\r":  # (linecache keeps nothing of a file with bare \r line ends)
         assert path in linecache.cache
-    assert task_side.format_exception_text(error) == _python_text(error)
+    assert exceptions.format_exception_text(error) == _python_text(error)
 
 
 def test_a_missing_frame_module_is_skipped_when_reading_sources_before_the_fork(monkeypatch):
-    monkeypatch.setattr(task_side, "TASK_FRAME_MODULES", ("barecount_provider.no_such_module", "json"))
-    assert task_side.warm_task_frame_sources() == [__import__("json").__file__]
+    monkeypatch.setattr(preload, "TASK_FRAME_MODULES", ("barecount_provider.no_such_module", "json"))
+    assert preload.warm_task_frame_sources() == [__import__("json").__file__]
 
 
 def test_the_file_sink_events_sinks_are_described_once_per_emitter_and_tracer(monkeypatch, tmp_path):
@@ -497,3 +495,27 @@ def test_the_file_sink_events_sinks_are_described_once_per_emitter_and_tracer(mo
     metrics.get_emitter.cache_clear()
     second = task_side.sinks_description(events)
     assert second is not first and second["statsd"].startswith("udp://") and ":8126" in second["statsd"]
+
+
+@pytest.mark.parametrize("name", ["cause", "context", "notes", "recursion, many"])
+def test_without_fast_paths_the_traceback_is_pythons_and_no_facts_are_handed_off(monkeypatch, name):
+    """``[barecount] fast_paths = False``: the text comes from ``traceback`` itself (the same text), and a
+    failure is never handed off as facts (the task formats it)."""
+    from barecount_provider import config
+
+    error = _caught(LEAN_CASES[name])
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FAST_PATHS", "False")
+    config.cache_clear()
+    assert exceptions.format_exception_text(error) == _python_text(error)
+    assert exceptions.exception_facts(error) is None
+
+
+def test_without_fast_paths_nothing_is_preloaded(monkeypatch):
+    from barecount_provider import config
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FAST_PATHS", "False")
+    config.cache_clear()
+    monkeypatch.setattr(preload, "_warm_try_path", lambda: pytest.fail("warmed with fast_paths = False"))
+    monkeypatch.setattr(preload, "warm_task_frame_sources", lambda: pytest.fail("read sources with fast_paths = False"))
+    monkeypatch.setattr(config, "warm", lambda: pytest.fail("read options with fast_paths = False"))
+    preload.preload()
