@@ -1,5 +1,5 @@
 """Suite-wide set-up: a throw-away AIRFLOW_HOME before Airflow is imported, an empty HOME that must stay
-empty, and clean config caches.
+empty, clean config caches, and the ``policy_file`` fixture (a tenant policy file for one test).
 
 Nothing the tests run may write outside the project directory or a temporary one: the suite runs with
 ``HOME`` set to a fresh empty directory (every subprocess inherits it: Airflow's components, the
@@ -13,6 +13,8 @@ import os
 import pwd
 import shutil
 import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,24 @@ def fresh_barecount_caches():
     _clear_caches()
     yield
     _clear_caches()
+
+
+PolicyFile = Callable[[str], Path]
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PolicyFile:
+    """A factory: ``policy_file(text)`` writes the policy YAML to ``tmp_path/policy.yaml``, points BareCount at it
+    (``AIRFLOW__BARECOUNT__POLICY_PATH``), clears the config and policy caches and returns the file's path."""
+
+    def write(text: str) -> Path:
+        from barecount_provider import config, policy
+
+        path = tmp_path / "policy.yaml"
+        path.write_text(text, encoding="utf-8")
+        monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+        config.cache_clear()
+        policy.get_policy.cache_clear()
+        return path
+
+    return write

@@ -116,6 +116,20 @@ def postgres() -> Iterator[Any]:
         server.stop()
 
 
+@pytest.fixture
+def evidence_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The evidence store of one test: ``tmp_path/evidence`` (``AIRFLOW__BARECOUNT__EVIDENCE_DIR``), with the
+    config and the sealing's caches cleared before and after."""
+    from barecount_provider import config
+    from barecount_provider.runtime import sealing
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    config.cache_clear()
+    sealing.clear_caches()
+    yield tmp_path / "evidence"
+    sealing.clear_caches()
+
+
 def example_dag(name: str) -> Any:
     """The ``dag`` of the example file dags/<name>.py, loaded afresh (a module of its own, not in sys.modules)."""
     path = Path(__file__).resolve().parents[2] / "dags" / f"{name}.py"

@@ -22,6 +22,8 @@ import pytest
 from barecount_provider import cli, config, policies, pools
 from barecount_provider.policy import parse_policy
 
+from ..conftest import PolicyFile
+
 POLICY = """
 version: 1
 defaults:
@@ -166,12 +168,8 @@ def airflow_api() -> Iterator[FakeAirflowApi]:
 
 
 @pytest.fixture
-def policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(POLICY)
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    return path
+def pools_policy(policy_file: PolicyFile) -> Path:
+    return policy_file(POLICY)
 
 
 @pytest.fixture
@@ -263,7 +261,7 @@ def test_plan_creates_updates_keeps_and_never_touches_other_pools():
 # ------------------------------------------------------------------------------------- the CLI, for real
 
 
-def test_sync_creates_the_pools_and_the_registry_then_has_nothing_to_do(api_env, policy_file, capsys):
+def test_sync_creates_the_pools_and_the_registry_then_has_nothing_to_do(api_env, pools_policy, capsys):
     api = api_env
     assert cli.main(["pools", "sync"]) == 0
     out = capsys.readouterr().out
@@ -280,7 +278,7 @@ def test_sync_creates_the_pools_and_the_registry_then_has_nothing_to_do(api_env,
     }
     assert all(p["description"].startswith(pools.MANAGED_MARKER) for n, p in api.pools.items() if n != "default_pool")
     registry = _registry(api)
-    assert registry["version"] == 1 and registry["policy"] == str(policy_file)
+    assert registry["version"] == 1 and registry["policy"] == str(pools_policy)
     assert sorted(registry["pools"]) == sorted(n for n in api.pools if n != "default_pool")
     assert PASSWORD not in out
 
@@ -294,7 +292,7 @@ def test_sync_creates_the_pools_and_the_registry_then_has_nothing_to_do(api_env,
     assert "In sync." in capsys.readouterr().out
 
 
-def test_sync_updates_slots_and_prunes_only_its_own_pools(api_env, policy_file, capsys):
+def test_sync_updates_slots_and_prunes_only_its_own_pools(api_env, pools_policy, capsys):
     api = api_env
     assert cli.main(["pools", "sync"]) == 0
     api.pools["barecount_acme_container"]["slots"] = 50  # changed by hand in the UI
@@ -310,7 +308,7 @@ def test_sync_updates_slots_and_prunes_only_its_own_pools(api_env, policy_file, 
         "description": "created by an admin",
         "include_deferred": False,
     }
-    policy_file.write_text(POLICY.replace("max_parallel_tasks: 3", "max_parallel_tasks: 5"))
+    pools_policy.write_text(POLICY.replace("max_parallel_tasks: 3", "max_parallel_tasks: 5"))
     capsys.readouterr()
 
     assert cli.main(["pools", "check"]) == 1
@@ -333,7 +331,7 @@ def test_sync_updates_slots_and_prunes_only_its_own_pools(api_env, policy_file, 
     assert "barecount_manual_serverless" in _registry(api)["pools"]  # it exists: a task may use it
 
 
-def test_check_reports_a_registry_listing_a_deleted_pool(api_env, policy_file, capsys):
+def test_check_reports_a_registry_listing_a_deleted_pool(api_env, pools_policy, capsys):
     api = api_env
     assert cli.main(["pools", "sync"]) == 0
     del api.pools["barecount_acme_serverless"]  # deleted in the UI: the registry does not know
@@ -344,7 +342,7 @@ def test_check_reports_a_registry_listing_a_deleted_pool(api_env, policy_file, c
     assert "lists pools that do not exist (their tasks would wait forever): barecount_acme_serverless" in out
 
 
-def test_a_token_is_used_as_is(airflow_api, policy_file, monkeypatch, capsys):
+def test_a_token_is_used_as_is(airflow_api, pools_policy, monkeypatch, capsys):
     airflow_api.tokens["given-token-123"] = "admin"
     assert cli.main(["pools", "sync", "--api-url", airflow_api.url, "--token", "given-token-123"]) == 0
     assert ("POST", "/auth/token") not in airflow_api.requests
@@ -359,7 +357,7 @@ def _closed_port() -> int:
     return port
 
 
-def test_exit_codes_of_errors_never_show_secrets(airflow_api, policy_file, monkeypatch, capsys):
+def test_exit_codes_of_errors_never_show_secrets(airflow_api, pools_policy, monkeypatch, capsys):
     base = ["pools", "sync", "--username", "admin"]
     monkeypatch.setenv("BARECOUNT_API_PASSWORD", PASSWORD)
 
@@ -397,8 +395,8 @@ def test_exit_codes_of_errors_never_show_secrets(airflow_api, policy_file, monke
     assert len(airflow_api.pools) == 1
 
 
-def test_an_invalid_policy_changes_nothing(api_env, policy_file, capsys):
-    policy_file.write_text("version: 1\ndefaults:\n  limits: {max_parallel_tasks: 0}\n")
+def test_an_invalid_policy_changes_nothing(api_env, pools_policy, capsys):
+    pools_policy.write_text("version: 1\ndefaults:\n  limits: {max_parallel_tasks: 0}\n")
     assert cli.main(["pools", "sync"]) == pools.EXIT_USAGE
     assert "defaults.limits.max_parallel_tasks: 0 is not an integer >= 1" in capsys.readouterr().err
     assert api_env.writes() == []
@@ -482,7 +480,7 @@ def test_without_a_registry_pools_are_off(registry):
     assert task.pool == "default_pool"
 
 
-def test_a_missing_pool_fails_the_import_in_the_dag_processor_only(registry, monkeypatch, caplog, policy_file):
+def test_a_missing_pool_fails_the_import_in_the_dag_processor_only(registry, monkeypatch, caplog, pools_policy):
     from airflow.exceptions import AirflowClusterPolicyViolation
 
     from barecount_provider.operators.ec2 import DedicatedComputeOperator
