@@ -1,5 +1,6 @@
 """Suite-wide set-up: a throw-away AIRFLOW_HOME before Airflow is imported, an empty HOME that must stay
-empty, clean config caches, and the ``policy_file`` fixture (a tenant policy file for one test).
+empty, clean config caches, and the fixtures the unit and integration tests share (a tenant policy file, the
+telemetry directory and the outbox's spool of one test).
 
 Nothing the tests run may write outside the project directory or a temporary one: the suite runs with
 ``HOME`` set to a fresh empty directory (every subprocess inherits it: Airflow's components, the
@@ -13,7 +14,7 @@ import os
 import pwd
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,45 @@ def policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PolicyFile:
         return path
 
     return write
+
+
+@pytest.fixture
+def telemetry_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The telemetry directory of one test (``AIRFLOW__BARECOUNT__TELEMETRY_DIR``): the forwarder's heartbeat."""
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def spool_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The outbox's spool of one test (metric points spooled for the forwarder, no file sink), with the count
+    of own failures cleared."""
+    from barecount_provider import outbox
+    from barecount_provider.telemetry import metrics
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
+    metrics.EMIT_FAILURES.counts.clear()
+    yield tmp_path / "spool"
+    outbox._PENDING_POINTS.clear()
+
+
+def spool_one(tag: str) -> None:
+    """Spool one metric point tagged ``id=tag`` the way a task process does."""
+    from barecount_provider import outbox
+    from barecount_provider.telemetry import outbox_sinks
+
+    outbox_sinks.SpoolMetricSink().send([("barecount.test.point", "counter", 1.0, {"id": tag})])
+    outbox.write_pending()
+
+
+def forward_once(directory: str) -> list[str]:
+    """One forwarder round without exporting: claim (sealing the journal first), read, remove; the tags read."""
+    from barecount_provider.runtime import forwarding
+
+    paths = forwarding._claim(directory, forwarding.MAX_FILES_PER_ROUND)
+    found = forwarding._read(paths)
+    for path in paths:
+        os.unlink(path)
+    return [tags["id"] for _, _, _, tags in found.points]
