@@ -138,8 +138,12 @@ def policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PolicyFile:
 
 @pytest.fixture
 def telemetry_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The telemetry directory of one test (``AIRFLOW__BARECOUNT__TELEMETRY_DIR``): the forwarder's heartbeat."""
+    """The telemetry directory of one test (``AIRFLOW__BARECOUNT__TELEMETRY_DIR``: the forwarder's heartbeat),
+    with the count of own failures cleared (a heartbeat names them: those of earlier tests are not this one's)."""
+    from barecount_provider.telemetry import metrics
+
     monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    metrics.EMIT_FAILURES.counts.clear()
     return tmp_path
 
 
