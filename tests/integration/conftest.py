@@ -57,6 +57,18 @@ class MotoServer:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def moto_connection(endpoint: str) -> str:
+    """The Airflow connection (``AIRFLOW_CONN_<ID>``, JSON) of the moto server at ``endpoint``."""
+    return json.dumps(
+        {
+            "conn_type": "aws",
+            "login": FAKE_KEYS["aws_access_key_id"],
+            "password": FAKE_KEYS["aws_secret_access_key"],
+            "extra": {"endpoint_url": endpoint, "region_name": REGION},
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     from moto.server import ThreadedMotoServer
@@ -67,14 +79,7 @@ def moto_server() -> Iterator[MotoServer]:
     moto = MotoServer(f"http://{host}:{port}")
     moto.api("POST", "config", {"lambda": {"use_docker": False}})
     saved = os.environ.get(f"AIRFLOW_CONN_{MOTO_CONN_ID.upper()}")
-    os.environ[f"AIRFLOW_CONN_{MOTO_CONN_ID.upper()}"] = json.dumps(
-        {
-            "conn_type": "aws",
-            "login": FAKE_KEYS["aws_access_key_id"],
-            "password": FAKE_KEYS["aws_secret_access_key"],
-            "extra": {"endpoint_url": moto.endpoint, "region_name": REGION},
-        }
-    )
+    os.environ[f"AIRFLOW_CONN_{MOTO_CONN_ID.upper()}"] = moto_connection(moto.endpoint)
     try:
         yield moto
     finally:

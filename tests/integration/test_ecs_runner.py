@@ -33,7 +33,7 @@ import pytest
 from barecount_provider import context
 
 from ..conftest import PolicyFile
-from .conftest import FAKE_KEYS, REGION, MotoServer
+from .conftest import REGION, MotoServer, moto_connection
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +54,7 @@ def ecs_moto() -> Iterator[MotoServer]:
     moto = MotoServer(f"http://{host}:{port}")
     variable = f"AIRFLOW_CONN_{ECS_CONN_ID.upper()}"
     saved = os.environ.get(variable)
-    os.environ[variable] = json.dumps(
-        {
-            "conn_type": "aws",
-            "login": FAKE_KEYS["aws_access_key_id"],
-            "password": FAKE_KEYS["aws_secret_access_key"],
-            "extra": {"endpoint_url": moto.endpoint, "region_name": REGION},
-        }
-    )
+    os.environ[variable] = moto_connection(moto.endpoint)
     try:
         yield moto
     finally:
