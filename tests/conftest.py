@@ -1,5 +1,6 @@
 """Suite-wide set-up: a throw-away AIRFLOW_HOME before Airflow is imported, an empty HOME that must stay
-empty, and clean config caches.
+empty, clean config caches, and the fixtures the unit and integration tests share (a tenant policy file, the
+telemetry directory and the outbox's spool of one test).
 
 Nothing the tests run may write outside the project directory or a temporary one: the suite runs with
 ``HOME`` set to a fresh empty directory (every subprocess inherits it: Airflow's components, the
@@ -13,6 +14,8 @@ import os
 import pwd
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +113,70 @@ def fresh_barecount_caches():
     _clear_caches()
     yield
     _clear_caches()
+
+
+PolicyFile = Callable[[str], Path]
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PolicyFile:
+    """A factory: ``policy_file(text)`` writes the policy YAML to ``tmp_path/policy.yaml``, points BareCount at it
+    (``AIRFLOW__BARECOUNT__POLICY_PATH``), clears the config and policy caches and returns the file's path."""
+
+    def write(text: str) -> Path:
+        from barecount_provider import config, policy
+
+        path = tmp_path / "policy.yaml"
+        path.write_text(text, encoding="utf-8")
+        monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
+        config.cache_clear()
+        policy.get_policy.cache_clear()
+        return path
+
+    return write
+
+
+@pytest.fixture
+def telemetry_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The telemetry directory of one test (``AIRFLOW__BARECOUNT__TELEMETRY_DIR``: the forwarder's heartbeat),
+    with the count of own failures cleared (a heartbeat names them: those of earlier tests are not this one's)."""
+    from barecount_provider.telemetry import metrics
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    metrics.EMIT_FAILURES.counts.clear()
+    return tmp_path
+
+
+@pytest.fixture
+def spool_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The outbox's spool of one test (metric points spooled for the forwarder, no file sink), with the count
+    of own failures cleared."""
+    from barecount_provider import outbox
+    from barecount_provider.telemetry import metrics
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
+    metrics.EMIT_FAILURES.counts.clear()
+    yield tmp_path / "spool"
+    outbox._PENDING_POINTS.clear()
+
+
+def spool_one(tag: str) -> None:
+    """Spool one metric point tagged ``id=tag`` the way a task process does."""
+    from barecount_provider import outbox
+    from barecount_provider.telemetry import outbox_sinks
+
+    outbox_sinks.SpoolMetricSink().send([("barecount.test.point", "counter", 1.0, {"id": tag})])
+    outbox.write_pending()
+
+
+def forward_once(directory: str) -> list[str]:
+    """One forwarder round without exporting: claim (sealing the journal first), read, remove; the tags read."""
+    from barecount_provider.runtime import forwarding
+
+    paths = forwarding._claim(directory, forwarding.MAX_FILES_PER_ROUND)
+    found = forwarding._read(paths)
+    for path in paths:
+        os.unlink(path)
+    return [tags["id"] for _, _, _, tags in found.points]

@@ -57,6 +57,18 @@ class MotoServer:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def moto_connection(endpoint: str) -> str:
+    """The Airflow connection (``AIRFLOW_CONN_<ID>``, JSON) of the moto server at ``endpoint``."""
+    return json.dumps(
+        {
+            "conn_type": "aws",
+            "login": FAKE_KEYS["aws_access_key_id"],
+            "password": FAKE_KEYS["aws_secret_access_key"],
+            "extra": {"endpoint_url": endpoint, "region_name": REGION},
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
     from moto.server import ThreadedMotoServer
@@ -67,14 +79,7 @@ def moto_server() -> Iterator[MotoServer]:
     moto = MotoServer(f"http://{host}:{port}")
     moto.api("POST", "config", {"lambda": {"use_docker": False}})
     saved = os.environ.get(f"AIRFLOW_CONN_{MOTO_CONN_ID.upper()}")
-    os.environ[f"AIRFLOW_CONN_{MOTO_CONN_ID.upper()}"] = json.dumps(
-        {
-            "conn_type": "aws",
-            "login": FAKE_KEYS["aws_access_key_id"],
-            "password": FAKE_KEYS["aws_secret_access_key"],
-            "extra": {"endpoint_url": moto.endpoint, "region_name": REGION},
-        }
-    )
+    os.environ[f"AIRFLOW_CONN_{MOTO_CONN_ID.upper()}"] = moto_connection(moto.endpoint)
     try:
         yield moto
     finally:
@@ -114,6 +119,20 @@ def postgres() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def evidence_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The evidence store of one test: ``tmp_path/evidence`` (``AIRFLOW__BARECOUNT__EVIDENCE_DIR``), with the
+    config and the sealing's caches cleared before and after."""
+    from barecount_provider import config
+    from barecount_provider.runtime import sealing
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    config.cache_clear()
+    sealing.clear_caches()
+    yield tmp_path / "evidence"
+    sealing.clear_caches()
 
 
 def example_dag(name: str) -> Any:

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from barecount_provider import config, context, policy
+from barecount_provider import context
 from barecount_provider.operators.ec2 import MANAGED_TAG, TAG_RUN, instance_state_only
 
+from ..conftest import PolicyFile
 from .conftest import MOTO_CONN_ID, MotoServer
 
 pytestmark = pytest.mark.integration
@@ -29,15 +30,8 @@ pytestmark = pytest.mark.integration
 DAG_ID = "example_dedicated"
 
 
-def _write_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_hosts: int) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(
-        f"version: 1\ntenants:\n  acme:\n    max_size: l\n    limits: {{max_hosts: {max_hosts}}}\n",
-        encoding="utf-8",
-    )
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def _write_policy(policy_file: PolicyFile, max_hosts: int) -> None:
+    policy_file(f"version: 1\ntenants:\n  acme:\n    max_size: l\n    limits: {{max_hosts: {max_hosts}}}\n")
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +105,9 @@ def test_dedicated_job_runs_on_tagged_hosts_with_identity_and_terminates_them(
     moto_server: MotoServer,
     airflow_db: None,
     image_id: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    policy_file: PolicyFile,
 ) -> None:
-    _write_policy(tmp_path, monkeypatch, max_hosts=4)
+    _write_policy(policy_file, max_hosts=4)
     moto_server.start_recording()
     run, result = _run_example(image_id, "l")  # l: 2 x m5.4xlarge
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
@@ -163,10 +156,9 @@ def test_host_cap_fails_before_any_host_is_launched(
     moto_server: MotoServer,
     airflow_db: None,
     image_id: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    policy_file: PolicyFile,
 ) -> None:
-    _write_policy(tmp_path, monkeypatch, max_hosts=1)
+    _write_policy(policy_file, max_hosts=1)
     moto_server.start_recording()
     run, result = _run_example(image_id, "l")  # 2 hosts > max_hosts 1
     assert run.state == "failed"
@@ -179,8 +171,7 @@ def test_network_profile_places_the_hosts_in_the_policys_subnet(
     moto_server: MotoServer,
     airflow_db: None,
     image_id: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    policy_file: PolicyFile,
 ) -> None:
     """The example names no subnet: the tenant's policy places `public` in a subnet and security group of
     its own, on this run's RunInstances; the hosts are launched there and terminated."""
@@ -188,15 +179,10 @@ def test_network_profile_places_the_hosts_in_the_policys_subnet(
     vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
     group = ec2.create_security_group(GroupName="barecount-hosts", Description="hosts", VpcId=vpc)["GroupId"]
-    path = tmp_path / "policy.yaml"
-    path.write_text(
+    policy_file(
         "version: 1\ntenants:\n  acme:\n    network_profiles:\n      public:\n"
-        f"        ec2: {{subnet_id: {subnet}, security_group_ids: [{group}]}}\n",
-        encoding="utf-8",
+        f"        ec2: {{subnet_id: {subnet}, security_group_ids: [{group}]}}\n"
     )
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
 
     moto_server.start_recording()
     run, result = _run_example(image_id, "xs")

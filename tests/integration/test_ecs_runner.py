@@ -30,9 +30,10 @@ from typing import Any
 
 import pytest
 
-from barecount_provider import config, context, policy
+from barecount_provider import context
 
-from .conftest import FAKE_KEYS, REGION, MotoServer
+from ..conftest import PolicyFile
+from .conftest import REGION, MotoServer, moto_connection
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +54,7 @@ def ecs_moto() -> Iterator[MotoServer]:
     moto = MotoServer(f"http://{host}:{port}")
     variable = f"AIRFLOW_CONN_{ECS_CONN_ID.upper()}"
     saved = os.environ.get(variable)
-    os.environ[variable] = json.dumps(
-        {
-            "conn_type": "aws",
-            "login": FAKE_KEYS["aws_access_key_id"],
-            "password": FAKE_KEYS["aws_secret_access_key"],
-            "extra": {"endpoint_url": moto.endpoint, "region_name": REGION},
-        }
-    )
+    os.environ[variable] = moto_connection(moto.endpoint)
     try:
         yield moto
     finally:
@@ -144,16 +138,8 @@ def advance_ecs_tasks(monkeypatch: pytest.MonkeyPatch) -> Iterator[EcsTaskAdvanc
 
 
 @pytest.fixture
-def acme_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    path = tmp_path / "policy.yaml"
-    path.write_text("version: 1\ntenants:\n  acme:\n    max_size: s\n", encoding="utf-8")
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
-    yield
-    monkeypatch.delenv("AIRFLOW__BARECOUNT__POLICY_PATH")
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def acme_policy(policy_file: PolicyFile) -> None:
+    policy_file("version: 1\ntenants:\n  acme:\n    max_size: s\n")
 
 
 def _ecs_requests(moto: MotoServer, action: str) -> list[dict[str, Any]]:
@@ -267,18 +253,13 @@ def test_policy_cap_fails_before_run_task(
     assert ti is not None and ti.state == "failed" and ti.try_number == 1
 
 
-def _placement_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resources: dict[str, list[str]]) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(
+def _placement_policy(policy_file: PolicyFile, resources: dict[str, list[str]]) -> None:
+    policy_file(
         "version: 1\ntenants:\n  acme:\n    network_profiles:\n      public:\n        ecs:\n"
         f"          subnets: {json.dumps(resources['subnets'])}\n"
         f"          security_groups: {json.dumps(resources['security_groups'])}\n"
-        "          assign_public_ip: ENABLED\n",
-        encoding="utf-8",
+        "          assign_public_ip: ENABLED\n"
     )
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
 
 
 def test_network_profile_places_the_task_in_the_policys_subnets(
@@ -286,8 +267,7 @@ def test_network_profile_places_the_task_in_the_policys_subnets(
     airflow_db: None,
     ecs_resources: dict[str, list[str]],
     advance_ecs_tasks: EcsTaskAdvancer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    policy_file: PolicyFile,
 ) -> None:
     """An operator that names no network: the tenant's policy places `public` in its subnets, on this RunTask.
     Run by execute() with a minimal task instance (dag.test() needs the DAG in the dags folder); the
@@ -302,7 +282,7 @@ def test_network_profile_places_the_task_in_the_policys_subnets(
         def xcom_push(self, key: str, value: Any) -> None:
             self.pushed[key] = value
 
-    _placement_policy(tmp_path, monkeypatch, ecs_resources)
+    _placement_policy(policy_file, ecs_resources)
     with DAG(dag_id="ecs_placement", schedule=None):
         op = EcsRunnerOperator(
             task_id="transform",
@@ -334,10 +314,9 @@ def test_network_configuration_that_contradicts_the_profile_is_refused_before_ru
     ecs_moto: MotoServer,
     airflow_db: None,
     ecs_resources: dict[str, list[str]],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    policy_file: PolicyFile,
 ) -> None:
-    _placement_policy(tmp_path, monkeypatch, ecs_resources)
+    _placement_policy(policy_file, ecs_resources)
     ecs_moto.start_recording()
     run, result = _run_example({"subnets": ["subnet-0other"], "security_groups": ecs_resources["security_groups"]})
     assert run.state == "failed"

@@ -9,7 +9,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from barecount_provider import config
 from barecount_provider.evidence import store as evidence_store
 from barecount_provider.runtime import sealing as evidence
 
@@ -20,13 +19,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "docs" / "evidence.schema.json").read_text())
 
-
-
-@pytest.fixture
-def evidence_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
-    config.cache_clear()
-    return tmp_path / "evidence"
 
 
 @pytest.mark.parametrize(("name", "tenant"), [("example_zero_code", "acme"), ("example_params_tenant", None)])

@@ -4,13 +4,11 @@ loaded at sealing all name it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from barecount_provider import config
 from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence.record import this_host
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
@@ -21,15 +19,6 @@ from .conftest import example_dag
 pytestmark = pytest.mark.integration
 
 
-
-
-@pytest.fixture
-def evidence_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
-    config.cache_clear()
-    evidence.clear_caches()
-    yield tmp_path / "evidence"
-    evidence.clear_caches()
 
 
 def test_hosts_come_from_the_task_and_from_airflows_task_instances(

@@ -4,13 +4,11 @@ record sealed from that database gives the try's reason, its state and an unknow
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from barecount_provider import config
 from barecount_provider.evidence import assemble as assemble_module
 from barecount_provider.evidence.store import EvidenceStore, LocalBodies
 from barecount_provider.runtime import sealing as evidence
@@ -21,15 +19,6 @@ pytestmark = pytest.mark.integration
 
 DAG_ID = "example_zero_code"
 LOST = "extract"  # a try that ran and succeeded under dag.test(): it is made the one whose worker was lost
-
-
-@pytest.fixture
-def evidence_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
-    config.cache_clear()
-    evidence.clear_caches()
-    yield tmp_path / "evidence"
-    evidence.clear_caches()
 
 
 def _lose_the_worker_of(run_id: str, task_id: str) -> None:

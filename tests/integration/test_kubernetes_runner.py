@@ -24,6 +24,8 @@ import pytest
 
 from barecount_provider import context
 
+from ..conftest import PolicyFile
+
 pytestmark = pytest.mark.integration
 
 NODE_NAME = "kmock-node-1"
@@ -241,20 +243,13 @@ def test_pod_that_fails_fails_the_task_after_recording(fake_kubernetes: FakeKube
 
 
 def test_network_profile_places_the_pod_and_a_contradicting_namespace_is_refused(
-    fake_kubernetes: FakeKubernetes, airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_kubernetes: FakeKubernetes, airflow_db: None, policy_file: PolicyFile
 ) -> None:
-    from barecount_provider import config, policy
-
-    path = tmp_path / "policy.yaml"
-    path.write_text(
+    policy_file(
         "version: 1\ntenants:\n  acme:\n    network_profiles:\n      public:\n        pod:\n"
         "          namespace: bc-placed\n          node_selector: {barecount.io/network: public-egress}\n"
-        "          service_account_name: acme-public\n",
-        encoding="utf-8",
+        "          service_account_name: acme-public\n"
     )
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
 
     run, result = _run_example(fake_kubernetes, "bc-placed", size="xs")  # the same namespace: no conflict
     assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from barecount_provider import config, context, policy
+from barecount_provider import context
 from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 
+from ..conftest import PolicyFile
 from .conftest import MOTO_CONN_ID, MotoServer
 
 pytestmark = pytest.mark.integration
@@ -55,12 +56,8 @@ def echo_function(moto_server: MotoServer) -> str:
 
 
 @pytest.fixture
-def acme_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text("version: 1\ntenants:\n  acme:\n    max_size: s\n", encoding="utf-8")
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def acme_policy(policy_file: PolicyFile) -> None:
+    policy_file("version: 1\ntenants:\n  acme:\n    max_size: s\n")
 
 
 def _invocations(moto_server: MotoServer) -> list[dict[str, Any]]:
@@ -170,7 +167,7 @@ def test_operator_runs_against_moto_with_its_own_size_memory(moto_server: MotoSe
 
 
 def test_policy_selects_the_alias_of_the_profile_and_size_and_concurrency_is_recorded(
-    moto_server: MotoServer, airflow_db: None, echo_function: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    moto_server: MotoServer, airflow_db: None, echo_function: str, policy_file: PolicyFile
 ) -> None:
     """The policy's runner_targets.lambda picks the alias for (public, s); the invocation goes to that alias;
     the function's reserved concurrency is read back. moto has no provisioned concurrency API: recorded as
@@ -179,15 +176,10 @@ def test_policy_selects_the_alias_of_the_profile_and_size_and_concurrency_is_rec
     version = client.publish_version(FunctionName=FUNCTION)["Version"]
     client.create_alias(FunctionName=FUNCTION, Name="small", FunctionVersion=version)
     client.put_function_concurrency(FunctionName=FUNCTION, ReservedConcurrentExecutions=7)
-    path = tmp_path / "policy.yaml"
-    path.write_text(
+    policy_file(
         "version: 1\ntenants:\n  acme:\n    max_size: s\n    runner_targets:\n"
-        f"      lambda:\n        {FUNCTION}: {{public/s: small, '*': live}}\n",
-        encoding="utf-8",
+        f"      lambda:\n        {FUNCTION}: {{public/s: small, '*': live}}\n"
     )
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
     try:
         moto_server.start_recording()
         run, result = _run_example("s")

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-from barecount_provider import config, context, policy
+from barecount_provider import context
 
+from ..conftest import PolicyFile
 from .conftest import MOTO_CONN_ID, MotoServer
 
 pytestmark = pytest.mark.integration
@@ -69,12 +70,8 @@ def managed_etl_resources(moto_server: MotoServer) -> dict[str, str]:
 
 
 @pytest.fixture
-def acme_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text("version: 1\ntenants:\n  acme:\n    max_size: s\n", encoding="utf-8")
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def acme_policy(policy_file: PolicyFile) -> None:
+    policy_file("version: 1\ntenants:\n  acme:\n    max_size: s\n")
 
 
 @pytest.fixture
@@ -237,8 +234,7 @@ class _TI(SimpleNamespace):
 def test_policy_runner_targets_select_the_glue_job_and_emr_application(
     moto_server: MotoServer,
     managed_etl_resources: dict[str, str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    policy_file: PolicyFile,
 ) -> None:
     """The DAG names `orders` and `spark`; the tenant's policy says which Glue job and which EMR Serverless
     application implement (private_vpc, s). Run by execute() with a minimal task instance; the upstream
@@ -250,17 +246,12 @@ def test_policy_runner_targets_select_the_glue_job_and_emr_application(
     from barecount_provider.operators.glue import GlueRunnerOperator
 
     application_id = managed_etl_resources["application_id"]
-    path = tmp_path / "policy.yaml"
-    path.write_text(
+    policy_file(
         "version: 1\ntenants:\n  acme:\n    size_tables: {managed_etl: {s: {glue: {auto_scaling: true}}}}\n"
         "    runner_targets:\n"
         f"      glue:\n        orders: {{private_vpc: {GLUE_JOB}}}\n"
-        f"      emr:\n        spark: {{private_vpc/s: {application_id}}}\n",
-        encoding="utf-8",
+        f"      emr:\n        spark: {{private_vpc/s: {application_id}}}\n"
     )
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
 
     def operators(network_profile: str) -> tuple[GlueRunnerOperator, EmrServerlessRunnerOperator]:
         common = {"tenant": "acme", "size": "s", "network_profile": network_profile, "aws_conn_id": MOTO_CONN_ID}

@@ -21,6 +21,8 @@ import pytest
 from barecount_provider.policy import RetryBudget
 from barecount_provider.recovery import budgets
 
+pytestmark = pytest.mark.integration
+
 POLICY = """
 version: 1
 defaults:

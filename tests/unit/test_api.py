@@ -592,21 +592,6 @@ def test_the_lazy_app_builds_once_and_serves(store: EvidenceStore, auth: Any, fi
     assert built == [1]
 
 
-def test_no_fastapi_import_when_only_the_plugin_is_loaded() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; import barecount_provider.plugins.barecount as p; "
-        "assert p.BareCountPlugin.fastapi_apps; "
-        "print('barecount_provider.api.app' in sys.modules)"
-    )
-    env = {**os.environ, "AIRFLOW__BARECOUNT__ENABLED": "True"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"
-
-
 def test_a_schema_out_of_date_is_a_503_naming_the_command_never_a_500(auth: Any, users: Any) -> None:
     """After an upgrade whose `barecount db migrate` was not run, the store refuses to open the old schema:
     every endpoint answers 503 with what to run (the same one line the command prints), not a 500."""

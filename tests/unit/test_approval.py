@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from barecount_provider import config, policy
 from barecount_provider.sensors.approval import APPROVAL_XCOM_KEY, PLAN_XCOM_KEY, ReplayApprovalSensor
+
+from ..conftest import PolicyFile
 
 POLICY = """
 version: 1
@@ -22,12 +23,8 @@ tenants:
 
 
 @pytest.fixture(autouse=True)
-def ops_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(POLICY, encoding="utf-8")
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def ops_policy(policy_file: PolicyFile) -> None:
+    policy_file(POLICY)
 
 
 class TI(SimpleNamespace):

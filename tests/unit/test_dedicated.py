@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,7 +21,6 @@ from airflow.sdk import DAG
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from barecount_provider import config, policy
 from barecount_provider.hooks.ec2 import BareCountEC2Hook
 from barecount_provider.hooks.ssm import BareCountSsmHook
 from barecount_provider.operators.base import RUNNER_RESULT_XCOM_KEY, PolicyViolation
@@ -37,6 +35,8 @@ from barecount_provider.operators.ec2 import (
     sweep_orphans,
 )
 
+from ..conftest import PolicyFile
+
 REGION = "us-east-1"
 LAUNCHED_AT = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 IDS = ["i-0aaaaaaaaaaaaaaa1", "i-0aaaaaaaaaaaaaaa2"]
@@ -44,14 +44,8 @@ COMMAND_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
 
 @pytest.fixture
-def acme_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(
-        "version: 1\ntenants:\n  acme:\n    max_size: l\n    limits: {max_hosts: 1}\n", encoding="utf-8"
-    )
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def acme_policy(policy_file: PolicyFile) -> None:
+    policy_file("version: 1\ntenants:\n  acme:\n    max_size: l\n    limits: {max_hosts: 1}\n")
 
 
 class _TI(SimpleNamespace):

@@ -21,7 +21,6 @@ from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOper
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk.exceptions import AirflowException
 
-from barecount_provider import config, policy
 from barecount_provider.hooks.emr_serverless import BareCountEmrServerlessHook
 from barecount_provider.hooks.glue import BareCountGlueJobHook
 from barecount_provider.operators.base import PolicyViolation, RunnerResult
@@ -41,6 +40,8 @@ from barecount_provider.operators.glue import (
     glue_script_args_with_identity,
     record_glue_job_run,
 )
+
+from ..conftest import PolicyFile
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 IDENTITY = {"BARECOUNT_CORRELATION_ID": "c1", "BARECOUNT_RUN_TOKEN": "t1", "TRACEPARENT": "00-a-b-01"}
@@ -219,15 +220,8 @@ class _TI(SimpleNamespace):
 
 
 @pytest.fixture
-def capped_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text("version: 1\ntenants:\n  acme:\n    limits: {max_workers: 12}\n", encoding="utf-8")
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
-    yield
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def capped_policy(policy_file: PolicyFile) -> None:
+    policy_file("version: 1\ntenants:\n  acme:\n    limits: {max_workers: 12}\n")
 
 
 def _stub_hook(conn: Any, hook_class: type[AwsBaseHook]) -> AwsBaseHook:

@@ -24,8 +24,10 @@ from airflow.sdk.definitions.retry_policy import (
 )
 
 from barecount_provider import policies
-from barecount_provider.policy import RetryBudget, get_policy, load_policy, parse_policy, validate_file
+from barecount_provider.policy import RetryBudget, load_policy, parse_policy, validate_file
 from barecount_provider.recovery import budgets, classify, retry
+
+from ..conftest import PolicyFile
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -49,16 +51,6 @@ def index_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
     config.cache_clear()
     return url
-
-
-def use_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(text)
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    from barecount_provider import config
-
-    config.cache_clear()
-    get_policy.cache_clear()
 
 
 def budget(**overrides: Any) -> RetryBudget:
@@ -373,9 +365,9 @@ def evaluate(task: Any, error: BaseException, try_number: int = 1, **kwargs: Any
 
 
 def test_transient_failure_is_retried_with_the_policy_backoff(
-    index_url: str, captured: Captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    index_url: str, captured: Captured, policy_file: PolicyFile
 ) -> None:
-    use_policy(tmp_path, monkeypatch, TIGHT)
+    policy_file(TIGHT)
     task = FakeTask()
     first = evaluate(task, TimeoutError("read timed out"), 1)
     second = evaluate(task, TimeoutError("read timed out"), 2)
@@ -388,9 +380,9 @@ def test_transient_failure_is_retried_with_the_policy_backoff(
 
 
 def test_permanent_failure_fails_at_once_and_spends_nothing(
-    index_url: str, captured: Captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    index_url: str, captured: Captured, policy_file: PolicyFile
 ) -> None:
-    use_policy(tmp_path, monkeypatch, TIGHT)
+    policy_file(TIGHT)
     task = FakeTask()
     decision = evaluate(task, ValueError("column 'x' missing"))
     assert decision.action == RetryAction.FAIL
@@ -401,9 +393,9 @@ def test_permanent_failure_fails_at_once_and_spends_nothing(
 
 
 def test_spent_budget_fails_fast_with_metric_and_evidence(
-    index_url: str, captured: Captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    index_url: str, captured: Captured, policy_file: PolicyFile
 ) -> None:
-    use_policy(tmp_path, monkeypatch, TIGHT)
+    policy_file(TIGHT)
     tasks = [FakeTask(f"t{i}") for i in range(4)]
     decisions = [evaluate(task, ConnectionResetError("reset")) for task in tasks]
     assert [d.action for d in decisions] == [RetryAction.RETRY] * 3 + [RetryAction.FAIL]
@@ -417,8 +409,8 @@ def test_spent_budget_fails_fast_with_metric_and_evidence(
     assert refusals == [("barecount.retry.refused", "counter", 1, {"tenant": "acme", "pipeline": "orders", "runner_class": "local", "budget": "max_retries_per_run"})]
 
 
-def test_refusal_lands_in_the_evidence_entry(index_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    use_policy(tmp_path, monkeypatch, TIGHT.replace("max_retries_per_run: 3", "max_retries_per_run: 0"))
+def test_refusal_lands_in_the_evidence_entry(index_url: str, policy_file: PolicyFile) -> None:
+    policy_file(TIGHT.replace("max_retries_per_run: 3", "max_retries_per_run: 0"))
     from barecount_provider import context as bc_context
     from barecount_provider.evidence.facts import CONTEXT_FIELDS, TryFacts
     from barecount_provider.evidence.record import build_entry

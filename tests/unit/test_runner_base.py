@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from barecount_provider import config, context, policy
+from barecount_provider import context
 from barecount_provider.operators.base import (
     RUNNER_RESULT_XCOM_KEY,
     PolicyViolation,
@@ -20,6 +19,8 @@ from barecount_provider.operators.base import (
 )
 from barecount_provider.operators.lambda_function import LambdaRunnerOperator
 from barecount_provider.telemetry import metrics
+
+from ..conftest import PolicyFile
 
 POLICY = """
 version: 1
@@ -37,12 +38,8 @@ tenants:
 
 
 @pytest.fixture
-def acme_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(POLICY, encoding="utf-8")
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def acme_policy(policy_file: PolicyFile) -> None:
+    policy_file(POLICY)
 
 
 def _ctx(tenant: str = "acme", size: str = "m", network_profile: str = "public", runner_class: str = "serverless"):
@@ -257,12 +254,8 @@ tenants:
 
 
 @pytest.fixture
-def targets_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(TARGETS_POLICY, encoding="utf-8")
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__POLICY_PATH", str(path))
-    config.cache_clear()
-    policy.get_policy.cache_clear()
+def targets_policy(policy_file: PolicyFile) -> None:
+    policy_file(TARGETS_POLICY)
 
 
 def test_policy_target_most_specific_selector_wins(targets_policy: None) -> None:
