@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from barecount_provider.cli import main
-from barecount_provider.recovery.dlq import LocalSegments, SegmentBackend, make_letter
 from barecount_provider.recovery.ledger import ReplayLedger
+from barecount_provider.recovery.letters import make_letter
+from barecount_provider.recovery.segments import LocalSegments, SegmentBackend
 
 pytestmark = pytest.mark.integration
 

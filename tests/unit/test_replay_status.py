@@ -10,8 +10,6 @@ from pathlib import Path
 from barecount_provider.cli import main
 from barecount_provider.recovery import ledger as ledger_module
 from barecount_provider.recovery.ledger import ReplayLedger
-from barecount_provider.recovery.letters import make_letter
-from barecount_provider.recovery.segments import LocalSegments, SegmentBackend
 
 
 def _status(ledger_url: str, capsys, *extra: str) -> dict:
