@@ -148,6 +148,44 @@ def telemetry_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    """Every [barecount] option at its default but the directories (in tmp_path); the monkeypatch to set more."""
+    from barecount_provider import config
+
+    for variable in list(os.environ):
+        if variable.startswith("AIRFLOW__BARECOUNT__"):
+            monkeypatch.delenv(variable)
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
+    config.cache_clear()
+    yield monkeypatch
+    config.cache_clear()
+
+
+@pytest.fixture
+def index_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The evidence index of one test: a SQLite file in tmp_path (``AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL``)."""
+    from barecount_provider import config
+
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", url)
+    config.cache_clear()
+    return url
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Telemetry and evidence under tmp_path: file sink, span file and local evidence store (the default)."""
+    from barecount_provider.telemetry import metrics
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", f"sqlite:///{tmp_path / 'index.db'}")
+    metrics.EMIT_FAILURES.counts.clear()
+    return tmp_path
+
+
+@pytest.fixture
 def spool_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The outbox's spool of one test (metric points spooled for the forwarder, no file sink), with the count
     of own failures cleared."""

@@ -35,16 +35,6 @@ def _ti(task_id: str, run_id: str = "manual__2026-11-27T12:00:00+00:00") -> Simp
     )
 
 
-@pytest.fixture
-def home(monkeypatch, tmp_path):
-    """Telemetry and evidence under tmp_path: file sink, span file and local evidence store (the default)."""
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", f"sqlite:///{tmp_path / 'index.db'}")
-    metrics.EMIT_FAILURES.counts.clear()
-    return tmp_path
-
-
 def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
