@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,6 +201,24 @@ def spool_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     outbox._PENDING_POINTS.clear()
 
 
+@pytest.fixture
+def otlp_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """OTLP metrics and traces on, through the outbox's spool of one test (no file sink); the spool's path."""
+    from barecount_provider import outbox
+    from barecount_provider.telemetry import metrics
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
+    outbox._PENDING_POINTS.clear()
+    outbox._PENDING_SPANS.clear()
+    metrics.EMIT_FAILURES.counts.clear()
+    yield tmp_path / "spool"
+    outbox._PENDING_POINTS.clear()
+    outbox._PENDING_SPANS.clear()
+
+
 def spool_one(tag: str) -> None:
     """Spool one metric point tagged ``id=tag`` the way a task process does."""
     from barecount_provider import outbox
@@ -218,3 +237,34 @@ def forward_once(directory: str) -> list[str]:
     for path in paths:
         os.unlink(path)
     return [tags["id"] for _, _, _, tags in found.points]
+
+
+# The failing module's source: a chained exception through a non-ASCII line in a declared encoding.
+FAILING_SOURCE = (
+    "# -*- coding: latin-1 -*-\r\n"
+    "def inner(value):\r\n"
+    "    text = 'caf\xe9'  # a non-ASCII line in a declared encoding\r\n"
+    "    return {'k': value}[value + 1] + len(text)\r\n"
+    "\r\n"
+    "def outer(value):\r\n"
+    "    try:\r\n"
+    "        return inner(value)\r\n"
+    "    except KeyError as err:\r\n"
+    "        raise RuntimeError(f'wrapped {value}') from err\r\n"
+)
+
+
+@pytest.fixture(params=["\r\n", "\n", "\r"])
+def failing_module(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, str, str]]:
+    """A module that raises (a latin-1 source with CRLF, LF or CR line ends): the module, its path, the line end."""
+    import importlib.util
+    import sys
+
+    path = tmp_path / "failing_module_for_tracebacks.py"
+    path.write_bytes(FAILING_SOURCE.replace("\r\n", request.param).encode("latin-1"))
+    spec = importlib.util.spec_from_file_location("failing_module_for_tracebacks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module, str(path), request.param
+    sys.modules.pop("failing_module_for_tracebacks", None)
