@@ -219,6 +219,12 @@ def otlp_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pat
     outbox._PENDING_SPANS.clear()
 
 
+@pytest.fixture
+def capped_policy(policy_file: PolicyFile) -> None:
+    """A policy that caps tenant acme at 12 workers."""
+    policy_file("version: 1\ntenants:\n  acme:\n    limits: {max_workers: 12}\n")
+
+
 def spool_one(tag: str) -> None:
     """Spool one metric point tagged ``id=tag`` the way a task process does."""
     from barecount_provider import outbox
