@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,6 +149,44 @@ def telemetry_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    """Every [barecount] option at its default but the directories (in tmp_path); the monkeypatch to set more."""
+    from barecount_provider import config
+
+    for variable in list(os.environ):
+        if variable.startswith("AIRFLOW__BARECOUNT__"):
+            monkeypatch.delenv(variable)
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
+    config.cache_clear()
+    yield monkeypatch
+    config.cache_clear()
+
+
+@pytest.fixture
+def index_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The evidence index of one test: a SQLite file in tmp_path (``AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL``)."""
+    from barecount_provider import config
+
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", url)
+    config.cache_clear()
+    return url
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Telemetry and evidence under tmp_path: file sink, span file and local evidence store (the default)."""
+    from barecount_provider.telemetry import metrics
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", f"sqlite:///{tmp_path / 'index.db'}")
+    metrics.EMIT_FAILURES.counts.clear()
+    return tmp_path
+
+
+@pytest.fixture
 def spool_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The outbox's spool of one test (metric points spooled for the forwarder, no file sink), with the count
     of own failures cleared."""
@@ -160,6 +199,30 @@ def spool_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     metrics.EMIT_FAILURES.counts.clear()
     yield tmp_path / "spool"
     outbox._PENDING_POINTS.clear()
+
+
+@pytest.fixture
+def otlp_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """OTLP metrics and traces on, through the outbox's spool of one test (no file sink); the spool's path."""
+    from barecount_provider import outbox
+    from barecount_provider.telemetry import metrics
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__OTLP_METRICS_ON", "True")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__FILE_SINK_ON", "False")
+    outbox._PENDING_POINTS.clear()
+    outbox._PENDING_SPANS.clear()
+    metrics.EMIT_FAILURES.counts.clear()
+    yield tmp_path / "spool"
+    outbox._PENDING_POINTS.clear()
+    outbox._PENDING_SPANS.clear()
+
+
+@pytest.fixture
+def capped_policy(policy_file: PolicyFile) -> None:
+    """A policy that caps tenant acme at 12 workers."""
+    policy_file("version: 1\ntenants:\n  acme:\n    limits: {max_workers: 12}\n")
 
 
 def spool_one(tag: str) -> None:
@@ -180,3 +243,34 @@ def forward_once(directory: str) -> list[str]:
     for path in paths:
         os.unlink(path)
     return [tags["id"] for _, _, _, tags in found.points]
+
+
+# The failing module's source: a chained exception through a non-ASCII line in a declared encoding.
+FAILING_SOURCE = (
+    "# -*- coding: latin-1 -*-\r\n"
+    "def inner(value):\r\n"
+    "    text = 'caf\xe9'  # a non-ASCII line in a declared encoding\r\n"
+    "    return {'k': value}[value + 1] + len(text)\r\n"
+    "\r\n"
+    "def outer(value):\r\n"
+    "    try:\r\n"
+    "        return inner(value)\r\n"
+    "    except KeyError as err:\r\n"
+    "        raise RuntimeError(f'wrapped {value}') from err\r\n"
+)
+
+
+@pytest.fixture(params=["\r\n", "\n", "\r"])
+def failing_module(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, str, str]]:
+    """A module that raises (a latin-1 source with CRLF, LF or CR line ends): the module, its path, the line end."""
+    import importlib.util
+    import sys
+
+    path = tmp_path / "failing_module_for_tracebacks.py"
+    path.write_bytes(FAILING_SOURCE.replace("\r\n", request.param).encode("latin-1"))
+    spec = importlib.util.spec_from_file_location("failing_module_for_tracebacks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module, str(path), request.param
+    sys.modules.pop("failing_module_for_tracebacks", None)

@@ -5,7 +5,7 @@ dags/example_dedicated.py (a real task context, the amazon provider's EC2 and SS
 moto 5.2.5 gaps: SSM has no DescribeInstanceInformation, so the DAG is built with the
 ``instance_state_only`` readiness check instead of the SSM-agent ping; its Run Command always succeeds, so the
 failed-command path (and the EC2 capacity error) are unit tests on stubbed responses
-(tests/unit/test_dedicated.py).
+(tests/unit/test_ec2.py).
 """
 
 from __future__ import annotations

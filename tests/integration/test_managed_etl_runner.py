@@ -5,7 +5,7 @@ operators, hooks and waiters, boto3, real HTTP).
 moto 5.2.5's Glue runs never fail and report ExecutionTime 123 with no DPUSeconds or ExecutionClass; its EMR
 Serverless jobs start at SUCCESS with zero utilisation, and its create-application operator waits for a state
 moto never shows, so the application is created with boto3. Failure paths and the fields moto lacks are
-covered on fixtures in tests/unit/test_managed_etl.py.
+covered on fixtures in tests/unit/test_glue.py and tests/unit/test_emr_serverless.py.
 """
 
 from __future__ import annotations

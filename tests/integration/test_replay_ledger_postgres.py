@@ -6,7 +6,7 @@ import pytest
 
 from barecount_provider.recovery.ledger import ReplayLedger
 from tests import pg_server
-from tests.unit.test_replay import kill_test, two_replays_at_once
+from tests.integration.test_replay import kill_test, two_replays_at_once
 
 pytestmark = [
     pytest.mark.integration,

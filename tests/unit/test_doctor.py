@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import socket
 from pathlib import Path
 
 import pytest
@@ -33,21 +32,6 @@ INVALID = {
     "traces_exporter": ("zipkin", "one of otlp, file, none"),
     "file_sink_on": ("maybe", "a boolean (True or False)"),
 }
-
-
-@pytest.fixture
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Every [barecount] option at its default but the directories (in tmp_path)."""
-    import os
-
-    for variable in list(os.environ):
-        if variable.startswith("AIRFLOW__BARECOUNT__"):
-            monkeypatch.delenv(variable)
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__TELEMETRY_DIR", str(tmp_path / "telemetry"))
-    config.cache_clear()
-    yield monkeypatch
-    config.cache_clear()
 
 
 def _set(monkeypatch: pytest.MonkeyPatch, **options: str) -> None:
@@ -169,15 +153,6 @@ def test_a_component_loading_the_plugin_logs_an_invalid_option_and_does_not_rais
             assert plugin_module.BareCountPlugin.listeners == []
     _set(isolated, enabled="True")
     importlib.reload(plugin_module)
-
-
-def test_a_listening_statsd_on_a_valid_port_is_still_ok(isolated: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        _set(isolated, statsd_on="True", statsd_port=str(listener.getsockname()[1]))
-        assert cli.main(["doctor"]) == 0
-    out = capsys.readouterr().out
-    assert "Options: every one valid" in out and out.rstrip().endswith("OK")
 
 
 def test_a_pattern_that_is_not_a_regular_expression_is_invalid(isolated: pytest.MonkeyPatch) -> None:

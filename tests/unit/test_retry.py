@@ -4,7 +4,6 @@ and how the cluster policy attaches it (and what Airflow serializes of it)."""
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import time
 import urllib.error
@@ -41,16 +40,6 @@ def fresh_ledger() -> Any:
     budgets.clear_caches()
     retry._BUDGETS.clear()
     retry._BUDGETS_OF[0] = None
-
-
-@pytest.fixture
-def index_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    url = f"sqlite:///{tmp_path / 'index.db'}"
-    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_INDEX_URL", url)
-    from barecount_provider import config
-
-    config.cache_clear()
-    return url
 
 
 def budget(**overrides: Any) -> RetryBudget:
@@ -286,29 +275,6 @@ def test_ledger_decides_a_try_once(index_url: str) -> None:
     assert first.granted and again.granted and again.replayed
     assert len(ledger.rows(outcome="granted")) == 1
     assert ledger.prune(time.time() + 1) == 1 and ledger.rows() == []
-
-
-def _spend_in_process(url: str, tenant: str, worker: int, tries: int, out: Any) -> None:
-    ledger = budgets.RetryLedger(url)
-    limits = budget(max_retries_per_window=7, max_retries_per_run=1000)
-    granted = 0
-    for n in range(tries):
-        granted += ledger.spend(request(f"w{worker}-{n}", tenant=tenant, run_id=f"run-{worker}"), limits).granted
-    out.put((tenant, granted))
-
-
-def test_ledger_holds_across_processes(index_url: str) -> None:
-    context = multiprocessing.get_context("spawn")
-    budgets.get_ledger(index_url)  # tables exist before the race
-    out = context.Queue()
-    workers = [context.Process(target=_spend_in_process, args=(index_url, "acme", w, 5, out)) for w in range(4)]
-    for worker in workers:
-        worker.start()
-    results = [out.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(60)
-    assert sum(granted for _, granted in results) == 7  # 20 asked, exactly the window's 7 granted
-    assert len(budgets.get_ledger(index_url).rows(outcome="granted")) == 7
 
 
 # -------------------------------------------------------------------------------- the retry policy itself
