@@ -4,7 +4,6 @@ that names what changed in Airflow, statsd or the OpenTelemetry SDK."""
 from __future__ import annotations
 
 import inspect
-import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,6 @@ import pytest
 
 from barecount_provider.adapters import airflow as airflow_adapter
 from barecount_provider.adapters import opentelemetry as otel_adapter
-from barecount_provider.adapters import statsd as statsd_adapter
 
 # ------------------------------------------------------------------------------------------------ Airflow
 
@@ -140,30 +138,6 @@ def test_a_task_process_has_its_supervisor_link_in_the_task_runner(monkeypatch):
     assert airflow_adapter.in_supervised_task_process() is False  # no supervisor here
     monkeypatch.setattr(task_runner, airflow_adapter.SUPERVISOR_COMMS, object(), raising=False)
     assert airflow_adapter.in_supervised_task_process() is True
-
-
-# ------------------------------------------------------------------------------------------------- statsd
-
-
-def test_the_statsd_clients_socket_and_address_reach_the_server():
-    import statsd
-
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    server.settimeout(5)
-    try:
-        client = statsd.StatsClient("127.0.0.1", server.getsockname()[1])
-        try:
-            sock, address = statsd_adapter.client_socket(client)
-        except AttributeError as err:
-            pytest.fail(f"statsd.StatsClient no longer keeps _sock and _addr ({err}): update adapters/statsd.py")
-        assert isinstance(sock, socket.socket) and sock.type == socket.SOCK_DGRAM, "StatsClient._sock is not a UDP socket"
-        client.incr("by_the_client")
-        assert server.recv(512) == b"by_the_client:1|c"
-        sock.sendto(b"by_the_adapter:1|c", address)
-        assert server.recv(512) == b"by_the_adapter:1|c", "StatsClient._addr is not where the client sends"
-    finally:
-        server.close()
 
 
 # ------------------------------------------------------------------------------------------ OpenTelemetry
