@@ -165,7 +165,7 @@ IDENTITY_KEYS = ("tenant", "pipeline", "size", "network_profile", "barecount_ena
 # Declared params as parsed, before any run's conf: dag_id -> {"": dag's, task_id: task's}. Airflow merges a
 # run's conf into the *same* Param objects when it builds a task's context (Param.resolve sets its value),
 # so by the time a listener runs, dag.params and task.params may hold the conf's values. The cluster policy
-# (barecount_provider.policies.dag_policy) snapshots them when the DAG file is parsed, in every process that
+# (barecount_provider.cluster_policies.dag_policy) snapshots them when the DAG file is parsed, in every process that
 # parses it, the task process included.
 _DECLARED: dict[str, dict[str, dict[str, Any]]] = {}
 

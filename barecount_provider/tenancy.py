@@ -1,6 +1,6 @@
 """Tenants bound to DAG bundles (policy ``declared_by``), as the scheduler side checks them at run time: the
 bundle of a DAG in Airflow's database, the team of a bundle, and whether a DAG's runs may be recorded under a
-tenant. The cluster policies (:mod:`barecount_provider.policies`) check the same at parse time."""
+tenant. The cluster policies (:mod:`barecount_provider.cluster_policies`) check the same at parse time."""
 
 from __future__ import annotations
 

@@ -522,7 +522,7 @@ def _child(
             lifecycle = FloorListener() if cfg == "floor" else listeners[0]
             # The cluster policy (airflow.policy entry point) is loaded by airflow.settings, i.e. already in
             # the supervisor; Airflow calls it when the task process parses the DAG file.
-            policies = sys.modules.get("barecount_provider.policies")
+            policies = sys.modules.get("barecount_provider.cluster_policies")
             from barecount_provider.telemetry.metrics import EMIT_FAILURES
 
             record = EMIT_FAILURES.record
@@ -666,7 +666,7 @@ def _supervisor_main(mode: str, env: dict[str, str], cmd_fd: int, res_fd: int) -
             for name in [m for m in sys.modules if m == "barecount_provider" or m.startswith("barecount_provider.")]:
                 del sys.modules[name]
             sys.path.insert(0, BASELINE[0])
-            import barecount_provider.policies  # as airflow.settings loads the cluster policy
+            import barecount_provider.cluster_policies  # as airflow.settings loads the cluster policy
 
             assert barecount_provider.__file__.startswith(BASELINE[0]), barecount_provider.__file__
             info["baseline"] = barecount_provider.__file__

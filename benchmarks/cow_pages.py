@@ -118,7 +118,7 @@ class _ObjectIndex:
 
 
 def _child(config: str, detail: str | None) -> None:
-    from barecount_provider import policies
+    from barecount_provider import cluster_policies as policies
     from barecount_provider.plugins.barecount import BareCountPlugin
 
     lifecycle = list(BareCountPlugin.listeners)[0]

@@ -112,11 +112,11 @@ def _doctor_masking() -> dict[str, Any]:
     Airflow process, whatever ``[core] lazy_load_plugins`` says), and by the plugin where Airflow loads it."""
     from importlib.metadata import entry_points
 
-    from barecount_provider import policies
+    from barecount_provider import cluster_policies
     from barecount_provider.redaction import is_installed_in_airflow_masker
 
-    entry_point = any(point.value.startswith("barecount_provider.policies") for point in entry_points(group="airflow.policy"))
-    at_settings_load = entry_point and policies.MASKER_EXTENDED_AT_SETTINGS_LOAD
+    entry_point = any(point.value.startswith("barecount_provider.cluster_policies") for point in entry_points(group="airflow.policy"))
+    at_settings_load = entry_point and cluster_policies.MASKER_EXTENDED_AT_SETTINGS_LOAD
     active = is_installed_in_airflow_masker()
     if at_settings_load:
         where = "extended at settings load in every Airflow process (airflow.policy entry point), and at plugin load"

@@ -1,7 +1,7 @@
 """Automatic retries with capped budgets, built on Airflow 3.3's retry-policy seam.
 
 **Attaching** (:func:`attach`, called by the cluster policy's ``task_policy``, see
-:mod:`barecount_provider.policies`): every task of a DAG that has not opted out gets
+:mod:`barecount_provider.cluster_policies`): every task of a DAG that has not opted out gets
 
 * ``retries``: the tenant's ``retry_budget.max_retries_per_task`` (an author's explicit ``retries``, from
   the operator or ``default_args``, is kept when it is smaller: ``retries=0`` stays 0);

@@ -2,7 +2,7 @@
 
 A Celery worker (``airflow celery worker``) imports Airflow, which runs ``settings.initialize()``, and with
 ``[core] lazy_load_plugins = True`` (the default) never loads BareCount's plugin. Airflow loads the
-``airflow.policy`` entry points there, though: :mod:`barecount_provider.policies` extends the masker when it
+``airflow.policy`` entry points there, though: :mod:`barecount_provider.cluster_policies` extends the masker when it
 is imported. Each test runs a fresh interpreter with its own AIRFLOW_HOME, as a worker starts.
 """
 
@@ -55,7 +55,7 @@ _WORKER = textwrap.dedent(
     log_file.close()
     print(json.dumps({
         "plugin_loaded": "barecount_provider.plugins.barecount" in sys.modules,
-        "policies_loaded": "barecount_provider.policies" in sys.modules,
+        "policies_loaded": "barecount_provider.cluster_policies" in sys.modules,
     }))
     """
 )

@@ -3,7 +3,7 @@ says about it. The fresh worker interpreters are in tests/integration/test_maski
 
 A Celery worker (``airflow celery worker``) imports Airflow, which runs ``settings.initialize()``, and with
 ``[core] lazy_load_plugins = True`` (the default) never loads BareCount's plugin. Airflow loads the
-``airflow.policy`` entry points there, though: :mod:`barecount_provider.policies` extends the masker when it
+``airflow.policy`` entry points there, though: :mod:`barecount_provider.cluster_policies` extends the masker when it
 is imported. Each test runs a fresh interpreter with its own AIRFLOW_HOME, as a worker starts.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 def test_doctor_says_where_masking_is_active(monkeypatch):
     import airflow  # noqa: F401  (settings load: the policy entry point extends the masker)
 
-    from barecount_provider import policies, redaction
+    from barecount_provider import cluster_policies, redaction
     from barecount_provider.cli import doctor
 
     masking = doctor._doctor_masking()
@@ -21,7 +21,7 @@ def test_doctor_says_where_masking_is_active(monkeypatch):
     assert masking["at_settings_load"] is True
     assert "settings load" in masking["status"] and "airflow.policy" in masking["status"]
 
-    monkeypatch.setattr(policies, "MASKER_EXTENDED_AT_SETTINGS_LOAD", False)
+    monkeypatch.setattr(cluster_policies, "MASKER_EXTENDED_AT_SETTINGS_LOAD", False)
     assert "plugin load only" in doctor._doctor_masking()["status"]
     already = redaction.is_installed_in_airflow_masker()
     redaction.uninstall_from_airflow_masker()

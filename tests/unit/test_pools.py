@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from barecount_provider import cli, config, policies, pools
+from barecount_provider import cli, cluster_policies, config, pools
 from barecount_provider.policy import parse_policy
 
 from ..conftest import PolicyFile
@@ -150,7 +150,7 @@ def test_runner_tasks_plain_and_mapped_get_their_tenant_pool(registry):
         pinned = LambdaRunnerOperator(task_id="pinned", function_name="f", pool="reserved")
         local = PythonOperator(task_id="local", python_callable=lambda: None)
     for task in (ingest, fan_out, glue, pinned, local):
-        policies.task_policy(task)
+        cluster_policies.task_policy(task)
     assert ingest.pool == "barecount_acme_serverless"
     assert fan_out.pool == "barecount_acme_container"  # a mapped task's partial kwargs
     assert glue.pool == "barecount_globex_managed_etl"  # the operator's own tenant wins over the tag
@@ -171,7 +171,7 @@ def test_the_tenant_comes_from_the_dag_declaration_then_the_default_tenant(regis
     with _dag(dag_id="undeclared"):
         undeclared = LambdaRunnerOperator(task_id="t", function_name="f")
     for task in (by_params, by_default_args, undeclared):
-        policies.task_policy(task)
+        cluster_policies.task_policy(task)
     assert (by_params.pool, by_default_args.pool, undeclared.pool) == (
         "barecount_initech_serverless",
         "barecount_umbrella_serverless",
@@ -184,7 +184,7 @@ def test_without_a_registry_pools_are_off(registry):
 
     with _dag(tags=["tenant:acme"]):
         task = LambdaRunnerOperator(task_id="t", function_name="f")
-    policies.task_policy(task)
+    cluster_policies.task_policy(task)
     assert task.pool == "default_pool"
 
 
@@ -202,18 +202,18 @@ def test_a_missing_pool_fails_the_import_in_the_dag_processor_only(registry, mon
         not_synced = GlueRunnerOperator(task_id="not_synced", job_name="j", tenant="etl_team")
 
     # a task process, dag.test(), the CLI: a warning; the task keeps default_pool
-    policies.task_policy(undeclared)
+    cluster_policies.task_policy(undeclared)
     assert undeclared.pool == "default_pool"
     assert "pool 'barecount_nobody_serverless'" in caplog.text
 
     monkeypatch.setattr(pools, "in_dag_processor", lambda: True)
     with pytest.raises(AirflowClusterPolicyViolation, match="tenant 'nobody' is not declared in the policy"):
-        policies.task_policy(undeclared)
+        cluster_policies.task_policy(undeclared)
     with pytest.raises(AirflowClusterPolicyViolation, match="tenant 'acme' may not use runner class 'dedicated'"):
-        policies.task_policy(not_allowed)
+        cluster_policies.task_policy(not_allowed)
     # declared, allowed, but the registry does not list it: the policy changed since the last sync
     with pytest.raises(AirflowClusterPolicyViolation, match="run `barecount pools sync` to create it"):
-        policies.task_policy(not_synced)
+        cluster_policies.task_policy(not_synced)
 
 
 def test_a_dagbag_reports_the_missing_pool_as_an_import_error(registry, monkeypatch, tmp_path):
@@ -253,14 +253,14 @@ class _Weird:
 def test_the_policy_never_crashes_on_unexpected_objects(registry, caplog):
     registry("barecount_default_container")
     for thing in (None, object(), "a string", _Weird()):
-        policies.task_policy(thing)
+        cluster_policies.task_policy(thing)
 
     class Impostor:
         pool = "default_pool"
         runner_class = "container"  # a class attribute, but no dag, no task_id
 
     impostor = Impostor()
-    policies.task_policy(impostor)  # resolves to the default tenant's pool
+    cluster_policies.task_policy(impostor)  # resolves to the default tenant's pool
     assert impostor.pool == "barecount_default_container"
 
 
@@ -271,7 +271,7 @@ def test_a_corrupt_registry_turns_pools_off_with_a_warning(monkeypatch, caplog):
     pools.registry_cache_clear()
     with _dag(tags=["tenant:acme"]):
         task = LambdaRunnerOperator(task_id="t", function_name="f")
-    policies.task_policy(task)
+    cluster_policies.task_policy(task)
     assert task.pool == "default_pool"
     assert "is not a pool registry written by `barecount pools sync`" in caplog.text
     pools.registry_cache_clear()
@@ -286,7 +286,7 @@ def test_the_master_switch_turns_pools_off(registry, monkeypatch):
     monkeypatch.setattr(pools, "in_dag_processor", lambda: True)
     with _dag(tags=["tenant:acme"]):
         task = LambdaRunnerOperator(task_id="t", function_name="f")
-    policies.task_policy(task)
+    cluster_policies.task_policy(task)
     assert task.pool == "default_pool"
 
 

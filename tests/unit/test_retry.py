@@ -22,7 +22,7 @@ from airflow.sdk.definitions.retry_policy import (
     RetryRule,
 )
 
-from barecount_provider import policies
+from barecount_provider import cluster_policies
 from barecount_provider.policy import RetryBudget, load_policy, parse_policy, validate_file
 from barecount_provider.recovery import budgets, classify, retry
 
@@ -454,9 +454,9 @@ def _dag(**dag_kwargs: Any) -> Any:
 
 
 def _apply(dag: Any) -> None:
-    policies.dag_policy(dag)
+    cluster_policies.dag_policy(dag)
     for task in dag.tasks:
-        policies.task_policy(task)
+        cluster_policies.task_policy(task)
 
 
 def test_task_policy_attaches_retries_backoff_and_policy() -> None:
@@ -525,10 +525,10 @@ def test_in_a_task_process_the_policies_handle_only_the_running_task() -> None:
     context._DECLARED.pop("retry_attach", None)
     context._DECLARED.pop("retry_attach_other", None)
     with _parsing(dag_id="retry_attach", task_id="plain"):
-        assert policies.running_task() == ("retry_attach", "plain")
+        assert cluster_policies.running_task() == ("retry_attach", "plain")
         _apply(running)
         _apply(other)
-    assert policies.running_task() is None
+    assert cluster_policies.running_task() is None
     tasks = {task.task_id: task for task in running.tasks}
     assert isinstance(tasks["plain"].retry_policy, retry.BareCountRetryPolicy) and tasks["plain"].retries == 3
     assert tasks["explicit_many"].retry_policy is None and tasks["explicit_many"].retries == 9  # not this process's
@@ -541,7 +541,7 @@ def test_without_a_running_try_every_task_is_handled() -> None:
     what it parses to the database), which is not a task process's context."""
     dag = _dag(tags=["tenant:acme"])
     with _parsing(dag_id="retry_attach"):
-        assert policies.running_task() is None
+        assert cluster_policies.running_task() is None
         _apply(dag)
     assert all(isinstance(task.retry_policy, retry.BareCountRetryPolicy) for task in dag.tasks)
 
@@ -551,7 +551,7 @@ def test_a_task_policy_called_alone_reads_the_running_try_itself() -> None:
     dag = _dag(tags=["tenant:acme"])
     with _parsing(dag_id="retry_attach", task_id="plain"):
         for task in dag.tasks:
-            policies.task_policy(task)
+            cluster_policies.task_policy(task)
     assert [task.task_id for task in dag.tasks if task.retry_policy is not None] == ["plain"]
 
 
