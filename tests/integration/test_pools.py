@@ -21,20 +21,9 @@ import pytest
 from barecount_provider import cli, pools
 
 from ..conftest import PolicyFile
+from ..unit.test_pools import POLICY
 
 pytestmark = pytest.mark.integration
-
-POLICY = """
-version: 1
-defaults:
-  allowed_runner_classes: [serverless, container, local]
-  limits: {max_parallel_tasks: 4}
-tenants:
-  acme:
-    limits: {max_parallel_tasks: 3}
-  etl_team:
-    allowed_runner_classes: [managed_etl, dedicated, local]
-"""
 
 
 class FakeAirflowApi:

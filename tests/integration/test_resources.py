@@ -4,7 +4,6 @@ supervisor's it was forked from."""
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import sys
 
@@ -12,19 +11,13 @@ import pytest
 
 from barecount_provider.telemetry import resources
 
+from ..unit.test_resources import MIB, _touch
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(sys.platform != "linux", reason="the kernel's accounting read here is Linux's"),
 ]
 
-MIB = 2**20
-
-
-def _touch(size: int) -> mmap.mmap:
-    block = mmap.mmap(-1, size)
-    for offset in range(0, size, mmap.PAGESIZE):
-        block[offset] = 1
-    return block
 
 
 def _in_a_forked_child(body) -> dict:
