@@ -13,15 +13,20 @@ from barecount_provider import config
 from barecount_provider.policy.model import (
     BUILT_IN_SOURCE,
     DEFAULTS_TENANT,
+    AgentDependency,
     CostBudget,
     DeclaredBy,
+    EndpointProbe,
     FailureClasses,
     FailureRules,
     Limits,
+    NetworkDependencies,
     Policy,
     ReplayApproval,
     RetryBudget,
     TenantPolicy,
+    VpcEndpoint,
+    VpnConnection,
 )
 from barecount_provider.policy.validate import PolicyError, incomplete_problems, validated
 from barecount_provider.schema import Problem, frozen, merge, problems_of, read_text_file
@@ -68,13 +73,53 @@ def _tenant_policy(tenant: str, settings: Mapping[str, Any]) -> TenantPolicy:
             alert_at_fraction=float(cost["alert_at_fraction"]),
         ),
         size_tables=frozen(settings["size_tables"]),
-        network_profiles=frozen(settings.get("network_profiles") or {}),
+        network_profiles=frozen(
+            {
+                profile: {backend: item for backend, item in (placement or {}).items() if backend != "dependencies"}
+                for profile, placement in (settings.get("network_profiles") or {}).items()
+            }
+        ),
+        network_dependencies=types.MappingProxyType(
+            {
+                profile: _network_dependencies(placement["dependencies"])
+                for profile, placement in (settings.get("network_profiles") or {}).items()
+                if placement and placement.get("dependencies")
+            }
+        ),
         runner_targets=frozen(settings.get("runner_targets") or {}),
         failure_classes=_failure_classes(settings["failure_classes"]),
         declared_by=DeclaredBy(
             teams=tuple(dict.fromkeys((settings.get("declared_by") or {}).get("teams") or ())),
             bundles=tuple(dict.fromkeys((settings.get("declared_by") or {}).get("bundles") or ())),
         ),
+    )
+
+
+def _network_dependencies(section: Mapping[str, Any]) -> NetworkDependencies:
+    return NetworkDependencies(
+        vpn_connections=tuple(
+            VpnConnection(id=item["id"], min_tunnels_up=item.get("min_tunnels_up", 1))
+            for item in section.get("vpn_connections") or ()
+        ),
+        vpc_endpoints=tuple(
+            VpcEndpoint(
+                id=item["id"],
+                probe=EndpointProbe(
+                    host=item["probe"]["host"],
+                    port=item["probe"]["port"],
+                    tls_server_name=item["probe"].get("tls_server_name"),
+                    http_path=item["probe"].get("http_path"),
+                ),
+            )
+            for item in section.get("vpc_endpoints") or ()
+        ),
+        agents=tuple(
+            AgentDependency(name=item["name"], max_heartbeat_age_seconds=item.get("max_heartbeat_age_seconds", 120))
+            for item in section.get("agents") or ()
+        ),
+        health_urls=tuple(section.get("health_urls") or ()),
+        degraded=section.get("degraded") or "allow",
+        require_healthy=bool(section.get("require_healthy", False)),
     )
 
 

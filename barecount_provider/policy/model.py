@@ -34,6 +34,8 @@ GLUE_WORKER_TYPES = (
     "R.8X",
 )
 FARGATE_CPU_UNITS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+DEGRADED_POLICIES = ("allow", "refuse")  # network_profiles.<profile>.dependencies.degraded
+HEALTH_URL_SCHEMES = ("http", "https", "tcp")
 
 BUILT_IN_SOURCE = "<built-in>"
 DEFAULTS_TENANT = "<defaults>"  # the `tenant` of Policy.defaults
@@ -136,6 +138,64 @@ class DeclaredBy:
         return " or ".join(parts) or "any DAG"
 
 
+@dataclass(frozen=True)
+class VpnConnection:
+    """An EC2 Site-to-Site VPN connection a network profile relies on, and how many of its tunnels must be UP."""
+
+    id: str
+    min_tunnels_up: int = 1
+
+
+@dataclass(frozen=True)
+class EndpointProbe:
+    """Where to probe through a VPC interface endpoint: TCP ``host:port``, then a TLS handshake when
+    ``tls_server_name`` is set (the certificate verified against it), then an HTTP GET of ``http_path``."""
+
+    host: str
+    port: int
+    tls_server_name: str | None = None
+    http_path: str | None = None
+
+
+@dataclass(frozen=True)
+class VpcEndpoint:
+    """A VPC interface (PrivateLink) endpoint a network profile relies on, and the probe through it."""
+
+    id: str
+    probe: EndpointProbe
+
+
+@dataclass(frozen=True)
+class AgentDependency:
+    """An on-premise agent a network profile relies on: healthy while its last heartbeat is at most
+    ``max_heartbeat_age_seconds`` old."""
+
+    name: str
+    max_heartbeat_age_seconds: int = 120
+
+
+@dataclass(frozen=True)
+class NetworkDependencies:
+    """What one network profile relies on (``network_profiles.<profile>.dependencies``) and how its health
+    gates runners: ``require_healthy`` (checked before launch) and ``degraded`` (``allow`` or ``refuse``)."""
+
+    vpn_connections: tuple[VpnConnection, ...] = ()
+    vpc_endpoints: tuple[VpcEndpoint, ...] = ()
+    agents: tuple[AgentDependency, ...] = ()
+    health_urls: tuple[str, ...] = ()
+    """``http://``, ``https://`` or ``tcp://host:port`` URLs."""
+    degraded: str = "allow"
+    require_healthy: bool = False
+
+    @property
+    def empty(self) -> bool:
+        """Whether the profile names no dependency at all."""
+        return not (self.vpn_connections or self.vpc_endpoints or self.agents or self.health_urls)
+
+
+NO_DEPENDENCIES = NetworkDependencies()
+
+
 SizeTables = Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]]
 """runner class -> size -> backend (lambda, pod, fargate, glue, emr, ec2) -> resource setting -> value."""
 
@@ -156,6 +216,9 @@ class TenantPolicy:
     cost_budget: CostBudget
     size_tables: SizeTables = field(hash=False)
     network_profiles: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(hash=False, default_factory=dict)
+    """profile -> backend (ecs, ec2, pod) -> placement setting -> value (the dependencies are not in it)."""
+    network_dependencies: Mapping[str, NetworkDependencies] = field(hash=False, default_factory=dict)
+    """profile -> what it relies on; a profile that declares nothing is absent (see :meth:`dependencies`)."""
     runner_targets: Mapping[str, Mapping[str, Mapping[str, str]]] = field(hash=False, default_factory=dict)
     failure_classes: FailureClasses = field(hash=False, default_factory=FailureClasses)
     declared_by: DeclaredBy = DeclaredBy()
@@ -195,6 +258,11 @@ class TenantPolicy:
     def placement(self, network_profile: str, backend: str) -> Mapping[str, Any]:
         """Where ``network_profile`` runs on ``backend`` (ecs, ec2, pod): empty when the policy names nothing."""
         return (self.network_profiles.get(network_profile) or {}).get(backend) or types.MappingProxyType({})
+
+    def dependencies(self, network_profile: str) -> NetworkDependencies:
+        """What ``network_profile`` relies on: empty (no dependency, healthy not required) when the policy
+        names nothing."""
+        return self.network_dependencies.get(network_profile, NO_DEPENDENCIES)
 
     def target(self, backend: str, name: str, network_profile: str, size: str) -> tuple[str, str] | None:
         """(target, selector) that implements ``name`` at this profile and size on ``backend`` (lambda, glue, emr).

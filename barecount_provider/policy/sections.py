@@ -3,22 +3,28 @@ from the shared schema layer (:mod:`barecount_provider.schema`)."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 
 from barecount_provider.policy.model import (
+    DEGRADED_POLICIES,
     FAILURE_CLASS_NAMES,
     FARGATE_CPU_UNITS,
     GLUE_WORKER_TYPES,
+    HEALTH_URL_SCHEMES,
     NETWORK_PROFILES,
     REPLAY_DEFAULTS,
     RETRY_WINDOW_SCOPES,
     RUNNER_CLASSES,
     SIZED_RUNNER_CLASSES,
     SIZES,
+    TENANT_NAME,
 )
 from barecount_provider.policy.quantities import parse_cpu_quantity, parse_memory_quantity
 from barecount_provider.schema import (
+    MISSING,
     Check,
     Section,
     boolean,
@@ -142,7 +148,7 @@ _SIZE_TABLES = Section(
     keys_expected=f"a runner class with a size table: one of {', '.join(SIZED_RUNNER_CLASSES)}",
 )
 
-# Where each network profile runs, for the services that take networking per run. Optional: the built-in
+# Where each network profile runs, for the services that take networking per run (beside its dependencies). Optional: the built-in
 # policy names no subnet, and an operator whose profile has no placement uses its own arguments.
 _NETWORK_PLACEMENT = Section(
     {
@@ -169,8 +175,180 @@ _NETWORK_PLACEMENT = Section(
     },
     optional=True,
 )
+
+# What a network profile relies on (barecount_provider.health checks them). Each list item is a mapping
+# with required and optional keys; an id (name, URL) is given once per list.
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+VPN_CONNECTION_ID = re.compile(r"vpn-[0-9a-f]{8}([0-9a-f]{9})?")
+VPC_ENDPOINT_ID = re.compile(r"vpce-[0-9a-f]{8}([0-9a-f]{9})?")
+
+
+def is_host(value: object) -> bool:
+    """A DNS name or an IPv4/IPv6 address (no brackets, no port)."""
+    if not (isinstance(value, str) and value and len(value) <= 253):
+        return False
+    if _HOST_NAME.fullmatch(value):
+        return True
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_dns_name(value: object) -> bool:
+    """A DNS name, not an IP address (what a TLS client sends as its server name)."""
+    if not (isinstance(value, str) and len(value) <= 253 and _HOST_NAME.fullmatch(value)):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return True
+    return False
+
+
+def _host(what: str, accepts: Callable[[object], bool] = is_host) -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not accepts(value):
+            yield "", value, what
+
+    return check
+
+
+def _http_path() -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not (isinstance(value, str) and value.startswith("/") and not any(c.isspace() for c in value)):
+            yield "", value, "an HTTP path starting with '/' (no spaces)"
+
+    return check
+
+
+HEALTH_URL_EXPECTED = "an http:// or https:// URL, or tcp://host:port"
+
+
+def is_health_url(value: object) -> bool:
+    """An ``http(s)://host[:port][/path]`` URL, or ``tcp://host:port``."""
+    if not (isinstance(value, str) and not any(char.isspace() for char in value)):
+        return False
+    parts = urllib.parse.urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of 0..65535
+        return False
+    if parts.scheme not in HEALTH_URL_SCHEMES or parts.username is not None or not is_host(parts.hostname):
+        return False
+    if port == 0:
+        return False
+    if parts.scheme == "tcp":
+        return port is not None and not (parts.path or parts.query or parts.fragment)
+    return True
+
+
+def _health_url() -> Check:
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not is_health_url(value):
+            yield "", value, HEALTH_URL_EXPECTED
+
+    return check
+
+
+def _record(fields: Mapping[str, Check], required: tuple[str, ...], what: str) -> Check:
+    """A mapping with the keys ``fields`` (``required`` ones must be set), each checked."""
+    keys = ", ".join(f"{key}{'' if key in required else ' (optional)'}" for key in fields)
+
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        if not isinstance(value, dict):
+            yield "", value, f"{what}: a mapping (keys: {keys})"
+            return
+        for key, item in value.items():
+            spec = fields.get(key) if isinstance(key, str) else None
+            if spec is None:
+                yield f".{key}", key, f"a known key of {what} (allowed: {', '.join(fields)})"
+                continue
+            for suffix, bad, expected in spec(item):
+                yield f".{key}{suffix}", bad, expected
+        for key in required:
+            if key not in value:
+                yield f".{key}", MISSING, f"the {key} of {what}"
+
+    return check
+
+
+def _unique_list(item: Check, what: str, key: str | None, unique: str) -> Check:
+    """A list of ``item``; the ``key`` of each item (the item itself when None) is given once: a copy is
+    not ``unique`` (e.g. 'a unique id')."""
+    listed = list_of(item, what)
+
+    def check(value: object) -> Iterator[tuple[str, object, str]]:
+        yield from listed(value)
+        if not isinstance(value, list):
+            return
+        first: dict[object, int] = {}
+        for index, element in enumerate(value):
+            if key is None:
+                ident, suffix = element, f"[{index}]"
+            elif isinstance(element, dict):
+                ident, suffix = element.get(key), f"[{index}].{key}"
+            else:
+                continue
+            if not isinstance(ident, str):  # a bad or missing id is reported by the item's check
+                continue
+            if ident in first:
+                yield suffix, ident, f"{unique} (the same is at [{first[ident]}])"
+            else:
+                first[ident] = index
+
+    return check
+
+
+_VPN_CONNECTION = _record(
+    {
+        "id": matching(VPN_CONNECTION_ID.pattern, "a VPN connection id such as 'vpn-0123456789abcdef0'"),
+        "min_tunnels_up": integer(1, 2),
+    },
+    required=("id",),
+    what="a VPN connection",
+)
+_ENDPOINT_PROBE = _record(
+    {
+        "host": _host("a host name or IP address to probe"),
+        "port": integer(1, 65535),
+        "tls_server_name": _host("a TLS server name (a DNS name, not an IP address)", is_dns_name),
+        "http_path": _http_path(),
+    },
+    required=("host", "port"),
+    what="an endpoint probe",
+)
+_VPC_ENDPOINT = _record(
+    {
+        "id": matching(VPC_ENDPOINT_ID.pattern, "a VPC endpoint id such as 'vpce-0123456789abcdef0'"),
+        "probe": _ENDPOINT_PROBE,
+    },
+    required=("id", "probe"),
+    what="a VPC endpoint",
+)
+_AGENT = _record(
+    {
+        "name": matching(TENANT_NAME.pattern.strip("^$"), f"an agent name matching {TENANT_NAME.pattern}"),
+        "max_heartbeat_age_seconds": integer(1),
+    },
+    required=("name",),
+    what="an agent",
+)
+_NETWORK_DEPENDENCIES = Section(
+    {
+        "vpn_connections": _unique_list(_VPN_CONNECTION, "VPN connections", "id", "a unique VPN connection id"),
+        "vpc_endpoints": _unique_list(_VPC_ENDPOINT, "VPC endpoints", "id", "a unique VPC endpoint id"),
+        "agents": _unique_list(_AGENT, "agents", "name", "a unique agent name"),
+        "health_urls": _unique_list(_health_url(), "health URLs", None, "a unique health URL"),
+        "degraded": one_of(DEGRADED_POLICIES),
+        "require_healthy": boolean(),
+    },
+    optional=True,
+)
+_NETWORK_PROFILE = Section({**_NETWORK_PLACEMENT.fields, "dependencies": _NETWORK_DEPENDENCIES}, optional=True)
 _NETWORK_PROFILES = Section(
-    dict.fromkeys(NETWORK_PROFILES, _NETWORK_PLACEMENT),
+    dict.fromkeys(NETWORK_PROFILES, _NETWORK_PROFILE),
     keys_expected=f"a network profile: one of {', '.join(NETWORK_PROFILES)}",
     optional=True,
 )
