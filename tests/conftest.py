@@ -10,6 +10,7 @@ Nothing the tests run may write outside the project directory or a temporary one
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -29,9 +30,20 @@ def _temporary(prefix: str) -> str:
     return path
 
 
+def _remove_created() -> None:
+    for path in _CREATED:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# A process that imports this module without running the session (a test's spawned or subprocess child that
+# imports a test module, which imports a helper from here) removes what it made when it exits.
+atexit.register(_remove_created)
+
 _HOME = os.environ.get("AIRFLOW_HOME") or _temporary("barecount-test-home-")
 os.environ["AIRFLOW_HOME"] = _HOME
-USER_HOME = _temporary("barecount-test-user-home-")
+# A child process of the session inherits the session's empty HOME instead of making one of its own.
+USER_HOME = os.environ.get("BARECOUNT_TEST_USER_HOME") or _temporary("barecount-test-user-home-")
+os.environ["BARECOUNT_TEST_USER_HOME"] = USER_HOME
 os.environ["HOME"] = USER_HOME
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.path.dirname(__file__), "..", "dags"))
@@ -70,8 +82,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.ensure_newline()
             reporter.write_line(f"ERROR: {message}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    for path in _CREATED:
-        shutil.rmtree(path, ignore_errors=True)
+    _remove_created()
 
 
 def _clear_caches() -> None:
