@@ -8,13 +8,13 @@ the final results of its check. Never raises: a sink or database failure is coun
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from barecount_provider import selfmetrics
+from barecount_provider.health import records
 from barecount_provider.health.metrics import health_metric_points
 from barecount_provider.health.result import PHASES, Dependency, HealthResult, PhaseTimings
 from barecount_provider.telemetry.metrics import get_emitter
@@ -49,8 +49,6 @@ def publish(results: Sequence[HealthResult], *, source: str) -> None:
 
 
 def _save(results: Sequence[HealthResult]) -> None:
-    # TODO(issue 23): a plain import once health.records (helper "agents") is merged
-    records = importlib.import_module("barecount_provider.health.records")
     records.save_results(results)
 
 

@@ -128,6 +128,19 @@ def test_publish_emits_the_points_and_saves_the_results(monkeypatch: pytest.Monk
     assert saved == results
 
 
+def test_published_results_are_the_dependencies_last_results_in_the_database(
+    index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from barecount_provider.health import records
+
+    monkeypatch.setattr(health_report, "get_emitter", lambda: SimpleNamespace(emit=lambda points: None))
+    health_report.publish([_endpoint_down(), _agent_healthy()], source="test")
+    stored = {(r["dependency"]["kind"], r["dependency"]["id"]): r for r in records.latest_results(["acme"])}
+    assert stored[("vpc_endpoint", "vpce-1")]["status"] == "unhealthy"
+    assert stored[("vpc_endpoint", "vpce-1")]["error_code"] == "refused"
+    assert stored[("agent", "dc1-agent")]["status"] == "healthy"
+
+
 def test_publish_never_raises_and_counts_its_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_: Any) -> None:
         raise OSError("sink down")
