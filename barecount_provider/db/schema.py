@@ -1,5 +1,5 @@
-"""BareCount's own tables, in one MetaData: the evidence index, the retry budgets, the replay ledger and the
-replay approvals. They live in one database (``[barecount] evidence_index_url``: SQLite by default,
+"""BareCount's own tables, in one MetaData: the evidence index, the retry budgets, the replay ledger, the
+replay approvals, and the health records (agents' heartbeats, the dependencies' last results). They live in one database (``[barecount] evidence_index_url``: SQLite by default,
 PostgreSQL in production), created and upgraded by Alembic migrations (``barecount db migrate``,
 barecount_provider/db/migrations/); the domain modules import their tables from here.
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 """The revision this code needs (the migrations' head), compared with the database's at first use."""
 
 VERSION_TABLE = "barecount_alembic_version"
@@ -192,3 +192,35 @@ approvals_table = sa.Table(
     sa.Column("recorded_at", sa.Float, nullable=False),
 )
 sa.Index("ix_barecount_replay_approvals_plan", approvals_table.c.plan_id)
+
+# ------------------------------------------------------------------ health records (health/records.py)
+
+MAX_AGENT_NAME = 63  # policy.TENANT_NAME: an agent's name follows the tenants' pattern
+
+# One row per agent (a heartbeat replaces the previous one: a flood of heartbeats stays one row).
+agent_heartbeats_table = sa.Table(
+    "barecount_agent_heartbeats",
+    metadata,
+    sa.Column("name", sa.String(MAX_AGENT_NAME), primary_key=True),
+    sa.Column("tenants", sa.Text, nullable=False),  # JSON list: the tenants whose profiles name the agent
+    sa.Column("version", sa.String(64)),
+    sa.Column("capabilities", sa.Text, nullable=False),  # JSON list
+    sa.Column("reported_by", sa.String(255)),  # the user whose token sent it
+    sa.Column("seen_epoch", sa.Float, nullable=False),
+    sa.Column("beats", sa.BigInteger, nullable=False),  # heartbeats received since the row was made
+)
+
+# The last result of each dependency of each (tenant, network profile): one row per (tenant, profile, kind, id);
+# '' stands for no tenant or no profile (a primary key column cannot be NULL).
+health_results_table = sa.Table(
+    "barecount_health_results",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("network_profile", sa.String(128), primary_key=True),
+    sa.Column("kind", sa.String(64), primary_key=True),
+    sa.Column("dependency_id", sa.String(1024), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error_code", sa.String(32)),
+    sa.Column("checked_epoch", sa.Float, nullable=False),
+    sa.Column("result", sa.Text, nullable=False),  # HealthResult.as_dict() as JSON
+)

@@ -16,6 +16,8 @@ from barecount_provider.db import SchemaOutOfDate, migrate, schema
 from barecount_provider.recovery.budgets import RetryLedger
 from tests import schema_before_migrations as before
 
+NEW_IN_0002 = {"barecount_agent_heartbeats", "barecount_health_results"}  # the health records
+
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
@@ -47,23 +49,48 @@ def test_the_migrations_make_exactly_the_tables_of_the_schema(url: str) -> None:
     assert migrate.upgrade(url) == (None, schema.HEAD_REVISION)
     rows, differences, revision = _read(url)
     assert revision == schema.HEAD_REVISION and differences == []
-    assert set(rows) == set(before.ROWS) and not any(rows.values())
+    assert set(rows) == set(schema.metadata.tables) and not any(rows.values())
+    assert set(before.ROWS) | NEW_IN_0002 == set(rows)
 
 
 def test_a_database_from_before_migrations_upgrades_with_every_row_intact(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     _legacy(url)
-    rows_before, _, revision = _read(url)
+    rows_before, _, revision = _read(url, set(before.ROWS))
     assert revision is None and all(len(rows_before[name]) == 1 for name in before.ROWS)
+    rows_before.update({name: [] for name in NEW_IN_0002})  # the health records' tables come empty
 
     assert cli.main(["db", "migrate", "--url", url]) == 0
-    assert "upgraded from no revision to revision 0001" in capsys.readouterr().out
+    assert f"upgraded from no revision to revision {schema.HEAD_REVISION}" in capsys.readouterr().out
     rows_after, differences, revision = _read(url)
     assert rows_after == rows_before and revision == schema.HEAD_REVISION and differences == []
 
     assert cli.main(["db", "migrate", "--url", url]) == 0  # idempotent
-    assert "already at revision 0001" in capsys.readouterr().out
+    assert f"already at revision {schema.HEAD_REVISION}" in capsys.readouterr().out
     assert _read(url) == (rows_before, [], schema.HEAD_REVISION)
     assert cli.main(["db", "check", "--url", url]) == 0
+
+
+def test_a_database_at_revision_0001_upgrades_to_the_health_records_with_every_row_intact(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A database `barecount db migrate` set up before the health records (revision 0001, a row in every
+    table) is refused at first use, and then upgraded: revision 0002 adds the two health tables, nothing else."""
+    from alembic import command
+
+    _legacy(url)
+    engine = db.create_engine(url, immediate=True)
+    with engine.begin() as connection:
+        command.upgrade(migrate.alembic_config(connection), "0001")
+    engine.dispose()
+    rows_before, _, revision = _read(url, set(before.ROWS))
+    assert revision == "0001" and all(len(rows_before[name]) == 1 for name in before.ROWS)
+    with pytest.raises(SchemaOutOfDate, match="at schema revision 0001; this BareCount needs revision 0002"):
+        db.ensure_schema(db.create_engine(url))
+
+    assert cli.main(["db", "migrate", "--url", url]) == 0
+    assert "upgraded from 0001 to revision 0002" in capsys.readouterr().out
+    rows_after, differences, revision = _read(url)
+    assert revision == "0002" and differences == []
+    assert {name: rows_after[name] for name in before.ROWS} == rows_before
+    assert {name for name, rows in rows_after.items() if not rows} == NEW_IN_0002
 
 
 def test_a_database_with_only_some_tables_from_before_gets_the_others(url: str) -> None:
@@ -100,7 +127,7 @@ def test_an_unknown_revision_is_refused(url: str) -> None:
     with engine.begin() as connection:
         connection.execute(sa.text(f"UPDATE {schema.VERSION_TABLE} SET version_num = '9999'"))
     engine.dispose()
-    with pytest.raises(SchemaOutOfDate, match="at schema revision 9999; this BareCount needs revision 0001"):
+    with pytest.raises(SchemaOutOfDate, match=f"at schema revision 9999; this BareCount needs revision {schema.HEAD_REVISION}"):
         db.ensure_schema(db.create_engine(url))
 
 
@@ -169,4 +196,4 @@ def test_doctor_says_whether_the_schema_is_current(
     if out_of_date:
         assert evidence["problem"].startswith("schema: BareCount's database") and "run `barecount db migrate`" in evidence["problem"]
     else:
-        assert evidence["schema"] == "current (revision 0001; docs/database.md)" and evidence["problem"] is None
+        assert evidence["schema"] == f"current (revision {schema.HEAD_REVISION}; docs/database.md)" and evidence["problem"] is None
