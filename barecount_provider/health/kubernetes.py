@@ -50,6 +50,11 @@ def classify_kubernetes_error(err: Exception) -> Outcome:
     return Outcome("unknown", f"{type(err).__name__}: {text}")
 
 
+def _matches(node: Any, node_selector: Mapping[str, str]) -> bool:
+    labels = getattr(getattr(node, "metadata", None), "labels", None) or {}
+    return all(labels.get(key) == value for key, value in node_selector.items())
+
+
 def _ready(node: Any) -> bool:
     conditions = getattr(getattr(node, "status", None), "conditions", None) or []
     return any(getattr(c, "type", None) == "Ready" and getattr(c, "status", None) == "True" for c in conditions)
@@ -73,7 +78,8 @@ def check_kubernetes_nodes(
         kwargs: dict[str, Any] = {"label_selector": selector} if selector else {}
         if timeout_s is not None:
             kwargs["_request_timeout"] = timeout_s
-        nodes = list(core_v1.list_node(**kwargs).items or [])
+        # The API server filters by the selector; the labels are matched here too, for servers that do not.
+        nodes = [node for node in core_v1.list_node(**kwargs).items or [] if _matches(node, node_selector)]
         ready = [node.metadata.name for node in nodes if _ready(node)]
         measurements = {"nodes_ready": len(ready), "nodes_matching": len(nodes)}
         if not nodes:

@@ -415,7 +415,7 @@ def test_kubernetes_nodes_use_the_hooks_core_v1_client(monkeypatch):
         def list_node(self, **kwargs):
             calls.append(kwargs)
             ready = SimpleNamespace(type="Ready", status="True")
-            node = SimpleNamespace(metadata=SimpleNamespace(name="n1"), status=SimpleNamespace(conditions=[ready]))
+            node = SimpleNamespace(metadata=SimpleNamespace(name="n1", labels={"zone": "dc1"}), status=SimpleNamespace(conditions=[ready]))
             return SimpleNamespace(items=[node])
 
     hooks: list[tuple[Any, dict[str, Any]]] = []
