@@ -358,11 +358,7 @@ def test_the_default_connection_and_timeout_come_from_the_config(monkeypatch):
         raise RuntimeError("no AWS here")
 
     monkeypatch.setattr(connections, "hook", hook)
-    try:
-        verdict = health.check([health.runner_spec("ecs_cluster", "runners")])
-    finally:
-        monkeypatch.undo()
-        config.cache_clear()
+    verdict = health.check([health.runner_spec("ecs_cluster", "runners")])
     assert seen[0]["aws_conn_id"] == "aws_fleet"
     assert 6 < seen[0]["config"].read_timeout <= 7
     (result,) = verdict.results
@@ -449,3 +445,31 @@ def test_url_checks_run_through_check_async(monkeypatch):
     assert seen[0][0] == "tcp://db.internal:5432" and 0 < seen[0][1] <= 2
     assert not verdict.passed
     assert verdict.as_dict()["results"][0]["error_code"] == "refused"
+
+
+def test_agents_are_judged_by_the_heartbeats_in_barecounts_database(tmp_path, monkeypatch, acme):
+    """Heartbeats recorded by health.records (SQLite under evidence_dir), read back by the agent checks."""
+    from barecount_provider import config
+    from barecount_provider.health import records
+
+    monkeypatch.setenv("AIRFLOW__BARECOUNT__EVIDENCE_DIR", str(tmp_path / "evidence"))
+    config.cache_clear()
+    records.clear_caches()
+    try:
+        records.record_heartbeat(
+            "acme-dc1-gateway", tenants=["acme"], version="1.0", capabilities=[], reported_by=None,
+            at=datetime.now(UTC) - timedelta(seconds=30),
+        )
+        records.record_heartbeat(
+            "acme-dc2-gateway", tenants=["acme"], version="1.0", capabilities=[], reported_by=None,
+            at=datetime.now(UTC) - timedelta(seconds=600),
+        )
+        specs = [s for s in health.all_specs("acme") if s.kind == "agent"]
+        results = health.check(specs, timeout_s=5).results
+    finally:
+        records.clear_caches()
+    assert [(r.dependency.id, r.status, r.error_code) for r in results] == [
+        ("acme-dc1-gateway", "healthy", None),
+        ("acme-dc2-gateway", "unhealthy", "heartbeat_stale"),  # 600 s old, 120 s allowed (the default)
+    ]
+    assert 29 <= results[0].measurements["heartbeat_age_seconds"] < 90
