@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from barecount_provider.health.result import Dependency, HealthResult
+from barecount_provider.health.result import Dependency, HealthResult, Status
 
 DEGRADED_POLICIES = ("allow", "refuse")
 
@@ -37,6 +37,50 @@ class Check:
 
     dependency: Dependency
     run: Callable[[float], HealthResult]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a check's body saw, before :func:`timed` makes it a result (adding the dependency and times)."""
+
+    status: Status
+    detail: str
+    error_code: str | None = None
+    measurements: Mapping[str, float] = field(default_factory=dict)
+
+
+def timed(
+    dependency: Dependency,
+    body: Callable[[], Outcome | HealthResult],
+    classify: Callable[[Exception], Outcome],
+) -> HealthResult:
+    """Runs a check's ``body`` and returns its result, timed from now; never raises.
+
+    ``body`` returns an :class:`Outcome`, or a whole result (a network probe's, whose phase timings are kept;
+    its latency becomes the whole check's). An exception ``body`` raises is turned into an outcome by
+    ``classify`` (the service's errors into error codes); when ``classify`` itself fails, ``unknown``.
+    """
+    checked_at = datetime.now(UTC)
+    started = time.monotonic()
+    try:
+        outcome: Outcome | HealthResult = body()
+    except Exception as err:
+        try:
+            outcome = classify(err)
+        except Exception as failure:
+            outcome = Outcome("unknown", f"{type(err).__name__}: {err} (and classifying it failed: {failure!r})")
+    latency_ms = (time.monotonic() - started) * 1000
+    if isinstance(outcome, HealthResult):
+        return replace(outcome, latency_ms=latency_ms, checked_at=checked_at)
+    return HealthResult(
+        status=outcome.status,
+        dependency=dependency,
+        latency_ms=latency_ms,
+        detail=outcome.detail,
+        error_code=outcome.error_code,
+        checked_at=checked_at,
+        measurements=outcome.measurements,
+    )
 
 
 def _timed_out(dependency: Dependency, timeout_s: float, started: float, checked_at: datetime, why: str) -> HealthResult:
@@ -175,7 +219,8 @@ async def run_checks_async(checks: Sequence[Check], *, timeout_s: float, max_thr
     batch = _Batch(checks, timeout_s, max_threads, deliver)
     if not checks:
         return []
-    batch.start()
+    # Even starting hundreds of threads takes the loop's time: one thread starts them.
+    threading.Thread(target=batch.start, name="barecount-health-start", daemon=True).start()
     try:
         await asyncio.wait(futures, timeout=max(0.0, batch.deadline + GRACE_S - time.monotonic()))
     finally:
