@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.ecs import EcsRunTaskOperator
@@ -33,6 +33,7 @@ from barecount_provider.operators.base import (
     require_synchronous,
     seconds_between,
 )
+from barecount_provider.runtime import health as runtime_health
 
 # ------------------------------------------------------------------------------------------- ECS task parser
 
@@ -334,6 +335,8 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
         pipeline: str | None = None,
         size: str = "m",
         network_profile: str = "public",
+        require_healthy: bool | None = None,
+        wait_for_healthy: timedelta | None = None,
         overrides: dict | None = None,
         propagate_tags: str | None = "TASK_DEFINITION",
         wait_for_completion: bool = True,
@@ -346,6 +349,8 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
             pipeline=pipeline,
             size=size,
             network_profile=network_profile,
+            require_healthy=require_healthy,
+            wait_for_healthy=wait_for_healthy,
             overrides=overrides or {},
             propagate_tags=propagate_tags,
             wait_for_completion=True,
@@ -356,6 +361,7 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
     def execute(self, context: Any) -> Any:
         ctx = self.barecount_context(context)
         fargate_size = self.governed_resources(ctx).get("fargate", {})  # PolicyViolation before RunTask
+        self.check_health_before_launch(ctx)  # DependencyUnhealthy, or a deferral, before RunTask
         result = self.new_runner_result(ctx)
         record_ecs_requested(result, fargate_size, ctx.size)
         self._place(ctx, result)
@@ -396,6 +402,17 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
             self.on_runner_failed(context, result, {"task": _json_safe(task), "error": result.error})
             raise EcsTaskFailed(message) from failure
         return value
+
+    def runner_health_target(self, ctx: bc_context.RunContext) -> runtime_health.DependencySpec:
+        """The cluster the task runs on: ``ACTIVE`` with registered capacity."""
+        return runtime_health.runner_spec(
+            "ecs_cluster",
+            str(self.cluster),
+            tenant=ctx.tenant,
+            network_profile=ctx.network_profile,
+            conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+        )
 
     def _place(self, ctx: bc_context.RunContext, result: RunnerResult) -> None:
         """The network profile's subnets and security groups as this run's awsvpcConfiguration."""
