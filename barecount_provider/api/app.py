@@ -640,7 +640,7 @@ def create_app(
                 status.HTTP_403_FORBIDDEN,
                 f"Agent `{name}` is not listed in the tenant policy (network_profiles.<profile>.dependencies.agents)",
             )
-        body = body or HeartbeatBody()
+        body = body or HeartbeatBody(version=None)
         url = store.index.url
         records.record_heartbeat(
             name, tenants=sorted(tenants), version=body.version, capabilities=body.capabilities, reported_by=user.get_name(), url=url
