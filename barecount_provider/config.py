@@ -364,6 +364,27 @@ OPTIONS: dict[str, tuple[str, str, str, str]] = {
         "Object Lock retention (COMPLIANCE mode) of each checkpoint object in S3, in days; 0: none. The bucket "
         "must have Object Lock enabled.",
     ),
+    "health_timeout_seconds": (
+        "integer",
+        "10",
+        "30",
+        "The deadline of one round of health checks (docs/health.md): every dependency of the round is checked "
+        "concurrently, each within what remains of it; a check with no answer by then is unhealthy with the "
+        "error code timeout. Used when the caller (sensor, runner operator, barecount health check) gives none.",
+    ),
+    "health_aws_conn_id": (
+        "string",
+        "aws_default",
+        "aws_health",
+        "The Airflow AWS connection of the health checks (VPN connections, VPC endpoints, runner readiness) "
+        "when a dependency names none.",
+    ),
+    "health_kubernetes_conn_id": (
+        "string",
+        "kubernetes_default",
+        "kubernetes_onprem",
+        "The Airflow Kubernetes connection of the kubernetes_nodes health check when a dependency names none.",
+    ),
 }
 
 
@@ -577,6 +598,9 @@ CHECKS: dict[str, Check] = {
     "evidence_checkpoint_public_key": Check("an Ed25519 public key (the base64 of its raw 32 bytes, or PEM), or empty", _parse_public_key),
     "evidence_checkpoint_location": Check("a directory, or s3://bucket/prefix, or empty", _parse_checkpoint_location),
     "evidence_checkpoint_object_lock_days": whole(0),
+    "health_timeout_seconds": whole(1, 600),
+    "health_aws_conn_id": TEXT,
+    "health_kubernetes_conn_id": TEXT,
 }
 
 
@@ -925,6 +949,21 @@ def evidence_checkpoint_object_lock_days() -> int:
     return int(_value("evidence_checkpoint_object_lock_days"))
 
 
+@functools.cache
+def health_timeout_seconds() -> int:
+    return _int("health_timeout_seconds")
+
+
+@functools.cache
+def health_aws_conn_id() -> str:
+    return _value("health_aws_conn_id") or "aws_default"
+
+
+@functools.cache
+def health_kubernetes_conn_id() -> str:
+    return _value("health_kubernetes_conn_id") or "kubernetes_default"
+
+
 _GETTERS = [
     enabled,
     environment,
@@ -972,6 +1011,9 @@ _GETTERS = [
     evidence_checkpoint_public_key,
     evidence_checkpoint_location,
     evidence_checkpoint_object_lock_days,
+    health_timeout_seconds,
+    health_aws_conn_id,
+    health_kubernetes_conn_id,
     task_outputs,
     forward_spool_at_exit,
     fast_paths,

@@ -1,4 +1,5 @@
-"""The one result every health check returns: status, dependency, latency, phase timings, error code, detail.
+"""The one result every health check returns: status, dependency, latency, phase timings, error code, detail,
+measurements.
 
 The error codes are a closed list (docs/health.md): a check that builds a result with any other code has a bug,
 so the constructor raises ``ValueError`` rather than letting an unknown code reach the evidence or the metrics.
@@ -6,7 +7,10 @@ so the constructor raises ``ValueError`` rather than letting an unknown code rea
 
 from __future__ import annotations
 
+import math
 import re
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -88,6 +92,8 @@ class HealthResult:
     :param error_code: from the closed list (``ERROR_CODES`` or ``http_<status>``); ``None`` when healthy.
     :param detail: one line for a human: what was seen.
     :param checked_at: when the check started, timezone-aware.
+    :param measurements: numbers the check measured besides its latency, by name (the VPN check's
+        ``tunnels_up`` and ``tunnels_required``, the agent check's ``heartbeat_age_seconds``); kept read-only.
     """
 
     status: Status
@@ -97,6 +103,7 @@ class HealthResult:
     error_code: str | None = None
     phases: PhaseTimings = field(default_factory=PhaseTimings)
     checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    measurements: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -113,6 +120,12 @@ class HealthResult:
             raise ValueError(f"latency {self.latency_ms!r} ms is negative")
         if self.checked_at.tzinfo is None:
             raise ValueError("checked_at must be timezone-aware")
+        for name, value in self.measurements.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"measurement name {name!r} is not a non-empty string")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"measurement {name}: {value!r} is not a finite number")
+        object.__setattr__(self, "measurements", types.MappingProxyType(dict(self.measurements)))
 
     @property
     def ok(self) -> bool:
@@ -129,4 +142,5 @@ class HealthResult:
             "error_code": self.error_code,
             "detail": self.detail,
             "checked_at": self.checked_at.isoformat(),
+            "measurements": dict(self.measurements),
         }

@@ -38,6 +38,7 @@ def test_as_dict_is_json_and_names_every_field():
         "error_code": "http_503",
         "detail": "db.example:5432: GET /health answered 503",
         "checked_at": "2026-12-08T01:02:03+00:00",
+        "measurements": {},
     }
     assert json.loads(json.dumps(result.as_dict())) == result.as_dict()
 
@@ -116,3 +117,20 @@ def test_a_dependency_needs_a_kind_and_an_id():
         Dependency(kind="", id="x")
     with pytest.raises(ValueError, match="a health dependency of kind 'url' needs an id"):
         Dependency(kind="url", id="")
+
+
+def test_measurements_are_in_as_dict_read_only_and_must_be_finite_numbers():
+    result = HealthResult(
+        status="degraded",
+        dependency=Dependency(kind="vpn_connection", id="vpn-1"),
+        latency_ms=3.0,
+        detail="1 of 2 tunnels UP",
+        measurements={"tunnels_up": 1, "tunnels_required": 2},
+    )
+    assert result.as_dict()["measurements"] == {"tunnels_up": 1, "tunnels_required": 2}
+    with pytest.raises(TypeError):
+        result.measurements["tunnels_up"] = 2  # type: ignore[index]
+    hash(result)  # still hashable: the measurements are not part of the hash
+    for bad in ({"age": float("nan")}, {"age": "5"}, {"age": True}, {"": 1.0}):
+        with pytest.raises(ValueError, match="measurement"):
+            HealthResult(status="healthy", dependency=DEPENDENCY, latency_ms=1.0, detail="ok", measurements=bad)
