@@ -72,6 +72,7 @@ class TryFacts(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     approvals: list[dict[str, Any]] = []
     replay: Any = None  # a replay's outcome
     dead_letters: Any = None  # the keys of the failed events sent to the dead-letter queue
+    health: list[dict[str, Any]] = []  # the health results a sensor or a runner's check before launch recorded
 
     def context(self) -> dict[str, Any]:
         """The identity an entry carries under ``context``."""

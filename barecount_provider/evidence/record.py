@@ -1,7 +1,8 @@
 """The Evidence record: one per DAG run, one entry per task try, hash-chained per tenant.
 
 An **entry** is what one task try leaves: its RunContext, state, timings, metrics snapshot, runner_result,
-cost, log and trace references, policy validations and exceptions, approvals and digests, made by
+cost, log and trace references, policy validations and exceptions, approvals, digests and (when the try
+checked any) its health results, made by
 :func:`build_entry` of the try's facts (:class:`~barecount_provider.evidence.facts.TryFacts`). The task
 process writes it itself (it may not touch Airflow's database); tries that never had a task process
 (skipped by a trigger rule, upstream failed, killed by the scheduler) get an entry built from Airflow's
@@ -125,6 +126,8 @@ def build_entry(
         entry["replay"] = facts.replay
     if facts.dead_letters:
         entry["dead_letters"] = facts.dead_letters
+    if facts.health:
+        entry["health"] = [dict(result) for result in facts.health]
     return entry
 
 

@@ -5,12 +5,17 @@ A runner operator is ``class XRunnerOperator(BareCountRunnerMixin, UpstreamOpera
 * takes ``tenant``, ``pipeline``, ``size`` and ``network_profile`` (validated when the DAG is parsed);
 * resolves the try's :class:`~barecount_provider.context.RunContext` (its own arguments win);
 * checks the tenant's policy *before anything is launched* and raises :class:`PolicyViolation`;
+* with ``require_healthy``, checks its network profile's dependencies and its runner target after the
+  policy and before anything is launched (:meth:`BareCountRunnerMixin.check_health_before_launch`): refused
+  with :class:`DependencyUnhealthy`, or deferred to :class:`~barecount_provider.triggers.health.HealthTrigger`
+  until healthy with ``wait_for_healthy``;
 * gives the identity variables that travel into the workload;
 * pushes the :class:`RunnerResult` to XCom inside ``execute()`` and emits the runner metrics.
 
 Airflow validates ``.partial()`` / ``.expand()`` arguments against the ``__init__`` signatures the operator
-metaclass has seen, and a plain mixin is not one of them: each runner operator therefore repeats the four
-arguments in its own ``__init__`` signature and passes them on (see ``LambdaRunnerOperator``).
+metaclass has seen, and a plain mixin is not one of them: each runner operator therefore repeats the mixin's
+arguments (tenant, pipeline, size, network_profile, require_healthy, wait_for_healthy) in its own
+``__init__`` signature and passes them on (see ``LambdaRunnerOperator``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperatorLink
@@ -37,7 +42,10 @@ from barecount_provider.policy import (
     invalid_policy_exception,
     invalid_policy_message,
 )
+from barecount_provider.runtime import health as runtime_health
+from barecount_provider.runtime import health_report
 from barecount_provider.telemetry.metrics import COUNTER, EMIT_FAILURES, GAUGE, TIMER, get_emitter
+from barecount_provider.triggers.health import HealthTrigger, verdict_of_event
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +224,21 @@ def check_policy(
     return policy.resources(ctx.runner_class, ctx.size)
 
 
+class DependencyUnhealthy(AirflowFailException):
+    """A dependency of the runner's network profile, or its runner target, is not healthy: refused before
+    anything is launched (never retried). The message names each blocking dependency (kind, id, tenant,
+    network profile, status, error code, detail); ``verdict`` is the check's."""
+
+    def __init__(self, message: str, verdict: Any = None) -> None:
+        self.verdict = verdict
+        super().__init__(message)
+
+
+def health_poke_interval(wait: timedelta) -> float:
+    """Seconds between the checks of a runner waiting ``wait`` for health: a tenth of it, 5 s to 60 s."""
+    return min(60.0, max(5.0, wait.total_seconds() / 10.0))
+
+
 def require_synchronous(operator: str, *, wait_for_completion: Any, deferrable: Any) -> None:
     """Runner operators read their result inside execute(): refuse arguments that would return earlier."""
     if wait_for_completion is not True or deferrable is not False:
@@ -238,6 +261,11 @@ class BareCountRunnerMixin:
     :param size: size profile, one of xs, s, m, l, xl, resolved by the policy's size table.
     :param network_profile: one of public, vpn, privatelink, private_vpc, on_prem; refused before launch
         when the tenant's policy does not allow it.
+    :param require_healthy: check the network profile's dependencies and the runner target before
+        launching, and refuse (or wait, below) when one is not healthy; None: the tenant's policy
+        (``network_profiles.<profile>.dependencies.require_healthy``).
+    :param wait_for_healthy: when a dependency is not healthy, defer (in the triggerer) up to this long for
+        it to become healthy, then launch, or fail when it does not; None: fail at once.
     """
 
     runner_class: ClassVar[str] = "local"
@@ -249,9 +277,17 @@ class BareCountRunnerMixin:
         pipeline: str | None = None,
         size: str = "m",
         network_profile: str = "public",
+        require_healthy: bool | None = None,
+        wait_for_healthy: timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if require_healthy is not None and not isinstance(require_healthy, bool):
+            raise ValueError(f"require_healthy: {require_healthy!r} is not True, False or None (the tenant's policy)")
+        if wait_for_healthy is not None and (
+            not isinstance(wait_for_healthy, timedelta) or wait_for_healthy <= timedelta(0)
+        ):
+            raise ValueError(f"wait_for_healthy: {wait_for_healthy!r} is not a positive timedelta")
         if not _is_template(size) and size not in SIZES:
             raise ValueError(f"size: {size!r} is not one of {', '.join(SIZES)}")
         if not _is_template(network_profile) and network_profile not in NETWORK_PROFILES:
@@ -262,6 +298,8 @@ class BareCountRunnerMixin:
         self.pipeline = pipeline
         self.size = size
         self.network_profile = network_profile
+        self.require_healthy = require_healthy
+        self.wait_for_healthy = wait_for_healthy
 
     def barecount_context(self, context: Mapping[str, Any]) -> bc_context.RunContext:
         """The try's RunContext; this operator's own tenant/pipeline/size/network_profile win."""
@@ -301,6 +339,95 @@ class BareCountRunnerMixin:
     barecount_policy_validations: list[dict[str, Any]]
     barecount_policy_exceptions: list[dict[str, Any]]
     barecount_runner_result: dict[str, Any] | None = None
+    barecount_health: list[dict[str, Any]] | None = None
+    _barecount_healthy: bool = False  # set when a deferral for health resumed healthy: launch without re-checking
+
+    # ------------------------------------------------------------------------- health before launch
+
+    def runner_health_target(self, ctx: bc_context.RunContext) -> runtime_health.DependencySpec | None:
+        """The runner target checked before launch (a function, cluster, job, application, nodes); None:
+        nothing to check before launch. Each runner operator names its own."""
+        return None
+
+    def health_specs(
+        self, ctx: bc_context.RunContext, target: runtime_health.DependencySpec | None
+    ) -> list[runtime_health.DependencySpec]:
+        """The network profile's dependencies (from the tenant's policy), then ``target``."""
+        specs = list(runtime_health.specs_for_profile(ctx.tenant, ctx.network_profile))
+        return [*specs, target] if target is not None else specs
+
+    def health_required(self, ctx: bc_context.RunContext) -> bool:
+        """``require_healthy``, else the tenant's policy for the network profile. A tenant the policy does not
+        declare (it runs under the policy's defaults) is not checked unless ``require_healthy`` is True."""
+        if self.require_healthy is not None:
+            return self.require_healthy
+        try:
+            return runtime_health.require_healthy_default(ctx.tenant, ctx.network_profile)
+        except ValueError as err:
+            log.debug("BareCount: no health check before launch: %s", err)
+            return False
+
+    def check_health_before_launch(self, ctx: bc_context.RunContext) -> None:
+        """With ``require_healthy`` (or the tenant's policy's), check the network profile's dependencies and
+        the runner target (:meth:`runner_health_target`). Call after the policy check, before anything is
+        launched. Healthy (or degraded where allowed): return. Otherwise, with ``wait_for_healthy``, defer
+        to :class:`HealthTrigger` (resumed in :meth:`resume_when_healthy`); without, raise
+        :class:`DependencyUnhealthy`. The results are left on the task (``barecount_health``, the evidence)
+        and published (metrics, the last results) in every case."""
+        if self._barecount_healthy or not self.health_required(ctx):
+            return
+        try:
+            specs = self.health_specs(ctx, self.runner_health_target(ctx))
+            degraded = runtime_health.degraded_policy(ctx.tenant, ctx.network_profile)
+        except ValueError as err:  # a tenant the policy does not declare, a bad target: nothing to check with
+            raise AirflowFailException(f"{self._operator_name()}: not launched: cannot check health: {err}") from None
+        verdict = runtime_health.check(specs, degraded=degraded)
+        self._record_health(verdict)
+        if verdict.passed:
+            log.info("BareCount: %s", verdict.message())
+            return
+        wait = self.wait_for_healthy
+        if wait is None:
+            raise self._unhealthy(verdict)
+        log.warning("BareCount: %s; waiting up to %s for it before launching", verdict.message(), wait)
+        trigger = HealthTrigger(
+            specs=[spec.as_dict() for spec in specs],
+            degraded=degraded,
+            poke_interval=health_poke_interval(wait),
+            end_at=(datetime.now(UTC) + wait).isoformat(),
+        )
+        self.defer(  # type: ignore[attr-defined]  # BaseOperator's, on every runner operator
+            trigger=trigger,
+            method_name="resume_when_healthy",
+            timeout=wait + timedelta(minutes=5),  # the trigger ends the wait at end_at itself
+        )
+
+    def resume_when_healthy(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
+        """Resume after waiting for health (``wait_for_healthy``): launch when the trigger found every
+        dependency healthy, else fail with :class:`DependencyUnhealthy` (nothing launched)."""
+        event = event or {}
+        if "verdict" not in event:
+            raise DependencyUnhealthy(
+                f"{self._operator_name()}: not launched: health could not be checked: {event.get('message') or repr(dict(event))}"
+            )
+        verdict = verdict_of_event(event)
+        self._record_health(verdict)
+        if event.get("status") != "healthy" or not verdict.passed:
+            raise self._unhealthy(verdict, waited=self.wait_for_healthy)
+        log.info("BareCount: %s; launching", verdict.message())
+        self._barecount_healthy = True
+        return self.execute(context)  # type: ignore[attr-defined]  # the runner operator's
+
+    def _record_health(self, verdict: Any) -> None:
+        self.barecount_health = [result.as_dict() for result in verdict.results]
+        health_report.publish(verdict.results, source=f"operator:{getattr(self, 'task_id', '?')}")
+
+    def _operator_name(self) -> str:
+        return f"{type(self).__name__} {getattr(self, 'task_id', '')}".strip()
+
+    def _unhealthy(self, verdict: Any, waited: timedelta | None = None) -> DependencyUnhealthy:
+        after = f" after waiting {waited}" if waited is not None else ""
+        return DependencyUnhealthy(f"{self._operator_name()}: not launched{after}: {verdict.message()}", verdict)
 
     def _violation(self, violation: PolicyViolation) -> PolicyViolation:
         """Record ``violation`` for the evidence, and return it to be raised."""

@@ -19,7 +19,7 @@ import dataclasses
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -282,6 +282,10 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
     :param pipeline: see the mixin.
     :param size: size profile; ``dedicated.<size>.ec2`` gives the instance type and host count.
     :param network_profile: see the mixin; ``subnet_id`` and ``security_group_ids`` implement it.
+    :param require_healthy: check its network profile's dependencies before launching (its hosts' SSM agents
+        are checked once launched); None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param waiter_delay: seconds between polls of the upstream ``command_executed`` waiter.
     :param waiter_max_attempts: polls of the command before it counts as timed out.
     :param aws_conn_id: the Airflow AWS connection (EC2 and SSM).
@@ -317,6 +321,8 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
         pipeline: str | None = None,
         size: str = "m",
         network_profile: str = "public",
+        require_healthy: bool | None = None,
+        wait_for_healthy: timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         # The document is always AWS-RunShellScript and the wait is synchronous: hosts are terminated in
@@ -332,6 +338,8 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
             pipeline=pipeline,
             size=size,
             network_profile=network_profile,
+            require_healthy=require_healthy,
+            wait_for_healthy=wait_for_healthy,
             **kwargs,
         )
         if isinstance(commands, str) or not commands:
@@ -392,6 +400,8 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
         result.record("resources_requested.instance_type", instance_type, source)
         result.record("resources_requested.host_count", host_count, source)
         self._place(ctx, result)  # PolicyViolation before any RunInstances
+        # the network profile's dependencies only: the hosts' SSM agents are checked once they are launched
+        self.check_health_before_launch(ctx)
 
         self._launched, self._terminated, self._command_id = {}, {}, None
         started_at, started = datetime.now(UTC), time.monotonic()

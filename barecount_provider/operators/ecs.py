@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.ecs import EcsRunTaskOperator
@@ -33,6 +33,7 @@ from barecount_provider.operators.base import (
     require_synchronous,
     seconds_between,
 )
+from barecount_provider.runtime import health as runtime_health
 
 # ------------------------------------------------------------------------------------------- ECS task parser
 
@@ -316,6 +317,10 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
     :param size: size profile; ``container.<size>.fargate`` (cpu units, memory MiB) of the size table.
     :param network_profile: see the mixin; recorded and put on the task as the tag
         ``barecount.io/network-profile``.
+    :param require_healthy: check its network profile's dependencies and the cluster (``ecs_cluster``) before
+        launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param tags: task tags; BareCount adds its own. ``propagate_tags`` defaults to ``TASK_DEFINITION``.
     :param kwargs: every other EcsRunTaskOperator argument (aws_conn_id, region_name, platform_version,
         awslogs_group, skip_on_exit_code, waiter_delay, waiter_max_attempts, ...). ``wait_for_completion``
@@ -334,6 +339,8 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
         pipeline: str | None = None,
         size: str = "m",
         network_profile: str = "public",
+        require_healthy: bool | None = None,
+        wait_for_healthy: timedelta | None = None,
         overrides: dict | None = None,
         propagate_tags: str | None = "TASK_DEFINITION",
         wait_for_completion: bool = True,
@@ -346,6 +353,8 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
             pipeline=pipeline,
             size=size,
             network_profile=network_profile,
+            require_healthy=require_healthy,
+            wait_for_healthy=wait_for_healthy,
             overrides=overrides or {},
             propagate_tags=propagate_tags,
             wait_for_completion=True,
@@ -356,6 +365,7 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
     def execute(self, context: Any) -> Any:
         ctx = self.barecount_context(context)
         fargate_size = self.governed_resources(ctx).get("fargate", {})  # PolicyViolation before RunTask
+        self.check_health_before_launch(ctx)  # DependencyUnhealthy, or a deferral, before RunTask
         result = self.new_runner_result(ctx)
         record_ecs_requested(result, fargate_size, ctx.size)
         self._place(ctx, result)
@@ -396,6 +406,17 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
             self.on_runner_failed(context, result, {"task": _json_safe(task), "error": result.error})
             raise EcsTaskFailed(message) from failure
         return value
+
+    def runner_health_target(self, ctx: bc_context.RunContext) -> runtime_health.DependencySpec:
+        """The cluster the task runs on: ``ACTIVE`` with registered capacity."""
+        return runtime_health.runner_spec(
+            "ecs_cluster",
+            str(self.cluster),
+            tenant=ctx.tenant,
+            network_profile=ctx.network_profile,
+            conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+        )
 
     def _place(self, ctx: bc_context.RunContext, result: RunnerResult) -> None:
         """The network profile's subnets and security groups as this run's awsvpcConfiguration."""

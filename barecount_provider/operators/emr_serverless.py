@@ -13,13 +13,14 @@ import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
 from airflow.providers.amazon.aws.operators.emr import EmrServerlessStartJobOperator
 from airflow.sdk.exceptions import AirflowException
 
+from barecount_provider import context as bc_context
 from barecount_provider.hooks.emr_serverless import BareCountEmrServerlessHook
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
@@ -33,6 +34,7 @@ from barecount_provider.operators.base import (
     record_wall_clock,
     require_synchronous,
 )
+from barecount_provider.runtime import health as runtime_health
 
 EMR_SERVERLESS = "EMR Serverless"
 EMR_SUCCESS_STATE = "SUCCESS"
@@ -197,6 +199,10 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
     :param size: size profile; ``managed_etl.<size>.emr`` is recorded as requested and its
         ``max_cpu / worker_cpu`` is checked against the tenant's ``max_workers``.
     :param network_profile: see the mixin.
+    :param require_healthy: check its network profile's dependencies and the application
+        (``emr_serverless_application``) before launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param waiter_delay: seconds between GetJobRun polls of the upstream waiter.
     :param aws_conn_id: the Airflow AWS connection.
     """
@@ -222,6 +228,8 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
         pipeline: str | None = None,
         size: str = "m",
         network_profile: str = "public",
+        require_healthy: bool | None = None,
+        wait_for_healthy: timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         require_synchronous(
@@ -237,6 +245,8 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
             pipeline=pipeline,
             size=size,
             network_profile=network_profile,
+            require_healthy=require_healthy,
+            wait_for_healthy=wait_for_healthy,
             deferrable=False,
             wait_for_completion=True,
             **kwargs,
@@ -251,6 +261,7 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
         driver = job_driver_with_identity(self.job_driver, identity)
         result = self.new_runner_result(ctx)
         self.application_id = self.select_target(ctx, result, "emr", self.application_id)
+        self.check_health_before_launch(ctx)  # DependencyUnhealthy, or a deferral, before StartJobRun
         record_requested_from_size_table(result, emr_size, f"managed_etl.{ctx.size}.emr")
         author_driver, self.job_driver = self.job_driver, driver
 
@@ -285,6 +296,17 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
                 f"EMR Serverless application {self.application_id!r} job {self.job_id}: {result.error['message']}"
             ) from failure
         return self.job_id
+
+    def runner_health_target(self, ctx: bc_context.RunContext) -> runtime_health.DependencySpec:
+        """The application this try's job runs on (the policy's target): ``CREATED`` or ``STARTED``."""
+        return runtime_health.runner_spec(
+            "emr_serverless_application",
+            self.application_id,
+            tenant=ctx.tenant,
+            network_profile=ctx.network_profile,
+            conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+        )
 
     @property
     def emr_hook(self) -> BareCountEmrServerlessHook:

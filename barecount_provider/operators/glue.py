@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.links.base_aws import BaseAwsLink
@@ -20,6 +20,7 @@ from airflow.providers.amazon.aws.links.glue import GlueJobRunDetailsLink
 from airflow.providers.amazon.aws.operators.glue import GlueJobOperator
 from airflow.sdk.exceptions import AirflowException
 
+from barecount_provider import context as bc_context
 from barecount_provider.cost.backends.glue import GLUE_DPU_PER_WORKER
 from barecount_provider.hooks.glue import BareCountGlueJobHook
 from barecount_provider.operators import cloudwatch
@@ -35,6 +36,7 @@ from barecount_provider.operators.base import (
     record_wall_clock,
     require_synchronous,
 )
+from barecount_provider.runtime import health as runtime_health
 
 GLUE = "Glue"
 GLUE_AUTO_SCALING_ARGUMENT = "--enable-auto-scaling"
@@ -187,6 +189,10 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
     :param pipeline: see the mixin.
     :param size: size profile; ``managed_etl.<size>.glue`` gives the worker type and count.
     :param network_profile: see the mixin; the job's connections implement it.
+    :param require_healthy: check its network profile's dependencies and the job (``glue_job``) before
+        launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param job_poll_interval: seconds between GetJobRun polls of the upstream hook.
     :param aws_conn_id: the Airflow AWS connection.
     """
@@ -205,6 +211,8 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
         pipeline: str | None = None,
         size: str = "m",
         network_profile: str = "public",
+        require_healthy: bool | None = None,
+        wait_for_healthy: timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         # A runner_result needs the finished run, polled in this process by the upstream hook.
@@ -219,6 +227,8 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
             pipeline=pipeline,
             size=size,
             network_profile=network_profile,
+            require_healthy=require_healthy,
+            wait_for_healthy=wait_for_healthy,
             deferrable=False,
             wait_for_completion=True,
             **kwargs,
@@ -238,6 +248,7 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
         run_kwargs = glue_run_kwargs_for_size(self.run_job_kwargs, glue_size, ctx.size)
         result = self.new_runner_result(ctx)
         self.job_name = self.select_target(ctx, result, "glue", self.job_name)  # PolicyViolation if unmapped
+        self.check_health_before_launch(ctx)  # DependencyUnhealthy, or a deferral, before StartJobRun
         record_requested_from_size_table(result, glue_size, f"managed_etl.{ctx.size}.glue")
         workers = int(glue_size.get("number_of_workers", 0))
         if glue_size.get("auto_scaling"):
@@ -281,6 +292,17 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
                 f"Glue job {self.job_name!r} run {run_id}: {result.error['message']}"
             ) from failure
         return run_id
+
+    def runner_health_target(self, ctx: bc_context.RunContext) -> runtime_health.DependencySpec:
+        """The job this try runs (the policy's target): it exists, and its connections answer."""
+        return runtime_health.runner_spec(
+            "glue_job",
+            self.job_name,
+            tenant=ctx.tenant,
+            network_profile=ctx.network_profile,
+            conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+        )
 
     @property
     def glue_hook(self) -> BareCountGlueJobHook:

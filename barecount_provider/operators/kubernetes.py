@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import (
@@ -36,6 +36,7 @@ from barecount_provider.operators.base import (
     not_reported,
     seconds_between,
 )
+from barecount_provider.runtime import health as runtime_health
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 POD_SIZE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
@@ -312,6 +313,10 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         resources, e.g. ephemeral-storage or GPUs, are kept).
     :param network_profile: see the mixin; recorded and put on the pod as the label
         ``barecount.io/network-profile``.
+    :param require_healthy: check its network profile's dependencies and the nodes matching the pod's node
+        selector (``kubernetes_nodes``) before launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param callbacks: KubernetesPodOperatorCallback classes; BareCount adds its own observer.
     :param kwargs: every other KubernetesPodOperator argument (namespace, cmds, arguments, env_vars, labels,
         kubernetes_conn_id, config_file, in_cluster, deferrable, on_finish_action, ...).
@@ -328,6 +333,8 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         pipeline: str | None = None,
         size: str = "m",
         network_profile: str = "public",
+        require_healthy: bool | None = None,
+        wait_for_healthy: timedelta | None = None,
         callbacks: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -337,6 +344,8 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
             pipeline=pipeline,
             size=size,
             network_profile=network_profile,
+            require_healthy=require_healthy,
+            wait_for_healthy=wait_for_healthy,
             callbacks=[*given, ObservePodCallback],
             **kwargs,
         )
@@ -348,6 +357,7 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         ctx = self.barecount_context(context)
         pod_size = self.governed_resources(ctx).get("pod", {})  # raises PolicyViolation before any pod exists
         self._place(ctx)
+        self.check_health_before_launch(ctx)  # DependencyUnhealthy, or a deferral, before any pod exists
         self._prepare_pod(ctx, pod_size)
         return self._run_and_record(context, ctx, pod_size, lambda: super(KubernetesRunnerOperator, self).execute(context))
 
@@ -357,6 +367,19 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         pod_size = self.governed_resources(ctx).get("pod", {})
         return self._run_and_record(
             context, ctx, pod_size, lambda: super(KubernetesRunnerOperator, self).trigger_reentry(context, event)
+        )
+
+    def runner_health_target(self, ctx: bc_context.RunContext) -> runtime_health.DependencySpec:
+        """The nodes this pod may run on: ``Ready`` nodes matching its node selector (after the network
+        profile's placement), through ``kubernetes_conn_id``. Its id is the selector (``*``: any node)."""
+        selector = {str(key): str(value) for key, value in (self.node_selector or {}).items()}
+        return runtime_health.runner_spec(
+            "kubernetes_nodes",
+            ",".join(f"{key}={value}" for key, value in sorted(selector.items())) or "*",
+            tenant=ctx.tenant,
+            network_profile=ctx.network_profile,
+            conn_id=self.kubernetes_conn_id,
+            node_selector=selector,
         )
 
     def _place(self, ctx: bc_context.RunContext) -> None:

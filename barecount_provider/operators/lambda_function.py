@@ -17,12 +17,13 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.lambda_function import LambdaInvokeFunctionOperator
 from airflow.sdk.exceptions import AirflowException
 
+from barecount_provider import context as bc_context
 from barecount_provider.hooks.lambda_function import BareCountLambdaHook
 from barecount_provider.operators.base import (
     BARECOUNT_TEMPLATE_FIELDS,
@@ -31,6 +32,7 @@ from barecount_provider.operators.base import (
     RunnerResult,
     not_reported,
 )
+from barecount_provider.runtime import health as runtime_health
 
 SUCCESS_STATUS_CODES = (200, 202, 204)
 CLIENT_CONTEXT_MAX_BYTES = 3583  # Lambda's limit on the base64 ClientContext
@@ -196,6 +198,10 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
     :param pipeline: see the mixin.
     :param size: size profile; its ``serverless.<size>.lambda`` entry is recorded as requested.
     :param network_profile: see the mixin.
+    :param require_healthy: check its network profile's dependencies and the function and its qualifier
+        (``lambda_function``) before launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param payload: the event, JSON; when it is a JSON object the identity is added under ``"barecount"``.
     :param client_context: base64 JSON client context; the identity is added under ``custom``.
     :param invocation_type: RequestResponse (default) or Event; Event returns no REPORT.
@@ -215,6 +221,8 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
         pipeline: str | None = None,
         size: str = "m",
         network_profile: str = "public",
+        require_healthy: bool | None = None,
+        wait_for_healthy: timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("log_type", None)  # the REPORT line is in the tail: always ask for it
@@ -224,8 +232,23 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
             pipeline=pipeline,
             size=size,
             network_profile=network_profile,
+            require_healthy=require_healthy,
+            wait_for_healthy=wait_for_healthy,
             log_type="Tail",
             **kwargs,
+        )
+
+    def runner_health_target(self, ctx: bc_context.RunContext) -> runtime_health.DependencySpec:
+        """The function and the qualifier this try invokes: ``State`` Active, ``LastUpdateStatus`` Successful."""
+        options = {"qualifier": self.qualifier} if self.qualifier else {}
+        return runtime_health.runner_spec(
+            "lambda_function",
+            self.function_name,
+            tenant=ctx.tenant,
+            network_profile=ctx.network_profile,
+            conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            **options,
         )
 
     @property
@@ -243,6 +266,7 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
         requested = self.governed_resources(ctx)  # raises PolicyViolation before anything is invoked
         qualifier, qualifier_source = self.policy_target(ctx, "lambda", self.function_name, self.qualifier)
         self.qualifier = qualifier
+        self.check_health_before_launch(ctx)  # DependencyUnhealthy, or a deferral, before anything is invoked
         identity = self.identity_env(ctx)
         result = self.new_runner_result(ctx)
         self._record_requested(result, requested.get("lambda", {}), ctx.size)

@@ -26,6 +26,7 @@ TASK_FACTS = {
     "barecount_approvals": "approvals",
     "barecount_replay_outcome": "replay",
     "barecount_dead_letters": "dead_letters",
+    "barecount_health": "health",
 }
 """What BareCount's operators leave on the task for the try's entry (taken by :func:`try_facts`): the task's
 attribute -> the field of :class:`TryFacts`."""

@@ -65,6 +65,7 @@ def _spec(name: str, kind: str, unit: str, tags: tuple[str, ...], description: s
 _T = TASK_TAGS
 _TS = (*TASK_TAGS, "state")
 _DR = ("tenant", "pipeline", "dag_id")
+_H = ("tenant", "network_profile", "dependency_kind", "dependency")  # a health result's dependency
 
 CATALOG: dict[str, MetricSpec] = {
     spec.name: spec
@@ -104,6 +105,12 @@ CATALOG: dict[str, MetricSpec] = {
         _spec("barecount.dlq.oldest_age", GAUGE, "s", ("tenant", "pipeline", "backend"), "Age of the oldest record in a dead-letter queue (0 when empty). Not for SQS, whose API does not report it: CloudWatch's ApproximateAgeOfOldestMessage does.", "with barecount.dlq.depth"),
         _spec("barecount.replay.records", COUNTER, "{record}", ("tenant", "pipeline", "target_kind", "outcome"), "Records a replay handled, by outcome: delivered, skipped (delivered before), failed (stay queued), redelivered (a crashed run had them in flight: delivered again, applied once by an idempotent target).", "replay process (ReplayOperator, `barecount replay run --emit`), every progress interval and at the end"),
         _spec("barecount.replay.throughput", GAUGE, "{record}/s", ("tenant", "pipeline", "target_kind"), "Records a replay delivered per second since it started.", "with barecount.replay.records"),
+        _spec("barecount.health.up", GAUGE, "1", _H, "1 when a dependency of a network profile works (healthy or degraded), 0 when it is unhealthy or unknown. See docs/health.md.", "wherever health results are published (runtime.health_report.publish): the health sensors, a runner operator's check before launch"),
+        _spec("barecount.health.check_duration", TIMER, "ms", _H, "How long one health check took, whatever its outcome.", "with barecount.health.up"),
+        _spec("barecount.network.latency", TIMER, "ms", (*_H, "phase"), "Time in one network phase of a probe (phase: dns, connect, tls, http); only the phases that ran.", "with barecount.health.up, for checks that probe the network (url, vpc_endpoint)"),
+        _spec("barecount.network.errors", COUNTER, "{error}", (*_H, "error_code"), "Failed health checks, by error code from the closed list (dns, refused, timeout, tls, http_<status>, tunnel_down, endpoint_state, heartbeat_stale, not_found, access_denied).", "with barecount.health.up, for every result with an error code"),
+        _spec("barecount.vpn.tunnels_up", GAUGE, "{tunnel}", _H, "Tunnels of a Site-to-Site VPN connection whose telemetry status is UP.", "with barecount.health.up, for vpn_connection results that counted the tunnels"),
+        _spec("barecount.agent.heartbeat_age", GAUGE, "s", _H, "Seconds since an on-premise agent's last heartbeat; absent when it never sent one.", "with barecount.health.up, for agent results of an agent that has sent a heartbeat"),
     )
 }
 
