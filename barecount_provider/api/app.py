@@ -286,6 +286,17 @@ def _all_dag_ids() -> frozenset[str]:
         return frozenset(session.scalars(sa.select(DagModel.dag_id)))
 
 
+def _report_failures() -> None:
+    """Send this process's counts of BareCount's own failures now (``barecount.emit.failed``, through the
+    configured sinks; the API server emits nothing else that would carry them). Never raises."""
+    try:
+        from barecount_provider.telemetry.metrics import get_emitter
+
+        get_emitter().report_failures()
+    except Exception:
+        log.debug("BareCount API: could not report its own failures", exc_info=True)
+
+
 def may_send_heartbeats(user: GetUserDep) -> None:
     """403 unless the auth manager lets the user ``POST`` on the custom view ``BareCount Agents``."""
     if not get_auth_manager().is_authorized_custom_view(method="POST", resource_name=AGENTS_RESOURCE, user=user):
@@ -636,11 +647,12 @@ def create_app(
         if not tenants:
             log.warning("BareCount: refused a heartbeat of agent %r from user %r: the policy lists no such agent", name, user.get_name())
             selfmetrics.failure("agent_heartbeat", "refused")
+            _report_failures()
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 f"Agent `{name}` is not listed in the tenant policy (network_profiles.<profile>.dependencies.agents)",
             )
-        body = body or HeartbeatBody()
+        body = body or HeartbeatBody(version=None)
         url = store.index.url
         records.record_heartbeat(
             name, tenants=sorted(tenants), version=body.version, capabilities=body.capabilities, reported_by=user.get_name(), url=url

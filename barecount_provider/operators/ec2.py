@@ -282,6 +282,10 @@ class DedicatedComputeOperator(BareCountRunnerMixin, SsmRunCommandOperator):
     :param pipeline: see the mixin.
     :param size: size profile; ``dedicated.<size>.ec2`` gives the instance type and host count.
     :param network_profile: see the mixin; ``subnet_id`` and ``security_group_ids`` implement it.
+    :param require_healthy: check its network profile's dependencies before launching (its hosts' SSM agents
+        are checked once launched); None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param waiter_delay: seconds between polls of the upstream ``command_executed`` waiter.
     :param waiter_max_attempts: polls of the command before it counts as timed out.
     :param aws_conn_id: the Airflow AWS connection (EC2 and SSM).

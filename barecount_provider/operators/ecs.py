@@ -317,6 +317,10 @@ class EcsRunnerOperator(BareCountRunnerMixin, EcsRunTaskOperator):
     :param size: size profile; ``container.<size>.fargate`` (cpu units, memory MiB) of the size table.
     :param network_profile: see the mixin; recorded and put on the task as the tag
         ``barecount.io/network-profile``.
+    :param require_healthy: check its network profile's dependencies and the cluster (``ecs_cluster``) before
+        launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param tags: task tags; BareCount adds its own. ``propagate_tags`` defaults to ``TASK_DEFINITION``.
     :param kwargs: every other EcsRunTaskOperator argument (aws_conn_id, region_name, platform_version,
         awslogs_group, skip_on_exit_code, waiter_delay, waiter_max_attempts, ...). ``wait_for_completion``

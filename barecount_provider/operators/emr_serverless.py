@@ -199,6 +199,10 @@ class EmrServerlessRunnerOperator(BareCountRunnerMixin, EmrServerlessStartJobOpe
     :param size: size profile; ``managed_etl.<size>.emr`` is recorded as requested and its
         ``max_cpu / worker_cpu`` is checked against the tenant's ``max_workers``.
     :param network_profile: see the mixin.
+    :param require_healthy: check its network profile's dependencies and the application
+        (``emr_serverless_application``) before launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param waiter_delay: seconds between GetJobRun polls of the upstream waiter.
     :param aws_conn_id: the Airflow AWS connection.
     """

@@ -189,6 +189,10 @@ class GlueRunnerOperator(BareCountRunnerMixin, GlueJobOperator):
     :param pipeline: see the mixin.
     :param size: size profile; ``managed_etl.<size>.glue`` gives the worker type and count.
     :param network_profile: see the mixin; the job's connections implement it.
+    :param require_healthy: check its network profile's dependencies and the job (``glue_job``) before
+        launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param job_poll_interval: seconds between GetJobRun polls of the upstream hook.
     :param aws_conn_id: the Airflow AWS connection.
     """

@@ -313,6 +313,10 @@ class KubernetesRunnerOperator(BareCountRunnerMixin, KubernetesPodOperator):
         resources, e.g. ephemeral-storage or GPUs, are kept).
     :param network_profile: see the mixin; recorded and put on the pod as the label
         ``barecount.io/network-profile``.
+    :param require_healthy: check its network profile's dependencies and the nodes matching the pod's node
+        selector (``kubernetes_nodes``) before launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param callbacks: KubernetesPodOperatorCallback classes; BareCount adds its own observer.
     :param kwargs: every other KubernetesPodOperator argument (namespace, cmds, arguments, env_vars, labels,
         kubernetes_conn_id, config_file, in_cluster, deferrable, on_finish_action, ...).

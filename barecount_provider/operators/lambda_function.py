@@ -198,6 +198,10 @@ class LambdaRunnerOperator(BareCountRunnerMixin, LambdaInvokeFunctionOperator):
     :param pipeline: see the mixin.
     :param size: size profile; its ``serverless.<size>.lambda`` entry is recorded as requested.
     :param network_profile: see the mixin.
+    :param require_healthy: check its network profile's dependencies and the function and its qualifier
+        (``lambda_function``) before launching; None: the tenant's policy. See docs/health.md.
+    :param wait_for_healthy: a timedelta: wait (deferred) up to this long for them to be healthy; None: fail at
+        once when one is not.
     :param payload: the event, JSON; when it is a JSON object the identity is added under ``"barecount"``.
     :param client_context: base64 JSON client context; the identity is added under ``custom``.
     :param invocation_type: RequestResponse (default) or Event; Event returns no REPORT.

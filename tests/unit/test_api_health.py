@@ -113,15 +113,26 @@ def test_a_user_without_a_role_is_refused_by_the_simple_auth_manager(client: Any
 
 
 def test_an_agent_the_policy_does_not_list_is_403_logged_and_counted(
-    client: Any, store: EvidenceStore, auth: Any, permission: Any, caplog: pytest.LogCaptureFixture  # noqa: F811
+    client: Any, store: EvidenceStore, auth: Any, permission: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
+    from barecount_provider.telemetry import metrics
+
+    reported: list[dict[tuple[str, str], int]] = []
+
+    class Emitter:  # what the configured sinks would be sent: the counts at that moment
+        def report_failures(self) -> int:
+            reported.append(dict(selfmetrics.EMIT_FAILURES.counts))
+            return 1
+
+    monkeypatch.setattr(metrics, "get_emitter", Emitter)
     before = selfmetrics.EMIT_FAILURES.counts[("agent_heartbeat", "refused")]
     with caplog.at_level(logging.WARNING, logger="barecount_provider.api.app"):
         response = _beat(client, "rogue-agent", _token(auth, "agent-svc", "USER"), version="1.0")
     assert response.status_code == 403
     assert response.json() == {"detail": "Agent `rogue-agent` is not listed in the tenant policy (network_profiles.<profile>.dependencies.agents)"}
     assert "refused a heartbeat of agent 'rogue-agent' from user 'agent-svc'" in caplog.text
-    assert selfmetrics.EMIT_FAILURES.counts[("agent_heartbeat", "refused")] == before + 1
+    (counts,) = reported  # sent at once: the API server emits nothing else that would carry it
+    assert counts[("agent_heartbeat", "refused")] == before + 1
     assert _rows(store) == []
 
 

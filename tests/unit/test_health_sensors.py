@@ -336,3 +336,64 @@ def test_execute_complete_soft_fail_skips_and_an_error_event_fails(published: li
     hard = VpnTunnelSensor(task_id="vpn", vpn_connection_id="vpn-0a1b2c3d", deferrable=True)
     with pytest.raises(AirflowSensorTimeout, match="could not be checked: health check failed: boom"):
         hard.execute_complete(_ctx(), {"status": "error", "message": "health check failed: boom"})
+
+
+# ------------------------------------------------- defer, run the trigger, resume (as the task runner does)
+
+
+def _trigger_event(deferred: TaskDeferred) -> dict[str, Any]:
+    """Rebuild the trigger from what Airflow stores (its classpath and kwargs) and run it to its event."""
+    import asyncio
+
+    classpath, kwargs = deferred.trigger.serialize()
+    module, _, name = classpath.rpartition(".")
+    trigger = getattr(importlib.import_module(module), name)(**kwargs)
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(first())
+
+
+def test_deferred_until_the_dependency_comes_up_then_resumed_healthy(
+    policy_file: PolicyFile, published: list[Any]
+) -> None:
+    port = _free_port()
+    _policy(policy_file, [f"tcp://127.0.0.1:{port}"])
+    sensor = _runner_sensor(deferrable=True, poke_interval=1, timeout=30)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(_ctx())
+    started: list[Listener] = []
+    timer = threading.Timer(1.5, lambda: started.append(Listener(port)))
+    timer.start()
+    try:
+        payload = _trigger_event(deferred.value)
+    finally:
+        timer.cancel()
+        for server in started:
+            server.close()
+    assert payload["status"] == "healthy"
+    # the task runner resumes with the event as next_kwargs (BaseSensorOperator.resume_execution)
+    assert sensor.resume_execution(deferred.value.method_name, {"event": payload}, _ctx()) is None
+    assert [results[0].status for results, _ in published] == ["unhealthy", "healthy"]
+    assert sensor.barecount_health and sensor.barecount_health[0]["status"] == "healthy"
+
+
+def test_deferred_past_the_timeout_resumes_into_a_failure_or_a_skip(
+    policy_file: PolicyFile, published: list[Any]
+) -> None:
+    closed = f"tcp://127.0.0.1:{_free_port()}"
+    _policy(policy_file, [closed])
+    for soft_fail, expected in ((False, AirflowSensorTimeout), (True, AirflowSkipException)):
+        sensor = _runner_sensor(deferrable=True, poke_interval=1, timeout=1, soft_fail=soft_fail)
+        with pytest.raises(TaskDeferred) as deferred:
+            sensor.execute(_ctx())
+        payload = _trigger_event(deferred.value)
+        assert payload["status"] == "unhealthy"
+        with pytest.raises(expected) as raised:
+            sensor.resume_execution(deferred.value.method_name, {"event": payload}, _ctx())
+        # Airflow's resume_execution replaces a soft-failed exception by its own skip, chained to ours
+        error = raised.value.__cause__ if soft_fail else raised.value
+        assert f"url {closed!r}" in str(error) and "error_code refused" in str(error)
