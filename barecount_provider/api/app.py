@@ -13,6 +13,11 @@ multi_team`` that set already leaves out the DAGs of the bundles of other teams.
 * ``GET /evidence/{record_id}``: one full record; 404 when it does not exist *or* its DAG is not readable
   (the two cannot be told apart).
 * ``GET /cost``: cost roll-ups by tenant, pipeline, runner_class, size, dag_id, per day.
+* ``POST /agents/{name}/heartbeat``: an on-premise agent's heartbeat. Needs the auth manager's custom view
+  ``BareCount Agents`` with method ``POST`` (:data:`AGENTS_RESOURCE`); the agent's tenants come from the
+  policy (403 for an agent it does not list); one row per agent (health/records.py).
+* ``GET /health``: every dependency's last health result and the agents' last heartbeats, for the tenants the
+  user may read (:func:`readable_tenants`).
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ from typing import Annotated, Any, Literal
 import sqlalchemy as sa
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.core_api.security import GetUserDep
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, WithJsonSchema
 
-from barecount_provider import __version__
+from barecount_provider import __version__, config, selfmetrics
 from barecount_provider.api import queries
 from barecount_provider.api.responses import RedactedJSONResponse
 from barecount_provider.db import SchemaOutOfDate
 from barecount_provider.evidence.store import EvidenceStore, RecordFilter, open_store
+from barecount_provider.health import records
+from barecount_provider.policy import TENANT_NAME, Policy, PolicyError, get_policy
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,15 @@ DESCRIPTION = (
     "roll-ups, served by Airflow's API server under `/barecount`. Authenticate as for Airflow's own API: "
     "`Authorization: Bearer <JWT>` from `POST /auth/token`. A user sees only the records of the DAGs "
     "Airflow's auth manager lets them read (with `[core] multi_team`, only their teams' DAGs). "
-    "Errors are `{\"detail\": ...}` as in Airflow's API. See docs/api.md."
+    "Errors are `{\"detail\": ...}` as in Airflow's API. On-premise agents send heartbeats to "
+    "`POST /agents/{name}/heartbeat`; `GET /health` lists the dependencies' last health results. See docs/api.md."
 )
+
+AGENTS_RESOURCE = "BareCount Agents"
+"""The auth manager's custom view (``is_authorized_custom_view``) a heartbeat needs, with method ``POST``."""
+
+MAX_BODY_BYTES = 16384
+"""The largest request body the API reads (a heartbeat is a few hundred bytes); larger: 413."""
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -160,6 +174,77 @@ class CostReport(BaseModel):
     totals: CostTotals = Field(description="Sums over every row (not only this page).")
 
 
+# A text of the heartbeat: 1 to ``limit`` characters, no NUL.
+def _bounded(limit: int) -> Any:
+    return Annotated[str, StringConstraints(min_length=1, max_length=limit, pattern="^[^\\x00]*$")]
+
+
+class HeartbeatBody(BaseModel):
+    """What an agent says of itself (its tenants come from the policy, never from here)."""
+
+    model_config = {"extra": "forbid"}
+
+    version: _bounded(records.MAX_VERSION) | None = Field(None, description=f"The agent's version (1 to {records.MAX_VERSION} characters).")  # type: ignore[valid-type]
+    capabilities: list[_bounded(records.MAX_CAPABILITY)] = Field(  # type: ignore[valid-type]
+        default_factory=list,
+        max_length=records.MAX_CAPABILITIES,
+        description=f"What the agent can do (at most {records.MAX_CAPABILITIES}, each 1 to {records.MAX_CAPABILITY} characters).",
+    )
+
+
+class AgentHeartbeat(BaseModel):
+    """An agent's last heartbeat as stored: one row per agent."""
+
+    name: str
+    tenants: list[str] = Field(description="The tenants whose policy lists the agent (from the policy, not the agent).")
+    version: str | None
+    capabilities: list[str]
+    seen_at: str = Field(description="When the last heartbeat arrived (ISO 8601, UTC).")
+    beats: int = Field(description="Heartbeats received since the agent's row was made.")
+
+
+class AgentStatus(BaseModel):
+    """An agent a reader sees in ``GET /health``."""
+
+    name: str
+    listed: bool = Field(description="The policy lists it (a network profile of one of its tenants names it).")
+    tenants: list[str]
+    version: str | None
+    capabilities: list[str]
+    seen_at: str | None = Field(description="Its last heartbeat (ISO 8601, UTC); null: never seen.")
+    age_seconds: float | None = Field(description="Seconds since its last heartbeat; null: never seen.")
+    beats: int
+    max_age_seconds: int | None = Field(description="The smallest max_heartbeat_age_seconds of the profiles that list it.")
+    stale: bool = Field(description="Never seen, or last seen longer ago than max_age_seconds.")
+
+
+class DependencyModel(BaseModel):
+    kind: str
+    id: str
+    tenant: str | None
+    network_profile: str | None
+
+
+class HealthResultModel(BaseModel):
+    """One dependency's last result (docs/health.md, "The result")."""
+
+    status: Literal["healthy", "degraded", "unhealthy", "unknown"]
+    dependency: DependencyModel
+    latency_ms: float
+    phases_ms: dict[str, float | None]
+    error_code: str | None
+    detail: str
+    checked_at: str
+    measurements: dict[str, float] = Field(default_factory=dict)
+
+
+class HealthReport(BaseModel):
+    results: list[HealthResultModel] = Field(description="Every dependency's last result, by tenant, network profile, kind, id.")
+    agents: list[AgentStatus] = Field(description="The agents the policy lists, and those that sent heartbeats, by name.")
+    tenants: list[str] | None = Field(description="The tenants the user may read; null: every tenant.")
+    total_entries: int = Field(description="Results.")
+
+
 # ------------------------------------------------------------------------------------------ dependencies
 
 
@@ -182,6 +267,52 @@ def readable_dag_ids(user: GetUserDep) -> frozenset[str]:
 
 
 ReadableDagIds = Annotated[frozenset[str], Depends(readable_dag_ids)]
+
+
+def _policy(request: Request) -> Policy:
+    factory: Callable[[], Policy] = request.app.state.barecount_policy
+    return factory()
+
+
+PolicyDep = Annotated[Policy, Depends(_policy)]
+
+
+def _all_dag_ids() -> frozenset[str]:
+    """Every DAG id Airflow's metadata database knows (the API server reaches it)."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return frozenset(session.scalars(sa.select(DagModel.dag_id)))
+
+
+def may_send_heartbeats(user: GetUserDep) -> None:
+    """403 unless the auth manager lets the user ``POST`` on the custom view ``BareCount Agents``."""
+    if not get_auth_manager().is_authorized_custom_view(method="POST", resource_name=AGENTS_RESOURCE, user=user):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"Sending agent heartbeats needs the permission POST on `{AGENTS_RESOURCE}` (a custom view of the auth manager)",
+        )
+
+
+def readable_tenants(request: Request, user: GetUserDep, dag_ids: ReadableDagIds, store: StoreDep, policy: PolicyDep) -> frozenset[str] | None:
+    """The tenants the user may read; None: every tenant.
+
+    Every tenant when the user may read DAGs at all (``is_authorized_dag(method="GET")``) and every DAG
+    Airflow knows; otherwise the tenants that have an evidence record of a DAG the user may read, and the
+    tenants the policy binds (``declared_by.teams``) to a team the user belongs to."""
+    manager = get_auth_manager()
+    every: Callable[[], frozenset[str]] = request.app.state.barecount_all_dag_ids
+    if manager.is_authorized_dag(method="GET", user=user) and every() <= dag_ids:
+        return None
+    tenants = queries.tenants_of_dags(store, dag_ids) if dag_ids else set()
+    teams = {team for settings in policy.tenants.values() for team in settings.declared_by.teams}
+    if teams:
+        tenants |= queries.tenants_of_teams(policy, manager.filter_authorized_teams(teams_names=teams, user=user))
+    return frozenset(tenants)
+
+
+ReadableTenants = Annotated[frozenset[str] | None, Depends(readable_tenants)]
 
 
 def _instant(value: Any) -> Any:
@@ -245,8 +376,61 @@ def _not_found(what: str) -> HTTPException:
 # --------------------------------------------------------------------------------------------------- app
 
 
-def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> FastAPI:
-    """The Evidence API. ``store_factory``: where evidence is read (default: the configured store)."""
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before the app reads it (the
+    body is buffered up to the limit and handed on)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def _refuse(self, send: Any) -> None:
+        body = JSONResponse({"detail": f"The request body is larger than {self.limit} bytes"}, status_code=413).body
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers") or ():
+            if key == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await self._refuse(send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, delivered = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(
+    store_factory: Callable[[], EvidenceStore] | None = None,
+    *,
+    policy_factory: Callable[[], Policy] | None = None,
+    all_dag_ids: Callable[[], frozenset[str]] | None = None,
+) -> FastAPI:
+    """The Evidence API. ``store_factory``: where evidence is read (default: the configured store); the health
+    records are in the same database as its index. ``policy_factory``: the tenant policy (default: the
+    configured one). ``all_dag_ids``: every DAG id Airflow knows (default: from Airflow's metadata database)."""
     try:
         from airflow.configuration import conf
 
@@ -263,6 +447,17 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
         default_response_class=RedactedJSONResponse,  # every answer's strings redacted on the way out
     )
     app.state.barecount_store = store_factory or _configured_store
+    app.state.barecount_policy = policy_factory or get_policy
+    app.state.barecount_all_dag_ids = all_dag_ids or _all_dag_ids
+    app.add_middleware(BodyLimit)
+
+    @app.exception_handler(PolicyError)
+    async def _policy_invalid(_request: Request, err: PolicyError) -> JSONResponse:
+        log.error("BareCount API: the tenant policy is invalid: %s", err)
+        return JSONResponse(
+            {"detail": "BareCount's tenant policy is invalid: run `barecount policy validate` (see docs/policy.md)"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
 
     @app.exception_handler(sa.exc.OperationalError)
     async def _index_down(_request: Request, err: sa.exc.OperationalError) -> JSONResponse:
@@ -412,6 +607,74 @@ def create_app(store_factory: Callable[[], EvidenceStore] | None = None) -> Fast
             "rows": rows[offset : offset + limit],
             "total_entries": len(rows),
             "totals": totals,
+        }
+
+    @app.post(
+        "/agents/{name}/heartbeat",
+        dependencies=[Depends(parameter_rules), Depends(may_send_heartbeats)],
+        response_model=AgentHeartbeat,
+        summary="Record an agent's heartbeat",
+        responses={
+            **responses,
+            403: {"description": "Invalid token, no permission to send heartbeats, or an agent the policy does not list", "model": ErrorDetail},
+            400: {"description": "A body that cannot be parsed (not UTF-8 text)", "model": ErrorDetail},
+            413: {"description": f"A body larger than {MAX_BODY_BYTES} bytes", "model": ErrorDetail},
+        },
+        tags=["Agents"],
+    )
+    def agent_heartbeat(
+        name: Annotated[str, Path(pattern=TENANT_NAME.pattern, description="The agent's name, as the policy lists it.")],
+        store: StoreDep,
+        policy: PolicyDep,
+        user: GetUserDep,
+        body: Annotated[HeartbeatBody | None, Body()] = None,
+    ) -> dict[str, Any]:
+        """Record that agent ``name`` is alive, with its version and capabilities: one row per agent (the
+        previous heartbeat replaced). Its tenants are those whose policy lists it; an agent the policy does
+        not list is refused (403), logged and counted."""
+        tenants = queries.agent_tenants(policy, name, config.default_tenant())
+        if not tenants:
+            log.warning("BareCount: refused a heartbeat of agent %r from user %r: the policy lists no such agent", name, user.get_name())
+            selfmetrics.failure("agent_heartbeat", "refused")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"Agent `{name}` is not listed in the tenant policy (network_profiles.<profile>.dependencies.agents)",
+            )
+        body = body or HeartbeatBody(version=None)
+        url = store.index.url
+        records.record_heartbeat(
+            name, tenants=sorted(tenants), version=body.version, capabilities=body.capabilities, reported_by=user.get_name(), url=url
+        )
+        (row,) = records.heartbeats([name], url=url)
+        return row
+
+    @app.get(
+        "/health",
+        dependencies=[Depends(parameter_rules)],
+        response_model=HealthReport,
+        summary="Dependencies' last health results and agents' heartbeats",
+        responses=responses,
+        tags=["Health"],
+    )
+    def health(
+        store: StoreDep,
+        policy: PolicyDep,
+        tenants: ReadableTenants,
+        tenant: Annotated[Name | None, Query(description="One tenant's results and agents.")] = None,
+    ) -> dict[str, Any]:
+        """The last result of every dependency of the tenants the user may read (every tenant when they may
+        read every DAG), and the agents the policy lists for them or that sent heartbeats for them."""
+        shown: frozenset[str] | None = tenants
+        if tenant is not None:
+            shown = frozenset({tenant}) & tenants if tenants is not None else frozenset({tenant})
+        url = store.index.url
+        results = records.latest_results(shown, url=url)
+        agents = queries.agents_report(policy, records.heartbeats(url=url), shown, config.default_tenant())
+        return {
+            "results": results,
+            "agents": agents,
+            "tenants": None if tenants is None else sorted(tenants),
+            "total_entries": len(results),
         }
 
     return app

@@ -8,7 +8,7 @@ command's case: it runs with the store's own configuration).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from barecount_provider.evidence.record import ChainProblem, ChainReport
 from barecount_provider.evidence.store import COST_GROUPS, EvidenceStore, RecordFilter, records_table
+from barecount_provider.policy import Policy
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -340,3 +341,87 @@ def _unknown_tries(
             yield {name: str(value) for name, value in facts.items()}, "; ".join(str(m) for m in missing)
         for _key, why in absent_reasons(record):
             yield {name: str(value) for name, value in {**base, "runner_class": "unknown", "size": "unknown"}.items()}, why
+
+
+# ------------------------------------------------------------------------------------- health and agents
+
+
+def agent_tenants(policy: Policy, name: str, default_tenant: str | None = None) -> dict[str, int]:
+    """The tenants whose policy lists agent ``name`` among the dependencies of a network profile they may use
+    (``network_profiles.<profile>.dependencies.agents``), each with the smallest ``max_heartbeat_age_seconds``
+    of those profiles. The tenants: every tenant the policy declares, and ``default_tenant`` (a tenant it does
+    not declare gets the policy's defaults). Never what an agent says of itself."""
+    found: dict[str, int] = {}
+    tenants = dict(policy.tenants)
+    if default_tenant and default_tenant not in tenants:
+        tenants[default_tenant] = policy.for_tenant(default_tenant)
+    for tenant, settings in tenants.items():
+        for profile in settings.allowed_network_profiles:
+            for agent in settings.dependencies(profile).agents:
+                if agent.name == name:
+                    found[tenant] = min(found.get(tenant, agent.max_heartbeat_age_seconds), agent.max_heartbeat_age_seconds)
+    return found
+
+
+def listed_agents(policy: Policy, default_tenant: str | None = None) -> dict[str, dict[str, int]]:
+    """Every agent the policy lists (see :func:`agent_tenants`): name -> tenant -> largest heartbeat age allowed."""
+    tenants = dict(policy.tenants)
+    if default_tenant and default_tenant not in tenants:
+        tenants[default_tenant] = policy.for_tenant(default_tenant)
+    agents: dict[str, dict[str, int]] = {}
+    for tenant, settings in tenants.items():
+        for profile in settings.allowed_network_profiles:
+            for agent in settings.dependencies(profile).agents:
+                ages = agents.setdefault(agent.name, {})
+                ages[tenant] = min(ages.get(tenant, agent.max_heartbeat_age_seconds), agent.max_heartbeat_age_seconds)
+    return agents
+
+
+def tenants_of_dags(store: EvidenceStore, dag_ids: frozenset[str]) -> set[str]:
+    """The tenants that have an evidence record of one of ``dag_ids``."""
+    return {tenant for tenant, dags in tenant_dags(store).items() if dags & dag_ids}
+
+
+def tenants_of_teams(policy: Policy, teams: Iterable[str]) -> set[str]:
+    """The tenants the policy binds to one of ``teams`` (``declared_by.teams``)."""
+    wanted = set(teams)
+    return {tenant for tenant, settings in policy.tenants.items() if wanted & set(settings.declared_by.teams)}
+
+
+def agents_report(
+    policy: Policy,
+    stored: Sequence[Mapping[str, Any]],
+    tenants: Collection[str] | None,
+    default_tenant: str | None = None,
+) -> list[dict[str, Any]]:
+    """The agents a reader of ``tenants`` (None: every tenant) sees: every agent the policy lists for one of
+    them, seen or not, and every agent that sent a heartbeat for one of them (``listed`` false once the policy
+    no longer lists it). ``max_age_seconds``: the smallest largest-age of the profiles that list it; ``stale``:
+    never seen, or seen longer ago than that."""
+    listed = listed_agents(policy, default_tenant)
+    by_name = {str(row["name"]): row for row in stored}
+    report: list[dict[str, Any]] = []
+    for name in sorted(set(listed) | set(by_name)):
+        ages = listed.get(name, {})
+        row = by_name.get(name)
+        agent_tenants_now = sorted(ages) if ages else list(row["tenants"] if row else [])
+        visible = set(agent_tenants_now) | set(row["tenants"] if row else [])
+        if tenants is not None and not (visible & set(tenants)):
+            continue
+        max_age = min(ages.values()) if ages else None
+        age = None if row is None else float(row["age_seconds"])
+        report.append(
+            {
+                "name": name,
+                "listed": bool(ages),
+                "tenants": agent_tenants_now,
+                "version": row["version"] if row else None,
+                "capabilities": list(row["capabilities"]) if row else [],
+                "seen_at": row["seen_at"] if row else None,
+                "age_seconds": age,
+                "beats": int(row["beats"]) if row else 0,
+                "max_age_seconds": max_age,
+                "stale": age is None or (max_age is not None and age > max_age),
+            }
+        )
+    return report

@@ -12,6 +12,8 @@
     barecount dlq stats|list         a dead-letter queue's depth and oldest entry per tenant/pipeline; its letters
     barecount replay plan|run|status   replay a dead-letter queue into a target, idempotently (the replay ledger)
     barecount db migrate|check [--url URL]   create or upgrade BareCount's tables; say whether they are current
+    barecount agent heartbeat --name N --api-url URL [--every 30s]   an on-premise agent's heartbeats, until SIGTERM
+    barecount health check [--tenant T] [--emit] [--json]   check every dependency of the network profiles now
 
 One module per command (``dlq`` and ``replay`` share :mod:`.recovery`), each with its ``add_parsers`` and its
 ``cmd_*`` functions; :mod:`.common` holds the option types and the output helpers they share.
@@ -23,10 +25,22 @@ import argparse
 from collections.abc import Sequence
 
 from barecount_provider import __version__, redaction
-from barecount_provider.cli import cost, db, doctor, evidence, policy, pools, recovery, runs, telemetry
+from barecount_provider.cli import (
+    agent,
+    cost,
+    db,
+    doctor,
+    evidence,
+    health,
+    policy,
+    pools,
+    recovery,
+    runs,
+    telemetry,
+)
 from barecount_provider.cli.common import fail
 
-COMMANDS = (doctor, policy, runs, pools, evidence, telemetry, cost, recovery, db)
+COMMANDS = (doctor, policy, runs, pools, evidence, telemetry, cost, recovery, db, agent, health)
 """The command modules, in the order ``barecount --help`` lists their commands."""
 
 

@@ -167,7 +167,7 @@ def client(store: EvidenceStore, auth: Any) -> Iterator[Any]:
 
     from barecount_provider.api.app import create_app
 
-    with TestClient(create_app(lambda: store)) as test_client:
+    with TestClient(create_app(lambda: store, all_dag_ids=lambda: frozenset(DAG_TEAMS))) as test_client:
         yield test_client
 
 
@@ -188,7 +188,7 @@ def _get(client: Any, path: str, headers: Mapping[str, str], **params: Any) -> A
 # ------------------------------------------------------------------------------------------- auth
 
 
-ENDPOINTS = ["/evidence", "/evidence/verify", "/evidence/0123456789abcdef0123456789abcdef", "/cost"]
+ENDPOINTS = ["/evidence", "/evidence/verify", "/evidence/0123456789abcdef0123456789abcdef", "/cost", "/health"]
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
@@ -214,10 +214,13 @@ def test_a_token_signed_with_another_secret_is_refused(client: Any, filled: Any,
 
 def test_the_openapi_document_lists_every_path(client: Any) -> None:
     document = client.get("/openapi.json").json()
-    assert set(document["paths"]) == {"/evidence", "/evidence/verify", "/evidence/{record_id}", "/cost"}
+    assert set(document["paths"]) == {
+        "/evidence", "/evidence/verify", "/evidence/{record_id}", "/cost", "/agents/{name}/heartbeat", "/health"
+    }  # fmt: skip
     assert document["info"]["title"] == "BareCount Evidence API"
     for path in document["paths"].values():
-        assert path["get"]["security"], "every endpoint declares Airflow's bearer authentication"
+        for operation in path.values():
+            assert operation["security"], "every endpoint declares Airflow's bearer authentication"
 
 
 # ------------------------------------------------------------------------------------ DAG permissions

@@ -23,7 +23,13 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import CHECKS, load_all_checks
 
 from barecount_provider.evidence.store import EvidenceStore
-from tests.unit.test_api import auth, fill_store, store, users  # noqa: F401  (fixtures shared with test_api.py)
+from barecount_provider.policy import parse_policy
+from tests.unit.test_api import DAG_TEAMS, auth, fill_store, store, users  # noqa: F401  (fixtures shared with test_api.py)
+
+# A policy that lists an agent (the heartbeat endpoint refuses the agents it does not list: 403).
+POLICY = parse_policy(
+    "version: 1\ntenants: {team_a: {network_profiles: {on_prem: {dependencies: {agents: [{name: a}]}}}}}", "policy.yaml"
+)
 
 MAX_EXAMPLES = 40
 
@@ -42,7 +48,10 @@ def _app() -> Any:
     from barecount_provider.api.app import create_app
 
     root = FastAPI()
-    root.mount(URL_PREFIX, LazyApp(lambda: create_app(lambda: _CURRENT[-1])))
+    root.mount(
+        URL_PREFIX,
+        LazyApp(lambda: create_app(lambda: _CURRENT[-1], policy_factory=lambda: POLICY, all_dag_ids=lambda: frozenset(DAG_TEAMS))),
+    )
     return root
 
 
