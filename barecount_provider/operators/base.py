@@ -33,6 +33,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from barecount_provider import config
 from barecount_provider import context as bc_context
+from barecount_provider.health.plan import Verdict
 from barecount_provider.policy import (
     NETWORK_PROFILES,
     POLICY_INVALID_RULE,
@@ -229,7 +230,7 @@ class DependencyUnhealthy(AirflowFailException):
     anything is launched (never retried). The message names each blocking dependency (kind, id, tenant,
     network profile, status, error code, detail); ``verdict`` is the check's."""
 
-    def __init__(self, message: str, verdict: Any = None) -> None:
+    def __init__(self, message: str, verdict: Verdict | None = None) -> None:
         self.verdict = verdict
         super().__init__(message)
 
@@ -418,14 +419,14 @@ class BareCountRunnerMixin:
         self._barecount_healthy = True
         return self.execute(context)  # type: ignore[attr-defined]  # the runner operator's
 
-    def _record_health(self, verdict: Any) -> None:
+    def _record_health(self, verdict: Verdict) -> None:
         self.barecount_health = [result.as_dict() for result in verdict.results]
         health_report.publish(verdict.results, source=f"operator:{getattr(self, 'task_id', '?')}")
 
     def _operator_name(self) -> str:
         return f"{type(self).__name__} {getattr(self, 'task_id', '')}".strip()
 
-    def _unhealthy(self, verdict: Any, waited: timedelta | None = None) -> DependencyUnhealthy:
+    def _unhealthy(self, verdict: Verdict, waited: timedelta | None = None) -> DependencyUnhealthy:
         after = f" after waiting {waited}" if waited is not None else ""
         return DependencyUnhealthy(f"{self._operator_name()}: not launched{after}: {verdict.message()}", verdict)
 

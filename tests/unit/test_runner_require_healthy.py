@@ -324,3 +324,41 @@ def test_each_runner_names_its_target() -> None:
     assert specs["lambda"].region_name == "eu-west-1"
     dedicated = DedicatedComputeOperator(task_id="d", commands=["true"], image_id="ami-0123456789abcdef0")
     assert dedicated.runner_health_target(_ctx()) is None  # nothing to check before its hosts exist
+
+
+def test_deferred_until_healthy_then_resumed_by_the_task_runner_it_launches(
+    policy_file: PolicyFile, published: list[Any], no_target: None
+) -> None:
+    """Defer, run the trigger Airflow would rebuild from its kwargs while the dependency comes up, and resume
+    as the task runner does (``resume_execution(next_method, {"event": ...})``): the runner launches."""
+    import asyncio
+    import threading
+
+    port = _free_port()
+    _policy(policy_file, f"tcp://127.0.0.1:{port}")
+    op = _lambda(wait_for_healthy=timedelta(seconds=30))
+    with pytest.raises(TaskDeferred) as deferred:
+        _run(op)
+    classpath, kwargs = deferred.value.trigger.serialize()
+    module, _, name = classpath.rpartition(".")
+    trigger = getattr(importlib.import_module(module), name)(**{**kwargs, "poke_interval": 0.5})
+
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    started: list[Listener] = []
+    timer = threading.Timer(1.0, lambda: started.append(Listener(port)))
+    timer.start()
+    try:
+        payload = asyncio.run(first())
+    finally:
+        timer.cancel()
+        for server in started:
+            server.close()
+    assert payload["status"] == "healthy"
+    ti = SimpleNamespace(task=op, dag_id="health_gate", run_id="r", task_id=op.task_id, try_number=1, map_index=-1)
+    with pytest.raises(Launched):
+        op.resume_execution(deferred.value.method_name, {"event": payload}, {"ti": ti})
+    assert [results[0].status for results, _ in published] == ["unhealthy", "healthy"]
