@@ -25,7 +25,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout, A
 
 from barecount_provider import context as bc_context
 from barecount_provider.health.plan import Verdict
-from barecount_provider.policy.model import DEGRADED_POLICIES
+from barecount_provider.policy.model import DEGRADED_POLICIES, NETWORK_PROFILES
 from barecount_provider.runtime import health as runtime_health
 from barecount_provider.runtime import health_report
 from barecount_provider.triggers.health import HealthTrigger, verdict_of_event
@@ -71,6 +71,8 @@ class BareCountHealthSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         if tenant is not None and (not isinstance(tenant, str) or not tenant or _is_template(tenant)):
             raise ValueError(f"tenant: {tenant!r} is not a tenant name (templates are refused: a run must not choose it)")
+        if network_profile is not None and not _is_template(network_profile) and network_profile not in NETWORK_PROFILES:
+            raise ValueError(f"network_profile: {network_profile!r} is not one of {', '.join(NETWORK_PROFILES)}")
         if degraded is not None and degraded not in DEGRADED_POLICIES:
             raise ValueError(f"degraded: {degraded!r} is not one of {', '.join(DEGRADED_POLICIES)}")
         if check_timeout_s is not None and (not isinstance(check_timeout_s, int | float) or check_timeout_s <= 0):

@@ -254,6 +254,7 @@ def test_each_sensor_checks_its_own_dependency() -> None:
         (lambda: RunnerHealthSensor(task_id="t", network_profile="vpn", runner_kind="glue_job"), "give both"),
         (lambda: RunnerHealthSensor(task_id="t", network_profile="vpn", tenant="{{ dag_run.conf.t }}"), "templates are refused"),
         (lambda: RunnerHealthSensor(task_id="t", network_profile="vpn", degraded="sometimes"), "degraded: 'sometimes'"),
+        (lambda: VpnTunnelSensor(task_id="t", vpn_connection_id="vpn-1", network_profile="lan"), "network_profile: 'lan'"),
     ],
 )
 def test_bad_arguments_are_refused_when_the_dag_is_parsed(make: Any, message: str) -> None:
