@@ -358,8 +358,8 @@ class BareCountRunnerMixin:
         return [*specs, target] if target is not None else specs
 
     def health_required(self, ctx: bc_context.RunContext) -> bool:
-        """``require_healthy``, else the tenant's policy for the network profile. A tenant the policy does not
-        declare (it runs under the policy's defaults) is not checked unless ``require_healthy`` is True."""
+        """``require_healthy``, else the tenant's policy for the network profile (a tenant the policy does not
+        declare: the defaults')."""
         if self.require_healthy is not None:
             return self.require_healthy
         try:
@@ -380,7 +380,7 @@ class BareCountRunnerMixin:
         try:
             specs = self.health_specs(ctx, self.runner_health_target(ctx))
             degraded = runtime_health.degraded_policy(ctx.tenant, ctx.network_profile)
-        except ValueError as err:  # a tenant the policy does not declare, a bad target: nothing to check with
+        except ValueError as err:  # a bad target or profile: nothing to check with
             raise AirflowFailException(f"{self._operator_name()}: not launched: cannot check health: {err}") from None
         verdict = runtime_health.check(specs, degraded=degraded)
         self._record_health(verdict)

@@ -247,13 +247,22 @@ def runner_spec(
 
 
 def _profile_dependencies(tenant: str, network_profile: str) -> NetworkDependencies:
-    """What ``network_profile`` of ``tenant`` relies on; ``ValueError`` for an unknown tenant or profile."""
+    """What ``network_profile`` of ``tenant`` relies on; ``ValueError`` for an unknown profile. A tenant the
+    policy does not declare relies on what the defaults name, as it runs under the defaults' other settings
+    (``Policy.for_tenant``)."""
     from barecount_provider.policy import get_policy
 
     if network_profile not in NETWORK_PROFILES:
         raise ValueError(
             f"tenant {tenant!r}: network profile {network_profile!r} is not one of {', '.join(NETWORK_PROFILES)}"
         )
+    return get_policy().for_tenant(tenant).dependencies(network_profile)
+
+
+def _declared(tenant: str) -> None:
+    """``ValueError`` unless the policy declares ``tenant`` or it is ``[barecount] default_tenant``."""
+    from barecount_provider.policy import get_policy
+
     policy = get_policy()
     if tenant not in policy.tenants and tenant != config.default_tenant():
         declared = ", ".join(sorted(policy.tenants)) or "none"
@@ -261,13 +270,13 @@ def _profile_dependencies(tenant: str, network_profile: str) -> NetworkDependenc
             f"tenant {tenant!r} is not declared in the policy ({policy.source}; tenants: {declared}; "
             f"[barecount] default_tenant: {config.default_tenant()!r})"
         )
-    return policy.for_tenant(tenant).dependencies(network_profile)
 
 
 def specs_for_profile(tenant: str, network_profile: str) -> list[DependencySpec]:
     """Every dependency ``network_profile`` of ``tenant`` relies on, from the tenant policy, in the policy's
-    order: VPN connections, VPC endpoints, agents, health URLs. A profile that names none gives ``[]``;
-    ``ValueError`` names an unknown tenant or profile."""
+    order: VPN connections, VPC endpoints, agents, health URLs. A profile that names none gives ``[]``; a
+    tenant the policy does not declare gets the defaults' dependencies; ``ValueError`` names an unknown
+    profile."""
     dependencies = _profile_dependencies(tenant, network_profile)
 
     def spec(kind: str, id: str, **options: Any) -> DependencySpec:
@@ -287,10 +296,13 @@ def specs_for_profile(tenant: str, network_profile: str) -> list[DependencySpec]
 
 def all_specs(tenant: str | None = None) -> list[DependencySpec]:
     """The dependencies of every allowed network profile of ``tenant``, or of every tenant the policy
-    declares plus ``[barecount] default_tenant`` (sorted by tenant, profiles in the policy's order)."""
+    declares plus ``[barecount] default_tenant`` (sorted by tenant, profiles in the policy's order).
+    ``ValueError`` names a ``tenant`` the policy does not declare (a mistyped name checks nothing)."""
     from barecount_provider.policy import get_policy
 
     policy = get_policy()
+    if tenant is not None:
+        _declared(tenant)
     tenants = [tenant] if tenant is not None else sorted({*policy.tenants, config.default_tenant()})
     specs: list[DependencySpec] = []
     for name in tenants:

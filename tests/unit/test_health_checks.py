@@ -278,11 +278,25 @@ def test_a_profile_with_no_dependencies_gives_none(acme):
 
 def test_an_unknown_tenant_or_profile_raises_naming_it(acme):
     with pytest.raises(ValueError, match="tenant 'globex' is not declared in the policy .*tenants: acme"):
-        health.specs_for_profile("globex", "vpn")
+        health.all_specs("globex")
     with pytest.raises(ValueError, match="tenant 'acme': network profile 'vpnn' is not one of public, vpn"):
         health.specs_for_profile("acme", "vpnn")
-    with pytest.raises(ValueError, match="tenant 'globex'"):
-        health.degraded_policy("globex", "vpn")
+    with pytest.raises(ValueError, match="tenant 'globex': network profile 'vpnn'"):
+        health.degraded_policy("globex", "vpnn")
+
+
+def test_a_tenant_the_policy_does_not_declare_relies_on_what_the_defaults_name(policy_file):
+    """Runners of an undeclared tenant run under the defaults: their health gate is the defaults' too."""
+    policy_file(
+        "version: 1\ndefaults:\n  network_profiles:\n    vpn:\n      dependencies:\n"
+        "        health_urls: [tcp://db.internal:5432]\n        require_healthy: true\n        degraded: refuse\n"
+        "tenants:\n  acme: {}\n"
+    )
+    assert [(s.kind, s.id, s.tenant) for s in health.specs_for_profile("newcomer", "vpn")] == [
+        ("url", "tcp://db.internal:5432", "newcomer")
+    ]
+    assert health.require_healthy_default("newcomer", "vpn") is True
+    assert health.degraded_policy("newcomer", "vpn") == "refuse"
 
 
 def test_all_specs_cover_every_tenant_and_allowed_profile(acme):

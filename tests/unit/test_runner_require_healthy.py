@@ -193,15 +193,22 @@ def test_the_policy_s_require_healthy_is_the_default(
         _run(_lambda(require_healthy=True))
 
 
-def test_a_tenant_the_policy_does_not_declare_is_checked_only_when_asked(
-    policy_file: PolicyFile, monkeypatch: pytest.MonkeyPatch
+def test_a_tenant_the_policy_does_not_declare_is_gated_by_the_defaults(
+    policy_file: PolicyFile, published: list[Any], no_target: None
 ) -> None:
-    policy_file("version: 1\ntenants:\n  other: {}\n")
-    _never_checked(monkeypatch)
-    with pytest.raises(Launched):
-        _run(_lambda(tenant="newcomer"))
-    with pytest.raises(AirflowFailException, match="not launched: cannot check health: tenant 'newcomer' is not declared"):
-        _run(_lambda(tenant="newcomer", require_healthy=True))
+    """An undeclared tenant runs under the policy's defaults: their dependencies and require_healthy too."""
+    port = _free_port()
+    policy_file(
+        "version: 1\ndefaults:\n  network_profiles:\n    vpn:\n      dependencies:\n"
+        f"        health_urls: [tcp://127.0.0.1:{port}]\n        require_healthy: true\n"
+        "tenants:\n  other: {}\n"
+    )
+    op = _lambda(tenant="newcomer")
+    with pytest.raises(DependencyUnhealthy, match=f"tcp://127.0.0.1:{port}"):
+        _run(op)
+    assert [(r["dependency"]["tenant"], r["error_code"]) for r in op.barecount_health or []] == [("newcomer", "refused")]
+    with pytest.raises(Launched):  # the operator says not to check
+        _run(_lambda(tenant="newcomer", require_healthy=False))
 
 
 def test_a_degraded_dependency_is_refused_where_the_profile_says_so(
