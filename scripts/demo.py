@@ -549,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     report_runner_results(home / RUNNER_RESULTS_RELATIVE)
     status = max(status, report_evidence(home))
     status = max(status, report_recovery(home / RECOVERY_RELATIVE))
+    report_health()
     say()
     say("To look at this data with the `barecount` command (evidence list|show|verify, cost report, runs, dlq, replay):")
     say(f"  export AIRFLOW_HOME={home}")
@@ -577,6 +578,27 @@ def report_evidence(home: Path) -> int:
     say()
     say(f"Evidence files: {home / 'barecount' / 'evidence'} (records/, entries/, index.db)")
     return status
+
+
+def report_health() -> None:
+    """The last result of every dependency checked during the runs (``example_health``, the sensors and the
+    runners' readiness checks), as ``GET /barecount/health`` lists them."""
+    from barecount_provider.health import records
+
+    say()
+    say("Health: the last result of every dependency checked (GET /barecount/health; `barecount health check` checks again)")
+    results = records.latest_results()
+    if not results:
+        say("  none: no example checked a dependency (the needs-aws example_health_runner checks a Lambda function)")
+        return
+    for result in results:
+        dependency = result["dependency"]
+        say(
+            f"  {dependency['tenant'] or '-'} / {dependency['network_profile'] or '-'}: {dependency['kind']} "
+            f"{dependency['id']}: {result['status']}"
+            + (f" ({result['error_code']})" if result["error_code"] else "")
+            + f", {result['latency_ms']:.0f} ms: {result['detail']}"
+        )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ same process as the server):
 * EMR Serverless: application ids are random, so the seeded application is re-keyed to the id the DAGs
   name. Its job runs start at SUCCESS with zero utilisation.
 * EC2: the AMI the DAGs name is registered under that id (moto cannot register a chosen id).
+* EC2 VPN: connections have no ``VgwTelemetry`` and random ids; ``seed_vpn_connection`` re-keys one to the id
+  a policy names and sets its tunnels' statuses (the health tests).
 
 moto's backends are global to the process: resources use names of their own (``barecount-example-*``, the
 cluster ``pipelines``) so that other moto servers of the same process (tests/integration) are not disturbed.
@@ -482,6 +484,39 @@ class AwsEmulator:
         application.id = r.emr_application_id
         application.arn = application.arn.replace(created, r.emr_application_id)
         backend.applications[r.emr_application_id] = application
+
+    def seed_vpn_connection(self, vpn_id: str, tunnels: tuple[str, ...] = ("UP", "UP")) -> None:
+        """A Site-to-Site VPN connection under ``vpn_id`` whose tunnels have ``tunnels`` statuses (UP or DOWN).
+
+        moto creates connections under random ids and without ``VgwTelemetry``: the connection is re-keyed
+        and its telemetry set on moto's in-process backend (the attribute moto serializes). Calling it again
+        with the same id only changes the statuses."""
+        backend = self._ec2_backend()
+        if vpn_id not in backend.vpn_connections:
+            ec2 = self.client("ec2")
+            customer = ec2.create_customer_gateway(Type="ipsec.1", PublicIp="198.51.100.7", BgpAsn=65010)
+            gateway = ec2.create_vpn_gateway(Type="ipsec.1")
+            created = ec2.create_vpn_connection(
+                Type="ipsec.1",
+                CustomerGatewayId=customer["CustomerGateway"]["CustomerGatewayId"],
+                VpnGatewayId=gateway["VpnGateway"]["VpnGatewayId"],
+            )["VpnConnection"]["VpnConnectionId"]
+            connection = backend.vpn_connections.pop(created)
+            connection.id = vpn_id
+            backend.vpn_connections[vpn_id] = connection
+        connection = backend.vpn_connections[vpn_id]
+        changed = datetime.now(UTC)
+        connection.state = "available"
+        connection.vgw_telemetry = [
+            {
+                "OutsideIpAddress": f"203.0.113.{index + 1}",
+                "Status": status,
+                "LastStatusChange": changed,
+                "StatusMessage": "" if status == "UP" else "IPSEC IS DOWN",
+                "AcceptedRouteCount": 4 if status == "UP" else 0,
+            }
+            for index, status in enumerate(tunnels)
+        ]
 
     def _seed_ecs(self) -> None:
         r = self.resources

@@ -109,8 +109,29 @@ def checkpoint_env(key: Any) -> dict[str, str]:
     }
 
 
+HEALTH_PORT_TOKEN = "__HEALTH_PORT__"
+
+
+def system_policy(directory: Path, health_port: int) -> Path:
+    """tests/system/policy.yaml written into ``directory`` with the health tenant's loopback port filled in
+    (``__HEALTH_PORT__``: the TCP service test_health_real_run.py starts and stops)."""
+    text = Path(__file__).with_name("policy.yaml").read_text()
+    path = directory / "policy.yaml"
+    path.write_text(text.replace(HEALTH_PORT_TOKEN, str(health_port)))
+    return path
+
+
 @pytest.fixture(scope="session")
-def airflow_stack(tmp_path_factory: pytest.TempPathFactory, statsd_collector: UdpCollector) -> Iterator[AirflowStack]:
+def health_port() -> int:
+    """A free loopback port: tenant netops's on_prem profile relies on a TCP service there (none listens
+    until test_health_real_run.py starts one)."""
+    return _refused_port()
+
+
+@pytest.fixture(scope="session")
+def airflow_stack(
+    tmp_path_factory: pytest.TempPathFactory, statsd_collector: UdpCollector, health_port: int
+) -> Iterator[AirflowStack]:
     """api-server + scheduler + dag-processor (LocalExecutor, SQLite) serving the example and system DAGs.
 
     AIRFLOW_HOME is a fresh directory under pytest's temporary directory; component logs are in
@@ -130,7 +151,7 @@ def airflow_stack(tmp_path_factory: pytest.TempPathFactory, statsd_collector: Ud
         "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{_refused_port()}/v1/metrics",
         "AIRFLOW__BARECOUNT__IN_FLIGHT_INTERVAL_SECONDS": "1",
         "AIRFLOW__BARECOUNT__SECRET_KEY": "system-test-secret-key",
-        "AIRFLOW__BARECOUNT__POLICY_PATH": str(Path(__file__).with_name("policy.yaml")),
+        "AIRFLOW__BARECOUNT__POLICY_PATH": str(system_policy(tmp_path_factory.mktemp("policy"), health_port)),
         # HITL timeouts are swept by the scheduler at this interval (default 15 s)
         "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
     }

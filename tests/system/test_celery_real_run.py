@@ -63,7 +63,7 @@ from tests import pg_server
 
 from .aws_emulator import AwsEmulator
 from .celery_stack import CeleryStack, RedisServer, WorkerSpec
-from .conftest import EXAMPLE_DAGS, SYSTEM_DAGS, UdpCollector
+from .conftest import EXAMPLE_DAGS, SYSTEM_DAGS, UdpCollector, _refused_port, system_policy
 from .test_evidence_real_run import SCHEMA
 from .test_secrets_real_run import SECRETS, SENSITIVE_ENV, _leaks
 
@@ -152,7 +152,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
             "AIRFLOW__BARECOUNT__SECRET_KEY": "system-test-secret-key",
-            "AIRFLOW__BARECOUNT__POLICY_PATH": str(Path(__file__).with_name("policy.yaml")),
+            "AIRFLOW__BARECOUNT__POLICY_PATH": str(system_policy(root, _refused_port())),
             "AIRFLOW__BARECOUNT__STATSD_ON": "True",
             "AIRFLOW__BARECOUNT__STATSD_HOST": "127.0.0.1",
             "AIRFLOW__BARECOUNT__STATSD_PORT": str(statsd.port),
