@@ -349,22 +349,14 @@ def _unknown_tries(
 def agent_tenants(policy: Policy, name: str, default_tenant: str | None = None) -> dict[str, int]:
     """The tenants whose policy lists agent ``name`` among the dependencies of a network profile they may use
     (``network_profiles.<profile>.dependencies.agents``), each with the smallest ``max_heartbeat_age_seconds``
-    of those profiles. The tenants: every tenant the policy declares, and ``default_tenant`` (a tenant it does
-    not declare gets the policy's defaults). Never what an agent says of itself."""
-    found: dict[str, int] = {}
-    tenants = dict(policy.tenants)
-    if default_tenant and default_tenant not in tenants:
-        tenants[default_tenant] = policy.for_tenant(default_tenant)
-    for tenant, settings in tenants.items():
-        for profile in settings.allowed_network_profiles:
-            for agent in settings.dependencies(profile).agents:
-                if agent.name == name:
-                    found[tenant] = min(found.get(tenant, agent.max_heartbeat_age_seconds), agent.max_heartbeat_age_seconds)
-    return found
+    of those profiles (see :func:`listed_agents`). Never what an agent says of itself."""
+    return listed_agents(policy, default_tenant).get(name, {})
 
 
 def listed_agents(policy: Policy, default_tenant: str | None = None) -> dict[str, dict[str, int]]:
-    """Every agent the policy lists (see :func:`agent_tenants`): name -> tenant -> largest heartbeat age allowed."""
+    """Every agent the policy lists: name -> tenant -> largest heartbeat age allowed (the smallest
+    ``max_heartbeat_age_seconds`` of the tenant's profiles that list it). The tenants: every tenant the policy
+    declares, and ``default_tenant`` (a tenant it does not declare gets the policy's defaults)."""
     tenants = dict(policy.tenants)
     if default_tenant and default_tenant not in tenants:
         tenants[default_tenant] = policy.for_tenant(default_tenant)
