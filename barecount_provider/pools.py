@@ -246,7 +246,8 @@ class Credentials:
 
 
 class AirflowApi:
-    """A small client of Airflow 3's public REST API (``/api/v2``), on the standard library only.
+    """A small client of Airflow 3's public REST API (``/api/v2``), on the standard library only; also what
+    ``barecount agent heartbeat`` sends with (:meth:`send`, :meth:`login`, :meth:`fresh_token`).
 
     ``base_url`` is the API server's URL (``[api] base_url``, e.g. ``https://airflow.example.com`` or with a
     path prefix). Messages never contain the password or the token.
@@ -268,9 +269,11 @@ class AirflowApi:
             text = text.replace(secret, "***")
         return text
 
-    def _send(
+    def send(
         self, method: str, path: str, body: Any = None, *, token: str | None = None
     ) -> tuple[int, Any]:
+        """``method`` ``base_url + path`` with ``body`` as JSON; (status, decoded payload) whatever the
+        status. :class:`ApiError` (``EXIT_UNREACHABLE``) when no answer came."""
         url = f"{self.base_url}{path}"
         headers = {"Accept": "application/json"}
         data = None
@@ -299,7 +302,8 @@ class AirflowApi:
             payload = raw.decode(errors="replace")
         return status, payload
 
-    def _detail(self, payload: Any) -> str:
+    def detail(self, payload: Any) -> str:
+        """An error answer's ``detail`` (or the whole answer) as one redacted line of at most 300 characters."""
         if isinstance(payload, dict) and "detail" in payload:
             payload = payload["detail"]
         text = payload if isinstance(payload, str) else json.dumps(payload)
@@ -316,7 +320,7 @@ class AirflowApi:
                 "(or BARECOUNT_API_USERNAME and BARECOUNT_API_PASSWORD)",
                 exit_code=EXIT_USAGE,
             )
-        status, payload = self._send("POST", "/auth/token", {"username": creds.username, "password": creds.password})
+        status, payload = self.send("POST", "/auth/token", {"username": creds.username, "password": creds.password})
         if status in (200, 201) and isinstance(payload, dict) and payload.get("access_token"):
             self._token = str(payload["access_token"])
             return self._token
@@ -337,9 +341,15 @@ class AirflowApi:
             )
         raise ApiError(f"POST /auth/token -> {status}", status=status)
 
+    def fresh_token(self) -> str:
+        """After a 401: a new token from ``/auth/token`` (the given ``--token`` when there is one: it cannot
+        be renewed)."""
+        self._token = self.credentials.token
+        return self.login()
+
     def call(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200,)) -> tuple[int, Any]:
         """``method`` ``/api/v2<path>``; raise :class:`ApiError` unless the status is in ``ok``."""
-        status, payload = self._send(method, f"/api/v2{path}", body, token=self.login())
+        status, payload = self.send(method, f"/api/v2{path}", body, token=self.login())
         if status in ok:
             return status, payload
         what = f"{method} /api/v2{path.split('?')[0]}"
@@ -358,7 +368,7 @@ class AirflowApi:
                 exit_code=EXIT_USAGE,
                 status=404,
             )
-        raise ApiError(f"{what}: {status}: {self._detail(payload)}", status=status)
+        raise ApiError(f"{what}: {status}: {self.detail(payload)}", status=status)
 
     # pools
 

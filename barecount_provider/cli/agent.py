@@ -12,7 +12,6 @@ refusal) is retried after an exponential backoff (1 s, 2 s, 4 s ... with jitter,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import re
@@ -24,15 +23,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from barecount_provider.cli.common import fail, seconds
-
-EXIT_FAILED = 1  # the API refused the heartbeat (--once)
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3  # the API server could not be reached (--once)
-EXIT_AUTH = 4  # the user, password or token was refused (401), or the user may not send heartbeats (403)
+from barecount_provider.pools import (  # the exit codes of `barecount pools`, and its client of the API
+    EXIT_AUTH,  # the user, password or token was refused (401), or the user may not send heartbeats (403)
+    EXIT_FAILED,  # the API refused the heartbeat (--once)
+    EXIT_USAGE,
+    AirflowApi,
+    ApiError,
+    Credentials,
+)
 
 BACKOFF_BASE_S = 1.0
 MIN_EVERY_S, MAX_EVERY_S = 1.0, 86400.0
@@ -80,97 +81,65 @@ class HeartbeatError(Exception):
         self.exit_code, self.retry = exit_code, retry
 
 
-@dataclass
 class HeartbeatClient:
-    """Sends one agent's heartbeats to the API server at ``api_url`` (its ``[api] base_url``). Messages never
-    contain the password or the token."""
+    """Sends one agent's heartbeats to the API server at ``api_url`` (its ``[api] base_url``), with the
+    ``barecount pools`` client of Airflow's API (:class:`~barecount_provider.pools.AirflowApi`: the token from
+    ``/auth/token``, messages that never contain the password or the token)."""
 
-    api_url: str
-    username: str | None = None
-    password: str | None = None
-    token: str | None = None
-    timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        parsed = urllib.parse.urlparse(self.api_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"agent heartbeat: --api-url {self.api_url!r} is not an http(s) URL (such as http://localhost:8080)")
-        self.api_url = self.api_url.rstrip("/")
-        self._given_token = self.token
-        if not self.token and not (self.username and self.password):
+    def __init__(
+        self,
+        api_url: str,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if not token and not (username and password):
             raise ValueError(
                 "agent heartbeat: no credentials: give --username and --password (or BARECOUNT_API_USERNAME and "
                 "BARECOUNT_API_PASSWORD), or --token (or BARECOUNT_API_TOKEN)"
             )
-
-    def _redact(self, text: str) -> str:
-        for secret in (self.password, self.token, self._given_token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
-    def _post(self, path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(f"{self.api_url}{path}", data=json.dumps(body).encode(), headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                status, raw = response.status, response.read()
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read() or b""
-        except (urllib.error.URLError, OSError) as err:  # refused, DNS, TLS, timeout
-            reason = getattr(err, "reason", err)
-            raise HeartbeatError(
-                f"cannot reach the API server at {self.api_url}: {self._redact(str(reason))}", exit_code=EXIT_UNREACHABLE, retry=True
+            self.api = AirflowApi(api_url, Credentials(token=token, username=username, password=password), timeout=timeout)
+        except ApiError:
+            raise ValueError(
+                f"agent heartbeat: --api-url {api_url!r} is not an http(s) URL (such as http://localhost:8080)"
             ) from None
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            payload = raw.decode(errors="replace")
-        return status, payload
+        self.api_url = self.api.base_url
+        self._renewable = not token
 
-    def _detail(self, payload: Any) -> str:
-        if isinstance(payload, dict) and "detail" in payload:
-            payload = payload["detail"]
-        return self._redact(payload if isinstance(payload, str) else json.dumps(payload))[:300]
+    def _call(self, what: Callable[[], Any]) -> Any:
+        """``what()``, its :class:`ApiError` as a :class:`HeartbeatError` (worth retrying unless the
+        credentials were refused or missing)."""
+        try:
+            return what()
+        except ApiError as err:
+            retry = err.exit_code not in (EXIT_AUTH, EXIT_USAGE)
+            raise HeartbeatError(str(err), exit_code=err.exit_code, retry=retry) from None
 
     def login(self) -> str:
-        """A bearer token: the given one, or a new one from ``POST /auth/token``."""
-        if self._given_token:
-            return self._given_token
-        status, payload = self._post("/auth/token", {"username": self.username, "password": self.password})
-        if status in (200, 201) and isinstance(payload, dict) and payload.get("access_token"):
-            self.token = str(payload["access_token"])
-            return self.token
-        if status in (400, 401, 403, 422):  # the body is not shown: some auth managers echo what was sent
-            raise HeartbeatError(
-                f"POST /auth/token: the API refused user {self.username!r} ({status}): check the user name and password",
-                exit_code=EXIT_AUTH,
-                retry=False,
-            )
-        raise HeartbeatError(f"POST /auth/token: {status} from {self.api_url}", exit_code=EXIT_FAILED, retry=True)
+        """A bearer token: the given one, or one from ``POST /auth/token``."""
+        return str(self._call(self.api.login))
 
     def send(self, name: str, *, version: str | None, capabilities: Sequence[str]) -> dict[str, Any]:
         """Send one heartbeat; the stored row. A 401 fetches a new token once (an expired one) and sends again."""
         path = f"/barecount/agents/{urllib.parse.quote(name)}/heartbeat"
         body = {"version": version, "capabilities": list(capabilities)}
-        token = self.token or self.login()
-        status, payload = self._post(path, body, token)
-        if status == 401 and not self._given_token:
-            self.token = None
-            status, payload = self._post(path, body, self.login())
+        status, payload = self._call(lambda: self.api.send("POST", path, body, token=self.login()))
+        if status == 401 and self._renewable:
+            token = self._call(self.api.fresh_token)
+            status, payload = self._call(lambda: self.api.send("POST", path, body, token=token))
         if status == 200 and isinstance(payload, dict):
             return payload
         what = f"POST {path}: {status}"
         if status in (401, 403):
             # 403: the user may not send heartbeats, or the policy does not list the agent (yet): retried
-            raise HeartbeatError(f"{what}: {self._detail(payload)}", exit_code=EXIT_AUTH, retry=status == 403 or not self._given_token)
+            raise HeartbeatError(f"{what}: {self.api.detail(payload)}", exit_code=EXIT_AUTH, retry=status == 403 or self._renewable)
         if status == 404:
             raise HeartbeatError(
                 f"{what}: is {self.api_url} Airflow's API server with BareCount's plugin ([api] base_url)?", exit_code=EXIT_FAILED, retry=True
             )
-        raise HeartbeatError(f"{what}: {self._detail(payload)}", exit_code=EXIT_FAILED, retry=status >= 500 or status in (408, 429))
+        raise HeartbeatError(f"{what}: {self.api.detail(payload)}", exit_code=EXIT_FAILED, retry=status >= 500 or status in (408, 429))
 
 
 # -------------------------------------------------------------------------------------------------- loop

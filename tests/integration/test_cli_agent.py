@@ -176,14 +176,14 @@ def test_a_server_that_is_down_is_retried_with_growing_capped_jittered_waits(cap
     assert all(later >= earlier for earlier, later in zip(asked[:6], asked[1:6], strict=False)), asked
     assert max(asked) <= 30.0 and len(set(asked)) == len(asked)  # jittered: no two the same
     err = capsys.readouterr().err
-    assert err.count("cannot reach the API server") == 9 and PASSWORD not in err
+    assert err.count("cannot reach the Airflow API") == 9 and PASSWORD not in err
 
 
 def test_once_against_a_server_that_is_down_exits_3(credentials: None, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
     assert cli.main(["agent", "heartbeat", "--name", "dc1-agent", "--api-url", url, "--once", "--timeout", "2"]) == 3
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("barecount agent heartbeat: dc1-agent: cannot reach the API server at http://127.0.0.1:")
+    assert line.startswith("barecount agent heartbeat: dc1-agent: cannot reach the Airflow API at http://127.0.0.1:")
 
 
 def test_a_refused_password_stops_the_loop_with_4_and_never_echoes_it(api: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
