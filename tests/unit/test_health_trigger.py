@@ -107,7 +107,9 @@ async def test_a_dependency_that_comes_up_ends_the_wait_healthy(
     verdict = verdict_of_event(payload)
     assert verdict.passed and [r.status for r in verdict.results] == ["healthy"]
     assert verdict.results[0].dependency.id == f"tcp://127.0.0.1:{port}"
-    assert len(calls) >= 3
+    # The first check was refused (a second one started); the second may already see the listener: it is
+    # counted when it starts, and connects a little later.
+    assert len(calls) >= 2
 
 
 @pytest.mark.asyncio
