@@ -139,14 +139,18 @@ def _all(client: httpx.Client, path: str = "/evidence", **params: Any) -> tuple[
 
 def test_every_endpoint_needs_airflows_token_and_the_openapi_is_published(stack: AirflowStack, clients: Any) -> None:
     anonymous = clients["anonymous"]
-    for path in ("/evidence", "/evidence/verify", "/evidence/" + "0" * 32, "/cost"):
+    for path in ("/evidence", "/evidence/verify", "/evidence/" + "0" * 32, "/cost", "/health"):
         response = anonymous.get(path)
         assert response.status_code == 401, path
         assert response.json() == {"detail": "Not authenticated"}
+    heartbeat = anonymous.post("/agents/some-agent/heartbeat", json={"version": "1"})
+    assert heartbeat.status_code == 401 and heartbeat.json() == {"detail": "Not authenticated"}
     forged = anonymous.get("/evidence", headers={"Authorization": "Bearer not-a-jwt"})
     assert forged.status_code == 403 and forged.json() == {"detail": "Invalid JWT token"}
     document = anonymous.get("/openapi.json").json()
-    assert {"/evidence", "/evidence/verify", "/evidence/{record_id}", "/cost"} == set(document["paths"])
+    assert {
+        "/evidence", "/evidence/verify", "/evidence/{record_id}", "/cost", "/health", "/agents/{name}/heartbeat"
+    } == set(document["paths"])
     assert document["servers"] == [{"url": "/barecount"}]
     assert anonymous.get("/docs").status_code == 200  # Swagger UI ([api] enable_swagger_ui)
     # the plugin registers the app under /barecount, as Airflow's plugin listing shows

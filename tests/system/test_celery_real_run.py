@@ -125,7 +125,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     dags = root / "dags"
     dags.mkdir()
     for path in EXAMPLE_DAGS.glob("*.py"):
-        shutil.copy(path, dags / path.name)
+        # example_health runs on a 5-minute schedule (unpausing it adds a scheduled run beside the one each
+        # DAG gets here) and fails by design under the system policy (tenant netops's dependencies are down):
+        # it is tested by tests/integration/test_health_operator.py and the demo.
+        if path.name != "example_health.py":
+            shutil.copy(path, dags / path.name)
     for name in ("celery_dags.py", "secrets_leak_dag.py"):
         shutil.copy(SYSTEM_DAGS / name, dags / name)
     cases_file = root / "secrets-cases.json"  # outside every AIRFLOW_HOME
