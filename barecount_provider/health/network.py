@@ -244,6 +244,13 @@ def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
     Raises ``ValueError`` naming what is wrong with the URL.
     """
     parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # never echoed: the URL is named without them
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        raise ValueError(
+            f"health URL {shown!r} carries credentials (user:password@): a health URL is shown in metrics, "
+            "evidence and the API; give the service an unauthenticated health path"
+        )
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https", "tcp"):
         raise ValueError(f"health URL {url!r}: scheme {parts.scheme!r} is not one of http, https, tcp")

@@ -223,7 +223,7 @@ def _http_path() -> Check:
     return check
 
 
-HEALTH_URL_EXPECTED = "an http:// or https:// URL, or tcp://host:port"
+HEALTH_URL_EXPECTED = "an http:// or https:// URL, or tcp://host:port, without credentials (user:password@)"
 
 
 def is_health_url(value: object) -> bool:
@@ -244,10 +244,23 @@ def is_health_url(value: object) -> bool:
     return True
 
 
+def _without_credentials(value: object) -> object:
+    """``value``, a URL with credentials shown as ``user:***@`` never: as ``***@`` (errors are logged, and
+    land in the evidence as the ``policy_invalid`` exception)."""
+    if isinstance(value, str) and "@" in value:
+        try:
+            parts = urllib.parse.urlsplit(value)
+        except ValueError:
+            return value
+        if parts.username is not None or parts.password is not None:
+            return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+    return value
+
+
 def _health_url() -> Check:
     def check(value: object) -> Iterator[tuple[str, object, str]]:
         if not is_health_url(value):
-            yield "", value, HEALTH_URL_EXPECTED
+            yield "", _without_credentials(value), HEALTH_URL_EXPECTED
 
     return check
 

@@ -213,6 +213,7 @@ def test_a_spec_round_trips_through_json():
         ({"kind": "vpc_endpoint", "id": "vpce-1"}, "option 'probe' is required"),
         ({"kind": "vpc_endpoint", "id": "vpce-1", "options": {"probe": {"host": "h", "port": 70000}}}, "probe.port: 70000 is not a port"),
         ({"kind": "url", "id": "ftp://db/"}, "scheme 'ftp' is not one of http, https, tcp"),
+        ({"kind": "url", "id": "https://svc:pw@db/health"}, "health URL 'https://db/health' carries credentials"),
         ({"kind": "url", "id": "tcp://db:5432", "conn_id": "aws_default"}, "conn_id 'aws_default' is not used"),
         ({"kind": "ssm_agents", "id": "hosts", "options": {"instance_ids": "i-1"}}, "not a non-empty list of instance ids"),
         ({"kind": "kubernetes_nodes", "id": "dc1", "options": {"node_selector": {"zone": 1}}}, "not a mapping of label names"),

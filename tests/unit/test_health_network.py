@@ -46,6 +46,17 @@ def test_parse_url_names_what_is_wrong(url, message):
         parse_url(url)
 
 
+@pytest.mark.parametrize("url", ["https://svc:Sup3rS3cretPw@db.example/health", "tcp://svc:Sup3rS3cretPw@db.example:5432"])
+def test_a_url_with_credentials_is_refused_without_echoing_them(url):
+    """A health URL is shown in metrics, evidence and the API: credentials in it would leak there."""
+    with pytest.raises(ValueError, match=r"carries credentials \(user:password@\)") as raised:
+        parse_url(url)
+    assert "Sup3rS3cretPw" not in str(raised.value) and "svc" not in str(raised.value)
+    assert "db.example" in str(raised.value)
+    result = check_url(url, timeout_s=1.0, dependency=DEPENDENCY)
+    assert result.status == "unknown" and "Sup3rS3cretPw" not in result.detail
+
+
 def test_check_url_does_not_raise_on_a_bad_url():
     result = check_url("ftp://db.example/", timeout_s=1.0, dependency=DEPENDENCY)
     assert result.status == "unknown" and result.error_code is None

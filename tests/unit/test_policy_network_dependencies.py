@@ -255,23 +255,27 @@ def test_host_forms_and_url_forms_accepted() -> None:
         ),
         (
             "{health_urls: ['ftp://db.corp:21']}",
-            f"{WHERE}.health_urls[0]: 'ftp://db.corp:21' is not an http:// or https:// URL, or tcp://host:port",
+            f"{WHERE}.health_urls[0]: 'ftp://db.corp:21' is not an http:// or https:// URL, or tcp://host:port, without credentials (user:password@)",
         ),
         (
             "{health_urls: ['tcp://db.corp']}",
-            f"{WHERE}.health_urls[0]: 'tcp://db.corp' is not an http:// or https:// URL, or tcp://host:port",
+            f"{WHERE}.health_urls[0]: 'tcp://db.corp' is not an http:// or https:// URL, or tcp://host:port, without credentials (user:password@)",
         ),
         (
             "{health_urls: ['http://db.corp:99999/']}",
-            f"{WHERE}.health_urls[0]: 'http://db.corp:99999/' is not an http:// or https:// URL, or tcp://host:port",
+            f"{WHERE}.health_urls[0]: 'http://db.corp:99999/' is not an http:// or https:// URL, or tcp://host:port, without credentials (user:password@)",
         ),
         (
             "{health_urls: ['http://db.corp/a b']}",
-            f"{WHERE}.health_urls[0]: 'http://db.corp/a b' is not an http:// or https:// URL, or tcp://host:port",
+            f"{WHERE}.health_urls[0]: 'http://db.corp/a b' is not an http:// or https:// URL, or tcp://host:port, without credentials (user:password@)",
         ),
         (
             "{health_urls: ['db.corp:80']}",
-            f"{WHERE}.health_urls[0]: 'db.corp:80' is not an http:// or https:// URL, or tcp://host:port",
+            f"{WHERE}.health_urls[0]: 'db.corp:80' is not an http:// or https:// URL, or tcp://host:port, without credentials (user:password@)",
+        ),
+        (
+            "{health_urls: ['https://svc:Sup3rS3cretPw@db.corp/health']}",
+            f"{WHERE}.health_urls[0]: 'https://***@db.corp/health' is not an http:// or https:// URL, or tcp://host:port, without credentials (user:password@)",
         ),
         (
             "{health_urls: ['http://a/', 'http://a/']}",
