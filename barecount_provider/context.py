@@ -208,6 +208,19 @@ def _declared_params(obj: Any, conf_keys: frozenset[str] = frozenset()) -> Mappi
     return {key: value for key, value in _live_params(obj).items() if key not in conf_keys}
 
 
+def is_template(value: Any) -> bool:
+    """Whether an operator argument is a Jinja template (rendered when the task runs, not when it is parsed)."""
+    return isinstance(value, str) and "{{" in value
+
+
+def tenant_argument(tenant: Any) -> str | None:
+    """An operator's ``tenant`` argument, checked when the DAG is parsed: None (the DAG's declaration) or a
+    name; a template is refused, since a run's conf must never choose the tenant. ``ValueError`` otherwise."""
+    if tenant is not None and (not isinstance(tenant, str) or not tenant or is_template(tenant)):
+        raise ValueError(f"tenant: {tenant!r} is not a tenant name (templates are refused: a run must not choose it)")
+    return tenant
+
+
 def tags_of(dag: Any) -> set[str]:
     tags = getattr(dag, "tags", None) or ()
     return {str(tag) for tag in tags}

@@ -249,10 +249,6 @@ def require_synchronous(operator: str, *, wait_for_completion: Any, deferrable: 
         )
 
 
-def _is_template(value: Any) -> bool:
-    return isinstance(value, str) and "{{" in value
-
-
 class BareCountRunnerMixin:
     """Size profile, governance, identity and runner_result for a runner operator (see the module docstring).
 
@@ -289,13 +285,11 @@ class BareCountRunnerMixin:
             not isinstance(wait_for_healthy, timedelta) or wait_for_healthy <= timedelta(0)
         ):
             raise ValueError(f"wait_for_healthy: {wait_for_healthy!r} is not a positive timedelta")
-        if not _is_template(size) and size not in SIZES:
+        if not bc_context.is_template(size) and size not in SIZES:
             raise ValueError(f"size: {size!r} is not one of {', '.join(SIZES)}")
-        if not _is_template(network_profile) and network_profile not in NETWORK_PROFILES:
+        if not bc_context.is_template(network_profile) and network_profile not in NETWORK_PROFILES:
             raise ValueError(f"network_profile: {network_profile!r} is not one of {', '.join(NETWORK_PROFILES)}")
-        if tenant is not None and (not isinstance(tenant, str) or not tenant or _is_template(tenant)):
-            raise ValueError(f"tenant: {tenant!r} is not a tenant name (templates are refused: a run must not choose it)")
-        self.tenant = tenant
+        self.tenant = bc_context.tenant_argument(tenant)
         self.pipeline = pipeline
         self.size = size
         self.network_profile = network_profile

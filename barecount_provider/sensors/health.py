@@ -37,10 +37,6 @@ DEFERRAL_GRACE_S = 60.0
 ends it first)."""
 
 
-def _is_template(value: Any) -> bool:
-    return isinstance(value, str) and "{{" in value
-
-
 class BareCountHealthSensor(BaseSensorOperator):
     """What every BareCount health sensor shares (see the module docstring); subclasses name the
     dependencies (:meth:`health_specs`).
@@ -69,15 +65,13 @@ class BareCountHealthSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if tenant is not None and (not isinstance(tenant, str) or not tenant or _is_template(tenant)):
-            raise ValueError(f"tenant: {tenant!r} is not a tenant name (templates are refused: a run must not choose it)")
-        if network_profile is not None and not _is_template(network_profile) and network_profile not in NETWORK_PROFILES:
+        if network_profile is not None and not bc_context.is_template(network_profile) and network_profile not in NETWORK_PROFILES:
             raise ValueError(f"network_profile: {network_profile!r} is not one of {', '.join(NETWORK_PROFILES)}")
         if degraded is not None and degraded not in DEGRADED_POLICIES:
             raise ValueError(f"degraded: {degraded!r} is not one of {', '.join(DEGRADED_POLICIES)}")
         if check_timeout_s is not None and (not isinstance(check_timeout_s, int | float) or check_timeout_s <= 0):
             raise ValueError(f"check_timeout_s: {check_timeout_s!r} is not a positive number of seconds")
-        self.tenant = tenant
+        self.tenant = bc_context.tenant_argument(tenant)
         self.network_profile = network_profile
         self.degraded = degraded
         self.check_timeout_s = check_timeout_s
