@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from barecount_provider.cost.base import COMPUTE, GIB, Estimate, Run
 from barecount_provider.cost.format import fmt_number, fmt_usd
 from barecount_provider.policy import parse_cpu_quantity, parse_memory_quantity
 
 
+def _request(est: Estimate, run: Run, billed: str, setting: str, parse: Callable[[Any], float | None], what: str) -> tuple[float | None, str]:
+    """The pod's ``billed`` billing input, else its ``setting`` (``cpu_request``, ``memory_request``) as
+    admitted (``resources_used``), else as the size asked for it (``resources_requested``: an assumption);
+    with why it is unknown when none is there."""
+    value, why = run.number(f"billing_inputs.{billed}")
+    if value is not None:
+        return value, why
+    for path in (f"resources_used.{setting}", f"resources_requested.{setting}"):
+        value = parse(run.get(path))
+        if value is not None:
+            if path.startswith("resources_requested"):
+                est.assume(f"{what} request from {path} (the size's, not the admitted pod's)")
+            return value, why
+    return None, why
+
+
 def model(est: Estimate, run: Run) -> None:
     """(CPU request x rate per vCPU-hour + memory request GB x rate per GB-hour) x runtime."""
-    cores, why_cores = run.number("billing_inputs.cpu_request_cores")
-    if cores is None:
-        for path in ("resources_used.cpu_request", "resources_requested.cpu_request"):
-            cores = parse_cpu_quantity(run.get(path))
-            if cores is not None:
-                if path.startswith("resources_requested"):
-                    est.assume(f"CPU request from {path} (the size's, not the admitted pod's)")
-                break
-    memory_bytes, why_memory = run.number("billing_inputs.memory_request_bytes")
-    if memory_bytes is None:
-        for path in ("resources_used.memory_request", "resources_requested.memory_request"):
-            memory_bytes = parse_memory_quantity(run.get(path))
-            if memory_bytes is not None:
-                if path.startswith("resources_requested"):
-                    est.assume(f"memory request from {path} (the size's, not the admitted pod's)")
-                break
+    cores, why_cores = _request(est, run, "cpu_request_cores", "cpu_request", parse_cpu_quantity, "CPU")
+    memory_bytes, why_memory = _request(est, run, "memory_request_bytes", "memory_request", parse_memory_quantity, "memory")
     runtime, why_runtime = run.number("billing_inputs.runtime_s")
     if runtime is None:
         runtime, _ = run.number("timings.duration_s")
