@@ -78,8 +78,9 @@ class FakeKubernetes:
     """kmock's KubernetesEmulator on a loopback port, in its own thread and event loop (the operator is
     synchronous and runs its own asyncio loops), with a fake kubelet that completes every created pod."""
 
-    def __init__(self, config_dir: Path) -> None:
+    def __init__(self, config_dir: Path, resources: tuple[str, ...] = ("v1/pods", "v1/events")) -> None:
         self.config_file = str(config_dir / "kubeconfig.yaml")
+        self.resources = resources
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -113,9 +114,9 @@ class FakeKubernetes:
         self._stop = asyncio.Event()
         async with KubeletEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1") as server:
             # Listing needs the resource declared (or an object of it): the operator lists pods before it
-            # creates its own, and lists the pod's events while it waits.
-            emulator.resources["v1/pods"] = {}
-            emulator.resources["v1/events"] = {}
+            # creates its own, and lists the pod's events while it waits (the health check lists nodes).
+            for resource in self.resources:
+                emulator.resources[resource] = {}
             self.emulator = emulator
             self.port = server.port
             self._ready.set()
