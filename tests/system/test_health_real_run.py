@@ -13,14 +13,9 @@ tenant netops of tests/system/policy.yaml).
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +23,7 @@ import pytest
 
 from .aws_emulator import AwsEmulator
 from .stack import AirflowStack
+from .test_evidence_real_run import _wait_for_record
 from .test_runner_dags_real_run import _body, aws, aws_connection  # noqa: F401 (module fixtures: the emulator behind aws_default)
 
 pytestmark = pytest.mark.system
@@ -77,29 +73,11 @@ def _wait_for_state(stack: AirflowStack, dag_id: str, run_id: str, task_id: str,
     raise AssertionError(f"{dag_id}.{task_id} is {seen!r}, not {state!r}, after {timeout:g} s\n{stack.log_tails()}")
 
 
-def _cli(stack: AirflowStack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AIRFLOW_HOME": str(stack.home)}
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("barecount")), *args], env=env, capture_output=True, text=True, timeout=120
-    )
-
-
-def _entry(stack: AirflowStack, dag_id: str, run_id: str, task_id: str, timeout: float = 120) -> dict[str, Any]:
+def _entry(stack: AirflowStack, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
     """The evidence entry of ``task_id``'s first try in the run's sealed record."""
-    deadline = time.monotonic() + timeout
-    listed = None
-    while time.monotonic() < deadline:
-        listed = _cli(stack, "evidence", "list", "--dag", dag_id, "--json")
-        if listed.returncode == 0:
-            for row in json.loads(listed.stdout)["records"]:
-                if row["run_id"] == run_id:
-                    shown = _cli(stack, "evidence", "show", row["record_id"], "--json")
-                    assert shown.returncode == 0, shown.stderr
-                    record = json.loads(shown.stdout)
-                    (entry,) = [e for e in record["entries"] if e["context"]["task_id"] == task_id]
-                    return dict(entry)
-        time.sleep(1)
-    raise AssertionError(f"no evidence record of {dag_id} {run_id}: {listed.stderr[-2000:] if listed else ''}")
+    record = _wait_for_record(stack, run_id, dag_id=dag_id)
+    (entry,) = [e for e in record["entries"] if e["context"]["task_id"] == task_id]
+    return dict(entry)
 
 
 def _heartbeat(stack: AirflowStack, name: str, token: str | None) -> httpx.Response:
