@@ -38,12 +38,12 @@ def _entry(n: int) -> dict:
 
 
 class Hung:
-    """Accepts connections and never answers."""
+    """Accepts connections and never answers (benchmarks/bench_health_trigger.py uses it too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: int = 64) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(backlog)
         self.held: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -58,6 +58,16 @@ class Hung:
     @property
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
+
+    def drop(self) -> None:
+        """Close the connections held so far (between rounds: the server's memory is not the measured one's)."""
+        held, self.held = self.held, []
+        for conn in held:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.drop()
 
 
 def _configure(kind: str, endpoint: str | None, home: str) -> None:

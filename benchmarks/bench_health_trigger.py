@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from bench_evidence_store_down import Hung  # accepts and never answers
+
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-health-trigger:start -->", "<!-- bench-health-trigger:end -->"
 
@@ -51,39 +53,6 @@ class _Ok(BaseHTTPRequestHandler):
 class _Healthy(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
-
-
-class Hung:
-    """Accepts connections and never answers: a probe of it runs into its deadline."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1024)
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    def drop(self) -> None:
-        """Close the connections held so far (between rounds: the server's memory is not the trigger's)."""
-        held, self.held = self.held, []
-        for conn in held:
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-        self.drop()
 
 
 def closed_port() -> int:
@@ -206,7 +175,7 @@ async def _measure(dependency_specs: list[dict[str, Any]], timeout_s: float, wit
 def run(count: int, timeout_s: float, rounds: int, others: int) -> dict[str, Any]:
     healthy = _Healthy(("127.0.0.1", 0), _Ok)
     threading.Thread(target=healthy.serve_forever, daemon=True).start()
-    hung = Hung()
+    hung = Hung(backlog=1024)
     try:
         dependency_specs = specs(count, healthy.server_address[1], hung.port, closed_port())
         alone, together, rss = [], [], []
@@ -230,7 +199,7 @@ def heap(count: int, timeout_s: float, rounds: int) -> list[float]:
 
     healthy = _Healthy(("127.0.0.1", 0), _Ok)
     threading.Thread(target=healthy.serve_forever, daemon=True).start()
-    hung = Hung()
+    hung = Hung(backlog=1024)
     try:
         dependency_specs = specs(count, healthy.server_address[1], hung.port, closed_port())
         asyncio.run(_health_round(dependency_specs, timeout_s))
